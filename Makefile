@@ -1,0 +1,35 @@
+# Two commands on a fresh Debian/Ubuntu machine with Python 3.11+:
+#   make run    virtualenv + install + setup + demo data, serves http://127.0.0.1:5000
+#   make test   virtualenv + install + the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 5000
+ADMIN_EMAIL ?= admin@example.com
+ADMIN_PASSWORD ?= admin-demo-password
+
+.PHONY: run test install clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) manage.py setup --admin-email "$(ADMIN_EMAIL)" --admin-password "$(ADMIN_PASSWORD)"
+	$(PY) manage.py demo-data
+	@echo
+	@echo "  Demo admin login:  $(ADMIN_EMAIL) / $(ADMIN_PASSWORD)"
+	@echo "  Open http://$(HOST):$(PORT)/admin/"
+	@echo
+	$(PY) manage.py run --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

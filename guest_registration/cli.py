@@ -1,0 +1,94 @@
+"""Core commands: ``setup``, ``status``, ``demo-data``, ``plugins``, ``auth-token``, ``test``.
+
+Flask's own ``run`` and ``routes`` and Flask-Security's ``users``/``roles`` come
+with the Flask CLI; plugins add theirs through the ``register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+
+from . import demo, maintenance
+from .exports import FormatRegistry
+from .plugins import plugin_infos
+
+
+@click.command("setup")
+@click.option("--admin-email", envvar="ADMIN_EMAIL", help="Create or update this admin user.")
+@click.option("--admin-password", envvar="ADMIN_PASSWORD", help="Password for --admin-email.")
+@with_appcontext
+def setup_command(admin_email: str | None, admin_password: str | None) -> None:
+    """Create tables, the admin role and the folders; optionally an admin user (idempotent)."""
+    for line in maintenance.setup(current_app, admin_email, admin_password):
+        click.echo(line)
+
+
+@click.command("status")
+@with_appcontext
+def status_command() -> None:
+    """Check the database, folders, plugins and formats; exit 1 if something is broken."""
+    broken = 0
+    for check in maintenance.status_checks(current_app):
+        mark = "ok  " if check.ok else "FAIL"
+        click.echo(f"[{mark}] {check.name}: {check.detail}")
+        broken += not check.ok
+    if broken:
+        click.echo(f"{broken} check(s) failed.", err=True)
+        sys.exit(1)
+
+
+@click.command("demo-data")
+@click.option("--force", is_flag=True, help="Add demo data even if trips exist.")
+@with_appcontext
+def demo_data_command(force: bool) -> None:
+    """Load a few trips, registrations, guests and uploads (skipped if trips exist)."""
+    click.echo(demo.load(current_app, force=force))
+
+
+@click.command("plugins")
+@with_appcontext
+def plugins_command() -> None:
+    """List the plugins, where they come from and what each contributes."""
+    pm = current_app.extensions["plugin_manager"]
+    formats: FormatRegistry = current_app.extensions["export_formats"]
+    for info in plugin_infos(pm):
+        state = " [disabled]" if info.disabled else ""
+        click.echo(f"{info.name}{state}: {info.module} from {info.distribution} {info.version}")
+        if info.disabled:
+            continue
+        click.echo(f"    hooks: {', '.join(info.hooks) or '-'}")
+        owned = [f.name for f in formats if formats.owner(f.name) == info.name]
+        if owned:
+            click.echo(f"    export formats: {', '.join(owned)}")
+    click.echo(f"export formats available: {', '.join(formats.names()) or 'none'}")
+
+
+@click.command("auth-token")
+@click.argument("email")
+@with_appcontext
+def auth_token_command(email: str) -> None:
+    """Print an API token (``Authentication-Token`` header) for an active admin."""
+    user = current_app.extensions["security"].datastore.find_user(email=email)
+    if user is None or not user.active or not user.has_role("admin"):
+        raise click.ClickException(f"{email} is not an active admin user")
+    click.echo(user.get_auth_token())
+
+
+@click.command("test", context_settings={"ignore_unknown_options": True})
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def test_command(pytest_args: tuple[str, ...]) -> None:
+    """Run the test suite (arguments go to pytest)."""
+    root = Path(__file__).resolve().parent.parent
+    sys.exit(subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=root))
+
+
+def init_app(app: Flask) -> None:
+    for command in (setup_command, status_command, demo_data_command, plugins_command,
+                    auth_token_command, test_command):
+        app.cli.add_command(command)

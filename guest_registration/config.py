@@ -1,0 +1,127 @@
+"""Configuration: safe defaults that need nothing installed, every value overridable
+from the environment.
+
+The defaults put everything under the Flask instance folder: an SQLite database,
+``uploads/`` and ``backups/``.  ``SECRET_KEY`` and ``SECURITY_PASSWORD_SALT`` are
+generated once into the instance folder (mode 0600) when the environment does not
+give them, so a fresh checkout runs without a hand-written secret and no secret is
+ever committed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Mapping
+
+#: Settings read from the environment as plain strings.
+STRING_SETTINGS = (
+    "DATABASE_URL",
+    "UPLOAD_FOLDER",
+    "BACKUP_FOLDER",
+    "SECRET_KEY",
+    "SECURITY_PASSWORD_SALT",
+    "PG_DUMP",
+    "PSQL",
+)
+#: Settings read from the environment as integers.
+INT_SETTINGS = ("MAX_PHOTO_BYTES", "BACKUP_KEEP", "EXPORT_FETCH_ROWS")
+
+
+def normalise_database_url(url: str) -> str:
+    """Make ``postgres://`` and bare ``postgresql://`` URLs use psycopg2.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which we do not ship.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def _secret_from_file(instance_path: Path, name: str) -> str:
+    """Read (or create once, mode 0600) a random secret kept in the instance folder."""
+    path = instance_path / name
+    try:
+        value = path.read_text().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    instance_path.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
+                 environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the app configuration: defaults, then environment, then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    instance = Path(instance_path)
+    cfg: dict[str, Any] = {
+        "DATABASE_URL": f"sqlite:///{instance / 'guest_registration.db'}",
+        "UPLOAD_FOLDER": str(instance / "uploads"),
+        "BACKUP_FOLDER": str(instance / "backups"),
+        "MAX_PHOTO_BYTES": 5 * 1024 * 1024,
+        "BACKUP_KEEP": 0,  # 0 = keep every archive
+        "EXPORT_FETCH_ROWS": 2000,
+        "PG_DUMP": "pg_dump",
+        "PSQL": "psql",
+        "DISABLED_PLUGINS": [],
+    }
+    for key in STRING_SETTINGS:
+        if environ.get(key):
+            cfg[key] = environ[key]
+    for key in INT_SETTINGS:
+        if environ.get(key):
+            try:
+                cfg[key] = int(environ[key])
+            except ValueError:
+                raise ValueError(f"{key} must be a whole number, got {environ[key]!r}")
+    if environ.get("DISABLED_PLUGINS"):
+        cfg["DISABLED_PLUGINS"] = [
+            p.strip() for p in environ["DISABLED_PLUGINS"].split(",") if p.strip()
+        ]
+    if overrides:
+        cfg.update(overrides)
+    if isinstance(cfg["DISABLED_PLUGINS"], str):
+        cfg["DISABLED_PLUGINS"] = [p.strip() for p in cfg["DISABLED_PLUGINS"].split(",") if p.strip()]
+
+    cfg.setdefault("SECRET_KEY", None)
+    cfg.setdefault("SECURITY_PASSWORD_SALT", None)
+    if not cfg["SECRET_KEY"]:
+        cfg["SECRET_KEY"] = _secret_from_file(instance, "secret_key")
+    if not cfg["SECURITY_PASSWORD_SALT"]:
+        cfg["SECURITY_PASSWORD_SALT"] = _secret_from_file(instance, "password_salt")
+
+    cfg["DATABASE_URL"] = normalise_database_url(cfg["DATABASE_URL"])
+    cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]
+    cfg["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
+    cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    # Uploads larger than a whole registration can never be valid: refuse early.
+    cfg.setdefault("MAX_CONTENT_LENGTH", cfg["MAX_PHOTO_BYTES"] * 25 + 1024 * 1024)
+
+    # Flask-Security-Too: sessions for browsers, tokens for the API.
+    cfg.setdefault("SECURITY_PASSWORD_HASH", "argon2")
+    cfg.setdefault("SECURITY_TOKEN_AUTHENTICATION_HEADER", "Authentication-Token")
+    cfg.setdefault("SECURITY_TOKEN_MAX_AGE", 7 * 24 * 3600)
+    cfg.setdefault("SECURITY_REGISTERABLE", False)
+    cfg.setdefault("SECURITY_SEND_REGISTER_EMAIL", False)
+    cfg.setdefault("SECURITY_TRACKABLE", False)
+    cfg.setdefault("SECURITY_POST_LOGIN_VIEW", "/admin/")
+    cfg.setdefault("SECURITY_POST_LOGOUT_VIEW", "/")
+    cfg.setdefault("SECURITY_CSRF_PROTECT_MECHANISMS", ["session", "basic"])
+    cfg.setdefault("SECURITY_CSRF_IGNORE_UNAUTH_ENDPOINTS", False)
+    cfg.setdefault("SECURITY_RETURN_GENERIC_RESPONSES", True)
+    # CSRFProtect is initialised but checks only where we (or Flask-Security) ask,
+    # so token-authenticated API calls need no CSRF token.
+    cfg.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
+    cfg.setdefault("WTF_CSRF_TIME_LIMIT", None)
+    cfg.setdefault("SESSION_COOKIE_HTTPONLY", True)
+    cfg.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    cfg.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
+    return cfg

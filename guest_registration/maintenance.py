@@ -1,0 +1,120 @@
+"""Service functions behind ``setup`` and ``status`` (no request context needed)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from flask import Flask
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from .extensions import db
+from .plugins import collect, plugin_infos
+
+ADMIN_ROLE = "admin"
+
+
+@dataclass
+class StatusCheck:
+    """One line of ``manage.py status``."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def ensure_folders(app: Flask) -> list[Path]:
+    folders = [Path(app.config["UPLOAD_FOLDER"]), Path(app.config["BACKUP_FOLDER"])]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(app.config["BACKUP_FOLDER"], 0o700)
+    return folders
+
+
+def setup(app: Flask, admin_email: str | None = None,
+          admin_password: str | None = None) -> Iterator[str]:
+    """Create tables, the admin role, the folders and optionally an admin user. Idempotent."""
+    from flask_security.utils import hash_password
+
+    db.create_all()
+    yield f"database ready: {safe_url(app.config['DATABASE_URL'])}"
+    datastore = app.extensions["security"].datastore
+    datastore.find_or_create_role(ADMIN_ROLE, description="Full access to the admin panel")
+    db.session.commit()
+    yield f"role ready: {ADMIN_ROLE}"
+    for folder in ensure_folders(app):
+        yield f"folder ready: {folder}"
+    if admin_email:
+        if not admin_password:
+            raise ValueError("--admin-password (or ADMIN_PASSWORD) is required with --admin-email")
+        user = datastore.find_user(email=admin_email)
+        if user is None:
+            user = datastore.create_user(email=admin_email, password=hash_password(admin_password),
+                                         active=True)
+            action = "created"
+        else:
+            user.password = hash_password(admin_password)
+            user.active = True
+            action = "updated"
+        datastore.add_role_to_user(user, ADMIN_ROLE)
+        db.session.commit()
+        yield f"admin user {action}: {admin_email}"
+
+
+def safe_url(url: str) -> str:
+    """The database URL with any password masked, for display."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def database_version() -> str:
+    """Server name and version of the configured database (raises if unreachable)."""
+    with db.engine.connect() as conn:
+        if db.engine.dialect.name == "postgresql":
+            return conn.execute(text("SHOW server_version")).scalar_one().split()[0]
+        if db.engine.dialect.name == "sqlite":
+            return conn.execute(text("select sqlite_version()")).scalar_one()
+        return str(db.engine.dialect.server_version_info or "?")
+
+
+def _folder_check(name: str, path: str) -> StatusCheck:
+    p = Path(path)
+    if not p.is_dir():
+        return StatusCheck(name, False, f"{p} is missing (run `python manage.py setup`)")
+    if not os.access(p, os.W_OK | os.X_OK):
+        return StatusCheck(name, False, f"{p} is not writable by this user")
+    return StatusCheck(name, True, f"{p} present and writable")
+
+
+def status_checks(app: Flask) -> Iterator[StatusCheck]:
+    """Core checks, then every plugin's ``report_status`` lines."""
+    engine = db.engine.dialect.name
+    try:
+        version = database_version()
+        yield StatusCheck("database", True,
+                          f"{engine} {version} reachable at {safe_url(app.config['DATABASE_URL'])}")
+        db_ok = True
+    except Exception as exc:  # the message names the cause without the password
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+        yield StatusCheck("database", False,
+                          f"cannot connect to {safe_url(app.config['DATABASE_URL'])}: {reason}")
+        db_ok = False
+    if db_ok:
+        from sqlalchemy import inspect
+
+        missing = {"trip", "registration", "guest", "user", "role"} - set(
+            inspect(db.engine).get_table_names())
+        yield StatusCheck("schema", not missing,
+                          "tables present" if not missing else
+                          f"missing tables {', '.join(sorted(missing))} (run `python manage.py setup`)")
+    yield _folder_check("upload folder", app.config["UPLOAD_FOLDER"])
+    yield _folder_check("backup folder", app.config["BACKUP_FOLDER"])
+    pm = app.extensions["plugin_manager"]
+    loaded = [f"{i.name} ({i.distribution} {i.version})" for i in plugin_infos(pm) if not i.disabled]
+    yield StatusCheck("plugins", True, ", ".join(loaded) or "none")
+    formats = app.extensions["export_formats"].names()
+    yield StatusCheck("export formats", bool(formats), ", ".join(formats) or "none installed")
+    for _plugin, check in collect(pm, "report_status", app=app):
+        yield check

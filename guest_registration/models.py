@@ -1,0 +1,137 @@
+"""Database models.
+
+The table and column names of ``trip``, ``registration`` and ``guest`` are a
+contract: the export API, the system backup and outside tools depend on them.
+Every column beyond that contract is nullable or has a database-side default, so
+rows written by other tools (SQL, imports, restores) are valid.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask_security.models import fsqla_v3 as fsqla
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    text,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import FunctionElement
+
+from .extensions import db
+
+fsqla.FsModels.set_db_info(db)
+
+AGE_CATEGORIES = ("adult", "child")
+DOCUMENT_TYPES = ("passport", "id_card", "driving_license")
+REGISTRATION_STATUSES = ("pending", "approved", "rejected")
+LANGUAGES = {"en": "English", "cs": "Čeština", "de": "Deutsch"}
+
+
+class utcnow(FunctionElement):
+    """``CURRENT_TIMESTAMP`` in UTC as a naive timestamp, on every engine."""
+
+    type = DateTime()
+    inherit_cache = True
+
+
+@compiles(utcnow, "postgresql")
+def _pg_utcnow(element, compiler, **kw):  # pragma: no cover - trivial
+    return "(now() AT TIME ZONE 'utc')"
+
+
+@compiles(utcnow)
+def _default_utcnow(element, compiler, **kw):  # SQLite's CURRENT_TIMESTAMP is UTC
+    return "CURRENT_TIMESTAMP"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Role(db.Model, fsqla.FsRoleMixin):
+    __tablename__ = "role"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class User(db.Model, fsqla.FsUserMixin):
+    __tablename__ = "user"
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class Trip(db.Model):
+    __tablename__ = "trip"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(String(200), nullable=False)
+    start_date = mapped_column(Date, nullable=True)
+    end_date = mapped_column(Date, nullable=True)
+    max_guests: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=10, server_default=text("10")
+    )
+    created_at = mapped_column(DateTime, nullable=False, default=_now, server_default=utcnow())
+
+    registrations = relationship("Registration", back_populates="trip")
+
+    __table_args__ = (CheckConstraint("max_guests >= 1", name="ck_trip_max_guests"),)
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Registration(db.Model):
+    __tablename__ = "registration"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trip_id: Mapped[int] = mapped_column(ForeignKey("trip.id"), nullable=False, index=True)
+    email: Mapped[str] = mapped_column(String(255), nullable=False)
+    language: Mapped[str] = mapped_column(
+        String(8), nullable=False, default="en", server_default=text("'en'")
+    )
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="pending", server_default=text("'pending'")
+    )
+    created_at = mapped_column(DateTime, nullable=False, default=_now, server_default=utcnow())
+
+    trip = relationship("Trip", back_populates="registrations")
+    guests = relationship("Guest", back_populates="registration", order_by="Guest.id")
+
+    def __str__(self) -> str:
+        return f"{self.email} ({self.trip.title if self.trip else self.trip_id})"
+
+
+class Guest(db.Model):
+    __tablename__ = "guest"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    registration_id: Mapped[int] = mapped_column(
+        ForeignKey("registration.id"), nullable=False, index=True
+    )
+    first_name: Mapped[str] = mapped_column(String(100), nullable=False)
+    last_name: Mapped[str] = mapped_column(String(100), nullable=False)
+    age_category: Mapped[str] = mapped_column(String(16), nullable=False)
+    document_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    document_number: Mapped[str] = mapped_column(String(64), nullable=False)
+    document_photo = mapped_column(String(255), nullable=True)
+    gdpr_consent: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    created_at = mapped_column(
+        DateTime, nullable=False, default=_now, server_default=utcnow(), index=True
+    )
+
+    registration = relationship("Registration", back_populates="guests")
+
+    def __str__(self) -> str:
+        return f"{self.first_name} {self.last_name}"

@@ -1,0 +1,5 @@
+"""The public guest sign-up: one page per trip."""
+
+from .views import bp
+
+__all__ = ["bp"]

@@ -1,0 +1,100 @@
+"""Guest document photos: content validation and UUID-named storage.
+
+Photos are stored as ``<uuid4>.<ext>`` directly under ``UPLOAD_FOLDER``; the
+extension comes from the content, never from the client's file name. The system
+backup relies on this naming to leave guest photos out.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+SIGNATURES = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"%PDF-", "pdf"),
+)
+PNG_TRAILER = b"IEND\xaeB`\x82"
+
+
+class PhotoError(ValueError):
+    """The upload is not an acceptable document photo; the message says why."""
+
+
+@dataclass
+class CheckedPhoto:
+    stream: BinaryIO
+    extension: str
+    size: int
+
+
+def _tail(stream: BinaryIO, size: int, n: int = 1024) -> bytes:
+    stream.seek(max(0, size - n))
+    return stream.read(n)
+
+
+def check_photo(stream: BinaryIO, max_bytes: int) -> CheckedPhoto:
+    """Check a photo by its content: JPEG, PNG or PDF, non-empty, at most ``max_bytes``.
+
+    Besides the magic number at the start, the format's end marker must be at the
+    end, which refuses text files renamed ``.jpg`` and most polyglots.
+    """
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    if size == 0:
+        raise PhotoError("the file is empty")
+    if size > max_bytes:
+        raise PhotoError(f"the file is larger than {max_bytes // (1024 * 1024) or 1} MB")
+    head = stream.read(16)
+    for magic, ext in SIGNATURES:
+        if head.startswith(magic):
+            break
+    else:
+        raise PhotoError("only JPEG, PNG or PDF files are accepted")
+    tail = _tail(stream, size).rstrip(b"\r\n\t \x00")
+    ok = {
+        "jpg": tail.endswith(b"\xff\xd9"),
+        "png": tail.endswith(PNG_TRAILER),
+        "pdf": b"%%EOF" in tail,
+    }[ext]
+    if not ok:
+        raise PhotoError(f"the file is not a complete {ext.upper()} file")
+    stream.seek(0)
+    return CheckedPhoto(stream, ext, size)
+
+
+def store_photo(photo: CheckedPhoto, folder: str | os.PathLike) -> str:
+    """Write a checked photo as ``<uuid4>.<ext>`` (mode 0600) and return the name.
+
+    Written under a temporary name and renamed, so a half-written photo never
+    carries a real photo name.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{uuid.uuid4()}.{photo.extension}"
+    tmp = folder / f".tmp-{name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            photo.stream.seek(0)
+            while chunk := photo.stream.read(1024 * 1024):
+                out.write(chunk)
+        os.replace(tmp, folder / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return name
+
+
+def remove_photos(names: list[str], folder: str | os.PathLike) -> None:
+    """Best-effort removal of photos stored for a registration that did not commit."""
+    for name in names:
+        try:
+            (Path(folder) / name).unlink()
+        except FileNotFoundError:
+            pass

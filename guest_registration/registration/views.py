@@ -1,0 +1,113 @@
+"""Public pages: the trip list and the registration form of each trip."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from werkzeug.datastructures import FileStorage
+
+from ..extensions import csrf, db
+from ..models import Guest, Registration, Trip
+from .forms import RegistrationForm
+from .storage import PhotoError, check_photo, remove_photos, store_photo
+
+bp = Blueprint("public", __name__)
+
+
+@bp.get("/")
+def index():
+    trips = db.session.scalars(
+        db.select(Trip).where((Trip.end_date.is_(None)) | (Trip.end_date >= date.today()))
+        .order_by(Trip.start_date, Trip.id)
+    ).all()
+    return render_template("registration/index.html", trips=trips)
+
+
+def _guest_count() -> int:
+    try:
+        return max(1, int(request.args.get("guests", "1")))
+    except ValueError:
+        return 1
+
+
+@bp.route("/trips/<int:trip_id>/register", methods=["GET", "POST"])
+def register(trip_id: int):
+    trip = db.session.get(Trip, trip_id)
+    if trip is None:
+        abort(404)
+    form = RegistrationForm()
+    if request.method == "GET":
+        wanted = min(_guest_count(), trip.max_guests)
+        while len(form.guests.entries) < wanted:
+            form.guests.append_entry()
+    if request.method == "POST":
+        csrf.protect()  # WTF_CSRF_CHECK_DEFAULT is off; browser forms check explicitly
+        if form.validate() and _check_guest_limits(form, trip) and _check_photos(form):
+            _save(form, trip)
+            return redirect(url_for(".thanks", trip_id=trip.id))
+        flash("Please correct the errors below; nothing was saved.", "error")
+    return render_template("registration/register.html", form=form, trip=trip), (
+        400 if request.method == "POST" else 200
+    )
+
+
+@bp.get("/trips/<int:trip_id>/thanks")
+def thanks(trip_id: int):
+    trip = db.session.get(Trip, trip_id) or abort(404)
+    return render_template("registration/thanks.html", trip=trip)
+
+
+def _check_guest_limits(form: RegistrationForm, trip: Trip) -> bool:
+    if len(form.guests.entries) > trip.max_guests:
+        form.guests.errors.append(f"At most {trip.max_guests} guests can register for this trip.")
+        return False
+    return True
+
+
+def _check_photos(form: RegistrationForm) -> bool:
+    """Validate every uploaded photo by content before anything is stored."""
+    ok = True
+    limit = current_app.config["MAX_PHOTO_BYTES"]
+    for entry in form.guests.entries:
+        field = entry.form.document_photo
+        upload = field.data
+        if not isinstance(upload, FileStorage) or not upload.filename:
+            field.data = None
+            continue
+        try:
+            field.data = check_photo(upload.stream, limit)
+        except PhotoError as exc:
+            field.errors = [f"Document photo: {exc}."]
+            ok = False
+    return ok
+
+
+def _save(form: RegistrationForm, trip: Trip) -> None:
+    """Store the photos, then the rows; if the commit fails, remove the photos again."""
+    folder = current_app.config["UPLOAD_FOLDER"]
+    stored: list[str] = []
+    try:
+        registration = Registration(trip=trip, email=form.email.data.strip(),
+                                    language=form.language.data)
+        db.session.add(registration)
+        for entry in form.guests.entries:
+            g = entry.form
+            photo_name = store_photo(g.document_photo.data, folder) if g.document_photo.data else None
+            if photo_name:
+                stored.append(photo_name)
+            db.session.add(Guest(
+                registration=registration,
+                first_name=g.first_name.data.strip(),
+                last_name=g.last_name.data.strip(),
+                age_category=g.age_category.data,
+                document_type=g.document_type.data,
+                document_number=g.document_number.data.strip(),
+                document_photo=photo_name,
+                gdpr_consent=True,
+            ))
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        remove_photos(stored, folder)
+        raise

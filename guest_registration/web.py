@@ -1,0 +1,64 @@
+"""Cross-cutting web glue: security headers, login pages inside the admin layout,
+and error pages that never show a stack trace."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, render_template, request, url_for
+from flask_admin import helpers as admin_helpers
+from flask_wtf.csrf import CSRFError
+
+#: Responses under these prefixes carry personal data or secrets: never cache them.
+NO_STORE_PREFIXES = ("/admin", "/api", "/login", "/logout", "/trips")
+
+
+def _admin_template_context() -> dict:
+    admin = current_app.extensions["guest_admin"]
+    return {
+        "admin_base_template": admin.theme.base_template,
+        "admin_view": admin.index_view,
+        "theme": admin.theme,
+        "h": admin_helpers,
+        "get_url": url_for,
+        "admin_csp_nonce_attribute": "",
+    }
+
+
+def _security_headers(response):
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.path.startswith(NO_STORE_PREFIXES):
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def init_app(app: Flask) -> None:
+    # Flask-Security's pages (login, logout, ...) extend the admin master template.
+    app.extensions["security"].context_processor(_admin_template_context)
+    app.after_request(_security_headers)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc: CSRFError):
+        return render_template("error.html", code=400,
+                               message="The form expired or was not sent from this site. "
+                                       "Reload the page and try again."), 400
+
+    @app.errorhandler(403)
+    def forbidden(exc):
+        return render_template("error.html", code=403,
+                               message="You do not have access to this page."), 403
+
+    @app.errorhandler(404)
+    def not_found(exc):
+        return render_template("error.html", code=404, message="Page not found."), 404
+
+    @app.errorhandler(413)
+    def too_large(exc):
+        return render_template("error.html", code=413,
+                               message="The upload is too large."), 413
+
+    @app.errorhandler(500)
+    def server_error(exc):
+        return render_template("error.html", code=500,
+                               message="Something went wrong on our side. "
+                                       "The error was logged."), 500

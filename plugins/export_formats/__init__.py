@@ -1,0 +1,1 @@
+"""Built-in export formats (CSV, JSON), one plugin module each."""
