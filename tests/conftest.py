@@ -109,6 +109,9 @@ def make_config(tmp_path: Path, database_url: str, **extra) -> dict:
         "SECRET_KEY": "test-secret-key",
         "SECURITY_PASSWORD_SALT": "test-salt",
         "MAX_PHOTO_BYTES": 200 * 1024,
+        # argon2 stays the scheme; cheaper parameters keep the suite fast
+        "SECURITY_PASSWORD_HASH_PASSLIB_OPTIONS": {"argon2__rounds": 1,
+                                                   "argon2__memory_cost": 1024},
     }
     cfg.update(extra)
     return cfg
