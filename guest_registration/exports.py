@@ -104,3 +104,33 @@ class FormatRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._formats
+
+
+def pg_text_batches(dbapi_connection: Any, sql: str, params: Mapping[str, Any],
+                    fetch_rows: int) -> Iterator[list[bytes]]:
+    """Run ``sql`` (one text column) through a psycopg2 server-side cursor and
+    yield batches of raw UTF-8 values: the helper for PostgreSQL fast paths.
+
+    The values arrive as ``bytes`` (no decode/encode round trip), ``fetch_rows``
+    at a time, so memory stays flat however many rows there are.
+    """
+    import uuid
+
+    import psycopg2.extensions
+
+    cursor = dbapi_connection.cursor(name=f"export_{uuid.uuid4().hex}")
+    psycopg2.extensions.register_type(psycopg2.extensions.BYTES, cursor)
+    try:
+        cursor.itersize = fetch_rows
+        cursor.execute(sql, params)
+        while True:
+            batch = cursor.fetchmany(fetch_rows)
+            if not batch:
+                return
+            yield [row[0] for row in batch]
+    finally:
+        if not dbapi_connection.closed:
+            try:
+                cursor.close()
+            except Exception:  # the connection may already be broken; it is discarded anyway
+                pass

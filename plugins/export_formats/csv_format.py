@@ -11,7 +11,7 @@ import io
 from typing import Iterable, Iterator, Sequence
 
 from guest_registration import hookimpl
-from guest_registration.exports import ExportFormat, Row
+from guest_registration.exports import ExportFormat, Row, pg_text_batches
 
 CHUNK_CHARS = 64 * 1024
 
@@ -35,9 +35,33 @@ def write_csv(rows: Iterable[Row], fields: Sequence[str]) -> Iterator[bytes]:
         yield buf.getvalue().encode("utf-8")
 
 
+def _pg_cell(column: str) -> str:
+    """SQL rendering one column exactly as ``csv.writer`` (QUOTE_MINIMAL) would."""
+    c = f'r."{column}"::text'
+    return (f"CASE WHEN {c} IS NULL THEN '' "
+            f"WHEN strpos({c}, ',') > 0 OR strpos({c}, '\"') > 0 "
+            f"OR strpos({c}, chr(10)) > 0 OR strpos({c}, chr(13)) > 0 "
+            f"THEN '\"' || replace({c}, '\"', '\"\"') || '\"' ELSE {c} END")
+
+
+def pg_csv(dbapi_connection, sql: str, params, fields: Sequence[str],
+           fetch_rows: int) -> Iterator[bytes]:
+    """PostgreSQL fast path: the database renders each CSV line; Python joins them.
+
+    Produces exactly the bytes of :func:`write_csv` (tested), several times faster.
+    """
+    line = " || ',' || ".join(_pg_cell(f) for f in fields)
+    header = b"".join(write_csv(iter(()), fields))
+    yield header
+    for batch in pg_text_batches(dbapi_connection, f"SELECT {line} FROM ({sql}) AS r",
+                                 params, fetch_rows):
+        batch.append(b"")
+        yield b"\r\n".join(batch)
+
+
 CSV_FORMAT = ExportFormat(
     name="csv", label="CSV (spreadsheet)", media_type="text/csv; charset=utf-8",
-    extension="csv", write=write_csv,
+    extension="csv", write=write_csv, fast_paths={"postgresql": pg_csv},
 )
 
 

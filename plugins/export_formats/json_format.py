@@ -8,7 +8,7 @@ import json
 from typing import Iterable, Iterator, Sequence
 
 from guest_registration import hookimpl
-from guest_registration.exports import ExportFormat, Row
+from guest_registration.exports import ExportFormat, Row, pg_text_batches
 
 CHUNK_ROWS = 500
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -29,9 +29,24 @@ def write_json(rows: Iterable[Row], fields: Sequence[str]) -> Iterator[bytes]:
     yield "".join(parts).encode("utf-8")
 
 
+def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
+            fetch_rows: int) -> Iterator[bytes]:
+    """PostgreSQL fast path: ``row_to_json`` renders each object (compact, UTF-8,
+    the same escapes as Python's encoder); Python only frames the array.
+
+    Produces exactly the bytes of :func:`write_json` (tested).
+    """
+    first = True
+    for batch in pg_text_batches(dbapi_connection, f"SELECT row_to_json(r)::text FROM ({sql}) AS r",
+                                 params, fetch_rows):
+        yield (b"[\n" if first else b",\n") + b",\n".join(batch)
+        first = False
+    yield b"[]" if first else b"\n]"
+
+
 JSON_FORMAT = ExportFormat(
     name="json", label="JSON", media_type="application/json", extension="json",
-    write=write_json, as_attachment=False,
+    write=write_json, fast_paths={"postgresql": pg_json}, as_attachment=False,
 )
 
 

@@ -1,0 +1,84 @@
+"""``GET /api/backup/guests``: the monthly guest backup, admin-only, streamed.
+
+Answers are JSON whenever something is wrong (401, 403, 400), whatever the
+``Accept`` header: an API never answers curl with an HTML login page.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask_security import current_user
+
+from guest_registration.admin import is_admin
+from guest_registration.extensions import db
+
+from .guest_export import ExportRequestError, open_export, parse_request
+
+bp = Blueprint("backup_api", __name__, url_prefix="/api/backup")
+
+
+def json_error(status: int, message: str) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Token realm="guest-registration"'
+    return response
+
+
+def admin_api(view):
+    """Session or ``Authentication-Token`` of an active admin, else 401/403 JSON."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if not current_user.is_authenticated:
+            return json_error(401, "authentication required: log in as an admin or send an "
+                                   "Authentication-Token header")
+        if not is_admin():
+            return json_error(403, "admin role required")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def export_response(stream) -> Response:
+    """A streamed HTTP response for an :class:`~.guest_export.ExportStream`."""
+    disposition = "attachment" if stream.request.format.as_attachment else "inline"
+    response = Response(stream.chunks, content_type=stream.media_type, direct_passthrough=True)
+    response.headers["Content-Disposition"] = f'{disposition}; filename="{stream.filename}"'
+    response.headers["X-Export-Rows"] = str(stream.rows)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/guests")
+@admin_api
+def guests():
+    try:
+        req = parse_request(request.args.to_dict(flat=False),
+                            current_app.extensions["export_formats"])
+    except ExportRequestError as exc:
+        return json_error(400, str(exc))
+    stream = open_export(
+        db.engine, req, actor=current_user.email, via="api",
+        fetch_rows=current_app.config["EXPORT_FETCH_ROWS"],
+        on_error=lambda exc: current_app.logger.error("export %s failed: %s", req.filename,
+                                                      type(exc).__name__),
+    )
+    return export_response(stream)
+
+
+@bp.errorhandler(404)
+def not_found(exc):
+    return json_error(404, "no such API endpoint")
+
+
+@bp.errorhandler(405)
+def method_not_allowed(exc):
+    return json_error(405, "method not allowed")
+
+
+@bp.errorhandler(500)
+def server_error(exc):
+    return json_error(500, "internal error; it was logged")
