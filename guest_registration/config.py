@@ -117,6 +117,7 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     cfg.setdefault("SECURITY_CSRF_PROTECT_MECHANISMS", ["session", "basic"])
     cfg.setdefault("SECURITY_CSRF_IGNORE_UNAUTH_ENDPOINTS", False)
     cfg.setdefault("SECURITY_RETURN_GENERIC_RESPONSES", True)
+    cfg.setdefault("SECURITY_LOGOUT_CSRF", True)  # logout is a POST with a CSRF token
     # servers here may have no DNS: check address syntax, not deliverability
     cfg.setdefault("SECURITY_EMAIL_VALIDATOR_ARGS", {"check_deliverability": False})
     # CSRFProtect is initialised but checks only where we (or Flask-Security) ask,

@@ -3,12 +3,13 @@ and error pages that never show a stack trace."""
 
 from __future__ import annotations
 
-from flask import Flask, current_app, render_template, request, url_for
+from flask import Flask, current_app, jsonify, render_template, request, url_for
 from flask_admin import helpers as admin_helpers
 from flask_wtf.csrf import CSRFError
 
 #: Responses under these prefixes carry personal data or secrets: never cache them.
 NO_STORE_PREFIXES = ("/admin", "/api", "/login", "/logout", "/trips")
+API_PREFIX = "/api/"
 
 
 def _admin_template_context() -> dict:
@@ -43,22 +44,20 @@ def init_app(app: Flask) -> None:
                                message="The form expired or was not sent from this site. "
                                        "Reload the page and try again."), 400
 
-    @app.errorhandler(403)
-    def forbidden(exc):
-        return render_template("error.html", code=403,
-                               message="You do not have access to this page."), 403
+    messages = {
+        403: "You do not have access to this page.",
+        404: "Page not found.",
+        405: "Method not allowed.",
+        413: "The upload is too large.",
+        500: "Something went wrong on our side. The error was logged.",
+    }
 
-    @app.errorhandler(404)
-    def not_found(exc):
-        return render_template("error.html", code=404, message="Page not found."), 404
+    def error_page(code: int):
+        if request.path.startswith(API_PREFIX):  # an API answers JSON, never HTML
+            response = jsonify(error=messages[code].rstrip(".").lower())
+            response.status_code = code
+            return response
+        return render_template("error.html", code=code, message=messages[code]), code
 
-    @app.errorhandler(413)
-    def too_large(exc):
-        return render_template("error.html", code=413,
-                               message="The upload is too large."), 413
-
-    @app.errorhandler(500)
-    def server_error(exc):
-        return render_template("error.html", code=500,
-                               message="Something went wrong on our side. "
-                                       "The error was logged."), 500
+    for code in messages:
+        app.register_error_handler(code, lambda exc, code=code: error_page(code))

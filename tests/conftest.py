@@ -139,9 +139,25 @@ def app(app_config, tmp_path):
     yield app
     with app.app_context():
         db.session.remove()
+        leaked = []
         if db.engine.dialect.name == "postgresql":
+            leaked = terminate_open_transactions(db.engine)
             db.drop_all()
         db.engine.dispose()
+    assert not leaked, f"connections left inside a transaction (a stream not closed?): {leaked}"
+
+
+def terminate_open_transactions(engine) -> list[str]:
+    """End (and report) other sessions of this database still inside a transaction,
+    so a leaked connection fails its test instead of hanging the suite."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT pid, left(query, 60) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL")).all()
+        for pid, _ in rows:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        conn.commit()
+    return [q for _, q in rows]
 
 
 @pytest.fixture
@@ -172,7 +188,8 @@ class AuthActions:
                                                  "csrf_token": token})
 
     def logout(self):
-        return self._client.get("/logout")
+        """Forget the session (the real POST /logout is tested in test_admin.py)."""
+        self._client.delete_cookie("session")
 
     def token(self, email: str = ADMIN[0], password: str = ADMIN[1]) -> str:
         """An API token the way Flask-Security hands it out: JSON login with CSRF."""
@@ -183,7 +200,7 @@ class AuthActions:
                                  headers={"X-CSRF-Token": csrf})
         assert resp.status_code == 200, resp.get_data(as_text=True)
         token = resp.get_json()["response"]["user"]["authentication_token"]
-        self._client.get("/logout")
+        self.logout()
         return token
 
 

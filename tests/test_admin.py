@@ -145,3 +145,14 @@ def test_token_login_and_header(client, auth, app):
     resp = client.get("/admin/", headers={"Authentication-Token": token})
     # the admin panel is for browser sessions; a token alone is not a session login
     assert resp.status_code in (200, 302)
+
+
+def test_logout_is_a_csrf_checked_post(client, auth):
+    auth.login()
+    page = client.get("/admin/").get_data(as_text=True)
+    assert 'id="logout-form"' in page
+    assert client.get("/logout").status_code == 405
+    client.post("/logout")  # no token: refused, still logged in
+    assert client.get("/admin/").status_code == 200
+    client.post("/logout", data={"csrf_token": csrf_token_from(page)})
+    assert client.get("/admin/").status_code == 302

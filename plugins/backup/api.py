@@ -67,18 +67,3 @@ def guests():
                                                       type(exc).__name__),
     )
     return export_response(stream)
-
-
-@bp.errorhandler(404)
-def not_found(exc):
-    return json_error(404, "no such API endpoint")
-
-
-@bp.errorhandler(405)
-def method_not_allowed(exc):
-    return json_error(405, "method not allowed")
-
-
-@bp.errorhandler(500)
-def server_error(exc):
-    return json_error(500, "internal error; it was logged")
