@@ -101,7 +101,11 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     cfg["DATABASE_URL"] = normalise_database_url(cfg["DATABASE_URL"])
     cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]
     cfg["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
-    cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    engine_options: dict[str, Any] = {"pool_pre_ping": True}
+    if cfg["DATABASE_URL"].startswith("postgresql+psycopg2://"):
+        # UTF-8 on the wire whatever the server's default; fail fast when unreachable
+        engine_options["connect_args"] = {"client_encoding": "utf8", "connect_timeout": 10}
+    cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options)
     # Uploads larger than a whole registration can never be valid: refuse early.
     cfg.setdefault("MAX_CONTENT_LENGTH", cfg["MAX_PHOTO_BYTES"] * 25 + 1024 * 1024)
 

@@ -175,6 +175,8 @@ def open_export(engine: Engine, req: ExportRequest, *, actor: str | None, via: s
         dialect = conn.dialect.name
         if dialect == "postgresql":
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # plan the server-side cursor for all rows, not the first 10%
+            conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
         else:
             conn.exec_driver_sql("SELECT 1")  # SQLite: the read snapshot starts here
         rows = conn.execute(count_query(start, end)).scalar_one()

@@ -11,7 +11,7 @@ import io
 from typing import Iterable, Iterator, Sequence
 
 from guest_registration import hookimpl
-from guest_registration.exports import ExportFormat, Row, pg_text_batches
+from guest_registration.exports import ExportFormat, Row, pg_copy_chunks
 
 CHUNK_CHARS = 64 * 1024
 
@@ -35,28 +35,28 @@ def write_csv(rows: Iterable[Row], fields: Sequence[str]) -> Iterator[bytes]:
         yield buf.getvalue().encode("utf-8")
 
 
-def _pg_cell(column: str) -> str:
-    """SQL rendering one column exactly as ``csv.writer`` (QUOTE_MINIMAL) would."""
-    c = f'r."{column}"::text'
-    return (f"CASE WHEN {c} IS NULL THEN '' "
-            f"WHEN strpos({c}, ',') > 0 OR strpos({c}, '\"') > 0 "
-            f"OR strpos({c}, chr(10)) > 0 OR strpos({c}, chr(13)) > 0 "
-            f"THEN '\"' || replace({c}, '\"', '\"\"') || '\"' ELSE {c} END")
+def _crlf(rows: list[bytes]) -> bytes:
+    """COPY ends rows with LF; RFC 4180 (and ``csv.writer``) with CRLF. Line feeds
+    inside quoted fields stay as they are, so the rows are fixed one by one."""
+    rows.append(b"\n")
+    return b"\r\n".join([row[:-1] for row in rows])
 
 
 def pg_csv(dbapi_connection, sql: str, params, fields: Sequence[str],
            fetch_rows: int) -> Iterator[bytes]:
-    """PostgreSQL fast path: the database renders each CSV line; Python joins them.
+    """PostgreSQL fast path: ``COPY ... TO STDOUT WITH (FORMAT csv)``.
 
-    Produces exactly the bytes of :func:`write_csv` (tested), several times faster.
+    PostgreSQL's CSV quoting is the same as ``csv.writer``'s QUOTE_MINIMAL (a
+    field is quoted when it holds a comma, a quote, CR or LF). The differences
+    are removed: every column is sent as text with ``''`` turned into NULL (both
+    are an empty, unquoted field), booleans come out as ``true``/``false``, and
+    each row's ``\\n`` terminator becomes ``\\r\\n``. Produces exactly the bytes
+    of :func:`write_csv` (tested).
     """
-    line = " || ',' || ".join(_pg_cell(f) for f in fields)
-    header = b"".join(write_csv(iter(()), fields))
-    yield header
-    for batch in pg_text_batches(dbapi_connection, f"SELECT {line} FROM ({sql}) AS r",
-                                 params, fetch_rows):
-        batch.append(b"")
-        yield b"\r\n".join(batch)
+    columns = ", ".join(f'NULLIF(r."{f}"::text, \'\') AS "{f}"' for f in fields)
+    yield b"".join(write_csv(iter(()), fields))
+    yield from pg_copy_chunks(dbapi_connection, f"SELECT {columns} FROM ({sql}) AS r", params,
+                              options="FORMAT csv", transform=_crlf)
 
 
 CSV_FORMAT = ExportFormat(

@@ -5,10 +5,11 @@ export is ``[]``. Non-ASCII text is written as UTF-8, not escaped."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Iterable, Iterator, Sequence
 
 from guest_registration import hookimpl
-from guest_registration.exports import ExportFormat, Row, pg_text_batches
+from guest_registration.exports import ExportFormat, Row, pg_copy_chunks
 
 CHUNK_ROWS = 500
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -29,19 +30,83 @@ def write_json(rows: Iterable[Row], fields: Sequence[str]) -> Iterator[bytes]:
     yield "".join(parts).encode("utf-8")
 
 
+# PostgreSQL type OIDs written as bare JSON literals; every other type is a string
+_PG_INTEGERS = {20, 21, 23, 26}  # int8, int2, int4, oid: same digits in PostgreSQL and Python
+_PG_FLOATS = {700, 701}  # float4, float8: rendered by Python's encoder, row by row
+_PG_BOOL = 16
+# raw control characters (COPY writes all but \b \f \n \r \t \v unescaped); JSON
+# needs \u00XX for them, so a chunk holding one goes the careful way
+_RAW_CONTROL = bytes(range(0x00, 0x09)) + bytes(range(0x0B, 0x20))
+_COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t",
+                 b"v": b"\v", b"\\": b"\\"}
+
+
+def _unescape_copy_text(field: bytes) -> bytes:
+    return re.sub(rb"\\(.)", lambda m: _COPY_ESCAPES.get(m.group(1), m.group(1)), field)
+
+
+def _column_kinds(dbapi_connection, sql: str, params) -> list[str]:
+    with dbapi_connection.cursor() as cur:
+        cur.execute(f"SELECT * FROM ({sql}) AS r LIMIT 0", params)
+        return ["number" if d.type_code in _PG_INTEGERS else "bool" if d.type_code == _PG_BOOL
+                else "float" if d.type_code in _PG_FLOATS else "string"
+                for d in cur.description]
+
+
 def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
             fetch_rows: int) -> Iterator[bytes]:
-    """PostgreSQL fast path: ``row_to_json`` renders each object (compact, UTF-8,
-    the same escapes as Python's encoder); Python only frames the array.
+    """PostgreSQL fast path: plain ``COPY ... TO STDOUT`` (text format, the
+    cheapest output PostgreSQL has) and one template per row in Python.
 
-    Produces exactly the bytes of :func:`write_json` (tested).
+    COPY's text escapes coincide with JSON's for backslash, ``\\b \\f \\n \\r
+    \\t``; a quote only needs a backslash. So a chunk without NULLs, ``\\v`` or raw
+    control characters becomes JSON with one ``replace`` and, per row, a split
+    and a ``%`` (done for the whole chunk at once). Other chunks are decoded and encoded row by row with the same
+    encoder as :func:`write_json`. Produces exactly the bytes of
+    :func:`write_json` (tested); building the objects inside PostgreSQL
+    (``row_to_json``, ``to_json``) measured two to three times slower.
     """
-    first = True
-    for batch in pg_text_batches(dbapi_connection, f"SELECT row_to_json(r)::text FROM ({sql}) AS r",
-                                 params, fetch_rows):
-        yield (b"[\n" if first else b",\n") + b",\n".join(batch)
-        first = False
-    yield b"[]" if first else b"\n]"
+    kinds = _column_kinds(dbapi_connection, sql, params)
+    parts = []
+    for i, (name, kind) in enumerate(zip(fields, kinds)):
+        key = _encode(name).replace("%", "%%")
+        parts.append(("{" if i == 0 else ",") + key + ":" + ('"%b"' if kind == "string" else "%b"))
+    template = "".join(parts).encode() + b"}"
+    careful_template = template.replace(b'"%b"', b"%b")
+    row_template = template + b",\n"
+    columns = ", ".join(f'r."{f}"::text' for f in fields)  # bool::text is true/false
+    all_careful = "float" in kinds
+
+    def careful(row: bytes) -> bytes:
+        values = []
+        for raw, kind in zip(row[:-1].split(b"\t"), kinds):
+            if raw == b"\\N":
+                values.append(b"null")
+            elif kind == "string":
+                values.append(_encode(_unescape_copy_text(raw).decode("utf-8")).encode("utf-8"))
+            elif kind == "float":
+                values.append(_encode(float(raw)).encode())
+            else:
+                values.append(raw)
+        return careful_template % tuple(values)
+
+    def render(rows: list[bytes]) -> bytes:
+        chunk = b"".join(rows)
+        if (all_careful or b"\\N" in chunk or b"\\v" in chunk
+                or len(chunk.translate(None, _RAW_CONTROL)) != len(chunk)):
+            return b",\n".join([careful(row) for row in rows]) + b",\n"
+        # every row has len(fields) tab-separated fields: one flat split of the
+        # chunk and one % over a repeated row template, all C-level loops
+        values = chunk.replace(b'"', b'\\"').replace(b"\n", b"\t").split(b"\t")
+        values.pop()  # after the last terminator
+        return (row_template * len(rows)) % tuple(values)
+
+    opened = False
+    for chunk in pg_copy_chunks(dbapi_connection, f"SELECT {columns} FROM ({sql}) AS r", params,
+                                transform=render):
+        yield (b",\n" if opened else b"[\n") + chunk[:-2]
+        opened = True
+    yield b"\n]" if opened else b"[]"
 
 
 JSON_FORMAT = ExportFormat(
