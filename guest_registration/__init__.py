@@ -21,6 +21,23 @@ __version__ = "0.1.0"
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
+def configure_engine(engine) -> None:
+    """SQLite: WAL (readers such as a long export never block registrations),
+    a busy timeout instead of instant "database is locked", foreign keys on."""
+    if engine.dialect.name != "sqlite":
+        return
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection, record):
+        cur = dbapi_connection.cursor()
+        if engine.url.database not in (None, "", ":memory:"):
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
 def create_app(config: Mapping[str, Any] | None = None, *,
                instance_path: str | None = None,
                extra_plugins: Iterable[tuple[str, Any]] = ()) -> Flask:
@@ -41,6 +58,8 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     app.config.update(build_config(app.instance_path, config))
 
     db.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)
     csrf.init_app(app)  # before Security, so Flask-Security's CSRF handling sees it
     Security(app, SQLAlchemyUserDatastore(db, User, Role))
 

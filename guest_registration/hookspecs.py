@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .exports import ExportFormat
     from .maintenance import StatusCheck
+    from plugins.backup.dumpers import DatabaseDumper
 
 
 @hookspec
@@ -80,4 +81,13 @@ def report_status(app: "Flask") -> "Iterable[StatusCheck] | None":
     exit non-zero; say in ``detail`` what is wrong and how to fix it.
 
     :param app: the running application.
+    """
+
+
+@hookspec
+def register_database_dumpers() -> "Iterable[DatabaseDumper] | None":
+    """Return :class:`plugins.backup.dumpers.DatabaseDumper` objects, one per
+    database engine (``dialect`` is the SQLAlchemy dialect name, e.g.
+    ``"postgresql"``, ``"sqlite"``): how the system backup dumps, checks and
+    restores that engine. Two dumpers for one dialect are a start-up error.
     """

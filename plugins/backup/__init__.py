@@ -1,5 +1,6 @@
-"""The backup plugin: the Backup admin pages, the monthly guest export API and the
-backup commands. Hook implementations only; the work is in the sibling modules."""
+"""The backup plugin: the Backup admin pages, the monthly guest export API, the
+backup commands, the built-in database dumpers and the backup status lines.
+Hook implementations only; the work is in the sibling modules."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from . import audit as _audit  # noqa: F401  (registers the audit_log table with
 
 @hookimpl
 def register_admin_views(app):
+    from guest_registration.extensions import db
+
     from .views import AuditLogView, BackupView
 
     return [
         BackupView(name="System Backup", category="Backup", endpoint="backup", url="backup"),
-        AuditLogView(_audit.AuditEntry, _db(), name="Audit log", category="Backup",
+        AuditLogView(_audit.AuditEntry, db, name="Audit log", category="Backup",
                      endpoint="audit_log", url="backup/audit"),
     ]
 
@@ -28,12 +31,21 @@ def register_blueprints(app):
 
 @hookimpl
 def register_commands(cli):
-    from .cli import export_guests_command
+    from .cli import COMMANDS
 
-    cli.add_command(export_guests_command)
+    for command in COMMANDS:
+        cli.add_command(command)
 
 
-def _db():
-    from guest_registration.extensions import db
+@hookimpl
+def register_database_dumpers():
+    from .dumpers import PostgresDumper, SQLiteDumper
 
-    return db
+    return [PostgresDumper(), SQLiteDumper()]
+
+
+@hookimpl
+def report_status(app):
+    from .status import backup_status
+
+    return backup_status(app)

@@ -55,3 +55,113 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
         Path(tmp).unlink(missing_ok=True)
         raise
     click.echo(f"{stream.rows} guests written to {target}", err=True)
+
+
+def _settings_and_dumper():
+    from .context import backup_settings, dumper_for
+
+    return backup_settings(current_app), dumper_for(current_app, db.engine.dialect.name)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.command("backup")
+@click.option("--output", type=click.Path(), help="Write the archive here (a file or a folder) "
+              "instead of BACKUP_FOLDER.")
+@click.option("--keep", type=click.IntRange(min=0), default=None,
+              help="Keep only the N newest archives in BACKUP_FOLDER (default: BACKUP_KEEP; 0 = all).")
+@with_appcontext
+def backup_command(output: str | None, keep: int | None) -> None:
+    """Make a system backup: database dump + uploads without guest photos, as one ZIP.
+
+    Prints the archive's path as the last line; exits 1 on failure."""
+    from .service import BackupError, create_backup
+
+    try:
+        settings, dumper = _settings_and_dumper()
+        if keep is not None:
+            settings.keep = keep
+        result = create_backup(db.engine, dumper, settings, output=output,
+                               actor=default_actor(), via="cli")
+    except BackupError as exc:
+        _fail(str(exc))
+    m = result.manifest
+    click.echo(f"{sum(m['row_counts'].values())} rows in {len(m['row_counts'])} tables, "
+               f"{len(m['members']) - 1} uploads, {m['excluded_guest_photos']} guest photos left out, "
+               f"{result.size / 1e6:.1f} MB")
+    click.echo(str(result.path))
+
+
+@click.command("backup-list")
+@with_appcontext
+def backup_list_command() -> None:
+    """List the archives in BACKUP_FOLDER, newest first."""
+    from .service import list_archives
+
+    archives = list_archives(current_app.config["BACKUP_FOLDER"])
+    if not archives:
+        click.echo(f"no archives in {current_app.config['BACKUP_FOLDER']}")
+    for a in archives:
+        click.echo(f"{a.name}  {a.size / 1e6:10.1f} MB  {a.created:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@click.command("verify")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@with_appcontext
+def verify_command(archive: str) -> None:
+    """Check an archive: the ZIP, every checksum in the manifest, a complete dump."""
+    from .context import dumpers
+    from .service import verify_archive
+
+    if not Path(archive).is_file():
+        _fail(f"{archive} does not exist")
+    report = verify_archive(archive, dumpers(current_app))
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"FAIL {problem}", err=True)
+        _fail(f"{archive} did not verify ({len(report.problems)} problem(s))")
+    m = report.manifest
+    click.echo(f"OK {archive}: {len(m['members'])} members checked, "
+               f"{m['database']['engine']} dump complete, created {m['created_at']}")
+
+
+@click.command("restore")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--database-url", help="Restore into this database (default: the app's own).")
+@click.option("--uploads", "uploads_dir", type=click.Path(file_okay=False),
+              help="Restore the uploads into this folder (default: UPLOAD_FOLDER).")
+@click.option("--replace", is_flag=True, help="Empty a non-empty target database first.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def restore_command(archive: str, database_url: str | None, uploads_dir: str | None,
+                    replace: bool, yes: bool) -> None:
+    """Verify an archive, then restore its database and uploads."""
+    from guest_registration.config import normalise_database_url
+    from guest_registration.maintenance import safe_url
+
+    from .context import backup_settings, dumpers
+    from .service import BackupError, restore_archive
+
+    if not Path(archive).is_file():
+        _fail(f"{archive} does not exist")
+    target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
+    uploads = uploads_dir or current_app.config["UPLOAD_FOLDER"]
+    if not yes:
+        click.confirm(f"Restore {archive} into {safe_url(target)} and {uploads}"
+                      f"{' (REPLACING the database contents)' if replace else ''}?", abort=True)
+    try:
+        result = restore_archive(archive, dumpers=dumpers(current_app),
+                                 settings=backup_settings(current_app), target_url=target,
+                                 uploads_dir=uploads, replace=replace, engine=db.engine,
+                                 actor=default_actor())
+    except BackupError as exc:
+        _fail(str(exc))
+    click.echo(f"restored {sum(result['row_counts'].values())} rows and {result['uploads']} "
+               f"uploads into {safe_url(target)} and {uploads}")
+
+
+COMMANDS = [export_guests_command, backup_command, backup_list_command, verify_command,
+            restore_command]

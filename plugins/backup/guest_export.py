@@ -178,7 +178,9 @@ def open_export(engine: Engine, req: ExportRequest, *, actor: str | None, via: s
             # plan the server-side cursor for all rows, not the first 10%
             conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
         else:
-            conn.exec_driver_sql("SELECT 1")  # SQLite: the read snapshot starts here
+            # pysqlite opens no transaction for reads: start one so the count and
+            # the rows come from one snapshot
+            conn.exec_driver_sql("BEGIN")
         rows = conn.execute(count_query(start, end)).scalar_one()
     except BaseException:
         conn.close()

@@ -1,0 +1,342 @@
+"""End to end in a real browser: the app runs as ``manage.py run`` on PostgreSQL
+(prepared with ``setup``, ``demo-data`` and ``users create``) and headless
+Chromium clicks through the login, the admin menu, logout, the 403 for a
+non-admin and the public registration form.
+
+Skipped with the reason when Playwright or Chromium is missing (a failure with
+``REQUIRE_BROWSER=1``), and when PostgreSQL is unreachable (a failure with
+``REQUIRE_POSTGRES=1``). Screenshots go to ``tests/artifacts/`` (git-ignored),
+the server's log to ``tests/artifacts/live-server.log``; a failing test shows
+what the server logged during it and the browser errors it saw.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from guest_registration.config import normalise_database_url
+from guest_registration.demo import tiny_png
+from tests.conftest import ADMIN, USER, create_pg_database, drop_pg_database
+from tests.live_server import ARTIFACTS, browser_session, live_server
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+TIMEOUT_MS = 10_000      # every locator wait and expect()
+NAV_TIMEOUT_MS = 20_000  # every navigation
+NEXT_ADMIN = r"\?next=(/|%2F)admin(/|%2F)$"  # Flask-Security may leave the path unquoted
+PHOTO_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\.png$")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def browser():
+    with browser_session() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def server(browser, pg_server, tmp_path_factory):
+    """The real app on its own PostgreSQL database, for this module."""
+    url = create_pg_database(pg_server, "gr_browser")
+    try:
+        with live_server(url, tmp_path_factory.mktemp("live"), admin=ADMIN, user=USER,
+                         log_path=ARTIFACTS / "live-server.log") as srv:
+            yield srv
+    finally:
+        drop_pg_database(pg_server, url)
+
+
+@pytest.fixture(scope="module")
+def db_engine(server):
+    engine = sa.create_engine(normalise_database_url(server.database_url))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def problems():
+    """Browser-side errors of one test: JS exceptions, console errors, HTTP >= 400."""
+    return []
+
+
+@pytest.fixture
+def page(browser, server, problems):
+    """A fresh browser context (no cookies) per test, with bounded waits.
+
+    At teardown it prints what the server logged during the test and the
+    browser errors: pytest shows that output only when the test failed.
+    """
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    offset = server.log_offset()
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.set_default_navigation_timeout(NAV_TIMEOUT_MS)
+    pg = context.new_page()
+    pg.on("pageerror", lambda exc: problems.append(f"JS error on {pg.url}: {exc}"))
+    # "Failed to load resource" console errors repeat what the response listener
+    # records; the app has no favicon, and the browser's own request for it is no page error
+    pg.on("console", lambda msg: msg.type == "error"
+          and not msg.text.startswith("Failed to load resource")
+          and problems.append(f"console error on {pg.url}: {msg.text}"))
+    pg.on("response", lambda resp: resp.status >= 400 and not is_favicon(resp.url)
+          and problems.append(f"HTTP {resp.status} {resp.request.method} {resp.url}"))
+    try:
+        yield pg
+    finally:
+        context.close()
+        print(f"--- server log during this test ({server.log_path}):")
+        print(server.log_since(offset) or "(nothing)")
+        print("--- browser problems:", *(problems or ["(none)"]), sep="\n")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def is_favicon(url: str) -> bool:
+    return url.split("?")[0].endswith("/favicon.ico")
+
+
+def path_re(server, path: str, query: str = "") -> re.Pattern:
+    """The URL of ``path`` on the server, exactly, with an optional query regex."""
+    return re.compile("^" + re.escape(server.url(path)) + (query or "$"))
+
+
+def log_in(page, server, email: str, password: str) -> None:
+    """Log in through the form the way a person does: fill in, click the button."""
+    from playwright.sync_api import expect
+
+    if "/login" not in page.url:
+        page.goto(server.url("/login"))
+    form = page.locator("form[name=login_user_form]")
+    expect(form).to_be_visible()
+    form.get_by_label("Email Address").fill(email)
+    form.get_by_label("Password").fill(password)
+    with page.expect_navigation():
+        form.locator("[type=submit]").click()
+    expect(page.locator("form[name=login_user_form]")).to_have_count(0)
+
+
+def nav(page):
+    return page.locator("#admin-navbar-collapse")
+
+
+def no_problems(problems: list[str], allowed: tuple[str, ...] = ()) -> list[str]:
+    return [p for p in problems if not any(a in p for a in allowed)]
+
+
+def add_upcoming_trip(engine, title: str, max_guests: int = 3) -> int:
+    """A trip that is open for registration whatever today's date is."""
+    start = date.today() + timedelta(days=30)
+    with engine.begin() as conn:
+        return conn.execute(sa.text(
+            "INSERT INTO trip (title, start_date, end_date, max_guests) "
+            "VALUES (:t, :s, :e, :m) RETURNING id"),
+            {"t": title, "s": start, "e": start + timedelta(days=5), "m": max_guests}).scalar_one()
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_logged_out_visitor_is_sent_to_login(page, server, problems):
+    from playwright.sync_api import expect
+
+    resp = page.goto(server.url("/admin/"))
+    assert resp.ok, resp.status
+    expect(page).to_have_url(path_re(server, "/login", NEXT_ADMIN))
+    form = page.locator("form[name=login_user_form]")
+    expect(form.get_by_label("Email Address")).to_be_visible()
+    expect(form.get_by_label("Password")).to_be_visible()
+    expect(form.locator("[type=submit]")).to_be_visible()
+    expect(nav(page).get_by_role("link", name="Trips", exact=True)).to_have_count(0)
+    screenshot(page, "login.png")
+    assert no_problems(problems) == []
+
+
+def test_login_returns_to_the_page_asked_for(page, server, problems):
+    from playwright.sync_api import expect
+
+    page.goto(server.url("/admin/backup/"))
+    expect(page).to_have_url(path_re(server, "/login", r"\?next=(/|%2F)admin(/|%2F)backup(/|%2F)$"))
+    log_in(page, server, *ADMIN)
+    expect(page).to_have_url(path_re(server, "/admin/backup/"))
+    assert no_problems(problems) == []
+
+
+def test_wrong_password_stays_on_login(page, server, problems):
+    from playwright.sync_api import expect
+
+    page.goto(server.url("/login"))
+    form = page.locator("form[name=login_user_form]")
+    form.get_by_label("Email Address").fill(ADMIN[0])
+    form.get_by_label("Password").fill("not-the-password")
+    form.locator("[type=submit]").click()
+    expect(page.locator(".invalid-feedback, .alert-danger").first).to_be_visible()
+    expect(page).to_have_url(path_re(server, "/login"))
+    page.goto(server.url("/admin/"))
+    expect(page).to_have_url(path_re(server, "/login", r"\?next="))
+    # the failed POST answers 400 with the form; that is the only error expected
+    assert no_problems(problems, ("HTTP 400 POST",)) == []
+
+
+def test_admin_logs_in_and_clicks_through_the_menu(page, server, problems, db_engine):
+    from playwright.sync_api import expect
+
+    log_in(page, server, *ADMIN)
+    expect(page).to_have_url(path_re(server, "/admin/"))
+    menu = nav(page)
+    for label in ("Trips", "Registrations", "Guests", "Users"):
+        expect(menu.get_by_role("link", name=label, exact=True)).to_be_visible()
+    expect(menu.get_by_text(ADMIN[0])).to_be_visible()
+    expect(menu.get_by_role("button", name="Log out")).to_be_visible()
+    with db_engine.connect() as conn:
+        trips = conn.execute(sa.text("select count(*) from trip")).scalar_one()
+    assert trips >= 4  # the demo data
+    # the home page counts come from the database
+    expect(page.locator("[data-count=trips]")).to_have_text(re.compile(r"^\s*\d+\s*$"))
+    assert int(page.locator("[data-count=trips]").inner_text()) >= 4
+    screenshot(page, "admin-home.png")
+
+    system_backup = menu.get_by_role("link", name="System Backup")
+    expect(system_backup).to_be_hidden()  # inside the closed dropdown
+    menu.locator("a.dropdown-toggle", has_text="Backup").click()
+    expect(system_backup).to_be_visible()
+    expect(menu.get_by_role("link", name="Audit log")).to_be_visible()
+    system_backup.click()
+    expect(page).to_have_url(path_re(server, "/admin/backup/"))
+    expect(page.locator("#export-formats [data-format=csv]")).to_be_visible()
+    expect(page.locator("#export-formats [data-format=json]")).to_be_visible()
+    screenshot(page, "admin-backup.png")
+
+    for label, path in (("Trips", "/admin/trip/"), ("Registrations", "/admin/registration/"),
+                        ("Users", "/admin/user/")):
+        menu.get_by_role("link", name=label, exact=True).click()
+        expect(page).to_have_url(path_re(server, path))
+        expect(page.locator("table.model-list tbody tr").first).to_be_visible()
+    assert no_problems(problems) == []
+
+
+def test_guests_list_shows_demo_data(page, server, problems, db_engine):
+    from playwright.sync_api import expect
+
+    with db_engine.connect() as conn:
+        total = conn.execute(sa.text("select count(*) from guest")).scalar_one()
+        first = conn.execute(sa.text(
+            "select first_name, last_name, document_number from guest order by id desc limit 1"
+        )).one()
+    assert total > 0
+    log_in(page, server, *ADMIN)
+    nav(page).get_by_role("link", name="Guests", exact=True).click()
+    expect(page).to_have_url(path_re(server, "/admin/guest/"))
+    rows = page.locator("table.model-list tbody tr")
+    expect(rows.first).to_be_visible()
+    assert rows.count() == min(total, 50)  # page_size 50
+    # newest first (column_default_sort): the last guest is in the first row
+    expect(rows.first).to_contain_text(first.document_number)
+    expect(rows.first).to_contain_text(first.first_name)
+    expect(rows.first).to_contain_text(first.last_name)
+    expect(page.get_by_text(f"List ({total})")).to_be_visible()
+    assert no_problems(problems) == []
+
+
+def test_logout_button_logs_out(page, server, problems):
+    from playwright.sync_api import expect
+
+    log_in(page, server, *ADMIN)
+    expect(page).to_have_url(path_re(server, "/admin/"))
+    with page.expect_navigation():
+        nav(page).get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(path_re(server, "/"))  # SECURITY_POST_LOGOUT_VIEW
+    page.goto(server.url("/admin/"))
+    expect(page).to_have_url(path_re(server, "/login", NEXT_ADMIN))
+    expect(page.locator("form[name=login_user_form]")).to_be_visible()
+    assert no_problems(problems) == []
+
+
+def test_non_admin_user_gets_403(page, server, problems):
+    from playwright.sync_api import expect
+
+    log_in(page, server, *USER)
+    resp = page.goto(server.url("/admin/"))
+    assert resp.status == 403
+    expect(page.locator("h1")).to_have_text("Error 403")
+    expect(page.get_by_text("You do not have access to this page.")).to_be_visible()
+    expect(nav(page).get_by_role("link", name="Trips", exact=True)).to_have_count(0)
+    assert page.goto(server.url("/admin/guest/")).status == 403
+    assert page.goto(server.url("/admin/backup/")).status == 403
+    assert no_problems(problems, ("HTTP 403 GET",)) == []
+
+
+def test_public_registration_with_photo(page, server, problems, db_engine):
+    from playwright.sync_api import expect
+
+    tag = uuid.uuid4().hex[:8]
+    title = f"Browser Test Trip {tag}"
+    trip_id = add_upcoming_trip(db_engine, title)
+    first, last, doc = "Zoë", f"Dvořák-{tag}", f"BT{tag.upper()}"
+    email = f"browser-{tag}@example.com"
+    png = tiny_png((10, 200, 90))
+
+    page.goto(server.url("/"))
+    page.get_by_role("link", name=re.compile(re.escape(title))).click()
+    expect(page).to_have_url(path_re(server, f"/trips/{trip_id}/register"))
+    expect(page.locator("h1")).to_have_text(title)
+    form = page.locator("#registration-form")
+    form.get_by_label("E-mail").fill(email)
+    form.get_by_label("Language").select_option("cs")
+    form.get_by_label("First name").fill(first)
+    form.get_by_label("Last name").fill(last)
+    form.get_by_label("Age category").select_option("adult")
+    form.get_by_label("Document type").select_option("id_card")
+    form.get_by_label("Document number").fill(doc)
+    form.get_by_label("Document photo").set_input_files(
+        {"name": "my passport.png", "mimeType": "image/png", "buffer": png})
+    form.get_by_label(re.compile("I consent")).check()
+    screenshot(page, "registration-form.png")
+    with page.expect_navigation():
+        form.get_by_role("button", name="Register").click()
+    expect(page).to_have_url(path_re(server, f"/trips/{trip_id}/thanks"))
+    expect(page.locator("h1")).to_have_text("Thank you!")
+    expect(page.locator("main")).to_contain_text(title)
+
+    with db_engine.connect() as conn:
+        row = conn.execute(sa.text(
+            "select g.id, g.first_name, g.last_name, g.age_category, g.document_type, "
+            "g.document_photo, g.gdpr_consent, r.email, r.language, r.trip_id "
+            "from guest g join registration r on r.id = g.registration_id "
+            "where g.document_number = :doc"), {"doc": doc}).one()
+    assert (row.first_name, row.last_name, row.age_category, row.document_type) == (
+        first, last, "adult", "id_card")
+    assert (row.email, row.language, row.trip_id, row.gdpr_consent) == (email, "cs", trip_id, True)
+    assert PHOTO_RE.match(row.document_photo), row.document_photo
+    assert (server.upload_folder / row.document_photo).read_bytes() == png
+
+    # and an admin finds the guest, with the photo, in the Guests list
+    page.goto(server.url("/login"))
+    log_in(page, server, *ADMIN)
+    nav(page).get_by_role("link", name="Guests", exact=True).click()
+    page.locator("input[name=search]").fill(doc)
+    page.locator("input[name=search]").press("Enter")
+    rows = page.locator("table.model-list tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(f"{first}")
+    expect(rows.first).to_contain_text(last)
+    link = rows.first.get_by_role("link", name="view", exact=True)
+    href = link.get_attribute("href")
+    assert href.endswith(f"/admin/guest/photo/{row.id}")
+    photo = page.request.get(server.url(href))
+    assert photo.status == 200
+    assert photo.headers["content-type"] == "image/png"
+    assert photo.body() == png
+    assert no_problems(problems) == []
+
