@@ -236,7 +236,7 @@ def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettin
             target_dir = out
         else:
             target_dir, target_name = out.parent, out.name
-    entry = audit.start(engine, "backup", actor=actor, via=via)
+    entry: int | None = None  # logged once the snapshot exists, so it is not in the dump
     tmp: Path | None = None
     try:
         for d in {folder, target_dir}:
@@ -269,6 +269,7 @@ def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettin
                     tables = sorted(inspect(conn).get_table_names())
                     counts = {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()
                               for t in tables}
+                    entry = audit.start(engine, "backup", actor=actor, via=via, target=name)
                     info = zipfile.ZipInfo(DATABASE_MEMBER, date_time=when.timetuple()[:6])
                     info.compress_type = zipfile.ZIP_DEFLATED
                     info.external_attr = 0o600 << 16
@@ -313,6 +314,8 @@ def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettin
             tmp.unlink(missing_ok=True)
         message = _safe_message(exc)
         try:
+            if entry is None:
+                entry = audit.start(engine, "backup", actor=actor, via=via)
             audit.finish(engine, entry, "failed" if isinstance(exc, Exception) else "aborted",
                          message=message)
         except Exception:
@@ -469,7 +472,7 @@ def verify_archive(path: str | os.PathLike, dumpers: Mapping[str, DatabaseDumper
                             raise ValueError("member inflates beyond its declared size")
                         sha.update(chunk)
                         tail = (tail + chunk)[-256:]
-            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            except Exception as exc:  # zlib.error, BadZipFile, EOFError, our ValueError ...
                 report.problems.append(f"{info.filename}: damaged ({exc.__class__.__name__})")
                 continue
             if sha.hexdigest() != expected.get("sha256"):
@@ -513,22 +516,30 @@ def restore_archive(path: str | os.PathLike, *, dumpers: Mapping[str, DatabaseDu
         if not replace:
             raise BackupError("the target database is not empty; use --replace to overwrite it")
         dumper.clear(target_url)
-    entry = audit.start(engine, "restore", actor=actor, via="cli",
-                        target=Path(path).name) if engine is not None else None
     try:
         with zipfile.ZipFile(path) as zf:
             with zf.open(DATABASE_MEMBER) as dump:
                 dumper.restore(settings.dumper_settings, target_url, dump)
             written = _restore_uploads(zf, Path(uploads_dir))
     except BaseException as exc:
-        if entry is not None:
-            audit.finish(engine, entry, "failed", message=_safe_message(exc))
+        _log_restore(engine, path, actor, "failed", message=_safe_message(exc))
         if isinstance(exc, DumpError):
             raise BackupError(str(exc)) from None
         raise
-    if entry is not None:
-        audit.finish(engine, entry, "ok", rows=sum(manifest.get("row_counts", {}).values()))
+    rows = sum(manifest.get("row_counts", {}).values())
+    _log_restore(engine, path, actor, "ok", rows=rows)
     return {"row_counts": manifest.get("row_counts", {}), "uploads": written}
+
+
+def _log_restore(engine: Engine | None, path, actor, outcome: str, **fields) -> None:
+    """Logged after the fact: the app's own database may be the one just replaced."""
+    if engine is None:
+        return
+    try:
+        entry = audit.start(engine, "restore", actor=actor, via="cli", target=Path(path).name)
+        audit.finish(engine, entry, outcome, **fields)
+    except Exception:
+        log.warning("could not record the restore in the audit log", exc_info=True)
 
 
 def _restore_uploads(zf, target: Path) -> int:
