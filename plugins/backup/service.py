@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -123,13 +123,17 @@ def clean_partials(folder: str | os.PathLike) -> int:
         return 0
     try:
         with backup_lock(folder):
-            removed = 0
-            for p in folder.glob(f".system_backup_*{PARTIAL_SUFFIX}"):
-                p.unlink(missing_ok=True)
-                removed += 1
-            return removed
+            return _remove_partials(folder)
     except BackupBusy:
         return 0
+
+
+def _remove_partials(folder: Path) -> int:
+    removed = 0
+    for p in folder.glob(f".system_backup_*{PARTIAL_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def list_archives(folder: str | os.PathLike) -> list[ArchiveInfo]:
@@ -224,8 +228,12 @@ def _upload_files(folder: Path) -> Iterator[tuple[Path, str]]:
 
 def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettings, *,
                   output: str | os.PathLike | None = None, actor: str | None = None,
-                  via: str = "cli", progress: Progress | None = None) -> BackupResult:
-    """Make a system backup archive; raise :class:`BackupError` with a safe message."""
+                  via: str = "cli", progress: Progress | None = None,
+                  lock: bool = True) -> BackupResult:
+    """Make a system backup archive; raise :class:`BackupError` with a safe message.
+
+    ``lock=False`` means the caller already holds :func:`backup_lock` (a web job
+    takes it in the request, so a second click is refused at once)."""
     import zipfile
 
     folder = Path(settings.backup_folder)
@@ -246,7 +254,8 @@ def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettin
                 raise BackupError(f"the backup folder {d} cannot be created") from None
             if not d.is_dir() or not os.access(d, os.W_OK | os.X_OK):
                 raise BackupError(f"the backup folder {d} is not writable")
-        with backup_lock(folder):
+        with backup_lock(folder) if lock else nullcontext():
+            _remove_partials(folder)  # left by a killed process; we hold the lock
             when = _now()
             name = target_name or _archive_name(target_dir, when)
             tmp = target_dir / f".{name}{PARTIAL_SUFFIX}"
