@@ -19,6 +19,12 @@ SIGNATURES = (
     (b"%PDF-", "pdf"),
 )
 PNG_TRAILER = b"IEND\xaeB`\x82"
+#: markup or active content that has no business inside a photo or a scan: a file
+#: carrying it is a polyglot (valid image *and* HTML/script/PDF-JavaScript)
+ACTIVE_MARKERS = (b"<script", b"<html", b"<!doctype", b"<?php", b"<svg", b"<iframe", b"<body",
+                  b"javascript:")
+PDF_ACTIVE_MARKERS = (b"/javascript", b"/js", b"/launch", b"/embeddedfile", b"/openaction",
+                      b"/richmedia", b"/xfa")
 
 
 class PhotoError(ValueError):
@@ -37,11 +43,32 @@ def _tail(stream: BinaryIO, size: int, n: int = 1024) -> bytes:
     return stream.read(n)
 
 
+def check_filename(filename: str) -> None:
+    """The client's file name is never used for storage, but one carrying a path
+    is an attack or a broken client: refuse it."""
+    if "/" in filename or "\\" in filename or ".." in filename or "\x00" in filename:
+        raise PhotoError("the file name must be a plain name, without a path")
+
+
+def _has_marker(stream: BinaryIO, markers: tuple[bytes, ...]) -> bool:
+    stream.seek(0)
+    overlap = max(len(m) for m in markers)
+    previous = b""
+    while chunk := stream.read(256 * 1024):
+        window = (previous + chunk).lower()
+        if any(m in window for m in markers):
+            return True
+        previous = window[-overlap:]
+    return False
+
+
 def check_photo(stream: BinaryIO, max_bytes: int) -> CheckedPhoto:
     """Check a photo by its content: JPEG, PNG or PDF, non-empty, at most ``max_bytes``.
 
     Besides the magic number at the start, the format's end marker must be at the
-    end, which refuses text files renamed ``.jpg`` and most polyglots.
+    end (refusing text files renamed ``.jpg`` and files with something appended),
+    and no markup, script or PDF active content may appear anywhere (refusing
+    polyglots that a browser or viewer would also run as HTML or JavaScript).
     """
     stream.seek(0, os.SEEK_END)
     size = stream.tell()
@@ -64,6 +91,9 @@ def check_photo(stream: BinaryIO, max_bytes: int) -> CheckedPhoto:
     }[ext]
     if not ok:
         raise PhotoError(f"the file is not a complete {ext.upper()} file")
+    markers = ACTIVE_MARKERS + (PDF_ACTIVE_MARKERS if ext == "pdf" else ())
+    if _has_marker(stream, markers):
+        raise PhotoError("the file contains markup or script and is not accepted")
     stream.seek(0)
     return CheckedPhoto(stream, ext, size)
 

@@ -10,7 +10,7 @@ from werkzeug.datastructures import FileStorage
 from ..extensions import csrf, db
 from ..models import Guest, Registration, Trip
 from .forms import RegistrationForm
-from .storage import PhotoError, check_photo, remove_photos, store_photo
+from .storage import PhotoError, check_filename, check_photo, remove_photos, store_photo
 
 bp = Blueprint("public", __name__)
 
@@ -76,6 +76,7 @@ def _check_photos(form: RegistrationForm) -> bool:
             field.data = None
             continue
         try:
+            check_filename(upload.filename)
             field.data = check_photo(upload.stream, limit)
         except PhotoError as exc:
             field.errors = [f"Document photo: {exc}."]

@@ -99,8 +99,9 @@ def backup_command(output: str | None, keep: int | None) -> None:
 @with_appcontext
 def backup_list_command() -> None:
     """List the archives in BACKUP_FOLDER, newest first."""
-    from .service import list_archives
+    from .service import clean_partials, list_archives
 
+    clean_partials(current_app.config["BACKUP_FOLDER"])  # leftovers of a killed backup
     archives = list_archives(current_app.config["BACKUP_FOLDER"])
     if not archives:
         click.echo(f"no archives in {current_app.config['BACKUP_FOLDER']}")

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 #: guest photos: ``<uuid>.<ext>``, the older ``<uuid>_<anything>``, and half-written ``.tmp-<uuid>.<ext>``
 PHOTO_NAME_RE = re.compile(rf"^(?:\.tmp-)?{UUID}(?:\.[A-Za-z0-9]+|_.*)?$")
 CHUNK = 1024 * 1024
+#: a member inflating more than this ratio *and* beyond BOMB_MIN_BYTES is refused
+BOMB_RATIO = 200
+BOMB_MIN_BYTES = 64 * 1024 * 1024
 DATABASE_MEMBER = "database.sql"
 MANIFEST_MEMBER = "manifest.json"
 UPLOADS_PREFIX = "uploads/"
@@ -440,6 +444,10 @@ def verify_archive(path: str | os.PathLike, dumpers: Mapping[str, DatabaseDumper
             problem = _member_problems(info)
             if problem:
                 report.problems.append(problem)
+            elif (info.file_size > BOMB_MIN_BYTES
+                  and info.file_size > BOMB_RATIO * max(info.compress_size, 1)):
+                report.problems.append(f"{info.filename!r} inflates {info.file_size // max(info.compress_size, 1)}"
+                                       f"-fold: refused as a possible ZIP bomb")
         if report.problems:
             return report
         if MANIFEST_MEMBER not in names:
@@ -521,6 +529,11 @@ def restore_archive(path: str | os.PathLike, *, dumpers: Mapping[str, DatabaseDu
     if target_dialect != engine_name:
         raise BackupError(f"the archive holds a {engine_name} dump; the target is {target_dialect}")
     dumper = dumpers[engine_name]
+    needed = sum(m.get("size", 0) for n, m in manifest["members"].items() if n.startswith(UPLOADS_PREFIX))
+    target = Path(uploads_dir)
+    existing = next((p for p in [target, *target.parents] if p.exists()), Path("/"))
+    if needed > shutil.disk_usage(existing).free:
+        raise BackupError(f"the uploads need {needed} bytes; the target disk has less free space")
     if not dumper.is_empty(target_url):
         if not replace:
             raise BackupError("the target database is not empty; use --replace to overwrite it")
