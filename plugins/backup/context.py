@@ -21,6 +21,7 @@ def backup_settings(app: Flask) -> BackupSettings:
         backup_folder=c["BACKUP_FOLDER"], app_version=__version__,
         pg_dump=c.get("PG_DUMP", "pg_dump"), psql=c.get("PSQL", "psql"),
         keep=int(c.get("BACKUP_KEEP", 0) or 0),
+        compresslevel=int(c.get("BACKUP_COMPRESSLEVEL", 3)),
     )
 
 

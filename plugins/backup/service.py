@@ -67,6 +67,7 @@ class BackupSettings:
     pg_dump: str = "pg_dump"
     psql: str = "psql"
     keep: int = 0
+    compresslevel: int = 3
 
     @property
     def dumper_settings(self) -> DumperSettings:
@@ -272,7 +273,7 @@ def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettin
             members: dict[str, dict] = {}
             with os.fdopen(fd, "wb") as fh, \
                     zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED,
-                                    compresslevel=6, allowZip64=True) as zf:
+                                    compresslevel=settings.compresslevel, allowZip64=True) as zf:
                 if progress:
                     progress("database", 0)
                 with engine.connect() as conn:
@@ -283,9 +284,7 @@ def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettin
                     counts = {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()
                               for t in tables}
                     entry = audit.start(engine, "backup", actor=actor, via=via, target=name)
-                    info = zipfile.ZipInfo(DATABASE_MEMBER, date_time=when.timetuple()[:6])
-                    info.compress_type = zipfile.ZIP_DEFLATED
-                    info.external_attr = 0o600 << 16
+                    info = _zipinfo(DATABASE_MEMBER, when, level=settings.compresslevel)
                     with zf.open(info, "w", force_zip64=True) as member:
                         w = _HashingWriter(member, progress, "database", written)
                         dumper.dump(settings.dumper_settings, conn, w.write)
@@ -293,7 +292,7 @@ def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettin
                         raise BackupError("the database dump is incomplete")
                     members[DATABASE_MEMBER] = {"size": w.size, "sha256": w.sha.hexdigest()}
                     excluded = _add_uploads(zf, conn, Path(settings.upload_folder), members,
-                                            progress, written)
+                                            progress, written, settings.compresslevel)
                 manifest = {
                     "format_version": FORMAT_VERSION,
                     "app": "guest-registration",
@@ -336,7 +335,8 @@ def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettin
         if isinstance(exc, BackupError):
             raise
         if isinstance(exc, Exception):
-            log.warning("backup failed: %s", type(exc).__name__, exc_info=True)
+            log.warning("backup failed: %s (%s)", message, type(exc).__name__)
+            log.debug("backup failure details", exc_info=True)
             raise BackupError(message) from None
         raise
 
@@ -357,18 +357,23 @@ def _safe_message(exc: BaseException) -> str:
     return f"the backup failed ({type(exc).__name__}); details are in the server log"
 
 
-def _zipinfo(name: str, when: datetime, mtime: float | None = None):
+def _zipinfo(name: str, when: datetime, mtime: float | None = None, level: int = 3):
     import zipfile
 
     stamp = time.gmtime(mtime)[:6] if mtime is not None else when.timetuple()[:6]
     info = zipfile.ZipInfo(name, date_time=max(stamp, (1980, 1, 1, 0, 0, 0)))
     info.compress_type = zipfile.ZIP_DEFLATED
+    # a ZipInfo passed to ZipFile.open() ignores the ZipFile's compresslevel
+    if hasattr(type(info), "compress_level"):  # Python >= 3.13
+        info.compress_level = level
+    else:
+        info._compresslevel = level
     info.external_attr = 0o600 << 16
     return info
 
 
 def _add_uploads(zf, conn, folder: Path, members: dict, progress: Progress | None,
-                 written: list[int]) -> int:
+                 written: list[int], level: int) -> int:
     """Add every non-photo upload; return how many guest photos were left out."""
     if not folder.is_dir():
         return 0
@@ -383,7 +388,7 @@ def _add_uploads(zf, conn, folder: Path, members: dict, progress: Progress | Non
                 excluded += 1
                 continue
             name = UPLOADS_PREFIX + rel
-            with open(path, "rb") as src, zf.open(_zipinfo(name, _now(), path.stat().st_mtime),
+            with open(path, "rb") as src, zf.open(_zipinfo(name, _now(), path.stat().st_mtime, level),
                                                   "w", force_zip64=True) as member:
                 w = _HashingWriter(member, progress, "uploads", written)
                 while chunk := src.read(CHUNK):
