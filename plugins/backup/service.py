@@ -335,8 +335,10 @@ def create_backup(engine: Engine, dumper: DatabaseDumper, settings: BackupSettin
         if isinstance(exc, BackupError):
             raise
         if isinstance(exc, Exception):
-            log.warning("backup failed: %s (%s)", message, type(exc).__name__)
-            log.debug("backup failure details", exc_info=True)
+            expected = isinstance(exc, OSError) and exc.errno in (13, 27, 28)
+            # an expected condition gets one line; anything else its traceback in the log
+            log.warning("backup failed: %s (%s)", message, type(exc).__name__,
+                        exc_info=not expected)
             raise BackupError(message) from None
         raise
 
