@@ -65,6 +65,7 @@ class SecureModelView(AdminOnlyMixin, ModelView):
     """Base for model views: admin-only, CSRF-checked forms (create, edit, delete, actions)."""
 
     form_base_class = CSRFAdminForm
+    list_template = "admin/model/list_responsive.html"
     page_size = 50
     can_view_details = True
 
@@ -104,6 +105,13 @@ class GuestView(SecureModelView):
     column_filters = ("age_category", "document_type", "gdpr_consent", "created_at",
                       "registration.email")
     column_default_sort = ("id", True)
+    column_labels = {"registration": "Registration", "first_name": "First name",
+                     "last_name": "Last name", "age_category": "Age", "document_type": "Document",
+                     "document_number": "Document no.", "document_photo": "Photo",
+                     "gdpr_consent": "GDPR consent", "created_at": "Created (UTC)",
+                     "registration.email": "Registration e-mail"}
+    column_choices = {"document_type": [("passport", "passport"), ("id_card", "ID card"),
+                                        ("driving_license", "driving licence")]}
     column_formatters = {"document_photo": _photo_link}
     column_formatters_detail = {"document_photo": _photo_link}
     form_excluded_columns = ("created_at", "document_photo")

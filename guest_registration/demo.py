@@ -61,6 +61,16 @@ def write_ordinary_uploads(folder: Path) -> list[Path]:
     return written
 
 
+def _trips() -> list[tuple[str, date, date, int]]:
+    """The fixed historical trips, plus two upcoming ones so the public page has
+    something to register for whatever today is."""
+    today = date.today()
+    return TRIPS + [
+        ("Autumn Lake Retreat", today + timedelta(days=30), today + timedelta(days=34), 4),
+        ("Mountain Week", today + timedelta(days=75), today + timedelta(days=82), 6),
+    ]
+
+
 def load(app: Flask, force: bool = False, seed: int = 2025) -> str:
     """Add the demo data unless trips exist (or ``force``); return a one-line summary."""
     if not force and db.session.query(Trip.id).first() is not None:
@@ -70,13 +80,17 @@ def load(app: Flask, force: bool = False, seed: int = 2025) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     write_ordinary_uploads(folder)
     n_reg = n_guest = n_photo = 0
-    for title, start, end, max_guests in TRIPS:
+    trips = _trips()
+    for title, start, end, max_guests in trips:
         trip = Trip(title=title, start_date=start, end_date=end, max_guests=max_guests,
                     created_at=datetime.combine(start - timedelta(days=60), datetime.min.time()))
         db.session.add(trip)
         for r in range(rnd.randint(3, 5)):
-            created = datetime.combine(start - timedelta(days=rnd.randint(1, 40)),
-                                       datetime.min.time()) + timedelta(seconds=rnd.randint(0, 86399))
+            # registrations come before the trip, and never after today
+            day = min(start - timedelta(days=rnd.randint(1, 40)),
+                      date.today() - timedelta(days=rnd.randint(1, 20)))
+            created = datetime.combine(day, datetime.min.time()) + timedelta(
+                seconds=rnd.randint(0, 86399))
             reg = Registration(trip=trip, email=f"guest{n_reg + 1}@example.com",
                                language=rnd.choice(["en", "cs", "de"]),
                                status=rnd.choice(["pending", "approved", "approved"]),
@@ -99,5 +113,5 @@ def load(app: Flask, force: bool = False, seed: int = 2025) -> str:
                     created_at=created + timedelta(seconds=g)))
                 n_guest += 1
     db.session.commit()
-    return (f"demo data loaded: {len(TRIPS)} trips, {n_reg} registrations, {n_guest} guests, "
+    return (f"demo data loaded: {len(trips)} trips, {n_reg} registrations, {n_guest} guests, "
             f"{n_photo} guest photos and 4 ordinary uploads in {folder}")

@@ -65,7 +65,7 @@ def test_demo_data_loads_once(runner, app):
         guests = db.session.query(Guest).all()
         months = {(g.created_at.year, g.created_at.month) for g in guests}
         photos = {g.document_photo for g in guests if g.document_photo}
-        assert trips == 4 and db.session.query(Registration).count() >= 12
+        assert trips == 6 and db.session.query(Registration).count() >= 18
         assert len(months) >= 3
     folder = Path(app.config["UPLOAD_FOLDER"])
     files = {p.name for p in folder.iterdir() if p.is_file()}
@@ -75,7 +75,7 @@ def test_demo_data_loads_once(runner, app):
     again = runner.invoke(args=["demo-data"])
     assert "skipped" in again.output
     with app.app_context():
-        assert db.session.query(Trip).count() == 4
+        assert db.session.query(Trip).count() == 6
 
 
 def test_flask_and_flask_security_commands_work_through_manage_py(tmp_path):
