@@ -1,0 +1,201 @@
+"""The Backup page in a real browser (Debian chromium through Playwright) against
+the real app on PostgreSQL: a backup from the menu with progress and a real
+download, the monthly export in every format, preview, delete, tampered names."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from plugins.backup.dumpers import PostgresDumper
+from plugins.backup.service import PHOTO_NAME_RE, verify_archive
+from tests.conftest import ADMIN, USER, create_pg_database, drop_pg_database
+from tests.live_server import ARTIFACTS, browser_session, live_server
+from tests.test_browser_admin import (_open_page, is_favicon, log_in, nav, no_problems,  # noqa: F401
+                                      screenshot, TIMEOUT_MS)
+
+BACKUP_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with browser_session() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def server(browser, pg_server, tmp_path_factory):
+    """The real app with a pg_dump that waits 2 s before dumping, so the page's
+    progress display can be seen (the dump itself is the real pg_dump)."""
+    work = tmp_path_factory.mktemp("live-backup")
+    slow = work / "slow_pg_dump"
+    slow.write_text('#!/bin/sh\ncase "$1" in --version) ;; *) sleep 2;; esac\n'
+                    f'exec {shutil.which("pg_dump")} "$@"\n')
+    slow.chmod(0o755)
+    url = create_pg_database(pg_server, "gr_browser_backup")
+    try:
+        with live_server(url, work, admin=ADMIN, user=USER,
+                         log_path=ARTIFACTS / "live-server-backup.log",
+                         extra_env={"PG_DUMP": str(slow)}) as srv:
+            yield srv
+    finally:
+        drop_pg_database(pg_server, url)
+
+
+@pytest.fixture
+def problems():
+    return []
+
+
+@pytest.fixture
+def page(browser, server, problems):
+    yield from _open_page(browser, server, problems)
+
+
+def open_backup_page_from_menu(page, server):
+    from playwright.sync_api import expect
+
+    page.goto(server.url("/admin/"))
+    nav(page).locator("a.dropdown-toggle", has_text="Backup").click()
+    nav(page).get_by_role("link", name="System Backup").click()
+    expect(page).to_have_url(re.compile(re.escape(server.url("/admin/backup/")) + "$"))
+    expect(page.get_by_role("heading", name="System Backup")).to_be_visible()
+
+
+def test_backup_from_the_menu_with_progress_and_download(page, server, problems, tmp_path):
+    from playwright.sync_api import expect
+
+    log_in(page, server, *ADMIN)
+    open_backup_page_from_menu(page, server)
+    with page.expect_download(timeout=BACKUP_TIMEOUT_MS) as download_info:
+        page.get_by_role("button", name="Create system backup").click()
+        status = page.locator("#backup-status")
+        expect(status).to_contain_text("Backup running", timeout=TIMEOUT_MS)
+        expect(page.get_by_role("button", name="Create system backup")).to_be_disabled()
+        screenshot(page, "backup-running.png")
+    download = download_info.value
+    assert re.fullmatch(r"system_backup_\d{8}_\d{6}(_\d+)?\.zip", download.suggested_filename)
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    expect(page.locator("#backup-status")).to_contain_text("Backup finished")
+    expect(page.locator("#backup-status")).to_contain_text(download.suggested_filename)
+
+    # the archive is real: it verifies and holds no guest photo
+    report = verify_archive(saved, {"postgresql": PostgresDumper()})
+    assert report.ok, report.problems
+    names = zipfile.ZipFile(saved).namelist()
+    assert "database.sql" in names and "uploads/logo.png" in names
+    assert not [n for n in names if PHOTO_NAME_RE.match(n.rsplit("/", 1)[-1])]
+
+    # identical in content to `python manage.py backup`
+    cli_path = Path(server.manage("backup").strip().splitlines()[-1])
+    cli = zipfile.ZipFile(cli_path)
+    assert sorted(cli.namelist()) == sorted(names)
+    web_manifest = json.loads(zipfile.ZipFile(saved).read("manifest.json"))
+    cli_manifest = json.loads(cli.read("manifest.json"))
+    assert web_manifest.keys() == cli_manifest.keys()
+    assert web_manifest["row_counts"]["guest"] == cli_manifest["row_counts"]["guest"]
+    assert web_manifest["excluded_guest_photos"] == cli_manifest["excluded_guest_photos"] > 0
+
+    # after a reload: the archive list, the finished state and the export form
+    page.reload()
+    expect(page.locator(f'tr[data-archive="{download.suggested_filename}"]')).to_be_visible()
+    expect(page.locator("#backup-status")).to_contain_text("Last backup finished")
+    expect(page.locator("#export-form")).to_be_visible()
+    screenshot(page, "backup-page-after-backup.png")
+    assert no_problems(problems, allowed=("favicon",)) == []
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_monthly_export_download_and_preview(page, server, problems, tmp_path, fmt):
+    from playwright.sync_api import expect
+
+    log_in(page, server, *ADMIN)
+    page.goto(server.url("/admin/backup/"))
+    form = page.locator("#export-form")
+    now_year = form.locator("[name=year]").input_value()
+    assert re.fullmatch(r"\d{4}", now_year)  # defaults to the current month
+    form.locator("[name=year]").fill("2025")
+    form.locator("[name=month]").select_option("6")
+    form.locator("[name=format]").select_option(fmt)
+    expect(page.locator("#curl-command")).to_contain_text(
+        f"/api/backup/guests?year=2025&month=6&format={fmt}")
+    with page.expect_download() as download_info:
+        form.get_by_role("button", name="Download").click()
+    download = download_info.value
+    assert download.suggested_filename == f"guests_2025_06.{fmt}"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    api = page.request.get(server.url(f"/api/backup/guests?year=2025&month=6&format={fmt}"))
+    assert api.status == 200
+    assert saved.read_bytes() == api.body()
+    rows = int(api.headers["x-export-rows"])
+    assert rows > 0
+
+    form.get_by_role("button", name="Preview").click()
+    summary = page.locator("#preview-summary")
+    expect(summary).to_contain_text(f"{rows} rows in 2025-06")
+    first_line = api.body().decode().splitlines()[0]
+    expect(page.locator("#preview-body")).to_contain_text(first_line[:60])
+    assert no_problems(problems, allowed=("favicon",)) == []
+
+
+def test_preview_shows_api_errors_plainly(page, server, problems):
+    from playwright.sync_api import expect
+
+    log_in(page, server, *ADMIN)
+    page.goto(server.url("/admin/backup/"))
+    page.locator("#export-form [name=year]").fill("1800")
+    page.get_by_role("button", name="Preview").click()
+    expect(page.locator("#preview-summary")).to_contain_text("Error 400: 'year' must be between 1900 and 9999")
+    assert no_problems(problems, allowed=("favicon", "HTTP 400")) == []
+
+
+def test_delete_an_archive_after_confirming(page, server, problems):
+    from playwright.sync_api import expect
+
+    name = Path(server.manage("backup").strip().splitlines()[-1]).name
+    log_in(page, server, *ADMIN)
+    page.goto(server.url("/admin/backup/"))
+    row = page.locator(f'tr[data-archive="{name}"]')
+    expect(row).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    row.get_by_role("button", name="Delete").click()
+    expect(row).to_be_visible()  # dismissed: nothing happened
+    assert (server.backup_folder / name).exists()
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_navigation():
+        row.get_by_role("button", name="Delete").click()
+    expect(page.locator(".alert")).to_contain_text(f"{name} was deleted")
+    expect(page.locator(f'tr[data-archive="{name}"]')).to_have_count(0)
+    assert not (server.backup_folder / name).exists()
+    assert no_problems(problems, allowed=("favicon",)) == []
+
+
+@pytest.mark.parametrize("name", ["..%2F..%2Fetc%2Fpasswd", "..%2Fbackups%2F.backup-job.json",
+                                  ".backup.lock", "system_backup_20000101_000000.zip"])
+def test_tampered_download_names_get_an_error(page, server, problems, name):
+    log_in(page, server, *ADMIN)
+    response = page.goto(server.url(f"/admin/backup/download/{name}"))
+    assert response.status == 404
+    assert "root:" not in page.content()
+    assert "Page not found" in page.content()
+
+
+def test_non_admin_is_refused_and_visitor_sent_to_login(page, server, problems):
+    from playwright.sync_api import expect
+
+    response = page.goto(server.url("/admin/backup/"))
+    expect(page.locator("form[name=login_user_form]")).to_be_visible()
+    assert "/login" in page.url and response.status == 200
+    log_in(page, server, *USER)
+    response = page.goto(server.url("/admin/backup/"))
+    assert response.status == 403
+    response = page.goto(server.url("/admin/backup/download/whatever.zip"))
+    assert response.status == 403
+    expect(page.get_by_role("button", name="Log out")).to_be_visible()
