@@ -15,17 +15,11 @@ import pytest
 from plugins.backup.dumpers import PostgresDumper
 from plugins.backup.service import PHOTO_NAME_RE, verify_archive
 from tests.conftest import ADMIN, USER, create_pg_database, drop_pg_database
-from tests.live_server import ARTIFACTS, browser_session, live_server
-from tests.test_browser_admin import (_open_page, is_favicon, log_in, nav, no_problems,  # noqa: F401
-                                      screenshot, TIMEOUT_MS)
+from tests.live_server import ARTIFACTS, live_server
+from tests.test_browser_admin import (TIMEOUT_MS, browser, log_in, nav, no_problems,  # noqa: F401
+                                      page, problems, screenshot)
 
 BACKUP_TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with browser_session() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +39,6 @@ def server(browser, pg_server, tmp_path_factory):
             yield srv
     finally:
         drop_pg_database(pg_server, url)
-
-
-@pytest.fixture
-def problems():
-    return []
-
-
-@pytest.fixture
-def page(browser, server, problems):
-    yield from _open_page(browser, server, problems)
 
 
 def open_backup_page_from_menu(page, server):

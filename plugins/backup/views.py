@@ -40,6 +40,13 @@ def _verifications(names: list[str]) -> dict[str, dict]:
             for r in rows}
 
 
+def _archive_or_404(name: str):
+    try:
+        return archive_path(current_app.config["BACKUP_FOLDER"], name)
+    except BackupError:
+        abort(404)
+
+
 class BackupView(SecureBaseView):
     """Admin → Backup → System Backup: backups, archives, monthly export, activity."""
 
@@ -81,10 +88,7 @@ class BackupView(SecureBaseView):
 
     @expose("/download/<archive>")
     def download(self, archive: str):
-        try:
-            path = archive_path(current_app.config["BACKUP_FOLDER"], archive)
-        except BackupError:
-            abort(404)
+        path = _archive_or_404(archive)
         response = send_file(path, mimetype="application/zip", as_attachment=True,
                              download_name=path.name, max_age=0, conditional=True)
         response.headers["Cache-Control"] = "no-store"
@@ -93,10 +97,7 @@ class BackupView(SecureBaseView):
     @expose("/verify/<archive>", methods=["POST"])
     def verify(self, archive: str):
         csrf.protect()
-        try:
-            path = archive_path(current_app.config["BACKUP_FOLDER"], archive)
-        except BackupError:
-            abort(404)
+        path = _archive_or_404(archive)
         report = verify_archive(path, dumpers(current_app))
         name = path.name
         entry = audit.start(db.engine, "verify", actor=current_user.email, via="admin", target=name)
@@ -111,10 +112,7 @@ class BackupView(SecureBaseView):
     @expose("/delete/<archive>", methods=["POST"])
     def delete(self, archive: str):
         csrf.protect()
-        try:
-            path = archive_path(current_app.config["BACKUP_FOLDER"], archive)
-        except BackupError:
-            abort(404)
+        path = _archive_or_404(archive)
         path.unlink(missing_ok=True)
         name = path.name
         entry = audit.start(db.engine, "delete", actor=current_user.email, via="admin", target=name)
