@@ -48,6 +48,13 @@ def open_transactions(engine) -> int:
             "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL")).scalar_one()
 
 
+def last_export_outcome(engine) -> str:
+    """The outcome of the newest export (written just after its connection is released)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT outcome FROM audit_log WHERE action = 'export' ORDER BY id DESC LIMIT 1")).scalar_one()
+
+
 def wait_until(predicate, timeout=15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,10 +97,7 @@ def test_client_hanging_up_mid_export_releases_the_database(server, fmt):
     assert got.startswith(b"HTTP/1.1 200")
     assert wait_until(lambda: open_transactions(server.engine) == 0), \
         "the export's connection was not released after the client hung up"
-    with server.engine.connect() as conn:
-        outcome = conn.execute(sa.text(
-            "SELECT outcome FROM audit_log WHERE action = 'export' ORDER BY id DESC LIMIT 1")).scalar_one()
-    assert outcome == "aborted"
+    assert wait_until(lambda: last_export_outcome(server.engine) == "aborted")
     status, body, headers = full_export(server, fmt)  # the next request works, complete
     assert status == 200 and int(headers["X-Export-Rows"]) == ROWS
     assert body.count(b"\n") >= ROWS
@@ -133,7 +137,4 @@ def test_database_backend_killed_mid_export_is_not_a_complete_answer(server):
         # if the kill came too late for this export, the body is complete: say so
         pytest.fail(f"the export finished before the backend was killed ({len(first) + len(rest)} bytes)")
     conn.close()
-    with server.engine.connect() as c:
-        assert wait_until(lambda: c.execute(sa.text(
-            "SELECT outcome FROM audit_log WHERE action = 'export' ORDER BY id DESC LIMIT 1"))
-            .scalar_one() == "failed")
+    assert wait_until(lambda: last_export_outcome(server.engine) == "failed")
