@@ -183,3 +183,22 @@ def test_non_admin_is_refused_and_visitor_sent_to_login(page, server, problems):
     response = page.goto(server.url("/admin/backup/download/whatever.zip"))
     assert response.status == 403
     expect(page.get_by_role("button", name="Log out")).to_be_visible()
+
+
+def test_backup_page_is_readable_on_a_narrow_screen(browser, server, problems):
+    """A phone-sized viewport: nothing spills sideways out of the page."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        log_in(page, server, *ADMIN)
+        page.goto(server.url("/admin/backup/"))
+        expect(page.get_by_role("button", name="Create system backup")).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"the page is {overflow}px wider than the screen"
+        expect(page.locator("#export-form [name=format]")).to_be_visible()
+        screenshot(page, "backup-page-narrow.png")
+    finally:
+        context.close()
