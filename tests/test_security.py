@@ -25,6 +25,7 @@ from guest_registration.models import Guest, Trip
 from plugins.backup.context import dumpers
 from plugins.backup.service import verify_archive
 from tests.conftest import ADMIN, USER, csrf_token_from
+from tests.test_registration import trip_id  # noqa: F401  (fixture)
 
 API = "/api/backup/guests"
 
@@ -150,18 +151,18 @@ def test_every_browser_post_needs_a_csrf_token(app, client, auth, runner):
     archive = Path(runner.invoke(args=["backup"]).output.strip().splitlines()[-1])
     auth.login()
     with app.app_context():
-        trip_id = db.session.query(Trip.id).first()[0]
+        first_trip = db.session.query(Trip.id).first()[0]
     posts = sorted({url for method, url in concrete_urls(app)
                     if method == "POST" and not url.startswith("/api/")})
     assert "/admin/backup/start" in posts and "/logout" in posts
     for url in posts:
-        url = url.replace("/trips/1/", f"/trips/{trip_id}/").replace("/1", f"/{trip_id}") \
+        url = url.replace("/trips/1/", f"/trips/{first_trip}/").replace("/1", f"/{first_trip}") \
             if url.startswith("/trips") else url
         url = url.replace("delete/1", f"delete/{archive.name}").replace("verify/1",
                                                                          f"verify/{archive.name}")
         before = state(app)
-        resp = client.post(url, data={"title": "x", "max_guests": "3", "id": str(trip_id),
-                                      "email": "a@b.cz", "action": "delete", "rowid": str(trip_id)})
+        resp = client.post(url, data={"title": "x", "max_guests": "3", "id": str(first_trip),
+                                      "email": "a@b.cz", "action": "delete", "rowid": str(first_trip)})
         assert resp.status_code in (200, 302, 400, 404, 405), (url, resp.status_code)
         assert state(app) == before, url
         assert client.get("/admin/").status_code == 200, f"{url} logged us out"
@@ -169,15 +170,6 @@ def test_every_browser_post_needs_a_csrf_token(app, client, auth, runner):
 
 
 # --- uploads ---------------------------------------------------------------------------
-
-@pytest.fixture
-def trip(app):
-    with app.app_context():
-        t = Trip(title="Hostile", max_guests=2)
-        db.session.add(t)
-        db.session.commit()
-        return t.id
-
 
 def register(client, trip_id, data: bytes, filename: str):
     page = client.get(f"/trips/{trip_id}/register").get_data(as_text=True)
@@ -200,8 +192,9 @@ def register(client, trip_id, data: bytes, filename: str):
     (b"", "empty.jpg", "the file is empty"),
     (tiny_png()[:-12] + b"\x00" * (210 * 1024) + tiny_png()[-12:], "big.png", "larger than"),
 ])
-def test_hostile_uploads_are_refused_and_nothing_stored(app, client, trip, data, filename, message):
-    resp = register(client, trip, data, filename)
+def test_hostile_uploads_are_refused_and_nothing_stored(app, client, trip_id, data, filename,
+                                                        message):
+    resp = register(client, trip_id, data, filename)
     assert resp.status_code == 400
     assert message in resp.get_data(as_text=True)
     folder = Path(app.config["UPLOAD_FOLDER"])
