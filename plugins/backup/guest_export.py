@@ -177,16 +177,16 @@ def open_export(engine: Engine, req: ExportRequest, *, actor: str | None, via: s
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             # plan the server-side cursor for all rows, not the first 10%
             conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
-        else:
+        elif dialect == "sqlite":
             # pysqlite opens no transaction for reads: start one so the count and
             # the rows come from one snapshot
             conn.exec_driver_sql("BEGIN")
         rows = conn.execute(count_query(start, end)).scalar_one()
+        entry = audit.start(engine, "export", actor=actor, via=via, year=req.year,
+                            month=req.month, format=req.format.name)
     except BaseException:
         conn.close()
         raise
-    entry = audit.start(engine, "export", actor=actor, via=via, year=req.year,
-                        month=req.month, format=req.format.name)
     fast = req.format.fast_paths.get(dialect) if use_fast_path else None
     if fast is not None:
         query = export_query(start, end, timestamps_as_text=True)
