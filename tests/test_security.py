@@ -87,7 +87,7 @@ def identities(app, auth, client):
         gone_token = deactivated_user.get_auth_token()
         ds.deactivate_user(deactivated_user)
         db.session.commit()
-    time.sleep(1.2)  # older than the 1-second max age used for "expired token"
+    time.sleep(2.2)  # older than the 1-second max age used for "expired token" (whole seconds)
     return {"expired token": {"Authentication-Token": expired},
             "deactivated user's token": {"Authentication-Token": gone_token}}
 
