@@ -134,13 +134,6 @@ def _tool_version(path: str) -> str | None:
     return m.group(1) if out.returncode == 0 and m else None
 
 
-def _drain(stream: IO[bytes], limit: int = 64 * 1024) -> bytes:
-    data = stream.read(limit)
-    while stream.read(CHUNK):  # keep the pipe from blocking the tool
-        pass
-    return data
-
-
 class PostgresDumper:
     dialect = "postgresql"
 

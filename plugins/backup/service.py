@@ -202,7 +202,7 @@ class _HashingWriter:
         self.member.write(data)
         self.sha.update(data)
         self.size += len(data)
-        self.tail = (self.tail + data)[-256:]
+        self.tail = (self.tail + data[-256:])[-256:]  # no copy of the whole chunk
         self.counter[0] += len(data)
         if self.progress:
             self.progress(self.stage, self.counter[0])
@@ -495,7 +495,7 @@ def verify_archive(path: str | os.PathLike, dumpers: Mapping[str, DatabaseDumper
                         if size > expected["size"]:
                             raise ValueError("member inflates beyond its declared size")
                         sha.update(chunk)
-                        tail = (tail + chunk)[-256:]
+                        tail = (tail + chunk[-256:])[-256:]
             except Exception as exc:  # zlib.error, BadZipFile, EOFError, our ValueError ...
                 report.problems.append(f"{info.filename}: damaged ({exc.__class__.__name__})")
                 continue
