@@ -1,8 +1,8 @@
 """Guest registration host app.
 
-Plugin authors need only ``hookimpl`` from here (and the types in
-``guest_registration.exports`` / ``guest_registration.admin``); see
-``guest_registration.hookspecs`` for the contract.
+Plugin authors need only ``hookimpl`` (and ``hookspec`` to publish hooks of
+their own) from here, plus the types in ``guest_registration.exports`` /
+``guest_registration.admin``; see ``guest_registration.hookspecs`` for the contract.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Iterable, Mapping
 
 from flask import Flask
 
-from .hookspecs import hookimpl
+from .hookspecs import hookimpl, hookspec
 
-__all__ = ["create_app", "hookimpl", "__version__"]
+__all__ = ["create_app", "hookimpl", "hookspec", "__version__"]
 __version__ = "0.1.0"
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -41,14 +41,17 @@ def configure_engine(engine) -> None:
 def create_app(config: Mapping[str, Any] | None = None, *,
                instance_path: str | None = None,
                extra_plugins: Iterable[tuple[str, Any]] = ()) -> Flask:
-    """Build the app: config, extensions, plugins, blueprints, admin, commands."""
+    """Build the app: config, extensions, plugins, blueprints, admin, commands.
+
+    The hooks are called in the order :mod:`guest_registration.hookspecs` documents.
+    """
     from . import cli, web
     from .admin import build_admin
     from .config import build_config
     from .exports import FormatRegistry
     from .extensions import csrf, db
     from .models import Role, User
-    from .plugins import build_plugin_manager, collect
+    from .plugins import apply_plugin_settings, build_plugin_manager, hook_items
     from .registration import bp as registration_bp
     from flask_security import Security, SQLAlchemyUserDatastore
 
@@ -56,25 +59,22 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     app = Flask(__name__, instance_path=instance_path, instance_relative_config=True,
                 template_folder=str(TEMPLATES))
     app.config.update(build_config(app.instance_path, config))
+    pm = build_plugin_manager(app.config["DISABLED_PLUGINS"], extra_plugins)
+    app.extensions["plugin_manager"] = pm
+    apply_plugin_settings(app.config, pm, app.instance_path, config or {})
 
     db.init_app(app)
     with app.app_context():
         configure_engine(db.engine)
     csrf.init_app(app)  # before Security, so Flask-Security's CSRF handling sees it
     Security(app, SQLAlchemyUserDatastore(db, User, Role))
+    pm.hook.init_app(app=app)
 
-    pm = build_plugin_manager(app.config["DISABLED_PLUGINS"], extra_plugins)
-    app.extensions["plugin_manager"] = pm
-    formats = FormatRegistry()
-    for plugin_name, fmt in collect(pm, "register_export_formats"):
-        formats.add(fmt, plugin_name)
-    app.extensions["export_formats"] = formats
-
+    app.extensions["export_formats"] = FormatRegistry.from_plugins(pm)
     app.register_blueprint(registration_bp)
-    for _plugin, blueprint in collect(pm, "register_blueprints", app=app):
+    for blueprint in hook_items(pm, "register_blueprints", app=app):
         app.register_blueprint(blueprint)
     app.extensions["guest_admin"] = build_admin(app)
     web.init_app(app)
     cli.init_app(app)
-    pm.hook.register_commands(cli=app.cli)
     return app

@@ -1,22 +1,33 @@
-"""The Flask-Admin panel: secured base views, the core model views, and the
-``Admin`` built per app from the views the plugins contribute."""
+"""The Flask-Admin panel: secured base views, the core model views (trips,
+registrations, guests, users, the audit log), and the ``Admin`` built per app
+from the views the plugins contribute.
+
+Values are shown the same way on every list and detail page: the labels of
+stored choices from :mod:`guest_registration.models`, timestamps to the second,
+booleans as Yes/No (:mod:`guest_registration.formatting`)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+from datetime import date, datetime
+
 from flask import Flask, abort, current_app, redirect, request, send_from_directory, url_for
 from flask_admin import Admin, AdminIndexView, BaseView, expose
 from flask_admin.contrib.sqla import ModelView
+from flask_admin.model import typefmt
 from flask_admin.theme import Bootstrap4Theme
 from flask_security import current_user
 from flask_wtf import FlaskForm
 from markupsafe import Markup
 
+from . import audit
 from .extensions import db
-from .models import Guest, Registration, Trip, User
-from .plugins import collect
+from .formatting import human_size, timestamp, yes_no
+from .models import (AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES, REGISTRATION_STATUSES,
+                     AuditEntry, Guest, Registration, Trip, User)
+from .plugins import hook_items
 
 #: Stored guest-photo names: ``<uuid4>.<ext>``; nothing else is ever served.
 PHOTO_NAME_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(jpg|png|pdf)$")
@@ -61,10 +72,27 @@ class CSRFAdminForm(FlaskForm):
     ``csrf_token`` field next to Flask-WTF's once ``CSRFProtect`` is installed.)"""
 
 
+def _choices(labels: dict[str, str]) -> list[tuple[str, str]]:
+    return list(labels.items())
+
+
+def _formatters(base: dict) -> dict:
+    formatters = dict(base)
+    formatters.update({
+        bool: lambda view, value, name: yes_no(value),
+        datetime: lambda view, value, name: timestamp(value),
+        date: lambda view, value, name: timestamp(value),
+    })
+    return formatters
+
+
 class SecureModelView(AdminOnlyMixin, ModelView):
-    """Base for model views: admin-only, CSRF-checked forms (create, edit, delete, actions)."""
+    """Base for model views: admin-only, CSRF-checked forms (create, edit, delete,
+    actions), timestamps to the second and booleans as Yes/No."""
 
     form_base_class = CSRFAdminForm
+    column_type_formatters = _formatters(typefmt.BASE_FORMATTERS)
+    column_type_formatters_detail = _formatters(typefmt.DETAIL_FORMATTERS)
     list_template = "admin/model/list_responsive.html"
     page_size = 50
     can_view_details = True
@@ -83,10 +111,10 @@ class RegistrationView(SecureModelView):
     column_searchable_list = ("email",)
     column_filters = ("trip.title", "language", "status", "created_at")
     column_default_sort = ("id", True)
+    column_labels = {"created_at": "Created (UTC)"}
+    column_choices = {"status": _choices(REGISTRATION_STATUSES), "language": _choices(LANGUAGES)}
     form_excluded_columns = ("guests", "created_at")
-    form_choices = {
-        "status": [("pending", "pending"), ("approved", "approved"), ("rejected", "rejected")],
-    }
+    form_choices = column_choices
 
 
 def _photo_link(view, context, model, name):
@@ -110,16 +138,12 @@ class GuestView(SecureModelView):
                      "document_number": "Document no.", "document_photo": "Photo",
                      "gdpr_consent": "GDPR consent", "created_at": "Created (UTC)",
                      "registration.email": "Registration e-mail"}
-    column_choices = {"document_type": [("passport", "passport"), ("id_card", "ID card"),
-                                        ("driving_license", "driving licence")]}
+    column_choices = {"document_type": _choices(DOCUMENT_TYPES),
+                      "age_category": _choices(AGE_CATEGORIES)}
     column_formatters = {"document_photo": _photo_link}
     column_formatters_detail = {"document_photo": _photo_link}
     form_excluded_columns = ("created_at", "document_photo")
-    form_choices = {
-        "age_category": [("adult", "adult"), ("child", "child")],
-        "document_type": [("passport", "passport"), ("id_card", "ID card"),
-                          ("driving_license", "driving license")],
-    }
+    form_choices = column_choices
 
     @expose("/photo/<int:guest_id>")
     def photo(self, guest_id: int):
@@ -133,6 +157,9 @@ class GuestView(SecureModelView):
         response = send_from_directory(current_app.config["UPLOAD_FOLDER"], name,
                                        max_age=0)
         response.headers["Cache-Control"] = "no-store"
+        # a guest's identity document left the system: accountable like an export
+        audit.record(db.engine, "photo", "ok", actor=current_user.email, via="admin",
+                     target=f"guest {guest_id}: {name}")
         return response
 
 
@@ -142,9 +169,25 @@ class UserView(SecureModelView):
 
     can_create = False
     column_list = ("id", "email", "active", "roles", "create_datetime")
+    column_labels = {"create_datetime": "Created (UTC)"}
     column_searchable_list = ("email",)
     column_filters = ("active",)
     form_columns = ("email", "active", "roles")
+
+
+class AuditLogView(SecureModelView):
+    """Read-only: every export, preview, backup, verify, restore, download, delete
+    and document-photo view; who, when, how it ended."""
+
+    can_create = can_edit = can_delete = False
+    column_default_sort = ("id", True)
+    column_list = ("id", "created_at", "finished_at", "actor", "via", "action", "year", "month",
+                   "format", "target", "rows", "bytes", "outcome", "message")
+    column_labels = {"created_at": "Started (UTC)", "finished_at": "Finished (UTC)"}
+    column_filters = ("action", "outcome", "actor", "via", "created_at")
+    column_searchable_list = ("actor", "target")
+    column_formatters = {"bytes": lambda v, c, m, n: "" if m.bytes is None else human_size(m.bytes)}
+    column_formatters_detail = column_formatters
 
 
 def build_admin(app: Flask) -> Admin:
@@ -159,6 +202,8 @@ def build_admin(app: Flask) -> Admin:
     admin.add_view(RegistrationView(Registration, db, name="Registrations"))
     admin.add_view(GuestView(Guest, db, name="Guests"))
     admin.add_view(UserView(User, db, name="Users"))
-    for _plugin, view in collect(app.extensions["plugin_manager"], "register_admin_views", app=app):
+    admin.add_view(AuditLogView(AuditEntry, db, name="Audit log", endpoint="audit_log",
+                                url="audit"))
+    for view in hook_items(app.extensions["plugin_manager"], "register_admin_views", app=app):
         admin.add_view(view)
     return admin

@@ -1,7 +1,8 @@
 """Core commands: ``setup``, ``status``, ``demo-data``, ``plugins``, ``auth-token``, ``test``.
 
-Flask's own ``run`` and ``routes`` and Flask-Security's ``users``/``roles`` come
-with the Flask CLI; plugins add theirs through the ``register_commands`` hook.
+Flask's own ``run``, ``shell`` and ``routes`` and Flask-Security's ``users``/``roles``
+come with the Flask CLI; plugins return theirs from the ``register_commands`` hook
+and :func:`init_app` adds them, refusing a name that is already taken.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import with_appcontext
+from flask.cli import NoAppException, with_appcontext
 
 from . import demo, maintenance
 from .exports import FormatRegistry
-from .plugins import plugin_infos
+from .plugins import PluginLoadError, items_by_plugin, plugin_infos, unique_items
+
+#: Commands of ``flask.cli.FlaskGroup`` itself: a plugin command of that name would be hidden.
+FLASK_COMMANDS = ("run", "shell", "routes")
 
 
 @click.command("setup")
@@ -57,15 +61,16 @@ def plugins_command() -> None:
     """List the plugins, where they come from and what each contributes."""
     pm = current_app.extensions["plugin_manager"]
     formats: FormatRegistry = current_app.extensions["export_formats"]
+    owned = items_by_plugin(pm, "register_export_formats")
     for info in plugin_infos(pm):
         state = " [disabled]" if info.disabled else ""
         click.echo(f"{info.name}{state}: {info.module} from {info.distribution} {info.version}")
         if info.disabled:
             continue
         click.echo(f"    hooks: {', '.join(info.hooks) or '-'}")
-        owned = [f.name for f in formats if formats.owner(f.name) == info.name]
-        if owned:
-            click.echo(f"    export formats: {', '.join(owned)}")
+        names = [f.name for f in owned.get(info.name, [])]
+        if names:
+            click.echo(f"    export formats: {', '.join(names)}")
     click.echo(f"export formats available: {', '.join(formats.names()) or 'none'}")
 
 
@@ -73,7 +78,7 @@ def plugins_command() -> None:
 @click.argument("email")
 @with_appcontext
 def auth_token_command(email: str) -> None:
-    """Print an API token (``Authentication-Token`` header) for an active admin."""
+    """Print an API token (the Authentication-Token header) for an active admin."""
     user = current_app.extensions["security"].datastore.find_user(email=email)
     if user is None or not user.active or not user.has_role("admin"):
         raise click.ClickException(f"{email} is not an active admin user")
@@ -89,6 +94,31 @@ def test_command(pytest_args: tuple[str, ...]) -> None:
 
 
 def init_app(app: Flask) -> None:
+    """Add the core commands, then every plugin's (``register_commands``).
+
+    A plugin command whose name the host, Flask or Flask-Security already uses,
+    or that two plugins return, stops start-up with a message naming them.
+    """
     for command in (setup_command, status_command, demo_data_command, plugins_command,
                     auth_token_command, test_command):
         app.cli.add_command(command)
+    reserved = {name: "Flask" for name in FLASK_COMMANDS}
+    reserved.update({name: "Flask-Security" if (getattr(cmd, "callback", None) and cmd.callback
+                                                .__module__.startswith("flask_security"))
+                     else "the host" for name, cmd in app.cli.commands.items()})
+    commands = unique_items(app.extensions["plugin_manager"], "register_commands",
+                            kind="command", key=lambda c: c.name, expect=click.Command,
+                            reserved=reserved)
+    for command in commands.values():
+        app.cli.add_command(command)
+
+
+def load_app() -> Flask:
+    """``create_app`` for ``manage.py``: a plugin that stops start-up is reported
+    in one line naming it (and the command exits non-zero), not as a traceback."""
+    from . import create_app
+
+    try:
+        return create_app()
+    except PluginLoadError as exc:
+        raise NoAppException(f"the app cannot start: {exc}") from None

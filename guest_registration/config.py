@@ -1,8 +1,9 @@
 """Configuration: safe defaults that need nothing installed, every value overridable
 from the environment.
 
-The defaults put everything under the Flask instance folder: an SQLite database,
-``uploads/`` and ``backups/``.  ``SECRET_KEY`` and ``SECURITY_PASSWORD_SALT`` are
+The defaults put everything under the Flask instance folder: an SQLite database
+and ``uploads/``. Plugins declare their own settings (the ``register_settings``
+hook); the host fills them in the same way, see :mod:`guest_registration.plugins`.  ``SECRET_KEY`` and ``SECURITY_PASSWORD_SALT`` are
 generated once into the instance folder (mode 0600) when the environment does not
 give them, so a fresh checkout runs without a hand-written secret and no secret is
 ever committed.
@@ -19,14 +20,11 @@ from typing import Any, Mapping
 STRING_SETTINGS = (
     "DATABASE_URL",
     "UPLOAD_FOLDER",
-    "BACKUP_FOLDER",
     "SECRET_KEY",
     "SECURITY_PASSWORD_SALT",
-    "PG_DUMP",
-    "PSQL",
 )
 #: Settings read from the environment as integers.
-INT_SETTINGS = ("MAX_PHOTO_BYTES", "BACKUP_KEEP", "BACKUP_COMPRESSLEVEL", "EXPORT_FETCH_ROWS")
+INT_SETTINGS = ("MAX_PHOTO_BYTES",)
 
 
 def normalise_database_url(url: str) -> str:
@@ -65,14 +63,7 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     cfg: dict[str, Any] = {
         "DATABASE_URL": f"sqlite:///{instance / 'guest_registration.db'}",
         "UPLOAD_FOLDER": str(instance / "uploads"),
-        "BACKUP_FOLDER": str(instance / "backups"),
         "MAX_PHOTO_BYTES": 5 * 1024 * 1024,
-        "BACKUP_KEEP": 0,  # 0 = keep every archive
-        # deflate level of system backups: 3 is 2.4x faster than 6 for ~10% more bytes
-        "BACKUP_COMPRESSLEVEL": 3,
-        "EXPORT_FETCH_ROWS": 2000,
-        "PG_DUMP": "pg_dump",
-        "PSQL": "psql",
         "DISABLED_PLUGINS": [],
     }
     for key in STRING_SETTINGS:

@@ -12,13 +12,18 @@ never building the whole output in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from .plugins import DuplicateNameError, unique_items
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pluggy
 
 Row = Sequence[Any]
 Writer = Callable[[Iterable[Row], Sequence[str]], Iterator[bytes]]
 
 
-class DuplicateFormatError(RuntimeError):
+class DuplicateFormatError(DuplicateNameError):
     """Two plugins registered an export format with the same name."""
 
 
@@ -43,8 +48,10 @@ class ExportFormat:
     :param extension: file-name extension without the dot
     :param write: ``write(rows, fields) -> iterator of bytes``
     :param fast_paths: optional engine-specific writers, keyed by SQLAlchemy
-        dialect name (e.g. ``"postgresql"``); see ``plugins.backup.guest_export``.
-        A fast path must produce exactly the bytes ``write`` produces.
+        dialect name (e.g. ``"postgresql"``), called as
+        ``fast(dbapi_connection, sql, params, fields, fetch_rows)`` with the
+        export's SELECT (timestamps already rendered as text by the database); it
+        yields bytes and must produce exactly the bytes ``write`` produces.
     """
 
     name: str
@@ -67,31 +74,23 @@ class ExportFormat:
 
 
 class FormatRegistry:
-    """The formats of one app, in registration order, keyed by name."""
+    """The formats of one app, in call order, keyed by name."""
 
-    def __init__(self) -> None:
-        self._formats: dict[str, ExportFormat] = {}
-        self._owners: dict[str, str] = {}
+    def __init__(self, formats: Iterable[ExportFormat] = ()) -> None:
+        self._formats: dict[str, ExportFormat] = {f.name: f for f in formats}
 
-    def add(self, fmt: ExportFormat, owner: str) -> None:
-        if not isinstance(fmt, ExportFormat):
-            raise TypeError(f"plugin {owner!r} returned {fmt!r}, not an ExportFormat")
-        if fmt.name in self._formats:
-            raise DuplicateFormatError(
-                f"export format {fmt.name!r} is registered by both plugin "
-                f"{self._owners[fmt.name]!r} and plugin {owner!r}"
-            )
-        self._formats[fmt.name] = fmt
-        self._owners[fmt.name] = owner
+    @classmethod
+    def from_plugins(cls, pm: "pluggy.PluginManager") -> "FormatRegistry":
+        """Every format the plugins return; a name two plugins claim is a start-up error."""
+        return cls(unique_items(pm, "register_export_formats", kind="export format",
+                                key=lambda f: f.name, expect=ExportFormat,
+                                error=DuplicateFormatError).values())
 
     def get(self, name: str) -> ExportFormat:
         try:
             return self._formats[name]
         except KeyError:
             raise UnknownFormatError(name, self.names()) from None
-
-    def owner(self, name: str) -> str:
-        return self._owners[name]
 
     def names(self) -> list[str]:
         return list(self._formats)

@@ -10,14 +10,30 @@ declared there exactly as a third-party distribution would declare its own::
         xlsx = my_package.xlsx_plugin
 
 Registration hooks *return* what they contribute; the host does the side effects
-(adding views, building the format registry, rejecting duplicates). Hooks are
-always called with keyword arguments, so a hookimpl may accept only the
-arguments it needs.
+(adding views, commands and formats, rejecting a name two plugins claim). Hooks
+are always called through ``pm.hook`` with keyword arguments, so a hookimpl may
+accept only the arguments it needs, and pluggy's wrappers, ``tryfirst``/
+``trylast`` and tracing all apply.
+
+Call order (see :mod:`guest_registration.plugins`): the built-in plugins by
+entry-point name, then installed distributions by distribution and entry-point
+name, then plugins passed to ``create_app(extra_plugins=...)``.
+
+Order of the calls while an app is built:
+
+1. ``add_hookspecs`` (plugins publish their own hooks; ``check_pending`` follows)
+2. ``register_settings`` (defaults, then the environment, then the app's config)
+3. ``init_app`` (per-app state, start-up checks)
+4. ``register_export_formats``, ``register_blueprints``, ``register_admin_views``,
+   ``register_commands``
+
+``setup_app`` and ``report_status`` run later, inside ``manage.py setup`` and
+``manage.py status``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import pluggy
 
@@ -33,16 +49,43 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .exports import ExportFormat
     from .maintenance import StatusCheck
-    from plugins.backup.dumpers import DatabaseDumper
+
+
+@hookspec(historic=True)
+def add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
+    """Publish this plugin's own hook specifications (pytest's ``pytest_addhooks``).
+
+    Call ``pluginmanager.add_hookspecs(my_package.hookspecs)``. Called once all
+    plugins are registered and before ``check_pending()``, so implementations of
+    the new hooks are validated at start-up like the host's. Use the markers
+    ``guest_registration.hookspec`` / ``hookimpl`` (project name
+    ``guest_registration``) in the published module.
+
+    :param pluginmanager: the app's plugin manager.
+    """
 
 
 @hookspec
-def register_admin_views(app: "Flask") -> "Iterable[BaseView] | None":
-    """Return Flask-Admin views to add to the panel.
+def register_settings(instance_path: str) -> "Mapping[str, Any] | None":
+    """Return this plugin's settings as ``{NAME: default}``.
 
-    The host adds them in plugin order and protects nothing for you: derive from
-    :class:`guest_registration.admin.SecureBaseView` (or ``SecureModelView``) so
-    only admins reach them.
+    The host fills ``app.config`` for each name: the value given to
+    ``create_app(config)`` wins, else the environment variable of that name
+    (converted to the type of the default: ``int``, ``bool``, ``list`` from a
+    comma-separated string, else ``str``), else the default. A name already used
+    by the host or by another plugin is a start-up error naming both.
+
+    :param instance_path: the app's instance folder, for defaults under it.
+    """
+
+
+@hookspec
+def init_app(app: "Flask") -> None:
+    """Set up per-app state once the configuration is complete.
+
+    Keep what you build in ``app.extensions`` (never in module globals), and
+    raise an exception to refuse start-up (e.g. two plugins claiming one name of
+    your own registry), with a message that names the plugins.
 
     :param app: the application being built.
     """
@@ -66,10 +109,35 @@ def register_blueprints(app: "Flask") -> "Iterable[Blueprint] | None":
 
 
 @hookspec
-def register_commands(cli: "click.Group") -> None:
-    """Add click commands to the app's CLI (``python manage.py ...``).
+def register_admin_views(app: "Flask") -> "Iterable[BaseView] | None":
+    """Return Flask-Admin views to add to the panel.
 
-    :param cli: the app's command group; call ``cli.add_command(...)``.
+    The host adds them in call order and protects nothing for you: derive from
+    :class:`guest_registration.admin.SecureBaseView` (or ``SecureModelView``) so
+    only admins reach them.
+
+    :param app: the application being built.
+    """
+
+
+@hookspec
+def register_commands() -> "Iterable[click.Command] | None":
+    """Return click commands for the app's CLI (``python manage.py NAME``).
+
+    The host adds them. A name the host (or Flask, or Flask-Security) already
+    uses, or that another plugin returned, is a start-up error naming both.
+    """
+
+
+@hookspec
+def setup_app(app: "Flask") -> "Iterable[str] | None":
+    """Prepare what this plugin needs during ``manage.py setup`` (folders, files).
+
+    Called inside an app context after the host created the tables (every model
+    imported by a loaded plugin included). Must be idempotent. Return (or yield)
+    one line per thing done, for the command to print.
+
+    :param app: the running application.
     """
 
 
@@ -81,13 +149,4 @@ def report_status(app: "Flask") -> "Iterable[StatusCheck] | None":
     exit non-zero; say in ``detail`` what is wrong and how to fix it.
 
     :param app: the running application.
-    """
-
-
-@hookspec
-def register_database_dumpers() -> "Iterable[DatabaseDumper] | None":
-    """Return :class:`plugins.backup.dumpers.DatabaseDumper` objects, one per
-    database engine (``dialect`` is the SQLAlchemy dialect name, e.g.
-    ``"postgresql"``, ``"sqlite"``): how the system backup dumps, checks and
-    restores that engine. Two dumpers for one dialect are a start-up error.
     """

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from .extensions import db
-from .plugins import collect, plugin_infos
+from .plugins import hook_items, plugin_infos
 
 ADMIN_ROLE = "admin"
 
@@ -26,17 +26,10 @@ class StatusCheck:
     detail: str
 
 
-def ensure_folders(app: Flask) -> list[Path]:
-    folders = [Path(app.config["UPLOAD_FOLDER"]), Path(app.config["BACKUP_FOLDER"])]
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(app.config["BACKUP_FOLDER"], 0o700)
-    return folders
-
-
 def setup(app: Flask, admin_email: str | None = None,
           admin_password: str | None = None) -> Iterator[str]:
-    """Create tables, the admin role, the folders and optionally an admin user. Idempotent."""
+    """Create tables, the admin role, the upload folder and optionally an admin user,
+    then let each plugin prepare its own (``setup_app``). Idempotent."""
     from flask_security.utils import hash_password
 
     db.create_all()
@@ -45,8 +38,9 @@ def setup(app: Flask, admin_email: str | None = None,
     datastore.find_or_create_role(ADMIN_ROLE, description="Full access to the admin panel")
     db.session.commit()
     yield f"role ready: {ADMIN_ROLE}"
-    for folder in ensure_folders(app):
-        yield f"folder ready: {folder}"
+    uploads = Path(app.config["UPLOAD_FOLDER"])
+    uploads.mkdir(parents=True, exist_ok=True)
+    yield f"folder ready: {uploads}"
     if admin_email:
         if not admin_password:
             raise ValueError("--admin-password (or ADMIN_PASSWORD) is required with --admin-email")
@@ -62,6 +56,7 @@ def setup(app: Flask, admin_email: str | None = None,
         datastore.add_role_to_user(user, ADMIN_ROLE)
         db.session.commit()
         yield f"admin user {action}: {admin_email}"
+    yield from hook_items(app.extensions["plugin_manager"], "setup_app", app=app)
 
 
 def safe_url(url: str) -> str:
@@ -79,7 +74,7 @@ def database_version() -> str:
         return str(db.engine.dialect.server_version_info or "?")
 
 
-def _folder_check(name: str, path: str) -> StatusCheck:
+def folder_check(name: str, path: str) -> StatusCheck:
     p = Path(path)
     if not p.is_dir():
         return StatusCheck(name, False, f"{p} is missing (run `python manage.py setup`)")
@@ -109,12 +104,10 @@ def status_checks(app: Flask) -> Iterator[StatusCheck]:
         yield StatusCheck("schema", not missing,
                           "tables present" if not missing else
                           f"missing tables {', '.join(sorted(missing))} (run `python manage.py setup`)")
-    yield _folder_check("upload folder", app.config["UPLOAD_FOLDER"])
-    yield _folder_check("backup folder", app.config["BACKUP_FOLDER"])
+    yield folder_check("upload folder", app.config["UPLOAD_FOLDER"])
     pm = app.extensions["plugin_manager"]
     loaded = [f"{i.name} ({i.distribution} {i.version})" for i in plugin_infos(pm) if not i.disabled]
     yield StatusCheck("plugins", True, ", ".join(loaded) or "none")
     formats = app.extensions["export_formats"].names()
     yield StatusCheck("export formats", bool(formats), ", ".join(formats) or "none installed")
-    for _plugin, check in collect(pm, "report_status", app=app):
-        yield check
+    yield from hook_items(pm, "report_status", app=app)

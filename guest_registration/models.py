@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from flask_security.models import fsqla_v3 as fsqla
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Date,
@@ -29,10 +30,13 @@ from .extensions import db
 
 fsqla.FsModels.set_db_info(db)
 
-AGE_CATEGORIES = ("adult", "child")
-DOCUMENT_TYPES = ("passport", "id_card", "driving_license")
-REGISTRATION_STATUSES = ("pending", "approved", "rejected")
+#: Stored value → the label people see, everywhere (forms, admin lists, filters).
+AGE_CATEGORIES = {"adult": "Adult", "child": "Child"}
+DOCUMENT_TYPES = {"passport": "Passport", "id_card": "ID card", "driving_license": "Driving licence"}
+REGISTRATION_STATUSES = {"pending": "Pending", "approved": "Approved", "rejected": "Rejected"}
 LANGUAGES = {"en": "English", "cs": "Čeština", "de": "Deutsch"}
+#: The outcomes of an audited action.
+AUDIT_OUTCOMES = ("running", "ok", "failed", "aborted")
 
 
 class utcnow(FunctionElement):
@@ -135,3 +139,28 @@ class Guest(db.Model):
 
     def __str__(self) -> str:
         return f"{self.first_name} {self.last_name}"
+
+
+class AuditEntry(db.Model):
+    """Who did what with personal data or backups, when, and how it ended.
+
+    Written only through :mod:`guest_registration.audit`, on short transactions of
+    their own, never inside an export's snapshot.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at = mapped_column(DateTime, nullable=False, server_default=utcnow(), index=True)
+    finished_at = mapped_column(DateTime, nullable=True)
+    actor = mapped_column(String(255), nullable=True)  # user e-mail, or "cli:<os user>"
+    via = mapped_column(String(16), nullable=True)  # api, admin, cli
+    action = mapped_column(String(32), nullable=False)  # export, preview, backup, restore, ...
+    year = mapped_column(Integer, nullable=True)
+    month = mapped_column(Integer, nullable=True)
+    format = mapped_column(String(32), nullable=True)
+    target = mapped_column(String(255), nullable=True)  # archive name, photo, output file
+    rows = mapped_column(BigInteger, nullable=True)
+    bytes = mapped_column(BigInteger, nullable=True)
+    outcome = mapped_column(String(16), nullable=False, server_default="running")
+    message = mapped_column(String(500), nullable=True)

@@ -1,17 +1,28 @@
-"""Plugin discovery and hook calls: the one place that talks to pluggy.
+"""Plugin discovery, hook results and name registries: the one place that talks to pluggy.
 
 Plugins are found through the entry-point group :data:`ENTRY_POINT_GROUP`. The
-built-in ones (``plugins.backup``, ``plugins.export_formats.*``) are declared in
-this project's ``setup.cfg`` exactly the way a third-party distribution declares
-its own, and are loaded by the same code. A plugin manager is built per app and
-kept in ``app.extensions["plugin_manager"]``; nothing here is module-global.
+built-in ones (declared in this project's ``setup.cfg``) are loaded by the same
+code as a third-party distribution's. A plugin manager is built per app and kept
+in ``app.extensions["plugin_manager"]``; nothing here is module-global.
+
+**Call order.** Every hook is called through ``pm.hook.<name>(...)``. pluggy
+calls the most recently registered plugin first, so plugins are registered in
+the reverse of the order they should be called in (tox 4 does the same:
+external plugins first, internal ones last). The resulting call order is:
+
+1. the built-in plugins (distribution ``guest-registration``), by entry-point name;
+2. other installed distributions, by distribution name, then entry-point name;
+3. plugins passed in code (``create_app(extra_plugins=...)``), in the order given.
+
+``tryfirst``/``trylast`` and hook wrappers work as pluggy documents them.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import pluggy
 
@@ -19,12 +30,16 @@ from . import hookspecs
 from .hookspecs import PROJECT_NAME
 
 ENTRY_POINT_GROUP = "guest_registration"
-#: The distribution that ships the built-in plugins; its plugins load first.
+#: The distribution that ships the built-in plugins; its plugins are called first.
 HOST_DISTRIBUTION = "guest-registration"
 
 
 class PluginLoadError(RuntimeError):
-    """A plugin could not be loaded or two plugins claim the same name."""
+    """A plugin could not be loaded, or its contribution is refused at start-up."""
+
+
+class DuplicateNameError(PluginLoadError):
+    """Two plugins (or a plugin and the host) claim the same name."""
 
 
 @dataclass
@@ -44,12 +59,11 @@ def _canonical(name: str) -> str:
 
 
 def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, importlib.metadata.Distribution]]:
-    """Every entry point of our group with its distribution, host distribution first."""
+    """Every entry point of our group with its distribution, in call order."""
     found = []
     seen_dists: set[str] = set()
     for dist in importlib.metadata.distributions():
-        dist_name = dist.metadata["Name"] or "?"
-        key = _canonical(dist_name)
+        key = _canonical(dist.metadata["Name"] or "?")
         if key in seen_dists:  # the same distribution visible twice on sys.path
             continue
         seen_dists.add(key)
@@ -68,26 +82,26 @@ def build_plugin_manager(disabled: Iterable[str] = (),
                          extra_plugins: Iterable[tuple[str, Any]] = ()) -> pluggy.PluginManager:
     """Create a plugin manager with every installed plugin not in ``disabled``.
 
-    ``extra_plugins`` are ``(name, plugin)`` pairs registered after the entry
-    points (used by tests and by apps embedding the host). Ends with
-    ``check_pending()`` so a misspelled hook fails at start-up.
+    ``extra_plugins`` are ``(name, plugin)`` pairs called after the installed
+    ones (used by tests and by apps embedding the host). Plugins publish their
+    own hooks (``add_hookspecs``), then ``check_pending()`` makes a misspelled
+    hook fail at start-up.
     """
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     disabled = set(disabled)
     infos: dict[str, PluginInfo] = {}
+    to_register: list[tuple[str, Any]] = []
     for ep, dist in _entry_points():
         dist_name = dist.metadata["Name"] or "?"
         if ep.name in infos:
-            raise PluginLoadError(
+            raise DuplicateNameError(
                 f"plugin name {ep.name!r} is declared by both {infos[ep.name].distribution!r} "
                 f"and {dist_name!r}; uninstall one of them"
             )
-        info = PluginInfo(ep.name, ep.value, dist_name, dist.version or "?")
-        infos[ep.name] = info
+        info = infos[ep.name] = PluginInfo(ep.name, ep.value, dist_name, dist.version or "?")
         if ep.name in disabled:
             info.disabled = True
-            pm.set_blocked(ep.name)
             continue
         try:
             plugin = ep.load()
@@ -95,52 +109,153 @@ def build_plugin_manager(disabled: Iterable[str] = (),
             raise PluginLoadError(
                 f"plugin {ep.name!r} ({ep.value}) from {dist_name!r} failed to load: {exc}"
             ) from exc
-        pm.register(plugin, name=ep.name)
+        to_register.append((ep.name, plugin))
     for name, plugin in extra_plugins:
-        if name in disabled:
-            infos[name] = PluginInfo(name, getattr(plugin, "__name__", repr(plugin)),
-                                     "(registered in code)", "-", disabled=True)
-            continue
+        if name in infos:
+            raise DuplicateNameError(f"plugin name {name!r} is already taken by an installed plugin")
+        infos[name] = PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__),
+                                 "(registered in code)", "-", disabled=name in disabled)
+        if name not in disabled:
+            to_register.append((name, plugin))
+    for name in disabled & set(infos):
+        pm.set_blocked(name)
+    for name, plugin in reversed(to_register):  # pluggy calls the last registered first
         pm.register(plugin, name=name)
-        infos[name] = PluginInfo(name, getattr(plugin, "__name__", repr(plugin)),
-                                 "(registered in code)", "-")
     try:
+        pm.hook.add_hookspecs.call_historic(kwargs={"pluginmanager": pm})
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginLoadError(f"plugin {exc.plugin!r}: {exc}") from exc
+        raise PluginLoadError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from exc
     for name, info in infos.items():
         plugin = pm.get_plugin(name)
         if plugin is not None:
-            info.hooks = sorted(
-                caller.name for caller in pm.get_hookcallers(plugin) or []
-            )
+            info.hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
     pm.plugin_infos = list(infos.values())  # type: ignore[attr-defined]
     return pm
 
 
 def plugin_infos(pm: pluggy.PluginManager) -> list[PluginInfo]:
-    """Loaded and disabled plugins, in load order."""
+    """Loaded and disabled plugins, in call order."""
     return list(getattr(pm, "plugin_infos", []))
 
 
-def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-    """Call ``hook_name`` and return ``(plugin_name, result)`` in load order.
+def hook_items(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[Any]:
+    """Call a registration hook through ``pm.hook`` and flatten the iterables
+    its implementations return (``None`` contributes nothing), in call order."""
+    items: list[Any] = []
+    for result in getattr(pm.hook, hook_name)(**kwargs):
+        items.extend(result)
+    return items
 
-    Unlike a plain ``pm.hook.X()`` call this keeps track of which plugin
-    returned what, so the host can name the plugins in error messages.
+
+def results_by_plugin(pm: pluggy.PluginManager, hook_name: str,
+                      **kwargs: Any) -> dict[str, list[Any]]:
+    """Each plugin's raw results for ``hook_name``, in call order.
+
+    Each plugin's implementation is called through a pluggy subset caller that
+    holds only that plugin: used to name plugins in errors, for settings and in
+    ``manage.py plugins``, never on a request's path.
     """
     caller = getattr(pm.hook, hook_name)
-    results = []
-    for impl in caller.get_hookimpls():  # registration order
-        args = {name: kwargs[name] for name in impl.argnames}
-        results.append((impl.plugin_name, impl.function(**args)))
-    return results
+    impls = [i for i in caller.get_hookimpls()
+             if not (getattr(i, "hookwrapper", False) or getattr(i, "wrapper", False))]
+    found: dict[str, list[Any]] = {}
+    for impl in reversed(impls):  # pluggy's call order
+        others = {i.plugin for i in impls if i.plugin is not impl.plugin}
+        found[impl.plugin_name] = list(
+            pm.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs))
+    return found
 
 
-def collect(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-    """Like :func:`call_each` for hooks returning iterables: flatten to ``(plugin, item)``."""
-    items = []
-    for name, result in call_each(pm, hook_name, **kwargs):
-        for item in result or ():
-            items.append((name, item))
-    return items
+def items_by_plugin(pm: pluggy.PluginManager, hook_name: str,
+                    **kwargs: Any) -> dict[str, list[Any]]:
+    """What each plugin contributes to a registration hook (flattened), in call order."""
+    return {plugin: [item for result in results for item in result]
+            for plugin, results in results_by_plugin(pm, hook_name, **kwargs).items()}
+
+
+def contributors(pm: pluggy.PluginManager, hook_name: str, match: Callable[[Any], bool],
+                 **kwargs: Any) -> list[str]:
+    """Names of the plugins whose contribution to ``hook_name`` has an item matching."""
+    return [plugin for plugin, items in items_by_plugin(pm, hook_name, **kwargs).items()
+            for item in items if match(item)]
+
+
+def unique_items(pm: pluggy.PluginManager, hook_name: str, *, kind: str,
+                 key: Callable[[Any], str], expect: type | tuple[type, ...] | None = None,
+                 reserved: Mapping[str, str] | None = None,
+                 error: type[DuplicateNameError] = DuplicateNameError,
+                 **kwargs: Any) -> dict[str, Any]:
+    """A registration hook's items keyed by name, in call order.
+
+    An item of the wrong type, a name in ``reserved`` (name → who holds it, e.g.
+    ``"the host"``) or a name two plugins return is a start-up error that names
+    the plugins.
+    """
+    reserved = reserved or {}
+    found: dict[str, Any] = {}
+    for item in hook_items(pm, hook_name, **kwargs):
+        if expect is not None and not isinstance(item, expect):
+            who = contributors(pm, hook_name, lambda i: not isinstance(i, expect), **kwargs)
+            raise PluginLoadError(f"plugin {', '.join(map(repr, who)) or '?'} returned {item!r} "
+                                  f"from {hook_name}, not a {kind}")
+        name = key(item)
+        if name in reserved or name in found:
+            who = [f"plugin {p!r}" for p in
+                   contributors(pm, hook_name, lambda i: key(i) == name, **kwargs)]
+            holders = ([reserved[name]] if name in reserved else []) + who
+            if len(holders) < 2:
+                holders.append("itself again")
+            raise error(f"{kind} {name!r} is registered by both {holders[0]} and {holders[1]}; "
+                        f"uninstall or disable (DISABLED_PLUGINS) one of them")
+        found[name] = item
+    return found
+
+
+# --- settings ------------------------------------------------------------------------
+
+def _from_environment(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if raw.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"{name} must be true or false, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if isinstance(default, (list, tuple)):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def apply_plugin_settings(config: dict[str, Any], pm: pluggy.PluginManager, instance_path: str,
+                          given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> None:
+    """Fill ``config`` with every plugin's settings (see ``register_settings``).
+
+    ``given`` is what the app was created with: it wins over the environment,
+    which wins over the plugin's default.
+    """
+    environ = os.environ if environ is None else environ
+    host_names = {k for k in config if k not in given}
+    declared: dict[str, Any] = {}
+    for mapping in pm.hook.register_settings(instance_path=instance_path):
+        for name, default in mapping.items():
+            if name in host_names or name in declared:
+                owners = [plugin for plugin, results in results_by_plugin(
+                    pm, "register_settings", instance_path=instance_path).items()
+                    if any(name in m for m in results)]
+                holders = (["the host"] if name in host_names else []) + [
+                    f"plugin {p!r}" for p in owners] + ["itself again"]
+                raise DuplicateNameError(f"setting {name!r} is declared by both {holders[0]} "
+                                         f"and {holders[1]}")
+            declared[name] = default
+    for name, default in declared.items():
+        if name in given:
+            continue
+        if environ.get(name) not in (None, ""):
+            config[name] = _from_environment(name, environ[name], default)
+        else:
+            config[name] = list(default) if isinstance(default, (list, tuple)) else default

@@ -18,9 +18,10 @@ import sqlalchemy as sa
 
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Trip
-from plugins.backup.audit import AuditEntry
-from plugins.backup.service import PHOTO_NAME_RE, list_archives, verify_archive
-from plugins.backup.context import dumpers
+from guest_registration.models import AuditEntry
+from plugins.backup.archive import PHOTO_NAME_RE, list_archives
+from plugins.backup.context import backup_context
+from plugins.backup.verify import verify_archive
 
 AWKWARD = ["O'Brien; DROP TABLE guest; --", 'Quote "q" \\ backslash', "Tab\tand\nnewline\r\n",
            "Žluťoučký kůň 😀", "$$dollar$$", "E'\\x00'", "\\.", "COPY guest FROM stdin;"]
@@ -178,7 +179,7 @@ def test_verify_catches_a_flipped_byte(app, archive, tmp_path, member):
         return name, data
 
     bad = rewrite(archive, tmp_path / "flipped.zip", flip)
-    report = verify_archive(bad, dumpers(app))
+    report = verify_archive(bad, backup_context(app).engines)
     assert not report.ok and report.problems
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from plugins.backup.jobs import STATE_FILE, read_job
-from plugins.backup.service import backup_lock
+from plugins.backup.archive import BackupLock
 from tests.conftest import USER, csrf_token_from
 
 
@@ -87,7 +87,7 @@ def test_web_backup_runs_and_downloads(admin, app, runner):
 
 
 def test_second_backup_while_one_runs_is_refused(admin, app):
-    with backup_lock(app.config["BACKUP_FOLDER"]):
+    with BackupLock(app.config["BACKUP_FOLDER"]):
         resp = start(admin)
         assert resp.status_code == 302
         assert "already running" in page(admin)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from plugins.backup.dumpers import PostgresDumper
-from plugins.backup.service import PHOTO_NAME_RE, verify_archive
+from plugins.backup.archive import PHOTO_NAME_RE
+from plugins.backup.engines.postgresql import PostgresEngine
+from plugins.backup.verify import verify_archive
 from tests.conftest import ADMIN, USER, create_pg_database, drop_pg_database
 from tests.live_server import ARTIFACTS, live_server
 from tests.test_browser_admin import (TIMEOUT_MS, browser, log_in, nav, no_problems,  # noqa: F401
@@ -70,7 +71,7 @@ def test_backup_from_the_menu_with_progress_and_download(page, server, problems,
     expect(page.locator("#backup-status")).to_contain_text(download.suggested_filename)
 
     # the archive is real: it verifies and holds no guest photo
-    report = verify_archive(saved, {"postgresql": PostgresDumper()})
+    report = verify_archive(saved, {"postgresql": PostgresEngine()})
     assert report.ok, report.problems
     names = zipfile.ZipFile(saved).namelist()
     assert "database.sql" in names and "uploads/logo.png" in names

@@ -16,8 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from guest_registration.extensions import db
-from plugins.backup.audit import AuditEntry
+from guest_registration.models import AuditEntry
 from plugins.backup.guest_export import open_export, parse_request
+from tests.helpers import db_engine_of
 from tests.conftest import ROOT
 
 
@@ -41,7 +42,7 @@ def test_database_dying_mid_export_breaks_the_stream(app, backend, fmt, fast):
     with app.app_context():
         req = parse_request({"year": ["2025"], "month": ["3"], "format": [fmt]},
                             app.extensions["export_formats"])
-        stream = open_export(db.engine, req, actor="t", via="api", use_fast_path=fast,
+        stream = open_export(db.engine, req, db_engine=db_engine_of(app), actor="t", via="api", use_fast_path=fast,
                              fetch_rows=500)
         assert stream.rows == 150_000
         received = len(next(stream.chunks))
@@ -58,7 +59,7 @@ def test_database_dying_mid_export_breaks_the_stream(app, backend, fmt, fast):
         entry = db.session.query(AuditEntry).order_by(AuditEntry.id.desc()).first()
         assert entry.outcome == "failed" and entry.rows is None
         # the next export works (the pool hands out a live connection)
-        again = open_export(db.engine, req, actor="t", via="api", use_fast_path=fast)
+        again = open_export(db.engine, req, db_engine=db_engine_of(app), actor="t", via="api", use_fast_path=fast)
         body = b"".join(again.chunks)
         assert body.count(b"\n") >= 150_000
 

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from guest_registration.demo import tiny_pdf, tiny_png
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Trip
-from plugins.backup.context import dumpers
-from plugins.backup.service import verify_archive
+from plugins.backup.context import backup_context
+from plugins.backup.verify import verify_archive
 from tests.conftest import ADMIN, USER, csrf_token_from
 from tests.test_registration import trip_id  # noqa: F401  (fixture)
 
@@ -265,7 +265,7 @@ def test_hostile_archives_are_refused_before_writing(app, runner, good_archive, 
         clone(good_archive, bad, ["etc/cron.d/evil"])
     else:
         clone(good_archive, bad, ["uploads/../../evil.sh"])
-    report = verify_archive(bad, dumpers(app))
+    report = verify_archive(bad, backup_context(app).engines)
     assert not report.ok and report.problems
     target = (f"sqlite:///{tmp_path / 'r.db'}" if backend == "sqlite"
               else request.getfixturevalue("new_pg_database")())

@@ -7,7 +7,7 @@ from flask_wtf.file import FileField
 from wtforms import BooleanField, EmailField, FieldList, Form, FormField, SelectField, StringField
 from wtforms.validators import DataRequired, Email, Length
 
-from ..models import LANGUAGES
+from ..models import AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES
 
 
 class GuestForm(Form):
@@ -15,12 +15,8 @@ class GuestForm(Form):
 
     first_name = StringField("First name", validators=[DataRequired(), Length(max=100)])
     last_name = StringField("Last name", validators=[DataRequired(), Length(max=100)])
-    age_category = SelectField("Age category", choices=[("adult", "Adult"), ("child", "Child")])
-    document_type = SelectField(
-        "Document type",
-        choices=[("passport", "Passport"), ("id_card", "ID card"),
-                 ("driving_license", "Driving licence")],
-    )
+    age_category = SelectField("Age category", choices=list(AGE_CATEGORIES.items()))
+    document_type = SelectField("Document type", choices=list(DOCUMENT_TYPES.items()))
     document_number = StringField("Document number", validators=[DataRequired(), Length(max=64)])
     document_photo = FileField("Document photo (JPEG, PNG or PDF)")
     gdpr_consent = BooleanField(

@@ -1,25 +1,49 @@
-"""The backup plugin: the Backup admin pages, the monthly guest export API, the
-backup commands, the built-in database dumpers and the backup status lines.
-Hook implementations only; the work is in the sibling modules."""
+"""The backup plugin: the Backup admin page, the monthly guest export API, the
+backup commands, its settings and status lines, its own hooks (database
+engines), and the built-in PostgreSQL and SQLite engines.
+
+Hook implementations only; the work is in the sibling modules.
+"""
 
 from __future__ import annotations
 
 from guest_registration import hookimpl
 
-from . import audit as _audit  # noqa: F401  (registers the audit_log table with the models)
+
+@hookimpl
+def add_hookspecs(pluginmanager):
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@hookimpl
+def register_settings(instance_path):
+    from .settings import defaults
+
+    return defaults(instance_path)
+
+
+@hookimpl
+def init_app(app):
+    from .context import init_app as init_backup
+
+    init_backup(app)
+
+
+@hookimpl
+def register_database_engines():
+    from .engines.postgresql import PostgresEngine
+    from .engines.sqlite import SQLiteEngine
+
+    return [PostgresEngine(), SQLiteEngine()]
 
 
 @hookimpl
 def register_admin_views(app):
-    from guest_registration.extensions import db
+    from .views import BackupView
 
-    from .views import AuditLogView, BackupView
-
-    return [
-        BackupView(name="System Backup", category="Backup", endpoint="backup", url="backup"),
-        AuditLogView(_audit.AuditEntry, db, name="Audit log", category="Backup",
-                     endpoint="audit_log", url="backup/audit"),
-    ]
+    return [BackupView(name="System Backup", category="Backup", endpoint="backup", url="backup")]
 
 
 @hookimpl
@@ -30,18 +54,17 @@ def register_blueprints(app):
 
 
 @hookimpl
-def register_commands(cli):
+def register_commands():
     from .cli import COMMANDS
 
-    for command in COMMANDS:
-        cli.add_command(command)
+    return COMMANDS
 
 
 @hookimpl
-def register_database_dumpers():
-    from .dumpers import PostgresDumper, SQLiteDumper
+def setup_app(app):
+    from .folders import prepare_backup_folder
 
-    return [PostgresDumper(), SQLiteDumper()]
+    return prepare_backup_folder(app)
 
 
 @hookimpl

@@ -14,6 +14,7 @@ from flask_security import current_user
 from guest_registration.admin import is_admin
 from guest_registration.extensions import db
 
+from .context import backup_context
 from .guest_export import ExportRequestError, open_export, parse_request
 
 bp = Blueprint("backup_api", __name__, url_prefix="/api/backup")
@@ -61,7 +62,8 @@ def guests():
     except ExportRequestError as exc:
         return json_error(400, str(exc))
     stream = open_export(
-        db.engine, req, actor=current_user.email, via="api",
+        db.engine, req, db_engine=backup_context().engines.get(db.engine.dialect.name),
+        actor=current_user.email, via="api",
         fetch_rows=current_app.config["EXPORT_FETCH_ROWS"],
         on_error=lambda exc: current_app.logger.error("export %s failed: %s", req.filename,
                                                       type(exc).__name__),

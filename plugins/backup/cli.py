@@ -11,16 +11,31 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from guest_registration.audit import cli_actor
+from guest_registration.config import normalise_database_url
 from guest_registration.extensions import db
+from guest_registration.formatting import human_size
+from guest_registration.maintenance import safe_url
 
-from .guest_export import ExportRequestError, default_actor, open_export, parse_request
+from .archive import clean_partials, list_archives
+from .context import backup_context
+from .create import create_backup
+from .errors import BackupError
+from .guest_export import ExportRequestError, open_export, parse_request
+from .restore import restore_archive
+from .verify import verify
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
 
 
 @click.command("export-guests")
 @click.option("--year", required=True, help="Year, e.g. 2025.")
 @click.option("--month", required=True, help="Month, 1-12.")
 @click.option("--format", "format_name", default="csv", show_default=True,
-              help="Export format (see `manage.py plugins`).")
+              help="Export format (see: manage.py plugins).")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True),
               help="Write to this file (default: standard output).")
 @with_appcontext
@@ -31,7 +46,9 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
                             current_app.extensions["export_formats"])
     except ExportRequestError as exc:
         raise click.UsageError(str(exc)) from None
-    stream = open_export(db.engine, req, actor=default_actor(), via="cli",
+    stream = open_export(db.engine, req,
+                         db_engine=backup_context().engines.get(db.engine.dialect.name),
+                         actor=cli_actor(), via="cli",
                          fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
     if output is None:
         out = sys.stdout.buffer
@@ -57,17 +74,6 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
     click.echo(f"{stream.rows} guests written to {target}", err=True)
 
 
-def _settings_and_dumper():
-    from .context import backup_settings, dumper_for
-
-    return backup_settings(current_app), dumper_for(current_app, db.engine.dialect.name)
-
-
-def _fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(1)
-
-
 @click.command("backup")
 @click.option("--output", type=click.Path(), help="Write the archive here (a file or a folder) "
               "instead of BACKUP_FOLDER.")
@@ -78,20 +84,19 @@ def backup_command(output: str | None, keep: int | None) -> None:
     """Make a system backup: database dump + uploads without guest photos, as one ZIP.
 
     Prints the archive's path as the last line; exits 1 on failure."""
-    from .service import BackupError, create_backup
-
+    ctx = backup_context()
+    settings = ctx.settings
+    if keep is not None:
+        settings.keep = keep
     try:
-        settings, dumper = _settings_and_dumper()
-        if keep is not None:
-            settings.keep = keep
-        result = create_backup(db.engine, dumper, settings, output=output,
-                               actor=default_actor(), via="cli")
+        result = create_backup(db.engine, ctx.engine_for(db.engine.dialect.name), settings,
+                               output=output, actor=cli_actor(), via="cli")
     except BackupError as exc:
         _fail(str(exc))
     m = result.manifest
     click.echo(f"{sum(m['row_counts'].values())} rows in {len(m['row_counts'])} tables, "
                f"{len(m['members']) - 1} uploads, {m['excluded_guest_photos']} guest photos left out, "
-               f"{result.size / 1e6:.1f} MB")
+               f"{human_size(result.size)}")
     click.echo(str(result.path))
 
 
@@ -99,14 +104,13 @@ def backup_command(output: str | None, keep: int | None) -> None:
 @with_appcontext
 def backup_list_command() -> None:
     """List the archives in BACKUP_FOLDER, newest first."""
-    from .service import clean_partials, list_archives
-
-    clean_partials(current_app.config["BACKUP_FOLDER"])  # leftovers of a killed backup
-    archives = list_archives(current_app.config["BACKUP_FOLDER"])
+    folder = backup_context().settings.backup_folder
+    clean_partials(folder)  # leftovers of a killed backup
+    archives = list_archives(folder)
     if not archives:
-        click.echo(f"no archives in {current_app.config['BACKUP_FOLDER']}")
+        click.echo(f"no archives in {folder}")
     for a in archives:
-        click.echo(f"{a.name}  {a.size / 1e6:10.1f} MB  {a.created:%Y-%m-%d %H:%M:%S} UTC")
+        click.echo(f"{a.name}  {human_size(a.size):>10}  {a.created:%Y-%m-%d %H:%M:%S} UTC")
 
 
 @click.command("verify")
@@ -114,12 +118,10 @@ def backup_list_command() -> None:
 @with_appcontext
 def verify_command(archive: str) -> None:
     """Check an archive: the ZIP, every checksum in the manifest, a complete dump."""
-    from .context import dumpers
-    from .service import verify_archive
-
     if not Path(archive).is_file():
         _fail(f"{archive} does not exist")
-    report = verify_archive(archive, dumpers(current_app))
+    report = verify(archive, backup_context().engines, audit_engine=db.engine,
+                    actor=cli_actor(), via="cli")
     if not report.ok:
         for problem in report.problems:
             click.echo(f"FAIL {problem}", err=True)
@@ -140,24 +142,16 @@ def verify_command(archive: str) -> None:
 def restore_command(archive: str, database_url: str | None, uploads_dir: str | None,
                     replace: bool, yes: bool) -> None:
     """Verify an archive, then restore its database and uploads."""
-    from guest_registration.config import normalise_database_url
-    from guest_registration.maintenance import safe_url
-
-    from .context import backup_settings, dumpers
-    from .service import BackupError, restore_archive
-
-    if not Path(archive).is_file():
-        _fail(f"{archive} does not exist")
+    ctx = backup_context()
     target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
     uploads = uploads_dir or current_app.config["UPLOAD_FOLDER"]
-    if not yes:
+    if not yes and Path(archive).is_file():
         click.confirm(f"Restore {archive} into {safe_url(target)} and {uploads}"
                       f"{' (REPLACING the database contents)' if replace else ''}?", abort=True)
     try:
-        result = restore_archive(archive, dumpers=dumpers(current_app),
-                                 settings=backup_settings(current_app), target_url=target,
-                                 uploads_dir=uploads, replace=replace, engine=db.engine,
-                                 actor=default_actor())
+        result = restore_archive(archive, engines=ctx.engines, settings=ctx.settings,
+                                 target_url=target, uploads_dir=uploads, replace=replace,
+                                 engine=db.engine, actor=cli_actor(), via="cli")
     except BackupError as exc:
         _fail(str(exc))
     click.echo(f"restored {sum(result['row_counts'].values())} rows and {result['uploads']} "

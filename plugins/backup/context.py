@@ -1,47 +1,60 @@
-"""Glue between the Flask app and the backup services: settings and the dumper
-registry of one app (built once from the ``register_database_dumpers`` hook)."""
+"""Glue between one Flask app and the backup services: the app's settings and
+its registry of database engines (built once at start-up from the
+``register_database_engines`` hook; two engines for one dialect stop start-up)."""
 
 from __future__ import annotations
 
-from flask import Flask
+from dataclasses import dataclass
+
+from flask import Flask, current_app
 
 from guest_registration import __version__
-from guest_registration.plugins import collect
+from guest_registration.plugins import DuplicateNameError, unique_items
 
-from .dumpers import DatabaseDumper
-from .service import BackupError, BackupSettings
+from .engines import DatabaseEngine
+from .errors import BackupError
+from .settings import BackupSettings
 
-EXTENSION = "database_dumpers"
-
-
-def backup_settings(app: Flask) -> BackupSettings:
-    c = app.config
-    return BackupSettings(
-        database_url=c["DATABASE_URL"], upload_folder=c["UPLOAD_FOLDER"],
-        backup_folder=c["BACKUP_FOLDER"], app_version=__version__,
-        pg_dump=c.get("PG_DUMP", "pg_dump"), psql=c.get("PSQL", "psql"),
-        keep=int(c.get("BACKUP_KEEP", 0) or 0),
-        compresslevel=int(c.get("BACKUP_COMPRESSLEVEL", 3)),
-    )
+EXTENSION = "backup"
 
 
-def dumpers(app: Flask) -> dict[str, DatabaseDumper]:
-    """Dialect name → dumper; two plugins claiming one dialect is an error naming both."""
-    if EXTENSION not in app.extensions:
-        registry: dict[str, DatabaseDumper] = {}
-        owners: dict[str, str] = {}
-        for plugin, dumper in collect(app.extensions["plugin_manager"], "register_database_dumpers"):
-            if dumper.dialect in registry:
-                raise RuntimeError(f"database dumper for {dumper.dialect!r} is registered by both "
-                                   f"plugin {owners[dumper.dialect]!r} and plugin {plugin!r}")
-            registry[dumper.dialect] = dumper
-            owners[dumper.dialect] = plugin
-        app.extensions[EXTENSION] = registry
-    return app.extensions[EXTENSION]
+@dataclass
+class BackupContext:
+    """What the backup services need from one app."""
+
+    app: Flask
+    engines: dict[str, DatabaseEngine]
+
+    @property
+    def settings(self) -> BackupSettings:
+        """Read from the app's config each time (tests and operators may change it)."""
+        return BackupSettings.from_config(self.app.config, __version__)
+
+    def engine_for(self, dialect: str) -> DatabaseEngine:
+        try:
+            return self.engines[dialect]
+        except KeyError:
+            raise BackupError(f"no database engine is installed for {dialect!r}") from None
+
+    @property
+    def db_engine(self):
+        """The app's SQLAlchemy engine."""
+        from guest_registration.extensions import db
+
+        with self.app.app_context():
+            return db.engine
 
 
-def dumper_for(app: Flask, dialect: str) -> DatabaseDumper:
-    try:
-        return dumpers(app)[dialect]
-    except KeyError:
-        raise BackupError(f"no database dumper is installed for {dialect!r}") from None
+class DuplicateEngineError(DuplicateNameError):
+    """Two plugins contribute an engine for the same dialect."""
+
+
+def init_app(app: Flask) -> None:
+    engines = unique_items(app.extensions["plugin_manager"], "register_database_engines",
+                           kind="database engine", key=lambda e: e.dialect,
+                           error=DuplicateEngineError)
+    app.extensions[EXTENSION] = BackupContext(app, engines)
+
+
+def backup_context(app: Flask | None = None) -> BackupContext:
+    return (app or current_app).extensions[EXTENSION]

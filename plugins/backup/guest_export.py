@@ -1,18 +1,19 @@
 """Monthly guest export: validation, the query, and the streaming pipeline.
 
-No Flask request in here: the API, the admin page and the CLI all call
-:func:`parse_request` and :func:`open_export`.
+No Flask request in here: the API, the admin page (download and preview) and
+the CLI all call :func:`parse_request` and :func:`open_export` (or
+:func:`preview`).
 
-Flow: one connection, one read-only snapshot (``REPEATABLE READ`` on
-PostgreSQL) → ``COUNT(*)`` (sent as ``X-Export-Rows`` so a client can check it
-got everything) → the rows through a server-side cursor → the format's writer
-(or its engine fast path, which renders each row inside the database) → bytes.
-Memory does not grow with the month.
+Flow: one connection, one read-only snapshot opened by the database engine
+(``REPEATABLE READ`` on PostgreSQL) → ``COUNT(*)`` (sent as ``X-Export-Rows`` so
+a client can check it got everything) → the rows through a server-side cursor →
+the format's writer (or its engine fast path, which renders each row inside the
+database) → bytes. Memory does not grow with the month. The query is the same
+on every engine; only the timestamp's rendering comes from the engine.
 """
 
 from __future__ import annotations
 
-import getpass
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,10 +22,11 @@ from typing import Callable, Iterator, Mapping, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
+from guest_registration import audit
 from guest_registration.exports import ExportFormat, FormatRegistry, UnknownFormatError
 from guest_registration.models import Guest, Registration, Trip
 
-from . import audit
+from .engines import DatabaseEngine
 
 #: The export's columns, in order, named as in the backup-system document.
 FIELDS = (
@@ -97,10 +99,12 @@ def month_range(year: int, month: int) -> tuple[datetime, datetime]:
     return start, end
 
 
-def export_query(start: datetime, end: datetime, *, timestamps_as_text: bool = False):
-    """The export's SELECT: one row per guest created in [start, end), by guest id."""
-    created = (func.to_char(Guest.created_at, "YYYY-MM-DD HH24:MI:SS")
-               if timestamps_as_text else Guest.created_at)
+def export_query(start: datetime, end: datetime, *, timestamp: Callable | None = None):
+    """The export's SELECT: one row per guest created in [start, end), by guest id.
+
+    ``timestamp`` renders ``created_at`` in SQL (an engine's ``timestamp_text``);
+    without it the column comes as a datetime."""
+    created = timestamp(Guest.created_at) if timestamp else Guest.created_at
     return (
         select(
             Guest.id, Guest.registration_id, Guest.first_name, Guest.last_name,
@@ -153,43 +157,33 @@ class ExportStream:
         return self.request.format.media_type
 
 
-def default_actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli"
-
-
-def open_export(engine: Engine, req: ExportRequest, *, actor: str | None, via: str,
-                fetch_rows: int = 2000, use_fast_path: bool = True,
+def open_export(engine: Engine, req: ExportRequest, *, db_engine: DatabaseEngine | None,
+                actor: str | None, via: str, action: str = "export", fetch_rows: int = 2000,
+                use_fast_path: bool = True,
                 on_error: Callable[[BaseException], None] | None = None) -> ExportStream:
     """Open the month's snapshot, count it, log the export, and return the stream.
 
-    The connection is held until the returned ``chunks`` generator is exhausted
-    or closed (e.g. the HTTP client disconnected); the audit entry then records
-    ``ok``, ``failed`` or ``aborted``.
+    ``db_engine`` opens the snapshot and renders timestamps for fast paths
+    (without one: the driver's own transaction, no fast path). The connection is
+    held until the returned ``chunks`` are exhausted or closed (e.g. the HTTP
+    client disconnected); the audit entry (``action``) then records ``ok``,
+    ``failed`` or ``aborted``.
     """
     start, end = month_range(req.year, req.month)
     conn = engine.connect()
     try:
-        dialect = conn.dialect.name
-        if dialect == "postgresql":
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            # plan the server-side cursor for all rows, not the first 10%
-            conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
-        elif dialect == "sqlite":
-            # pysqlite opens no transaction for reads: start one so the count and
-            # the rows come from one snapshot
-            conn.exec_driver_sql("BEGIN")
+        if db_engine is not None:
+            db_engine.begin_snapshot(conn)
         rows = conn.execute(count_query(start, end)).scalar_one()
-        entry = audit.start(engine, "export", actor=actor, via=via, year=req.year,
+        entry = audit.start(engine, action, actor=actor, via=via, year=req.year,
                             month=req.month, format=req.format.name)
     except BaseException:
         conn.close()
         raise
-    fast = req.format.fast_paths.get(dialect) if use_fast_path else None
+    fast = (req.format.fast_paths.get(conn.dialect.name)
+            if use_fast_path and db_engine is not None else None)
     if fast is not None:
-        query = export_query(start, end, timestamps_as_text=True)
+        query = export_query(start, end, timestamp=db_engine.timestamp_text)
         compiled = query.compile(dialect=conn.dialect)
         produce = lambda: fast(conn.connection.dbapi_connection, str(compiled),  # noqa: E731
                                compiled.params, FIELDS, fetch_rows)
@@ -223,7 +217,7 @@ class _Body:
                 self._chunks = iter(self._produce())
             chunk = next(self._chunks)
         except StopIteration:
-            self._finish("ok", None)
+            self._finish("ok", None, self._rows)
             raise
         except BaseException as exc:
             self._finish("failed", type(exc).__name__)
@@ -233,11 +227,14 @@ class _Body:
         self.sent += len(chunk)
         return chunk
 
-    def close(self) -> None:
+    def close(self, outcome: str = "aborted",
+              message: str | None = "the export was closed before its end",
+              rows: int | None = None) -> None:
+        """Release everything; a WSGI server calls this when the client is gone."""
         if not self._done:
-            self._finish("aborted", "the export was closed before its end")
+            self._finish(outcome, message, rows)
 
-    def _finish(self, outcome: str, message: str | None) -> None:
+    def _finish(self, outcome: str, message: str | None, rows: int | None = None) -> None:
         if self._done:
             return
         self._done = True
@@ -249,11 +246,38 @@ class _Body:
             try:
                 self._conn.close()
             finally:
-                audit.finish(self._engine, self._entry, outcome,
-                             rows=self._rows if outcome == "ok" else None,
+                audit.finish(self._engine, self._entry, outcome, rows=rows,
                              bytes=self.sent, message=message)
 
 
-__all__ = ["FIELDS", "ExportRequest", "ExportRequestError", "ExportStream", "parse_request",
-           "open_export", "month_range", "export_query", "default_actor"]
+@dataclass
+class Preview:
+    """The first lines of an export, as the API would send them."""
+
+    rows: int
+    media_type: str
+    lines: list[str]
+
+
+def preview(engine: Engine, req: ExportRequest, *, db_engine: DatabaseEngine | None,
+            actor: str | None, via: str, lines: int = 20, fetch_rows: int = 2000) -> Preview:
+    """Read only the first ``lines`` lines of an export and stop; audited as a
+    ``preview`` (not as an export: nothing was downloaded)."""
+    stream = open_export(engine, req, db_engine=db_engine, actor=actor, via=via,
+                         action="preview", fetch_rows=fetch_rows)
+    body = bytearray()
+    try:
+        for chunk in stream.chunks:
+            body += chunk
+            if body.count(b"\n") >= lines:
+                break
+    finally:
+        shown = body.split(b"\n")[:lines]
+        stream.chunks.close("ok", f"first {len(shown)} lines shown")
+    return Preview(stream.rows, stream.media_type,
+                   [line.decode("utf-8", "replace").rstrip("\r") for line in shown])
+
+
+__all__ = ["FIELDS", "ExportRequest", "ExportRequestError", "ExportStream", "Preview",
+           "parse_request", "open_export", "preview", "month_range", "export_query"]
 

@@ -4,7 +4,6 @@ a small JSON file in BACKUP_FOLDER so every server worker process can report it
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -17,8 +16,10 @@ from flask import Flask
 
 from guest_registration.extensions import db
 
-from .context import backup_settings, dumper_for
-from .service import LOCK_NAME, BackupBusy, BackupError, create_backup
+from .archive import BackupLock
+from .context import backup_context
+from .create import create_backup
+from .errors import BackupBusy, BackupError
 
 STATE_FILE = ".backup-job.json"
 WRITE_EVERY = 0.3  # seconds between progress updates on disk
@@ -34,21 +35,6 @@ def _write_state(folder: Path, state: dict) -> None:
     os.replace(tmp, folder / STATE_FILE)
 
 
-def lock_is_held(folder: str | os.PathLike) -> bool:
-    """Whether some process (or thread) is running a backup right now."""
-    path = Path(folder) / LOCK_NAME
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def read_job(folder: str | os.PathLike) -> dict | None:
     """The latest web backup job, or None. A job marked running whose lock is free
     died with its process: it is reported as interrupted."""
@@ -56,7 +42,7 @@ def read_job(folder: str | os.PathLike) -> dict | None:
         state = json.loads((Path(folder) / STATE_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return None
-    if state.get("state") == "running" and not lock_is_held(folder):
+    if state.get("state") == "running" and not BackupLock(folder).taken_elsewhere():
         state.update(state="failed", error="the backup was interrupted (the server stopped)")
     return state
 
@@ -64,17 +50,12 @@ def read_job(folder: str | os.PathLike) -> dict | None:
 def start_job(app: Flask, actor: str | None) -> dict:
     """Take the backup lock now (so a second click is refused at once) and run the
     backup in a background thread that releases it when done."""
-    settings = backup_settings(app)
+    ctx = backup_context(app)
+    settings = ctx.settings
     folder = Path(settings.backup_folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        raise BackupError(f"the backup folder {folder} is not writable") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        lock = BackupLock(folder).acquire()
+    except BackupBusy:
         raise BackupBusy("a backup is already running; wait for it to finish") from None
     job = {"id": uuid.uuid4().hex, "state": "running", "stage": "starting", "bytes": 0,
            "started_at": _now(), "finished_at": None, "archive": None, "error": None,
@@ -82,7 +63,7 @@ def start_job(app: Flask, actor: str | None) -> dict:
     try:
         _write_state(folder, job)
     except OSError:
-        os.close(fd)
+        lock.release()
         raise BackupError(f"the backup folder {folder} is not writable") from None
 
     def progress(stage: str, written: int, _last=[0.0]) -> None:
@@ -95,8 +76,8 @@ def start_job(app: Flask, actor: str | None) -> dict:
     def run() -> None:
         try:
             with app.app_context():
-                result = create_backup(db.engine, dumper_for(app, db.engine.dialect.name), settings,
-                                       actor=actor, via="admin", progress=progress, lock=False)
+                result = create_backup(db.engine, ctx.engine_for(db.engine.dialect.name), settings,
+                                       actor=actor, via="admin", progress=progress, lock=lock)
             job.update(state="done", stage="done", archive=result.path.name, bytes=result.size)
         except BackupError as exc:
             job.update(state="failed", error=str(exc))
@@ -108,7 +89,7 @@ def start_job(app: Flask, actor: str | None) -> dict:
             try:
                 _write_state(folder, job)
             finally:
-                os.close(fd)  # releases the lock
+                lock.release()
 
     threading.Thread(target=run, name="web-backup", daemon=True).start()
     return job

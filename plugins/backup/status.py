@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 from flask import Flask
 
 from guest_registration.extensions import db
-from guest_registration.maintenance import StatusCheck
+from guest_registration.formatting import human_size
+from guest_registration.maintenance import StatusCheck, folder_check
 
-from .context import backup_settings, dumper_for
-from .service import BackupError, list_archives
+from .archive import list_archives
+from .context import backup_context
+from .errors import BackupError
 
 
 def _age(when: datetime) -> str:
@@ -24,28 +25,28 @@ def _age(when: datetime) -> str:
 
 
 def backup_status(app: Flask) -> list[StatusCheck]:
-    settings = backup_settings(app)
-    checks = []
+    ctx = backup_context(app)
+    settings = ctx.settings
+    checks = [folder_check("backup folder", settings.backup_folder)]
     try:
-        dumper = dumper_for(app, db.engine.dialect.name)
+        engine = ctx.engine_for(db.engine.dialect.name)
         try:
             with db.engine.connect() as conn:
-                tool = dumper.tool(settings.dumper_settings, conn)
+                tool = engine.tool(settings.engine_settings, conn)
         except BackupError:
             raise
-        except Exception:
-            tool = dumper.tool(settings.dumper_settings, None)
+        except Exception:  # the database line of the host says why it is unreachable
+            tool = engine.tool(settings.engine_settings, None)
         checks.append(StatusCheck("backup dump tool", tool.ok, tool.detail))
     except BackupError as exc:
         checks.append(StatusCheck("backup dump tool", False, str(exc)))
-    # (the folder itself is checked by the host's "backup folder" line)
-    archives = list_archives(Path(settings.backup_folder))
+    archives = list_archives(settings.backup_folder)
     if archives:
         newest = archives[0]
         checks.append(StatusCheck("newest backup", True,
-                                  f"{newest.name}, {newest.size / 1e6:.1f} MB, {_age(newest.created)}"
+                                  f"{newest.name}, {human_size(newest.size)}, {_age(newest.created)}"
                                   f" ({len(archives)} archive{'s' if len(archives) != 1 else ''})"))
     else:
         checks.append(StatusCheck("newest backup", True,
-                                  "no archive yet (run `python manage.py backup`)"))
+                                  "no archive yet (run: python manage.py backup)"))
     return checks

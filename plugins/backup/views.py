@@ -1,37 +1,33 @@
-"""The Flask-Admin pages of the Backup menu: thin views over the services."""
+"""The Flask-Admin page of the Backup menu: thin views over the services."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flask import abort, current_app, flash, jsonify, redirect, send_file, url_for
+from flask import abort, current_app, flash, jsonify, redirect, request, send_file, url_for
 from flask_admin import expose
 from flask_security import current_user
 from sqlalchemy import select
 
-from guest_registration.admin import SecureBaseView, SecureModelView
+from guest_registration import audit
+from guest_registration.admin import SecureBaseView
 from guest_registration.extensions import csrf, db
+from guest_registration.formatting import human_size, timestamp
+from guest_registration.models import AuditEntry
 
-from . import audit
-from .context import dumpers
+from .archive import archive_path, clean_partials, list_archives
+from .context import backup_context
+from .errors import BackupBusy, BackupError
+from .guest_export import ExportRequestError, parse_request, preview
 from .jobs import read_job, start_job
-from .service import (BackupBusy, BackupError, archive_path, clean_partials, list_archives,
-                      verify_archive)
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+from .verify import verify
 
 
 def _verifications(names: list[str]) -> dict[str, dict]:
     """The latest verify result per archive, from the audit log."""
     if not names:
         return {}
-    table = audit.AuditEntry.__table__
+    table = AuditEntry.__table__
     rows = db.session.execute(
         select(table.c.target, table.c.outcome, table.c.finished_at, table.c.message)
         .where(table.c.action == "verify", table.c.target.in_(names))
@@ -42,7 +38,7 @@ def _verifications(names: list[str]) -> dict[str, dict]:
 
 def _archive_or_404(name: str):
     try:
-        return archive_path(current_app.config["BACKUP_FOLDER"], name)
+        return archive_path(backup_context().settings.backup_folder, name)
     except BackupError:
         abort(404)
 
@@ -52,14 +48,15 @@ class BackupView(SecureBaseView):
 
     @expose("/")
     def index(self):
-        folder = current_app.config["BACKUP_FOLDER"]
+        folder = backup_context().settings.backup_folder
         clean_partials(folder)  # leftovers of a killed backup (only when none is running)
         archives = list_archives(folder)
         now = datetime.now(timezone.utc)
         return self.render(
             "admin/backup/index.html",
             archives=archives, verified=_verifications([a.name for a in archives]),
-            human_size=human_size, formats=list(current_app.extensions["export_formats"]),
+            human_size=human_size, timestamp=timestamp,
+            formats=list(current_app.extensions["export_formats"]),
             job=read_job(folder), activity=audit.recent(db.engine, 15),
             year=now.year, month=now.month, months=range(1, 13),
             api_url=url_for("backup_api.guests", _external=True),
@@ -79,7 +76,7 @@ class BackupView(SecureBaseView):
 
     @expose("/job")
     def job(self):
-        job = read_job(current_app.config["BACKUP_FOLDER"]) or {"state": "none"}
+        job = read_job(backup_context().settings.backup_folder) or {"state": "none"}
         public = {k: job.get(k) for k in ("id", "state", "stage", "bytes", "started_at",
                                           "finished_at", "archive", "error")}
         if public.get("archive"):
@@ -92,21 +89,21 @@ class BackupView(SecureBaseView):
         response = send_file(path, mimetype="application/zip", as_attachment=True,
                              download_name=path.name, max_age=0, conditional=True)
         response.headers["Cache-Control"] = "no-store"
+        audit.record(db.engine, "download", "ok", actor=current_user.email, via="admin",
+                     target=path.name, bytes=path.stat().st_size)
         return response
 
     @expose("/verify/<archive>", methods=["POST"])
     def verify(self, archive: str):
         csrf.protect()
         path = _archive_or_404(archive)
-        report = verify_archive(path, dumpers(current_app))
-        name = path.name
-        entry = audit.start(db.engine, "verify", actor=current_user.email, via="admin", target=name)
-        audit.finish(db.engine, entry, "ok" if report.ok else "failed",
-                     message="; ".join(report.problems)[:500] or None)
+        report = verify(path, backup_context().engines, audit_engine=db.engine,
+                        actor=current_user.email, via="admin")
         if report.ok:
-            flash(f"{name} verified: every checksum matches and the dump is complete.", "success")
+            flash(f"{path.name} verified: every checksum matches and the dump is complete.",
+                  "success")
         else:
-            flash(f"{name} did not verify: {'; '.join(report.problems[:3])}.", "error")
+            flash(f"{path.name} did not verify: {'; '.join(report.problems[:3])}.", "error")
         return redirect(url_for(".index") + "#archives")
 
     @expose("/delete/<archive>", methods=["POST"])
@@ -114,20 +111,20 @@ class BackupView(SecureBaseView):
         csrf.protect()
         path = _archive_or_404(archive)
         path.unlink(missing_ok=True)
-        name = path.name
-        entry = audit.start(db.engine, "delete", actor=current_user.email, via="admin", target=name)
-        audit.finish(db.engine, entry, "ok")
-        flash(f"{name} was deleted.", "success")
+        audit.record(db.engine, "delete", "ok", actor=current_user.email, via="admin",
+                     target=path.name)
+        flash(f"{path.name} was deleted.", "success")
         return redirect(url_for(".index") + "#archives")
 
-
-class AuditLogView(SecureModelView):
-    """Read-only list of exports and backups: who, when, what, outcome."""
-
-    can_create = can_edit = can_delete = False
-    column_default_sort = ("id", True)
-    column_list = ("id", "created_at", "finished_at", "actor", "via", "action", "year", "month",
-                   "format", "target", "rows", "bytes", "outcome", "message")
-    column_filters = ("action", "outcome", "actor", "via", "created_at")
-    column_searchable_list = ("actor", "target")
-
+    @expose("/preview")
+    def preview(self):
+        """The first lines of a monthly export, as JSON for the page (audited as a preview)."""
+        try:
+            req = parse_request(request.args.to_dict(flat=False),
+                                current_app.extensions["export_formats"])
+        except ExportRequestError as exc:
+            return jsonify(error=str(exc)), 400
+        result = preview(db.engine, req, db_engine=backup_context().engines.get(db.engine.dialect.name),
+                         actor=current_user.email, via="admin",
+                         fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
+        return jsonify(rows=result.rows, media_type=result.media_type, lines=result.lines)

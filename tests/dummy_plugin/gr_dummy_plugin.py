@@ -25,5 +25,5 @@ def hello():
 
 
 @hookimpl
-def register_commands(cli):
-    cli.add_command(hello)
+def register_commands():
+    return [hello]

@@ -1,0 +1,84 @@
+"""The audit log's one writer: every export, preview, backup, verify, restore,
+download, delete and document-photo view goes through here.
+
+Guest data leaving the system must be accountable, so a long action is logged
+as ``running`` before its first byte (:func:`start`) and updated when it ends
+(:func:`finish`: ``ok``, ``failed``, or ``aborted`` when the client went away);
+a short one is logged once it is over (:func:`record`). Each entry is written
+on a short transaction of its own, never inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import getpass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Engine
+
+from .models import AUDIT_OUTCOMES, AuditEntry
+
+VIAS = ("api", "admin", "cli")
+MESSAGE_CHARS = 500
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _clean(fields: dict[str, Any]) -> dict[str, Any]:
+    if fields.get("message"):
+        fields["message"] = str(fields["message"])[:MESSAGE_CHARS]
+    if fields.get("target"):
+        fields["target"] = str(fields["target"])[:255]
+    return fields
+
+
+def cli_actor() -> str:
+    """Who runs a command: ``cli:<os user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
+def start(engine: Engine, action: str, *, actor: str | None, via: str, **fields: Any) -> int:
+    """Log the start of an action as ``running``; returns the entry id."""
+    if via not in VIAS:
+        raise ValueError(f"via must be one of {VIAS}, not {via!r}")
+    table = AuditEntry.__table__
+    with engine.begin() as conn:
+        return conn.execute(
+            insert(table).values(action=action, outcome="running", created_at=_now(),
+                                 actor=actor, via=via, **_clean(fields))
+            .returning(table.c.id)
+        ).scalar_one()
+
+
+def finish(engine: Engine, entry_id: int, outcome: str, **fields: Any) -> None:
+    """Record how an action ended (``ok``, ``failed``, ``aborted``)."""
+    if outcome not in AUDIT_OUTCOMES or outcome == "running":
+        raise ValueError(outcome)
+    table = AuditEntry.__table__
+    with engine.begin() as conn:
+        conn.execute(update(table).where(table.c.id == entry_id)
+                     .values(outcome=outcome, finished_at=_now(), **_clean(fields)))
+
+
+def record(engine: Engine, action: str, outcome: str, *, actor: str | None, via: str,
+           **fields: Any) -> int:
+    """Log an action that is already over (a verify, a refused restore, a download)."""
+    entry = start(engine, action, actor=actor, via=via, **fields)
+    finish(engine, entry, outcome)
+    return entry
+
+
+def recent(engine: Engine, limit: int = 20, **where: Any) -> list[dict]:
+    """The latest entries, newest first, as plain dicts (``where``: column = value)."""
+    table = AuditEntry.__table__
+    query = select(table).order_by(table.c.id.desc()).limit(limit)
+    for column, value in where.items():
+        query = query.where(table.c[column] == value)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]

@@ -1,0 +1,169 @@
+"""Archives in the backup folder: names, listing, lookup, retention, and the one
+lock that lets a single backup run at a time.
+
+An archive ``system_backup_YYYYMMDD_HHMMSS.zip`` holds ``database.sql`` (a plain
+SQL dump), ``uploads/...`` (every upload except guest document photos) and
+``manifest.json`` (written last: sizes and SHA-256 of every other member). It is
+written under a hidden ``.partial`` name and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import BackupBusy, BackupError
+
+FORMAT_VERSION = 1
+ARCHIVE_RE = re.compile(r"^system_backup_\d{8}_\d{6}(?:_\d+)?\.zip$")
+PARTIAL_SUFFIX = ".partial"
+LOCK_NAME = ".backup.lock"
+DATABASE_MEMBER = "database.sql"
+MANIFEST_MEMBER = "manifest.json"
+UPLOADS_PREFIX = "uploads/"
+UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+#: guest photos: ``<uuid>.<ext>``, the older ``<uuid>_<anything>``, and half-written ``.tmp-<uuid>.<ext>``
+PHOTO_NAME_RE = re.compile(rf"^(?:\.tmp-)?{UUID}(?:\.[A-Za-z0-9]+|_.*)?$")
+#: errors an operator can fix (no traceback in the log for these)
+EXPECTED_ERRNOS = (errno.EACCES, errno.EFBIG, errno.ENOSPC)
+
+
+@dataclass
+class ArchiveInfo:
+    name: str
+    path: Path
+    size: int
+    created: datetime  # file modification time, UTC
+
+
+class BackupLock:
+    """One backup at a time across processes and threads: an ``flock`` on
+    ``.backup.lock`` in the backup folder. The only owner of that lock.
+
+    ``acquire()`` raises :class:`BackupBusy` at once when it is taken;
+    ``release()`` may be called from another thread (a web job takes the lock
+    in the request and its worker thread releases it).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "BackupLock":
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            raise BackupError(f"the backup folder {self.folder} is not writable") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BackupBusy("another backup is running; wait for it to finish") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing releases the flock
+
+    def __enter__(self) -> "BackupLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def taken_elsewhere(self) -> bool:
+        """Whether some process or thread runs a backup now (without taking the lock)."""
+        if self.held:
+            return True
+        path = self.folder / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
+def remove_partials(folder: Path) -> int:
+    """Remove half-written archives; the caller holds the :class:`BackupLock`."""
+    removed = 0
+    for p in folder.glob(f".system_backup_*{PARTIAL_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def clean_partials(folder: str | os.PathLike) -> int:
+    """Remove half-written archives left by a killed process, unless a backup is running."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    try:
+        with BackupLock(folder):
+            return remove_partials(folder)
+    except BackupError:  # busy, or a folder we cannot write: nothing to clean now
+        return 0
+
+
+def new_archive_name(folder: Path, when: datetime) -> str:
+    base = f"system_backup_{when:%Y%m%d_%H%M%S}"
+    name, n = f"{base}.zip", 1
+    while (folder / name).exists():
+        n += 1
+        name = f"{base}_{n}.zip"
+    return name
+
+
+def list_archives(folder: str | os.PathLike) -> list[ArchiveInfo]:
+    """Complete archives in the folder, newest first (partial files are never listed)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        if ARCHIVE_RE.match(p.name) and p.is_file() and not p.is_symlink():
+            st = p.stat()
+            found.append(ArchiveInfo(p.name, p, st.st_size,
+                                     datetime.fromtimestamp(st.st_mtime, timezone.utc)))
+    return sorted(found, key=lambda a: a.name, reverse=True)
+
+
+def archive_path(folder: str | os.PathLike, name: str) -> Path:
+    """The path of an existing archive by name; anything else (other files, paths,
+    ``..``) is refused. Used by the web download and delete."""
+    if not ARCHIVE_RE.match(name or ""):
+        raise BackupError("no such archive")
+    path = Path(folder) / name
+    if not path.is_file() or path.is_symlink():
+        raise BackupError("no such archive")
+    return path
+
+
+def prune(folder: str | os.PathLike, keep: int, protect: str | None = None) -> list[str]:
+    """Delete the oldest archives beyond ``keep`` (0 = keep all), never ``protect``."""
+    if keep <= 0:
+        return []
+    removed = []
+    for info in list_archives(folder)[keep:]:
+        if info.name == protect:
+            continue
+        info.path.unlink(missing_ok=True)
+        removed.append(info.name)
+    return removed

@@ -1,0 +1,18 @@
+"""What ``manage.py setup`` prepares for backups."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flask import Flask
+
+from .context import backup_context
+
+
+def prepare_backup_folder(app: Flask) -> list[str]:
+    """Create the backup folder, readable by this user only (archives hold guest data)."""
+    folder = Path(backup_context(app).settings.backup_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return [f"folder ready: {folder}"]
