@@ -49,9 +49,10 @@ def copy_sql(year: int, month: int) -> str:
     """The export's own SELECT (plugins/backup/guest_export.py), with literal bounds."""
     from sqlalchemy.dialects import postgresql
 
+    from plugins.backup.engines.postgresql import PostgresEngine
     from plugins.backup.guest_export import export_query, month_range
 
-    query = export_query(*month_range(year, month), timestamps_as_text=True)
+    query = export_query(*month_range(year, month), timestamp=PostgresEngine().timestamp_text)
     return str(query.compile(dialect=postgresql.dialect(),
                              compile_kwargs={"literal_binds": True}))
 

@@ -11,6 +11,7 @@ ever committed.
 
 from __future__ import annotations
 
+import copy
 import os
 import secrets
 from pathlib import Path
@@ -25,6 +26,37 @@ STRING_SETTINGS = (
 )
 #: Settings read from the environment as integers.
 INT_SETTINGS = ("MAX_PHOTO_BYTES",)
+
+
+#: Fixed defaults of Flask-Security-Too, Flask-WTF and Flask (overridable like the rest).
+STATIC_DEFAULTS: dict[str, Any] = {
+    # Flask-Security-Too: sessions for browsers, tokens for the API.
+    "SECURITY_PASSWORD_HASH": "argon2",
+    "SECURITY_TOKEN_AUTHENTICATION_HEADER": "Authentication-Token",
+    "SECURITY_TOKEN_MAX_AGE": 7 * 24 * 3600,
+    "SECURITY_REGISTERABLE": False,
+    "SECURITY_SEND_REGISTER_EMAIL": False,
+    "SECURITY_TRACKABLE": False,
+    "SECURITY_POST_LOGIN_VIEW": "/admin/",
+    "SECURITY_POST_LOGOUT_VIEW": "/",
+    "SECURITY_CSRF_PROTECT_MECHANISMS": ["session", "basic"],
+    "SECURITY_CSRF_IGNORE_UNAUTH_ENDPOINTS": False,
+    "SECURITY_RETURN_GENERIC_RESPONSES": True,
+    "SECURITY_LOGOUT_CSRF": True,  # logout is a POST with a CSRF token
+    # servers here may have no DNS: check address syntax, not deliverability
+    "SECURITY_EMAIL_VALIDATOR_ARGS": {"check_deliverability": False},
+    # CSRFProtect is initialised but checks only where we (or Flask-Security) ask,
+    # so token-authenticated API calls need no CSRF token.
+    "WTF_CSRF_CHECK_DEFAULT": False,
+    "WTF_CSRF_TIME_LIMIT": None,
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "REMEMBER_COOKIE_SAMESITE": "Lax",
+}
+#: Every setting name the host owns: a plugin declaring one of these is refused.
+HOST_SETTINGS = frozenset(STRING_SETTINGS + INT_SETTINGS + tuple(STATIC_DEFAULTS) + (
+    "DATABASE_URL", "DISABLED_PLUGINS", "SQLALCHEMY_DATABASE_URI", "SQLALCHEMY_TRACK_MODIFICATIONS",
+    "SQLALCHEMY_ENGINE_OPTIONS", "MAX_CONTENT_LENGTH"))
 
 
 def normalise_database_url(url: str) -> str:
@@ -102,26 +134,6 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     # Uploads larger than a whole registration can never be valid: refuse early.
     cfg.setdefault("MAX_CONTENT_LENGTH", cfg["MAX_PHOTO_BYTES"] * 25 + 1024 * 1024)
 
-    # Flask-Security-Too: sessions for browsers, tokens for the API.
-    cfg.setdefault("SECURITY_PASSWORD_HASH", "argon2")
-    cfg.setdefault("SECURITY_TOKEN_AUTHENTICATION_HEADER", "Authentication-Token")
-    cfg.setdefault("SECURITY_TOKEN_MAX_AGE", 7 * 24 * 3600)
-    cfg.setdefault("SECURITY_REGISTERABLE", False)
-    cfg.setdefault("SECURITY_SEND_REGISTER_EMAIL", False)
-    cfg.setdefault("SECURITY_TRACKABLE", False)
-    cfg.setdefault("SECURITY_POST_LOGIN_VIEW", "/admin/")
-    cfg.setdefault("SECURITY_POST_LOGOUT_VIEW", "/")
-    cfg.setdefault("SECURITY_CSRF_PROTECT_MECHANISMS", ["session", "basic"])
-    cfg.setdefault("SECURITY_CSRF_IGNORE_UNAUTH_ENDPOINTS", False)
-    cfg.setdefault("SECURITY_RETURN_GENERIC_RESPONSES", True)
-    cfg.setdefault("SECURITY_LOGOUT_CSRF", True)  # logout is a POST with a CSRF token
-    # servers here may have no DNS: check address syntax, not deliverability
-    cfg.setdefault("SECURITY_EMAIL_VALIDATOR_ARGS", {"check_deliverability": False})
-    # CSRFProtect is initialised but checks only where we (or Flask-Security) ask,
-    # so token-authenticated API calls need no CSRF token.
-    cfg.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
-    cfg.setdefault("WTF_CSRF_TIME_LIMIT", None)
-    cfg.setdefault("SESSION_COOKIE_HTTPONLY", True)
-    cfg.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
-    cfg.setdefault("REMEMBER_COOKIE_SAMESITE", "Lax")
+    for key, value in STATIC_DEFAULTS.items():
+        cfg.setdefault(key, copy.deepcopy(value))  # no list or dict shared between apps
     return cfg

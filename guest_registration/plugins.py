@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pluggy
 
 from . import hookspecs
+from .config import HOST_SETTINGS
 from .hookspecs import PROJECT_NAME
 
 ENTRY_POINT_GROUP = "guest_registration"
@@ -239,7 +240,7 @@ def apply_plugin_settings(config: dict[str, Any], pm: pluggy.PluginManager, inst
     which wins over the plugin's default.
     """
     environ = os.environ if environ is None else environ
-    host_names = {k for k in config if k not in given}
+    host_names = {k for k in config if k not in given} | HOST_SETTINGS
     declared: dict[str, Any] = {}
     for mapping in pm.hook.register_settings(instance_path=instance_path):
         for name, default in mapping.items():
