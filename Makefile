@@ -1,6 +1,8 @@
 # Two commands on a fresh Debian/Ubuntu machine with Python 3.11+:
 #   make run    virtualenv + install + setup + demo data, serves http://127.0.0.1:5000
 #   make test   virtualenv + install + the whole test suite
+#   make test-fast   the same without the browser, pip and live-server tests
+#                    (-m "not browser and not pip and not live")
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +11,7 @@ PORT ?= 5000
 ADMIN_EMAIL ?= admin@example.com
 ADMIN_PASSWORD ?= admin-demo-password
 
-.PHONY: run test install clean
+.PHONY: run test test-fast install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,9 @@ run: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not browser and not pip and not live" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

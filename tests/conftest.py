@@ -4,14 +4,15 @@ Every test that uses ``app`` runs twice: on a fresh SQLite file and on a
 PostgreSQL database created for this test session (``TEST_DATABASE_URL``,
 default the local server). Without a server the PostgreSQL half is skipped with
 the reason, unless ``REQUIRE_POSTGRES=1``, where a missing server is a failure.
+
+Fixtures only: plain helpers and constants (``ADMIN``, ``make_config``,
+``manage`` ...) are in ``tests/helpers.py``; the browser fixtures are in
+``tests/browser/conftest.py``.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import uuid
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,11 +20,11 @@ import sqlalchemy as sa
 from guest_registration import create_app
 from guest_registration.config import normalise_database_url
 from guest_registration.extensions import db
+from guest_registration.models import Trip
+from tests.helpers import (ADMIN, USER, create_pg_database, csrf_token_from, drop_pg_database,
+                           make_config, terminate_open_transactions)
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-ADMIN = ("admin@example.com", "admin-password-1")
-USER = ("user@example.com", "user-password-1")
 
 
 def _truthy(name: str) -> bool:
@@ -47,23 +48,6 @@ def pg_server() -> str:
     finally:
         engine.dispose()
     return url
-
-
-def create_pg_database(server_url: str, prefix: str = "gr_test") -> str:
-    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_pg_database(server_url: str, url: str) -> None:
-    name = sa.engine.make_url(url).database
-    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -100,23 +84,6 @@ def database_url(request, backend, tmp_path) -> str:
     return request.getfixturevalue("pg_database")
 
 
-def make_config(tmp_path: Path, database_url: str, **extra) -> dict:
-    cfg = {
-        "TESTING": True,
-        "DATABASE_URL": database_url,
-        "UPLOAD_FOLDER": str(tmp_path / "uploads"),
-        "BACKUP_FOLDER": str(tmp_path / "backups"),
-        "SECRET_KEY": "test-secret-key",
-        "SECURITY_PASSWORD_SALT": "test-salt",
-        "MAX_PHOTO_BYTES": 200 * 1024,
-        # argon2 stays the scheme; cheaper parameters keep the suite fast
-        "SECURITY_PASSWORD_HASH_PASSLIB_OPTIONS": {"argon2__rounds": 1,
-                                                   "argon2__memory_cost": 1024},
-    }
-    cfg.update(extra)
-    return cfg
-
-
 @pytest.fixture
 def app_config(tmp_path, database_url) -> dict:
     """Config for the ``app`` fixture; tests may change it before requesting ``app``."""
@@ -147,19 +114,6 @@ def app(app_config, tmp_path):
     assert not leaked, f"connections left inside a transaction (a stream not closed?): {leaked}"
 
 
-def terminate_open_transactions(engine) -> list[str]:
-    """End (and report) other sessions of this database still inside a transaction,
-    so a leaked connection fails its test instead of hanging the suite."""
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT pid, left(query, 60) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL")).all()
-        for pid, _ in rows:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        conn.commit()
-    return [q for _, q in rows]
-
-
 @pytest.fixture
 def client(app):
     return app.test_client()
@@ -168,13 +122,6 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
-
-
-def csrf_token_from(html: str) -> str:
-    m = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or re.search(
-        r'value="([^"]+)"[^>]*name="csrf_token"', html)
-    assert m, "no csrf_token in page"
-    return m.group(1)
 
 
 class AuthActions:
@@ -207,3 +154,13 @@ class AuthActions:
 @pytest.fixture
 def auth(client):
     return AuthActions(client)
+
+
+@pytest.fixture
+def trip_id(app) -> int:
+    """One trip (no dates, two places) in the app's database."""
+    with app.app_context():
+        trip = Trip(title="Lake Trip", max_guests=2)
+        db.session.add(trip)
+        db.session.commit()
+        return trip.id

@@ -13,7 +13,7 @@ reason, unless ``REQUIRE_BROWSER=1``, which turns that into a failure.
 ``chromium(playwright)`` launches the browser with the settings this machine needs.
 
 These are plain functions and context managers; a test module wraps them in
-fixtures of the scope it wants (see ``tests/test_browser_admin.py``).
+fixtures of the scope it wants (see ``tests/browser/conftest.py``).
 """
 
 from __future__ import annotations

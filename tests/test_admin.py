@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from guest_registration.extensions import db
-from guest_registration.models import Guest, Registration, Trip
-from tests.conftest import USER, csrf_token_from
+from guest_registration.models import Trip
+from tests.helpers import ADMIN, USER, add_guest_with_photo, csrf_token_from
 
 MODEL_VIEWS = ["trip", "registration", "guest", "user"]
 
@@ -19,23 +19,6 @@ def admin_urls(app) -> list[str]:
             if "static" not in rule.endpoint:
                 urls.append(rule.rule)
     return sorted(set(urls))
-
-
-def add_guest_with_photo(app, name="0b0e6c1e-3c52-4a43-9a6f-2f0f0b1b7d11.png"):
-    with app.app_context():
-        trip = Trip(title="T", max_guests=3)
-        reg = Registration(trip=trip, email="g@example.com", language="en")
-        guest = Guest(registration=reg, first_name="A", last_name="B", age_category="adult",
-                      document_type="passport", document_number="X1", document_photo=name,
-                      gdpr_consent=True)
-        db.session.add_all([trip, reg, guest])
-        db.session.commit()
-        from pathlib import Path
-        folder = Path(app.config["UPLOAD_FOLDER"])
-        folder.mkdir(parents=True, exist_ok=True)
-        if "/" not in name:
-            (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n-fake-photo")
-        return guest.id
 
 
 def test_anonymous_is_sent_to_login(client, app):
@@ -132,7 +115,6 @@ def test_login_page_uses_admin_layout(client):
 
 
 def test_login_without_csrf_is_rejected(client):
-    from tests.conftest import ADMIN
     resp = client.post("/login", data={"email": ADMIN[0], "password": ADMIN[1]})
     assert client.get("/admin/").status_code == 302
     assert resp.status_code in (200, 400)

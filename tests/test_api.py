@@ -14,10 +14,7 @@ from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Trip
 from guest_registration.models import AuditEntry
 from plugins.backup.guest_export import FIELDS, open_export, parse_request
-from tests.helpers import db_engine_of
-from tests.conftest import ADMIN, USER
-
-API = "/api/backup/guests"
+from tests.helpers import ADMIN, API, USER, db_engine_of
 
 GUESTS = [
     # (first, last, created_at, document_photo)

@@ -17,11 +17,11 @@ import pytest
 import sqlalchemy as sa
 
 from guest_registration.extensions import db
-from guest_registration.models import Guest, Registration, Trip
-from guest_registration.models import AuditEntry
+from guest_registration.models import AuditEntry, Guest, Registration, Trip
 from plugins.backup.archive import PHOTO_NAME_RE, list_archives
 from plugins.backup.context import backup_context
 from plugins.backup.verify import verify_archive
+from tests.helpers import make_backup
 
 AWKWARD = ["O'Brien; DROP TABLE guest; --", 'Quote "q" \\ backslash', "Tab\tand\nnewline\r\n",
            "Žluťoučký kůň 😀", "$$dollar$$", "E'\\x00'", "\\.", "COPY guest FROM stdin;"]
@@ -59,14 +59,6 @@ def source(app, runner):
         g.document_photo = "legacy-scan.jpg"  # a photo whose name is no UUID
         db.session.commit()
     return uploads
-
-
-def make_backup(runner, *args) -> Path:
-    result = runner.invoke(args=["backup", *args])
-    assert result.exit_code == 0, result.output
-    path = Path(result.output.strip().splitlines()[-1])
-    assert path.is_file()
-    return path
 
 
 def table_contents(url: str, skip=("audit_log",)) -> dict[str, list[tuple]]:

@@ -1,5 +1,5 @@
 """The Backup admin page through the test client (the real browser runs in
-tests/test_browser_backup.py): job start and state, downloads, verify, delete."""
+tests/browser/test_browser_backup.py): job start and state, downloads, verify, delete."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from plugins.backup.jobs import STATE_FILE, read_job
 from plugins.backup.archive import BackupLock
-from tests.conftest import USER, csrf_token_from
+from tests.helpers import USER, csrf_token_from
 
 
 def page(client) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Role, Trip, User
-from tests.test_plugins import manage
+from tests.helpers import ADMIN, USER, manage
 
 UUID_FILE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(png|pdf)$")
 
@@ -91,7 +91,6 @@ def test_flask_and_flask_security_commands_work_through_manage_py(tmp_path):
 
 
 def test_auth_token_command(runner, app, client):
-    from tests.conftest import ADMIN, USER
     result = runner.invoke(args=["auth-token", ADMIN[0]])
     assert result.exit_code == 0 and len(result.output.strip()) > 20
     refused = runner.invoke(args=["auth-token", USER[0]])

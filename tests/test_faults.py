@@ -18,8 +18,7 @@ import sqlalchemy as sa
 from guest_registration.extensions import db
 from guest_registration.models import AuditEntry
 from plugins.backup.guest_export import open_export, parse_request
-from tests.helpers import db_engine_of
-from tests.conftest import ROOT
+from tests.helpers import ROOT, db_engine_of
 
 
 def add_many_guests(app, n: int, year: int = 2025, month: int = 3) -> None:

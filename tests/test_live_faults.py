@@ -13,8 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from guest_registration.config import normalise_database_url
-from tests.conftest import ADMIN, USER, create_pg_database, drop_pg_database
+from tests.helpers import ADMIN, USER, create_pg_database, drop_pg_database
 from tests.live_server import ARTIFACTS, live_server
+
+pytestmark = pytest.mark.live
 
 ROWS = 120_000
 

@@ -1,12 +1,15 @@
-"""The plugin host: discovery through entry points, a pip-installed plugin,
-DISABLED_PLUGINS, and start-up errors that name the guilty plugins."""
+"""The plugin host: discovery through entry points, a pip-installed plugin (in a
+temporary directory, never into the environment), DISABLED_PLUGINS, and start-up
+errors that name the guilty plugins."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -14,33 +17,18 @@ import pytest
 from guest_registration import create_app, hookimpl, hookspecs
 from guest_registration.exports import DuplicateFormatError, ExportFormat
 from guest_registration.plugins import PluginLoadError, build_plugin_manager, plugin_infos
-from tests.conftest import ROOT, make_config
+from tests.helpers import ROOT, installed_distribution, make_config, manage, pip, pythonpath_env
 
 DUMMY = ROOT / "tests" / "dummy_plugin"
 
 
-def manage(*args: str, env: dict | None = None, tmp_path: Path) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "INSTANCE_PATH": str(tmp_path / "instance"),
-                "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", **(env or {})}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
-                   check=True, capture_output=True, timeout=300)
-
-
 @pytest.fixture
-def dummy_installed():
-    """Install the dummy plugin distribution with pip; always uninstall it again."""
-    pip("install", "--no-build-isolation", str(DUMMY))
-    try:
-        yield
-    finally:
-        pip("uninstall", "-y", "gr-dummy-plugin")
-        import importlib
-        importlib.invalidate_caches()
+def dummy_installed(tmp_path_factory) -> Path:
+    """The dummy plugin distribution, pip-installed for this test only: into a
+    temporary ``--target`` directory (yielded), first on ``sys.path`` for the
+    test; subprocesses see it with ``env=pythonpath_env(dummy_installed)``."""
+    with installed_distribution(DUMMY, tmp_path_factory.mktemp("dummy-dist")) as target:
+        yield target
 
 
 def test_builtin_plugins_come_from_entry_points():
@@ -62,20 +50,50 @@ def test_plugins_command_lists_builtins(tmp_path):
     assert "export formats available: csv, json" in out.stdout
 
 
+@pytest.mark.pip
 def test_pip_installed_plugin_is_picked_up_and_can_be_disabled(dummy_installed, tmp_path):
-    out = manage("plugins", tmp_path=tmp_path)
+    env = pythonpath_env(dummy_installed)
+    out = manage("plugins", env=env, tmp_path=tmp_path)
     assert "dummy: gr_dummy_plugin from gr-dummy-plugin 1.2.3" in out.stdout
     assert "export formats available: csv, json, dummy" in out.stdout
-    assert manage("dummy-hello", tmp_path=tmp_path).stdout.strip() == "hello from the dummy plugin"
+    assert manage("dummy-hello", env=env, tmp_path=tmp_path).stdout.strip() == "hello from the dummy plugin"
     # in-process too: a new app sees the new format without any code change
     app = create_app(make_config(tmp_path, f"sqlite:///{tmp_path}/x.db"),
                      instance_path=str(tmp_path / "i"))
     assert "dummy" in app.extensions["export_formats"]
-    disabled = manage("plugins", env={"DISABLED_PLUGINS": "dummy"}, tmp_path=tmp_path)
+    disabled = manage("plugins", env={**env, "DISABLED_PLUGINS": "dummy"}, tmp_path=tmp_path)
     assert "dummy [disabled]" in disabled.stdout
     assert "export formats available: csv, json\n" in disabled.stdout
-    assert "dummy-hello" not in manage("--help", env={"DISABLED_PLUGINS": "dummy"},
+    assert "dummy-hello" not in manage("--help", env={**env, "DISABLED_PLUGINS": "dummy"},
                                        tmp_path=tmp_path).stdout
+
+
+@pytest.mark.pip
+def test_installed_plugin_leaves_the_environment_untouched(dummy_installed, tmp_path):
+    """The test's installation lives in its own directory: the environment running
+    the tests (and so every other test, and a run killed mid-test) never has it."""
+    probe = [sys.executable, "-c",
+             "import importlib.metadata as m, sys\n"
+             "try:\n    print(m.version('gr-dummy-plugin'))\n"
+             "except m.PackageNotFoundError:\n    print('not installed')\n"]
+    fresh = subprocess.run(probe, env=dict(os.environ), capture_output=True, text=True,
+                           timeout=60)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.strip() == "not installed"
+    # the same probe with the target on PYTHONPATH does see it (the check above is not vacuous)
+    seen = subprocess.run(probe, env={**os.environ, **pythonpath_env(dummy_installed)},
+                          capture_output=True, text=True, timeout=60)
+    assert seen.stdout.strip() == "1.2.3", seen.stderr
+    assert importlib.metadata.version("gr-dummy-plugin") == "1.2.3"  # in-process: on sys.path
+    # pip of the environment does not know it, and nothing of it is in site-packages
+    show = pip("show", "gr-dummy-plugin", check=False)
+    assert show.returncode != 0 and "not found" in show.stderr.lower(), show
+    listed = pip("list", "--format=freeze").stdout.lower()
+    assert "guest-registration" in listed and "gr-dummy-plugin" not in listed
+    site = {Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}
+    assert not [p for d in site for p in d.glob("gr_dummy_plugin*")]
+    assert (dummy_installed / "gr_dummy_plugin.py").is_file()
+    assert any(dummy_installed.glob("gr_dummy_plugin-1.2.3.dist-info"))
 
 
 def test_disabled_builtin_plugin_removes_its_contribution(tmp_path):

@@ -10,20 +10,11 @@ import pytest
 
 from guest_registration.demo import tiny_pdf, tiny_png
 from guest_registration.extensions import db
-from guest_registration.models import Guest, Registration, Trip
-from tests.conftest import csrf_token_from
+from guest_registration.models import Guest, Registration
+from tests.helpers import csrf_token_from
 
 UUID_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\.(png|jpg|pdf)$")
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 64 + b"\xff\xd9"
-
-
-@pytest.fixture
-def trip_id(app):
-    with app.app_context():
-        trip = Trip(title="Lake Trip", max_guests=2)
-        db.session.add(trip)
-        db.session.commit()
-        return trip.id
 
 
 def guest_fields(i: int, photo: tuple[bytes, str] | None = None, consent: bool = True,

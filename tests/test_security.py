@@ -24,10 +24,7 @@ from guest_registration.extensions import db
 from guest_registration.models import Guest, Trip
 from plugins.backup.context import backup_context
 from plugins.backup.verify import verify_archive
-from tests.conftest import ADMIN, USER, csrf_token_from
-from tests.test_registration import trip_id  # noqa: F401  (fixture)
-
-API = "/api/backup/guests"
+from tests.helpers import ADMIN, API, USER, csrf_token_from
 
 # --- property-based: the API never answers 500 -------------------------------------
 

@@ -3,11 +3,10 @@
 Chromium clicks through the login, the admin menu, logout, the 403 for a
 non-admin and the public registration form.
 
-Skipped with the reason when Playwright or Chromium is missing (a failure with
-``REQUIRE_BROWSER=1``), and when PostgreSQL is unreachable (a failure with
-``REQUIRE_POSTGRES=1``). Screenshots go to ``tests/artifacts/`` (git-ignored),
-the server's log to ``tests/artifacts/live-server.log``; a failing test shows
-what the server logged during it and the browser errors it saw.
+The fixtures (``page``, ``admin_page``, ``server`` ...) and the skip policy
+are in ``tests/browser/conftest.py``. Screenshots go to ``tests/artifacts/``
+(git-ignored), the server's log to ``tests/artifacts/live-server.log``; a
+failing test shows what the server logged during it and the browser errors it saw.
 """
 
 from __future__ import annotations
@@ -16,146 +15,14 @@ import re
 import uuid
 from datetime import date, timedelta
 
-import pytest
 import sqlalchemy as sa
 
-from guest_registration.config import normalise_database_url
 from guest_registration.demo import tiny_png
-from tests.conftest import ADMIN, USER, create_pg_database, drop_pg_database
-from tests.live_server import ARTIFACTS, browser_session, live_server
+from tests.browser.helpers import log_in, nav, no_problems, path_re, screenshot
+from tests.helpers import ADMIN, USER
 
-TIMEOUT_MS = 10_000      # every locator wait and expect()
-NAV_TIMEOUT_MS = 20_000  # every navigation
 NEXT_ADMIN = r"\?next=(/|%2F)admin(/|%2F)$"  # Flask-Security may leave the path unquoted
 PHOTO_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\.png$")
-
-
-# --------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def browser():
-    with browser_session() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def server(browser, pg_server, tmp_path_factory):
-    """The real app on its own PostgreSQL database, for this module.
-
-    Asks for ``browser`` first so that a missing browser skips before any setup."""
-    url = create_pg_database(pg_server, "gr_browser")
-    try:
-        with live_server(url, tmp_path_factory.mktemp("live"), admin=ADMIN, user=USER,
-                         log_path=ARTIFACTS / "live-server.log") as srv:
-            yield srv
-    finally:
-        drop_pg_database(pg_server, url)
-
-
-@pytest.fixture(scope="module")
-def db_engine(server):
-    engine = sa.create_engine(normalise_database_url(server.database_url))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def problems():
-    """Browser-side errors of one test: JS exceptions, console errors, HTTP >= 400."""
-    return []
-
-
-def _open_page(browser, server, problems, storage_state=None):
-    """A fresh browser context (no cookies, or ``storage_state``) with bounded waits.
-
-    At teardown it prints what the server logged during the test and the
-    browser errors: pytest shows that output only when the test failed.
-    """
-    from playwright.sync_api import expect
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    offset = server.log_offset()
-    context = browser.new_context(viewport={"width": 1280, "height": 800},
-                                  storage_state=storage_state)
-    context.set_default_timeout(TIMEOUT_MS)
-    context.set_default_navigation_timeout(NAV_TIMEOUT_MS)
-    pg = context.new_page()
-    pg.on("pageerror", lambda exc: problems.append(f"JS error on {pg.url}: {exc}"))
-    # "Failed to load resource" console errors repeat what the response listener
-    # records; the app has no favicon, and the browser's own request for it is no page error
-    pg.on("console", lambda msg: msg.type == "error"
-          and not msg.text.startswith("Failed to load resource")
-          and problems.append(f"console error on {pg.url}: {msg.text}"))
-    pg.on("response", lambda resp: resp.status >= 400 and not is_favicon(resp.url)
-          and problems.append(f"HTTP {resp.status} {resp.request.method} {resp.url}"))
-    try:
-        yield pg
-    finally:
-        context.close()
-        print(f"--- server log during this test ({server.log_path}):")
-        print(server.log_since(offset) or "(nothing)")
-        print("--- browser problems:", *(problems or ["(none)"]), sep="\n")
-
-
-@pytest.fixture
-def page(browser, server, problems):
-    """A logged-out browser tab."""
-    yield from _open_page(browser, server, problems)
-
-
-@pytest.fixture(scope="module")
-def admin_state(browser, server):
-    """Cookies of an admin logged in through the form once (argon2 makes logins slow)."""
-    context = browser.new_context()
-    context.set_default_timeout(TIMEOUT_MS)
-    context.set_default_navigation_timeout(NAV_TIMEOUT_MS)
-    try:
-        pg = context.new_page()
-        log_in(pg, server, *ADMIN)
-        assert pg.url == server.url("/admin/"), pg.url
-        return context.storage_state()
-    finally:
-        context.close()
-
-
-@pytest.fixture
-def admin_page(browser, server, problems, admin_state):
-    """A browser tab of a logged-in admin (tests of the login itself use ``page``)."""
-    yield from _open_page(browser, server, problems, storage_state=admin_state)
-
-
-# --------------------------------------------------------------------------- helpers
-
-def is_favicon(url: str) -> bool:
-    return url.split("?")[0].endswith("/favicon.ico")
-
-
-def path_re(server, path: str, query: str = "") -> re.Pattern:
-    """The URL of ``path`` on the server, exactly, with an optional query regex."""
-    return re.compile("^" + re.escape(server.url(path)) + (query or "$"))
-
-
-def log_in(page, server, email: str, password: str) -> None:
-    """Log in through the form the way a person does: fill in, click the button."""
-    from playwright.sync_api import expect
-
-    if "/login" not in page.url:
-        page.goto(server.url("/login"))
-    form = page.locator("form[name=login_user_form]")
-    expect(form).to_be_visible()
-    form.get_by_label("Email Address").fill(email)
-    form.get_by_label("Password").fill(password)
-    with page.expect_navigation():
-        form.locator("[type=submit]").click()
-    expect(page.locator("form[name=login_user_form]")).to_have_count(0)
-
-
-def nav(page):
-    return page.locator("#admin-navbar-collapse")
-
-
-def no_problems(problems: list[str], allowed: tuple[str, ...] = ()) -> list[str]:
-    return [p for p in problems if not any(a in p for a in allowed)]
 
 
 def add_upcoming_trip(engine, title: str, max_guests: int = 3) -> int:
@@ -166,11 +33,6 @@ def add_upcoming_trip(engine, title: str, max_guests: int = 3) -> int:
             "INSERT INTO trip (title, start_date, end_date, max_guests) "
             "VALUES (:t, :s, :e, :m) RETURNING id"),
             {"t": title, "s": start, "e": start + timedelta(days=5), "m": max_guests}).scalar_one()
-
-
-def screenshot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
 # --------------------------------------------------------------------------- tests

@@ -15,10 +15,9 @@ import pytest
 from plugins.backup.archive import PHOTO_NAME_RE
 from plugins.backup.engines.postgresql import PostgresEngine
 from plugins.backup.verify import verify_archive
-from tests.conftest import ADMIN, USER, create_pg_database, drop_pg_database
+from tests.browser.helpers import TIMEOUT_MS, log_in, nav, no_problems, screenshot
+from tests.helpers import ADMIN, USER, create_pg_database, drop_pg_database
 from tests.live_server import ARTIFACTS, live_server
-from tests.test_browser_admin import (TIMEOUT_MS, browser, log_in, nav, no_problems,  # noqa: F401
-                                      page, problems, screenshot)
 
 BACKUP_TIMEOUT_MS = 60_000
 
@@ -26,7 +25,9 @@ BACKUP_TIMEOUT_MS = 60_000
 @pytest.fixture(scope="module")
 def server(browser, pg_server, tmp_path_factory):
     """The real app with a pg_dump that waits 2 s before dumping, so the page's
-    progress display can be seen (the dump itself is the real pg_dump)."""
+    progress display can be seen (the dump itself is the real pg_dump).
+
+    Overrides the ``server`` of ``tests/browser/conftest.py`` for this module."""
     work = tmp_path_factory.mktemp("live-backup")
     slow = work / "slow_pg_dump"
     slow.write_text('#!/bin/sh\ncase "$1" in --version) ;; *) sleep 2;; esac\n'
