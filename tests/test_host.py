@@ -11,10 +11,13 @@ import sys
 
 import click
 import pytest
+from flask import Blueprint
+from flask_admin import expose
 
-from guest_registration import create_app, hookimpl
+from guest_registration import create_app, hookimpl, hookspec
+from guest_registration.admin import SecureBaseView
 from guest_registration.exports import ExportFormat
-from guest_registration.maintenance import setup
+from guest_registration.maintenance import StatusCheck, setup
 from guest_registration.plugins import DuplicateNameError, PluginLoadError
 from tests.helpers import ADMIN, ROOT, csrf_token_from, make_config, manage
 
@@ -238,3 +241,80 @@ def test_help_texts_are_plain(tmp_path):
     for name in [""] + commands:
         out = manage(*([name] if name else []), "--help", tmp_path=tmp_path).stdout
         assert "``" not in out and ":param" not in out and ":class:" not in out, name
+
+
+class GreetingSpecs:
+    """A plugin's own hook contract, published through add_hookspecs."""
+
+    @hookspec
+    def greeting(self, name: str):
+        """Return a greeting for ``name``."""
+
+
+class FullPlugin:
+    """One plugin implementing every host hook, to see each one take effect."""
+
+    @hookimpl
+    def add_hookspecs(self, pluginmanager):
+        pluginmanager.add_hookspecs(GreetingSpecs)
+
+    @hookimpl
+    def init_app(self, app):
+        app.extensions["full"] = {"ready": True}
+
+    @hookimpl
+    def register_blueprints(self, app):
+        bp = Blueprint("full", __name__)
+        bp.add_url_rule("/full/ping", "ping", lambda: "pong")
+        return [bp]
+
+    @hookimpl
+    def register_admin_views(self, app):
+        class FullView(SecureBaseView):
+            @expose("/")
+            def index(self):
+                return "full admin page"
+
+        return [FullView(name="Full", endpoint="full_admin", url="full")]
+
+    @hookimpl
+    def register_commands(self):
+        return [click.Command("full-hello", callback=lambda: click.echo("hello, full"))]
+
+    @hookimpl
+    def setup_app(self, app):
+        yield "full plugin ready"
+
+    @hookimpl
+    def report_status(self, app):
+        return [StatusCheck("full", True, "all good")]
+
+
+class Greeter:
+    @hookimpl
+    def greeting(self, name):
+        return f"Hello, {name}"
+
+
+def test_every_host_hook_takes_effect(tmp_path):
+    app = new_app(tmp_path, extra_plugins=[("full", FullPlugin()), ("greeter", Greeter())])
+    pm = app.extensions["plugin_manager"]
+    assert pm.hook.greeting(name="Jana") == ["Hello, Jana"]  # a plugin's own published hook
+    assert app.extensions["full"] == {"ready": True}
+    client = app.test_client()
+    assert client.get("/full/ping").data == b"pong"
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["full-hello"]).output == "hello, full\n"
+    setup_out = runner.invoke(args=["setup", "--admin-email", ADMIN[0], "--admin-password",
+                                    ADMIN[1]])
+    assert setup_out.exit_code == 0 and "full plugin ready" in setup_out.output
+    status = runner.invoke(args=["status"])
+    assert "[ok  ] full: all good" in status.output
+    token = csrf_token_from(client.get("/login").get_data(as_text=True))
+    client.post("/login", data={"email": ADMIN[0], "password": ADMIN[1], "csrf_token": token})
+    assert client.get("/admin/full/").data == b"full admin page"
+
+
+def test_an_implementation_of_an_unpublished_hook_fails_at_start_up(tmp_path):
+    with pytest.raises(PluginLoadError, match="greeting"):
+        new_app(tmp_path, extra_plugins=[("greeter", Greeter())])
