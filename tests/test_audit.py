@@ -58,7 +58,8 @@ def test_failed_restore_is_audited_with_the_callers_via(app, tmp_path, runner):
         with pytest.raises(BackupError, match="not empty"):
             restore_archive(archive, engines=ctx.engines, settings=ctx.settings,
                             target_url=app.config["DATABASE_URL"], uploads_dir=tmp_path / "u",
-                            engine=db.engine, actor="someone@example.com", via="admin")
+                            trusted=ctx.settings.trusted(), engine=db.engine,
+                            actor="someone@example.com", via="admin")
     (row,) = entries(app, "restore")
     assert (row.via, row.actor, row.outcome) == ("admin", "someone@example.com", "failed")
 

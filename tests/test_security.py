@@ -24,7 +24,7 @@ from guest_registration.extensions import db
 from guest_registration.models import Guest, Trip
 from plugins.backup.context import backup_context
 from plugins.backup.verify import verify_archive
-from tests.helpers import ADMIN, API, USER, csrf_token_from
+from tests.helpers import ADMIN, API, USER, csrf_token_from, resign, trusted_of
 
 # --- property-based: the API never answers 500 -------------------------------------
 
@@ -258,12 +258,17 @@ def test_hostile_archives_are_refused_before_writing(app, runner, good_archive, 
                         entry["sha256"] = "0" * 64
                     data = json.dumps(m).encode()
                 b.writestr(info.filename, data)
+        resign(app, bad)
     elif kind == "unexpected member":
         clone(good_archive, bad, ["etc/cron.d/evil"])
     else:
         clone(good_archive, bad, ["uploads/../../evil.sh"])
-    report = verify_archive(bad, backup_context(app).engines)
+    report = verify_archive(bad, backup_context(app).engines, trusted_of(app))
     assert not report.ok and report.problems
+    if kind in ("lying size", "lying hash"):  # caught behind a valid signature
+        assert report.signed_by and report.problems == [
+            "uploads/logo.png: " + ("size differs from the manifest" if kind == "lying size"
+                                    else "checksum mismatch")]
     target = (f"sqlite:///{tmp_path / 'r.db'}" if backend == "sqlite"
               else request.getfixturevalue("new_pg_database")())
     out = tmp_path / "out"

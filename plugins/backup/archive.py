@@ -2,9 +2,12 @@
 lock that lets a single backup run at a time.
 
 An archive ``system_backup_YYYYMMDD_HHMMSS.zip`` holds ``database.sql`` (a plain
-SQL dump), ``uploads/...`` (every upload except guest document photos) and
-``manifest.json`` (written last: sizes and SHA-256 of every other member). It is
-written under a hidden ``.partial`` name and renamed only when complete.
+SQL dump), ``uploads/...`` (every upload except guest document photos),
+``manifest.json`` (sizes and SHA-256 of every other member) and
+``manifest.sig`` (the instance's Ed25519 signature of the manifest). With age
+recipients configured it is ``….zip.age`` (the same ZIP, age-encrypted) with a
+sidecar ``….zip.age.sig`` signing the ciphertext. It is written under a hidden
+``.partial`` name and renamed only when complete.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from pathlib import Path
 from .errors import BackupBusy, BackupError
 
 FORMAT_VERSION = 1
-ARCHIVE_RE = re.compile(r"^system_backup_\d{8}_\d{6}(?:_\d+)?\.zip$")
+ARCHIVE_RE = re.compile(r"^system_backup_\d{8}_\d{6}(?:_\d+)?\.zip(?:\.age)?$")
+SIDECAR_SUFFIX = ".sig"
 PARTIAL_SUFFIX = ".partial"
 LOCK_NAME = ".backup.lock"
 DATABASE_MEMBER = "database.sql"
 MANIFEST_MEMBER = "manifest.json"
+SIGNATURE_MEMBER = "manifest.sig"
 UPLOADS_PREFIX = "uploads/"
 UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 #: guest photos: ``<uuid>.<ext>``, the older ``<uuid>_<anything>``, and half-written ``.tmp-<uuid>.<ext>``
@@ -39,6 +44,10 @@ class ArchiveInfo:
     path: Path
     size: int
     created: datetime  # file modification time, UTC
+
+    @property
+    def encrypted(self) -> bool:
+        return self.name.endswith(".age")
 
 
 class BackupLock:
@@ -104,7 +113,7 @@ class BackupLock:
 def remove_partials(folder: Path) -> int:
     """Remove half-written archives; the caller holds the :class:`BackupLock`."""
     removed = 0
-    for p in folder.glob(f".system_backup_*{PARTIAL_SUFFIX}"):
+    for p in folder.glob(f".system_backup_*{PARTIAL_SUFFIX}*"):
         p.unlink(missing_ok=True)
         removed += 1
     return removed
@@ -122,13 +131,26 @@ def clean_partials(folder: str | os.PathLike) -> int:
         return 0
 
 
-def new_archive_name(folder: Path, when: datetime) -> str:
+def new_archive_name(folder: Path, when: datetime, encrypted: bool = False) -> str:
     base = f"system_backup_{when:%Y%m%d_%H%M%S}"
-    name, n = f"{base}.zip", 1
-    while (folder / name).exists():
+    suffix = ".zip.age" if encrypted else ".zip"
+    taken = lambda name: any((folder / (name + end)).exists() for end in (".zip", ".zip.age"))  # noqa: E731
+    name, n = base, 1
+    while taken(name):
         n += 1
-        name = f"{base}_{n}.zip"
-    return name
+        name = f"{base}_{n}"
+    return name + suffix
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where an encrypted archive's ciphertext signature lives."""
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def delete_archive(path: Path) -> None:
+    """Remove an archive and its signature sidecar, if any."""
+    path.unlink(missing_ok=True)
+    sidecar_path(path).unlink(missing_ok=True)
 
 
 def list_archives(folder: str | os.PathLike) -> list[ArchiveInfo]:
@@ -164,6 +186,6 @@ def prune(folder: str | os.PathLike, keep: int, protect: str | None = None) -> l
     for info in list_archives(folder)[keep:]:
         if info.name == protect:
             continue
-        info.path.unlink(missing_ok=True)
+        delete_archive(info.path)
         removed.append(info.name)
     return removed

@@ -20,6 +20,7 @@ from guest_registration.maintenance import safe_url
 from .archive import clean_partials, list_archives
 from .context import backup_context
 from .create import create_backup
+from .encryption import load_identities
 from .errors import BackupError
 from .guest_export import ExportRequestError, open_export, parse_request
 from .restore import restore_archive
@@ -113,50 +114,113 @@ def backup_list_command() -> None:
         click.echo(f"{a.name}  {human_size(a.size):>10}  {a.created:%Y-%m-%d %H:%M:%S} UTC")
 
 
+def _trust_and_identity(trusted_key: tuple[str, ...], identity: str | None):
+    ctx = backup_context()
+    try:
+        trusted = ctx.settings.trusted(trusted_key)
+        identities = load_identities(identity) if identity else None
+    except BackupError as exc:
+        _fail(str(exc))
+    return ctx, trusted, identities
+
+
+TRUSTED_KEY = click.option("--trusted-key", multiple=True, metavar="KEY",
+                           help="Also trust archives signed by this public key (ed25519:..., "
+                                "as backup-key prints it). Repeatable; see BACKUP_TRUSTED_KEYS.")
+IDENTITY = click.option("--identity", type=click.Path(dir_okay=False, exists=True),
+                        help="age identity file (AGE-SECRET-KEY-...) to decrypt a .zip.age "
+                             "archive.")
+ALLOW_UNSIGNED = click.option("--allow-unsigned", is_flag=True,
+                              help="Accept an archive without a signature (made before "
+                                   "archives were signed). Audited.")
+
+
+@click.command("backup-key")
+@with_appcontext
+def backup_key_command() -> None:
+    """Print the public key archives are signed with (created on first use).
+
+    Keep it with your recovery notes: a new server trusts this instance's
+    archives with --trusted-key KEY. The key is the last line."""
+    try:
+        signer = backup_context().settings.signer()
+    except BackupError as exc:
+        _fail(str(exc))
+    click.echo(f"archives are signed with the key in {backup_context().settings.signing_key}; "
+               "its public key:")
+    click.echo(signer.public_key)
+
+
 @click.command("verify")
 @click.argument("archive", type=click.Path(dir_okay=False))
+@TRUSTED_KEY
+@IDENTITY
+@ALLOW_UNSIGNED
 @with_appcontext
-def verify_command(archive: str) -> None:
-    """Check an archive: the ZIP, every checksum in the manifest, a complete dump."""
+def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | None,
+                   allow_unsigned: bool) -> None:
+    """Check an archive: its signature, every checksum, a complete and clean dump."""
     if not Path(archive).is_file():
         _fail(f"{archive} does not exist")
-    report = verify(archive, backup_context().engines, audit_engine=db.engine,
-                    actor=cli_actor(), via="cli")
+    ctx, trusted, identities = _trust_and_identity(trusted_key, identity)
+    report = verify(archive, ctx.engines, trusted, audit_engine=db.engine, actor=cli_actor(),
+                    via="cli", allow_unsigned=allow_unsigned, identities=identities)
+    for note in report.notes:
+        click.echo(f"WARNING {note}", err=True)
     if not report.ok:
         for problem in report.problems:
             click.echo(f"FAIL {problem}", err=True)
         _fail(f"{archive} did not verify ({len(report.problems)} problem(s))")
+    if report.decryption_skipped:
+        click.echo(f"OK {archive}: encrypted file signed by {report.signed_by}; decryption "
+                   f"skipped (no --identity), so its contents were not checked")
+        return
     m = report.manifest
-    click.echo(f"OK {archive}: {len(m['members'])} members checked, "
-               f"{m['database']['engine']} dump complete, created {m['created_at']}")
+    signed = "UNSIGNED" if report.unsigned else f"signed by {report.signed_by}"
+    click.echo(f"OK {archive}: {signed}, {len(m['members'])} members checked, "
+               f"{m['database']['engine']} dump complete and clean, created {m['created_at']}")
 
 
 @click.command("restore")
 @click.argument("archive", type=click.Path(dir_okay=False))
-@click.option("--database-url", help="Restore into this database (default: the app's own).")
+@click.option("--database-url", help="Restore into this database (default: the app's own). "
+              "Prefer PGPASSWORD or ~/.pgpass to a password in the URL.")
 @click.option("--uploads", "uploads_dir", type=click.Path(file_okay=False),
               help="Restore the uploads into this folder (default: UPLOAD_FOLDER).")
-@click.option("--replace", is_flag=True, help="Empty a non-empty target database first.")
+@click.option("--replace", is_flag=True, help="Replace a non-empty target database, in one "
+              "transaction: if the load fails, it stays as it was.")
+@TRUSTED_KEY
+@IDENTITY
+@ALLOW_UNSIGNED
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @with_appcontext
 def restore_command(archive: str, database_url: str | None, uploads_dir: str | None,
-                    replace: bool, yes: bool) -> None:
+                    replace: bool, trusted_key: tuple[str, ...], identity: str | None,
+                    allow_unsigned: bool, yes: bool) -> None:
     """Verify an archive, then restore its database and uploads."""
-    ctx = backup_context()
+    ctx, trusted, _ = _trust_and_identity(trusted_key, None)
     target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
     uploads = uploads_dir or current_app.config["UPLOAD_FOLDER"]
     if not yes and Path(archive).is_file():
         click.confirm(f"Restore {archive} into {safe_url(target)} and {uploads}"
                       f"{' (REPLACING the database contents)' if replace else ''}?", abort=True)
+    if allow_unsigned:
+        click.echo("WARNING: --allow-unsigned: an archive without a signature will be restored; "
+                   "its origin cannot be checked", err=True)
     try:
         result = restore_archive(archive, engines=ctx.engines, settings=ctx.settings,
                                  target_url=target, uploads_dir=uploads, replace=replace,
-                                 engine=db.engine, actor=cli_actor(), via="cli")
+                                 trusted=trusted, engine=db.engine, actor=cli_actor(), via="cli",
+                                 allow_unsigned=allow_unsigned, identity=identity)
     except BackupError as exc:
         _fail(str(exc))
-    click.echo(f"restored {sum(result['row_counts'].values())} rows and {result['uploads']} "
-               f"uploads into {safe_url(target)} and {uploads}")
+    if result.unsigned:
+        click.echo("WARNING: the restored archive was UNSIGNED (recorded in the audit log)",
+                   err=True)
+    click.echo(f"restored {sum(result.row_counts.values())} rows and {result.uploads} uploads "
+               f"into {safe_url(target)} and {uploads} ({result.uploads_present} already there, "
+               f"{result.uploads_kept} existing files kept as they were)")
 
 
-COMMANDS = [export_guests_command, backup_command, backup_list_command, verify_command,
-            restore_command]
+COMMANDS = [export_guests_command, backup_command, backup_list_command, backup_key_command,
+            verify_command, restore_command]

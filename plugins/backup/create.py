@@ -19,6 +19,7 @@ from guest_registration import audit
 
 from .archive import (DATABASE_MEMBER, EXPECTED_ERRNOS, FORMAT_VERSION, PHOTO_NAME_RE,
                       UPLOADS_PREFIX, BackupLock, new_archive_name, prune, remove_partials)
+from .encryption import parse_recipients
 from .engines import DatabaseEngine
 from .errors import BackupError
 from .settings import BackupSettings
@@ -74,12 +75,16 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
             raise ValueError("create_backup was given a lock it does not hold")
         try:
             remove_partials(folder)  # left by a killed process; we hold the lock
+            signer = settings.signer()
+            recipients = parse_recipients(settings.age_recipients)
             when = _now()
-            name = target_name or new_archive_name(target_dir, when)
+            name = target_name or new_archive_name(target_dir, when, encrypted=bool(recipients))
+            if recipients and not name.endswith(".zip.age"):
+                raise BackupError(f"{name}: an encrypted archive's name must end in .zip.age")
             if progress:
                 progress("database", 0)
-            with ArchiveWriter(target_dir, name, when, level=settings.compresslevel,
-                               progress=progress) as writer:
+            with ArchiveWriter(target_dir, name, when, signer=signer, recipients=recipients,
+                               level=settings.compresslevel, progress=progress) as writer:
                 with engine.connect() as conn:
                     db_engine.begin_snapshot(conn)
                     tool = db_engine.tool(settings.engine_settings, conn)
@@ -102,6 +107,7 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
                                  "dump_tool": tool.name, "dump_tool_version": tool.version},
                     "row_counts": counts,
                     "excluded_guest_photos": excluded,
+                    "signing_key": signer.public_key,
                     "members": dict(writer.members),
                 }
                 if progress:

@@ -1,73 +1,103 @@
-"""Restoring an archive: verify, check the target, load the database, then write
-the uploads. Every outcome (refused, failed, ok) is audited with the caller's
-``via``. No Flask request in here."""
+"""Restoring an archive: decrypt (with an identity) into a private temporary
+file, verify it against trusted keys, check the target, load the database in one
+screened transaction, then add the uploads without overwriting anything.
+Every outcome (refused, failed, ok) is audited with the caller's ``via``; the
+audit entry never breaks a restore. No Flask request in here."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import zipfile
-from pathlib import Path
-from typing import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Mapping
 
 from sqlalchemy.engine import Engine, make_url
 
 from guest_registration import audit
 
-from .archive import DATABASE_MEMBER, UPLOADS_PREFIX
+from .archive import DATABASE_MEMBER, PHOTO_NAME_RE, UPLOADS_PREFIX
 from .create import safe_message
+from .encryption import is_age_file, load_identities
 from .engines import DatabaseEngine
 from .errors import BackupError
 from .settings import BackupSettings
-from .verify import verify_archive
-from .writer import CHUNK
+from .signing import TrustedKeys
+from .verify import VerifiedReader, VerifyReport, decrypted, verify_archive
+from .writer import CHUNK, Digest
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class RestoreResult:
+    row_counts: dict
+    uploads: int            # files written
+    uploads_present: int    # already there with the same content
+    uploads_kept: int       # already there with other content: left alone
+    unsigned: bool
+
+
 def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEngine],
                     settings: BackupSettings, target_url: str, uploads_dir: str | os.PathLike,
-                    replace: bool = False, engine: Engine | None = None,
-                    actor: str | None = None, via: str = "cli") -> dict:
-    """Verify, check the target, load the database, then write the uploads.
-
-    Nothing is written before the archive verified and the target database was
-    found empty (or ``replace`` was given). The database loads in one transaction
-    and stops at the first SQL error. ``engine`` is the app's own database, where
-    the outcome is recorded (after the fact: it may be the one just replaced).
-    """
+                    trusted: TrustedKeys, replace: bool = False, engine: Engine | None = None,
+                    actor: str | None = None, via: str = "cli", allow_unsigned: bool = False,
+                    identity: str | os.PathLike | None = None) -> RestoreResult:
+    """Nothing is written before the archive verified (signature, checksums, dump
+    screen) and the target database was found empty (or ``replace`` was given).
+    ``engine`` is the app's own database, where the outcome is recorded (after
+    the fact: it may be the one just replaced)."""
     name = Path(path).name
+    stage = "refused"
     try:
-        db_engine, manifest, empty = _check(path, engines, target_url, uploads_dir, replace)
-    except BackupError as exc:
-        _log(engine, name, actor, via, "failed", message=f"refused: {exc}")
-        raise
-    try:
-        if not empty:  # _check refused this unless replace was given
-            db_engine.clear(target_url)
-        with zipfile.ZipFile(path) as zf:
-            with zf.open(DATABASE_MEMBER) as dump:
-                db_engine.restore(settings.engine_settings, target_url, dump)
-            written = _restore_uploads(zf, Path(uploads_dir))
+        with _plain_archive(path, identity) as plain:
+            report, db_engine, manifest, empty = _check(plain, engines, trusted, allow_unsigned,
+                                                        target_url, uploads_dir, replace)
+            stage = "failed"
+            with zipfile.ZipFile(plain) as zf:
+                with zf.open(DATABASE_MEMBER) as member:
+                    db_engine.restore(settings.engine_settings, target_url,
+                                      VerifiedReader(member, manifest["members"][DATABASE_MEMBER],
+                                                     DATABASE_MEMBER),
+                                      replace=not empty)
+                written, present, kept = _restore_uploads(zf, manifest, Path(uploads_dir))
     except BaseException as exc:
+        message = safe_message(exc)
         _log(engine, name, actor, via, "failed" if isinstance(exc, Exception) else "aborted",
-             message=safe_message(exc))
+             message=f"refused: {message}" if stage == "refused" else message)
         if isinstance(exc, BackupError) or not isinstance(exc, Exception):
             raise
         log.warning("restore failed", exc_info=True)
-        raise BackupError(safe_message(exc)) from None
+        raise BackupError(message) from None
     counts = manifest.get("row_counts", {})
-    _log(engine, name, actor, via, "ok", rows=sum(counts.values()), message=f"into {uploads_dir}")
-    return {"row_counts": counts, "uploads": written}
+    note = "UNSIGNED archive restored (--allow-unsigned); " if report.unsigned else ""
+    _log(engine, name, actor, via, "ok", rows=sum(counts.values()),
+         message=f"{note}into {uploads_dir}: {written} uploads written, {present} already "
+                 f"there, {kept} kept as they were")
+    return RestoreResult(counts, written, present, kept, report.unsigned)
 
 
-def _check(path, engines, target_url: str, uploads_dir,
-           replace: bool) -> tuple[DatabaseEngine, dict, bool]:
-    """Everything that must hold before anything is written; raises BackupError."""
+@contextlib.contextmanager
+def _plain_archive(path, identity) -> Iterator[Path]:
     if not Path(path).is_file():
         raise BackupError(f"{path} does not exist")
-    report = verify_archive(path, engines)
+    if not (str(path).endswith(".age") or is_age_file(path)):
+        yield Path(path)
+        return
+    if identity is None:
+        raise BackupError("the archive is encrypted: give --identity FILE (the age identity of "
+                          "one of its recipients)")
+    with decrypted(path, load_identities(identity)) as plain:
+        yield plain
+
+
+def _check(path: Path, engines, trusted: TrustedKeys, allow_unsigned: bool, target_url: str,
+           uploads_dir, replace: bool) -> tuple[VerifyReport, DatabaseEngine, dict, bool]:
+    """Everything that must hold before anything is written; raises BackupError."""
+    report = verify_archive(path, engines, trusted, allow_unsigned=allow_unsigned)
     if not report.ok:
         raise BackupError("the archive did not verify: " + "; ".join(report.problems[:5]))
     manifest = report.manifest or {}
@@ -82,10 +112,10 @@ def _check(path, engines, target_url: str, uploads_dir,
     existing = next((p for p in [target, *target.parents] if p.exists()), Path("/"))
     if needed > shutil.disk_usage(existing).free:
         raise BackupError(f"the uploads need {needed} bytes; the target disk has less free space")
-    empty = db_engine.is_empty(target_url)
+    empty = db_engine.prepare_target(target_url)
     if not empty and not replace:
         raise BackupError("the target database is not empty; use --replace to overwrite it")
-    return db_engine, manifest, empty
+    return report, db_engine, manifest, empty
 
 
 def _log(engine: Engine | None, name: str, actor, via: str, outcome: str, **fields) -> None:
@@ -93,26 +123,56 @@ def _log(engine: Engine | None, name: str, actor, via: str, outcome: str, **fiel
         return
     try:
         audit.record(engine, "restore", outcome, actor=actor, via=via, target=name, **fields)
-    except Exception:
+    except Exception:  # the app's own database may be unreachable: never break the restore
         log.warning("could not record the restore in the audit log", exc_info=True)
 
 
-def _restore_uploads(zf: zipfile.ZipFile, target: Path) -> int:
+def _restore_uploads(zf: zipfile.ZipFile, manifest: dict, target: Path) -> tuple[int, int, int]:
+    """Add the uploads: never a guest-photo name, never outside ``target``, never
+    over an existing file. Returns (written, already there, kept as they were)."""
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
-    count = 0
+    written = present = kept = 0
     for info in zf.infolist():
         if not info.filename.startswith(UPLOADS_PREFIX) or info.is_dir():
             continue
         rel = info.filename[len(UPLOADS_PREFIX):]
-        dest = (root / rel).resolve()
-        if root not in dest.parents:
-            raise BackupError(f"{info.filename!r} leaves the upload folder")
+        if PHOTO_NAME_RE.match(PurePosixPath(rel).name):
+            raise BackupError(f"{info.filename!r} has a guest-photo name")
+        dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if root != dest.parent.resolve() and root not in dest.parent.resolve().parents:
+            raise BackupError(f"{info.filename!r} leaves the upload folder")
+        expected = manifest["members"][info.filename]
+        if dest.exists() or dest.is_symlink():
+            if not dest.is_symlink() and dest.is_file() and _sha256(dest) == expected["sha256"]:
+                present += 1
+            else:
+                kept += 1
+            continue
         tmp = dest.with_name(f".{dest.name}.restoring")
-        with zf.open(info) as src, open(tmp, "wb") as out:
-            while chunk := src.read(CHUNK):
-                out.write(chunk)
-        os.replace(tmp, dest)
-        count += 1
-    return count
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                reader = VerifiedReader(src, expected, info.filename)
+                while chunk := reader.read(CHUNK):
+                    out.write(chunk)
+            try:
+                os.link(tmp, dest)  # fails instead of overwriting a file that appeared
+                written += 1
+            except FileExistsError:
+                kept += 1
+        finally:
+            tmp.unlink(missing_ok=True)
+    return written, present, kept
+
+
+def _sha256(path: Path) -> str:
+    digest = Digest()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.sha.hexdigest()
+
+
+__all__ = ["RestoreResult", "restore_archive"]

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .signing import Signer, TrustedKeys
 
 from .engines import EngineSettings
 
@@ -23,6 +26,12 @@ def defaults(instance_path: str) -> dict[str, Any]:
         #: the PostgreSQL client tools (at least the server's major version)
         "PG_DUMP": "pg_dump",
         "PSQL": "psql",
+        #: the Ed25519 key archives are signed with (PEM; created, mode 0600, when missing)
+        "BACKUP_SIGNING_KEY": os.path.join(instance_path, "backup_signing_key.pem"),
+        #: public keys (ed25519:…) whose archives verify and restore trust, besides our own
+        "BACKUP_TRUSTED_KEYS": [],
+        #: age recipients (age1…): when given, archives are written encrypted (.zip.age)
+        "BACKUP_AGE_RECIPIENTS": [],
     }
 
 
@@ -38,6 +47,9 @@ class BackupSettings:
     psql: str = "psql"
     keep: int = 0
     compresslevel: int = 3
+    signing_key: str = ""
+    trusted_keys: list[str] = field(default_factory=list)
+    age_recipients: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], app_version: str) -> "BackupSettings":
@@ -46,8 +58,30 @@ class BackupSettings:
             backup_folder=config["BACKUP_FOLDER"], app_version=app_version,
             pg_dump=config["PG_DUMP"], psql=config["PSQL"], keep=int(config["BACKUP_KEEP"] or 0),
             compresslevel=int(config["BACKUP_COMPRESSLEVEL"]),
+            signing_key=config["BACKUP_SIGNING_KEY"],
+            trusted_keys=_as_list(config["BACKUP_TRUSTED_KEYS"]),
+            age_recipients=_as_list(config["BACKUP_AGE_RECIPIENTS"]),
         )
+
+    def signer(self) -> "Signer":
+        """The instance's signer (its key is created on first use)."""
+        from .signing import Signer, load_or_create_key
+
+        return Signer(load_or_create_key(self.signing_key))
+
+    def trusted(self, extra: "list[str] | tuple[str, ...]" = ()) -> "TrustedKeys":
+        """The instance's own public key, BACKUP_TRUSTED_KEYS and ``extra``."""
+        from .signing import TrustedKeys
+
+        return TrustedKeys([self.signer().public_key, *self.trusted_keys, *extra])
 
     @property
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(self.database_url, self.pg_dump, self.psql)
+
+
+def _as_list(value: Any) -> list[str]:
+    """A list setting may also be given as one comma-separated string."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(v).strip() for v in value or () if str(v).strip()]

@@ -12,6 +12,7 @@ from guest_registration.maintenance import StatusCheck, folder_check
 
 from .archive import list_archives
 from .context import backup_context
+from .encryption import parse_recipients
 from .errors import BackupError
 
 
@@ -40,6 +41,19 @@ def backup_status(app: Flask) -> list[StatusCheck]:
         checks.append(StatusCheck("backup dump tool", tool.ok, tool.detail))
     except BackupError as exc:
         checks.append(StatusCheck("backup dump tool", False, str(exc)))
+    try:
+        checks.append(StatusCheck("backup signing key", True,
+                                  f"{settings.signer().public_key} (keep it with your "
+                                  f"recovery notes)"))
+    except BackupError as exc:
+        checks.append(StatusCheck("backup signing key", False, str(exc)))
+    try:
+        recipients = parse_recipients(settings.age_recipients)
+        checks.append(StatusCheck("backup encryption", True,
+                                  f"to {len(recipients)} age recipient(s)" if recipients else
+                                  "off (set BACKUP_AGE_RECIPIENTS to encrypt archives)"))
+    except BackupError as exc:
+        checks.append(StatusCheck("backup encryption", False, str(exc)))
     archives = list_archives(settings.backup_folder)
     if archives:
         newest = archives[0]

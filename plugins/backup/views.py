@@ -15,7 +15,7 @@ from guest_registration.extensions import csrf, db
 from guest_registration.formatting import human_size, timestamp
 from guest_registration.models import AuditEntry
 
-from .archive import archive_path, clean_partials, list_archives
+from .archive import archive_path, clean_partials, delete_archive, list_archives
 from .context import backup_context
 from .errors import BackupBusy, BackupError
 from .guest_export import ExportRequestError, parse_request, preview
@@ -48,8 +48,13 @@ class BackupView(SecureBaseView):
 
     @expose("/")
     def index(self):
-        folder = backup_context().settings.backup_folder
+        settings = backup_context().settings
+        folder = settings.backup_folder
         clean_partials(folder)  # leftovers of a killed backup (only when none is running)
+        try:
+            public_key = settings.signer().public_key
+        except BackupError as exc:
+            public_key = f"unavailable: {exc}"
         archives = list_archives(folder)
         now = datetime.now(timezone.utc)
         return self.render(
@@ -58,6 +63,7 @@ class BackupView(SecureBaseView):
             human_size=human_size, timestamp=timestamp,
             formats=list(current_app.extensions["export_formats"]),
             job=read_job(folder), activity=audit.recent(db.engine, 15),
+            public_key=public_key, encrypted=bool(settings.age_recipients),
             year=now.year, month=now.month, months=range(1, 13),
             api_url=url_for("backup_api.guests", _external=True),
         )
@@ -86,7 +92,8 @@ class BackupView(SecureBaseView):
     @expose("/download/<archive>")
     def download(self, archive: str):
         path = _archive_or_404(archive)
-        response = send_file(path, mimetype="application/zip", as_attachment=True,
+        mimetype = "application/octet-stream" if path.name.endswith(".age") else "application/zip"
+        response = send_file(path, mimetype=mimetype, as_attachment=True,
                              download_name=path.name, max_age=0, conditional=True)
         response.headers["Cache-Control"] = "no-store"
         audit.record(db.engine, "download", "ok", actor=current_user.email, via="admin",
@@ -97,9 +104,19 @@ class BackupView(SecureBaseView):
     def verify(self, archive: str):
         csrf.protect()
         path = _archive_or_404(archive)
-        report = verify(path, backup_context().engines, audit_engine=db.engine,
+        ctx = backup_context()
+        try:
+            trusted = ctx.settings.trusted()
+        except BackupError as exc:
+            flash(f"{path.name} cannot be verified: {exc}.", "error")
+            return redirect(url_for(".index") + "#archives")
+        report = verify(path, ctx.engines, trusted, audit_engine=db.engine,
                         actor=current_user.email, via="admin")
-        if report.ok:
+        if report.ok and report.decryption_skipped:
+            flash(f"{path.name}: the encrypted file's signature is valid. Its contents were not "
+                  f"checked (the server holds no identity): verify it with "
+                  f"manage.py verify --identity on a machine that has one.", "success")
+        elif report.ok:
             flash(f"{path.name} verified: every checksum matches and the dump is complete.",
                   "success")
         else:
@@ -110,7 +127,7 @@ class BackupView(SecureBaseView):
     def delete(self, archive: str):
         csrf.protect()
         path = _archive_or_404(archive)
-        path.unlink(missing_ok=True)
+        delete_archive(path)
         audit.record(db.engine, "delete", "ok", actor=current_user.email, via="admin",
                      target=path.name)
         flash(f"{path.name} was deleted.", "success")

@@ -1,7 +1,10 @@
 """Writing an archive: members streamed into a ZIP under a hidden ``.partial``
-name (mode 0600), each one's size and SHA-256 kept for the manifest, and the
-file renamed into place only by :meth:`ArchiveWriter.commit`. Leaving the
-``with`` block without committing removes the partial file."""
+name (mode 0600), each one's size and SHA-256 kept for the manifest, the
+manifest signed, and the file renamed into place only by
+:meth:`ArchiveWriter.commit`. With age recipients the ZIP is encrypted on its
+way to the disk (the plain ZIP is never written) and a sidecar signs the
+ciphertext. Leaving the ``with`` block without committing removes every
+partial file."""
 
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from .archive import MANIFEST_MEMBER, PARTIAL_SUFFIX
+from .archive import MANIFEST_MEMBER, PARTIAL_SUFFIX, SIGNATURE_MEMBER, sidecar_path
+from .encryption import EncryptingWriter
 from .errors import BackupError
+from .signing import Signer
 
 CHUNK = 1024 * 1024
 TAIL = 256
@@ -58,14 +63,17 @@ def zipinfo(name: str, when: datetime, mtime: float | None = None, level: int = 
 class ArchiveWriter:
     """One archive being written: ``add_stream``, ``add_file``, then ``commit``."""
 
-    def __init__(self, folder: Path, name: str, when: datetime, *, level: int = 3,
+    def __init__(self, folder: Path, name: str, when: datetime, *, signer: Signer,
+                 recipients: list | None = None, level: int = 3,
                  progress: Progress | None = None) -> None:
         self.folder, self.name, self.when, self.level = folder, name, when, level
-        self.progress = progress
+        self.signer, self.recipients, self.progress = signer, recipients or [], progress
         self.members: dict[str, dict] = {}
         self.written = 0
         self.partial = folder / f".{name}{PARTIAL_SUFFIX}"
+        self.partial_sidecar = folder / f".{name}{PARTIAL_SUFFIX}.sig"
         self._fh = None
+        self._encryptor: EncryptingWriter | None = None
         self._zip: zipfile.ZipFile | None = None
 
     def __enter__(self) -> "ArchiveWriter":
@@ -74,19 +82,25 @@ class ArchiveWriter:
         except OSError:
             raise BackupError(f"the backup folder {self.folder} is not writable") from None
         self._fh = os.fdopen(fd, "wb")
-        self._zip = zipfile.ZipFile(self._fh, "w", compression=zipfile.ZIP_DEFLATED,
+        target = self._fh
+        if self.recipients:
+            target = self._encryptor = EncryptingWriter(self._fh, self.recipients)
+        self._zip = zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED,
                                     compresslevel=self.level, allowZip64=True)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._fh is not None:  # not committed: throw the partial file away
+        if self._fh is not None:  # not committed: throw the partial files away
             try:
                 self._zip.close()
             except Exception:
                 pass
+            if self._encryptor is not None:
+                self._encryptor.abort()
             self._fh.close()
             self._fh = None
             self.partial.unlink(missing_ok=True)
+            self.partial_sidecar.unlink(missing_ok=True)
 
     def add_stream(self, name: str, produce: Callable[[Callable[[bytes], None]], None], *,
                    stage: str, mtime: float | None = None) -> Digest:
@@ -112,14 +126,24 @@ class ArchiveWriter:
         return self.add_stream(name, copy, stage=stage, mtime=path.stat().st_mtime)
 
     def commit(self, manifest: dict) -> Path:
-        """Write the manifest last, flush to disk, and rename into place."""
-        self._zip.writestr(zipinfo(MANIFEST_MEMBER, self.when),
-                           json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        """Write and sign the manifest last, flush to disk, and rename into place."""
+        manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        self._zip.writestr(zipinfo(MANIFEST_MEMBER, self.when), manifest_bytes)
+        self._zip.writestr(zipinfo(SIGNATURE_MEMBER, self.when),
+                           self.signer.sign_manifest(manifest_bytes))
         self._zip.close()
+        if self._encryptor is not None:
+            self._encryptor.close()
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
         self._fh = None
         final = self.folder / self.name
+        if self._encryptor is not None:
+            out = self._encryptor.out
+            fd = os.open(self.partial_sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.signer.sign_file(self.name, out.size, out.sha.hexdigest()))
+            os.replace(self.partial_sidecar, sidecar_path(final))
         os.replace(self.partial, final)
         return final

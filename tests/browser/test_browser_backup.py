@@ -14,6 +14,7 @@ import pytest
 
 from plugins.backup.archive import PHOTO_NAME_RE
 from plugins.backup.engines.postgresql import PostgresEngine
+from plugins.backup.signing import TrustedKeys
 from plugins.backup.verify import verify_archive
 from tests.browser.helpers import TIMEOUT_MS, log_in, nav, no_problems, screenshot
 from tests.helpers import ADMIN, USER, create_pg_database, drop_pg_database
@@ -71,9 +72,12 @@ def test_backup_from_the_menu_with_progress_and_download(page, server, problems,
     expect(page.locator("#backup-status")).to_contain_text("Backup finished")
     expect(page.locator("#backup-status")).to_contain_text(download.suggested_filename)
 
-    # the archive is real: it verifies and holds no guest photo
-    report = verify_archive(saved, {"postgresql": PostgresEngine()})
-    assert report.ok, report.problems
+    # the archive is real: it verifies against the server's own key (the one the
+    # page shows) and holds no guest photo
+    key = server.manage("backup-key").strip().splitlines()[-1]
+    expect(page.locator("#signing-key")).to_contain_text(key)
+    report = verify_archive(saved, {"postgresql": PostgresEngine()}, TrustedKeys([key]))
+    assert report.ok and report.signed_by == key, report.problems
     names = zipfile.ZipFile(saved).namelist()
     assert "database.sql" in names and "uploads/logo.png" in names
     assert not [n for n in names if PHOTO_NAME_RE.match(n.rsplit("/", 1)[-1])]

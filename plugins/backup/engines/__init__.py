@@ -67,14 +67,27 @@ class DatabaseEngine(Protocol):
     def is_complete(self, tail: bytes) -> bool:
         """Whether a dump ending in ``tail`` (its last 256 bytes) is complete."""
 
-    def is_empty(self, url: str) -> bool:
-        """Whether the target database holds no tables (raise EngineError if unreachable)."""
+    def screen(self) -> "DumpScreen":
+        """A fresh screen for one dump: what ``verify`` and ``restore`` run over it."""
 
-    def clear(self, url: str) -> None:
-        """Remove every object from the target (``restore --replace``)."""
+    def prepare_target(self, url: str) -> bool:
+        """Whether the target holds no tables; create it if missing and possible
+        (raise EngineError with a one-line reason otherwise)."""
 
-    def restore(self, settings: EngineSettings, url: str, stream: IO[bytes]) -> None:
-        """Load a dump into an empty database; stop at the first error, change nothing then."""
+    def restore(self, settings: EngineSettings, url: str, stream: IO[bytes], *,
+                replace: bool = False) -> None:
+        """Load a dump (screened as it goes) in one transaction; with ``replace``
+        swap out the old contents in that same step. On any failure the target
+        is exactly as it was."""
+
+
+class DumpScreen(Protocol):
+    """Refuses (raises EngineError) a dump holding anything its engine's dump tool
+    does not write: fed the dump in chunks, then told it ended."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 def mask(text_: str, url: str | URL) -> str:

@@ -18,10 +18,12 @@ from sqlalchemy.sql import ColumnElement
 
 from ..errors import EngineError
 from . import CHUNK, EngineSettings, ToolInfo, mask
+from .pgscreen import PgDumpScreen
 
 log = logging.getLogger(__name__)
 
 PG_TRAILER = b"-- PostgreSQL database dump complete"
+COMMITTED = b"gr-restore-committed"
 
 PG_ENV = {"host": "PGHOST", "port": "PGPORT", "username": "PGUSER", "password": "PGPASSWORD",
           "database": "PGDATABASE"}
@@ -130,58 +132,101 @@ class PostgresEngine:
                 log.warning("pg_dump exited with %s: %s", rc, detail.strip())
                 raise EngineError(_pg_reason(detail, "pg_dump"))
 
-    def is_empty(self, url: str) -> bool:
+    def screen(self) -> PgDumpScreen:
+        return PgDumpScreen()
+
+    def prepare_target(self, url: str) -> bool:
+        """Whether the target holds no tables; a database that does not exist is
+        created when this role may, else named in a one-line error."""
+        try:
+            return self._count_relations(url) == 0
+        except EngineError as exc:
+            if "does not exist" not in str(exc):
+                raise
+        self._create_database(url)
+        return True
+
+    def _count_relations(self, url: str) -> int:
         from sqlalchemy import create_engine
 
-        engine = create_engine(url)
+        engine = create_engine(url, connect_args={"connect_timeout": 10})
         try:
             with engine.connect() as conn:
-                n = conn.execute(text(
+                return conn.execute(text(
                     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
                     "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' "
                     "AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')")).scalar_one()
-                return n == 0
         except Exception as exc:
             raise EngineError(f"cannot connect to the target database: {_connect_reason(exc)}") from None
         finally:
             engine.dispose()
 
-    def clear(self, url: str) -> None:
+    def _create_database(self, url: str) -> None:
         from sqlalchemy import create_engine
 
-        engine = create_engine(url)
+        target = make_url(url)
+        name = target.database or ""
+        engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                               connect_args={"connect_timeout": 10})
         try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
-                conn.exec_driver_sql("CREATE SCHEMA public")
+            with engine.connect() as conn:
+                conn.exec_driver_sql('CREATE DATABASE "%s"' % name.replace('"', '""'))
+            log.info("created the target database %s", name)
+        except Exception as exc:
+            log.warning("cannot create database %s: %s", name, mask(str(exc), url))
+            raise EngineError(f"the target database {name!r} does not exist and this role may "
+                              f"not create it; create it first") from None
         finally:
             engine.dispose()
 
-    def restore(self, settings: EngineSettings, url: str, stream: IO[bytes]) -> None:
+    def restore(self, settings: EngineSettings, url: str, stream: IO[bytes], *,
+                replace: bool = False) -> None:
+        """Load the dump with ``psql`` (``ON_ERROR_STOP``) in one transaction that
+        we open and commit ourselves: every chunk is screened before psql sees it,
+        and ``COMMIT`` is sent only after the whole member was read and checked
+        (``stream`` raises at its end when the bytes differ from the verified
+        ones). With ``replace`` the old schema is dropped inside that same
+        transaction, so a failed load leaves the target exactly as it was."""
         path = shutil.which(settings.psql)
         if path is None:
             raise EngineError(f"psql not found (PATH or PSQL={settings.psql!r})")
-        args = [path, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"]
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=err, env=pg_environment(url))
+        screen = PgDumpScreen()
+        args = [path, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+        prologue = b"BEGIN;\n"
+        if replace:
+            prologue += b"DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public;\n"
+        # our own epilogue (not the dump's): psql prints the marker only once the
+        # COMMIT succeeded, so an input cut short (psql exits 0 and rolls back) is no success
+        epilogue = b"\nCOMMIT;\n\\echo " + COMMITTED + b"\n"
+        with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
+            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                    env=pg_environment(url))
             try:
+                proc.stdin.write(prologue)
                 while chunk := stream.read(CHUNK):
+                    screen.feed(chunk)
                     proc.stdin.write(chunk)
+                screen.finish()
+                proc.stdin.write(epilogue)
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # psql stopped at an error; its exit code says so
             except BaseException:
-                proc.kill()
+                proc.kill()  # the open transaction dies with the connection
                 proc.wait()
                 raise
             rc = proc.wait()
-            if rc != 0:
+            out.seek(0)
+            committed = COMMITTED in out.read(64 * 1024)
+            if rc != 0 or not committed:
                 err.seek(0)
                 detail = mask(err.read(4000).decode("utf-8", "replace"), url)
-                log.warning("psql exited with %s: %s", rc, detail.strip())
-                raise EngineError(_pg_reason(detail, "psql") + "; nothing was restored")
+                log.warning("psql exited with %s (committed: %s): %s", rc, committed,
+                            detail.strip())
+                reason = _pg_reason(detail, "psql") if rc else "psql ended before the commit"
+                raise EngineError(reason + "; nothing was restored, the target database is as "
+                                  "it was")
 
 
 def _pg_reason(stderr: str, tool: str) -> str:
