@@ -205,3 +205,30 @@ def resign(app: Flask, path: Path) -> Path:
         out.writestr("manifest.sig", signer.sign_manifest(src.read("manifest.json")))
     tmp.replace(path)
     return path
+
+
+def table_contents(url: str, skip=("audit_log",)) -> dict[str, list[tuple]]:
+    """Every table's rows (sorted), to compare two databases."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        meta = sa.MetaData()
+        meta.reflect(engine)
+        out = {}
+        with engine.connect() as conn:
+            for name, table in sorted(meta.tables.items()):
+                if name in skip:
+                    continue
+                rows = conn.execute(sa.select(table)).all()
+                out[name] = sorted((tuple(r) for r in rows), key=repr)
+        return out
+    finally:
+        engine.dispose()
+
+
+def restore_target(request, backend, tmp_path) -> str:
+    """An empty database of the backend to restore into."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'restored.db'}"
+    return request.getfixturevalue("new_pg_database")()

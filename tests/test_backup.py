@@ -22,7 +22,7 @@ from guest_registration.models import AuditEntry, Guest, Registration, Trip
 from plugins.backup.archive import PHOTO_NAME_RE, list_archives
 from plugins.backup.context import backup_context
 from plugins.backup.verify import verify_archive
-from tests.helpers import make_backup, resign, trusted_of
+from tests.helpers import make_backup, resign, restore_target, table_contents, trusted_of
 
 AWKWARD = ["O'Brien; DROP TABLE guest; --", 'Quote "q" \\ backslash', "Tab\tand\nnewline\r\n",
            "Žluťoučký kůň 😀", "$$dollar$$", "E'\\x00'", "\\.", "COPY guest FROM stdin;"]
@@ -60,29 +60,6 @@ def source(app, runner):
         g.document_photo = "legacy-scan.jpg"  # a photo whose name is no UUID
         db.session.commit()
     return uploads
-
-
-def table_contents(url: str, skip=("audit_log",)) -> dict[str, list[tuple]]:
-    engine = sa.create_engine(url)
-    try:
-        meta = sa.MetaData()
-        meta.reflect(engine)
-        out = {}
-        with engine.connect() as conn:
-            for name, table in sorted(meta.tables.items()):
-                if name in skip:
-                    continue
-                rows = conn.execute(sa.select(table)).all()
-                out[name] = sorted((tuple(r) for r in rows), key=repr)
-        return out
-    finally:
-        engine.dispose()
-
-
-def restore_target(request, backend, tmp_path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'restored.db'}"
-    return request.getfixturevalue("new_pg_database")()
 
 
 def files_under(folder: Path) -> dict[str, bytes]:

@@ -234,10 +234,10 @@ def _pg_reason(stderr: str, tool: str) -> str:
     lowered = stderr.lower()
     if "password authentication failed" in lowered or "no password supplied" in lowered:
         return f"{tool} could not log in to the database (wrong user or password)"
-    if "could not connect" in lowered or "connection refused" in lowered or "connection to server" in lowered:
-        return f"{tool} could not connect to the database server"
     if "does not exist" in lowered and "database" in lowered:
         return f"{tool}: the database does not exist"
+    if "could not connect" in lowered or "connection refused" in lowered or "connection to server" in lowered:
+        return f"{tool} could not connect to the database server"
     if "server version mismatch" in lowered:
         return f"{tool} is older than the database server"
     if "permission denied" in lowered:
