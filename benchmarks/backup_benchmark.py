@@ -91,18 +91,18 @@ def wait_bounded(procs: list[subprocess.Popen]) -> list[int]:
 
 
 class ChildHwm(threading.Thread):
-    """Largest ``VmHWM`` of the pg_dump processes under ``root``, sampled every 20 ms
-    (VmHWM only grows: the last sample before pg_dump exits is close to its peak)."""
+    """Largest ``VmHWM`` of the ``comm`` (pg_dump) processes under ``root``, sampled every
+    20 ms (VmHWM only grows: the last sample before the child exits is close to its peak)."""
 
-    def __init__(self, root: int):
+    def __init__(self, root: int, comm: str = "pg_dump"):
         super().__init__(daemon=True)
-        self.root, self.peak_kb, self.stop = root, 0, threading.Event()
+        self.root, self.comm, self.peak_kb, self.stop = root, comm, 0, threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(0.02):
             for pid in process_tree(self.root)[1:]:
                 try:
-                    if Path(f"/proc/{pid}/comm").read_text().strip() == "pg_dump":
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == self.comm:
                         self.peak_kb = max(self.peak_kb, status_kb(pid, "VmHWM"))
                 except OSError:
                     pass  # already gone

@@ -395,3 +395,24 @@ def test_backup_key_is_created_once_with_mode_0600(app, runner):
         zipfile.ZipFile(make_backup(runner)).read(n) for n in ("manifest.json", "manifest.sig"))
 
 
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_page_lists_downloads_and_verifies_encrypted_archives(encrypted, app, runner, client,
+                                                                  auth, archive, backend):
+    from tests.helpers import csrf_token_from
+
+    auth.login()
+    page = client.get("/admin/backup/").get_data(as_text=True)
+    assert archive.name in page and "encrypted to its age recipients" in page
+    download = client.get(f"/admin/backup/download/{archive.name}")
+    assert download.status_code == 200 and download.mimetype == "application/octet-stream"
+    assert download.data == archive.read_bytes()
+    assert client.get(f"/admin/backup/download/{archive.name}.sig").status_code == 404
+    token = csrf_token_from(page)
+    verified = client.post(f"/admin/backup/verify/{archive.name}", data={"csrf_token": token},
+                           follow_redirects=True).get_data(as_text=True)
+    assert "signature is valid" in verified and "contents were not checked" in verified
+    deleted = client.post(f"/admin/backup/delete/{archive.name}", data={"csrf_token": token})
+    assert deleted.status_code == 302
+    assert not archive.exists() and not (archive.parent / (archive.name + ".sig")).exists()

@@ -1,4 +1,4 @@
-"""What ``manage.py setup`` prepares for backups."""
+"""What ``manage.py setup`` prepares for backups: the folder and the signing key."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ from .context import backup_context
 
 
 def prepare_backup_folder(app: Flask) -> list[str]:
-    """Create the backup folder, readable by this user only (archives hold guest data)."""
-    folder = Path(backup_context(app).settings.backup_folder)
+    """Create the backup folder, readable by this user only (archives hold guest
+    data), and the signing key, whose public half the operator should note."""
+    settings = backup_context(app).settings
+    folder = Path(settings.backup_folder)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
-    return [f"folder ready: {folder}"]
+    return [f"folder ready: {folder}",
+            f"backup signing key ready: {settings.signer().public_key} (note it with your "
+            f"recovery notes)"]

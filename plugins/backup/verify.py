@@ -36,6 +36,7 @@ from .writer import CHUNK, Digest
 BOMB_RATIO = 200
 BOMB_MIN_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_SIGNATURE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -156,7 +157,7 @@ def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport,
                       required: bool) -> None:
     sidecar = sidecar_path(path)
     try:
-        envelope = sidecar.read_bytes()[:64 * 1024]
+        envelope = sidecar.read_bytes()[:MAX_SIGNATURE_BYTES]
     except OSError:
         if required:
             report.problems.append(f"{sidecar.name} (the signature of the encrypted file) is "
@@ -210,10 +211,10 @@ def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
             return
         names = {i.filename for i in infos}
         if SIGNATURE_MEMBER in names:
+            signature = zf.getinfo(SIGNATURE_MEMBER)
+            envelope = zf.read(signature) if signature.file_size <= MAX_SIGNATURE_BYTES else b""
             try:
-                report.signed_by = trusted.check_manifest(
-                    zf.read(zf.getinfo(SIGNATURE_MEMBER)) if zf.getinfo(SIGNATURE_MEMBER)
-                    .file_size < 64 * 1024 else b"", manifest_bytes)
+                report.signed_by = trusted.check_manifest(envelope, manifest_bytes)
             except SignatureError as exc:
                 report.problems.append(str(exc))
                 return  # nothing in an untrusted archive is worth reading
