@@ -19,8 +19,12 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import BackupBusy, BackupError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .retention import Decision, Policy
 
 FORMAT_VERSION = 1
 ARCHIVE_RE = re.compile(r"^system_backup_\d{8}_\d{6}(?:_\d+)?\.zip(?:\.age)?$")
@@ -178,14 +182,16 @@ def archive_path(folder: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def prune(folder: str | os.PathLike, keep: int, protect: str | None = None) -> list[str]:
-    """Delete the oldest archives beyond ``keep`` (0 = keep all), never ``protect``."""
-    if keep <= 0:
-        return []
-    removed = []
-    for info in list_archives(folder)[keep:]:
-        if info.name == protect:
-            continue
-        delete_archive(info.path)
-        removed.append(info.name)
-    return removed
+def prune(folder: str | os.PathLike, policy: "Policy", protect: str | None = None,
+          dry_run: bool = False) -> list["Decision"]:
+    """Apply a retention policy (see :mod:`.retention`) to the folder's archives,
+    never removing ``protect``; returns every archive's decision, newest first."""
+    from .retention import plan
+
+    decisions = plan([a.name for a in list_archives(folder)], policy)
+    for d in decisions:
+        if d.name == protect and not d.keep:
+            d.reasons.append("just made")
+        if not d.keep and not dry_run:
+            delete_archive(Path(folder) / d.name)
+    return decisions

@@ -24,6 +24,7 @@ from .encryption import load_identities
 from .errors import BackupError
 from .guest_export import ExportRequestError, open_export, parse_request
 from .restore import restore_archive
+from .retention import prune_archives
 from .verify import verify
 
 
@@ -79,7 +80,8 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
 @click.option("--output", type=click.Path(), help="Write the archive here (a file or a folder) "
               "instead of BACKUP_FOLDER.")
 @click.option("--keep", type=click.IntRange(min=0), default=None,
-              help="Keep only the N newest archives in BACKUP_FOLDER (default: BACKUP_KEEP; 0 = all).")
+              help="Keep the N newest archives in BACKUP_FOLDER (default: BACKUP_KEEP), "
+                   "besides what BACKUP_KEEP_DAILY/WEEKLY/MONTHLY keep; all 0 = keep all.")
 @with_appcontext
 def backup_command(output: str | None, keep: int | None) -> None:
     """Make a system backup: database dump + uploads without guest photos, as one ZIP.
@@ -133,6 +135,29 @@ IDENTITY = click.option("--identity", type=click.Path(dir_okay=False, exists=Tru
 ALLOW_UNSIGNED = click.option("--allow-unsigned", is_flag=True,
                               help="Accept an archive without a signature (made before "
                                    "archives were signed). Audited.")
+
+
+@click.command("backup-prune")
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@with_appcontext
+def backup_prune_command(dry_run: bool) -> None:
+    """Apply the retention rules to BACKUP_FOLDER and print every archive's fate.
+
+    The rules are restic's: BACKUP_KEEP newest archives, plus the newest of each
+    of the last BACKUP_KEEP_DAILY days, BACKUP_KEEP_WEEKLY ISO weeks and
+    BACKUP_KEEP_MONTHLY months (UTC, from the archive's name). The newest
+    archive is always kept; with no rule set nothing is removed."""
+    settings = backup_context().settings
+    try:
+        decisions = prune_archives(settings.backup_folder, settings.retention, dry_run=dry_run,
+                                   audit_engine=db.engine, actor=cli_actor(), via="cli")
+    except BackupError as exc:
+        _fail(str(exc))
+    for d in decisions:
+        click.echo(f"{d.name}  {d.describe()}")
+    removed = sum(not d.keep for d in decisions)
+    click.echo(f"{'would remove' if dry_run else 'removed'} {removed} of {len(decisions)} "
+               f"archive(s)")
 
 
 @click.command("backup-key")
@@ -222,5 +247,5 @@ def restore_command(archive: str, database_url: str | None, uploads_dir: str | N
                f"{result.uploads_kept} existing files kept as they were)")
 
 
-COMMANDS = [export_guests_command, backup_command, backup_list_command, backup_key_command,
-            verify_command, restore_command]
+COMMANDS = [export_guests_command, backup_command, backup_list_command, backup_prune_command,
+            backup_key_command, verify_command, restore_command]

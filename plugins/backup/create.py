@@ -114,7 +114,8 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
                     progress("finishing", writer.written)
                 final = writer.commit(manifest)
             size = final.stat().st_size
-            pruned = prune(folder, settings.keep, protect=name) if target_dir == folder else []
+            pruned = ([d.name for d in prune(folder, settings.retention, protect=name)
+                       if not d.keep] if target_dir == folder else [])
         finally:
             if own_lock and lock is not None:
                 lock.release()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .retention import Policy
     from .signing import Signer, TrustedKeys
 
 from .engines import EngineSettings
@@ -17,8 +18,12 @@ def defaults(instance_path: str) -> dict[str, Any]:
     return {
         #: where archives are written (mode 0700)
         "BACKUP_FOLDER": os.path.join(instance_path, "backups"),
-        #: keep only the N newest archives after each backup (0 = keep all)
+        #: retention after each backup, restic's rules: the N newest archives, and the
+        #: newest of each of the last N days / ISO weeks / months (all 0 = keep all)
         "BACKUP_KEEP": 0,
+        "BACKUP_KEEP_DAILY": 0,
+        "BACKUP_KEEP_WEEKLY": 0,
+        "BACKUP_KEEP_MONTHLY": 0,
         #: deflate level of archives: 3 is 2.4x faster than 6 for ~10% more bytes
         "BACKUP_COMPRESSLEVEL": 3,
         #: rows fetched per round trip by a streaming export
@@ -46,6 +51,9 @@ class BackupSettings:
     pg_dump: str = "pg_dump"
     psql: str = "psql"
     keep: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
     compresslevel: int = 3
     signing_key: str = ""
     trusted_keys: list[str] = field(default_factory=list)
@@ -57,6 +65,9 @@ class BackupSettings:
             database_url=config["DATABASE_URL"], upload_folder=config["UPLOAD_FOLDER"],
             backup_folder=config["BACKUP_FOLDER"], app_version=app_version,
             pg_dump=config["PG_DUMP"], psql=config["PSQL"], keep=int(config["BACKUP_KEEP"] or 0),
+            keep_daily=int(config["BACKUP_KEEP_DAILY"] or 0),
+            keep_weekly=int(config["BACKUP_KEEP_WEEKLY"] or 0),
+            keep_monthly=int(config["BACKUP_KEEP_MONTHLY"] or 0),
             compresslevel=int(config["BACKUP_COMPRESSLEVEL"]),
             signing_key=config["BACKUP_SIGNING_KEY"],
             trusted_keys=_as_list(config["BACKUP_TRUSTED_KEYS"]),
@@ -74,6 +85,12 @@ class BackupSettings:
         from .signing import TrustedKeys
 
         return TrustedKeys([self.signer().public_key, *self.trusted_keys, *extra])
+
+    @property
+    def retention(self) -> "Policy":
+        from .retention import Policy
+
+        return Policy(self.keep, self.keep_daily, self.keep_weekly, self.keep_monthly)
 
     @property
     def engine_settings(self) -> EngineSettings:

@@ -1,0 +1,117 @@
+"""Retention with restic's semantics (``forget --keep-last/daily/weekly/monthly``).
+
+For each rule, walk the archives newest first and keep the newest archive of
+each of the last N days / ISO weeks / months that have one (``last`` keeps the
+N newest); an archive is kept when any rule keeps it; the newest archive is
+always kept. With no rule set, everything is kept. Times come from the archive's
+name (UTC), not from the file, so a copied or downloaded archive sorts the same.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Iterable
+
+NAME_TIME = re.compile(r"^system_backup_(\d{8}_\d{6})")
+
+
+@dataclass(frozen=True)
+class Policy:
+    last: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+
+    @property
+    def keeps_everything(self) -> bool:
+        return not (self.last or self.daily or self.weekly or self.monthly)
+
+
+@dataclass
+class Decision:
+    name: str
+    when: datetime
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def keep(self) -> bool:
+        return bool(self.reasons)
+
+    def describe(self) -> str:
+        return "keep (" + ", ".join(self.reasons) + ")" if self.reasons else "remove"
+
+
+def archive_time(name: str) -> datetime | None:
+    m = NAME_TIME.match(name)
+    if not m:
+        return None
+    try:
+        return datetime.strptime(m.group(1), "%Y%m%d_%H%M%S")
+    except ValueError:
+        return None
+
+
+_BUCKETS: dict[str, Callable[[datetime], tuple]] = {
+    "daily": lambda t: (t.year, t.month, t.day),
+    "weekly": lambda t: tuple(t.isocalendar()[:2]),
+    "monthly": lambda t: (t.year, t.month),
+}
+
+
+def plan(names: Iterable[str], policy: Policy) -> list[Decision]:
+    """One decision per archive name (names without a time are always kept), newest first."""
+    decisions, undated = [], []
+    for name in names:
+        when = archive_time(name)
+        if when is None:
+            undated.append(Decision(name, datetime.min, ["not a dated archive"]))
+        else:
+            decisions.append(Decision(name, when))
+    decisions.sort(key=lambda d: (d.when, d.name), reverse=True)
+    if policy.keeps_everything:
+        for d in decisions:
+            d.reasons.append("no retention rule set")
+        return decisions + undated
+    for i, d in enumerate(decisions[:policy.last]):
+        d.reasons.append(f"last {i + 1}")
+    for rule, bucket_of in _BUCKETS.items():
+        budget, previous = getattr(policy, rule), None
+        for d in decisions:
+            if budget <= 0:
+                break
+            bucket = bucket_of(d.when)
+            if bucket != previous:
+                d.reasons.append(f"{rule} {bucket_label(rule, d.when)}")
+                previous, budget = bucket, budget - 1
+    if decisions and not decisions[0].reasons:
+        decisions[0].reasons.append("newest")
+    return decisions + undated
+
+
+def bucket_label(rule: str, when: datetime) -> str:
+    if rule == "daily":
+        return when.strftime("%Y-%m-%d")
+    if rule == "weekly":
+        year, week, _ = when.isocalendar()
+        return f"{year}-W{week:02d}"
+    return when.strftime("%Y-%m")
+
+
+def prune_archives(folder, policy: Policy, *, dry_run: bool, audit_engine, actor: str | None,
+                   via: str) -> list[Decision]:
+    """``backup-prune``: apply ``policy`` under the backup lock; a real run is audited."""
+    from guest_registration import audit
+
+    from .archive import BackupLock, prune
+
+    with BackupLock(folder):
+        decisions = prune(folder, policy, dry_run=dry_run)
+    if not dry_run:
+        removed = [d.name for d in decisions if not d.keep]
+        audit.record(audit_engine, "prune", "ok", actor=actor, via=via,
+                     message=f"removed {len(removed)} of {len(decisions)}: "
+                             f"{', '.join(removed)}" if removed else
+                             f"removed 0 of {len(decisions)}")
+    return decisions
