@@ -71,7 +71,7 @@ def test_400_daily_archives_keep_exactly_restics_set(app, runner, backend):
     assert len(expected) == 1 + 7 + 2 + 11
     with app.app_context():
         entry = db.session.query(AuditEntry).filter_by(action="prune").one()
-        assert entry.outcome == "ok" and entry.message.startswith(f"removed {402 - len(expected)} of 402")
+        assert entry.outcome == "ok" and entry.message.startswith(f"local: removed {402 - len(expected)} of 402")
 
 
 def test_no_rule_keeps_everything_and_the_newest_is_always_kept():

@@ -1,6 +1,7 @@
 """The backup plugin: the Backup admin page, the monthly guest export API, the
 backup commands, its settings and status lines, its own hooks (database
-engines), and the built-in PostgreSQL and SQLite engines.
+engines, storage types), the built-in PostgreSQL and SQLite engines and the
+built-in file and S3 storage types.
 
 Hook implementations only; the work is in the sibling modules.
 """
@@ -40,6 +41,14 @@ def register_database_engines():
 
 
 @hookimpl
+def register_storage_types():
+    from .storages.local import FileStorageType
+    from .storages.s3 import S3StorageType
+
+    return [FileStorageType(), S3StorageType()]
+
+
+@hookimpl
 def register_admin_views(app):
     from .views import BackupView
 
@@ -55,9 +64,9 @@ def register_blueprints(app):
 
 @hookimpl
 def register_commands():
-    from .cli import COMMANDS
+    from . import cli, cli_restore
 
-    return COMMANDS
+    return cli.COMMANDS + cli_restore.COMMANDS
 
 
 @hookimpl

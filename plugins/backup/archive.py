@@ -19,12 +19,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import BackupBusy, BackupError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .retention import Decision, Policy
 
 FORMAT_VERSION = 1
 ARCHIVE_RE = re.compile(r"^system_backup_\d{8}_\d{6}(?:_\d+)?\.zip(?:\.age)?$")
@@ -74,6 +70,9 @@ class BackupLock:
     def acquire(self) -> "BackupLock":
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            raise BackupError(f"the backup folder {self.folder} cannot be created") from None
+        try:
             fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:
             raise BackupError(f"the backup folder {self.folder} is not writable") from None
@@ -180,18 +179,3 @@ def archive_path(folder: str | os.PathLike, name: str) -> Path:
     if not path.is_file() or path.is_symlink():
         raise BackupError("no such archive")
     return path
-
-
-def prune(folder: str | os.PathLike, policy: "Policy", protect: str | None = None,
-          dry_run: bool = False) -> list["Decision"]:
-    """Apply a retention policy (see :mod:`.retention`) to the folder's archives,
-    never removing ``protect``; returns every archive's decision, newest first."""
-    from .retention import plan
-
-    decisions = plan([a.name for a in list_archives(folder)], policy)
-    for d in decisions:
-        if d.name == protect and not d.keep:
-            d.reasons.append("just made")
-        if not d.keep and not dry_run:
-            delete_archive(Path(folder) / d.name)
-    return decisions

@@ -12,20 +12,20 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from guest_registration.audit import cli_actor
-from guest_registration.config import normalise_database_url
 from guest_registration.extensions import db
 from guest_registration.formatting import human_size
-from guest_registration.maintenance import safe_url
 
-from .archive import clean_partials, list_archives
+from .archive import clean_partials
 from .context import backup_context
-from .create import create_backup
-from .encryption import load_identities
-from .errors import BackupError
+from .errors import BackupBusy, BackupError
+from .listing import list_everywhere
+from .pipeline import run_backup
 from .guest_export import ExportRequestError, open_export, parse_request
-from .restore import restore_archive
 from .retention import prune_archives
-from .verify import verify
+
+
+#: exit code of a command refused because another backup runs (EX_TEMPFAIL: try later)
+EXIT_BUSY = 75
 
 
 def _fail(message: str) -> None:
@@ -84,18 +84,26 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
                    "besides what BACKUP_KEEP_DAILY/WEEKLY/MONTHLY keep; all 0 = keep all.")
 @with_appcontext
 def backup_command(output: str | None, keep: int | None) -> None:
-    """Make a system backup: database dump + uploads without guest photos, as one ZIP.
+    """Make a system backup: database dump + uploads without guest photos, as one
+    signed ZIP (encrypted with BACKUP_AGE_RECIPIENTS), copied to BACKUP_REMOTE_URL.
 
-    Prints the archive's path as the last line; exits 1 on failure."""
-    ctx = backup_context()
-    settings = ctx.settings
-    if keep is not None:
-        settings.keep = keep
+    Prints the archive's path as the last line. Exits 1 on failure (also when
+    only the remote copy failed: the local archive is kept), 75 when another
+    backup is running."""
     try:
-        result = create_backup(db.engine, ctx.engine_for(db.engine.dialect.name), settings,
-                               output=output, actor=cli_actor(), via="cli")
+        run = run_backup(backup_context(), db.engine, output=output, keep=keep,
+                         actor=cli_actor(), via="cli")
+    except BackupBusy as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_BUSY)
     except BackupError as exc:
         _fail(str(exc))
+    result = run.result
+    for url in run.uploaded_to:
+        click.echo(f"copied to {url}")
+    for storage, removed in run.pruned.items():
+        if removed:
+            click.echo(f"retention removed {len(removed)} archive(s) from {storage}")
     m = result.manifest
     click.echo(f"{sum(m['row_counts'].values())} rows in {len(m['row_counts'])} tables, "
                f"{len(m['members']) - 1} uploads, {m['excluded_guest_photos']} guest photos left out, "
@@ -106,58 +114,51 @@ def backup_command(output: str | None, keep: int | None) -> None:
 @click.command("backup-list")
 @with_appcontext
 def backup_list_command() -> None:
-    """List the archives in BACKUP_FOLDER, newest first."""
-    folder = backup_context().settings.backup_folder
-    clean_partials(folder)  # leftovers of a killed backup
-    archives = list_archives(folder)
-    if not archives:
-        click.echo(f"no archives in {folder}")
-    for a in archives:
-        click.echo(f"{a.name}  {human_size(a.size):>10}  {a.created:%Y-%m-%d %H:%M:%S} UTC")
-
-
-def _trust_and_identity(trusted_key: tuple[str, ...], identity: str | None):
+    """List the archives, newest first, with where each one is (local, remote)."""
     ctx = backup_context()
+    clean_partials(ctx.settings.backup_folder)  # leftovers of a killed backup
     try:
-        trusted = ctx.settings.trusted(trusted_key)
-        identities = load_identities(identity) if identity else None
+        listing = list_everywhere(ctx)
     except BackupError as exc:
         _fail(str(exc))
-    return ctx, trusted, identities
-
-
-TRUSTED_KEY = click.option("--trusted-key", multiple=True, metavar="KEY",
-                           help="Also trust archives signed by this public key (ed25519:..., "
-                                "as backup-key prints it). Repeatable; see BACKUP_TRUSTED_KEYS.")
-IDENTITY = click.option("--identity", type=click.Path(dir_okay=False, exists=True),
-                        help="age identity file (AGE-SECRET-KEY-...) to decrypt a .zip.age "
-                             "archive.")
-ALLOW_UNSIGNED = click.option("--allow-unsigned", is_flag=True,
-                              help="Accept an archive without a signature (made before "
-                                   "archives were signed). Audited.")
+    for problem in listing.problems:
+        click.echo(f"WARNING {problem}", err=True)
+    if not listing.archives:
+        click.echo(f"no archives in {', '.join(listing.urls)}")
+    for a in listing.archives:
+        click.echo(f"{a.name}  {human_size(a.size):>10}  {a.created:%Y-%m-%d %H:%M:%S} UTC  "
+                   f"{', '.join(a.locations)}")
 
 
 @click.command("backup-prune")
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
 @with_appcontext
 def backup_prune_command(dry_run: bool) -> None:
-    """Apply the retention rules to BACKUP_FOLDER and print every archive's fate.
+    """Apply the retention rules to each storage and print every archive's fate.
 
     The rules are restic's: BACKUP_KEEP newest archives, plus the newest of each
     of the last BACKUP_KEEP_DAILY days, BACKUP_KEEP_WEEKLY ISO weeks and
     BACKUP_KEEP_MONTHLY months (UTC, from the archive's name). The newest
     archive is always kept; with no rule set nothing is removed."""
-    settings = backup_context().settings
+    ctx = backup_context()
+    settings = ctx.settings
     try:
-        decisions = prune_archives(settings.backup_folder, settings.retention, dry_run=dry_run,
-                                   audit_engine=db.engine, actor=cli_actor(), via="cli")
+        found = prune_archives(ctx.storages(), settings.retention,
+                               lock_folder=settings.backup_folder, dry_run=dry_run,
+                               audit_engine=db.engine, actor=cli_actor(), via="cli")
+    except BackupBusy as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_BUSY)
     except BackupError as exc:
         _fail(str(exc))
-    for d in decisions:
-        click.echo(f"{d.name}  {d.describe()}")
-    removed = sum(not d.keep for d in decisions)
-    click.echo(f"{'would remove' if dry_run else 'removed'} {removed} of {len(decisions)} "
-               f"archive(s)")
+    for storage, decisions in found.items():
+        if len(found) > 1:
+            click.echo(f"{storage}:")
+        for d in decisions:
+            click.echo(f"{d.name}  {d.describe()}")
+        removed = sum(not d.keep for d in decisions)
+        click.echo(f"{'would remove' if dry_run else 'removed'} {removed} of {len(decisions)} "
+                   f"archive(s)" + (f" from {storage}" if len(found) > 1 else ""))
 
 
 @click.command("backup-key")
@@ -176,76 +177,5 @@ def backup_key_command() -> None:
     click.echo(signer.public_key)
 
 
-@click.command("verify")
-@click.argument("archive", type=click.Path(dir_okay=False))
-@TRUSTED_KEY
-@IDENTITY
-@ALLOW_UNSIGNED
-@with_appcontext
-def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | None,
-                   allow_unsigned: bool) -> None:
-    """Check an archive: its signature, every checksum, a complete and clean dump."""
-    if not Path(archive).is_file():
-        _fail(f"{archive} does not exist")
-    ctx, trusted, identities = _trust_and_identity(trusted_key, identity)
-    report = verify(archive, ctx.engines, trusted, audit_engine=db.engine, actor=cli_actor(),
-                    via="cli", allow_unsigned=allow_unsigned, identities=identities)
-    for note in report.notes:
-        click.echo(f"WARNING {note}", err=True)
-    if not report.ok:
-        for problem in report.problems:
-            click.echo(f"FAIL {problem}", err=True)
-        _fail(f"{archive} did not verify ({len(report.problems)} problem(s))")
-    if report.decryption_skipped:
-        click.echo(f"OK {archive}: encrypted file signed by {report.signed_by}; decryption "
-                   f"skipped (no --identity), so its contents were not checked")
-        return
-    m = report.manifest
-    signed = "UNSIGNED" if report.unsigned else f"signed by {report.signed_by}"
-    click.echo(f"OK {archive}: {signed}, {len(m['members'])} members checked, "
-               f"{m['database']['engine']} dump complete and clean, created {m['created_at']}")
-
-
-@click.command("restore")
-@click.argument("archive", type=click.Path(dir_okay=False))
-@click.option("--database-url", help="Restore into this database (default: the app's own). "
-              "Prefer PGPASSWORD or ~/.pgpass to a password in the URL.")
-@click.option("--uploads", "uploads_dir", type=click.Path(file_okay=False),
-              help="Restore the uploads into this folder (default: UPLOAD_FOLDER).")
-@click.option("--replace", is_flag=True, help="Replace a non-empty target database, in one "
-              "transaction: if the load fails, it stays as it was.")
-@TRUSTED_KEY
-@IDENTITY
-@ALLOW_UNSIGNED
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@with_appcontext
-def restore_command(archive: str, database_url: str | None, uploads_dir: str | None,
-                    replace: bool, trusted_key: tuple[str, ...], identity: str | None,
-                    allow_unsigned: bool, yes: bool) -> None:
-    """Verify an archive, then restore its database and uploads."""
-    ctx, trusted, _ = _trust_and_identity(trusted_key, None)
-    target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
-    uploads = uploads_dir or current_app.config["UPLOAD_FOLDER"]
-    if not yes and Path(archive).is_file():
-        click.confirm(f"Restore {archive} into {safe_url(target)} and {uploads}"
-                      f"{' (REPLACING the database contents)' if replace else ''}?", abort=True)
-    if allow_unsigned:
-        click.echo("WARNING: --allow-unsigned: an archive without a signature will be restored; "
-                   "its origin cannot be checked", err=True)
-    try:
-        result = restore_archive(archive, engines=ctx.engines, settings=ctx.settings,
-                                 target_url=target, uploads_dir=uploads, replace=replace,
-                                 trusted=trusted, engine=db.engine, actor=cli_actor(), via="cli",
-                                 allow_unsigned=allow_unsigned, identity=identity)
-    except BackupError as exc:
-        _fail(str(exc))
-    if result.unsigned:
-        click.echo("WARNING: the restored archive was UNSIGNED (recorded in the audit log)",
-                   err=True)
-    click.echo(f"restored {sum(result.row_counts.values())} rows and {result.uploads} uploads "
-               f"into {safe_url(target)} and {uploads} ({result.uploads_present} already there, "
-               f"{result.uploads_kept} existing files kept as they were)")
-
-
 COMMANDS = [export_guests_command, backup_command, backup_list_command, backup_prune_command,
-            backup_key_command, verify_command, restore_command]
+            backup_key_command]

@@ -1,10 +1,12 @@
-"""Glue between one Flask app and the backup services: the app's settings and
-its registry of database engines (built once at start-up from the
-``register_database_engines`` hook; two engines for one dialect stop start-up)."""
+"""Glue between one Flask app and the backup services: the app's settings, its
+registry of database engines and of storage types (built once at start-up from
+the ``register_database_engines`` and ``register_storage_types`` hooks; two for
+one dialect or scheme stop start-up), and its storages."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
 from flask import Flask, current_app
 
@@ -14,6 +16,8 @@ from guest_registration.plugins import DuplicateNameError, unique_items
 from .engines import DatabaseEngine
 from .errors import BackupError
 from .settings import BackupSettings
+from .storages import Storage, StorageError, StorageType
+from .storages.local import LocalStorage
 
 EXTENSION = "backup"
 
@@ -24,6 +28,8 @@ class BackupContext:
 
     app: Flask
     engines: dict[str, DatabaseEngine]
+    storage_types: dict[str, StorageType] = field(default_factory=dict)
+    _remote: tuple[str, Storage] | None = None
 
     @property
     def settings(self) -> BackupSettings:
@@ -36,6 +42,34 @@ class BackupContext:
         except KeyError:
             raise BackupError(f"no database engine is installed for {dialect!r}") from None
 
+    def local(self) -> LocalStorage:
+        return LocalStorage(self.settings.backup_folder)
+
+    def remote(self) -> Storage | None:
+        """The storage of BACKUP_REMOTE_URL (built once per URL), or None."""
+        url = self.settings.remote_url
+        if not url:
+            return None
+        if self._remote is None or self._remote[0] != url:
+            scheme = urlparse(url).scheme
+            kind = self.storage_types.get(scheme)
+            if kind is None:
+                raise StorageError(f"BACKUP_REMOTE_URL: no storage type for {scheme or url!r} "
+                                   f"(installed: {', '.join(self.storage_types) or 'none'})")
+            self._remote = (url, kind.open(url, self.app.config))
+        return self._remote[1]
+
+    def storages(self) -> list[Storage]:
+        """The local folder, then the remote copy if one is configured."""
+        remote = self.remote()
+        return [self.local()] + ([remote] if remote is not None else [])
+
+    def storage(self, name: str) -> Storage:
+        for storage in self.storages():
+            if storage.name == name:
+                return storage
+        raise StorageError(f"no storage named {name!r}")
+
     @property
     def db_engine(self):
         """The app's SQLAlchemy engine."""
@@ -46,14 +80,17 @@ class BackupContext:
 
 
 class DuplicateEngineError(DuplicateNameError):
-    """Two plugins contribute an engine for the same dialect."""
+    """Two plugins contribute an engine for the same dialect (or a storage type
+    for the same scheme)."""
 
 
 def init_app(app: Flask) -> None:
-    engines = unique_items(app.extensions["plugin_manager"], "register_database_engines",
-                           kind="database engine", key=lambda e: e.dialect,
-                           error=DuplicateEngineError)
-    app.extensions[EXTENSION] = BackupContext(app, engines)
+    pm = app.extensions["plugin_manager"]
+    engines = unique_items(pm, "register_database_engines", kind="database engine",
+                           key=lambda e: e.dialect, error=DuplicateEngineError)
+    storage_types = unique_items(pm, "register_storage_types", kind="storage type",
+                                 key=lambda t: t.scheme, error=DuplicateEngineError)
+    app.extensions[EXTENSION] = BackupContext(app, engines, storage_types)
 
 
 def backup_context(app: Flask | None = None) -> BackupContext:

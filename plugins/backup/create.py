@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from guest_registration import audit
 
 from .archive import (DATABASE_MEMBER, EXPECTED_ERRNOS, FORMAT_VERSION, PHOTO_NAME_RE,
-                      UPLOADS_PREFIX, BackupLock, new_archive_name, prune, remove_partials)
+                      UPLOADS_PREFIX, BackupLock, new_archive_name, remove_partials)
 from .encryption import parse_recipients
 from .engines import DatabaseEngine
 from .errors import BackupError
@@ -114,15 +114,10 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
                     progress("finishing", writer.written)
                 final = writer.commit(manifest)
             size = final.stat().st_size
-            pruned = ([d.name for d in prune(folder, settings.retention, protect=name)
-                       if not d.keep] if target_dir == folder else [])
         finally:
             if own_lock and lock is not None:
                 lock.release()
-        audit.finish(engine, entry, "ok", target=name, bytes=size, rows=sum(counts.values()),
-                     message=f"pruned {len(pruned)}" if pruned else None)
-        if progress:
-            progress("done", size)
+        audit.finish(engine, entry, "ok", target=name, bytes=size, rows=sum(counts.values()))
         return BackupResult(final, size, manifest)
     except BaseException as exc:
         message = safe_message(exc)

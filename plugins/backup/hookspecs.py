@@ -6,8 +6,8 @@ Implement them with ``guest_registration.hookimpl`` in any plugin, exactly like
 the host's hooks; they are validated at start-up (a misspelled name fails
 ``check_pending``) and called through ``pm.hook`` in the host's call order.
 
-The hooks to come with the next features follow the same pattern: storages
-(local folder, S3-compatible) and archive transforms (signing, encryption).
+Signing and age encryption are built into every archive (not hooks: an
+archive that a disabled plugin could leave unsigned would defeat them).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from guest_registration import hookspec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engines import DatabaseEngine
+    from .storages import StorageType
 
 
 @hookspec
@@ -29,4 +30,18 @@ def register_database_engines() -> "Iterable[DatabaseEngine] | None":
     ``"sqlite"``, ...); the export reads its snapshot and timestamps through it,
     the system backup dumps, checks and restores with it. Two engines for one
     dialect are a start-up error naming both plugins.
+    """
+
+
+@hookspec
+def register_storage_types() -> "Iterable[StorageType] | None":
+    """Return :class:`plugins.backup.storages.StorageType` objects: kinds of
+    place that hold remote copies of archives.
+
+    A type's ``scheme`` is matched against ``BACKUP_REMOTE_URL``
+    (``s3://bucket/prefix``: the built-in ``s3`` type; ``file:///mnt/nas``: the
+    built-in ``file`` type); ``open(url, config)`` returns the
+    :class:`~plugins.backup.storages.Storage` (``list``, ``upload``, ``open``,
+    ``read_sidecar``, ``delete``). Two types for one scheme are a start-up
+    error naming both plugins.
     """

@@ -18,7 +18,7 @@ from guest_registration.extensions import db
 
 from .archive import BackupLock
 from .context import backup_context
-from .create import create_backup
+from .pipeline import UploadFailed, run_backup
 from .errors import BackupBusy, BackupError
 
 STATE_FILE = ".backup-job.json"
@@ -76,9 +76,12 @@ def start_job(app: Flask, actor: str | None) -> dict:
     def run() -> None:
         try:
             with app.app_context():
-                result = create_backup(db.engine, ctx.engine_for(db.engine.dialect.name), settings,
-                                       actor=actor, via="admin", progress=progress, lock=lock)
-            job.update(state="done", stage="done", archive=result.path.name, bytes=result.size)
+                run = run_backup(ctx, db.engine, actor=actor, via="admin", progress=progress,
+                                 lock=lock)
+            job.update(state="done", stage="done", archive=run.result.path.name,
+                       bytes=run.result.size)
+        except UploadFailed as exc:  # the archive exists locally: downloadable, with a warning
+            job.update(state="done", stage="done", archive=exc.path.name, warning=str(exc))
         except BackupError as exc:
             job.update(state="failed", error=str(exc))
         except Exception:  # already logged by the service; never leave "running" behind

@@ -99,19 +99,35 @@ def bucket_label(rule: str, when: datetime) -> str:
     return when.strftime("%Y-%m")
 
 
-def prune_archives(folder, policy: Policy, *, dry_run: bool, audit_engine, actor: str | None,
-                   via: str) -> list[Decision]:
-    """``backup-prune``: apply ``policy`` under the backup lock; a real run is audited."""
+def prune_storage(storage, policy: Policy, *, protect: str | None = None,
+                  dry_run: bool = False) -> list[Decision]:
+    """Apply ``policy`` to one storage's archives (never removing ``protect``);
+    returns every archive's decision, newest first."""
+    decisions = plan([a.name for a in storage.list()], policy)
+    for d in decisions:
+        if d.name == protect and not d.keep:
+            d.reasons.append("just made")
+        if not d.keep and not dry_run:
+            storage.delete(d.name)
+    return decisions
+
+
+def prune_archives(storages, policy: Policy, *, lock_folder, dry_run: bool, audit_engine,
+                   actor: str | None, via: str) -> dict[str, list[Decision]]:
+    """``backup-prune``: apply ``policy`` to each storage separately, under the
+    backup lock; a real run is audited per storage."""
     from guest_registration import audit
 
-    from .archive import BackupLock, prune
+    from .archive import BackupLock
 
-    with BackupLock(folder):
-        decisions = prune(folder, policy, dry_run=dry_run)
-    if not dry_run:
-        removed = [d.name for d in decisions if not d.keep]
-        audit.record(audit_engine, "prune", "ok", actor=actor, via=via,
-                     message=f"removed {len(removed)} of {len(decisions)}: "
-                             f"{', '.join(removed)}" if removed else
-                             f"removed 0 of {len(decisions)}")
-    return decisions
+    found: dict[str, list[Decision]] = {}
+    with BackupLock(lock_folder):
+        for storage in storages:
+            decisions = found[storage.name] = prune_storage(storage, policy, dry_run=dry_run)
+            if not dry_run:
+                removed = [d.name for d in decisions if not d.keep]
+                audit.record(audit_engine, "prune", "ok", actor=actor, via=via,
+                             message=f"{storage.name}: removed {len(removed)} of "
+                                     f"{len(decisions)}" + (f": {', '.join(removed)}"
+                                                            if removed else ""))
+    return found

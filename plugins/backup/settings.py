@@ -37,6 +37,12 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BACKUP_TRUSTED_KEYS": [],
         #: age recipients (age1…): when given, archives are written encrypted (.zip.age)
         "BACKUP_AGE_RECIPIENTS": [],
+        #: a remote copy of every archive: s3://bucket/prefix or file:///path
+        "BACKUP_REMOTE_URL": "",
+        #: multipart part size for S3 uploads, MiB (at least 5)
+        "BACKUP_S3_PART_MB": 16,
+        #: dead-man's switch: GET URL after a good backup, URL/fail after a failed one
+        "BACKUP_HEALTHCHECK_URL": "",
     }
 
 
@@ -58,6 +64,8 @@ class BackupSettings:
     signing_key: str = ""
     trusted_keys: list[str] = field(default_factory=list)
     age_recipients: list[str] = field(default_factory=list)
+    remote_url: str = ""
+    healthcheck_url: str = ""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], app_version: str) -> "BackupSettings":
@@ -72,6 +80,8 @@ class BackupSettings:
             signing_key=config["BACKUP_SIGNING_KEY"],
             trusted_keys=_as_list(config["BACKUP_TRUSTED_KEYS"]),
             age_recipients=_as_list(config["BACKUP_AGE_RECIPIENTS"]),
+            remote_url=(config["BACKUP_REMOTE_URL"] or "").strip(),
+            healthcheck_url=(config["BACKUP_HEALTHCHECK_URL"] or "").strip(),
         )
 
     def signer(self) -> "Signer":

@@ -1,0 +1,132 @@
+"""Commands that read archives: ``verify``, ``restore`` (also straight from a
+remote storage: ``s3://bucket/prefix/NAME``), ``restore-test`` and
+``backup-health``. Thin wrappers over the service modules."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from guest_registration.audit import cli_actor
+from guest_registration.config import normalise_database_url
+from guest_registration.extensions import db
+from guest_registration.maintenance import safe_url
+
+from .context import backup_context
+from .encryption import load_identities
+from .errors import BackupError
+from .fetch import is_url, local_copy
+from .restore import restore_archive
+from .verify import verify
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def _trust_and_identity(trusted_key: tuple[str, ...], identity: str | None):
+    ctx = backup_context()
+    try:
+        trusted = ctx.settings.trusted(trusted_key)
+        identities = load_identities(identity) if identity else None
+    except BackupError as exc:
+        _fail(str(exc))
+    return ctx, trusted, identities
+
+
+TRUSTED_KEY = click.option("--trusted-key", multiple=True, metavar="KEY",
+                           help="Also trust archives signed by this public key (ed25519:..., "
+                                "as backup-key prints it). Repeatable; see BACKUP_TRUSTED_KEYS.")
+IDENTITY = click.option("--identity", type=click.Path(dir_okay=False, exists=True),
+                        help="age identity file (AGE-SECRET-KEY-...) to decrypt a .zip.age "
+                             "archive.")
+ALLOW_UNSIGNED = click.option("--allow-unsigned", is_flag=True,
+                              help="Accept an archive without a signature (made before "
+                                   "archives were signed). Audited.")
+
+
+@click.command("verify")
+@click.argument("archive")
+@TRUSTED_KEY
+@IDENTITY
+@ALLOW_UNSIGNED
+@with_appcontext
+def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | None,
+                   allow_unsigned: bool) -> None:
+    """Check an archive (a file, or s3://bucket/prefix/NAME): its signature, every
+    checksum, a complete and clean dump."""
+    if not is_url(archive) and not Path(archive).is_file():
+        _fail(f"{archive} does not exist")
+    ctx, trusted, identities = _trust_and_identity(trusted_key, identity)
+    try:
+        with local_copy(ctx, archive) as path:
+            report = verify(path, ctx.engines, trusted, audit_engine=db.engine,
+                            actor=cli_actor(), via="cli", allow_unsigned=allow_unsigned,
+                            identities=identities)
+    except BackupError as exc:
+        _fail(str(exc))
+    for note in report.notes:
+        click.echo(f"WARNING {note}", err=True)
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"FAIL {problem}", err=True)
+        _fail(f"{archive} did not verify ({len(report.problems)} problem(s))")
+    if report.decryption_skipped:
+        click.echo(f"OK {archive}: encrypted file signed by {report.signed_by}; decryption "
+                   f"skipped (no --identity), so its contents were not checked")
+        return
+    m = report.manifest
+    signed = "UNSIGNED" if report.unsigned else f"signed by {report.signed_by}"
+    click.echo(f"OK {archive}: {signed}, {len(m['members'])} members checked, "
+               f"{m['database']['engine']} dump complete and clean, created {m['created_at']}")
+
+
+@click.command("restore")
+@click.argument("archive")
+@click.option("--database-url", help="Restore into this database (default: the app's own). "
+              "Prefer PGPASSWORD or ~/.pgpass to a password in the URL.")
+@click.option("--uploads", "uploads_dir", type=click.Path(file_okay=False),
+              help="Restore the uploads into this folder (default: UPLOAD_FOLDER).")
+@click.option("--replace", is_flag=True, help="Replace a non-empty target database, in one "
+              "transaction: if the load fails, it stays as it was.")
+@TRUSTED_KEY
+@IDENTITY
+@ALLOW_UNSIGNED
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def restore_command(archive: str, database_url: str | None, uploads_dir: str | None,
+                    replace: bool, trusted_key: tuple[str, ...], identity: str | None,
+                    allow_unsigned: bool, yes: bool) -> None:
+    """Verify an archive (a file, or s3://bucket/prefix/NAME), then restore its
+    database and uploads."""
+    ctx, trusted, _ = _trust_and_identity(trusted_key, None)
+    target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
+    uploads = uploads_dir or current_app.config["UPLOAD_FOLDER"]
+    if not yes:
+        click.confirm(f"Restore {archive} into {safe_url(target)} and {uploads}"
+                      f"{' (REPLACING the database contents)' if replace else ''}?", abort=True)
+    if allow_unsigned:
+        click.echo("WARNING: --allow-unsigned: an archive without a signature will be restored; "
+                   "its origin cannot be checked", err=True)
+    try:
+        with local_copy(ctx, archive) as path:
+            result = restore_archive(path, engines=ctx.engines, settings=ctx.settings,
+                                     target_url=target, uploads_dir=uploads, replace=replace,
+                                     trusted=trusted, engine=db.engine, actor=cli_actor(),
+                                     via="cli", allow_unsigned=allow_unsigned, identity=identity)
+    except BackupError as exc:
+        _fail(str(exc))
+    if result.unsigned:
+        click.echo("WARNING: the restored archive was UNSIGNED (recorded in the audit log)",
+                   err=True)
+    click.echo(f"restored {sum(result.row_counts.values())} rows and {result.uploads} uploads "
+               f"into {safe_url(target)} and {uploads} ({result.uploads_present} already there, "
+               f"{result.uploads_kept} existing files kept as they were)")
+
+
+COMMANDS = [verify_command, restore_command]

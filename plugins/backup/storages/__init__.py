@@ -1,0 +1,78 @@
+"""Where archives live: the local backup folder and, optionally, one remote copy.
+
+A storage type is contributed through the backup plugin's
+``register_storage_types`` hook (the built-in ``file`` and ``s3`` types are
+registered the same way) and chosen by the scheme of ``BACKUP_REMOTE_URL``
+(``s3://bucket/prefix``, ``file:///mnt/nas/backups``). Two types claiming one
+scheme stop start-up. A storage never puts a credential in a message, log
+line, page or archive: :class:`StorageError` messages are safe to show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Mapping, Protocol
+
+from ..errors import BackupError
+
+
+class StorageError(BackupError):
+    """A storage failed; the message names the storage, never a credential."""
+
+
+class StorageUnreachable(StorageError):
+    """A storage could not be reached (``backup-health`` exits 2)."""
+
+
+@dataclass
+class StoredArchive:
+    name: str
+    size: int
+    created: datetime  # UTC
+    storage: str       # the storage's name: "local" or "remote"
+
+
+class Storage(Protocol):
+    """One place that holds archives."""
+
+    #: ``local`` for BACKUP_FOLDER, ``remote`` for BACKUP_REMOTE_URL
+    name: str
+    #: where, for people (no credentials)
+    url: str
+
+    def list(self) -> list[StoredArchive]:
+        """Complete archives, newest first; raise StorageUnreachable."""
+
+    def upload(self, path: Path) -> None:
+        """Copy a finished local archive (and its ``.sig`` sidecar, if any) here;
+        all or nothing."""
+
+    def open(self, name: str) -> IO[bytes]:
+        """A readable stream of one archive (StorageError if it is not there)."""
+
+    def read_sidecar(self, name: str) -> bytes | None:
+        """The ``.sig`` beside an archive, if any."""
+
+    def delete(self, name: str) -> None:
+        """Remove an archive and its sidecar."""
+
+
+class StorageType(Protocol):
+    """A kind of storage, chosen by the scheme of BACKUP_REMOTE_URL."""
+
+    scheme: str
+
+    def open(self, url: str, config: Mapping[str, Any]) -> Storage:
+        """The storage at ``url`` (raise StorageError for a malformed URL)."""
+
+
+def fetch(storage: Storage, name: str, dest: IO[bytes], chunk: int = 1024 * 1024) -> int:
+    """Stream one archive from ``storage`` into ``dest``; returns the bytes copied."""
+    total = 0
+    with storage.open(name) as src:
+        while data := src.read(chunk):
+            dest.write(data)
+            total += len(data)
+    return total

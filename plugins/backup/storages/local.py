@@ -1,0 +1,73 @@
+"""The local backup folder as a storage, and ``file://`` URLs (another disk, a
+mounted share) as a remote one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import IO, Any, Mapping
+from urllib.parse import unquote, urlparse
+
+from ..archive import ARCHIVE_RE, delete_archive, list_archives, sidecar_path
+from . import StorageError, StorageUnreachable, StoredArchive
+
+
+class LocalStorage:
+    def __init__(self, folder: str | os.PathLike, name: str = "local") -> None:
+        self.folder = Path(folder)
+        self.name = name
+        self.url = str(self.folder) if name == "local" else f"file://{self.folder}"
+
+    def _path(self, name: str) -> Path:
+        if not ARCHIVE_RE.match(name or ""):
+            raise StorageError("no such archive")
+        return self.folder / name
+
+    def list(self) -> list[StoredArchive]:
+        if self.name != "local" and not self.folder.is_dir():
+            raise StorageUnreachable(f"the storage {self.url} is not there")
+        return [StoredArchive(a.name, a.size, a.created, self.name)
+                for a in list_archives(self.folder)]
+
+    def upload(self, path: Path) -> None:
+        """Copy under a hidden name, then rename: a reader never sees half a file."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for source in (sidecar_path(path), path):  # the sidecar first, like the writer
+                if not source.exists():
+                    continue
+                tmp = self.folder / f".{source.name}.uploading"
+                with open(source, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1024 * 1024)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, self.folder / source.name)
+        except OSError as exc:
+            raise StorageError(f"the copy to {self.url} failed ({exc.strerror})") from None
+
+    def open(self, name: str) -> IO[bytes]:
+        path = self._path(name)
+        if not path.is_file() or path.is_symlink():
+            raise StorageError(f"{name} is not in {self.url}")
+        return open(path, "rb")
+
+    def read_sidecar(self, name: str) -> bytes | None:
+        try:
+            return sidecar_path(self._path(name)).read_bytes()
+        except OSError:
+            return None
+
+    def delete(self, name: str) -> None:
+        delete_archive(self._path(name))
+
+
+class FileStorageType:
+    scheme = "file"
+
+    def open(self, url: str, config: Mapping[str, Any]) -> LocalStorage:
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise StorageError("a file:// remote must be an absolute path, e.g. file:///mnt/backups")
+        return LocalStorage(unquote(parsed.path), name="remote")
