@@ -130,3 +130,57 @@ def restore_command(archive: str, database_url: str | None, uploads_dir: str | N
 
 
 COMMANDS = [verify_command, restore_command]
+
+
+@click.command("restore-test")
+@IDENTITY
+@TRUSTED_KEY
+@with_appcontext
+def restore_test_command(identity: str | None, trusted_key: tuple[str, ...]) -> None:
+    """Restore drill: restore the newest archive (the remote copy when one is
+    configured) into a scratch database, compare every table's row count with the
+    manifest, and remove the scratch database. Exits 1 on any mismatch, 75 when a
+    backup is running."""
+    from .cli import EXIT_BUSY
+    from .drill import restore_drill
+    from .errors import BackupBusy
+
+    try:
+        result = restore_drill(backup_context(), db.engine, identity=identity,
+                               trusted_keys=trusted_key, actor=cli_actor(), via="cli")
+    except BackupBusy as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_BUSY)
+    except BackupError as exc:
+        _fail(f"restore drill failed: {exc}")
+    for problem in result.mismatches:
+        click.echo(f"MISMATCH {problem}", err=True)
+    if not result.ok:
+        _fail(f"restore drill of {result.archive} failed ({len(result.mismatches)} mismatch(es))")
+    click.echo(f"OK restore drill of {result.archive} from {result.storage}: {result.tables} "
+               f"tables, {result.rows} rows, all as the manifest says")
+
+
+@click.command("backup-health")
+@click.option("--max-age", default="26h", show_default=True,
+              help="Unhealthy when a storage's newest archive is older (e.g. 26h, 2d).")
+@click.option("--max-drill-age", default="35d", show_default=True,
+              help="Unhealthy when the last passed restore drill is older.")
+@with_appcontext
+def backup_health_command(max_age: str, max_drill_age: str) -> None:
+    """Print the backups' health as JSON; exit 0 healthy, 1 unhealthy, 2 when a
+    storage cannot be reached."""
+    import json
+
+    from .health import health, parse_duration
+
+    try:
+        limits = parse_duration(max_age), parse_duration(max_drill_age)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    report, code = health(backup_context(), db.engine, max_age=limits[0], max_drill_age=limits[1])
+    click.echo(json.dumps(report, indent=2))
+    sys.exit(code)
+
+
+COMMANDS += [restore_test_command, backup_health_command]

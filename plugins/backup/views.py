@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from flask import abort, current_app, flash, jsonify, redirect, request, send_file, url_for
+from flask import (Response, abort, current_app, flash, jsonify, redirect, request, send_file,
+                   url_for)
 from flask_admin import expose
 from flask_security import current_user
 from sqlalchemy import select
@@ -15,12 +16,19 @@ from guest_registration.extensions import csrf, db
 from guest_registration.formatting import human_size, timestamp
 from guest_registration.models import AuditEntry
 
-from .archive import archive_path, clean_partials, delete_archive, list_archives
+from .archive import ARCHIVE_RE, clean_partials
 from .context import backup_context
 from .errors import BackupBusy, BackupError
+from .fetch import local_copy
 from .guest_export import ExportRequestError, parse_request, preview
+from .health import health
 from .jobs import read_job, start_job
+from .listing import list_everywhere
+from .storages import StorageError
 from .verify import verify
+
+#: the page's banner uses backup-health's defaults
+BANNER_MAX_AGE, BANNER_MAX_DRILL_AGE = timedelta(hours=26), timedelta(days=35)
 
 
 def _verifications(names: list[str]) -> dict[str, dict]:
@@ -36,11 +44,28 @@ def _verifications(names: list[str]) -> dict[str, dict]:
             for r in rows}
 
 
-def _archive_or_404(name: str):
-    try:
-        return archive_path(backup_context().settings.backup_folder, name)
-    except BackupError:
+def _where(name: str):
+    """The storages holding archive ``name``, local first (404 when none)."""
+    if not ARCHIVE_RE.match(name or ""):
         abort(404)
+    found = []
+    try:
+        storages = backup_context().storages()
+    except StorageError:
+        storages = [backup_context().local()]
+    for storage in storages:
+        try:
+            if any(a.name == name for a in storage.list()):
+                found.append(storage)
+        except StorageError:
+            continue
+    if not found:
+        abort(404)
+    return found
+
+
+def _back(anchor: str = "archives"):
+    return redirect(url_for(".index") + f"#{anchor}")
 
 
 class BackupView(SecureBaseView):
@@ -48,22 +73,33 @@ class BackupView(SecureBaseView):
 
     @expose("/")
     def index(self):
-        settings = backup_context().settings
-        folder = settings.backup_folder
-        clean_partials(folder)  # leftovers of a killed backup (only when none is running)
+        ctx = backup_context()
+        settings = ctx.settings
+        clean_partials(settings.backup_folder)  # leftovers of a killed backup (none running)
         try:
             public_key = settings.signer().public_key
         except BackupError as exc:
             public_key = f"unavailable: {exc}"
-        archives = list_archives(folder)
+        try:
+            listing = list_everywhere(ctx)
+            report, code = health(ctx, db.engine, max_age=BANNER_MAX_AGE,
+                                  max_drill_age=BANNER_MAX_DRILL_AGE, listing=listing)
+            archives, storage_problem = listing.archives, None
+        except StorageError as exc:  # a BACKUP_REMOTE_URL that cannot work at all
+            archives, report, code, storage_problem = [], None, 2, str(exc)
+        job = read_job(settings.backup_folder)
+        if job and job.get("archive") and job["archive"] not in {a.name for a in archives}:
+            job["archive_gone"] = True  # never link an archive that was deleted since
         now = datetime.now(timezone.utc)
         return self.render(
             "admin/backup/index.html",
             archives=archives, verified=_verifications([a.name for a in archives]),
+            health=report, health_code=code, storage_problem=storage_problem,
             human_size=human_size, timestamp=timestamp,
             formats=list(current_app.extensions["export_formats"]),
-            job=read_job(folder), activity=audit.recent(db.engine, 15),
+            job=job, activity=audit.recent(db.engine, 15),
             public_key=public_key, encrypted=bool(settings.age_recipients),
+            remote_url=settings.remote_url,
             year=now.year, month=now.month, months=range(1, 13),
             api_url=url_for("backup_api.guests", _external=True),
         )
@@ -78,60 +114,82 @@ class BackupView(SecureBaseView):
             flash(str(exc).capitalize() + ".", "warning")
         except BackupError as exc:
             flash(f"The backup could not start: {exc}.", "error")
-        return redirect(url_for(".index") + "#system-backup")
+        return _back("system-backup")
 
     @expose("/job")
     def job(self):
         job = read_job(backup_context().settings.backup_folder) or {"state": "none"}
         public = {k: job.get(k) for k in ("id", "state", "stage", "bytes", "started_at",
-                                          "finished_at", "archive", "error")}
-        if public.get("archive"):
+                                          "finished_at", "archive", "error", "warning")}
+        local = backup_context().local()
+        if public.get("archive") and (local.folder / public["archive"]).is_file():
             public["download_url"] = url_for(".download", archive=public["archive"])
         return jsonify(public)
 
     @expose("/download/<archive>")
     def download(self, archive: str):
-        path = _archive_or_404(archive)
-        mimetype = "application/octet-stream" if path.name.endswith(".age") else "application/zip"
-        response = send_file(path, mimetype=mimetype, as_attachment=True,
-                             download_name=path.name, max_age=0, conditional=True)
+        storage = _where(archive)[0]
+        mimetype = "application/octet-stream" if archive.endswith(".age") else "application/zip"
+        if storage.name == "local":
+            path = storage.folder / archive
+            response = send_file(path, mimetype=mimetype, as_attachment=True,
+                                 download_name=archive, max_age=0, conditional=True)
+            size, source = path.stat().st_size, None
+        else:  # a remote-only archive, streamed through the app
+            try:
+                body = storage.open(archive)
+            except StorageError:
+                abort(502)
+            response = Response(iter(lambda: body.read(1024 * 1024), b""), mimetype=mimetype,
+                                direct_passthrough=True)
+            response.headers["Content-Disposition"] = f'attachment; filename="{archive}"'
+            size, source = None, f"from {storage.url}"
         response.headers["Cache-Control"] = "no-store"
         audit.record(db.engine, "download", "ok", actor=current_user.email, via="admin",
-                     target=path.name, bytes=path.stat().st_size)
+                     target=archive, bytes=size, message=source)
         return response
 
     @expose("/verify/<archive>", methods=["POST"])
     def verify(self, archive: str):
         csrf.protect()
-        path = _archive_or_404(archive)
+        storage = _where(archive)[0]
         ctx = backup_context()
+        source = (str(storage.folder / archive) if storage.name == "local"
+                  else f"{storage.url}/{archive}")
         try:
-            trusted = ctx.settings.trusted()
+            with local_copy(ctx, source) as path:
+                report = verify(path, ctx.engines, ctx.settings.trusted(), audit_engine=db.engine,
+                                actor=current_user.email, via="admin")
         except BackupError as exc:
-            flash(f"{path.name} cannot be verified: {exc}.", "error")
-            return redirect(url_for(".index") + "#archives")
-        report = verify(path, ctx.engines, trusted, audit_engine=db.engine,
-                        actor=current_user.email, via="admin")
+            flash(f"{archive} cannot be verified: {exc}.", "error")
+            return _back()
         if report.ok and report.decryption_skipped:
-            flash(f"{path.name}: the encrypted file's signature is valid. Its contents were not "
+            flash(f"{archive}: the encrypted file's signature is valid. Its contents were not "
                   f"checked (the server holds no identity): verify it with "
                   f"manage.py verify --identity on a machine that has one.", "success")
         elif report.ok:
-            flash(f"{path.name} verified: every checksum matches and the dump is complete.",
+            flash(f"{archive} verified: every checksum matches and the dump is complete.",
                   "success")
         else:
-            flash(f"{path.name} did not verify: {'; '.join(report.problems[:3])}.", "error")
-        return redirect(url_for(".index") + "#archives")
+            flash(f"{archive} did not verify: {'; '.join(report.problems[:3])}.", "error")
+        return _back()
 
     @expose("/delete/<archive>", methods=["POST"])
     def delete(self, archive: str):
         csrf.protect()
-        path = _archive_or_404(archive)
-        delete_archive(path)
-        audit.record(db.engine, "delete", "ok", actor=current_user.email, via="admin",
-                     target=path.name)
-        flash(f"{path.name} was deleted.", "success")
-        return redirect(url_for(".index") + "#archives")
+        removed = []
+        for storage in _where(archive):
+            try:
+                storage.delete(archive)
+                removed.append(storage.name)
+            except StorageError as exc:
+                flash(f"{archive} could not be deleted from {storage.name}: {exc}.", "error")
+        audit.record(db.engine, "delete", "ok" if removed else "failed",
+                     actor=current_user.email, via="admin", target=archive,
+                     message=f"from {', '.join(removed) or 'nowhere'}")
+        if removed:
+            flash(f"{archive} was deleted ({', '.join(removed)}).", "success")
+        return _back()
 
     @expose("/preview")
     def preview(self):
@@ -141,7 +199,8 @@ class BackupView(SecureBaseView):
                                 current_app.extensions["export_formats"])
         except ExportRequestError as exc:
             return jsonify(error=str(exc)), 400
-        result = preview(db.engine, req, db_engine=backup_context().engines.get(db.engine.dialect.name),
+        result = preview(db.engine, req,
+                         db_engine=backup_context().engines.get(db.engine.dialect.name),
                          actor=current_user.email, via="admin",
                          fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
         return jsonify(rows=result.rows, media_type=result.media_type, lines=result.lines)

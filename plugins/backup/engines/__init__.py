@@ -12,7 +12,7 @@ the detail goes to the log with the password masked.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import IO, Callable, Protocol
+from typing import IO, Callable, ContextManager, Protocol
 
 from sqlalchemy.engine import Connection, URL, make_url
 from sqlalchemy.sql import ColumnElement
@@ -69,6 +69,10 @@ class DatabaseEngine(Protocol):
 
     def screen(self) -> "DumpScreen":
         """A fresh screen for one dump: what ``verify`` and ``restore`` run over it."""
+
+    def scratch(self, url: str) -> "ContextManager[str]":
+        """A new empty database beside ``url`` for a restore drill (its URL),
+        removed when the block ends, whatever happens."""
 
     def prepare_target(self, url: str) -> bool:
         """Whether the target holds no tables; create it if missing and possible

@@ -4,13 +4,15 @@ log only (password masked), a short safe reason for the user."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from typing import IO, Callable
+import uuid
+from typing import IO, Callable, Iterator
 
 from sqlalchemy import func, text
 from sqlalchemy.engine import Connection, make_url
@@ -134,6 +136,28 @@ class PostgresEngine:
 
     def screen(self) -> PgDumpScreen:
         return PgDumpScreen()
+
+    @contextlib.contextmanager
+    def scratch(self, url: str) -> Iterator[str]:
+        """A new, empty database on the same server for a restore drill, dropped
+        afterwards whatever happens."""
+        name = f"gr_drill_{uuid.uuid4().hex[:12]}"
+        target = make_url(url).set(database=name).render_as_string(hide_password=False)
+        self._create_database(target)
+        try:
+            yield target
+        finally:
+            from sqlalchemy import create_engine
+
+            engine = create_engine(make_url(url).set(database="postgres"),
+                                   isolation_level="AUTOCOMMIT")
+            try:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            except Exception:
+                log.warning("could not drop the drill database %s", name)
+            finally:
+                engine.dispose()
 
     def prepare_target(self, url: str) -> bool:
         """Whether the target holds no tables; a database that does not exist is

@@ -3,10 +3,13 @@ builds a new file beside the target and moves it into place only when complete."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
@@ -81,6 +84,15 @@ class SQLiteEngine:
 
     def screen(self) -> "SQLiteDumpScreen":
         return SQLiteDumpScreen()
+
+    @contextlib.contextmanager
+    def scratch(self, url: str) -> Iterator[str]:
+        """A temporary database file for a restore drill, removed afterwards."""
+        folder = tempfile.mkdtemp(prefix="gr-drill-")
+        try:
+            yield f"sqlite:///{folder}/drill.db"
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def restore(self, settings: EngineSettings, url: str, stream: IO[bytes], *,
                 replace: bool = False) -> None:
