@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 import zipfile
 from pathlib import Path
@@ -308,8 +309,11 @@ def encrypted(app_config, identity, tmp_path):
 
 
 def test_encrypted_archive_round_trip(request, encrypted, app, runner, archive, backend,
-                                      identity, tmp_path):
+                                      identity, tmp_path, monkeypatch):
     key_file, recipient = identity
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where decrypted copies go
     assert archive.name.endswith(".zip.age") and (archive.parent / (archive.name + ".sig")).exists()
     ciphertext = archive.read_bytes()
     assert ciphertext.startswith(b"age-encryption.org/v1\n")
@@ -339,7 +343,7 @@ def test_encrypted_archive_round_trip(request, encrypted, app, runner, archive, 
     assert ok.exit_code == 0, ok.output
     assert table_contents(target) == table_contents(app.config["DATABASE_URL"])
     assert (uploads / "logo.png").exists()
-    assert not list(Path("/tmp").glob("gr-restore-*/archive.zip"))  # the plain copy is gone
+    assert list(scratch.iterdir()) == []  # the decrypted copies are gone
 
 
 def test_forged_then_reencrypted_archive_is_refused(request, encrypted, app, runner, archive,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -318,3 +319,41 @@ def test_every_host_hook_takes_effect(tmp_path):
 def test_an_implementation_of_an_unpublished_hook_fails_at_start_up(tmp_path):
     with pytest.raises(PluginLoadError, match="greeting"):
         new_app(tmp_path, extra_plugins=[("greeter", Greeter())])
+
+
+def test_two_storage_types_for_one_scheme_stop_start_up(tmp_path):
+    class SecondS3:
+        @hookimpl
+        def register_storage_types(self):
+            from plugins.backup.storages.s3 import S3StorageType
+
+            return [S3StorageType()]
+
+    with pytest.raises(DuplicateNameError, match="storage type 's3' is registered by both "
+                                                 "plugin 'backup' and plugin 'second'"):
+        new_app(tmp_path, extra_plugins=[("second", SecondS3())])
+
+
+def test_a_third_party_storage_type_serves_its_scheme(tmp_path, monkeypatch):
+    """A plugin's storage type (here ``nas://``, a folder) takes the remote copies."""
+    from plugins.backup.storages.local import LocalStorage
+
+    class NasType:
+        scheme = "nas"
+
+        def open(self, url, config):
+            return LocalStorage(tmp_path / "nas" / url.split("://", 1)[1], name="remote")
+
+    class Nas:
+        @hookimpl
+        def register_storage_types(self):
+            return [NasType()]
+
+    app = new_app(tmp_path, extra_plugins=[("nas", Nas())], BACKUP_REMOTE_URL="nas://site-a")
+    with app.app_context():
+        list(setup(app))
+    result = app.test_cli_runner().invoke(args=["backup"])
+    assert result.exit_code == 0, result.output
+    name = Path(result.output.strip().splitlines()[-1]).name
+    assert (tmp_path / "nas" / "site-a" / name).read_bytes() == Path(
+        result.output.strip().splitlines()[-1]).read_bytes()

@@ -161,7 +161,7 @@ def test_delete_an_archive_after_confirming(page, server, problems):
     page.once("dialog", lambda dialog: dialog.accept())
     with page.expect_navigation():
         row.get_by_role("button", name="Delete").click()
-    expect(page.locator(".alert")).to_contain_text(f"{name} was deleted")
+    expect(page.locator(".alert", has_text=f"{name} was deleted")).to_be_visible()
     expect(page.locator(f'tr[data-archive="{name}"]')).to_have_count(0)
     assert not (server.backup_folder / name).exists()
     assert no_problems(problems, allowed=("favicon",)) == []
