@@ -180,7 +180,8 @@ def table(info: dict, plain: list[dict], enc: list[dict], rs: dict) -> str:
         f"dump {info['dump_bytes'] / 1e6:.0f} MB; uploads {info['files']} files "
         f"({info['upload_bytes'] / 1e6:.1f} MB) + {info['photos']} guest photos (left out). "
         f"{info['runs']} alternating runs each after one untimed warm-up round; medians. "
-        f"{os.cpu_count()} CPUs.",
+        f"{os.cpu_count()} CPUs; 1-min load average {info['load'][0]:.2f} before the warm-up "
+        f"and {info['load'][1]:.2f} after the last timed run (other work on the machine adds noise).",
         "",
         "### Backup: signed vs signed + age-encrypted",
         "",
@@ -290,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         pubkey = run(manage("backup-key"), env, work)["out"].strip().splitlines()[-1]
         log(f"signing key {pubkey}; age recipient {identity.to_public()}")
         log("warm-up (untimed) ...")
+        info["load"] = [os.getloadavg()[0]]
         measure_backups(env, enc_env, work, 1, args.files, args.photos, log=lambda m: None)
         log(f"backups, {args.runs} runs each:")
         plain, enc = measure_backups(env, enc_env, work, args.runs, args.files, args.photos, log)
@@ -307,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"restores, {args.runs} runs each (+ verify and start-up):")
         rs = measure_restores(archives, target, env, work, key, pubkey, dump, args.runs, guests,
                               args.files, log)
+        info["load"].append(os.getloadavg()[0])
         result = table(info, plain, enc, rs)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "restore.md").write_text(result)

@@ -71,6 +71,11 @@ def test_backup_from_the_menu_with_progress_and_download(page, server, problems,
     download.save_as(saved)
     expect(page.locator("#backup-status")).to_contain_text("Backup finished")
     expect(page.locator("#backup-status")).to_contain_text(download.suggested_filename)
+    # the archives and the activity refresh themselves, without a reload
+    expect(page.locator(f'tr[data-archive="{download.suggested_filename}"]')).to_be_visible()
+    expect(page.locator("#no-archives")).to_have_count(0)
+    expect(page.locator("#recent-activity")).to_contain_text(download.suggested_filename)
+    expect(page.locator("#recent-activity")).not_to_contain_text("running")
 
     # the archive is real: it verifies against the server's own key (the one the
     # page shows) and holds no guest photo
@@ -191,20 +196,39 @@ def test_non_admin_is_refused_and_visitor_sent_to_login(page, server, problems):
     expect(page.get_by_role("button", name="Log out")).to_be_visible()
 
 
-def test_backup_page_is_readable_on_a_narrow_screen(browser, server, problems):
-    """A phone-sized viewport: nothing spills sideways out of the page."""
+@pytest.mark.parametrize("width", [390, 1280])
+@pytest.mark.parametrize("path", ["/admin/backup/", "/admin/audit/", "/admin/guest/"])
+def test_wide_tables_fit_the_screen_without_hiding_columns(browser, server, problems, width,
+                                                           path):
+    """Phone and laptop widths: nothing spills sideways out of the page, and every
+    column of every table is there (the table wraps or scrolls inside its card)."""
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 390, "height": 844})
+    server.manage("backup")  # so the archives table has a row
+    context = browser.new_context(viewport={"width": width, "height": 844})
     try:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         log_in(page, server, *ADMIN)
-        page.goto(server.url("/admin/backup/"))
-        expect(page.get_by_role("button", name="Create system backup")).to_be_visible()
+        page.goto(server.url(path))
+        expect(page.locator("table.table").first).to_be_visible()
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 1, f"the page is {overflow}px wider than the screen"
-        expect(page.locator("#export-form [name=format]")).to_be_visible()
-        screenshot(page, "backup-page-narrow.png")
+        assert overflow <= 1, f"{path} is {overflow}px wider than a {width}px screen"
+        hidden = page.evaluate("""() => [...document.querySelectorAll('table.table th')]
+            .filter(th => getComputedStyle(th).display === 'none' || th.offsetWidth === 0)
+            .map(th => th.textContent.trim())""")
+        assert hidden == [], f"hidden columns on {path} at {width}px: {hidden}"
+        unreachable = page.evaluate("""() => [...document.querySelectorAll('table.table')]
+            .filter(t => t.getBoundingClientRect().width > window.innerWidth + 1)
+            .filter(t => { for (let p = t.parentElement; p; p = p.parentElement) {
+                const o = getComputedStyle(p).overflowX;
+                if ((o === 'auto' || o === 'scroll') && p.clientWidth <= window.innerWidth)
+                    return false; }
+                return true; }).length""")
+        assert unreachable == 0, f"a table on {path} is wider than the screen and cannot scroll"
+        if path == "/admin/backup/":
+            expect(page.get_by_role("button", name="Create system backup")).to_be_visible()
+            expect(page.locator("#export-form [name=format]")).to_be_visible()
+        screenshot(page, f"narrow-{path.strip('/').replace('/', '-')}-{width}.png")
     finally:
         context.close()
