@@ -142,3 +142,26 @@ def test_non_admin_cannot_use_the_page(client, auth, app):
     for url in ("/admin/backup/", "/admin/backup/job", "/admin/backup/download/x.zip"):
         assert client.get(url).status_code == 403
     assert client.post("/admin/backup/start").status_code in (400, 403)
+
+
+def test_last_backup_never_links_a_deleted_archive(admin, app, runner):
+    folder = Path(app.config["BACKUP_FOLDER"])
+    folder.mkdir(parents=True, exist_ok=True)
+    gone = "system_backup_20250101_000000.zip"
+    (folder / STATE_FILE).write_text(json.dumps({
+        "id": "y", "state": "done", "stage": "done", "bytes": 10, "archive": gone,
+        "error": None, "started_at": "2025-01-01T00:00:00Z", "finished_at": "2025-01-01T00:00:05Z"}))
+    page = admin.get("/admin/backup/").get_data(as_text=True)
+    assert f"{gone} (since deleted)" in page and f"download/{gone}" not in page
+    job = admin.get("/admin/backup/job").get_json()
+    assert job["archive"] == gone and "download_url" not in job
+
+
+@pytest.mark.parametrize("command", [["backup"], ["backup-prune"], ["restore-test"]])
+def test_overlapping_runs_are_refused_with_exit_code_75(app, runner, command):
+    from plugins.backup.archive import BackupLock
+
+    with BackupLock(app.config["BACKUP_FOLDER"]):
+        result = runner.invoke(args=command)
+    assert result.exit_code == 75, result.output
+    assert "another backup is running" in result.output
