@@ -44,21 +44,27 @@ def _verifications(names: list[str]) -> dict[str, dict]:
             for r in rows}
 
 
-def _where(name: str):
-    """The storages holding archive ``name``, local first (404 when none)."""
+def _where(name: str, everywhere: bool = False):
+    """The storages holding archive ``name``, local first (404 when none). Unless
+    ``everywhere``, a local copy is enough and the remote is not asked."""
     if not ARCHIVE_RE.match(name or ""):
         abort(404)
-    found = []
+    ctx = backup_context()
+    local = ctx.local()
+    found = [local] if (local.folder / name).is_file() and not (
+        local.folder / name).is_symlink() else []
+    if found and not everywhere:
+        return found
     try:
-        storages = backup_context().storages()
+        remote = ctx.remote()
     except StorageError:
-        storages = [backup_context().local()]
-    for storage in storages:
+        remote = None
+    if remote is not None:
         try:
-            if any(a.name == name for a in storage.list()):
-                found.append(storage)
+            if any(a.name == name for a in remote.list()):
+                found.append(remote)
         except StorageError:
-            continue
+            pass
     if not found:
         abort(404)
     return found
@@ -142,6 +148,7 @@ class BackupView(SecureBaseView):
                 abort(502)
             response = Response(iter(lambda: body.read(1024 * 1024), b""), mimetype=mimetype,
                                 direct_passthrough=True)
+            response.call_on_close(body.close)  # also when the client goes away
             response.headers["Content-Disposition"] = f'attachment; filename="{archive}"'
             size, source = None, f"from {storage.url}"
         response.headers["Cache-Control"] = "no-store"
@@ -178,7 +185,7 @@ class BackupView(SecureBaseView):
     def delete(self, archive: str):
         csrf.protect()
         removed = []
-        for storage in _where(archive):
+        for storage in _where(archive, everywhere=True):
             try:
                 storage.delete(archive)
                 removed.append(storage.name)
