@@ -420,3 +420,24 @@ def test_the_page_lists_downloads_and_verifies_encrypted_archives(encrypted, app
     deleted = client.post(f"/admin/backup/delete/{archive.name}", data={"csrf_token": token})
     assert deleted.status_code == 302
     assert not archive.exists() and not (archive.parent / (archive.name + ".sig")).exists()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_new_server_restores_without_tracebacks(app, runner, archive, backend, tmp_path):
+    """Disaster recovery: a brand-new instance (no tables yet, so no audit log)
+    refuses the archive until it trusts the key, then restores it; the terminal
+    never shows a traceback."""
+    from tests.helpers import manage
+
+    key = runner.invoke(args=["backup-key"]).output.strip().splitlines()[-1]
+    args = ["restore", str(archive), "--database-url", f"sqlite:///{tmp_path / 'new.db'}",
+            "--uploads", str(tmp_path / "new-uploads"), "--yes"]
+    env = {"INSTANCE_PATH": str(tmp_path / "new-instance")}
+    refused = manage(*args, env=env, tmp_path=tmp_path)
+    assert refused.returncode == 1 and "signed by an unknown key" in refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
+    restored = manage(*args, "--trusted-key", key, env=env, tmp_path=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    assert "Traceback" not in restored.stdout + restored.stderr
+    assert table_contents(f"sqlite:///{tmp_path / 'new.db'}") == table_contents(
+        app.config["DATABASE_URL"])

@@ -126,8 +126,9 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
                 entry = audit.start(engine, "backup", actor=actor, via=via)
             audit.finish(engine, entry, "failed" if isinstance(exc, Exception) else "aborted",
                          message=message)
-        except Exception:
-            log.exception("could not record the failed backup in the audit log")
+        except Exception as audit_exc:  # one line: the backup's own error is what matters
+            log.warning("could not record the failed backup in the audit log (%s)",
+                        type(audit_exc).__name__)
         if isinstance(exc, BackupError):
             raise
         if isinstance(exc, Exception):

@@ -145,5 +145,6 @@ def _record_failure(engine: Engine, actor, via, message: str) -> None:
     """A backup that failed before it started writing is audited all the same."""
     try:
         audit.record(engine, "backup", "failed", actor=actor, via=via, message=message)
-    except Exception:
-        log.warning("could not record the failed backup in the audit log", exc_info=True)
+    except Exception as exc:
+        log.warning("could not record the failed backup in the audit log (%s)",
+                    type(exc).__name__)

@@ -70,7 +70,8 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
              message=f"refused: {message}" if stage == "refused" else message)
         if isinstance(exc, BackupError) or not isinstance(exc, Exception):
             raise
-        log.warning("restore failed", exc_info=True)
+        log.warning("restore failed (%s)", type(exc).__name__)
+        log.debug("restore failed", exc_info=True)
         raise BackupError(message) from None
     counts = manifest.get("row_counts", {})
     note = "UNSIGNED archive restored (--allow-unsigned); " if report.unsigned else ""
@@ -123,8 +124,9 @@ def _log(engine: Engine | None, name: str, actor, via: str, outcome: str, **fiel
         return
     try:
         audit.record(engine, "restore", outcome, actor=actor, via=via, target=name, **fields)
-    except Exception:  # the app's own database may be unreachable: never break the restore
-        log.warning("could not record the restore in the audit log", exc_info=True)
+    except Exception as exc:  # the app's own database may be unreachable or empty (a
+        # new server restoring its first archive): never break the restore, no traceback
+        log.warning("could not record the restore in the audit log (%s)", type(exc).__name__)
 
 
 def _restore_uploads(zf: zipfile.ZipFile, manifest: dict, target: Path) -> tuple[int, int, int]:

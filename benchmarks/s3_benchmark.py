@@ -1,0 +1,294 @@
+#!/usr/bin/env python
+"""Benchmark ``manage.py backup`` local-only against the same backup copied to S3.
+
+    .venv/bin/python benchmarks/s3_benchmark.py [--rows 1400000] [--runs 3]
+        [--database-url postgresql://postgres@127.0.0.1:5432/gr_s3_bench] [--replace]
+
+Creates a database (``--rows`` guests, ~300 MB) with generate_data.py and an
+uploads folder, starts moto's S3 server (``python -m moto.server``) as a separate
+process on a free loopback port, then times, alternating, ``manage.py backup``
+local-only and with ``BACKUP_REMOTE_URL=s3://bench-bucket/site-a`` (multipart,
+16 MiB parts; and ``--small-part-runs`` runs with ``BACKUP_S3_PART_MB=5``), with
+the peak RSS of the backup process. Every uploaded object is read back (size,
+SHA-256, part count) and no multipart upload may be left open. Prints a Markdown
+table, also written to benchmarks/results/s3.md. Details: benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import generate_data as gen
+from backup_benchmark import (RESULTS, TIME, BenchError, check_archive, database_size,
+                              make_uploads, med, mib)
+from restore_benchmark import manage, run, sql
+
+BUCKET, PREFIX = "bench-bucket", "site-a"
+CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+         "AWS_DEFAULT_REGION": "us-east-1"}
+MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in its own process (its CPU and memory are not the backup's)."""
+    port = free_port()
+    with open(log_path, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                 str(port)], stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"moto server exited ({proc.returncode}); see {log_path}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    stop(proc)
+    raise BenchError("moto server did not start within 60 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_remote(s3, path: Path, part_mb: int) -> int:
+    """The object's bytes equal the local archive's (size, SHA-256, streamed), it has
+    the expected number of parts, and no multipart upload is left open; then the
+    object is deleted (moto keeps everything). Returns the number of parts."""
+    key = f"{PREFIX}/{path.name}"
+    body = s3.get_object(Bucket=BUCKET, Key=key)
+    etag, h, size = body["ETag"].strip('"'), hashlib.sha256(), 0
+    for chunk in body["Body"].iter_chunks(MiB):
+        h.update(chunk)
+        size += len(chunk)
+    local_size = path.stat().st_size
+    if size != local_size or h.hexdigest() != sha256_file(path):
+        raise BenchError(f"{key}: {size} bytes / sha256 {h.hexdigest()[:16]} in S3, local "
+                         f"{local_size} bytes / sha256 {sha256_file(path)[:16]}")
+    parts = int(etag.rsplit("-", 1)[1]) if "-" in etag else 1
+    if parts != max(1, math.ceil(local_size / (part_mb * MiB))):
+        raise BenchError(f"{key}: {parts} parts for {local_size} bytes at {part_mb} MiB")
+    open_uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    if open_uploads:
+        raise BenchError(f"unfinished multipart uploads: {[u['Key'] for u in open_uploads]}")
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/").get("Contents", [])
+    for obj in listed:
+        s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    return parts
+
+
+def upload_seconds(url: str, name: str) -> float:
+    """The upload phase as the audit log saw it (start and end of ``remote.upload``)."""
+    row = sql(url, "SELECT extract(epoch FROM finished_at - created_at), outcome FROM audit_log"
+                   f" WHERE action = 'upload' AND target = '{name}'")
+    if row is None or row[1] != "ok":
+        raise BenchError(f"no successful upload of {name} in the audit log: {row}")
+    return float(row[0])
+
+
+def one_backup(kind: str, env: dict, work: Path, s3, moto_pid: int, url: str, files: int,
+               photos: int) -> dict:
+    before = cpu_seconds(moto_pid)
+    r = run(manage("backup"), env, work, comm="pg_dump")
+    r["moto_cpu"] = cpu_seconds(moto_pid) - before
+    path = Path(r["out"].strip().splitlines()[-1])
+    r["bytes"] = path.stat().st_size
+    check_archive(path, files, photos)
+    if kind != "local":
+        if f"copied to s3://{BUCKET}/{PREFIX}" not in r["out"]:
+            raise BenchError(f"{kind}: no 'copied to' line:\n{r['out'][-1000:]}")
+        r["parts"] = check_remote(s3, path, int(env["BACKUP_S3_PART_MB"]))
+        r["upload_s"] = upload_seconds(url, path.name)
+    for f in path.parent.glob(path.name + "*"):
+        f.unlink()
+    return r
+
+
+def measure(envs: dict, work: Path, s3, moto_pid: int, url: str, runs: int, small_runs: int,
+            files: int, photos: int, log) -> dict:
+    """``runs`` alternating rounds of (local, s3 16 MiB), the first ``small_runs`` rounds
+    also with s3 5 MiB parts."""
+    series: dict[str, list[dict]] = {k: [] for k in envs}
+    for i in range(runs):
+        for kind, env in envs.items():
+            if kind == "s3 5 MiB" and i >= small_runs:
+                continue
+            series[kind].append(one_backup(kind, env, work, s3, moto_pid, url, files, photos))
+        log(f"  run {i + 1}: " + ", ".join(f"{k} {v[-1]['s']:.2f} s" for k, v in series.items()
+                                           if len(v) > i))
+    return series
+
+
+def table(info: dict, series: dict) -> str:
+    loc = series["local"]
+    base_s, base_rss = med(loc, "s"), med(loc, "rss")
+    kinds = [k for k in series if series[k]]
+    secs = lambda rs: ", ".join(f"{r['s']:.2f}" for r in rs)  # noqa: E731
+    cell = lambda f: " | ".join(f(k, series[k]) for k in kinds)  # noqa: E731
+    part = {"local": 0, "s3 16 MiB": 16, "s3 5 MiB": 5}
+    na = lambda k, fn: "" if k == "local" else fn()  # noqa: E731
+    goals = []
+    for k in kinds[1:]:
+        ratio = med(series[k], "s") / base_s
+        extra = (max(r["rss"] for r in series[k]) - base_rss) / 1024
+        goals.append(f"{k}: time ratio **{ratio:.2f}** ({'meets' if ratio <= 1.3 else 'misses'} "
+                     f"<= 1.3), peak RSS +{extra:.1f} MiB over local-only (largest run; "
+                     f"{'meets' if extra <= 2 * part[k] else 'misses'} <= 2 x {part[k]} = "
+                     f"{2 * part[k]} MiB)")
+    lines = [
+        f"{info['rows']:,} guests, pg_database_size {info['db_bytes'] / 1e6:.0f} MB; uploads "
+        f"{info['files']} files ({info['upload_bytes'] / 1e6:.1f} MB) + {info['photos']} guest "
+        f"photos (left out). `manage.py backup` into BACKUP_FOLDER, local-only vs with "
+        f"`BACKUP_REMOTE_URL=s3://{BUCKET}/{PREFIX}` against moto {info['moto']} (`python -m "
+        f"moto.server`, a separate process on 127.0.0.1). One untimed warm-up of each, then "
+        f"{info['runs']} alternating rounds; medians. {os.cpu_count()} CPUs; 1-min load average "
+        f"{info['load'][0]:.2f} before the warm-up, {info['load'][1]:.2f} after the last run.",
+        "",
+        "| | " + " | ".join({"local": "local-only"}.get(k, f"with S3 upload, "
+                                                          f"{part[k]} MiB parts") for k in kinds)
+        + " |",
+        "|---|" + "---:|" * len(kinds),
+        "| runs | " + cell(lambda k, rs: str(len(rs))) + " |",
+        "| wall time, median (s) | " + cell(lambda k, rs: f"{med(rs, 's'):.2f}") + " |",
+        "| wall time, each run (s) | " + cell(lambda k, rs: secs(rs)) + " |",
+        "| **ratio vs local-only** (goal <= 1.3) | " + cell(
+            lambda k, rs: f"**{med(rs, 's') / base_s:.2f}**") + " |",
+        "| upload phase (audit log), median (s) | " + cell(
+            lambda k, rs: na(k, lambda: f"{med(rs, 'upload_s'):.2f}")) + " |",
+        "| archive (MB) / parts | " + cell(lambda k, rs: f"{med(rs, 'bytes') / 1e6:.1f}" + na(
+            k, lambda: f" / {rs[0]['parts']}")) + " |",
+        "| peak RSS, backup process, median (max) (MiB) | " + cell(
+            lambda k, rs: f"{mib(med(rs, 'rss'))} ({mib(max(r['rss'] for r in rs))})") + " |",
+        "| **peak RSS over local-only** (goal <= 2 x part) | " + cell(lambda k, rs: na(
+            k, lambda: f"**+{(max(r['rss'] for r in rs) - base_rss) / 1024:.1f}** "
+                       f"(<= {2 * part[k]})")) + " |",
+        "| its pg_dump child, median (MiB) | " + cell(
+            lambda k, rs: mib(med(rs, "rss_child"))) + " |",
+        "| moto server CPU per backup, median (s) | " + cell(
+            lambda k, rs: f"{med(rs, 'moto_cpu'):.2f}") + " |",
+        "",
+        "; ".join(goals) + ". Every upload was read back from S3 (size and SHA-256 equal to "
+        "the local archive, part count as expected) and `list_multipart_uploads` was empty "
+        "after each.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/gr_s3_bench")
+    parser.add_argument("--rows", type=int, default=1_400_000, help="guests in the database")
+    parser.add_argument("--runs", type=int, default=3, help="timed rounds (local, S3 16 MiB)")
+    parser.add_argument("--small-part-runs", type=int, default=1,
+                        help="of those rounds, how many also run with BACKUP_S3_PART_MB=5")
+    parser.add_argument("--files", type=int, default=50, help="ordinary upload files")
+    parser.add_argument("--photos", type=int, default=20, help="UUID-named guest photos")
+    parser.add_argument("--replace", action="store_true", help="drop the database if it exists")
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
+    parser.add_argument("--deadline", type=int, default=1800, help="abort after this many seconds")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.rows < 1 or args.small_part_runs < 0:
+        parser.error("--runs and --rows must be positive")
+    url = gen.libpq_url(args.database_url)
+    if not os.access(TIME, os.X_OK):
+        raise SystemExit(f"{TIME} (GNU time) is needed for the peak memory; apt-get install time")
+    if gen.database_exists(url) and not args.replace:
+        raise SystemExit(f"database {gen.split_url(url)[1]} exists; pass --replace to drop it")
+    import boto3
+    import moto
+
+    def on_alarm(*_):
+        raise TimeoutError(f"the benchmark took longer than --deadline {args.deadline} s")
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(args.deadline)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="gr_s3_bench_")
+    work, moto_proc, created = Path(tmp.name), None, False
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BACKUP_", "AWS_")) or k == "AWS_CA_BUNDLE"}
+    env.update(INSTANCE_PATH=str(work / "instance"), DATABASE_URL=url,
+               UPLOAD_FOLDER=str(work / "uploads"), BACKUP_FOLDER=str(work / "backups"))
+    try:
+        RESULTS.mkdir(exist_ok=True)
+        moto_proc, endpoint = start_moto(RESULTS / "moto.log")
+        log(f"moto {moto.__version__} S3 server at {endpoint} (pid {moto_proc.pid})")
+        s3_env = {**env, **CREDS, "AWS_ENDPOINT_URL": endpoint,
+                  "BACKUP_REMOTE_URL": f"s3://{BUCKET}/{PREFIX}"}
+        envs = {"local": env, "s3 16 MiB": {**s3_env, "BACKUP_S3_PART_MB": "16"},
+                "s3 5 MiB": {**s3_env, "BACKUP_S3_PART_MB": "5"}}
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"],
+                          region_name=CREDS["AWS_DEFAULT_REGION"])
+        s3.create_bucket(Bucket=BUCKET)
+        gen_env = {**env, "PGOPTIONS": "-c statement_timeout=600s"}
+        os.environ["PGOPTIONS"] = gen_env["PGOPTIONS"]
+        gen.drop_database(url)  # only reached with --replace or when missing
+        created = True
+        gen.generate(url, args.rows, 0, env=gen_env, log=lambda m: log("  " + m))
+        del os.environ["PGOPTIONS"]
+        info = {"rows": args.rows, "runs": args.runs, "files": args.files, "photos": args.photos,
+                "db_bytes": database_size(url), "moto": moto.__version__,
+                "upload_bytes": make_uploads(work / "uploads", args.files, args.photos)}
+        log(f"pg_database_size: {info['db_bytes'] / 1e6:.1f} MB ({args.rows:,} guests)")
+        info["load"] = [os.getloadavg()[0]]
+        log(f"warm-up (untimed), load average {info['load'][0]:.2f} ...")
+        measure(envs, work, s3, moto_proc.pid, url, 1, 1, args.files, args.photos,
+                log=lambda m: None)
+        log(f"{args.runs} rounds:")
+        series = measure(envs, work, s3, moto_proc.pid, url, args.runs, args.small_part_runs,
+                         args.files, args.photos, log)
+        info["load"].append(os.getloadavg()[0])
+        result = table(info, series)
+        (RESULTS / "s3.md").write_text(result)
+        print("\n" + result)
+    finally:
+        signal.alarm(0)
+        os.environ.pop("PGOPTIONS", None)
+        if moto_proc is not None:
+            stop(moto_proc)
+        if created and not args.keep_db:
+            gen.drop_database(url)
+        tmp.cleanup()
+        log(f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
