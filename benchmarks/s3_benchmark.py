@@ -39,15 +39,11 @@ CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
 MiB = 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
     """moto's S3 server in its own process (its CPU and memory are not the backup's)."""
-    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     with open(log_path, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                  str(port)], stdout=fh, stderr=subprocess.STDOUT)
@@ -60,32 +56,15 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
             return proc, f"http://127.0.0.1:{port}"
         except OSError:
             time.sleep(0.2)
-    stop(proc)
+    proc.kill()
+    proc.wait()
     raise BenchError("moto server did not start within 60 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_remote(s3, path: Path, part_mb: int) -> int:
@@ -98,18 +77,18 @@ def check_remote(s3, path: Path, part_mb: int) -> int:
     for chunk in body["Body"].iter_chunks(MiB):
         h.update(chunk)
         size += len(chunk)
-    local_size = path.stat().st_size
-    if size != local_size or h.hexdigest() != sha256_file(path):
+    with open(path, "rb") as fh:
+        local_size, local_sha = path.stat().st_size, hashlib.file_digest(fh, "sha256").hexdigest()
+    if size != local_size or h.hexdigest() != local_sha:
         raise BenchError(f"{key}: {size} bytes / sha256 {h.hexdigest()[:16]} in S3, local "
-                         f"{local_size} bytes / sha256 {sha256_file(path)[:16]}")
+                         f"{local_size} bytes / sha256 {local_sha[:16]}")
     parts = int(etag.rsplit("-", 1)[1]) if "-" in etag else 1
     if parts != max(1, math.ceil(local_size / (part_mb * MiB))):
         raise BenchError(f"{key}: {parts} parts for {local_size} bytes at {part_mb} MiB")
     open_uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
     if open_uploads:
         raise BenchError(f"unfinished multipart uploads: {[u['Key'] for u in open_uploads]}")
-    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/").get("Contents", [])
-    for obj in listed:
+    for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/").get("Contents", []):
         s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
     return parts
 
@@ -123,8 +102,33 @@ def upload_seconds(url: str, name: str) -> float:
     return float(row[0])
 
 
+# In the app, without the backup around it: RSS after start-up, after building the S3
+# client (boto3 imports + the S3 service model), and the peak during one upload.
+PROBE = """
+import sys
+from pathlib import Path
+from guest_registration.cli import load_app
+from plugins.backup.storages.s3 import S3StorageType
+kb = lambda f: int(next(l for l in open("/proc/self/status") if l.startswith(f)).split()[1])
+app = load_app()
+before = kb("VmRSS:")
+storage = S3StorageType().open(app.config["BACKUP_REMOTE_URL"], app.config)
+client = kb("VmRSS:")
+Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM
+storage.upload(Path(sys.argv[1]))
+print(before, client, kb("VmHWM:"))
+"""
+
+
+def probe(env: dict, work: Path, archive: Path, s3, part_mb: int) -> dict:
+    r = run([sys.executable, "-c", PROBE, str(archive)], env, work)
+    before, client, peak = map(int, r["out"].split()[-3:])
+    check_remote(s3, archive, part_mb)
+    return {"client": client - before, "upload": peak - client}
+
+
 def one_backup(kind: str, env: dict, work: Path, s3, moto_pid: int, url: str, files: int,
-               photos: int) -> dict:
+               photos: int, keep: bool = False) -> dict:
     before = cpu_seconds(moto_pid)
     r = run(manage("backup"), env, work, comm="pg_dump")
     r["moto_cpu"] = cpu_seconds(moto_pid) - before
@@ -136,7 +140,8 @@ def one_backup(kind: str, env: dict, work: Path, s3, moto_pid: int, url: str, fi
             raise BenchError(f"{kind}: no 'copied to' line:\n{r['out'][-1000:]}")
         r["parts"] = check_remote(s3, path, int(env["BACKUP_S3_PART_MB"]))
         r["upload_s"] = upload_seconds(url, path.name)
-    for f in path.parent.glob(path.name + "*"):
+    r["path"] = path
+    for f in path.parent.glob(path.name + "*") if not keep else []:
         f.unlink()
     return r
 
@@ -168,10 +173,12 @@ def table(info: dict, series: dict) -> str:
     for k in kinds[1:]:
         ratio = med(series[k], "s") / base_s
         extra = (max(r["rss"] for r in series[k]) - base_rss) / 1024
+        p = info["probe"][k]
         goals.append(f"{k}: time ratio **{ratio:.2f}** ({'meets' if ratio <= 1.3 else 'misses'} "
                      f"<= 1.3), peak RSS +{extra:.1f} MiB over local-only (largest run; "
                      f"{'meets' if extra <= 2 * part[k] else 'misses'} <= 2 x {part[k]} = "
-                     f"{2 * part[k]} MiB)")
+                     f"{2 * part[k]} MiB; the probe: S3 client +{mib(p['client'])}, upload "
+                     f"+{mib(p['upload'])})")
     lines = [
         f"{info['rows']:,} guests, pg_database_size {info['db_bytes'] / 1e6:.0f} MB; uploads "
         f"{info['files']} files ({info['upload_bytes'] / 1e6:.1f} MB) + {info['photos']} guest "
@@ -203,6 +210,8 @@ def table(info: dict, series: dict) -> str:
             lambda k, rs: mib(med(rs, "rss_child"))) + " |",
         "| moto server CPU per backup, median (s) | " + cell(
             lambda k, rs: f"{med(rs, 'moto_cpu'):.2f}") + " |",
+        "| probe: RSS of building the S3 client / upload peak above that (MiB) | | " + " | ".join(
+            f"+{mib(p['client'])} / +{mib(p['upload'])}" for p in info["probe"].values()) + " |",
         "",
         "; ".join(goals) + ". Every upload was read back from S3 (size and SHA-256 equal to "
         "the local archive, part count as expected) and `list_multipart_uploads` was empty "
@@ -213,7 +222,8 @@ def table(info: dict, series: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/gr_s3_bench")
+    parser.add_argument("--database-url",
+                        default="postgresql://postgres@127.0.0.1:5432/gr_s3_bench")
     parser.add_argument("--rows", type=int, default=1_400_000, help="guests in the database")
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (local, S3 16 MiB)")
     parser.add_argument("--small-part-runs", type=int, default=1,
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--files", type=int, default=50, help="ordinary upload files")
     parser.add_argument("--photos", type=int, default=20, help="UUID-named guest photos")
     parser.add_argument("--replace", action="store_true", help="drop the database if it exists")
-    parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
+    parser.add_argument("--keep-db", action="store_true", help="keep the database")
     parser.add_argument("--deadline", type=int, default=1800, help="abort after this many seconds")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rows < 1 or args.small_part_runs < 0:
@@ -276,14 +286,23 @@ def main(argv: list[str] | None = None) -> None:
         series = measure(envs, work, s3, moto_proc.pid, url, args.runs, args.small_part_runs,
                          args.files, args.photos, log)
         info["load"].append(os.getloadavg()[0])
+        archive = one_backup("local", env, work, s3, moto_proc.pid, url, args.files, args.photos,
+                             keep=True)["path"]
+        info["probe"] = {k: probe(envs[k], work, archive, s3, int(envs[k]["BACKUP_S3_PART_MB"]))
+                         for k in series if k != "local" and series[k]}
         result = table(info, series)
         (RESULTS / "s3.md").write_text(result)
         print("\n" + result)
     finally:
         signal.alarm(0)
         os.environ.pop("PGOPTIONS", None)
-        if moto_proc is not None:
-            stop(moto_proc)
+        if moto_proc is not None and moto_proc.poll() is None:
+            moto_proc.terminate()
+            try:
+                moto_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                moto_proc.kill()
+                moto_proc.wait()
         if created and not args.keep_db:
             gen.drop_database(url)
         tmp.cleanup()

@@ -109,7 +109,9 @@ class S3Storage:
                                                      UploadId=upload_id, Body=data)
                     parts.append({"PartNumber": number, "ETag": answer["ETag"]})
                     number += 1
-                    if len(data) < self.part_size:
+                    last = len(data) < self.part_size
+                    del data, answer  # one part in memory: free it before reading the next
+                    if last:
                         break
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                   MultipartUpload={"Parts": parts})
