@@ -53,7 +53,9 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     from .models import Role, User
     from .plugins import apply_plugin_settings, build_plugin_manager, hook_items
     from .registration import bp as registration_bp
-    from flask_security import Security, SQLAlchemyUserDatastore
+    from flask_security import Security
+
+    from .availability import UserDatastore
 
     instance_path = instance_path or os.environ.get("INSTANCE_PATH") or None
     app = Flask(__name__, instance_path=instance_path, instance_relative_config=True,
@@ -67,7 +69,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     with app.app_context():
         configure_engine(db.engine)
     csrf.init_app(app)  # before Security, so Flask-Security's CSRF handling sees it
-    Security(app, SQLAlchemyUserDatastore(db, User, Role))
+    Security(app, UserDatastore(db, User, Role))
     pm.hook.init_app(app=app)
 
     app.extensions["export_formats"] = FormatRegistry.from_plugins(pm)

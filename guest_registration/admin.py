@@ -23,6 +23,7 @@ from flask_wtf import FlaskForm
 from markupsafe import Markup
 
 from . import audit
+from .availability import database_unavailable, unavailable_response
 from .extensions import db
 from .formatting import human_size, timestamp, yes_no
 from .models import (AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES, REGISTRATION_STATUSES,
@@ -45,6 +46,8 @@ class AdminOnlyMixin:
         return is_admin()
 
     def inaccessible_callback(self, name: str, **kwargs: Any):
+        if database_unavailable():  # the user could not be looked up: not a login matter
+            return unavailable_response()
         if current_user.is_authenticated:
             abort(403)
         return redirect(url_for("security.login", next=request.full_path.rstrip("?")))

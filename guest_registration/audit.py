@@ -6,6 +6,10 @@ as ``running`` before its first byte (:func:`start`) and updated when it ends
 (:func:`finish`: ``ok``, ``failed``, or ``aborted`` when the client went away);
 a short one is logged once it is over (:func:`record`). Each entry is written
 on a short transaction of its own, never inside the caller's transaction.
+
+``bind`` is an Engine (a pooled connection for the entry) or a Connection with
+no transaction open: an export writes its entries on its own connection, before
+and after its snapshot, so it never needs a second one from the pool.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import getpass
 from datetime import datetime, timezone
 from typing import Any
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from .models import AUDIT_OUTCOMES, AuditEntry
 
@@ -43,12 +50,23 @@ def cli_actor() -> str:
         return "cli"
 
 
-def start(engine: Engine, action: str, *, actor: str | None, via: str, **fields: Any) -> int:
+@contextmanager
+def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(bind, Connection):
+        with bind.begin():
+            yield bind
+    else:
+        with bind.begin() as conn:
+            yield conn
+
+
+def start(engine: Engine | Connection, action: str, *, actor: str | None, via: str,
+          **fields: Any) -> int:
     """Log the start of an action as ``running``; returns the entry id."""
     if via not in VIAS:
         raise ValueError(f"via must be one of {VIAS}, not {via!r}")
     table = AuditEntry.__table__
-    with engine.begin() as conn:
+    with _transaction(engine) as conn:
         return conn.execute(
             insert(table).values(action=action, outcome="running", created_at=_now(),
                                  actor=actor, via=via, **_clean(fields))
@@ -56,12 +74,12 @@ def start(engine: Engine, action: str, *, actor: str | None, via: str, **fields:
         ).scalar_one()
 
 
-def finish(engine: Engine, entry_id: int, outcome: str, **fields: Any) -> None:
+def finish(engine: Engine | Connection, entry_id: int, outcome: str, **fields: Any) -> None:
     """Record how an action ended (``ok``, ``failed``, ``aborted``)."""
     if outcome not in AUDIT_OUTCOMES or outcome == "running":
         raise ValueError(outcome)
     table = AuditEntry.__table__
-    with engine.begin() as conn:
+    with _transaction(engine) as conn:
         conn.execute(update(table).where(table.c.id == entry_id)
                      .values(outcome=outcome, finished_at=_now(), **_clean(fields)))
 

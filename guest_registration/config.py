@@ -25,7 +25,8 @@ STRING_SETTINGS = (
     "SECURITY_PASSWORD_SALT",
 )
 #: Settings read from the environment as integers.
-INT_SETTINGS = ("MAX_PHOTO_BYTES",)
+INT_SETTINGS = ("MAX_PHOTO_BYTES", "DATABASE_POOL_SIZE", "DATABASE_MAX_OVERFLOW",
+                "DATABASE_POOL_TIMEOUT")
 
 
 #: Fixed defaults of Flask-Security-Too, Flask-WTF and Flask (overridable like the rest).
@@ -96,6 +97,11 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
         "DATABASE_URL": f"sqlite:///{instance / 'guest_registration.db'}",
         "UPLOAD_FOLDER": str(instance / "uploads"),
         "MAX_PHOTO_BYTES": 5 * 1024 * 1024,
+        # pooled connections per process: the server's threads plus a few; a request
+        # waits DATABASE_POOL_TIMEOUT seconds for one, then gets 503 with Retry-After
+        "DATABASE_POOL_SIZE": 10,
+        "DATABASE_MAX_OVERFLOW": 5,
+        "DATABASE_POOL_TIMEOUT": 5,
         "DISABLED_PLUGINS": [],
     }
     for key in STRING_SETTINGS:
@@ -126,7 +132,14 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     cfg["DATABASE_URL"] = normalise_database_url(cfg["DATABASE_URL"])
     cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]
     cfg["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
-    engine_options: dict[str, Any] = {"pool_pre_ping": True}
+    engine_options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": int(cfg["DATABASE_POOL_SIZE"]),
+        "max_overflow": int(cfg["DATABASE_MAX_OVERFLOW"]),
+        "pool_timeout": int(cfg["DATABASE_POOL_TIMEOUT"]),
+    }
+    if cfg["DATABASE_URL"].startswith("sqlite") and ":memory:" in cfg["DATABASE_URL"]:
+        engine_options = {"pool_pre_ping": True}  # one shared in-memory database: no pool sizes
     if cfg["DATABASE_URL"].startswith("postgresql+psycopg2://"):
         # UTF-8 on the wire whatever the server's default; fail fast when unreachable
         engine_options["connect_args"] = {"client_encoding": "utf8", "connect_timeout": 10}

@@ -7,6 +7,8 @@ from flask import Flask, current_app, jsonify, render_template, request, url_for
 from flask_admin import helpers as admin_helpers
 from flask_wtf.csrf import CSRFError
 
+from .availability import UNAVAILABLE, unavailable_response
+
 #: Responses under these prefixes carry personal data or secrets: never cache them.
 NO_STORE_PREFIXES = ("/admin", "/api", "/login", "/logout", "/trips")
 API_PREFIX = "/api/"
@@ -37,6 +39,15 @@ def init_app(app: Flask) -> None:
     # Flask-Security's pages (login, logout, ...) extend the admin master template.
     app.extensions["security"].context_processor(_admin_template_context)
     app.after_request(_security_headers)
+
+    @app.errorhandler(UNAVAILABLE[0])
+    @app.errorhandler(UNAVAILABLE[1])
+    def database_unavailable(exc):
+        app.logger.warning("database unavailable for %s: %s", request.path, type(exc).__name__)
+        from .extensions import db
+
+        db.session.rollback()
+        return unavailable_response()
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):

@@ -12,12 +12,14 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask_security import current_user
 
 from guest_registration.admin import is_admin
+from guest_registration.availability import database_unavailable, unavailable_response
 from guest_registration.extensions import db
 
 from .context import backup_context
 from .guest_export import ExportRequestError, open_export, parse_request
 
 bp = Blueprint("backup_api", __name__, url_prefix="/api/backup")
+RETRY_BUSY = 10  # seconds a client told 429 should wait
 
 
 def json_error(status: int, message: str) -> Response:
@@ -34,6 +36,8 @@ def admin_api(view):
     @wraps(view)
     def wrapper(*args, **kwargs):
         if not current_user.is_authenticated:
+            if database_unavailable():  # a busy database is no wrong token
+                return unavailable_response()
             return json_error(401, "authentication required: log in as an admin or send an "
                                    "Authentication-Token header")
         if not is_admin():
@@ -61,9 +65,18 @@ def guests():
                             current_app.extensions["export_formats"])
     except ExportRequestError as exc:
         return json_error(400, str(exc))
+    actor = current_user.email
+    ctx = backup_context()
+    if not ctx.export_slots.acquire(int(current_app.config["EXPORT_MAX_CONCURRENT"])):
+        response = json_error(429, "too many exports are running; retry in a few seconds")
+        response.headers["Retry-After"] = str(RETRY_BUSY)
+        return response
+    # Give the request's own connection (the user lookup) back to the pool now: the
+    # export takes exactly one connection, and holds it while it streams.
+    db.session.close()
     stream = open_export(
-        db.engine, req, db_engine=backup_context().engines.get(db.engine.dialect.name),
-        actor=current_user.email, via="api",
+        db.engine, req, db_engine=ctx.engines.get(db.engine.dialect.name),
+        actor=actor, via="api", on_close=ctx.export_slots.release,
         fetch_rows=current_app.config["EXPORT_FETCH_ROWS"],
         on_error=lambda exc: current_app.logger.error("export %s failed: %s", req.filename,
                                                       type(exc).__name__),

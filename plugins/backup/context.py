@@ -5,6 +5,7 @@ one dialect or scheme stop start-up), and its storages."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -22,6 +23,26 @@ from .storages.local import LocalStorage
 EXTENSION = "backup"
 
 
+class ExportSlots:
+    """How many exports stream in this process right now, against EXPORT_MAX_CONCURRENT:
+    the limit stays below the connection pool, so ordinary pages always find one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+
+    def acquire(self, limit: int) -> bool:
+        with self._lock:
+            if limit > 0 and self.active >= limit:
+                return False
+            self.active += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.active = max(0, self.active - 1)
+
+
 @dataclass
 class BackupContext:
     """What the backup services need from one app."""
@@ -29,6 +50,7 @@ class BackupContext:
     app: Flask
     engines: dict[str, DatabaseEngine]
     storage_types: dict[str, StorageType] = field(default_factory=dict)
+    export_slots: ExportSlots = field(default_factory=ExportSlots)
     _remote: tuple[str, Storage] | None = None
 
     @property

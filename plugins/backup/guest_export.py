@@ -160,25 +160,43 @@ class ExportStream:
 def open_export(engine: Engine, req: ExportRequest, *, db_engine: DatabaseEngine | None,
                 actor: str | None, via: str, action: str = "export", fetch_rows: int = 2000,
                 use_fast_path: bool = True,
-                on_error: Callable[[BaseException], None] | None = None) -> ExportStream:
+                on_error: Callable[[BaseException], None] | None = None,
+                on_close: Callable[[], None] | None = None) -> ExportStream:
     """Open the month's snapshot, count it, log the export, and return the stream.
 
     ``db_engine`` opens the snapshot and renders timestamps for fast paths
     (without one: the driver's own transaction, no fast path). The connection is
     held until the returned ``chunks`` are exhausted or closed (e.g. the HTTP
     client disconnected); the audit entry (``action``) then records ``ok``,
-    ``failed`` or ``aborted``.
+    ``failed`` or ``aborted``; ``on_close`` is called once, whichever way it ends
+    (also when opening fails).
     """
+    try:
+        return _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path,
+                     on_error, on_close)
+    except BaseException:
+        if on_close:
+            on_close()
+        raise
+
+
+def _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path, on_error,
+          on_close) -> ExportStream:
     start, end = month_range(req.year, req.month)
-    conn = engine.connect()
+    conn = engine.connect()  # the export's one connection, for its whole life
+    try:
+        # the entry goes in first, on this connection and outside the snapshot
+        entry = audit.start(conn, action, actor=actor, via=via, year=req.year,
+                            month=req.month, format=req.format.name)
+    except BaseException:
+        conn.close()
+        raise
     try:
         if db_engine is not None:
             db_engine.begin_snapshot(conn)
         rows = conn.execute(count_query(start, end)).scalar_one()
-        entry = audit.start(engine, action, actor=actor, via=via, year=req.year,
-                            month=req.month, format=req.format.name)
-    except BaseException:
-        conn.close()
+    except BaseException as exc:
+        _release(conn, engine, entry, "failed", message=type(exc).__name__)
         raise
     fast = (req.format.fast_paths.get(conn.dialect.name)
             if use_fast_path and db_engine is not None else None)
@@ -190,7 +208,7 @@ def open_export(engine: Engine, req: ExportRequest, *, db_engine: DatabaseEngine
     else:
         produce = lambda: req.format.write(  # noqa: E731
             _generic_rows(conn, export_query(start, end), fetch_rows), FIELDS)
-    return ExportStream(req, rows, _Body(produce, conn, engine, entry, rows, on_error))
+    return ExportStream(req, rows, _Body(produce, conn, engine, entry, rows, on_error, on_close))
 
 
 class _Body:
@@ -199,9 +217,11 @@ class _Body:
     and records the outcome exactly once."""
 
     def __init__(self, produce, conn: Connection, engine: Engine, entry: int, rows: int,
-                 on_error: Callable[[BaseException], None] | None) -> None:
+                 on_error: Callable[[BaseException], None] | None,
+                 on_close: Callable[[], None] | None = None) -> None:
         self._produce, self._conn, self._engine = produce, conn, engine
         self._entry, self._rows, self._on_error = entry, rows, on_error
+        self._on_close = on_close
         self._chunks: Iterator[bytes] | None = None
         self._done = False
         self.sent = 0
@@ -244,10 +264,25 @@ class _Body:
                 close()
         finally:
             try:
-                self._conn.close()
+                _release(self._conn, self._engine, self._entry, outcome, rows=rows,
+                         bytes=self.sent, message=message)
             finally:
-                audit.finish(self._engine, self._entry, outcome, rows=rows,
-                             bytes=self.sent, message=message)
+                if self._on_close:
+                    self._on_close()
+
+
+def _release(conn: Connection, engine: Engine, entry: int, outcome: str, **fields) -> None:
+    """End the snapshot, record the outcome on the same connection, and give the
+    connection back. A broken connection (the database went away) is closed first
+    and the outcome is then written on a fresh one: never two held at once."""
+    try:
+        conn.rollback()
+        audit.finish(conn, entry, outcome, **fields)
+    except Exception:
+        conn.close()
+        audit.finish(engine, entry, outcome, **fields)
+    else:
+        conn.close()
 
 
 @dataclass

@@ -206,8 +206,10 @@ class BackupView(SecureBaseView):
                                 current_app.extensions["export_formats"])
         except ExportRequestError as exc:
             return jsonify(error=str(exc)), 400
+        actor = current_user.email
+        db.session.close()  # one connection for the preview, not two
         result = preview(db.engine, req,
                          db_engine=backup_context().engines.get(db.engine.dialect.name),
-                         actor=current_user.email, via="admin",
+                         actor=actor, via="admin",
                          fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
         return jsonify(rows=result.rows, media_type=result.media_type, lines=result.lines)

@@ -1,0 +1,53 @@
+"""When the database cannot be had (no free pooled connection within
+``DATABASE_POOL_TIMEOUT``, or the server is down): answer 503 with
+``Retry-After`` at once, never hang, never a 500, and never a 401 or a login
+page because the user could not be looked up.
+
+Flask-Security's token loader turns *any* error into "no user"; the datastore
+below marks the request first, so the access checks can tell "the database is
+busy" from "this token is wrong".
+"""
+
+from __future__ import annotations
+
+from flask import g, jsonify, render_template, request
+from flask_security import SQLAlchemyUserDatastore
+from sqlalchemy.exc import OperationalError, SQLAlchemyError, TimeoutError
+
+RETRY_AFTER = 5  # seconds
+MESSAGE = "The service is busy or its database is unreachable. Try again in a few seconds."
+#: the errors that mean "no database now", as opposed to a bug
+UNAVAILABLE = (TimeoutError, OperationalError)
+
+
+class UserDatastore(SQLAlchemyUserDatastore):
+    """Flask-Security's datastore, remembering when a user lookup failed."""
+
+    def find_user(self, case_insensitive: bool = False, **kwargs):
+        try:
+            return super().find_user(case_insensitive=case_insensitive, **kwargs)
+        except SQLAlchemyError as exc:
+            if isinstance(exc, UNAVAILABLE):
+                g.database_unavailable = True
+            self.db.session.rollback()
+            raise
+
+
+def database_unavailable() -> bool:
+    """Whether this request could not reach the database to find its user."""
+    return bool(g.get("database_unavailable"))
+
+
+def unavailable_response():
+    """503 with Retry-After: JSON under /api, the error page elsewhere."""
+    if request.path.startswith("/api/"):
+        response = jsonify(error="the service is busy; retry after a few seconds")
+    else:
+        response = render_template("error.html", code=503, message=MESSAGE)
+        from flask import make_response
+
+        response = make_response(response)
+    response.status_code = 503
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    response.headers["Cache-Control"] = "no-store"
+    return response
