@@ -28,9 +28,10 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BACKUP_COMPRESSLEVEL": 3,
         #: rows fetched per round trip by a streaming export
         "EXPORT_FETCH_ROWS": 2000,
-        #: API exports streaming at once per process (0 = no limit); keep it below
-        #: DATABASE_POOL_SIZE so that pages always find a connection. More: 429.
-        "EXPORT_MAX_CONCURRENT": 4,
+        #: API exports streaming at once per process (0 = no limit); keep it below the
+        #: server's threads per process (gunicorn --threads) and DATABASE_POOL_SIZE,
+        #: so that pages always find a thread and a connection. More: 429.
+        "EXPORT_MAX_CONCURRENT": 2,
         #: the PostgreSQL client tools (at least the server's major version)
         "PG_DUMP": "pg_dump",
         "PSQL": "psql",
