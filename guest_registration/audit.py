@@ -84,12 +84,22 @@ def finish(engine: Engine | Connection, entry_id: int, outcome: str, **fields: A
                      .values(outcome=outcome, finished_at=_now(), **_clean(fields)))
 
 
-def record(engine: Engine, action: str, outcome: str, *, actor: str | None, via: str,
-           **fields: Any) -> int:
-    """Log an action that is already over (a verify, a refused restore, a download)."""
-    entry = start(engine, action, actor=actor, via=via, **fields)
-    finish(engine, entry, outcome)
-    return entry
+def record(engine: Engine | Connection, action: str, outcome: str, *, actor: str | None,
+           via: str, **fields: Any) -> int:
+    """Log an action that is already over (a verify, a refused restore, a download):
+    one row, written with its outcome, never seen as ``running``."""
+    if via not in VIAS:
+        raise ValueError(f"via must be one of {VIAS}, not {via!r}")
+    if outcome not in AUDIT_OUTCOMES or outcome == "running":
+        raise ValueError(outcome)
+    table = AuditEntry.__table__
+    now = _now()
+    with _transaction(engine) as conn:
+        return conn.execute(
+            insert(table).values(action=action, outcome=outcome, created_at=now,
+                                 finished_at=now, actor=actor, via=via, **_clean(fields))
+            .returning(table.c.id)
+        ).scalar_one()
 
 
 def recent(engine: Engine, limit: int = 20, **where: Any) -> list[dict]:
