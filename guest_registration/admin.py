@@ -172,6 +172,10 @@ class UserView(SecureModelView):
 
     can_create = False
     column_list = ("id", "email", "active", "roles", "create_datetime")
+    #: never the password hash or the uniquifiers (they are what sessions and tokens
+    #: are checked against): an explicit list, so new Flask-Security columns stay out
+    column_details_list = ("id", "email", "active", "roles", "confirmed_at", "create_datetime",
+                           "update_datetime")
     column_labels = {"create_datetime": "Created (UTC)"}
     column_searchable_list = ("email",)
     column_filters = ("active",)

@@ -26,10 +26,14 @@ FLASK_COMMANDS = ("run", "shell", "routes")
 @click.command("setup")
 @click.option("--admin-email", envvar="ADMIN_EMAIL", help="Create or update this admin user.")
 @click.option("--admin-password", envvar="ADMIN_PASSWORD", help="Password for --admin-email.")
+@click.option("--reset-password", is_flag=True,
+              help="Also set --admin-password on an admin that already exists.")
 @with_appcontext
-def setup_command(admin_email: str | None, admin_password: str | None) -> None:
-    """Create tables, the admin role and the folders; optionally an admin user (idempotent)."""
-    for line in maintenance.setup(current_app, admin_email, admin_password):
+def setup_command(admin_email: str | None, admin_password: str | None,
+                  reset_password: bool) -> None:
+    """Create tables, the admin role and the folders; optionally an admin user (idempotent:
+    an existing user's password changes only with --reset-password)."""
+    for line in maintenance.setup(current_app, admin_email, admin_password, reset_password):
         click.echo(line)
 
 

@@ -26,8 +26,8 @@ class StatusCheck:
     detail: str
 
 
-def setup(app: Flask, admin_email: str | None = None,
-          admin_password: str | None = None) -> Iterator[str]:
+def setup(app: Flask, admin_email: str | None = None, admin_password: str | None = None,
+          reset_password: bool = False) -> Iterator[str]:
     """Create tables, the admin role, the upload folder and optionally an admin user,
     then let each plugin prepare its own (``setup_app``). Idempotent."""
     from flask_security.utils import hash_password
@@ -49,11 +49,14 @@ def setup(app: Flask, admin_email: str | None = None,
             user = datastore.create_user(email=admin_email, password=hash_password(admin_password),
                                          active=True)
             action = "created"
-        else:
+        elif reset_password:
             user.password = hash_password(admin_password)
-            user.active = True
-            action = "updated"
-        datastore.add_role_to_user(user, ADMIN_ROLE)
+            datastore.set_uniquifier(user)  # sessions and tokens of the old password end
+            action = "password reset"
+        else:  # never overwrite an existing account's password (or re-activate it) silently
+            action = "exists, password unchanged (use --reset-password to change it)"
+        if user.active or action == "created":
+            datastore.add_role_to_user(user, ADMIN_ROLE)
         db.session.commit()
         yield f"admin user {action}: {admin_email}"
     yield from hook_items(app.extensions["plugin_manager"], "setup_app", app=app)

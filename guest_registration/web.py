@@ -3,7 +3,7 @@ and error pages that never show a stack trace."""
 
 from __future__ import annotations
 
-from flask import Flask, current_app, jsonify, render_template, request, url_for
+from flask import Flask, abort, current_app, jsonify, render_template, request, url_for
 from flask_admin import helpers as admin_helpers
 from flask_wtf.csrf import CSRFError
 
@@ -12,6 +12,9 @@ from .availability import UNAVAILABLE, unavailable_response
 #: Responses under these prefixes carry personal data or secrets: never cache them.
 NO_STORE_PREFIXES = ("/admin", "/api", "/login", "/logout", "/trips")
 API_PREFIX = "/api/"
+MAX_LIST_PAGE = 1_000_000
+#: Flask-Security's query-string name for tokens, refused here
+TOKEN_QUERY_KEY = "auth_token"
 
 
 def _admin_template_context() -> dict:
@@ -35,10 +38,32 @@ def _security_headers(response):
     return response
 
 
+def _refuse_odd_input():
+    """400 before any database work for what no form or link of ours sends: a NUL
+    byte in any parameter or form field (PostgreSQL cannot store one), a list page
+    number that is not a small whole number, and a token in the query string
+    (tokens go in the Authentication-Token header only: URLs end up in logs)."""
+    if TOKEN_QUERY_KEY in request.args:
+        abort(400)
+    fields = [request.args]
+    if request.method in ("POST", "PUT", "PATCH"):
+        fields.append(request.form)
+    for multi in fields:
+        for key, value in multi.items(multi=True):
+            if "\x00" in key or "\x00" in value:
+                abort(400)
+    if request.path.startswith("/admin/"):
+        for key in ("page", "page_size"):
+            value = request.args.get(key)
+            if value is not None and not (value.isdigit() and int(value) <= MAX_LIST_PAGE):
+                abort(400)
+
+
 def init_app(app: Flask) -> None:
     # Flask-Security's pages (login, logout, ...) extend the admin master template.
     app.extensions["security"].context_processor(_admin_template_context)
     app.after_request(_security_headers)
+    app.before_request(_refuse_odd_input)
 
     @app.errorhandler(UNAVAILABLE[0])
     @app.errorhandler(UNAVAILABLE[1])
@@ -56,6 +81,7 @@ def init_app(app: Flask) -> None:
                                        "Reload the page and try again."), 400
 
     messages = {
+        400: "The request was malformed.",
         403: "You do not have access to this page.",
         404: "Page not found.",
         405: "Method not allowed.",

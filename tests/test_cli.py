@@ -12,15 +12,15 @@ from tests.helpers import ADMIN, USER, manage
 UUID_FILE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(png|pdf)$")
 
 
-def test_setup_is_idempotent_and_updates_admin(runner, app, auth):
+def test_setup_is_idempotent_and_resets_a_password_only_when_told(runner, app, auth):
     for _ in range(2):
         result = runner.invoke(args=["setup", "--admin-email", "boss@example.com",
                                      "--admin-password", "first-password"])
         assert result.exit_code == 0, result.output
-    assert "admin user updated: boss@example.com" in result.output
+    assert "admin user exists, password unchanged" in result.output
     result = runner.invoke(args=["setup", "--admin-email", "boss@example.com",
-                                 "--admin-password", "second-password"])
-    assert result.exit_code == 0
+                                 "--admin-password", "second-password", "--reset-password"])
+    assert result.exit_code == 0 and "admin user password reset" in result.output
     with app.app_context():
         assert db.session.query(Role).filter_by(name="admin").count() == 1
         assert db.session.query(User).filter_by(email="boss@example.com").count() == 1

@@ -4,6 +4,8 @@ and secrets that must never leak."""
 
 from __future__ import annotations
 
+from datetime import date
+
 import io
 import json
 import logging
@@ -149,11 +151,15 @@ def test_every_browser_post_needs_a_csrf_token(app, client, auth, runner):
     auth.login()
     with app.app_context():
         first_trip = db.session.query(Trip.id).first()[0]
+        # the registration form of a trip still open (one that ended answers 410
+        # before it would ever look at the CSRF token)
+        open_trip = db.session.query(Trip.id).filter(
+            (Trip.end_date.is_(None)) | (Trip.end_date >= date.today())).first()[0]
     posts = sorted({url for method, url in concrete_urls(app)
                     if method == "POST" and not url.startswith("/api/")})
     assert "/admin/backup/start" in posts and "/logout" in posts
     for url in posts:
-        url = url.replace("/trips/1/", f"/trips/{first_trip}/").replace("/1", f"/{first_trip}") \
+        url = url.replace("/trips/1/", f"/trips/{open_trip}/").replace("/1", f"/{open_trip}") \
             if url.startswith("/trips") else url
         url = url.replace("delete/1", f"delete/{archive.name}").replace("verify/1",
                                                                          f"verify/{archive.name}")

@@ -36,6 +36,9 @@ def register(trip_id: int):
     trip = db.session.get(Trip, trip_id)
     if trip is None:
         abort(404)
+    if trip.end_date is not None and trip.end_date < date.today():
+        return render_template("error.html", code=410,
+                               message="This trip has ended: registration is closed."), 410
     form = RegistrationForm()
     if request.method == "GET":
         wanted = min(_guest_count(), trip.max_guests)
