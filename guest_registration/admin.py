@@ -158,8 +158,10 @@ class GuestView(SecureModelView):
         if not PHOTO_NAME_RE.match(name):
             abort(404)
         response = send_from_directory(current_app.config["UPLOAD_FOLDER"], name,
-                                       max_age=0)
+                                       max_age=0, as_attachment=True)
         response.headers["Cache-Control"] = "no-store"
+        # even opened in a tab, a (hostile) PDF or image runs no script and reaches nothing
+        response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
         # a guest's identity document left the system: accountable like an export
         audit.record(db.engine, "photo", "ok", actor=current_user.email, via="admin",
                      target=f"guest {guest_id}: {name}")

@@ -33,8 +33,14 @@ def setup_command(admin_email: str | None, admin_password: str | None,
                   reset_password: bool) -> None:
     """Create tables, the admin role and the folders; optionally an admin user (idempotent:
     an existing user's password changes only with --reset-password)."""
-    for line in maintenance.setup(current_app, admin_email, admin_password, reset_password):
-        click.echo(line)
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        for line in maintenance.setup(current_app, admin_email, admin_password,
+                                      reset_password):
+            click.echo(line)
+    except OperationalError as exc:  # one line naming the database, never a traceback
+        raise click.ClickException(maintenance.unreachable(current_app, exc)) from None
 
 
 @click.command("status")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,6 +54,8 @@ STATIC_DEFAULTS: dict[str, Any] = {
     "SESSION_COOKIE_HTTPONLY": True,
     "SESSION_COOKIE_SAMESITE": "Lax",
     "REMEMBER_COOKIE_SAMESITE": "Lax",
+    # "remember me" lasts two weeks, not Flask-Login's year
+    "REMEMBER_COOKIE_DURATION": timedelta(days=14),
 }
 #: Every setting name the host owns: a plugin declaring one of these is refused.
 HOST_SETTINGS = frozenset(STRING_SETTINGS + INT_SETTINGS + tuple(STATIC_DEFAULTS) + (
@@ -71,6 +74,16 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def ensure_private_folder(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it 0700 whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(path, 0o700)
+    except PermissionError:  # not ours (e.g. a shared mount): leave it as it is
+        pass
+    return path
+
+
 def _secret_from_file(instance_path: Path, name: str) -> str:
     """Read (or create once, mode 0600) a random secret kept in the instance folder."""
     path = instance_path / name
@@ -80,7 +93,7 @@ def _secret_from_file(instance_path: Path, name: str) -> str:
             return value
     except FileNotFoundError:
         pass
-    instance_path.mkdir(parents=True, exist_ok=True)
+    ensure_private_folder(instance_path)
     value = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -3,6 +3,7 @@ guest photos and a few ordinary uploads, so the backup features have real work."
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import uuid
@@ -102,7 +103,9 @@ def load(app: Flask, force: bool = False, seed: int = 2025) -> str:
                 if rnd.random() < 0.7:
                     ext = rnd.choice(["png", "pdf"])
                     photo = f"{uuid.UUID(int=rnd.getrandbits(128), version=4)}.{ext}"
-                    (folder / photo).write_bytes(tiny_png() if ext == "png" else tiny_pdf(photo))
+                    fd = os.open(folder / photo, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "wb") as fh:  # a guest's document: this user only
+                        fh.write(tiny_png() if ext == "png" else tiny_pdf(photo))
                     n_photo += 1
                 db.session.add(Guest(
                     registration=reg, first_name=rnd.choice(FIRST), last_name=rnd.choice(LAST),

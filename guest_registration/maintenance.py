@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from .config import ensure_private_folder
 from .extensions import db
 from .plugins import hook_items, plugin_infos
 
@@ -38,8 +39,7 @@ def setup(app: Flask, admin_email: str | None = None, admin_password: str | None
     datastore.find_or_create_role(ADMIN_ROLE, description="Full access to the admin panel")
     db.session.commit()
     yield f"role ready: {ADMIN_ROLE}"
-    uploads = Path(app.config["UPLOAD_FOLDER"])
-    uploads.mkdir(parents=True, exist_ok=True)
+    uploads = ensure_private_folder(Path(app.config["UPLOAD_FOLDER"]))
     yield f"folder ready: {uploads}"
     if admin_email:
         if not admin_password:
@@ -65,6 +65,16 @@ def setup(app: Flask, admin_email: str | None = None, admin_password: str | None
 def safe_url(url: str) -> str:
     """The database URL with any password masked, for display."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def unreachable(app: Flask, exc: Exception) -> str:
+    """One line: which database (password masked) and the driver's first line of why."""
+    text_ = str(getattr(exc, "orig", exc)).strip()
+    reason = text_.splitlines()[0] if text_ else type(exc).__name__
+    password = make_url(app.config["DATABASE_URL"]).password
+    if password:
+        reason = reason.replace(password, "***")
+    return f"cannot connect to {safe_url(app.config['DATABASE_URL'])}: {reason}"
 
 
 def database_version() -> str:
@@ -95,9 +105,7 @@ def status_checks(app: Flask) -> Iterator[StatusCheck]:
                           f"{engine} {version} reachable at {safe_url(app.config['DATABASE_URL'])}")
         db_ok = True
     except Exception as exc:  # the message names the cause without the password
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
-        yield StatusCheck("database", False,
-                          f"cannot connect to {safe_url(app.config['DATABASE_URL'])}: {reason}")
+        yield StatusCheck("database", False, unreachable(app, exc))
         db_ok = False
     if db_ok:
         from sqlalchemy import inspect

@@ -85,3 +85,67 @@ def test_no_registration_for_a_trip_that_has_ended(app, client):
     assert posted.status_code == 410
     with app.app_context():
         assert db.session.query(Registration).count() == 0
+
+
+def test_document_photos_are_sandboxed_attachments(app, client, auth):
+    from tests.helpers import add_guest_with_photo
+
+    guest_id = add_guest_with_photo(app)
+    auth.login()
+    response = client.get(f"/admin/guest/photo/{guest_id}")
+    assert response.status_code == 200
+    assert response.headers["Content-Disposition"].startswith("attachment")
+    assert "sandbox" in response.headers["Content-Security-Policy"]
+
+
+def test_logout_ends_copied_sessions_and_tokens(app, client, auth):
+    token = auth.token()
+    auth.login()
+    assert client.get("/admin/").status_code == 200
+    stolen = client.get_cookie("session").value  # a copy taken before logout
+    logout_form = client.get("/admin/").get_data(as_text=True)
+    assert client.post("/logout", data={"csrf_token": csrf_token_from(logout_form)}
+                       ).status_code in (302, 200)
+    other = app.test_client()
+    other.set_cookie("session", stolen)
+    assert other.get("/admin/").status_code == 302  # to the login page: the copy is dead
+    assert client.get("/admin/", headers={"Authentication-Token": token}).status_code == 302
+    assert app.config["REMEMBER_COOKIE_DURATION"].days == 14
+
+
+def test_files_and_folders_are_private_whatever_the_umask(tmp_path):
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    instance = tmp_path / "missing" / "instance"  # setup creates what is missing
+    env = {**os.environ, "INSTANCE_PATH": str(instance), "SECRET_KEY": "k",
+           "SECURITY_PASSWORD_SALT": "s"}
+    env.pop("DATABASE_URL", None)
+    for command in ("setup", "demo-data"):
+        subprocess.run(["sh", "-c", f'umask 022; exec "{sys.executable}" manage.py {command}'],
+                       cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(instance) == 0o700
+    assert mode(instance / "guest_registration.db") == 0o600
+    assert mode(instance / "uploads") == 0o700 and mode(instance / "backups") == 0o700
+    photos = [p for p in (instance / "uploads").iterdir()
+              if p.suffix in (".png", ".pdf") and len(p.stem) == 36]
+    assert photos and all(mode(p) == 0o600 for p in photos)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_setup_names_a_missing_database_in_one_line(tmp_path, pg_server, backend):
+    import sqlalchemy as sa
+
+    from tests.helpers import manage
+
+    url = sa.engine.make_url(pg_server).set(database="gr_does_not_exist_x", password="pw-Secret")
+    out = manage("setup", env={"DATABASE_URL": url.render_as_string(hide_password=False)},
+                 tmp_path=tmp_path)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "gr_does_not_exist_x" in out.stderr and "pw-Secret" not in out.stderr

@@ -132,7 +132,7 @@ def _log(engine: Engine | None, name: str, actor, via: str, outcome: str, **fiel
 def _restore_uploads(zf: zipfile.ZipFile, manifest: dict, target: Path) -> tuple[int, int, int]:
     """Add the uploads: never a guest-photo name, never outside ``target``, never
     over an existing file. Returns (written, already there, kept as they were)."""
-    target.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
     root = target.resolve()
     written = present = kept = 0
     for info in zf.infolist():
@@ -142,7 +142,7 @@ def _restore_uploads(zf: zipfile.ZipFile, manifest: dict, target: Path) -> tuple
         if PHOTO_NAME_RE.match(PurePosixPath(rel).name):
             raise BackupError(f"{info.filename!r} has a guest-photo name")
         dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if root != dest.parent.resolve() and root not in dest.parent.resolve().parents:
             raise BackupError(f"{info.filename!r} leaves the upload folder")
         expected = manifest["members"][info.filename]
