@@ -92,7 +92,8 @@ def identities(app, auth, client):
 
 
 def test_access_matrix(app, client, auth):
-    urls = concrete_urls(app)
+    # POST /logout with a token ends that user's tokens too: it has its own tests
+    urls = [(method, url) for method, url in concrete_urls(app) if url != "/logout"]
     assert len(urls) > 40
     token_ids = identities(app, auth, client)
     user_token = auth.token(*USER)

@@ -103,9 +103,10 @@ def page(browser, server, problems):
     yield from _open_page(browser, server, problems)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def admin_state(browser, server):
-    """Cookies of an admin logged in through the form once (argon2 makes logins slow)."""
+    """Cookies of an admin logged in through the form, for one test: a logout in
+    another test ends every session of that admin (the uniquifier rotates)."""
     context = browser.new_context()
     context.set_default_timeout(TIMEOUT_MS)
     context.set_default_navigation_timeout(NAV_TIMEOUT_MS)
