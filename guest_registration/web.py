@@ -39,7 +39,8 @@ def _security_headers(response):
 
 
 def _refuse_odd_input():
-    """400 before any database work for what no form or link of ours sends: a NUL
+    """Read the form body first, then 400 before any database work for what no form
+    or link of ours sends: a NUL
     byte in any parameter or form field (PostgreSQL cannot store one), a list page
     number that is not a small whole number, and a token in the query string
     (tokens go in the Authentication-Token header only: URLs end up in logs)."""
@@ -63,7 +64,10 @@ def init_app(app: Flask) -> None:
     # Flask-Security's pages (login, logout, ...) extend the admin master template.
     app.extensions["security"].context_processor(_admin_template_context)
     app.after_request(_security_headers)
-    app.before_request(_refuse_odd_input)
+    # first of all before-request hooks (before Flask-Principal looks the user up): a
+    # form body is read, and size-checked, before any database work, so a client that
+    # stalls mid-upload holds a thread, never a pooled connection
+    app.before_request_funcs.setdefault(None, []).insert(0, _refuse_odd_input)
 
     @app.errorhandler(UNAVAILABLE[0])
     @app.errorhandler(UNAVAILABLE[1])

@@ -1,0 +1,73 @@
+"""Stalled uploads cannot take the site down: sixteen anonymous registration
+POSTs that send their headers and part of the body, then stall, while the
+public page keeps answering (the body is read before any database work)."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from guest_registration.config import normalise_database_url
+from tests.helpers import ADMIN, create_pg_database, drop_pg_database
+from tests.live_server import ARTIFACTS, live_server
+
+pytestmark = pytest.mark.live
+STALLED = 16
+
+
+@pytest.fixture(scope="module")
+def server(pg_server, tmp_path_factory):
+    url = create_pg_database(pg_server, "gr_live_stalled")
+    try:
+        with live_server(url, tmp_path_factory.mktemp("live-stalled"), admin=ADMIN,
+                         log_path=ARTIFACTS / "live-server-stalled.log",
+                         extra_env={"DATABASE_POOL_TIMEOUT": "2"}) as srv:
+            engine = sa.create_engine(normalise_database_url(url))
+            with engine.connect() as conn:
+                srv.trip_id = conn.execute(sa.text(
+                    "SELECT id FROM trip WHERE end_date >= current_date ORDER BY id LIMIT 1")
+                ).scalar_one()
+            srv.engine = engine
+            yield srv
+            engine.dispose()
+    finally:
+        drop_pg_database(pg_server, url)
+
+
+def stall(port: int, trip_id: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    body_start = b"--x\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\na@b.cz\r\n"
+    sock.sendall(
+        f"POST /trips/{trip_id}/register HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {4 * 1024 * 1024}\r\n\r\n".encode() + body_start)
+    return sock  # and never sends the rest
+
+
+def test_stalled_uploads_hold_no_connection_and_the_page_answers(server):
+    sockets = [stall(server.port, server.trip_id) for _ in range(STALLED)]
+    try:
+        time.sleep(1.0)  # let every stalled request reach the server
+        timings = []
+        for _ in range(5):
+            started = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            timings.append((response.status, time.monotonic() - started))
+            time.sleep(0.3)
+        with server.engine.connect() as conn:
+            in_transaction = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL")).scalar_one()
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert all(status == 200 and seconds < 3 for status, seconds in timings), timings
+    assert in_transaction == 0  # no stalled request holds a connection
