@@ -73,7 +73,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
 
     The hooks are called in the order :mod:`guest_registration.hookspecs` documents.
     """
-    from . import cli, web
+    from . import cli, limits, web
     from .admin import build_admin
     from .config import build_config
     from .exports import FormatRegistry
@@ -110,5 +110,6 @@ def create_app(config: Mapping[str, Any] | None = None, *,
         app.register_blueprint(blueprint)
     app.extensions["guest_admin"] = build_admin(app)
     web.init_app(app)
+    limits.init_app(app)
     cli.init_app(app)
     return app

@@ -21,6 +21,10 @@ from typing import Any, Mapping
 #: Settings read from the environment as plain strings.
 STRING_SETTINGS = (
     "DATABASE_URL",
+    "LOGIN_LIMIT_PER_ADDRESS",
+    "LOGIN_LIMIT_PER_ACCOUNT",
+    "REGISTRATION_LIMIT_PER_ADDRESS",
+    "RATELIMIT_STORAGE_URI",
     "UPLOAD_FOLDER",
     "SECRET_KEY",
     "SECURITY_PASSWORD_SALT",
@@ -56,6 +60,11 @@ STATIC_DEFAULTS: dict[str, Any] = {
     "REMEMBER_COOKIE_SAMESITE": "Lax",
     # "remember me" lasts two weeks, not Flask-Login's year
     "REMEMBER_COOKIE_DURATION": timedelta(days=14),
+    # rate limits (Flask-Limiter notation); only failed logins count
+    "LOGIN_LIMIT_PER_ADDRESS": "20 per 10 minutes",
+    "LOGIN_LIMIT_PER_ACCOUNT": "10 per 10 minutes",
+    "REGISTRATION_LIMIT_PER_ADDRESS": "20 per hour",
+    "RATELIMIT_STORAGE_URI": "memory://",
 }
 #: Every setting name the host owns: a plugin declaring one of these is refused.
 HOST_SETTINGS = frozenset(STRING_SETTINGS + INT_SETTINGS + tuple(STATIC_DEFAULTS) + (

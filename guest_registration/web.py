@@ -90,6 +90,7 @@ def init_app(app: Flask) -> None:
         404: "Page not found.",
         405: "Method not allowed.",
         413: "The upload is too large.",
+        429: "Too many attempts. Wait a little and try again.",
         500: "Something went wrong on our side. The error was logged.",
     }
 
