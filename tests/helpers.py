@@ -232,3 +232,19 @@ def restore_target(request, backend, tmp_path) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'restored.db'}"
     return request.getfixturevalue("new_pg_database")()
+
+
+def insert_bulk_guests(engine, rows: int, year: int, month: int, tag: str) -> None:
+    """``rows`` guests of the first registration, created in ``year-month``, in one
+    ``INSERT … SELECT generate_series`` (PostgreSQL)."""
+    import sqlalchemy as sa
+
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO guest (registration_id, first_name, last_name, age_category,"
+            " document_type, document_number, gdpr_consent, created_at) "
+            "SELECT (SELECT min(id) FROM registration), :tag || ' ' || i, repeat('x', 55),"
+            " 'adult', 'passport', :tag || i, true,"
+            " make_timestamp(:year, :month, 1 + i % 28, 1, 2, 3) "
+            "FROM generate_series(1, :n) AS i"),
+            {"n": rows, "year": year, "month": month, "tag": tag})

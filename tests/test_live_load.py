@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from guest_registration.config import normalise_database_url
-from tests.helpers import ADMIN, create_pg_database, drop_pg_database
+from tests.helpers import ADMIN, create_pg_database, drop_pg_database, insert_bulk_guests
 from tests.live_server import ARTIFACTS, live_server
 
 pytestmark = pytest.mark.live
@@ -32,13 +32,7 @@ def server(pg_server, tmp_path_factory):
         with live_server(url, tmp_path_factory.mktemp("live-load"), admin=ADMIN,
                          log_path=ARTIFACTS / "live-server-load.log") as srv:
             engine = sa.create_engine(normalise_database_url(url))
-            with engine.begin() as conn:
-                conn.execute(sa.text(
-                    "INSERT INTO guest (registration_id, first_name, last_name, age_category,"
-                    " document_type, document_number, gdpr_consent, created_at) "
-                    "SELECT (SELECT min(id) FROM registration), 'Load ' || i, repeat('y', 50),"
-                    " 'adult', 'passport', 'L' || i, true, make_timestamp(2024, 3, 1 + i % 28, 1, 2, 3) "
-                    "FROM generate_series(1, :n) AS i"), {"n": ROWS})
+            insert_bulk_guests(engine, ROWS, 2024, 3, "Load")
             srv.engine = engine
             srv.token = srv.manage("auth-token", ADMIN[0]).strip().splitlines()[-1]
             yield srv

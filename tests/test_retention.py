@@ -4,7 +4,7 @@ archives, through ``backup-prune [--dry-run]`` and after each backup."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest

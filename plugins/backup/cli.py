@@ -33,6 +33,12 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def _busy(exc: Exception) -> None:
+    """Another backup holds the lock: say so and exit 75, a skipped run."""
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(EXIT_BUSY)
+
+
 @click.command("export-guests")
 @click.option("--year", required=True, help="Year, e.g. 2025.")
 @click.option("--month", required=True, help="Month, 1-12.")
@@ -94,8 +100,7 @@ def backup_command(output: str | None, keep: int | None) -> None:
         run = run_backup(backup_context(), db.engine, output=output, keep=keep,
                          actor=cli_actor(), via="cli")
     except BackupBusy as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_BUSY)
+        _busy(exc)
     except BackupError as exc:
         _fail(str(exc))
     result = run.result
@@ -147,8 +152,7 @@ def backup_prune_command(dry_run: bool) -> None:
                                lock_folder=settings.backup_folder, dry_run=dry_run,
                                audit_engine=db.engine, actor=cli_actor(), via="cli")
     except BackupBusy as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_BUSY)
+        _busy(exc)
     except BackupError as exc:
         _fail(str(exc))
     for storage, decisions in found.items():

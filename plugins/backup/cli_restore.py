@@ -16,17 +16,13 @@ from guest_registration.config import normalise_database_url
 from guest_registration.extensions import db
 from guest_registration.maintenance import safe_url
 
+from .cli import _busy, _fail
 from .context import backup_context
 from .encryption import load_identities
 from .errors import BackupError
 from .fetch import is_url, local_copy
 from .restore import restore_archive
 from .verify import verify
-
-
-def _fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(1)
 
 
 def _trust_and_identity(trusted_key: tuple[str, ...], identity: str | None):
@@ -141,7 +137,6 @@ def restore_test_command(identity: str | None, trusted_key: tuple[str, ...]) -> 
     configured) into a scratch database, compare every table's row count with the
     manifest, and remove the scratch database. Exits 1 on any mismatch, 75 when a
     backup is running."""
-    from .cli import EXIT_BUSY
     from .drill import restore_drill
     from .errors import BackupBusy
 
@@ -149,8 +144,7 @@ def restore_test_command(identity: str | None, trusted_key: tuple[str, ...]) -> 
         result = restore_drill(backup_context(), db.engine, identity=identity,
                                trusted_keys=trusted_key, actor=cli_actor(), via="cli")
     except BackupBusy as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_BUSY)
+        _busy(exc)
     except BackupError as exc:
         _fail(f"restore drill failed: {exc}")
     for problem in result.mismatches:

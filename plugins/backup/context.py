@@ -86,20 +86,6 @@ class BackupContext:
         remote = self.remote()
         return [self.local()] + ([remote] if remote is not None else [])
 
-    def storage(self, name: str) -> Storage:
-        for storage in self.storages():
-            if storage.name == name:
-                return storage
-        raise StorageError(f"no storage named {name!r}")
-
-    @property
-    def db_engine(self):
-        """The app's SQLAlchemy engine."""
-        from guest_registration.extensions import db
-
-        with self.app.app_context():
-            return db.engine
-
 
 class DuplicateEngineError(DuplicateNameError):
     """Two plugins contribute an engine for the same dialect (or a storage type

@@ -8,11 +8,14 @@ keys) are given to ``verify``/``restore`` with ``--identity FILE`` when needed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 from .errors import BackupError
 
@@ -159,3 +162,18 @@ def is_age_file(path: str | os.PathLike) -> bool:
             return fh.read(len(AGE_MAGIC)) == AGE_MAGIC
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def decrypted(path: str | os.PathLike, identities: list) -> Iterator[Path]:
+    """The plain ZIP of an encrypted archive, in a private (0700) temporary folder
+    that is removed however the block ends."""
+    folder = Path(tempfile.mkdtemp(prefix="gr-restore-"))
+    try:
+        plain = folder / "archive.zip"
+        fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            decrypt_file(path, identities, out)
+        yield plain
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,8 +1,7 @@
 """Monthly guest export: validation, the query, and the streaming pipeline.
 
-No Flask request in here: the API, the admin page (download and preview) and
-the CLI all call :func:`parse_request` and :func:`open_export` (or
-:func:`preview`).
+No Flask request in here: the API, the admin page (download and preview, see
+:mod:`.preview`) and the CLI all call :func:`parse_request` and :func:`open_export`.
 
 Flow: one connection, one read-only snapshot opened by the database engine
 (``REPEATABLE READ`` on PostgreSQL) → ``COUNT(*)`` (sent as ``X-Export-Rows`` so
@@ -285,34 +284,6 @@ def _release(conn: Connection, engine: Engine, entry: int, outcome: str, **field
         conn.close()
 
 
-@dataclass
-class Preview:
-    """The first lines of an export, as the API would send them."""
-
-    rows: int
-    media_type: str
-    lines: list[str]
-
-
-def preview(engine: Engine, req: ExportRequest, *, db_engine: DatabaseEngine | None,
-            actor: str | None, via: str, lines: int = 20, fetch_rows: int = 2000) -> Preview:
-    """Read only the first ``lines`` lines of an export and stop; audited as a
-    ``preview`` (not as an export: nothing was downloaded)."""
-    stream = open_export(engine, req, db_engine=db_engine, actor=actor, via=via,
-                         action="preview", fetch_rows=fetch_rows)
-    body = bytearray()
-    try:
-        for chunk in stream.chunks:
-            body += chunk
-            if body.count(b"\n") >= lines:
-                break
-    finally:
-        shown = body.split(b"\n")[:lines]
-        stream.chunks.close("ok", f"first {len(shown)} lines shown")
-    return Preview(stream.rows, stream.media_type,
-                   [line.decode("utf-8", "replace").rstrip("\r") for line in shown])
-
-
-__all__ = ["FIELDS", "ExportRequest", "ExportRequestError", "ExportStream", "Preview",
-           "parse_request", "open_export", "preview", "month_range", "export_query"]
+__all__ = ["FIELDS", "ExportRequest", "ExportRequestError", "ExportStream", "parse_request",
+           "open_export", "month_range", "export_query"]
 

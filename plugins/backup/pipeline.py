@@ -22,7 +22,7 @@ from .archive import BackupLock
 from .context import BackupContext
 from .create import BackupResult, create_backup
 from .errors import BackupBusy, BackupError
-from .retention import prune_storage
+from .retention import prune_storage, record_pruning
 from .storages import Storage, StorageError
 from .writer import Progress
 
@@ -42,7 +42,7 @@ class UploadFailed(BackupError):
 class BackupRun:
     result: BackupResult
     uploaded_to: list[str] = field(default_factory=list)
-    pruned: dict[str, list[str]] = field(default_factory=dict)
+    pruned: dict[str, list[str]] = field(default_factory=dict)  # storage → removed names
 
 
 def ping(url: str, ok: bool) -> None:
@@ -116,11 +116,13 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
     if output is None:
         for storage in [ctx.local()] + ([remote] if remote and failure is None else []):
             try:
-                run.pruned[storage.name] = [d.name for d in prune_storage(
-                    storage, settings.retention, protect=result.path.name) if not d.keep]
+                decisions = prune_storage(storage, settings.retention, protect=result.path.name)
             except StorageError as exc:
                 failure = failure or str(exc)
-        _audit_pruning(run, engine, actor, via)
+                continue
+            run.pruned[storage.name] = [d.name for d in decisions if not d.keep]
+            if run.pruned[storage.name]:
+                record_pruning(engine, storage.name, decisions, actor=actor, via=via)
     ping(settings.healthcheck_url, ok=failure is None)
     if failure is not None:
         raise UploadFailed(f"{failure}; the archive was kept locally at {result.path}",
@@ -142,13 +144,6 @@ def _upload(remote: Storage, result: BackupResult, engine: Engine, actor, via) -
         raise
     audit.finish(engine, entry, "ok", bytes=result.size, message=f"copied to {remote.url}")
     return None
-
-
-def _audit_pruning(run: BackupRun, engine: Engine, actor, via) -> None:
-    for storage, removed in run.pruned.items():
-        if removed:
-            audit.record(engine, "prune", "ok", actor=actor, via=via,
-                         message=f"{storage}: removed {len(removed)}: {', '.join(removed)}")
 
 
 def _record_failure(engine: Engine, actor, via, message: str) -> None:

@@ -21,12 +21,12 @@ from guest_registration import audit
 
 from .archive import DATABASE_MEMBER, PHOTO_NAME_RE, UPLOADS_PREFIX
 from .create import safe_message
-from .encryption import is_age_file, load_identities
+from .encryption import decrypted, is_age_file, load_identities
 from .engines import DatabaseEngine
 from .errors import BackupError
 from .settings import BackupSettings
 from .signing import TrustedKeys
-from .verify import VerifiedReader, VerifyReport, decrypted, verify_archive
+from .verify import VerifiedReader, VerifyReport, verify_archive
 from .writer import CHUNK, Digest
 
 log = logging.getLogger(__name__)

@@ -116,8 +116,6 @@ def prune_archives(storages, policy: Policy, *, lock_folder, dry_run: bool, audi
                    actor: str | None, via: str) -> dict[str, list[Decision]]:
     """``backup-prune``: apply ``policy`` to each storage separately, under the
     backup lock; a real run is audited per storage."""
-    from guest_registration import audit
-
     from .archive import BackupLock
 
     found: dict[str, list[Decision]] = {}
@@ -125,9 +123,16 @@ def prune_archives(storages, policy: Policy, *, lock_folder, dry_run: bool, audi
         for storage in storages:
             decisions = found[storage.name] = prune_storage(storage, policy, dry_run=dry_run)
             if not dry_run:
-                removed = [d.name for d in decisions if not d.keep]
-                audit.record(audit_engine, "prune", "ok", actor=actor, via=via,
-                             message=f"{storage.name}: removed {len(removed)} of "
-                                     f"{len(decisions)}" + (f": {', '.join(removed)}"
-                                                            if removed else ""))
+                record_pruning(audit_engine, storage.name, decisions, actor=actor, via=via)
     return found
+
+
+def record_pruning(engine, storage: str, decisions: list[Decision], *, actor: str | None,
+                   via: str) -> None:
+    """The one audit entry of a pruning: which storage, how many of how many, which."""
+    from guest_registration import audit
+
+    removed = [d.name for d in decisions if not d.keep]
+    audit.record(engine, "prune", "ok", actor=actor, via=via,
+                 message=f"{storage}: removed {len(removed)} of {len(decisions)}"
+                         + (f": {', '.join(removed)}" if removed else ""))

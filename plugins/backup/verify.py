@@ -7,18 +7,15 @@ holds nothing but what the engine's dump tool writes (the screen)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import stat
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from sqlalchemy.engine import Engine
 
@@ -26,7 +23,7 @@ from guest_registration import audit
 
 from .archive import (DATABASE_MEMBER, FORMAT_VERSION, MANIFEST_MEMBER, PHOTO_NAME_RE,
                       SIGNATURE_MEMBER, UPLOADS_PREFIX, sidecar_path)
-from .encryption import decrypt_file, is_age_file
+from .encryption import decrypted, is_age_file
 from .engines import DatabaseEngine
 from .errors import BackupError, EngineError
 from .signing import SignatureError, TrustedKeys
@@ -174,21 +171,6 @@ def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport,
         report.signed_by = trusted.check_file(envelope, path.name, size, sha.hexdigest())
     except SignatureError as exc:
         report.problems.append(str(exc))
-
-
-@contextlib.contextmanager
-def decrypted(path: str | os.PathLike, identities: list) -> Iterator[Path]:
-    """The plain ZIP of an encrypted archive, in a private (0700) temporary folder
-    that is removed however the block ends."""
-    folder = Path(tempfile.mkdtemp(prefix="gr-restore-"))
-    try:
-        plain = folder / "archive.zip"
-        fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            decrypt_file(path, identities, out)
-        yield plain
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,

@@ -20,7 +20,8 @@ from .archive import ARCHIVE_RE, clean_partials
 from .context import backup_context
 from .errors import BackupBusy, BackupError
 from .fetch import local_copy
-from .guest_export import ExportRequestError, parse_request, preview
+from .guest_export import ExportRequestError, parse_request
+from .preview import preview
 from .health import health
 from .jobs import read_job, start_job
 from .listing import list_everywhere
