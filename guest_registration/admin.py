@@ -26,6 +26,7 @@ from . import audit
 from .availability import database_unavailable, unavailable_response
 from .extensions import db
 from .formatting import human_size, timestamp, yes_no
+from .headers import csp_nonce
 from .models import (AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES, REGISTRATION_STATUSES,
                      AuditEntry, Guest, Registration, Trip, User)
 from .plugins import hook_items
@@ -206,6 +207,7 @@ def build_admin(app: Flask) -> Admin:
         name="Guest Registration",
         theme=Bootstrap4Theme(),
         index_view=SecureIndexView(name="Home", url="/admin"),
+        csp_nonce_generator=csp_nonce,
     )
     admin.add_view(TripView(Trip, db, name="Trips"))
     admin.add_view(RegistrationView(Registration, db, name="Registrations"))

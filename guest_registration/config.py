@@ -31,7 +31,7 @@ STRING_SETTINGS = (
 )
 #: Settings read from the environment as integers.
 INT_SETTINGS = ("MAX_PHOTO_BYTES", "DATABASE_POOL_SIZE", "DATABASE_MAX_OVERFLOW",
-                "DATABASE_POOL_TIMEOUT")
+                "DATABASE_POOL_TIMEOUT", "TRUSTED_PROXIES", "HSTS_MAX_AGE")
 
 
 #: Fixed defaults of Flask-Security-Too, Flask-WTF and Flask (overridable like the rest).
@@ -125,6 +125,10 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
         "DATABASE_MAX_OVERFLOW": 5,
         "DATABASE_POOL_TIMEOUT": 5,
         "DISABLED_PLUGINS": [],
+        # reverse proxies in front whose X-Forwarded-* headers count (0: none, ignore them)
+        "TRUSTED_PROXIES": 0,
+        # Strict-Transport-Security on HTTPS responses (0: none)
+        "HSTS_MAX_AGE": 365 * 24 * 3600,
     }
     for key in STRING_SETTINGS:
         if environ.get(key):

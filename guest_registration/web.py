@@ -1,4 +1,4 @@
-"""Cross-cutting web glue: security headers, login pages inside the admin layout,
+"""Cross-cutting web glue: security headers (:mod:`.headers`), login pages inside the admin layout,
 and error pages that never show a stack trace."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from flask import Flask, abort, current_app, jsonify, render_template, request, 
 from flask_admin import helpers as admin_helpers
 from flask_wtf.csrf import CSRFError
 
+from . import headers
 from .availability import UNAVAILABLE, unavailable_response
+from .headers import nonce_attribute
 
-#: Responses under these prefixes carry personal data or secrets: never cache them.
-NO_STORE_PREFIXES = ("/admin", "/api", "/login", "/logout", "/trips")
 API_PREFIX = "/api/"
 MAX_LIST_PAGE = 1_000_000
 #: Flask-Security's query-string name for tokens, refused here
@@ -25,17 +25,8 @@ def _admin_template_context() -> dict:
         "theme": admin.theme,
         "h": admin_helpers,
         "get_url": url_for,
-        "admin_csp_nonce_attribute": "",
+        "admin_csp_nonce_attribute": nonce_attribute(),
     }
-
-
-def _security_headers(response):
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    if request.path.startswith(NO_STORE_PREFIXES):
-        response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def _refuse_odd_input():
@@ -63,7 +54,7 @@ def _refuse_odd_input():
 def init_app(app: Flask) -> None:
     # Flask-Security's pages (login, logout, ...) extend the admin master template.
     app.extensions["security"].context_processor(_admin_template_context)
-    app.after_request(_security_headers)
+    headers.init_app(app)
     # first of all before-request hooks (before Flask-Principal looks the user up): a
     # form body is read, and size-checked, before any database work, so a client that
     # stalls mid-upload holds a thread, never a pooled connection

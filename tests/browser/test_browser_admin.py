@@ -233,3 +233,43 @@ def test_public_registration_with_photo(page, admin_page, server, problems, db_e
     assert photo.body() == png
     assert no_problems(problems) == []
 
+
+
+def test_deletes_ask_first_under_the_content_security_policy(admin_page, server, problems,
+                                                              db_engine):
+    """Flask-Admin's delete confirmations were inline onclick handlers, which the CSP
+    refuses (a row would be deleted without asking); ours use data attributes."""
+    from playwright.sync_api import expect
+
+    page = admin_page
+    first = add_upcoming_trip(db_engine, f"Delete me {uuid.uuid4().hex[:6]}")
+    second = add_upcoming_trip(db_engine, f"Delete me too {uuid.uuid4().hex[:6]}")
+
+    def exists(trip_id: int) -> bool:
+        with db_engine.connect() as conn:
+            return conn.execute(sa.text("select count(*) from trip where id = :i"),
+                                {"i": trip_id}).scalar_one() == 1
+
+    page.goto(server.url("/admin/trip/?sort=0&desc=1"))
+    row = page.locator("table.model-list tbody tr", has=page.locator(
+        f"input.action-checkbox[value='{first}']"))
+    dialogs = []
+    page.once("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    row.locator("form.icon button[title='Delete Record']").click()
+    page.wait_for_timeout(300)
+    assert dialogs == ["Are you sure you want to delete this record?"]
+    assert exists(first)  # dismissed: nothing deleted
+    page.once("dialog", lambda d: d.accept())
+    row.locator("form.icon button[title='Delete Record']").click()
+    expect(page.locator(".alert", has_text="successfully deleted")).to_be_visible()
+    assert not exists(first)
+
+    # "With selected" → Delete: the bulk action runs, after its own confirmation
+    page.locator(f"input.action-checkbox[value='{second}']").check()
+    page.locator("a.dropdown-toggle", has_text="With selected").click()
+    page.once("dialog", lambda d: d.accept())
+    page.locator("a[data-model-action=delete]").click()
+    expect(page.locator(".alert", has_text="successfully deleted")).to_be_visible()
+    assert not exists(second)
+    assert not [p for p in problems if "Content Security Policy" in p]
+    assert no_problems(problems) == []
