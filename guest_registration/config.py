@@ -31,7 +31,8 @@ STRING_SETTINGS = (
 )
 #: Settings read from the environment as integers.
 INT_SETTINGS = ("MAX_PHOTO_BYTES", "DATABASE_POOL_SIZE", "DATABASE_MAX_OVERFLOW",
-                "DATABASE_POOL_TIMEOUT", "TRUSTED_PROXIES", "HSTS_MAX_AGE")
+                "DATABASE_POOL_TIMEOUT", "DATABASE_IDLE_TRANSACTION_TIMEOUT", "TRUSTED_PROXIES",
+                "HSTS_MAX_AGE")
 
 
 #: Fixed defaults of Flask-Security-Too, Flask-WTF and Flask (overridable like the rest).
@@ -124,6 +125,10 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
         "DATABASE_POOL_SIZE": 10,
         "DATABASE_MAX_OVERFLOW": 5,
         "DATABASE_POOL_TIMEOUT": 5,
+        # PostgreSQL ends a session left idle inside a transaction this long (seconds;
+        # 0: never): a second line behind reading request bodies before database work.
+        # Exports and backups lift it for their own snapshot transaction.
+        "DATABASE_IDLE_TRANSACTION_TIMEOUT": 60,
         "DISABLED_PLUGINS": [],
         # reverse proxies in front whose X-Forwarded-* headers count (0: none, ignore them)
         "TRUSTED_PROXIES": 0,
@@ -169,6 +174,10 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     if cfg["DATABASE_URL"].startswith("postgresql+psycopg2://"):
         # UTF-8 on the wire whatever the server's default; fail fast when unreachable
         engine_options["connect_args"] = {"client_encoding": "utf8", "connect_timeout": 10}
+        idle = int(cfg["DATABASE_IDLE_TRANSACTION_TIMEOUT"])
+        if idle > 0:
+            engine_options["connect_args"]["options"] = (
+                f"-c idle_in_transaction_session_timeout={idle * 1000}")
     cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options)
     # Uploads larger than a whole registration can never be valid: refuse early.
     cfg.setdefault("MAX_CONTENT_LENGTH", cfg["MAX_PHOTO_BYTES"] * 25 + 1024 * 1024)

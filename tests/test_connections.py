@@ -128,3 +128,48 @@ def test_concurrent_exports_are_limited_with_429(app_config, app, client, auth, 
     third = client.get(API, query_string={"year": 2025, "month": 3}, headers=headers,
                        buffered=True)
     assert third.status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_session_idle_in_a_transaction_is_ended_but_a_slow_export_is_not(
+        app_config, app, client, auth, many_guests, backend):
+    """The second line behind reading bodies first: PostgreSQL ends a pooled session
+    left idle inside a transaction (DATABASE_IDLE_TRANSACTION_TIMEOUT), while an
+    export read slowly by its client, idle in its snapshot between fetches, goes on."""
+    assert app.config["DATABASE_IDLE_TRANSACTION_TIMEOUT"] == 60
+    with app.app_context():
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar() \
+                == "1min"
+    quick = create_app_with(app_config, app, DATABASE_IDLE_TRANSACTION_TIMEOUT=1,
+                            EXPORT_FETCH_ROWS=2000)
+    try:
+        with quick.app_context():
+            conn = db.engine.connect()
+            conn.exec_driver_sql("SELECT 1")  # a transaction begins, then nothing
+            time.sleep(1.6)
+            with pytest.raises(sa.exc.OperationalError):
+                conn.exec_driver_sql("SELECT 1")
+            conn.invalidate()
+            conn.close()
+        client = quick.test_client()
+        token = auth.token()
+        response = client.get(API, query_string={"year": 2025, "month": 3, "format": "csv"},
+                              headers={"Authentication-Token": token}, buffered=False)
+        assert response.status_code == 200
+        body = []
+        for chunk in response.response:
+            body.append(chunk)
+            if len(body) in (1, 2):
+                time.sleep(1.6)  # a slow reader: the snapshot idles beyond the 1 s
+        response.close()
+        assert b"".join(body).count(b"\n") == ROWS + 1  # header + every row
+    finally:
+        with quick.app_context():
+            db.engine.dispose()
+
+
+def create_app_with(app_config, app, **changes):
+    from guest_registration import create_app
+
+    return create_app(dict(app_config, **changes), instance_path=app.instance_path)

@@ -102,6 +102,9 @@ class PostgresEngine:
         conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         # plan server-side cursors for all rows, not the first 10%
         conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+        # a snapshot transaction waits on its reader (a slow client, pg_dump): the app's
+        # idle-in-transaction timeout is for stalled requests, not for this one
+        conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
 
     def timestamp_text(self, column: ColumnElement) -> ColumnElement:
         return func.to_char(column, "YYYY-MM-DD HH24:MI:SS")
