@@ -441,3 +441,53 @@ def test_a_new_server_restores_without_tracebacks(app, runner, archive, backend,
     assert "Traceback" not in restored.stdout + restored.stderr
     assert table_contents(f"sqlite:///{tmp_path / 'new.db'}") == table_contents(
         app.config["DATABASE_URL"])
+
+
+def recording_psql(tmp_path: Path) -> tuple[str, Path]:
+    """A PSQL that records its arguments and the PGPASSWORD it was given, then runs psql."""
+    record = tmp_path / "psql-record"
+    wrapper = tmp_path / "psql-recorder"
+    wrapper.write_text(f'#!/bin/sh\nprintf "argv=%s\\npassword=%s\\n" "$*" "$PGPASSWORD" '
+                       f'>> {record}\nexec {shutil.which("psql")} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper), record
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize("how", ["environment", "prompt", "url-in-environment"])
+def test_a_target_password_never_needs_the_command_line(app, runner, archive, backend,
+                                                        tmp_path, new_pg_database, how):
+    """A password for another database comes from PGPASSWORD, RESTORE_DATABASE_URL or a
+    prompt, and reaches psql in its environment, never in its arguments."""
+    target = new_pg_database()  # trust authentication here: any password is accepted
+    app.config["PSQL"], record = recording_psql(tmp_path)
+    secret = f"s3cret-{how}"
+    args = ["restore", str(archive), "--uploads", str(tmp_path / "u"), "--yes"]
+    env, prompt_input = {}, None
+    if how == "environment":
+        args += ["--database-url", target]
+        env = {"PGPASSWORD": secret}
+    elif how == "prompt":
+        args += ["--database-url", target, "--password-prompt"]
+        prompt_input = secret + "\n"
+    else:
+        env = {"RESTORE_DATABASE_URL": target.replace("://postgres@", f"://postgres:{secret}@")}
+    result = runner.invoke(args=args, env=env, input=prompt_input)
+    assert result.exit_code == 0, result.output
+    assert "restored" in result.output and secret not in result.output
+    assert "WARNING: a password on the command line" not in result.output
+    recorded = record.read_text()
+    assert f"password={secret}" in recorded
+    assert secret not in "".join(line for line in recorded.splitlines()
+                                 if line.startswith("argv="))
+    assert table_contents(target)["trip"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_password_on_the_command_line_is_warned_about(app, runner, archive, backend, tmp_path,
+                                                        new_pg_database):
+    target = new_pg_database().replace("://postgres@", "://postgres:visible@")
+    result = runner.invoke(args=["restore", str(archive), "--database-url", target,
+                                 "--uploads", str(tmp_path / "u"), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "WARNING: a password on the command line is visible" in result.output

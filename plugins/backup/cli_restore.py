@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+from sqlalchemy.engine import make_url
 
 from guest_registration.audit import cli_actor
 from guest_registration.config import normalise_database_url
@@ -82,10 +83,32 @@ def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | N
                f"{m['database']['engine']} dump complete and clean, created {m['created_at']}")
 
 
+def _target_url(database_url: str | None, password_prompt: bool) -> str:
+    """The restore target: ``--database-url`` (or RESTORE_DATABASE_URL), else the app's
+    database; a password asked for goes into the URL in memory only (psql gets it
+    as PGPASSWORD, never as an argument)."""
+    target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
+    url = make_url(target)
+    source = click.get_current_context().get_parameter_source("database_url")
+    if url.password and source == click.core.ParameterSource.COMMANDLINE:
+        click.echo("WARNING: a password on the command line is visible to every user of "
+                   "this machine (ps, /proc); use PGPASSWORD, ~/.pgpass or --password-prompt",
+                   err=True)
+    if password_prompt:
+        password = click.prompt(f"Password for {safe_url(target)}", hide_input=True,
+                                err=True)
+        target = url.set(password=password).render_as_string(hide_password=False)
+    return target
+
+
 @click.command("restore")
 @click.argument("archive")
-@click.option("--database-url", help="Restore into this database (default: the app's own). "
-              "Prefer PGPASSWORD or ~/.pgpass to a password in the URL.")
+@click.option("--database-url", envvar="RESTORE_DATABASE_URL", show_envvar=True,
+              help="Restore into this database (default: the app's own). Give its password "
+              "by PGPASSWORD, ~/.pgpass or --password-prompt, never in a URL on the "
+              "command line (other users see command lines).")
+@click.option("--password-prompt", is_flag=True,
+              help="Ask for the target database's password (not echoed).")
 @click.option("--uploads", "uploads_dir", type=click.Path(file_okay=False),
               help="Restore the uploads into this folder (default: UPLOAD_FOLDER).")
 @click.option("--replace", is_flag=True, help="Replace a non-empty target database, in one "
@@ -95,13 +118,13 @@ def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | N
 @ALLOW_UNSIGNED
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @with_appcontext
-def restore_command(archive: str, database_url: str | None, uploads_dir: str | None,
-                    replace: bool, trusted_key: tuple[str, ...], identity: str | None,
+def restore_command(archive: str, database_url: str | None, password_prompt: bool,
+                    uploads_dir: str | None, replace: bool, trusted_key: tuple[str, ...], identity: str | None,
                     allow_unsigned: bool, yes: bool) -> None:
     """Verify an archive (a file, or s3://bucket/prefix/NAME), then restore its
     database and uploads."""
     ctx, trusted, _ = _trust_and_identity(trusted_key, None)
-    target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
+    target = _target_url(database_url, password_prompt)
     uploads = uploads_dir or current_app.config["UPLOAD_FOLDER"]
     if not yes:
         click.confirm(f"Restore {archive} into {safe_url(target)} and {uploads}"

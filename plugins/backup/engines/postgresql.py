@@ -29,6 +29,8 @@ COMMITTED = b"gr-restore-committed"
 
 PG_ENV = {"host": "PGHOST", "port": "PGPORT", "username": "PGUSER", "password": "PGPASSWORD",
           "database": "PGDATABASE"}
+PG_KEEP_ENV = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT",
+                         "PGSSLKEY"})
 PG_QUERY_ENV = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT",
                 "sslkey": "PGSSLKEY", "connect_timeout": "PGCONNECT_TIMEOUT",
                 "application_name": "PGAPPNAME", "options": "PGOPTIONS"}
@@ -38,7 +40,9 @@ def pg_environment(url: str) -> dict[str, str]:
     """Connection settings for libpq tools as environment variables: the password
     never appears in a process's argument list."""
     u = make_url(url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    # the URL says where to connect; the environment may still give the password
+    # (PGPASSWORD, PGPASSFILE) and TLS files, as for any libpq program
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") or k in PG_KEEP_ENV}
     for attr, var in PG_ENV.items():
         value = getattr(u, attr)
         if value not in (None, ""):
