@@ -3,6 +3,8 @@
 #   make test   virtualenv + install + the whole test suite
 #   make test-fast   the same without the browser, pip and live-server tests
 #                    (-m "not browser and not pip and not live")
+#   make serve  production server (gunicorn, manage.py serve) on $(HOST):$(PORT); run
+#               `manage.py setup` first; put it behind a buffering HTTPS proxy
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +13,10 @@ PORT ?= 5000
 ADMIN_EMAIL ?= admin@example.com
 ADMIN_PASSWORD ?= admin-demo-password
 
-.PHONY: run test test-fast install clean
+WORKERS ?= 2
+THREADS ?= 32
+
+.PHONY: run serve test test-fast install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +34,9 @@ run: install
 	@echo "  Open http://$(HOST):$(PORT)/admin/"
 	@echo
 	$(PY) manage.py run --host $(HOST) --port $(PORT)
+
+serve: install
+	$(PY) manage.py serve --host $(HOST) --port $(PORT) --workers $(WORKERS) --threads $(THREADS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

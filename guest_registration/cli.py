@@ -1,4 +1,5 @@
-"""Core commands: ``setup``, ``status``, ``demo-data``, ``plugins``, ``auth-token``, ``test``.
+"""Core commands: ``setup``, ``status``, ``demo-data``, ``plugins``, ``auth-token``,
+``serve``, ``test``.
 
 Flask's own ``run``, ``shell`` and ``routes`` and Flask-Security's ``users``/``roles``
 come with the Flask CLI; plugins return theirs from the ``register_commands`` hook
@@ -95,6 +96,22 @@ def auth_token_command(email: str) -> None:
     click.echo(user.get_auth_token())
 
 
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="HOST")
+@click.option("--port", default=8000, show_default=True, type=int, envvar="PORT")
+@click.option("--workers", default=None, type=click.IntRange(1, 64), envvar="WEB_CONCURRENCY",
+              help="Worker processes (default 2).")
+@click.option("--threads", default=None, type=click.IntRange(1, 256),
+              help="Threads per worker (default 32).")
+def serve_command(host: str, port: int, workers: int | None, threads: int | None) -> None:
+    """Serve the app with gunicorn (production): threaded workers, timeouts that allow
+    long exports, graceful restarts (kill -HUP). Put it behind a reverse proxy that
+    buffers request bodies and terminates HTTPS."""
+    from .server import DEFAULT_THREADS, DEFAULT_WORKERS, serve
+
+    serve(host, port, workers or DEFAULT_WORKERS, threads or DEFAULT_THREADS)
+
+
 @click.command("test", context_settings={"ignore_unknown_options": True})
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
 def test_command(pytest_args: tuple[str, ...]) -> None:
@@ -110,7 +127,7 @@ def init_app(app: Flask) -> None:
     or that two plugins return, stops start-up with a message naming them.
     """
     for command in (setup_command, status_command, demo_data_command, plugins_command,
-                    auth_token_command, test_command):
+                    auth_token_command, serve_command, test_command):
         app.cli.add_command(command)
     reserved = {name: "Flask" for name in FLASK_COMMANDS}
     reserved.update({name: "Flask-Security" if (getattr(cmd, "callback", None) and cmd.callback

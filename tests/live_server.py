@@ -80,6 +80,7 @@ class LiveServer:
     backup_folder: Path
     log_path: Path
     env: dict[str, str]
+    command: str = "run"
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def url(self, path: str = "/") -> str:
@@ -164,9 +165,13 @@ def _stop(proc: subprocess.Popen, log) -> None:
 
 def _start(server: LiveServer, log, timeout: float) -> bool:
     """Start ``manage.py run``; True once it answers, False if the port was taken."""
-    cmd = [sys.executable, str(MANAGE), "run", "--host", "127.0.0.1",
-           "--port", str(server.port), "--no-reload", "--no-debugger"]
-    log.write(f"$ manage.py run --host 127.0.0.1 --port {server.port}\n")
+    if server.command == "serve":  # gunicorn, as in production
+        args = ["serve", "--host", "127.0.0.1", "--port", str(server.port), "--workers", "2"]
+    else:
+        args = ["run", "--host", "127.0.0.1", "--port", str(server.port), "--no-reload",
+                "--no-debugger"]
+    cmd = [sys.executable, str(MANAGE), *args]
+    log.write(f"$ manage.py {' '.join(args)}\n")
     log.flush()
     offset = server.log_offset()
     server.process = subprocess.Popen(cmd, cwd=ROOT, env=server.env, stdin=subprocess.DEVNULL,
@@ -193,8 +198,10 @@ def live_server(database_url: str, workdir: Path, *,
                 admin: tuple[str, str], user: tuple[str, str] | None = None,
                 demo_data: bool = True, log_path: Path | None = None,
                 startup_timeout: float = STARTUP_TIMEOUT,
-                extra_env: dict[str, str] | None = None) -> Iterator[LiveServer]:
-    """Prepare and run the real app (``manage.py run``) in its own process.
+                extra_env: dict[str, str] | None = None,
+                command: str = "run") -> Iterator[LiveServer]:
+    """Prepare and run the real app (``manage.py run``, or ``serve``: gunicorn) in
+    its own process.
 
     ``setup`` creates the tables and ``admin``; ``demo-data`` loads the demo
     trips and guests; ``user`` (email, password) is created as an active user
@@ -224,7 +231,7 @@ def live_server(database_url: str, workdir: Path, *,
     env.update(extra_env or {})
     server = LiveServer(base_url="", port=0, database_url=database_url, workdir=workdir,
                         instance_path=instance, upload_folder=uploads, backup_folder=backups,
-                        log_path=log_path, env=env)
+                        log_path=log_path, env=env, command=command)
 
     run_manage(["setup", "--admin-email", admin[0], "--admin-password", admin[1]], env,
                log_path, echo=["setup", "--admin-email", admin[0], "--admin-password", "***"])

@@ -19,13 +19,15 @@ pytestmark = pytest.mark.live
 STALLED = 16
 
 
-@pytest.fixture(scope="module")
-def server(pg_server, tmp_path_factory):
-    url = create_pg_database(pg_server, "gr_live_stalled")
+@pytest.fixture(scope="module", params=["run", "serve"])
+def server(request, pg_server, tmp_path_factory):
+    """The development server, and gunicorn as ``manage.py serve`` runs it."""
+    url = create_pg_database(pg_server, f"gr_live_stalled_{request.param}")
     try:
         with live_server(url, tmp_path_factory.mktemp("live-stalled"), admin=ADMIN,
-                         log_path=ARTIFACTS / "live-server-stalled.log",
-                         extra_env={"DATABASE_POOL_TIMEOUT": "2"}) as srv:
+                         log_path=ARTIFACTS / f"live-server-stalled-{request.param}.log",
+                         extra_env={"DATABASE_POOL_TIMEOUT": "2"},
+                         command=request.param) as srv:
             engine = sa.create_engine(normalise_database_url(url))
             with engine.connect() as conn:
                 srv.trip_id = conn.execute(sa.text(
