@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .models import AUDIT_OUTCOMES, AuditEntry
 
-VIAS = ("api", "admin", "cli")
+VIAS = ("api", "admin", "cli", "worker")
 MESSAGE_CHARS = 500
 
 

@@ -1,5 +1,5 @@
 """Core commands: ``setup``, ``status``, ``demo-data``, ``plugins``, ``auth-token``,
-``serve``, ``test``.
+``serve``, ``worker``, ``test``.
 
 Flask's own ``run``, ``shell`` and ``routes`` and Flask-Security's ``users``/``roles``
 come with the Flask CLI; plugins return theirs from the ``register_commands`` hook
@@ -18,6 +18,7 @@ from flask.cli import NoAppException, with_appcontext
 
 from . import demo, maintenance
 from .exports import FormatRegistry
+from .tasks import worker_command
 from .plugins import PluginLoadError, items_by_plugin, plugin_infos, unique_items
 
 #: Commands of ``flask.cli.FlaskGroup`` itself: a plugin command of that name would be hidden.
@@ -127,7 +128,7 @@ def init_app(app: Flask) -> None:
     or that two plugins return, stops start-up with a message naming them.
     """
     for command in (setup_command, status_command, demo_data_command, plugins_command,
-                    auth_token_command, serve_command, test_command):
+                    auth_token_command, serve_command, worker_command, test_command):
         app.cli.add_command(command)
     reserved = {name: "Flask" for name in FLASK_COMMANDS}
     reserved.update({name: "Flask-Security" if (getattr(cmd, "callback", None) and cmd.callback

@@ -25,6 +25,8 @@ STRING_SETTINGS = (
     "LOGIN_LIMIT_PER_ACCOUNT",
     "REGISTRATION_LIMIT_PER_ADDRESS",
     "RATELIMIT_STORAGE_URI",
+    "REDIS_URL",
+    "REDIS_PREFIX",
     "UPLOAD_FOLDER",
     "SECRET_KEY",
     "SECURITY_PASSWORD_SALT",
@@ -134,6 +136,10 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
         "TRUSTED_PROXIES": 0,
         # Strict-Transport-Security on HTTPS responses (0: none)
         "HSTS_MAX_AGE": 365 * 24 * 3600,
+        # Redis (optional): shared rate limits, background jobs on `manage.py worker`,
+        # locks and limits across processes; every key starts with REDIS_PREFIX
+        "REDIS_URL": "",
+        "REDIS_PREFIX": "guest-registration:",
     }
     for key in STRING_SETTINGS:
         if environ.get(key):
@@ -153,6 +159,8 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     if isinstance(cfg["DISABLED_PLUGINS"], str):
         cfg["DISABLED_PLUGINS"] = [p.strip() for p in cfg["DISABLED_PLUGINS"].split(",") if p.strip()]
 
+    if cfg["REDIS_URL"] and not cfg.get("RATELIMIT_STORAGE_URI"):
+        cfg["RATELIMIT_STORAGE_URI"] = cfg["REDIS_URL"]  # limits shared by every process
     cfg.setdefault("SECRET_KEY", None)
     cfg.setdefault("SECURITY_PASSWORD_SALT", None)
     if not cfg["SECRET_KEY"]:

@@ -3,8 +3,8 @@
 Failed logins are limited per address and per account (only failures count, so
 an admin who types the password right is never locked out by the limit); new
 registrations per address. A client over a limit gets 429 with ``Retry-After``.
-Limits live in memory per server process (``RATELIMIT_STORAGE_URI`` can point
-at a shared store, e.g. Redis, when there are several).
+Limits live in memory per server process, or in Redis when ``REDIS_URL`` is set
+(shared by every process; ``RATELIMIT_STORAGE_URI`` can name another store).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def _login_failed(response) -> bool:
 
 def init_app(app: Flask) -> Limiter:
     limiter = Limiter(key_func=get_remote_address, app=app, default_limits=[],
-                      headers_enabled=True, storage_uri=app.config["RATELIMIT_STORAGE_URI"])
+                      headers_enabled=True, storage_uri=app.config["RATELIMIT_STORAGE_URI"],
+                      key_prefix=app.config["REDIS_PREFIX"] + "limits")
     login = app.view_functions["security.login"]
     login = limiter.limit(app.config["LOGIN_LIMIT_PER_ADDRESS"], methods=["POST"],
                           deduct_when=_login_failed)(login)

@@ -154,7 +154,7 @@ class AuditEntry(db.Model):
     created_at = mapped_column(DateTime, nullable=False, server_default=utcnow(), index=True)
     finished_at = mapped_column(DateTime, nullable=True)
     actor = mapped_column(String(255), nullable=True)  # user e-mail, or "cli:<os user>"
-    via = mapped_column(String(16), nullable=True)  # api, admin, cli
+    via = mapped_column(String(16), nullable=True)  # api, admin, cli, worker
     action = mapped_column(String(32), nullable=False)  # export, preview, backup, restore, ...
     year = mapped_column(Integer, nullable=True)
     month = mapped_column(Integer, nullable=True)

@@ -164,3 +164,25 @@ def trip_id(app) -> int:
         db.session.add(trip)
         db.session.commit()
         return trip.id
+
+
+REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """This suite's own Redis database (13 unless TEST_REDIS_URL), empty before and
+    after each test. Without a server the test is skipped, unless REQUIRE_REDIS=1."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if _truthy("REQUIRE_REDIS"):
+            pytest.fail(f"REQUIRE_REDIS=1 but Redis does not answer at {REDIS_TEST_URL}: {exc}")
+        pytest.skip(f"no Redis at {REDIS_TEST_URL}")
+    client.flushdb()
+    yield REDIS_TEST_URL
+    client.flushdb()
+    client.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from plugins.backup.context import backup_context
 from plugins.backup.jobs import STATE_FILE, read_job
 from plugins.backup.archive import BackupLock
 from tests.helpers import USER, csrf_token_from
@@ -101,7 +102,7 @@ def test_interrupted_job_is_reported_and_partial_cleaned(admin, app):
                                                  "bytes": 10}))
     partial = folder / ".system_backup_20250101_000000.zip.partial"
     partial.write_bytes(b"half")
-    assert read_job(folder)["state"] == "failed"
+    assert read_job(backup_context(app))["state"] == "failed"
     html = page(admin)
     assert "interrupted" in html
     assert not partial.exists() and "20250101" not in html

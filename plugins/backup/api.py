@@ -67,7 +67,8 @@ def guests():
         return json_error(400, str(exc))
     actor = current_user.email
     ctx = backup_context()
-    if not ctx.export_slots.acquire(int(current_app.config["EXPORT_MAX_CONCURRENT"])):
+    slot = ctx.export_slots.acquire(int(current_app.config["EXPORT_MAX_CONCURRENT"]))
+    if slot is None:
         response = json_error(429, "too many exports are running; retry in a few seconds")
         response.headers["Retry-After"] = str(RETRY_BUSY)
         return response
@@ -76,7 +77,7 @@ def guests():
     db.session.close()
     stream = open_export(
         db.engine, req, db_engine=ctx.engines.get(db.engine.dialect.name),
-        actor=actor, via="api", on_close=ctx.export_slots.release,
+        actor=actor, via="api", on_close=slot.release,
         fetch_rows=current_app.config["EXPORT_FETCH_ROWS"],
         on_error=lambda exc: current_app.logger.error("export %s failed: %s", req.filename,
                                                       type(exc).__name__),

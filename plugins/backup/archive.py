@@ -13,20 +13,19 @@ sidecar ``….zip.age.sig`` signing the ciphertext. It is written under a hidden
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import BackupBusy, BackupError
+from .errors import BackupError
+from .locks import BackupLock  # noqa: F401 (the lock lives in .locks; imported from here)
 
 FORMAT_VERSION = 1
 ARCHIVE_RE = re.compile(r"^system_backup_\d{8}_\d{6}(?:_\d+)?\.zip(?:\.age)?$")
 SIDECAR_SUFFIX = ".sig"
 PARTIAL_SUFFIX = ".partial"
-LOCK_NAME = ".backup.lock"
 DATABASE_MEMBER = "database.sql"
 MANIFEST_MEMBER = "manifest.json"
 SIGNATURE_MEMBER = "manifest.sig"
@@ -48,69 +47,6 @@ class ArchiveInfo:
     @property
     def encrypted(self) -> bool:
         return self.name.endswith(".age")
-
-
-class BackupLock:
-    """One backup at a time across processes and threads: an ``flock`` on
-    ``.backup.lock`` in the backup folder. The only owner of that lock.
-
-    ``acquire()`` raises :class:`BackupBusy` at once when it is taken;
-    ``release()`` may be called from another thread (a web job takes the lock
-    in the request and its worker thread releases it).
-    """
-
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder)
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self) -> "BackupLock":
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            raise BackupError(f"the backup folder {self.folder} cannot be created") from None
-        try:
-            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            raise BackupError(f"the backup folder {self.folder} is not writable") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise BackupBusy("another backup is running; wait for it to finish") from None
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing releases the flock
-
-    def __enter__(self) -> "BackupLock":
-        return self.acquire()
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
-
-    def taken_elsewhere(self) -> bool:
-        """Whether some process or thread runs a backup now (without taking the lock)."""
-        if self.held:
-            return True
-        path = self.folder / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
 
 
 def remove_partials(folder: Path) -> int:

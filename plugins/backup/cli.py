@@ -149,7 +149,7 @@ def backup_prune_command(dry_run: bool) -> None:
     settings = ctx.settings
     try:
         found = prune_archives(ctx.storages(), settings.retention,
-                               lock_folder=settings.backup_folder, dry_run=dry_run,
+                               lock=ctx.lock(), dry_run=dry_run,
                                audit_engine=db.engine, actor=cli_actor(), via="cli")
     except BackupBusy as exc:
         _busy(exc)

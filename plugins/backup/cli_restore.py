@@ -154,14 +154,28 @@ COMMANDS = [verify_command, restore_command]
 @click.command("restore-test")
 @IDENTITY
 @TRUSTED_KEY
+@click.option("--queue", "queued", is_flag=True, help="Queue the drill for `manage.py worker` "
+              "(needs REDIS_URL) instead of running it here; its result goes to the audit log.")
 @with_appcontext
-def restore_test_command(identity: str | None, trusted_key: tuple[str, ...]) -> None:
+def restore_test_command(identity: str | None, trusted_key: tuple[str, ...],
+                         queued: bool) -> None:
     """Restore drill: restore the newest archive (the remote copy when one is
     configured) into a scratch database, compare every table's row count with the
     manifest, and remove the scratch database. Exits 1 on any mismatch, 75 when a
     backup is running."""
     from .drill import restore_drill
     from .errors import BackupBusy
+
+    if queued:
+        from .jobs import enqueue_drill
+
+        try:
+            job_id = enqueue_drill(current_app, cli_actor(), identity, trusted_key)
+        except BackupError as exc:
+            _fail(str(exc))
+        click.echo(f"queued restore drill {job_id}: `manage.py worker` runs it; its result "
+                   f"is in the audit log (restore-test)")
+        return
 
     try:
         result = restore_drill(backup_context(), db.engine, identity=identity,

@@ -5,42 +5,25 @@ one dialect or scheme stop start-up), and its storages."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 from flask import Flask, current_app
 
 from guest_registration import __version__
 from guest_registration.plugins import DuplicateNameError, unique_items
+from guest_registration.redis_link import redis_client, redis_key
 
 from .engines import DatabaseEngine
 from .errors import BackupError
 from .settings import BackupSettings
+from .locks import BackupLock, RedisBackupLock
+from .slots import FileSlots, RedisSlots
 from .storages import Storage, StorageError, StorageType
 from .storages.local import LocalStorage
 
 EXTENSION = "backup"
-
-
-class ExportSlots:
-    """How many exports stream in this process right now, against EXPORT_MAX_CONCURRENT:
-    the limit stays below the connection pool, so ordinary pages always find one."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.active = 0
-
-    def acquire(self, limit: int) -> bool:
-        with self._lock:
-            if limit > 0 and self.active >= limit:
-                return False
-            self.active += 1
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self.active = max(0, self.active - 1)
 
 
 @dataclass
@@ -50,7 +33,6 @@ class BackupContext:
     app: Flask
     engines: dict[str, DatabaseEngine]
     storage_types: dict[str, StorageType] = field(default_factory=dict)
-    export_slots: ExportSlots = field(default_factory=ExportSlots)
     _remote: tuple[str, Storage] | None = None
 
     @property
@@ -63,6 +45,23 @@ class BackupContext:
             return self.engines[dialect]
         except KeyError:
             raise BackupError(f"no database engine is installed for {dialect!r}") from None
+
+    @property
+    def export_slots(self) -> FileSlots | RedisSlots:
+        """EXPORT_MAX_CONCURRENT's slots, shared by every process (Redis when
+        REDIS_URL is set, else file locks in the instance folder)."""
+        client = redis_client(self.app)
+        if client is not None:
+            return RedisSlots(client, redis_key(self.app, "export-slots"))
+        return FileSlots(Path(self.app.instance_path) / "export-slots")
+
+    def lock(self) -> BackupLock | RedisBackupLock:
+        """The one-backup-at-a-time lock (not taken yet): in Redis when REDIS_URL is
+        set, else a file lock in BACKUP_FOLDER."""
+        client = redis_client(self.app)
+        if client is not None:
+            return RedisBackupLock(client, redis_key(self.app, "backup-lock"))
+        return BackupLock(self.settings.backup_folder)
 
     def local(self) -> LocalStorage:
         return LocalStorage(self.settings.backup_folder)

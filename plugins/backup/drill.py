@@ -14,7 +14,6 @@ from sqlalchemy.engine import Engine
 
 from guest_registration import audit
 
-from .archive import BackupLock
 from .context import BackupContext
 from .errors import BackupError
 from .fetch import local_copy
@@ -39,7 +38,7 @@ def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_
     """Run one drill under the backup lock; audited as ``restore-test``."""
     result: DrillResult | None = None
     try:
-        with BackupLock(ctx.settings.backup_folder):
+        with ctx.lock():
             result = _drill(ctx, engine, identity, trusted_keys)
     except BackupError as exc:
         audit.record(engine, "restore-test", "failed", actor=actor, via=via,

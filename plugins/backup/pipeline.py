@@ -69,7 +69,7 @@ def run_backup(ctx: BackupContext, engine: Engine, *, output=None, keep: int | N
     own_lock = lock is None
     try:
         if own_lock:
-            lock = BackupLock(settings.backup_folder).acquire()
+            lock = ctx.lock().acquire()
     except BackupBusy:
         raise
     except BackupError as exc:

@@ -112,14 +112,12 @@ def prune_storage(storage, policy: Policy, *, protect: str | None = None,
     return decisions
 
 
-def prune_archives(storages, policy: Policy, *, lock_folder, dry_run: bool, audit_engine,
+def prune_archives(storages, policy: Policy, *, lock, dry_run: bool, audit_engine,
                    actor: str | None, via: str) -> dict[str, list[Decision]]:
     """``backup-prune``: apply ``policy`` to each storage separately, under the
     backup lock; a real run is audited per storage."""
-    from .archive import BackupLock
-
     found: dict[str, list[Decision]] = {}
-    with BackupLock(lock_folder):
+    with lock:
         for storage in storages:
             decisions = found[storage.name] = prune_storage(storage, policy, dry_run=dry_run)
             if not dry_run:

@@ -94,7 +94,7 @@ class BackupView(SecureBaseView):
             archives, storage_problem = listing.archives, None
         except StorageError as exc:  # a BACKUP_REMOTE_URL that cannot work at all
             archives, report, code, storage_problem = [], None, 2, str(exc)
-        job = read_job(settings.backup_folder)
+        job = read_job(ctx)
         if job and job.get("archive") and job["archive"] not in {a.name for a in archives}:
             job["archive_gone"] = True  # never link an archive that was deleted since
         now = datetime.now(timezone.utc)
@@ -125,7 +125,7 @@ class BackupView(SecureBaseView):
 
     @expose("/job")
     def job(self):
-        job = read_job(backup_context().settings.backup_folder) or {"state": "none"}
+        job = read_job(backup_context()) or {"state": "none"}
         public = {k: job.get(k) for k in ("id", "state", "stage", "bytes", "started_at",
                                           "finished_at", "archive", "error", "warning")}
         local = backup_context().local()

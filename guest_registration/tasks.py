@@ -1,0 +1,80 @@
+"""Background jobs on Redis (RQ) when ``REDIS_URL`` is set; ``manage.py worker``
+runs them. Without Redis, plugins run their jobs inside the web process.
+
+A job queued here outlives the web process that queued it: the worker runs it
+even if that process is stopped or recycled right after the click. The worker
+builds the app once, then forks one child per job (RQ's default); the child
+first drops the connections it inherited (``engine.dispose(close=False)``), so
+no database connection is ever shared between two processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+
+from .redis_link import redis_client
+
+#: RQ job timeout: a job running longer is stopped (jobs over large databases
+#: take minutes; this is a guard against a hung job, not a target)
+JOB_TIMEOUT = 6 * 3600
+
+
+def queue_name(app: Flask) -> str:
+    return app.config["REDIS_PREFIX"] + "jobs"
+
+
+def task_queue(app: Flask | None = None):
+    """The app's RQ queue, or None without REDIS_URL (run jobs in-process then)."""
+    app = app or current_app
+    client = redis_client(app)
+    if client is None:
+        return None
+    from rq import Queue
+
+    return Queue(queue_name(app), connection=client, default_timeout=JOB_TIMEOUT)
+
+
+def _worker_class():
+    from rq import Worker
+
+    class AppWorker(Worker):
+        """RQ's forking worker; each job runs in a child inside the app's context."""
+
+        def perform_job(self, job, queue, *args, **kwargs):
+            from .extensions import db
+
+            db.engine.dispose(close=False)  # the parent's pooled connections stay its own
+            return super().perform_job(job, queue, *args, **kwargs)
+
+    return AppWorker
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Run the jobs waiting now, then exit.")
+@with_appcontext
+def worker_command(burst: bool) -> None:
+    """Run the background jobs plugins queue in Redis (jobs started from a page,
+    queued drills). Needs REDIS_URL; start one or more next to the web server."""
+    app = current_app._get_current_object()
+    if not (app.config.get("REDIS_URL") or "").strip():
+        raise click.ClickException("REDIS_URL is not set: jobs run inside the web process "
+                                   "and no worker is needed")
+    import redis
+    from rq import Queue
+
+    # a connection of its own without a socket timeout: the worker waits on Redis
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
+    try:
+        connection.ping()
+    except redis.RedisError:
+        raise click.ClickException("Redis does not answer at REDIS_URL") from None
+    queue = Queue(queue_name(app), connection=connection, default_timeout=JOB_TIMEOUT)
+    worker = _worker_class()([queue], connection=connection,
+                             name=f"{socket.gethostname()}-{os.getpid()}")
+    click.echo(f"worker {worker.name} waiting for jobs on {queue.name}", err=True)
+    worker.work(burst=burst, logging_level="WARNING")
