@@ -189,6 +189,9 @@ def test_backup_page_in_czech(client, auth, runner):
                     "Recent activity", "Monthly guest backup", "Preview"):
         assert english not in text, english
     assert archive in text
+    # the health problems, which the CLI prints in English, are Czech on the page
+    assert "zatím žádná zkušební obnova (spusťte: manage.py restore-test)" in text
+    assert "no restore drill yet" not in text
     size = re.search(rf"{archive}.*?(\d+,\d) (KiB|MiB)", text)  # the Czech decimal comma
     assert size, text
     texts = json.loads(html.unescape(re.search(r"data-texts='([^']*)'",
@@ -196,6 +199,23 @@ def test_backup_page_in_czech(client, auth, runner):
     assert texts["running"] == "Záloha probíhá: {stage}, zapsáno {size}…"
     assert texts["confirm_delete"] == "Smazat {name}? Tuto akci nelze vrátit."
     assert texts["stages"]["database"] == "databáze" and texts["decimal"] == ","
+
+
+def test_every_health_problem_has_its_translation(app):
+    from plugins.backup.health import PROBLEMS, problem_text
+
+    values = {"storage": "s3", "age": "3d", "limit": "26h", "at": "2025-06-01T02:00:00Z",
+              "message": "disk full: 100% used"}
+    for message in PROBLEMS:
+        english = message % {k: v for k, v in values.items() if f"%({k})s" in message}
+        with app.test_request_context("/", headers=lang("cs")):
+            czech = problem_text(english)
+        assert czech != english and all(v in czech for k, v in values.items()
+                                         if f"%({k})s" in message), (english, czech)
+        with app.test_request_context("/"):
+            assert problem_text(english) == english
+    with app.test_request_context("/", headers=lang("cs")):
+        assert problem_text("s3: connection refused") == "s3: connection refused"
 
 
 def test_flash_messages_of_the_backup_page_in_german(client, auth, runner):

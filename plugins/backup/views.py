@@ -23,7 +23,7 @@ from .errors import BackupBusy, BackupError
 from .fetch import local_copy
 from .guest_export import ExportRequestError, parse_request
 from .preview import preview
-from .health import health
+from .health import health, problem_text
 from .jobs import read_job, start_job
 from .listing import list_everywhere
 from .storages import StorageError
@@ -103,7 +103,7 @@ class BackupView(SecureBaseView):
             "admin/backup/index.html",
             archives=archives, verified=_verifications([a.name for a in archives]),
             health=report, health_code=code, storage_problem=storage_problem,
-            human_size=page_size, timestamp=page_timestamp,
+            human_size=page_size, timestamp=page_timestamp, problem_text=problem_text,
             formats=list(current_app.extensions["export_formats"]),
             job=job, activity=audit.recent(db.engine, 15),
             public_key=public_key, encrypted=bool(settings.age_recipients),
