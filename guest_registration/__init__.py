@@ -73,7 +73,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
 
     The hooks are called in the order :mod:`guest_registration.hookspecs` documents.
     """
-    from . import cli, limits, web
+    from . import cli, i18n, limits, web
     from .admin import build_admin
     from .config import build_config
     from .exports import FormatRegistry
@@ -100,6 +100,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     with app.app_context():
         configure_engine(db.engine)
     csrf.init_app(app)  # before Security, so Flask-Security's CSRF handling sees it
+    i18n.init_app(app)  # before Security too: it reads the translation folders
     security = Security(app, UserDatastore(db, User, Role))
     _end_sessions_on_logout(app, security)
     pm.hook.init_app(app=app)

@@ -4,7 +4,7 @@ from the views the plugins contribute.
 
 Values are shown the same way on every list and detail page: the labels of
 stored choices from :mod:`guest_registration.models`, timestamps to the second,
-booleans as Yes/No (:mod:`guest_registration.formatting`)."""
+booleans as Yes/No, in the page's language (:mod:`guest_registration.i18n`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from flask_admin import Admin, AdminIndexView, BaseView, expose
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.model import typefmt
 from flask_admin.theme import Bootstrap4Theme
+from flask_babel import lazy_gettext as _l
 from flask_security import current_user
 from flask_wtf import FlaskForm
 from markupsafe import Markup
@@ -25,8 +26,8 @@ from markupsafe import Markup
 from . import audit
 from .availability import database_unavailable, unavailable_response
 from .extensions import db
-from .formatting import human_size, timestamp, yes_no
 from .headers import csp_nonce
+from .i18n import choices, page_size, page_timestamp, page_yes_no
 from .models import (AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES, REGISTRATION_STATUSES,
                      AuditEntry, Guest, Registration, Trip, User)
 from .plugins import hook_items
@@ -76,16 +77,12 @@ class CSRFAdminForm(FlaskForm):
     ``csrf_token`` field next to Flask-WTF's once ``CSRFProtect`` is installed.)"""
 
 
-def _choices(labels: dict[str, str]) -> list[tuple[str, str]]:
-    return list(labels.items())
-
-
 def _formatters(base: dict) -> dict:
     formatters = dict(base)
     formatters.update({
-        bool: lambda view, value, name: yes_no(value),
-        datetime: lambda view, value, name: timestamp(value),
-        date: lambda view, value, name: timestamp(value),
+        bool: lambda view, value, name: page_yes_no(value),
+        datetime: lambda view, value, name: page_timestamp(value),
+        date: lambda view, value, name: page_timestamp(value),
     })
     return formatters
 
@@ -102,7 +99,27 @@ class SecureModelView(AdminOnlyMixin, ModelView):
     can_view_details = True
 
 
+#: Column names shown on every list, detail page, form and filter.
+LABELS = {"id": _l("ID"), "title": _l("Title"), "start_date": _l("Start date"),
+          "end_date": _l("End date"), "max_guests": _l("Max. guests"),
+          "created_at": _l("Created (UTC)"), "trip": _l("Trip"), "trip.title": _l("Trip"),
+          "email": _l("E-mail"), "language": _l("Language"), "status": _l("Status"),
+          "registrations": _l("Registrations"), "guests": _l("Guests"),
+          "registration": _l("Registration"), "first_name": _l("First name"),
+          "last_name": _l("Last name"), "age_category": _l("Age"),
+          "document_type": _l("Document"), "document_number": _l("Document no."),
+          "document_photo": _l("Photo"), "gdpr_consent": _l("GDPR consent"),
+          "registration.email": _l("Registration e-mail"), "active": _l("Active"),
+          "roles": _l("Roles"), "confirmed_at": _l("Confirmed (UTC)"),
+          "create_datetime": _l("Created (UTC)"), "update_datetime": _l("Updated (UTC)"),
+          "finished_at": _l("Finished (UTC)"), "actor": _l("Actor"), "via": _l("Via"),
+          "action": _l("Action"), "year": _l("Year"), "month": _l("Month"),
+          "format": _l("Format"), "target": _l("Target"), "rows": _l("Rows"),
+          "bytes": _l("Size"), "outcome": _l("Outcome"), "message": _l("Message")}
+
+
 class TripView(SecureModelView):
+    column_labels = LABELS
     column_list = ("id", "title", "start_date", "end_date", "max_guests", "created_at")
     column_searchable_list = ("title",)
     column_filters = ("start_date", "end_date", "max_guests", "created_at")
@@ -115,8 +132,8 @@ class RegistrationView(SecureModelView):
     column_searchable_list = ("email",)
     column_filters = ("trip.title", "language", "status", "created_at")
     column_default_sort = ("id", True)
-    column_labels = {"created_at": "Created (UTC)"}
-    column_choices = {"status": _choices(REGISTRATION_STATUSES), "language": _choices(LANGUAGES)}
+    column_labels = LABELS
+    column_choices = {"status": choices(REGISTRATION_STATUSES), "language": list(LANGUAGES.items())}
     form_excluded_columns = ("guests", "created_at")
     form_choices = column_choices
 
@@ -124,8 +141,8 @@ class RegistrationView(SecureModelView):
 def _photo_link(view, context, model, name):
     if not model.document_photo:
         return ""
-    return Markup('<a href="{}" target="_blank" rel="noopener">view</a>').format(
-        url_for(".photo", guest_id=model.id)
+    return Markup('<a href="{}" target="_blank" rel="noopener">{}</a>').format(
+        url_for(".photo", guest_id=model.id), _l("view")
     )
 
 
@@ -137,13 +154,9 @@ class GuestView(SecureModelView):
     column_filters = ("age_category", "document_type", "gdpr_consent", "created_at",
                       "registration.email")
     column_default_sort = ("id", True)
-    column_labels = {"registration": "Registration", "first_name": "First name",
-                     "last_name": "Last name", "age_category": "Age", "document_type": "Document",
-                     "document_number": "Document no.", "document_photo": "Photo",
-                     "gdpr_consent": "GDPR consent", "created_at": "Created (UTC)",
-                     "registration.email": "Registration e-mail"}
-    column_choices = {"document_type": _choices(DOCUMENT_TYPES),
-                      "age_category": _choices(AGE_CATEGORIES)}
+    column_labels = LABELS
+    column_choices = {"document_type": choices(DOCUMENT_TYPES),
+                      "age_category": choices(AGE_CATEGORIES)}
     column_formatters = {"document_photo": _photo_link}
     column_formatters_detail = {"document_photo": _photo_link}
     form_excluded_columns = ("created_at", "document_photo")
@@ -179,7 +192,7 @@ class UserView(SecureModelView):
     #: are checked against): an explicit list, so new Flask-Security columns stay out
     column_details_list = ("id", "email", "active", "roles", "confirmed_at", "create_datetime",
                            "update_datetime")
-    column_labels = {"create_datetime": "Created (UTC)"}
+    column_labels = LABELS
     column_searchable_list = ("email",)
     column_filters = ("active",)
     form_columns = ("email", "active", "roles")
@@ -193,10 +206,10 @@ class AuditLogView(SecureModelView):
     column_default_sort = ("id", True)
     column_list = ("id", "created_at", "finished_at", "actor", "via", "action", "year", "month",
                    "format", "target", "rows", "bytes", "outcome", "message")
-    column_labels = {"created_at": "Started (UTC)", "finished_at": "Finished (UTC)"}
+    column_labels = {**LABELS, "created_at": _l("Started (UTC)")}
     column_filters = ("action", "outcome", "actor", "via", "created_at")
     column_searchable_list = ("actor", "target")
-    column_formatters = {"bytes": lambda v, c, m, n: "" if m.bytes is None else human_size(m.bytes)}
+    column_formatters = {"bytes": lambda v, c, m, n: "" if m.bytes is None else page_size(m.bytes)}
     column_formatters_detail = column_formatters
 
 
@@ -204,16 +217,16 @@ def build_admin(app: Flask) -> Admin:
     """Create this app's Admin with the core views plus the plugins' views."""
     admin = Admin(
         app,
-        name="Guest Registration",
+        name=_l("Guest Registration"),
         theme=Bootstrap4Theme(),
-        index_view=SecureIndexView(name="Home", url="/admin"),
+        index_view=SecureIndexView(name=_l("Home"), url="/admin"),
         csp_nonce_generator=csp_nonce,
     )
-    admin.add_view(TripView(Trip, db, name="Trips"))
-    admin.add_view(RegistrationView(Registration, db, name="Registrations"))
-    admin.add_view(GuestView(Guest, db, name="Guests"))
-    admin.add_view(UserView(User, db, name="Users"))
-    admin.add_view(AuditLogView(AuditEntry, db, name="Audit log", endpoint="audit_log",
+    admin.add_view(TripView(Trip, db, name=_l("Trips")))
+    admin.add_view(RegistrationView(Registration, db, name=_l("Registrations")))
+    admin.add_view(GuestView(Guest, db, name=_l("Guests")))
+    admin.add_view(UserView(User, db, name=_l("Users")))
+    admin.add_view(AuditLogView(AuditEntry, db, name=_l("Audit log"), endpoint="audit_log",
                                 url="audit"))
     for view in hook_items(app.extensions["plugin_manager"], "register_admin_views", app=app):
         admin.add_view(view)

@@ -11,11 +11,14 @@ busy" from "this token is wrong".
 from __future__ import annotations
 
 from flask import g, jsonify, render_template, request
+from flask_babel import gettext
 from flask_security import SQLAlchemyUserDatastore
 from sqlalchemy.exc import OperationalError, SQLAlchemyError, TimeoutError
 
+from .i18n import N_
+
 RETRY_AFTER = 5  # seconds
-MESSAGE = "The service is busy or its database is unreachable. Try again in a few seconds."
+MESSAGE = N_("The service is busy or its database is unreachable. Try again in a few seconds.")
 #: the errors that mean "no database now", as opposed to a bug
 UNAVAILABLE = (TimeoutError, OperationalError)
 
@@ -43,7 +46,7 @@ def unavailable_response():
     if request.path.startswith("/api/"):
         response = jsonify(error="the service is busy; retry after a few seconds")
     else:
-        response = render_template("error.html", code=503, message=MESSAGE)
+        response = render_template("error.html", code=503, message=gettext(MESSAGE))
         from flask import make_response
 
         response = make_response(response)

@@ -23,6 +23,7 @@ Order of the calls while an app is built:
 
 1. ``add_hookspecs`` (plugins publish their own hooks; ``check_pending`` follows)
 2. ``register_settings`` (defaults, then the environment, then the app's config)
+   and ``register_translations`` (the plugin's message catalogue)
 3. ``init_app`` (per-app state, start-up checks)
 4. ``register_export_formats``, ``register_blueprints``, ``register_admin_views``,
    ``register_commands``
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from flask_admin import BaseView
 
     from .exports import ExportFormat
+    from .i18n import Catalog
     from .maintenance import StatusCheck
 
 
@@ -76,6 +78,21 @@ def register_settings(instance_path: str) -> "Mapping[str, Any] | None":
     by the host or by another plugin is a start-up error naming both.
 
     :param instance_path: the app's instance folder, for defaults under it.
+    """
+
+
+@hookspec
+def register_translations() -> "Iterable[Catalog] | None":
+    """Return this plugin's message catalogues as :class:`guest_registration.i18n.Catalog`.
+
+    ``Catalog(directory, domain)``: ``directory`` holds compiled catalogues laid
+    out ``<language>/LC_MESSAGES/<domain>.mo`` (``cs``, ``sk``, ``de``; English is
+    the source language). The host merges them into the pages' one lookup, so
+    ``flask_babel.gettext`` / ``lazy_gettext`` in the plugin's code and ``_()`` in
+    its templates find the plugin's words with nothing else to do. Use a domain
+    of your own (your plugin's name): one the host (``messages``), a library
+    (``admin``, ``wtforms``, ``flask_security``) or another plugin uses is a
+    start-up error naming both.
     """
 
 

@@ -27,14 +27,18 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.expression import FunctionElement
 
 from .extensions import db
+from .i18n import LANGUAGES, N_  # noqa: F401  (LANGUAGES: re-exported for forms and admin)
 
 fsqla.FsModels.set_db_info(db)
 
-#: Stored value → the label people see, everywhere (forms, admin lists, filters).
-AGE_CATEGORIES = {"adult": "Adult", "child": "Child"}
-DOCUMENT_TYPES = {"passport": "Passport", "id_card": "ID card", "driving_license": "Driving licence"}
-REGISTRATION_STATUSES = {"pending": "Pending", "approved": "Approved", "rejected": "Rejected"}
-LANGUAGES = {"en": "English", "cs": "Čeština", "de": "Deutsch"}
+#: Stored value → the label people see, everywhere (forms, admin lists, filters),
+#: in English here; pages show them translated (``guest_registration.i18n.choices``).
+#: ``LANGUAGES`` (the page languages, each in its own name) comes from ``i18n``.
+AGE_CATEGORIES = {"adult": N_("Adult"), "child": N_("Child")}
+DOCUMENT_TYPES = {"passport": N_("Passport"), "id_card": N_("ID card"),
+                  "driving_license": N_("Driving licence")}
+REGISTRATION_STATUSES = {"pending": N_("Pending"), "approved": N_("Approved"),
+                         "rejected": N_("Rejected")}
 #: The outcomes of an audited action.
 AUDIT_OUTCOMES = ("running", "ok", "failed", "aborted")
 

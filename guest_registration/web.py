@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from flask import Flask, abort, current_app, jsonify, render_template, request, url_for
 from flask_admin import helpers as admin_helpers
+from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 
 from . import headers
 from .availability import UNAVAILABLE, unavailable_response
 from .headers import nonce_attribute
+from .i18n import N_
 
 API_PREFIX = "/api/"
 MAX_LIST_PAGE = 1_000_000
@@ -72,17 +74,17 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):
         return render_template("error.html", code=400,
-                               message="The form expired or was not sent from this site. "
-                                       "Reload the page and try again."), 400
+                               message=_("The form expired or was not sent from this site. "
+                                         "Reload the page and try again.")), 400
 
-    messages = {
-        400: "The request was malformed.",
-        403: "You do not have access to this page.",
-        404: "Page not found.",
-        405: "Method not allowed.",
-        413: "The upload is too large.",
-        429: "Too many attempts. Wait a little and try again.",
-        500: "Something went wrong on our side. The error was logged.",
+    messages = {  # English in the API's JSON, translated on pages
+        400: N_("The request was malformed."),
+        403: N_("You do not have access to this page."),
+        404: N_("Page not found."),
+        405: N_("Method not allowed."),
+        413: N_("The upload is too large."),
+        429: N_("Too many attempts. Wait a little and try again."),
+        500: N_("Something went wrong on our side. The error was logged."),
     }
 
     def error_page(code: int):
@@ -90,7 +92,7 @@ def init_app(app: Flask) -> None:
             response = jsonify(error=messages[code].rstrip(".").lower())
             response.status_code = code
             return response
-        return render_template("error.html", code=code, message=messages[code]), code
+        return render_template("error.html", code=code, message=_(messages[code])), code
 
     for code in messages:
         app.register_error_handler(code, lambda exc, code=code: error_page(code))

@@ -1,31 +1,42 @@
-"""Registration forms: one registration, 1..max_guests guests."""
+"""Registration forms: one registration, 1..max_guests guests.
+
+Labels are translated when shown (``lazy_gettext``); validation messages come
+from WTForms' own catalogues through Flask-WTF (``WTF_I18N_ENABLED``)."""
 
 from __future__ import annotations
 
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import BooleanField, EmailField, FieldList, Form, FormField, SelectField, StringField
+from wtforms import BooleanField, EmailField, FieldList, FormField, SelectField, StringField
 from wtforms.validators import DataRequired, Email, Length
 
+from ..i18n import choices, page_language
 from ..models import AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES
 
 
-class GuestForm(Form):
-    """One guest (a sub-form: the CSRF token lives on the outer form)."""
+class GuestForm(FlaskForm):
+    """One guest (a sub-form: the CSRF token lives on the outer form). A FlaskForm
+    so that its validation messages are translated like the outer form's."""
 
-    first_name = StringField("First name", validators=[DataRequired(), Length(max=100)])
-    last_name = StringField("Last name", validators=[DataRequired(), Length(max=100)])
-    age_category = SelectField("Age category", choices=list(AGE_CATEGORIES.items()))
-    document_type = SelectField("Document type", choices=list(DOCUMENT_TYPES.items()))
-    document_number = StringField("Document number", validators=[DataRequired(), Length(max=64)])
-    document_photo = FileField("Document photo (JPEG, PNG or PDF)")
+    class Meta:
+        csrf = False
+
+    first_name = StringField(_l("First name"), validators=[DataRequired(), Length(max=100)])
+    last_name = StringField(_l("Last name"), validators=[DataRequired(), Length(max=100)])
+    age_category = SelectField(_l("Age category"), choices=choices(AGE_CATEGORIES))
+    document_type = SelectField(_l("Document type"), choices=choices(DOCUMENT_TYPES))
+    document_number = StringField(_l("Document number"),
+                                  validators=[DataRequired(), Length(max=64)])
+    document_photo = FileField(_l("Document photo (JPEG, PNG or PDF)"))
     gdpr_consent = BooleanField(
-        "I consent to the processing of my personal data (GDPR)",
-        validators=[DataRequired(message="GDPR consent is required for every guest.")],
+        _l("I consent to the processing of my personal data (GDPR)"),
+        validators=[DataRequired(message=_l("GDPR consent is required for every guest."))],
     )
 
 
 class RegistrationForm(FlaskForm):
-    email = EmailField("E-mail", validators=[DataRequired(), Email(), Length(max=255)])
-    language = SelectField("Language", choices=list(LANGUAGES.items()))
+    email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=255)])
+    language = SelectField(_l("Language"), choices=list(LANGUAGES.items()),
+                           default=page_language)
     guests = FieldList(FormField(GuestForm), min_entries=1)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..i18n import N_
+
 SIGNATURES = (
     (b"\xff\xd8\xff", "jpg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -28,7 +30,17 @@ PDF_ACTIVE_MARKERS = (b"/javascript", b"/js", b"/launch", b"/embeddedfile", b"/o
 
 
 class PhotoError(ValueError):
-    """The upload is not an acceptable document photo; the message says why."""
+    """The upload is not an acceptable document photo; the message says why
+    (in English; :meth:`translated` in the page's language)."""
+
+    def __init__(self, message: str, **params: object) -> None:
+        super().__init__(message % params if params else message)
+        self.message, self.params = message, params
+
+    def translated(self) -> str:
+        from flask_babel import gettext
+
+        return gettext(self.message, **self.params)
 
 
 @dataclass
@@ -47,7 +59,7 @@ def check_filename(filename: str) -> None:
     """The client's file name is never used for storage, but one carrying a path
     is an attack or a broken client: refuse it."""
     if "/" in filename or "\\" in filename or ".." in filename or "\x00" in filename:
-        raise PhotoError("the file name must be a plain name, without a path")
+        raise PhotoError(N_("the file name must be a plain name, without a path"))
 
 
 def _has_marker(stream: BinaryIO, markers: tuple[bytes, ...]) -> bool:
@@ -74,15 +86,15 @@ def check_photo(stream: BinaryIO, max_bytes: int) -> CheckedPhoto:
     size = stream.tell()
     stream.seek(0)
     if size == 0:
-        raise PhotoError("the file is empty")
+        raise PhotoError(N_("the file is empty"))
     if size > max_bytes:
-        raise PhotoError(f"the file is larger than {max_bytes // (1024 * 1024) or 1} MB")
+        raise PhotoError(N_("the file is larger than %(mb)s MB"), mb=max_bytes // (1024 * 1024) or 1)
     head = stream.read(16)
     for magic, ext in SIGNATURES:
         if head.startswith(magic):
             break
     else:
-        raise PhotoError("only JPEG, PNG or PDF files are accepted")
+        raise PhotoError(N_("only JPEG, PNG or PDF files are accepted"))
     tail = _tail(stream, size).rstrip(b"\r\n\t \x00")
     ok = {
         "jpg": tail.endswith(b"\xff\xd9"),
@@ -90,10 +102,10 @@ def check_photo(stream: BinaryIO, max_bytes: int) -> CheckedPhoto:
         "pdf": b"%%EOF" in tail,
     }[ext]
     if not ok:
-        raise PhotoError(f"the file is not a complete {ext.upper()} file")
+        raise PhotoError(N_("the file is not a complete %(kind)s file"), kind=ext.upper())
     markers = ACTIVE_MARKERS + (PDF_ACTIVE_MARKERS if ext == "pdf" else ())
     if _has_marker(stream, markers):
-        raise PhotoError("the file contains markup or script and is not accepted")
+        raise PhotoError(N_("the file contains markup or script and is not accepted"))
     stream.seek(0)
     return CheckedPhoto(stream, ext, size)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.datastructures import FileStorage
 
 from ..extensions import csrf, db
@@ -38,7 +39,7 @@ def register(trip_id: int):
         abort(404)
     if trip.end_date is not None and trip.end_date < date.today():
         return render_template("error.html", code=410,
-                               message="This trip has ended: registration is closed."), 410
+                               message=_("This trip has ended: registration is closed.")), 410
     form = RegistrationForm()
     if request.method == "GET":
         wanted = min(_guest_count(), trip.max_guests)
@@ -49,7 +50,7 @@ def register(trip_id: int):
         if form.validate() and _check_guest_limits(form, trip) and _check_photos(form):
             _save(form, trip)
             return redirect(url_for(".thanks", trip_id=trip.id))
-        flash("Please correct the errors below; nothing was saved.", "error")
+        flash(_("Please correct the errors below; nothing was saved."), "error")
     return render_template("registration/register.html", form=form, trip=trip), (
         400 if request.method == "POST" else 200
     )
@@ -63,7 +64,8 @@ def thanks(trip_id: int):
 
 def _check_guest_limits(form: RegistrationForm, trip: Trip) -> bool:
     if len(form.guests.entries) > trip.max_guests:
-        form.guests.errors.append(f"At most {trip.max_guests} guests can register for this trip.")
+        form.guests.errors.append(_("At most %(num)s guests can register for this trip.",
+                                    num=trip.max_guests))
         return False
     return True
 
@@ -82,7 +84,7 @@ def _check_photos(form: RegistrationForm) -> bool:
             check_filename(upload.filename)
             field.data = check_photo(upload.stream, limit)
         except PhotoError as exc:
-            field.errors = [f"Document photo: {exc}."]
+            field.errors = [_("Document photo: %(reason)s.", reason=exc.translated())]
             ok = False
     return ok
 

@@ -1,5 +1,6 @@
-"""The backup plugin: the Backup admin page, the monthly guest export API, the
-backup commands, its settings and status lines, its own hooks (database
+"""The backup plugin: the Backup admin page (with its own message catalogue in
+``translations/``), the monthly guest export API, the backup commands, its
+settings and status lines, its own hooks (database
 engines, storage types), the built-in PostgreSQL and SQLite engines and the
 built-in file and S3 storage types.
 
@@ -23,6 +24,15 @@ def register_settings(instance_path):
     from .settings import defaults
 
     return defaults(instance_path)
+
+
+@hookimpl
+def register_translations():
+    from pathlib import Path
+
+    from guest_registration.i18n import Catalog
+
+    return [Catalog(Path(__file__).resolve().parent / "translations", "backup")]
 
 
 @hookimpl
@@ -50,9 +60,12 @@ def register_storage_types():
 
 @hookimpl
 def register_admin_views(app):
+    from flask_babel import lazy_gettext as _l
+
     from .views import BackupView
 
-    return [BackupView(name="System Backup", category="Backup", endpoint="backup", url="backup")]
+    return [BackupView(name=_l("System Backup"), category=_l("Backup"), endpoint="backup",
+                       url="backup")]
 
 
 @hookimpl

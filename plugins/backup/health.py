@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from guest_registration.i18n import N_
 from guest_registration.models import AuditEntry
 
 from .context import BackupContext
@@ -136,3 +137,38 @@ def _human(delta: timedelta) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+# --- the problems above, in the page's language (the report itself stays English) -------
+
+#: every problem ``health`` words itself, as a message to translate; keep in step
+PROBLEMS = (
+    N_("%(storage)s: the newest archive is %(age)s old (more than %(limit)s)"),
+    N_("%(storage)s: no archive yet"),
+    N_("the last backup failed at %(at)s: %(message)s"),
+    N_("the last upload failed at %(at)s: %(message)s"),
+    N_("no restore drill yet (run: manage.py restore-test)"),
+    N_("the last restore drill failed at %(at)s: %(message)s"),
+    N_("the last restore drill is %(age)s old (more than %(limit)s)"),
+)
+
+
+def _pattern(message: str) -> re.Pattern:
+    parts = re.split(r"%\((\w+)\)s", message)  # literal, name, literal, ...
+    return re.compile("^" + "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.*?)"
+                                    for i, p in enumerate(parts)) + "$", re.S)
+
+
+_PATTERNS = [(message, _pattern(message)) for message in PROBLEMS]
+
+
+def problem_text(problem: str) -> str:
+    """One of the report's problems in the page's language (a storage's own error,
+    which no pattern matches, as it is)."""
+    from flask_babel import gettext
+
+    for message, pattern in _PATTERNS:
+        match = pattern.match(problem)
+        if match:
+            return gettext(message, **match.groupdict())
+    return problem

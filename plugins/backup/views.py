@@ -7,13 +7,14 @@ from datetime import datetime, timedelta, timezone
 from flask import (Response, abort, current_app, flash, jsonify, redirect, request, send_file,
                    url_for)
 from flask_admin import expose
+from flask_babel import gettext as _
 from flask_security import current_user
 from sqlalchemy import select
 
 from guest_registration import audit
 from guest_registration.admin import SecureBaseView
 from guest_registration.extensions import csrf, db
-from guest_registration.formatting import human_size, timestamp
+from guest_registration.i18n import page_size, page_timestamp
 from guest_registration.models import AuditEntry
 
 from .archive import ARCHIVE_RE, clean_partials
@@ -22,7 +23,7 @@ from .errors import BackupBusy, BackupError
 from .fetch import local_copy
 from .guest_export import ExportRequestError, parse_request
 from .preview import preview
-from .health import health
+from .health import health, problem_text
 from .jobs import read_job, start_job
 from .listing import list_everywhere
 from .storages import StorageError
@@ -102,7 +103,7 @@ class BackupView(SecureBaseView):
             "admin/backup/index.html",
             archives=archives, verified=_verifications([a.name for a in archives]),
             health=report, health_code=code, storage_problem=storage_problem,
-            human_size=human_size, timestamp=timestamp,
+            human_size=page_size, timestamp=page_timestamp, problem_text=problem_text,
             formats=list(current_app.extensions["export_formats"]),
             job=job, activity=audit.recent(db.engine, 15),
             public_key=public_key, encrypted=bool(settings.age_recipients),
@@ -116,11 +117,11 @@ class BackupView(SecureBaseView):
         csrf.protect()
         try:
             start_job(current_app._get_current_object(), current_user.email)
-            flash("System backup started. The download begins when it is done.", "info")
-        except BackupBusy as exc:
-            flash(str(exc).capitalize() + ".", "warning")
+            flash(_("System backup started. The download begins when it is done."), "info")
+        except BackupBusy:
+            flash(_("A backup is already running; wait for it to finish."), "warning")
         except BackupError as exc:
-            flash(f"The backup could not start: {exc}.", "error")
+            flash(_("The backup could not start: %(error)s.", error=exc), "error")
         return _back("system-backup")
 
     @expose("/job")
@@ -169,17 +170,20 @@ class BackupView(SecureBaseView):
                 report = verify(path, ctx.engines, ctx.settings.trusted(), audit_engine=db.engine,
                                 actor=current_user.email, via="admin")
         except BackupError as exc:
-            flash(f"{archive} cannot be verified: {exc}.", "error")
+            flash(_("%(archive)s cannot be verified: %(error)s.", archive=archive, error=exc),
+                  "error")
             return _back()
         if report.ok and report.decryption_skipped:
-            flash(f"{archive}: the encrypted file's signature is valid. Its contents were not "
-                  f"checked (the server holds no identity): verify it with "
-                  f"manage.py verify --identity on a machine that has one.", "success")
-        elif report.ok:
-            flash(f"{archive} verified: every checksum matches and the dump is complete.",
+            flash(_("%(archive)s: the encrypted file's signature is valid. Its contents were not "
+                    "checked (the server holds no identity): verify it with "
+                    "manage.py verify --identity on a machine that has one.", archive=archive),
                   "success")
+        elif report.ok:
+            flash(_("%(archive)s verified: every checksum matches and the dump is complete.",
+                    archive=archive), "success")
         else:
-            flash(f"{archive} did not verify: {'; '.join(report.problems[:3])}.", "error")
+            flash(_("%(archive)s did not verify: %(problems)s.", archive=archive,
+                    problems="; ".join(report.problems[:3])), "error")
         return _back()
 
     @expose("/delete/<archive>", methods=["POST"])
@@ -191,12 +195,14 @@ class BackupView(SecureBaseView):
                 storage.delete(archive)
                 removed.append(storage.name)
             except StorageError as exc:
-                flash(f"{archive} could not be deleted from {storage.name}: {exc}.", "error")
+                flash(_("%(archive)s could not be deleted from %(storage)s: %(error)s.",
+                        archive=archive, storage=storage.name, error=exc), "error")
         audit.record(db.engine, "delete", "ok" if removed else "failed",
                      actor=current_user.email, via="admin", target=archive,
                      message=f"from {', '.join(removed) or 'nowhere'}")
         if removed:
-            flash(f"{archive} was deleted ({', '.join(removed)}).", "success")
+            flash(_("%(archive)s was deleted (%(storages)s).", archive=archive,
+                    storages=", ".join(removed)), "success")
         return _back()
 
     @expose("/preview")

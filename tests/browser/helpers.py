@@ -46,3 +46,16 @@ def no_problems(problems: list[str], allowed: tuple[str, ...] = ()) -> list[str]
 def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def slow_pg_dump(folder) -> str:
+    """A ``pg_dump`` that waits 2 s before dumping (the real one then runs), so a
+    page's backup progress can be seen; returns its path for ``PG_DUMP``."""
+    import shutil
+    from pathlib import Path
+
+    slow = Path(folder) / "slow_pg_dump"
+    slow.write_text('#!/bin/sh\ncase "$1" in --version) ;; *) sleep 2;; esac\n'
+                    f'exec {shutil.which("pg_dump")} "$@"\n')
+    slow.chmod(0o755)
+    return str(slow)

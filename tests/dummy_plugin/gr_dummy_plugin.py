@@ -27,3 +27,25 @@ def hello():
 @hookimpl
 def register_commands():
     return [hello]
+
+
+# --- its own message catalogue (Czech), found through the host's hook --------------
+
+@hookimpl
+def register_translations():
+    from pathlib import Path
+
+    from guest_registration.i18n import Catalog
+
+    return [Catalog(Path(__file__).resolve().parent / "gr_dummy_translations", "gr_dummy")]
+
+
+@hookimpl
+def register_blueprints(app):
+    from flask import Blueprint
+    from flask_babel import gettext
+
+    bp = Blueprint("dummy", __name__)
+    bp.add_url_rule("/dummy/hello", "hello",
+                    lambda: gettext("Hello from the dummy plugin"))
+    return [bp]

@@ -1,0 +1,190 @@
+"""The pages in their users' languages (Flask-Babel): English, Czech, Slovak, German.
+
+The page's language is the one picked with the language picker (kept in the
+session), else the best match of the browser's ``Accept-Language``, else
+English. The API (``/api/...``) is always English: it is an interface, not a page.
+
+Catalogues, merged into one lookup (on a message two of them translate, the
+later one wins, so the host's, merged last, win):
+
+* every plugin's own, from its ``register_translations`` hook (a directory laid
+  out ``<language>/LC_MESSAGES/<domain>.mo`` and its gettext domain);
+* the host's, ``guest_registration/translations/*/LC_MESSAGES/messages.mo``.
+
+Flask-Admin (domain ``admin``) and WTForms (through Flask-WTF, domain
+``wtforms``) use the catalogues they ship; Flask-Security-Too ships German but
+no Czech or Slovak, so the host's translation folder also holds a
+``flask_security`` catalogue for those two (``SECURITY_I18N_DIRNAME``).
+
+Each language maps to a locale with a territory (``cs`` → ``cs_CZ``): gettext
+then finds both ``cs_CZ`` and ``cs`` folders, which is how the libraries name
+theirs (WTForms ``cs_CZ``, Flask-Security ``de_DE``, Flask-Admin ``cs``).
+
+Page formatting (:func:`page_timestamp`, :func:`page_size`, :func:`page_yes_no`)
+follows the page's locale; in English it is exactly
+:mod:`guest_registration.formatting`, which the CLI keeps using.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from babel.numbers import get_decimal_symbol
+from flask import (Blueprint, Flask, abort, g, has_request_context, redirect, request, session,
+                   url_for)
+from flask_babel import Babel, format_date, format_datetime, get_locale, gettext, lazy_gettext
+
+from .formatting import human_size, timestamp, yes_no
+from .plugins import unique_items
+
+#: The page languages, in the picker's order: code → its own name (also the
+#: choices of a registration's language, stored as the code).
+LANGUAGES = {"en": "English", "cs": "Čeština", "sk": "Slovenčina", "de": "Deutsch"}
+#: code → Babel locale
+LOCALES = {"en": "en", "cs": "cs_CZ", "sk": "sk_SK", "de": "de_DE"}
+DEFAULT_LANGUAGE = "en"
+SESSION_KEY = "language"
+TRANSLATIONS = Path(__file__).resolve().parent / "translations"
+HOST_DOMAIN = "messages"
+#: gettext domains that belong to someone else: a plugin may not claim them
+RESERVED_DOMAINS = {HOST_DOMAIN: "the host", "admin": "Flask-Admin", "wtforms": "WTForms",
+                    "flask_security": "Flask-Security-Too"}
+API_PREFIX = "/api/"
+
+
+def N_(message: str) -> str:
+    """Mark ``message`` for extraction only; translate it where it is shown."""
+    return message
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A plugin's message catalogue: ``directory/<language>/LC_MESSAGES/<domain>.mo``."""
+
+    directory: str | Path
+    domain: str
+
+
+def page_language() -> str:
+    """The code (``en``, ``cs``, ``sk``, ``de``) of this request's page language."""
+    if not has_request_context() or request.path.startswith(API_PREFIX):
+        return DEFAULT_LANGUAGE
+    if "page_language" not in g:
+        chosen = session.get(SESSION_KEY)
+        g.page_language = chosen if chosen in LOCALES else _browser_language()
+    return g.page_language
+
+
+def _browser_language() -> str:
+    """The first of ours in ``Accept-Language`` by quality, by primary subtag
+    (``sk-SK`` is ``sk``: ``sk-SK, en;q=0.5`` means Slovak, not English)."""
+    for value, quality in request.accept_languages:  # highest quality first
+        code = value.replace("_", "-").split("-")[0].lower()
+        if code in LOCALES and quality > 0:
+            return code
+    return DEFAULT_LANGUAGE
+
+
+def _select_locale() -> str:
+    return LOCALES[page_language()]
+
+
+# --- page formatting -----------------------------------------------------------------
+
+def _english() -> bool:
+    return page_language() == DEFAULT_LANGUAGE
+
+
+def page_timestamp(value: Any) -> str:
+    """A date or a UTC timestamp to the second, in the page's locale."""
+    if value is None or _english():
+        return timestamp(value)
+    if isinstance(value, datetime):
+        return format_datetime(value, "medium")
+    return format_date(value, "medium")
+
+
+def page_size(n: int | float | None) -> str:
+    """``7.2 KiB`` with the page locale's decimal separator (``7,2 KiB``)."""
+    text = human_size(n)
+    return text if _english() else text.replace(".", get_decimal_symbol(get_locale()))
+
+
+def choices(labels: dict[str, str]) -> list[tuple[str, Any]]:
+    """``(stored value, label)`` pairs whose labels translate when shown."""
+    return [(value, lazy_gettext(label)) for value, label in labels.items()]
+
+
+def page_yes_no(value: Any) -> str:
+    if _english():
+        return yes_no(value)
+    return "" if value is None else (gettext("Yes") if value else gettext("No"))
+
+
+# --- the language picker ---------------------------------------------------------------
+
+bp = Blueprint("i18n", __name__)
+
+
+def local_path(target: str | None) -> str:
+    """``target`` when it is a path on this site, else ``/`` (no open redirect)."""
+    if (not target or not target.startswith("/") or target.startswith("//")
+            or "\\" in target or any(ord(c) < 32 for c in target)):
+        return "/"
+    parts = urlsplit(target)
+    return target if not (parts.scheme or parts.netloc) else "/"
+
+
+@bp.post("/language")
+def set_language():
+    """The picker's form: keep the language in the session, go back to the page."""
+    from .extensions import csrf
+
+    csrf.protect()
+    code = request.form.get("language", "")
+    if code not in LOCALES:
+        abort(400)
+    session[SESSION_KEY] = code
+    return redirect(local_path(request.form.get("next")))
+
+
+def _template_context() -> dict:
+    here = request.full_path if request.query_string else request.path
+    return {"page_language": page_language(), "page_languages": LANGUAGES,
+            "language_next": here, "language_url": url_for("i18n.set_language")}
+
+
+def _vary(response):
+    if not request.path.startswith(API_PREFIX) and SESSION_KEY not in session:
+        response.vary.add("Accept-Language")
+    return response
+
+
+def plugin_catalogs(app: Flask) -> list[Catalog]:
+    """Every plugin's catalogue (``register_translations``), in call order; a domain
+    two plugins (or a plugin and the host or a library) claim stops start-up."""
+    return list(unique_items(app.extensions["plugin_manager"], "register_translations",
+                             kind="translation domain", key=lambda c: c.domain,
+                             expect=Catalog, reserved=RESERVED_DOMAINS).values())
+
+
+def init_app(app: Flask) -> Babel:
+    """Flask-Babel with the plugins' catalogues and the host's, the picker, page
+    formatters. Called before Flask-Security is set up (it reads its folders)."""
+    catalogs = plugin_catalogs(app) + [Catalog(TRANSLATIONS, HOST_DOMAIN)]
+    app.config.setdefault("SECURITY_I18N_DIRNAME", ["builtin", str(TRANSLATIONS)])
+    babel = Babel(app, locale_selector=_select_locale, default_locale=DEFAULT_LANGUAGE,
+                  default_timezone="UTC")
+    config = app.extensions["babel"]
+    config.translation_directories = [str(Path(c.directory).resolve()) for c in catalogs]
+    config.default_domain = ";".join(c.domain for c in catalogs)
+    app.register_blueprint(bp)
+    app.context_processor(_template_context)
+    app.jinja_env.filters.update(page_timestamp=page_timestamp, page_size=page_size,
+                                 page_yes_no=page_yes_no)
+    app.after_request(_vary)
+    return babel
