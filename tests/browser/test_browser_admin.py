@@ -250,7 +250,7 @@ def test_deletes_ask_first_under_the_content_security_policy(admin_page, server,
             return conn.execute(sa.text("select count(*) from trip where id = :i"),
                                 {"i": trip_id}).scalar_one() == 1
 
-    page.goto(server.url("/admin/trip/?sort=0&desc=1"))
+    page.goto(server.url("/admin/trip/?sort=0&desc=1"), wait_until="load")  # scripts ready
     row = page.locator("table.model-list tbody tr", has=page.locator(
         f"input.action-checkbox[value='{first}']"))
     dialogs = []
@@ -265,8 +265,10 @@ def test_deletes_ask_first_under_the_content_security_policy(admin_page, server,
     assert not exists(first)
 
     # "With selected" → Delete: the bulk action runs, after its own confirmation
+    page.wait_for_load_state("load")
     page.locator(f"input.action-checkbox[value='{second}']").check()
     page.locator("a.dropdown-toggle", has_text="With selected").click()
+    expect(page.locator("a[data-model-action=delete]")).to_be_visible()
     page.once("dialog", lambda d: d.accept())
     page.locator("a[data-model-action=delete]").click()
     expect(page.locator(".alert", has_text="successfully deleted")).to_be_visible()
