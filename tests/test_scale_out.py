@@ -24,7 +24,7 @@ from guest_registration.extensions import db
 from plugins.backup.context import backup_context
 from plugins.backup.jobs import read_job
 from plugins.backup.slots import LEASE
-from tests.helpers import ADMIN, API, ROOT, csrf_token_from
+from tests.helpers import API, ROOT, csrf_token_from
 
 
 def other_process(app, app_config, **changes):

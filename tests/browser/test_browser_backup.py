@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from plugins.backup.archive import PHOTO_NAME_RE
 from plugins.backup.engines.postgresql import PostgresEngine
 from plugins.backup.signing import TrustedKeys
 from plugins.backup.verify import verify_archive
-from tests.browser.helpers import TIMEOUT_MS, log_in, nav, no_problems, screenshot
+from tests.browser.helpers import TIMEOUT_MS, log_in, nav, no_problems, screenshot, slow_pg_dump
 from tests.helpers import ADMIN, USER, create_pg_database, drop_pg_database
 from tests.live_server import ARTIFACTS, live_server
 
@@ -30,15 +29,11 @@ def server(browser, pg_server, tmp_path_factory):
 
     Overrides the ``server`` of ``tests/browser/conftest.py`` for this module."""
     work = tmp_path_factory.mktemp("live-backup")
-    slow = work / "slow_pg_dump"
-    slow.write_text('#!/bin/sh\ncase "$1" in --version) ;; *) sleep 2;; esac\n'
-                    f'exec {shutil.which("pg_dump")} "$@"\n')
-    slow.chmod(0o755)
     url = create_pg_database(pg_server, "gr_browser_backup")
     try:
         with live_server(url, work, admin=ADMIN, user=USER,
                          log_path=ARTIFACTS / "live-server-backup.log",
-                         extra_env={"PG_DUMP": str(slow)}) as srv:
+                         extra_env={"PG_DUMP": slow_pg_dump(work)}) as srv:
             yield srv
     finally:
         drop_pg_database(pg_server, url)
