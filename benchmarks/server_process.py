@@ -1,8 +1,11 @@
 """The app server for the benchmark as a child process, and its memory use.
 
-``start_server`` runs the app on 127.0.0.1 (gunicorn with 2 workers, or
-``manage.py run``) in its own session; ``RssSampler`` measures the peak memory of
-that process and its children while a block of code runs.
+``start_server`` runs the app on 127.0.0.1 (``manage.py serve``: gunicorn with
+gthread workers and the app's own settings; bare gunicorn with 2 sync workers; or
+``manage.py run``) in its own session; ``start_worker`` runs ``manage.py worker``
+(RQ, needs ``REDIS_URL`` in the environment) the same way; ``stop_server`` stops
+either. ``RssSampler`` measures the peak memory of that process and its children
+while a block of code runs.
 """
 
 from __future__ import annotations
@@ -30,16 +33,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(kind: str, port: int, env: dict, log) -> tuple[subprocess.Popen, str]:
-    """Start the app (``kind``: auto, gunicorn or flask) and wait until it answers.
+def start_server(kind: str, port: int, env: dict, log, workers: int | None = None,
+                 threads: int | None = None, settle: float = 1.0,
+                 ) -> tuple[subprocess.Popen, str]:
+    """Start the app (``kind``: auto, serve, gunicorn or flask) and wait until it answers.
 
-    Returns the process (in a session of its own) and the kind actually used;
-    stdout and stderr go to the open file ``log``.
+    ``serve`` is ``manage.py serve`` (gthread workers; ``workers``/``threads`` as
+    given, else the command's defaults, 2 x 32). Returns the process (in a session
+    of its own) and the kind actually used; stdout and stderr go to the open file
+    ``log``. ``settle``: seconds to wait after the first answer, so every worker has
+    imported the app.
     """
     gunicorn = Path(sys.executable).with_name("gunicorn")
     if kind == "auto":
         kind = "gunicorn" if gunicorn.exists() else "flask"
-    if kind == "gunicorn":  # sync workers; --timeout bounds one request
+    if kind == "serve":
+        cmd = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--workers", str(workers)] if workers else []
+        cmd += ["--threads", str(threads)] if threads else []
+        # --workers reads WEB_CONCURRENCY, --host/--port HOST/PORT: only what we pass counts
+        env = {k: v for k, v in env.items() if k not in ("WEB_CONCURRENCY", "HOST", "PORT")}
+    elif kind == "gunicorn":  # sync workers; --timeout bounds one request
         cmd = [str(gunicorn), "--workers", "2", "--bind", f"127.0.0.1:{port}",
                "--timeout", "300", "guest_registration:create_app()"]
     else:
@@ -53,7 +67,7 @@ def start_server(kind: str, port: int, env: dict, log) -> tuple[subprocess.Popen
             conn.request("GET", "/api/backup/guests")  # 401 without a token: alive
             conn.getresponse().read()
             conn.close()
-            time.sleep(1)  # give the other gunicorn worker time to import the app
+            time.sleep(settle)  # give the other gunicorn workers time to import the app
             return proc, kind
         except OSError:
             time.sleep(0.2)
@@ -63,14 +77,52 @@ def start_server(kind: str, port: int, env: dict, log) -> tuple[subprocess.Popen
     raise ServerError(f"{kind} server {why}; see {log.name}")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
+def start_worker(env: dict, log, log_path: Path, timeout: float = 60) -> subprocess.Popen:
+    """``manage.py worker`` (RQ) in a session of its own; returns once it says it is
+    waiting for jobs (read from ``log_path``, the file ``log`` writes to)."""
+    proc = subprocess.Popen([sys.executable, "manage.py", "worker"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        log.flush()
+        if "waiting for jobs" in log_path.read_text(errors="replace"):
+            return proc
+        time.sleep(0.2)
+    code = proc.poll()
+    stop_server(proc)
+    why = f"did not start within {timeout:g} s" if code is None else f"exited with {code}"
+    raise ServerError(f"manage.py worker {why}; see {log_path}")
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM (gunicorn's master stops its workers, an RQ worker finishes its job),
+    SIGKILL to the session we started for it after ``timeout`` s; then whatever is
+    left of that session (an orphaned worker or job child) is killed too."""
     if proc.poll() is None:
-        proc.terminate()  # gunicorn's master stops its workers on SIGTERM
+        proc.terminate()
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the session we started for it
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+    for pid in session_members(proc.pid):  # the session's other members, if any
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def session_members(sid: int) -> list[int]:
+    """Processes of the session ``sid`` (one we started with start_new_session)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid:  # after "pid (comm)": state ppid pgrp session
+            found.append(int(stat.parent.name))
+    return found
 
 
 def process_tree(root: int) -> list[int]:
