@@ -102,7 +102,7 @@ def auth_token_command(email: str) -> None:
 @click.option("--port", default=8000, show_default=True, type=int, envvar="PORT")
 @click.option("--workers", default=None, type=click.IntRange(1, 64), envvar="WEB_CONCURRENCY",
               help="Worker processes (default 2).")
-@click.option("--threads", default=None, type=click.IntRange(1, 256),
+@click.option("--threads", default=None, type=click.IntRange(1, 256), envvar="WEB_THREADS",
               help="Threads per worker (default 32).")
 def serve_command(host: str, port: int, workers: int | None, threads: int | None) -> None:
     """Serve the app with gunicorn (production): threaded workers, timeouts that allow

@@ -34,7 +34,7 @@ STRING_SETTINGS = (
 #: Settings read from the environment as integers.
 INT_SETTINGS = ("MAX_PHOTO_BYTES", "DATABASE_POOL_SIZE", "DATABASE_MAX_OVERFLOW",
                 "DATABASE_POOL_TIMEOUT", "DATABASE_IDLE_TRANSACTION_TIMEOUT", "TRUSTED_PROXIES",
-                "HSTS_MAX_AGE")
+                "HSTS_MAX_AGE", "CLIENT_IO_TIMEOUT")
 
 
 #: Fixed defaults of Flask-Security-Too, Flask-WTF and Flask (overridable like the rest).
@@ -136,6 +136,9 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
         "TRUSTED_PROXIES": 0,
         # Strict-Transport-Security on HTTPS responses (0: none)
         "HSTS_MAX_AGE": 365 * 24 * 3600,
+        # `manage.py serve`: seconds a client's socket may make no progress (a stalled
+        # upload, a reader that stopped reading) before its request ends (0: never)
+        "CLIENT_IO_TIMEOUT": 30,
         # Redis (optional): shared rate limits, background jobs on `manage.py worker`,
         # locks and limits across processes; every key starts with REDIS_PREFIX
         "REDIS_URL": "",

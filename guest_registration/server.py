@@ -8,6 +8,8 @@
 - The worker timeout is a liveness check of the worker's main loop (a long export
   never trips it); ``graceful_timeout`` lets running exports finish on a restart
   (``kill -HUP`` reloads workers one by one, ``kill -TERM`` stops gracefully).
+- A client's socket waits ``CLIENT_IO_TIMEOUT`` seconds for progress, then the
+  request ends (408): a stalled upload frees its thread.
 - gunicorn's own ``X-Forwarded-*`` handling is off: whether a proxy's headers count
   is ``TRUSTED_PROXIES``'s decision alone (:mod:`.headers`).
 """
@@ -15,14 +17,58 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+
+from .web import CLIENT_STALLED
 
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 32
 #: seconds a restart waits for running requests (a long export) before ending them
 GRACEFUL_TIMEOUT = 120
+
+
+class SocketTimeout:
+    """WSGI middleware: every read from (and write to) a client's socket waits at
+    most ``seconds`` for progress, so a client that stalls in the middle of its
+    request body frees its thread after that long (it gets 408) instead of holding
+    it forever. A slow client that keeps sending is not affected."""
+
+    def __init__(self, app, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    def __call__(self, environ, start_response):
+        sock = environ.get("gunicorn.socket")
+        if sock is None or self.seconds <= 0:
+            return self.app(environ, start_response)
+        sock.settimeout(self.seconds)
+        body = self.app(environ, start_response)
+        if not environ.get(CLIENT_STALLED):
+            return body
+        return _ThenHangUp(body, sock)
+
+
+class _ThenHangUp:
+    """The response to a client that stalled, then no more reading from it: its
+    connection is not kept alive (nor is the rest of its body waited for)."""
+
+    def __init__(self, body, sock) -> None:
+        self.body, self.sock = body, sock
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            if hasattr(self.body, "close"):
+                self.body.close()
+        finally:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def server_options(host: str, port: int, workers: int, threads: int, **extra: Any) -> dict:
@@ -63,7 +109,9 @@ class GuestRegistrationServer(BaseApplication):
     def load(self):
         from .cli import load_app
 
-        return load_app()
+        app = load_app()
+        app.wsgi_app = SocketTimeout(app.wsgi_app, int(app.config["CLIENT_IO_TIMEOUT"]))
+        return app
 
 
 def serve(host: str, port: int, workers: int, threads: int, **extra: Any) -> None:

@@ -7,6 +7,7 @@ from flask import Flask, abort, current_app, jsonify, render_template, request, 
 from flask_admin import helpers as admin_helpers
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import ClientDisconnected
 
 from . import headers
 from .availability import UNAVAILABLE, unavailable_response
@@ -17,6 +18,8 @@ API_PREFIX = "/api/"
 MAX_LIST_PAGE = 1_000_000
 #: Flask-Security's query-string name for tokens, refused here
 TOKEN_QUERY_KEY = "auth_token"
+#: WSGI environ key: the client stalled mid-body; its connection is not kept alive
+CLIENT_STALLED = "guest_registration.client_stalled"
 
 
 def _admin_template_context() -> dict:
@@ -41,7 +44,11 @@ def _refuse_odd_input():
         abort(400)
     fields = [request.args]
     if request.method in ("POST", "PUT", "PATCH"):
-        fields.append(request.form)
+        try:
+            fields.append(request.form)
+        except (OSError, ClientDisconnected):  # the client stopped sending (a timeout)
+            request.environ[CLIENT_STALLED] = True  # the server drops the connection
+            abort(408)
     for multi in fields:
         for key, value in multi.items(multi=True):
             if "\x00" in key or "\x00" in value:
@@ -82,6 +89,7 @@ def init_app(app: Flask) -> None:
         403: N_("You do not have access to this page."),
         404: N_("Page not found."),
         405: N_("Method not allowed."),
+        408: N_("The request took too long to arrive. Try again."),
         413: N_("The upload is too large."),
         429: N_("Too many attempts. Wait a little and try again."),
         500: N_("Something went wrong on our side. The error was logged."),

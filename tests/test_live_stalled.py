@@ -73,3 +73,53 @@ def test_stalled_uploads_hold_no_connection_and_the_page_answers(server):
             sock.close()
     assert all(status == 200 and seconds < 3 for status, seconds in timings), timings
     assert in_transaction == 0  # no stalled request holds a connection
+
+
+@pytest.fixture(scope="module")
+def few_threads(pg_server, tmp_path_factory):
+    """gunicorn with 2 workers x 4 threads and a 2 s client timeout."""
+    url = create_pg_database(pg_server, "gr_live_stalled_threads")
+    try:
+        with live_server(url, tmp_path_factory.mktemp("live-stalled-threads"), admin=ADMIN,
+                         log_path=ARTIFACTS / "live-server-stalled-threads.log",
+                         extra_env={"WEB_THREADS": "4", "CLIENT_IO_TIMEOUT": "2"},
+                         command="serve") as srv:
+            engine = sa.create_engine(normalise_database_url(url))
+            with engine.connect() as conn:
+                srv.trip_id = conn.execute(sa.text(
+                    "SELECT id FROM trip WHERE end_date >= current_date ORDER BY id LIMIT 1")
+                ).scalar_one()
+            engine.dispose()
+            yield srv
+    finally:
+        drop_pg_database(pg_server, url)
+
+
+def test_more_stalled_uploads_than_threads_are_dropped_after_the_timeout(few_threads):
+    """Twelve stalled uploads against eight threads: without a timeout on the
+    client's socket every thread would wait for them forever and `GET /` never
+    answer; with CLIENT_IO_TIMEOUT each stalled request ends with 408."""
+    sockets = [stall(few_threads.port, few_threads.trip_id) for _ in range(12)]
+    try:
+        time.sleep(5.0)  # two rounds of 2 s timeouts: eight threads, then the other four
+        timings = []
+        for _ in range(5):
+            started = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", few_threads.port, timeout=10)
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            timings.append((response.status, time.monotonic() - started))
+        answers = []
+        for sock in sockets:
+            sock.settimeout(10)
+            try:
+                answers.append(sock.recv(64).split(b"\r\n")[0])
+            except OSError as exc:
+                answers.append(repr(exc).encode())
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert all(status == 200 and seconds < 3 for status, seconds in timings), timings
+    assert answers.count(b"HTTP/1.1 408 REQUEST TIMEOUT") == 12, answers
