@@ -108,16 +108,9 @@ def serve_command(host: str, port: int, workers: int | None, threads: int | None
     """Serve the app with gunicorn (production): threaded workers, timeouts that allow
     long exports, graceful restarts (kill -HUP). Put it behind a reverse proxy that
     buffers request bodies and terminates HTTPS."""
-    import os
-
     from .server import DEFAULT_THREADS, DEFAULT_WORKERS, serve
 
-    workers = workers or DEFAULT_WORKERS
-    if workers > 1 and not os.environ.get("REDIS_URL"):
-        click.echo(f"note: without REDIS_URL the rate limits count in each of the {workers} "
-                   f"worker processes (a client may get up to {workers} times the limit); "
-                   f"set REDIS_URL to share them", err=True)
-    serve(host, port, workers, threads or DEFAULT_THREADS)
+    serve(host, port, workers or DEFAULT_WORKERS, threads or DEFAULT_THREADS)
 
 
 @click.command("test", context_settings={"ignore_unknown_options": True})

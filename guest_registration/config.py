@@ -67,7 +67,6 @@ STATIC_DEFAULTS: dict[str, Any] = {
     "LOGIN_LIMIT_PER_ADDRESS": "20 per 10 minutes",
     "LOGIN_LIMIT_PER_ACCOUNT": "10 per 10 minutes",
     "REGISTRATION_LIMIT_PER_ADDRESS": "20 per hour",
-    "RATELIMIT_STORAGE_URI": "memory://",
 }
 #: Every setting name the host owns: a plugin declaring one of these is refused.
 HOST_SETTINGS = frozenset(STRING_SETTINGS + INT_SETTINGS + tuple(STATIC_DEFAULTS) + (
@@ -162,8 +161,10 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     if isinstance(cfg["DISABLED_PLUGINS"], str):
         cfg["DISABLED_PLUGINS"] = [p.strip() for p in cfg["DISABLED_PLUGINS"].split(",") if p.strip()]
 
-    if cfg["REDIS_URL"] and not cfg.get("RATELIMIT_STORAGE_URI"):
-        cfg["RATELIMIT_STORAGE_URI"] = cfg["REDIS_URL"]  # limits shared by every process
+    if not cfg.get("RATELIMIT_STORAGE_URI"):  # counted for every process of the machine,
+        # or of every machine with Redis (guest_registration.limit_store)
+        cfg["RATELIMIT_STORAGE_URI"] = cfg["REDIS_URL"] or (
+            f"gr-sqlite://{instance.resolve() / 'ratelimits.sqlite'}")
     cfg.setdefault("SECRET_KEY", None)
     cfg.setdefault("SECURITY_PASSWORD_SALT", None)
     if not cfg["SECRET_KEY"]:

@@ -3,8 +3,9 @@
 Failed logins are limited per address and per account (only failures count, so
 an admin who types the password right is never locked out by the limit); new
 registrations per address. A client over a limit gets 429 with ``Retry-After``.
-Limits live in memory per server process, or in Redis when ``REDIS_URL`` is set
-(shared by every process; ``RATELIMIT_STORAGE_URI`` can name another store).
+Limits are counted for every server process: in an SQLite file in the instance
+folder (:mod:`.limit_store`), or in Redis when ``REDIS_URL`` is set
+(``RATELIMIT_STORAGE_URI`` can name another store).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_security import current_user
+
+from . import limit_store  # noqa: F401  (registers the gr-sqlite:// store)
 
 
 def _account() -> str:

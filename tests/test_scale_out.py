@@ -97,15 +97,23 @@ def _wrong_login(app, address="203.0.113.5") -> int:
         "csrf_token": csrf_token_from(page.get_data(as_text=True))}).status_code
 
 
-def test_rate_limits_are_shared_through_redis(app, app_config, redis_url):
-    changes = {"REDIS_URL": redis_url, "LOGIN_LIMIT_PER_ADDRESS": "3 per minute"}
+@pytest.mark.parametrize("shared", ["file", "redis"])
+def test_rate_limits_are_shared_between_processes(request, app, app_config, shared):
+    changes = {"LOGIN_LIMIT_PER_ADDRESS": "3 per minute"}
+    if shared == "redis":
+        changes["REDIS_URL"] = request.getfixturevalue("redis_url")
     one = other_process(app, app_config, **changes)
     two = other_process(app, app_config, **changes)
-    assert one.config["RATELIMIT_STORAGE_URI"] == redis_url
     assert [_wrong_login(one), _wrong_login(two), _wrong_login(one)] == [200, 200, 200]
     assert _wrong_login(two) == 429  # the fourth, though this process saw only one
-    keys = redis.Redis.from_url(redis_url).keys("*guest-registration:limits/*")
-    assert keys
+    assert _wrong_login(one, "198.51.100.7") == 200  # another address has its own count
+    if shared == "redis":
+        assert one.config["RATELIMIT_STORAGE_URI"] == changes["REDIS_URL"]
+        assert redis.Redis.from_url(changes["REDIS_URL"]).keys("*guest-registration:limits/*")
+    else:
+        store = Path(app.instance_path) / "ratelimits.sqlite"
+        assert one.config["RATELIMIT_STORAGE_URI"] == f"gr-sqlite://{store}"
+        assert store.stat().st_mode & 0o777 == 0o600
     dispose(one, two)
 
 
