@@ -52,6 +52,19 @@ def _latest(engine: Engine, action: str, outcomes=("ok", "failed", "aborted")) -
             "_when": (row["finished_at"] or row["created_at"]).replace(tzinfo=timezone.utc)}
 
 
+#: the problems ``health`` reports, worded once: the report (and ``backup-health``)
+#: gives them in English, the Backup page in its language (:func:`problem_text`)
+OLD_ARCHIVE = N_("%(storage)s: the newest archive is %(age)s old (more than %(limit)s)")
+NO_ARCHIVE = N_("%(storage)s: no archive yet")
+BACKUP_FAILED = N_("the last backup failed at %(at)s: %(message)s")
+UPLOAD_FAILED = N_("the last upload failed at %(at)s: %(message)s")
+NO_DRILL = N_("no restore drill yet (run: manage.py restore-test)")
+DRILL_FAILED = N_("the last restore drill failed at %(at)s: %(message)s")
+OLD_DRILL = N_("the last restore drill is %(age)s old (more than %(limit)s)")
+PROBLEMS = (OLD_ARCHIVE, NO_ARCHIVE, BACKUP_FAILED, UPLOAD_FAILED, NO_DRILL, DRILL_FAILED,
+            OLD_DRILL)
+
+
 def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
            max_drill_age: timedelta, listing=None) -> tuple[dict, int]:
     """The report and its exit code; ``listing`` (from ``list_everywhere``) saves
@@ -90,26 +103,25 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
             entry["newest"] = {"name": newest.name, "created": _iso(newest.created),
                                "age_seconds": int(age.total_seconds())}
             if age > max_age:
-                problems.append(f"{storage.name}: the newest archive is {_human(age)} old "
-                                f"(more than {_human(max_age)})")
+                problems.append(OLD_ARCHIVE % {"storage": storage.name, "age": _human(age),
+                                               "limit": _human(max_age)})
         else:
-            problems.append(f"{storage.name}: no archive yet")
+            problems.append(NO_ARCHIVE % {"storage": storage.name})
         storages.append(entry)
     last_backup = _latest(engine, "backup")
     last_upload = _latest(engine, "upload")
     last_drill = _latest(engine, "restore-test")
     failures = [e for e in (last_backup, last_upload) if e and e["outcome"] != "ok"]
     for failed in failures:
-        problems.append(f"the last {'backup' if failed is last_backup else 'upload'} failed "
-                        f"at {failed['at']}: {failed['message']}")
+        problem = BACKUP_FAILED if failed is last_backup else UPLOAD_FAILED
+        problems.append(problem % {"at": failed["at"], "message": failed["message"]})
     if last_drill is None:
-        problems.append("no restore drill yet (run: manage.py restore-test)")
+        problems.append(NO_DRILL)
     elif last_drill["outcome"] != "ok":
-        problems.append(f"the last restore drill failed at {last_drill['at']}: "
-                        f"{last_drill['message']}")
+        problems.append(DRILL_FAILED % {"at": last_drill["at"], "message": last_drill["message"]})
     elif now - last_drill["_when"] > max_drill_age:
-        problems.append(f"the last restore drill is {_human(now - last_drill['_when'])} old "
-                        f"(more than {_human(max_drill_age)})")
+        problems.append(OLD_DRILL % {"age": _human(now - last_drill["_when"]),
+                                     "limit": _human(max_drill_age)})
     if problems and code == HEALTHY:
         code = UNHEALTHY
     past = [e for e in (_latest(engine, "backup", ("failed", "aborted")),
@@ -140,18 +152,6 @@ def _human(delta: timedelta) -> str:
 
 
 # --- the problems above, in the page's language (the report itself stays English) -------
-
-#: every problem ``health`` words itself, as a message to translate; keep in step
-PROBLEMS = (
-    N_("%(storage)s: the newest archive is %(age)s old (more than %(limit)s)"),
-    N_("%(storage)s: no archive yet"),
-    N_("the last backup failed at %(at)s: %(message)s"),
-    N_("the last upload failed at %(at)s: %(message)s"),
-    N_("no restore drill yet (run: manage.py restore-test)"),
-    N_("the last restore drill failed at %(at)s: %(message)s"),
-    N_("the last restore drill is %(age)s old (more than %(limit)s)"),
-)
-
 
 def _pattern(message: str) -> re.Pattern:
     parts = re.split(r"%\((\w+)\)s", message)  # literal, name, literal, ...
