@@ -21,7 +21,8 @@ PYBABEL := $(VENV)/bin/pybabel
 LANGUAGES_ := cs sk de
 #: catalogue directory, gettext domain, extraction config (one line per catalogue)
 CATALOGUES := guest_registration/translations:messages:babel.cfg \
-              plugins/backup/translations:backup:plugins/backup/babel.cfg
+              plugins/backup/translations:backup:plugins/backup/babel.cfg \
+              plugins/export_formats/translations:csv_format:plugins/export_formats/babel.cfg
 
 .PHONY: run serve test test-fast install clean translations
 
@@ -57,7 +58,7 @@ test-fast: install
 # not extracted from our code: it fills Flask-Security-Too's missing Czech and Slovak.
 translations: install
 	@set -e; for entry in $(CATALOGUES); do \
-	  dir=$${entry%%:*}; rest=$${entry#*:}; domain=$${rest%%:*}; cfg=$${rest#*:}; \
+	  dir=$${entry%%:*}; rest=$${entry#*:}; domain=$${rest%%:*}; cfg=$${rest#*:}; mkdir -p $$dir; \
 	  $(PYBABEL) -q extract -F $$cfg -k _l -k lazy_gettext -c TRANSLATORS: \
 	    --project guest-registration -o $$dir/$$domain.pot . ; \
 	  for lang in $(LANGUAGES_); do \

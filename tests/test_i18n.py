@@ -199,6 +199,20 @@ def test_backup_page_in_czech(client, auth, runner):
     assert texts["running"] == "Záloha probíhá: {stage}, zapsáno {size}…"
     assert texts["confirm_delete"] == "Smazat {name}? Tuto akci nelze vrátit."
     assert texts["stages"]["database"] == "databáze" and texts["decimal"] == ","
+    # an export format's label, from the CSV format plugin's own catalogue
+    assert 'data-format="csv">CSV (tabulka)</option>' in response.get_data(as_text=True)
+
+
+def test_format_labels_translate_on_pages_only(client, auth, runner):
+    auth.login()
+    german = client.get("/admin/backup/", headers=lang("de")).get_data(as_text=True)
+    english = client.get("/admin/backup/").get_data(as_text=True)
+    assert 'data-format="csv">CSV (Tabelle)</option>' in german
+    assert 'data-format="csv">CSV (spreadsheet)</option>' in english
+    # the catalogue comes through the plugin's own hook, as a third party's would
+    listing = runner.invoke(args=["plugins"]).output
+    csv_hooks = listing.split("csv: ", 1)[1].splitlines()[1]
+    assert "register_translations" in csv_hooks, listing
 
 
 def test_every_health_problem_has_its_translation(app):

@@ -24,7 +24,9 @@ LANGUAGES = ("cs", "sk", "de")
 #: extraction config → (catalogue folder, domain), as ``make translations`` has them
 EXTRACTED = {ROOT / "babel.cfg": (ROOT / "guest_registration" / "translations", "messages"),
              ROOT / "plugins" / "backup" / "babel.cfg": (ROOT / "plugins" / "backup" / "translations",
-                                                         "backup")}
+                                                         "backup"),
+             ROOT / "plugins" / "export_formats" / "babel.cfg": (
+                 ROOT / "plugins" / "export_formats" / "translations", "csv_format")}
 KEYWORDS = {**DEFAULT_KEYWORDS, "_l": None, "lazy_gettext": None}
 #: every .po in the repository (not the virtualenv)
 CATALOGUES = sorted(p for p in ROOT.rglob("*.po") if ".venv" not in p.parts)
@@ -42,6 +44,7 @@ def test_the_catalogues_are_all_there():
     for lang in LANGUAGES:
         assert f"guest_registration/translations/{lang}/LC_MESSAGES/messages.po" in names
         assert f"plugins/backup/translations/{lang}/LC_MESSAGES/backup.po" in names
+        assert f"plugins/export_formats/translations/{lang}/LC_MESSAGES/csv_format.po" in names
     for lang in ("cs", "sk"):  # Flask-Security-Too ships no Czech or Slovak: ours fill in
         assert f"guest_registration/translations/{lang}/LC_MESSAGES/flask_security.po" in names
 
@@ -80,7 +83,7 @@ def test_every_marked_message_is_in_every_catalogue(config):
     runs it: each catalogue has exactly the messages found (none missing, none stale)."""
     folder, domain = EXTRACTED[config]
     found = extracted(config)
-    assert len(found) > 50
+    assert len(found) >= (1 if domain == "csv_format" else 50)  # the extraction works
     for lang in LANGUAGES:
         ids = {m.id for m in read(folder / lang / "LC_MESSAGES" / f"{domain}.po") if m.id}
         assert found - ids == set(), f"{lang}: not in the catalogue (run make translations)"

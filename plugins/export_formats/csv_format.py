@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from guest_registration import hookimpl
+from guest_registration.i18n import N_, Catalog
 from guest_registration.exports import ExportFormat, Row, pg_copy_chunks
 
 CHUNK_CHARS = 64 * 1024
@@ -60,7 +62,8 @@ def pg_csv(dbapi_connection, sql: str, params, fields: Sequence[str],
 
 
 CSV_FORMAT = ExportFormat(
-    name="csv", label="CSV (spreadsheet)", media_type="text/csv; charset=utf-8",
+    # the label in English here; pages translate it (this plugin's catalogue)
+    name="csv", label=N_("CSV (spreadsheet)"), media_type="text/csv; charset=utf-8",
     extension="csv", write=write_csv, fast_paths={"postgresql": pg_csv},
 )
 
@@ -68,3 +71,9 @@ CSV_FORMAT = ExportFormat(
 @hookimpl
 def register_export_formats():
     return [CSV_FORMAT]
+
+
+@hookimpl
+def register_translations():
+    """This plugin's own catalogue (domain ``csv_format``): its label on pages."""
+    return [Catalog(Path(__file__).resolve().parent / "translations", "csv_format")]
