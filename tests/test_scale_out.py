@@ -216,3 +216,23 @@ def test_a_queued_restore_drill_runs_on_the_worker(app, runner, redis_url, backe
 def test_queueing_a_drill_needs_redis(runner):
     result = runner.invoke(args=["restore-test", "--queue"])
     assert result.exit_code == 1 and "REDIS_URL is not set" in result.output
+
+
+def test_a_held_redis_lock_is_renewed_while_its_holder_lives(app, redis_url):
+    """The lock outlives its expiry while the holder runs (renewed every TTL/3), and
+    a second taker is refused all along; released, it is free at once."""
+    from plugins.backup.errors import BackupBusy
+
+    app.config["REDIS_URL"] = redis_url
+    holder = backup_context(app).lock()
+    holder.TTL = 1
+    holder.acquire()
+    try:
+        for _ in range(3):  # three times the expiry
+            time.sleep(1.0)
+            with pytest.raises(BackupBusy):
+                backup_context(app).lock().acquire()
+    finally:
+        holder.release()
+    assert not backup_context(app).lock().taken_elsewhere()
+    backup_context(app).lock().acquire().release()
