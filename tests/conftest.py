@@ -22,13 +22,9 @@ from guest_registration.config import normalise_database_url
 from guest_registration.extensions import db
 from guest_registration.models import Trip
 from tests.helpers import (ADMIN, USER, create_pg_database, csrf_token_from, drop_pg_database,
-                           make_config, terminate_open_transactions)
+                           make_config, missing, terminate_open_transactions)
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes"}
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +38,7 @@ def pg_server() -> str:
             conn.execute(sa.text("select 1"))
     except Exception as exc:
         reason = f"PostgreSQL not reachable at {url}: {str(exc).splitlines()[0]}"
-        if _truthy("REQUIRE_POSTGRES"):
-            pytest.fail(reason + " (REQUIRE_POSTGRES=1)", pytrace=False)
-        pytest.skip(reason)
+        missing("REQUIRE_POSTGRES", reason)
     finally:
         engine.dispose()
     return url
@@ -179,9 +173,7 @@ def redis_url() -> str:
     try:
         client.ping()
     except redis.RedisError as exc:
-        if _truthy("REQUIRE_REDIS"):
-            pytest.fail(f"REQUIRE_REDIS=1 but Redis does not answer at {REDIS_TEST_URL}: {exc}")
-        pytest.skip(f"no Redis at {REDIS_TEST_URL}")
+        missing("REQUIRE_REDIS", f"no Redis at {REDIS_TEST_URL}: {exc}")
     client.flushdb()
     yield REDIS_TEST_URL
     client.flushdb()

@@ -29,6 +29,19 @@ API = "/api/backup/guests"  # the monthly guest export
 
 # --------------------------------------------------------------------------- app and database
 
+def required(variable: str) -> bool:
+    """Whether CI said a part must be there (``REQUIRE_POSTGRES=1`` and the like)."""
+    return os.environ.get(variable, "").lower() in {"1", "true", "yes"}
+
+
+def missing(variable: str, reason: str) -> None:
+    """A real part (server, browser, CLI) is missing: skip with the reason, or fail
+    with it when ``variable`` (set by ``.ci/run``) requires the part."""
+    if required(variable):
+        pytest.fail(f"{reason} ({variable}=1)", pytrace=False)
+    pytest.skip(reason)
+
+
 def make_config(tmp_path: Path, database_url: str, **extra) -> dict:
     cfg = {
         "TESTING": True,

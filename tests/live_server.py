@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import pytest
+from tests.helpers import create_pg_database, drop_pg_database, missing
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = ROOT / "manage.py"
@@ -57,10 +57,6 @@ APP_ENV = ("DATABASE_URL", "INSTANCE_PATH", "SECRET_KEY", "SECURITY_PASSWORD_SAL
 COMMAND_TIMEOUT = 120  # seconds for one manage.py command (setup, demo-data, users create)
 STARTUP_TIMEOUT = 60   # seconds until the server must answer
 STOP_TIMEOUT = 10      # seconds between terminate and kill
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes"}
 
 
 # --------------------------------------------------------------------------- server
@@ -103,6 +99,10 @@ class LiveServer:
     def manage(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> str:
         """Run ``python manage.py ARGS`` against this server's database and folders."""
         return run_manage(args, self.env, self.log_path, timeout=timeout)
+
+    def auth_token(self, email: str) -> str:
+        """An API token of ``email`` (an active admin), from ``manage.py auth-token``."""
+        return self.manage("auth-token", email).strip().splitlines()[-1]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -256,6 +256,24 @@ def live_server(database_url: str, workdir: Path, *,
             _stop(server.process, log)
 
 
+@contextlib.contextmanager
+def pg_live_server(pg_server: str, name: str, workdir: Path, **options) -> Iterator[LiveServer]:
+    """:func:`live_server` on a PostgreSQL database of its own, created for it and
+    dropped afterwards; ``srv.engine`` is an SQLAlchemy engine on that database."""
+    import sqlalchemy as sa
+
+    from guest_registration.config import normalise_database_url
+    url = create_pg_database(pg_server, name)
+    engine = sa.create_engine(normalise_database_url(url))
+    try:
+        with live_server(url, workdir, **options) as srv:
+            srv.engine = engine
+            yield srv
+    finally:
+        engine.dispose()
+        drop_pg_database(pg_server, url)
+
+
 # --------------------------------------------------------------------------- browser
 
 def browser_unavailable_reason() -> str | None:
@@ -271,9 +289,7 @@ def browser_unavailable_reason() -> str | None:
 
 def skip_or_fail(reason: str) -> None:
     """Skip with the reason, or fail with it under ``REQUIRE_BROWSER=1``."""
-    if _truthy("REQUIRE_BROWSER"):
-        pytest.fail(f"{reason} (REQUIRE_BROWSER=1)", pytrace=False)
-    pytest.skip(f"browser tests: {reason}")
+    missing("REQUIRE_BROWSER", f"browser tests: {reason}")
 
 
 def require_browser() -> None:

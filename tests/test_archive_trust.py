@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -26,7 +25,7 @@ from plugins.backup.context import backup_context
 from plugins.backup.engines.postgresql import PostgresEngine
 from plugins.backup.engines.sqlite import _authorizer
 from plugins.backup.errors import EngineError
-from tests.helpers import make_backup, make_config, restore_target, table_contents
+from tests.helpers import make_backup, make_config, missing, restore_target, table_contents
 
 DOCUMENT_NUMBER = "XK-SECRET-4711"
 
@@ -283,9 +282,7 @@ def test_uploads_never_overwrite_existing_files(request, app, runner, archive, b
 def age_cli() -> str:
     path = shutil.which("age")
     if path is None:
-        if os.environ.get("REQUIRE_AGE_CLI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail("the age CLI is missing (apt-get install age; REQUIRE_AGE_CLI=1)")
-        pytest.skip("the age CLI is missing (apt-get install age)")
+        missing("REQUIRE_AGE_CLI", "the age CLI is missing (apt-get install age)")
     return path
 
 

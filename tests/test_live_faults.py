@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from guest_registration.config import normalise_database_url
-from tests.helpers import ADMIN, USER, create_pg_database, drop_pg_database, insert_bulk_guests
-from tests.live_server import ARTIFACTS, live_server
+from tests.helpers import ADMIN, USER, insert_bulk_guests
+from tests.live_server import ARTIFACTS, pg_live_server
 
 pytestmark = pytest.mark.live
 
@@ -23,18 +22,12 @@ ROWS = 120_000
 
 @pytest.fixture(scope="module")
 def server(pg_server, tmp_path_factory):
-    url = create_pg_database(pg_server, "gr_live_faults")
-    try:
-        with live_server(url, tmp_path_factory.mktemp("live-faults"), admin=ADMIN, user=USER,
-                         log_path=ARTIFACTS / "live-server-faults.log") as srv:
-            engine = sa.create_engine(normalise_database_url(url))
-            insert_bulk_guests(engine, ROWS, 2024, 2, "Bulk")
-            srv.engine = engine
-            srv.token = srv.manage("auth-token", ADMIN[0]).strip().splitlines()[-1]
-            yield srv
-            engine.dispose()
-    finally:
-        drop_pg_database(pg_server, url)
+    with pg_live_server(pg_server, "gr_live_faults", tmp_path_factory.mktemp("live-faults"),
+                        admin=ADMIN, user=USER,
+                        log_path=ARTIFACTS / "live-server-faults.log") as srv:
+        insert_bulk_guests(srv.engine, ROWS, 2024, 2, "Bulk")
+        srv.token = srv.auth_token(ADMIN[0])
+        yield srv
 
 
 def open_transactions(engine) -> int:

@@ -13,9 +13,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from guest_registration.config import normalise_database_url
-from tests.helpers import ADMIN, create_pg_database, drop_pg_database, insert_bulk_guests
-from tests.live_server import ARTIFACTS, live_server
+from tests.helpers import ADMIN, insert_bulk_guests
+from tests.live_server import ARTIFACTS, pg_live_server
 
 pytestmark = pytest.mark.live
 
@@ -27,18 +26,11 @@ ANSWER_WITHIN = 5.0     # seconds until the status line
 
 @pytest.fixture(scope="module")
 def server(pg_server, tmp_path_factory):
-    url = create_pg_database(pg_server, "gr_live_load")
-    try:
-        with live_server(url, tmp_path_factory.mktemp("live-load"), admin=ADMIN,
-                         log_path=ARTIFACTS / "live-server-load.log") as srv:
-            engine = sa.create_engine(normalise_database_url(url))
-            insert_bulk_guests(engine, ROWS, 2024, 3, "Load")
-            srv.engine = engine
-            srv.token = srv.manage("auth-token", ADMIN[0]).strip().splitlines()[-1]
-            yield srv
-            engine.dispose()
-    finally:
-        drop_pg_database(pg_server, url)
+    with pg_live_server(pg_server, "gr_live_load", tmp_path_factory.mktemp("live-load"),
+                        admin=ADMIN, log_path=ARTIFACTS / "live-server-load.log") as srv:
+        insert_bulk_guests(srv.engine, ROWS, 2024, 3, "Load")
+        srv.token = srv.auth_token(ADMIN[0])
+        yield srv
 
 
 def slow_export(srv, results: list, streaming: list, lock: threading.Lock) -> None:

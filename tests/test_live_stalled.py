@@ -11,33 +11,45 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from guest_registration.config import normalise_database_url
-from tests.helpers import ADMIN, create_pg_database, drop_pg_database
-from tests.live_server import ARTIFACTS, live_server
+from tests.helpers import ADMIN
+from tests.live_server import ARTIFACTS, pg_live_server
 
 pytestmark = pytest.mark.live
 STALLED = 16
 
 
+def _server(pg_server, tmp_path_factory, name: str, command: str, env: dict):
+    """A server on its own database with the demo trips; ``trip_id``: an open one."""
+    with pg_live_server(pg_server, f"gr_{name}", tmp_path_factory.mktemp(name), admin=ADMIN,
+                        log_path=ARTIFACTS / f"live-server-{name}.log", extra_env=env,
+                        command=command) as srv:
+        with srv.engine.connect() as conn:
+            srv.trip_id = conn.execute(sa.text(
+                "SELECT id FROM trip WHERE end_date >= current_date ORDER BY id LIMIT 1")
+            ).scalar_one()
+        yield srv
+
+
 @pytest.fixture(scope="module", params=["run", "serve"])
 def server(request, pg_server, tmp_path_factory):
     """The development server, and gunicorn as ``manage.py serve`` runs it."""
-    url = create_pg_database(pg_server, f"gr_live_stalled_{request.param}")
-    try:
-        with live_server(url, tmp_path_factory.mktemp("live-stalled"), admin=ADMIN,
-                         log_path=ARTIFACTS / f"live-server-stalled-{request.param}.log",
-                         extra_env={"DATABASE_POOL_TIMEOUT": "2"},
-                         command=request.param) as srv:
-            engine = sa.create_engine(normalise_database_url(url))
-            with engine.connect() as conn:
-                srv.trip_id = conn.execute(sa.text(
-                    "SELECT id FROM trip WHERE end_date >= current_date ORDER BY id LIMIT 1")
-                ).scalar_one()
-            srv.engine = engine
-            yield srv
-            engine.dispose()
-    finally:
-        drop_pg_database(pg_server, url)
+    yield from _server(pg_server, tmp_path_factory, f"live_stalled_{request.param}",
+                       request.param, {"DATABASE_POOL_TIMEOUT": "2"})
+
+
+def root_timings(port: int, times: int = 5, pause: float = 0.0) -> list[tuple[int, float]]:
+    """``GET /`` ``times`` times: (status, seconds) of each."""
+    timings = []
+    for _ in range(times):
+        started = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        timings.append((response.status, time.monotonic() - started))
+        time.sleep(pause)
+    return timings
 
 
 def stall(port: int, trip_id: int) -> socket.socket:
@@ -54,16 +66,7 @@ def test_stalled_uploads_hold_no_connection_and_the_page_answers(server):
     sockets = [stall(server.port, server.trip_id) for _ in range(STALLED)]
     try:
         time.sleep(1.0)  # let every stalled request reach the server
-        timings = []
-        for _ in range(5):
-            started = time.monotonic()
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-            conn.request("GET", "/")
-            response = conn.getresponse()
-            response.read()
-            conn.close()
-            timings.append((response.status, time.monotonic() - started))
-            time.sleep(0.3)
+        timings = root_timings(server.port, pause=0.3)
         with server.engine.connect() as conn:
             in_transaction = conn.execute(sa.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -78,21 +81,8 @@ def test_stalled_uploads_hold_no_connection_and_the_page_answers(server):
 @pytest.fixture(scope="module")
 def few_threads(pg_server, tmp_path_factory):
     """gunicorn with 2 workers x 4 threads and a 2 s client timeout."""
-    url = create_pg_database(pg_server, "gr_live_stalled_threads")
-    try:
-        with live_server(url, tmp_path_factory.mktemp("live-stalled-threads"), admin=ADMIN,
-                         log_path=ARTIFACTS / "live-server-stalled-threads.log",
-                         extra_env={"WEB_THREADS": "4", "CLIENT_IO_TIMEOUT": "2"},
-                         command="serve") as srv:
-            engine = sa.create_engine(normalise_database_url(url))
-            with engine.connect() as conn:
-                srv.trip_id = conn.execute(sa.text(
-                    "SELECT id FROM trip WHERE end_date >= current_date ORDER BY id LIMIT 1")
-                ).scalar_one()
-            engine.dispose()
-            yield srv
-    finally:
-        drop_pg_database(pg_server, url)
+    yield from _server(pg_server, tmp_path_factory, "live_stalled_threads", "serve",
+                       {"WEB_THREADS": "4", "CLIENT_IO_TIMEOUT": "2"})
 
 
 def test_more_stalled_uploads_than_threads_are_dropped_after_the_timeout(few_threads):
@@ -102,15 +92,7 @@ def test_more_stalled_uploads_than_threads_are_dropped_after_the_timeout(few_thr
     sockets = [stall(few_threads.port, few_threads.trip_id) for _ in range(12)]
     try:
         time.sleep(5.0)  # two rounds of 2 s timeouts: eight threads, then the other four
-        timings = []
-        for _ in range(5):
-            started = time.monotonic()
-            conn = http.client.HTTPConnection("127.0.0.1", few_threads.port, timeout=10)
-            conn.request("GET", "/")
-            response = conn.getresponse()
-            response.read()
-            conn.close()
-            timings.append((response.status, time.monotonic() - started))
+        timings = root_timings(few_threads.port)
         answers = []
         for sock in sockets:
             sock.settimeout(10)

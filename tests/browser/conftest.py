@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from guest_registration.config import normalise_database_url
 from tests.browser.helpers import NAV_TIMEOUT_MS, TIMEOUT_MS, is_favicon, log_in
-from tests.helpers import ADMIN, USER, create_pg_database, drop_pg_database
-from tests.live_server import ARTIFACTS, browser_session, live_server
+from tests.helpers import ADMIN, USER
+from tests.live_server import ARTIFACTS, browser_session, pg_live_server
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,13 +43,9 @@ def server(browser, pg_server, tmp_path_factory):
     """The real app on its own PostgreSQL database, for this module.
 
     Asks for ``browser`` first so that a missing browser skips before any setup."""
-    url = create_pg_database(pg_server, "gr_browser")
-    try:
-        with live_server(url, tmp_path_factory.mktemp("live"), admin=ADMIN, user=USER,
-                         log_path=ARTIFACTS / "live-server.log") as srv:
-            yield srv
-    finally:
-        drop_pg_database(pg_server, url)
+    with pg_live_server(pg_server, "gr_browser", tmp_path_factory.mktemp("live"), admin=ADMIN,
+                        user=USER, log_path=ARTIFACTS / "live-server.log") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from plugins.backup.engines.postgresql import PostgresEngine
 from plugins.backup.signing import TrustedKeys
 from plugins.backup.verify import verify_archive
 from tests.browser.helpers import TIMEOUT_MS, log_in, nav, no_problems, screenshot, slow_pg_dump
-from tests.helpers import ADMIN, USER, create_pg_database, drop_pg_database
-from tests.live_server import ARTIFACTS, live_server
+from tests.helpers import ADMIN, USER
+from tests.live_server import ARTIFACTS, pg_live_server
 
 BACKUP_TIMEOUT_MS = 60_000
 
@@ -29,14 +29,10 @@ def server(browser, pg_server, tmp_path_factory):
 
     Overrides the ``server`` of ``tests/browser/conftest.py`` for this module."""
     work = tmp_path_factory.mktemp("live-backup")
-    url = create_pg_database(pg_server, "gr_browser_backup")
-    try:
-        with live_server(url, work, admin=ADMIN, user=USER,
-                         log_path=ARTIFACTS / "live-server-backup.log",
-                         extra_env={"PG_DUMP": slow_pg_dump(work)}) as srv:
-            yield srv
-    finally:
-        drop_pg_database(pg_server, url)
+    with pg_live_server(pg_server, "gr_browser_backup", work, admin=ADMIN, user=USER,
+                        log_path=ARTIFACTS / "live-server-backup.log",
+                        extra_env={"PG_DUMP": slow_pg_dump(work)}) as srv:
+        yield srv
 
 
 def open_backup_page_from_menu(page, server):

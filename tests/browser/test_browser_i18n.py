@@ -10,8 +10,8 @@ import re
 import pytest
 
 from tests.browser.helpers import NAV_TIMEOUT_MS, TIMEOUT_MS, no_problems, screenshot, slow_pg_dump
-from tests.helpers import ADMIN, USER, create_pg_database, drop_pg_database
-from tests.live_server import ARTIFACTS, live_server
+from tests.helpers import ADMIN, USER
+from tests.live_server import ARTIFACTS, pg_live_server
 
 BACKUP_TIMEOUT_MS = 60_000
 
@@ -22,14 +22,10 @@ def server(browser, pg_server, tmp_path_factory):
 
     Overrides the ``server`` of ``tests/browser/conftest.py`` for this module."""
     work = tmp_path_factory.mktemp("live-i18n")
-    url = create_pg_database(pg_server, "gr_browser_i18n")
-    try:
-        with live_server(url, work, admin=ADMIN, user=USER,
-                         log_path=ARTIFACTS / "live-server-i18n.log",
-                         extra_env={"PG_DUMP": slow_pg_dump(work)}) as srv:
-            yield srv
-    finally:
-        drop_pg_database(pg_server, url)
+    with pg_live_server(pg_server, "gr_browser_i18n", work, admin=ADMIN, user=USER,
+                        log_path=ARTIFACTS / "live-server-i18n.log",
+                        extra_env={"PG_DUMP": slow_pg_dump(work)}) as srv:
+        yield srv
 
 
 @pytest.fixture
