@@ -243,32 +243,19 @@ def table(info: dict, pipe: list[dict], back: list[dict], spipe: list[dict],
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/gr_backup_bench")
+    gen.add_archive_arguments(parser, "gr_backup_bench", deadline=1800)
     parser.add_argument("--rows", type=int, default=1_400_000, help="guests in the large DB")
     parser.add_argument("--small-rows", type=int, default=20_000, help="guests in the small DB")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each command")
-    parser.add_argument("--files", type=int, default=50, help="ordinary upload files")
-    parser.add_argument("--photos", type=int, default=20, help="UUID-named guest photos")
-    parser.add_argument("--replace", action="store_true", help="drop the databases if they exist")
-    parser.add_argument("--keep-db", action="store_true", help="do not drop the databases at the end")
-    parser.add_argument("--deadline", type=int, default=1800, help="abort after this many seconds")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rows < 1 or args.small_rows < 1:
         parser.error("--runs, --rows and --small-rows must be positive")
     big = gen.libpq_url(args.database_url)
-    base, _, rest = big.rpartition("/")
-    name, sep, query = rest.partition("?")
-    small = f"{base}/{name}_small{sep}{query}"
+    small = gen.sibling_url(big, "_small")
     if not os.access(TIME, os.X_OK):
         raise SystemExit(f"{TIME} (GNU time) is needed for the peak memory; apt-get install time")
-    for url in (big, small):
-        if gen.database_exists(url) and not args.replace:
-            raise SystemExit(f"database {gen.split_url(url)[1]} exists; pass --replace to drop it")
-
-    def on_alarm(*_):
-        raise TimeoutError(f"the benchmark took longer than --deadline {args.deadline} s")
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.deadline)
+    gen.refuse_existing((big, small), args.replace)
+    gen.start_deadline(args.deadline)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     created: list[str] = []

@@ -126,6 +126,47 @@ def run_setup(url: str, env: dict[str, str], admin_email: str | None,
                            f"{proc.stdout}{proc.stderr}")
 
 
+# --- shared by the archive benchmarks (backup, restore, S3) ------------------------------
+
+def add_archive_arguments(parser: argparse.ArgumentParser, database: str,
+                          deadline: int) -> None:
+    """The options every archive benchmark has: its database, the uploads to put
+    in it, --replace, --keep-db and a --deadline."""
+    parser.add_argument("--database-url",
+                        default=f"postgresql://postgres@127.0.0.1:5432/{database}")
+    parser.add_argument("--files", type=int, default=50, help="ordinary upload files")
+    parser.add_argument("--photos", type=int, default=20, help="UUID-named guest photos")
+    parser.add_argument("--replace", action="store_true",
+                        help="drop the benchmark's databases if they exist")
+    parser.add_argument("--keep-db", action="store_true",
+                        help="do not drop the benchmark's databases at the end")
+    parser.add_argument("--deadline", type=int, default=deadline,
+                        help="abort after this many seconds")
+
+
+def sibling_url(url: str, suffix: str) -> str:
+    """``url`` with ``suffix`` appended to its database name (query kept)."""
+    base, _, rest = url.rpartition("/")
+    name, sep, query = rest.partition("?")
+    return f"{base}/{name}{suffix}{sep}{query}"
+
+
+def refuse_existing(urls, replace: bool) -> None:
+    for url in urls:
+        if database_exists(url) and not replace:
+            raise SystemExit(f"database {split_url(url)[1]} exists; pass --replace to drop it")
+
+
+def start_deadline(seconds: int) -> None:
+    """SIGALRM after ``seconds``: the benchmark raises TimeoutError and cleans up."""
+    import signal
+
+    def on_alarm(*_):
+        raise TimeoutError(f"the benchmark took longer than --deadline {seconds} s")
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+
+
 def month_bounds(year: int, month: int) -> tuple[datetime, datetime]:
     end = datetime(year + 1, 1, 1) if month == 12 else datetime(year, month + 1, 1)
     return datetime(year, month, 1), end

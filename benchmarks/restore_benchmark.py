@@ -235,33 +235,21 @@ def table(info: dict, plain: list[dict], enc: list[dict], rs: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/gr_restore_bench")
+    gen.add_archive_arguments(parser, "gr_restore_bench", deadline=3600)
     parser.add_argument("--rows", type=int, default=1_400_000, help="guests in the database")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each command")
-    parser.add_argument("--files", type=int, default=50, help="ordinary upload files")
-    parser.add_argument("--photos", type=int, default=20, help="UUID-named guest photos")
-    parser.add_argument("--replace", action="store_true", help="drop the databases if they exist")
-    parser.add_argument("--keep-db", action="store_true", help="do not drop the source at the end")
-    parser.add_argument("--deadline", type=int, default=3600, help="abort after this many seconds")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rows < 1:
         parser.error("--runs and --rows must be positive")
     src = gen.libpq_url(args.database_url)
-    base, _, rest = src.rpartition("/")
-    name, sep, query = rest.partition("?")
-    target = f"{base}/{name}_target{sep}{query}"
+    target = gen.sibling_url(src, "_target")
     for tool in (TIME, shutil.which("age"), shutil.which("psql")):
         if not tool or not os.access(tool, os.X_OK):
             raise SystemExit("needs GNU time at /usr/bin/time, age and psql on the PATH")
-    for url in (src, target):
-        if gen.database_exists(url) and not args.replace:
-            raise SystemExit(f"database {gen.split_url(url)[1]} exists; pass --replace to drop it")
+    gen.refuse_existing((src, target), args.replace)
     from pyrage import x25519
 
-    def on_alarm(*_):
-        raise TimeoutError(f"the benchmark took longer than --deadline {args.deadline} s")
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.deadline)
+    gen.start_deadline(args.deadline)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="gr_restore_bench_")

@@ -222,32 +222,22 @@ def table(info: dict, series: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url",
-                        default="postgresql://postgres@127.0.0.1:5432/gr_s3_bench")
+    gen.add_archive_arguments(parser, "gr_s3_bench", deadline=1800)
     parser.add_argument("--rows", type=int, default=1_400_000, help="guests in the database")
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (local, S3 16 MiB)")
     parser.add_argument("--small-part-runs", type=int, default=1,
                         help="of those rounds, how many also run with BACKUP_S3_PART_MB=5")
-    parser.add_argument("--files", type=int, default=50, help="ordinary upload files")
-    parser.add_argument("--photos", type=int, default=20, help="UUID-named guest photos")
-    parser.add_argument("--replace", action="store_true", help="drop the database if it exists")
-    parser.add_argument("--keep-db", action="store_true", help="keep the database")
-    parser.add_argument("--deadline", type=int, default=1800, help="abort after this many seconds")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rows < 1 or args.small_part_runs < 0:
         parser.error("--runs and --rows must be positive")
     url = gen.libpq_url(args.database_url)
     if not os.access(TIME, os.X_OK):
         raise SystemExit(f"{TIME} (GNU time) is needed for the peak memory; apt-get install time")
-    if gen.database_exists(url) and not args.replace:
-        raise SystemExit(f"database {gen.split_url(url)[1]} exists; pass --replace to drop it")
+    gen.refuse_existing([url], args.replace)
     import boto3
     import moto
 
-    def on_alarm(*_):
-        raise TimeoutError(f"the benchmark took longer than --deadline {args.deadline} s")
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.deadline)
+    gen.start_deadline(args.deadline)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="gr_s3_bench_")
