@@ -49,8 +49,8 @@ def copy_sql(year: int, month: int) -> str:
     """The export's own SELECT (plugins/backup/guest_export.py), with literal bounds."""
     from sqlalchemy.dialects import postgresql
 
-    from plugins.backup.engines.postgresql import PostgresEngine
-    from plugins.backup.guest_export import export_query, month_range
+    from guest_backup.engines.postgresql import PostgresEngine
+    from guest_backup.export.stream import export_query, month_range
 
     query = export_query(*month_range(year, month), timestamp=PostgresEngine().timestamp_text)
     return str(query.compile(dialect=postgresql.dialect(),
@@ -111,7 +111,7 @@ def fetch(port: int, token: str, year: int, month: int, fmt: str, keep: bool = F
 
 def validate(fmt: str, body: bytes, expected: int) -> None:
     """Parse a whole body (untimed) and check row count, columns and tricky names."""
-    from plugins.backup.guest_export import FIELDS
+    from guest_backup.export.stream import FIELDS
 
     if fmt == "csv":
         rows = list(csv.reader(io.StringIO(body.decode("utf-8"), newline="")))

@@ -108,7 +108,7 @@ PROBE = """
 import sys
 from pathlib import Path
 from guest_registration.cli import load_app
-from plugins.backup.storages.s3 import S3StorageType
+from guest_backup.storages.s3 import S3StorageType
 kb = lambda f: int(next(l for l in open("/proc/self/status") if l.startswith(f)).split()[1])
 app = load_app()
 before = kb("VmRSS:")

@@ -98,7 +98,7 @@ def terminate_open_transactions(engine) -> list[str]:
 
 def db_engine_of(app: Flask):
     """The backup plugin's database engine for the app's own database."""
-    from plugins.backup.context import backup_context
+    from guest_backup.wiring import backup_context
 
     with app.app_context():
         return backup_context(app).engine_for(db.engine.dialect.name)
@@ -196,7 +196,7 @@ def make_backup(runner, *args: str) -> Path:
 
 def trusted_of(app: Flask):
     """The keys the app's backups trust (its own signing key and BACKUP_TRUSTED_KEYS)."""
-    from plugins.backup.context import backup_context
+    from guest_backup.wiring import backup_context
 
     return backup_context(app).settings.trusted()
 
@@ -207,7 +207,7 @@ def resign(app: Flask, path: Path) -> Path:
     checks behind the signature (checksums, the dump screen, member rules)."""
     import zipfile
 
-    from plugins.backup.context import backup_context
+    from guest_backup.wiring import backup_context
 
     signer = backup_context(app).settings.signer()
     tmp = path.with_name(path.name + ".resigning")

@@ -13,7 +13,7 @@ import pytest
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Trip
 from guest_registration.models import AuditEntry
-from plugins.backup.guest_export import FIELDS, open_export, parse_request
+from guest_backup.export.stream import FIELDS, open_export, parse_request
 from tests.helpers import ADMIN, API, USER, db_engine_of
 
 GUESTS = [

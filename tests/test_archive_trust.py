@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from guest_registration import create_app
 from guest_registration.extensions import db
 from guest_registration.models import Guest
-from plugins.backup.context import backup_context
-from plugins.backup.engines.postgresql import PostgresEngine
-from plugins.backup.engines.sqlite import _authorizer
-from plugins.backup.errors import EngineError
+from guest_backup.wiring import backup_context
+from guest_backup.engines.postgresql import PostgresEngine
+from guest_backup.engines.sqlite import _authorizer
+from guest_backup.errors import EngineError
 from tests.helpers import make_backup, make_config, missing, restore_target, table_contents
 
 DOCUMENT_NUMBER = "XK-SECRET-4711"

@@ -48,9 +48,9 @@ def test_refused_restores_are_audited(app, runner, tmp_path):
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_failed_restore_is_audited_with_the_callers_via(app, tmp_path, runner):
-    from plugins.backup.context import backup_context
-    from plugins.backup.errors import BackupError
-    from plugins.backup.restore import restore_archive
+    from guest_backup.wiring import backup_context
+    from guest_backup.errors import BackupError
+    from guest_backup.ops.restore import restore_archive
 
     archive = make_backup(runner)
     ctx = backup_context(app)
@@ -58,7 +58,7 @@ def test_failed_restore_is_audited_with_the_callers_via(app, tmp_path, runner):
         with pytest.raises(BackupError, match="not empty"):
             restore_archive(archive, engines=ctx.engines, settings=ctx.settings,
                             target_url=app.config["DATABASE_URL"], uploads_dir=tmp_path / "u",
-                            trusted=ctx.settings.trusted(), engine=db.engine,
+                            trusted=ctx.settings.trusted(), engine=db.engine, audit=ctx.audit,
                             actor="someone@example.com", via="admin")
     (row,) = entries(app, "restore")
     assert (row.via, row.actor, row.outcome) == ("admin", "someone@example.com", "failed")

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 
 from guest_registration.extensions import db
 from guest_registration.models import AuditEntry, Guest, Registration, Trip
-from plugins.backup.archive import PHOTO_NAME_RE, list_archives
-from plugins.backup.context import backup_context
-from plugins.backup.verify import verify_archive
+from guest_backup.archive.format import PHOTO_NAME_RE, list_archives
+from guest_backup.wiring import backup_context
+from guest_backup.archive.verify import verify_archive
 from tests.helpers import make_backup, resign, restore_target, table_contents, trusted_of
 
 AWKWARD = ["O'Brien; DROP TABLE guest; --", 'Quote "q" \\ backslash', "Tab\tand\nnewline\r\n",

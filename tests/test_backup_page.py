@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from plugins.backup.context import backup_context
-from plugins.backup.jobs import STATE_FILE, read_job
-from plugins.backup.archive import BackupLock
+from guest_backup.wiring import backup_context
+from guest_backup.ops.jobs import STATE_FILE, read_job
+from guest_backup.ops.locks import BackupLock
 from tests.helpers import USER, csrf_token_from
 
 
@@ -160,7 +160,7 @@ def test_last_backup_never_links_a_deleted_archive(admin, app, runner):
 
 @pytest.mark.parametrize("command", [["backup"], ["backup-prune"], ["restore-test"]])
 def test_overlapping_runs_are_refused_with_exit_code_75(app, runner, command):
-    from plugins.backup.archive import BackupLock
+    from guest_backup.ops.locks import BackupLock
 
     with BackupLock(app.config["BACKUP_FOLDER"]):
         result = runner.invoke(args=command)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from guest_registration import create_app, hookimpl, hookspecs
-from plugins.backup import hookspecs as backup_hookspecs
+from guest_backup import hookspecs as backup_hookspecs
 from guest_registration.exports import DuplicateFormatError, ExportFormat
 from guest_registration.plugins import PluginLoadError, build_plugin_manager, plugin_infos
 from tests.helpers import ROOT, installed_distribution, make_config, manage, pip, pythonpath_env
@@ -35,8 +35,8 @@ def dummy_installed(tmp_path_factory) -> Path:
 def test_builtin_plugins_come_from_entry_points():
     pm = build_plugin_manager()
     infos = {i.name: i for i in plugin_infos(pm)}
-    for name, module in [("backup", "plugins.backup"), ("csv", "plugins.export_formats.csv_format"),
-                         ("json", "plugins.export_formats.json_format")]:
+    for name, module in [("backup", "guest_backup"), ("csv", "guest_formats.csv_format"),
+                         ("json", "guest_formats.json_format")]:
         assert infos[name].module == module
         assert infos[name].distribution == "guest-registration"
     assert "register_admin_views" in infos["backup"].hooks
@@ -45,9 +45,9 @@ def test_builtin_plugins_come_from_entry_points():
 def test_plugins_command_lists_builtins(tmp_path):
     out = manage("plugins", tmp_path=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "backup: plugins.backup from guest-registration 0.1.0" in out.stdout
-    assert "csv: plugins.export_formats.csv_format from guest-registration" in out.stdout
-    assert "json: plugins.export_formats.json_format from guest-registration" in out.stdout
+    assert "backup: guest_backup from guest-registration 0.1.0" in out.stdout
+    assert "csv: guest_formats.csv_format from guest-registration" in out.stdout
+    assert "json: guest_formats.json_format from guest-registration" in out.stdout
     assert "export formats available: csv, json" in out.stdout
 
 
@@ -137,15 +137,15 @@ def test_each_app_gets_its_own_plugin_manager(tmp_path):
                          ids=["host", "backup plugin"])
 def test_every_hook_is_documented_and_tested(module):
     """Datasette-style: every hookspec (the host's and the backup plugin's own) has a
-    docstring, a README entry and a test that names it."""
-    readme = (ROOT / "README.md").read_text()
+    docstring, an entry in the plugin guide (docs/plugins.md) and a test that names it."""
+    guide = (ROOT / "docs" / "plugins.md").read_text()
     tests = "".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
     specs = [name for name, fn in inspect.getmembers(module, inspect.isfunction)
              if hasattr(fn, "guest_registration_spec")]
     assert specs
     for name in specs:
         assert getattr(module, name).__doc__, name
-        assert f"`{name}" in readme, f"{name} is not documented in README.md"
+        assert f"`{name}" in guide, f"{name} is not documented in docs/plugins.md"
         assert f"def {name}(" in tests, f"no test implements {name}"
 
 

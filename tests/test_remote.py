@@ -148,7 +148,7 @@ def test_remote_down_keeps_the_local_archive_and_pings_fail(remote, s3, pings, r
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_failed_part_aborts_the_multipart_upload(remote, s3, runner, backend, monkeypatch):
-    from plugins.backup.context import backup_context
+    from guest_backup.wiring import backup_context
 
     storage = backup_context(remote).remote()
     real, calls = storage.client.upload_part, []

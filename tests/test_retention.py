@@ -11,7 +11,7 @@ import pytest
 
 from guest_registration.extensions import db
 from guest_registration.models import AuditEntry
-from plugins.backup.retention import Policy, plan
+from guest_backup.ops.retention import Policy, plan
 
 TODAY = date(2026, 11, 26)
 

@@ -21,9 +21,9 @@ import redis
 
 from guest_registration import create_app
 from guest_registration.extensions import db
-from plugins.backup.context import backup_context
-from plugins.backup.jobs import read_job
-from plugins.backup.slots import LEASE
+from guest_backup.wiring import backup_context
+from guest_backup.ops.jobs import read_job
+from guest_backup.ops.slots import LEASE
 from tests.helpers import API, ROOT, csrf_token_from
 
 
@@ -221,7 +221,7 @@ def test_queueing_a_drill_needs_redis(runner):
 def test_a_held_redis_lock_is_renewed_while_its_holder_lives(app, redis_url):
     """The lock outlives its expiry while the holder runs (renewed every TTL/3), and
     a second taker is refused all along; released, it is free at once."""
-    from plugins.backup.errors import BackupBusy
+    from guest_backup.errors import BackupBusy
 
     app.config["REDIS_URL"] = redis_url
     holder = backup_context(app).lock()

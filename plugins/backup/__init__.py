@@ -14,14 +14,14 @@ from guest_registration import hookimpl
 
 @hookimpl
 def add_hookspecs(pluginmanager):
-    from . import hookspecs
+    from guest_backup import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
 
 
 @hookimpl
 def register_settings(instance_path):
-    from .settings import defaults
+    from guest_backup.ops.settings import defaults
 
     return defaults(instance_path)
 
@@ -37,23 +37,23 @@ def register_translations():
 
 @hookimpl
 def init_app(app):
-    from .context import init_app as init_backup
+    from guest_backup.wiring import init_app as init_backup
 
     init_backup(app)
 
 
 @hookimpl
 def register_database_engines():
-    from .engines.postgresql import PostgresEngine
-    from .engines.sqlite import SQLiteEngine
+    from guest_backup.engines.postgresql import PostgresEngine
+    from guest_backup.engines.sqlite import SQLiteEngine
 
     return [PostgresEngine(), SQLiteEngine()]
 
 
 @hookimpl
 def register_storage_types():
-    from .storages.local import FileStorageType
-    from .storages.s3 import S3StorageType
+    from guest_backup.storages.local import FileStorageType
+    from guest_backup.storages.s3 import S3StorageType
 
     return [FileStorageType(), S3StorageType()]
 
@@ -62,7 +62,7 @@ def register_storage_types():
 def register_admin_views(app):
     from flask_babel import lazy_gettext as _l
 
-    from .views import BackupView
+    from guest_backup.web.views import BackupView
 
     return [BackupView(name=_l("System Backup"), category=_l("Backup"), endpoint="backup",
                        url="backup")]
@@ -70,27 +70,30 @@ def register_admin_views(app):
 
 @hookimpl
 def register_blueprints(app):
-    from .api import bp
+    from guest_backup.export.api import bp
+    from guest_backup.web.views import templates
 
-    return [bp]
+    return [bp, templates]
 
 
 @hookimpl
 def register_commands():
-    from . import cli, cli_restore
+    from guest_backup.cli import backup, restore
+    from guest_backup.export import cli as export_cli
 
-    return cli.COMMANDS + cli_restore.COMMANDS
+    return backup.COMMANDS + restore.COMMANDS + export_cli.COMMANDS
 
 
 @hookimpl
 def setup_app(app):
-    from .folders import prepare_backup_folder
+    from guest_backup.ops.folders import prepare_backup_folder
+    from guest_backup.wiring import backup_context
 
-    return prepare_backup_folder(app)
+    return prepare_backup_folder(backup_context(app).settings)
 
 
 @hookimpl
 def report_status(app):
-    from .status import backup_status
+    from guest_backup.cli.status import backup_status
 
     return backup_status(app)

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Iterable
 from guest_registration import hookspec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engines import DatabaseEngine
-    from .storages import StorageType
+    from guest_backup.engines import DatabaseEngine
+    from guest_backup.storages import StorageType
 
 
 @hookspec
 def register_database_engines() -> "Iterable[DatabaseEngine] | None":
-    """Return :class:`plugins.backup.engines.DatabaseEngine` objects, one per
+    """Return :class:`guest_backup.engines.DatabaseEngine` objects, one per
     database engine.
 
     An engine's ``dialect`` is the SQLAlchemy dialect name (``"postgresql"``,
@@ -35,13 +35,13 @@ def register_database_engines() -> "Iterable[DatabaseEngine] | None":
 
 @hookspec
 def register_storage_types() -> "Iterable[StorageType] | None":
-    """Return :class:`plugins.backup.storages.StorageType` objects: kinds of
+    """Return :class:`guest_backup.storages.StorageType` objects: kinds of
     place that hold remote copies of archives.
 
     A type's ``scheme`` is matched against ``BACKUP_REMOTE_URL``
     (``s3://bucket/prefix``: the built-in ``s3`` type; ``file:///mnt/nas``: the
     built-in ``file`` type); ``open(url, config)`` returns the
-    :class:`~plugins.backup.storages.Storage` (``list``, ``upload``, ``open``,
+    :class:`~guest_backup.storages.Storage` (``list``, ``upload``, ``open``,
     ``read_sidecar``, ``delete``). Two types for one scheme are a start-up
     error naming both plugins.
     """

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from plugins.backup.archive import PHOTO_NAME_RE
-from plugins.backup.engines.postgresql import PostgresEngine
-from plugins.backup.signing import TrustedKeys
-from plugins.backup.verify import verify_archive
+from guest_backup.archive.format import PHOTO_NAME_RE
+from guest_backup.engines.postgresql import PostgresEngine
+from guest_backup.archive.signing import TrustedKeys
+from guest_backup.archive.verify import verify_archive
 from tests.browser.helpers import TIMEOUT_MS, log_in, nav, no_problems, screenshot, slow_pg_dump
 from tests.helpers import ADMIN, USER
 from tests.live_server import ARTIFACTS, pg_live_server
@@ -220,6 +220,12 @@ def test_wide_tables_fit_the_screen_without_hiding_columns(browser, server, prob
         if path == "/admin/backup/":
             expect(page.get_by_role("button", name="Create system backup")).to_be_visible()
             expect(page.locator("#export-form [name=format]")).to_be_visible()
+            # every archive's buttons are on screen, without scrolling the table sideways
+            offscreen = page.evaluate("""() => [...document.querySelectorAll(
+                '#archive-table .archive-actions .btn')].filter(b => {
+                    const r = b.getBoundingClientRect();
+                    return r.left < 0 || r.right > window.innerWidth; }).length""")
+            assert offscreen == 0, f"{offscreen} archive buttons off-screen at {width}px"
         screenshot(page, f"narrow-{path.strip('/').replace('/', '-')}-{width}.png")
     finally:
         context.close()

@@ -3,9 +3,9 @@ and the system backup do differently per engine.
 
 The built-in PostgreSQL and SQLite engines are contributed through the backup
 plugin's own ``register_database_engines`` hook, exactly as a third-party plugin
-would contribute one (see :mod:`plugins.backup.hookspecs`). An engine never puts
+would contribute one (see :mod:`guest_backup.hookspecs`). An engine never puts
 a password on a command line and never lets a tool's raw error text escape:
-:class:`~plugins.backup.errors.EngineError` carries a message safe for users,
+:class:`~guest_backup.errors.EngineError` carries a message safe for users,
 the detail goes to the log with the password masked.
 """
 

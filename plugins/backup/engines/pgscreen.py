@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import EngineError
+from guest_backup.errors import EngineError
 
 MAX_STATEMENT_CHARS = 4 * 1024 * 1024
 _SPECIAL = re.compile(r"""--|/\*|['"$\\;]""")

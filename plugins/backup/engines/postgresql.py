@@ -18,9 +18,9 @@ from sqlalchemy import func, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.sql import ColumnElement
 
-from ..errors import EngineError
-from . import CHUNK, EngineSettings, ToolInfo, mask
-from .pgscreen import PgDumpScreen
+from guest_backup.errors import EngineError
+from guest_backup.engines import CHUNK, EngineSettings, ToolInfo, mask
+from guest_backup.engines.pgscreen import PgDumpScreen
 
 log = logging.getLogger(__name__)
 

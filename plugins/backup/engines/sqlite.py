@@ -17,8 +17,8 @@ from sqlalchemy import func
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.sql import ColumnElement
 
-from ..errors import EngineError
-from . import CHUNK, EngineSettings, ToolInfo
+from guest_backup.errors import EngineError
+from guest_backup.engines import CHUNK, EngineSettings, ToolInfo
 
 log = logging.getLogger(__name__)
 

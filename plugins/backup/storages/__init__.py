@@ -15,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Mapping, Protocol
 
-from ..errors import BackupError
+from guest_backup.archive.format import ArchiveInfo
+from guest_backup.errors import BackupError
 
 
 class StorageError(BackupError):
@@ -26,14 +27,6 @@ class StorageUnreachable(StorageError):
     """A storage could not be reached (``backup-health`` exits 2)."""
 
 
-@dataclass
-class StoredArchive:
-    name: str
-    size: int
-    created: datetime  # UTC
-    storage: str       # the storage's name: "local" or "remote"
-
-
 class Storage(Protocol):
     """One place that holds archives."""
 
@@ -42,7 +35,7 @@ class Storage(Protocol):
     #: where, for people (no credentials)
     url: str
 
-    def list(self) -> list[StoredArchive]:
+    def list(self) -> list[ArchiveInfo]:
         """Complete archives, newest first; raise StorageUnreachable."""
 
     def upload(self, path: Path) -> None:
@@ -57,6 +50,10 @@ class Storage(Protocol):
 
     def delete(self, name: str) -> None:
         """Remove an archive and its sidecar."""
+
+    def local_path(self, name: str) -> Path | None:
+        """The archive as a file on this machine when the storage is a folder here
+        (read in place, no copy), else None (it is fetched first)."""
 
 
 class StorageType(Protocol):

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import unquote, urlparse
 
-from ..archive import ARCHIVE_RE, delete_archive, list_archives, sidecar_path
-from . import StorageError, StorageUnreachable, StoredArchive
+from guest_backup.archive.format import (ARCHIVE_RE, ArchiveInfo, delete_archive,
+                                        list_archives, sidecar_path)
+from guest_backup.storages import StorageError, StorageUnreachable
 
 
 class LocalStorage:
@@ -24,11 +25,10 @@ class LocalStorage:
             raise StorageError("no such archive")
         return self.folder / name
 
-    def list(self) -> list[StoredArchive]:
+    def list(self) -> list[ArchiveInfo]:
         if self.name != "local" and not self.folder.is_dir():
             raise StorageUnreachable(f"the storage {self.url} is not there")
-        return [StoredArchive(a.name, a.size, a.created, self.name)
-                for a in list_archives(self.folder)]
+        return list_archives(self.folder, self.name)
 
     def upload(self, path: Path) -> None:
         """Copy under a hidden name, then rename: a reader never sees half a file."""
@@ -61,6 +61,12 @@ class LocalStorage:
 
     def delete(self, name: str) -> None:
         delete_archive(self._path(name))
+
+    def local_path(self, name: str) -> Path | None:
+        path = self._path(name)
+        if not path.is_file() or path.is_symlink():
+            raise StorageError(f"{name} is not in {self.url}")
+        return path
 
 
 class FileStorageType:

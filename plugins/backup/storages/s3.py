@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import urlparse
 
-from ..archive import ARCHIVE_RE, SIDECAR_SUFFIX, sidecar_path
-from . import StorageError, StorageUnreachable, StoredArchive
+from guest_backup.archive.format import ARCHIVE_RE, ArchiveInfo, SIDECAR_SUFFIX, sidecar_path
+from guest_backup.storages import StorageError, StorageUnreachable
 
 log = logging.getLogger(__name__)
 MIN_PART_MB = 5  # S3 refuses smaller non-final parts
@@ -65,7 +65,7 @@ class S3Storage:
         cls = StorageUnreachable if unreachable else StorageError
         return cls(f"{what} {self.url} failed: {_reason(exc)}")
 
-    def list(self) -> list[StoredArchive]:
+    def list(self) -> list[ArchiveInfo]:
         found = []
         prefix = f"{self.prefix}/" if self.prefix else ""
         try:
@@ -75,9 +75,9 @@ class S3Storage:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(prefix):]
                     if "/" not in name and ARCHIVE_RE.match(name):
-                        found.append(StoredArchive(name, obj["Size"],
-                                                   obj["LastModified"].astimezone(timezone.utc),
-                                                   self.name))
+                        found.append(ArchiveInfo(name, obj["Size"],
+                                                 obj["LastModified"].astimezone(timezone.utc),
+                                                 [self.name]))
         except Exception as exc:
             raise self._fail("listing", exc, unreachable=True) from None
         return sorted(found, key=lambda a: a.name, reverse=True)
@@ -148,6 +148,9 @@ class S3Storage:
                 self.client.delete_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
             raise self._fail(f"deleting {name} from", exc) from None
+
+    def local_path(self, name: str) -> Path | None:
+        return None
 
 
 class S3StorageType:

@@ -1,1 +1,0 @@
-"""Built-in plugins, loaded through entry points like any third-party plugin."""

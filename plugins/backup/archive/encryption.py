@@ -1,0 +1,179 @@
+"""age encryption of archives (through ``pyrage``, the Rust age library): written
+as a stream, so the plain ZIP never touches the disk, and readable by the stock
+``age`` CLI (``age -d -i key.txt archive.zip.age``).
+
+The server holds only recipients (``age1…`` public keys); identities (private
+keys) are given to ``verify``/``restore`` with ``--identity FILE`` when needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+from guest_backup.errors import BackupError
+
+AGE_MAGIC = b"age-encryption.org/v1\n"
+
+
+def _pyrage():
+    try:
+        import pyrage
+    except ImportError:
+        raise BackupError("age encryption needs the pyrage package: "
+                          "pip install 'guest-registration[age]'") from None
+    return pyrage
+
+
+def parse_recipients(texts: Iterable[str]) -> list:
+    """``age1…`` strings → recipients; a clear error naming a bad one. With none
+    configured, pyrage (the ``age`` extra) is not needed and not imported."""
+    texts = [t.strip() for t in texts if t.strip()]
+    if not texts:
+        return []
+    pyrage = _pyrage()
+    recipients = []
+    for text in texts:
+        if text.startswith("AGE-SECRET-KEY"):
+            raise BackupError("BACKUP_AGE_RECIPIENTS holds an identity (AGE-SECRET-KEY-…); "
+                              "give the public key (age1…) instead and keep the identity offline")
+        try:
+            recipients.append(pyrage.x25519.Recipient.from_str(text))
+        except Exception:
+            raise BackupError(f"{text[:24]!r}… is not an age recipient (age1…)") from None
+    return recipients
+
+
+def load_identities(path: str | os.PathLike) -> list:
+    """The ``AGE-SECRET-KEY-…`` lines of an identity file (as ``age-keygen`` writes it)."""
+    pyrage = _pyrage()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise BackupError(f"the identity file {path} cannot be read ({exc.strerror})") from None
+    identities = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith("AGE-SECRET-KEY-"):
+            try:
+                identities.append(pyrage.x25519.Identity.from_str(line))
+            except Exception:
+                raise BackupError(f"{path} holds a malformed age identity") from None
+    if not identities:
+        raise BackupError(f"{path} holds no age identity (AGE-SECRET-KEY-…)")
+    return identities
+
+
+class _HashingFile:
+    """The real file under the encryptor: counts and hashes the ciphertext."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+class EncryptingWriter:
+    """A write-only stream whose bytes reach ``fh`` age-encrypted to ``recipients``.
+
+    pyrage reads the plaintext from a pipe in a worker thread (it releases the
+    GIL), so memory stays at a pipe buffer and pyrage's chunk. Not seekable:
+    ``zipfile`` then writes data descriptors, as it does for any stream.
+    """
+
+    def __init__(self, fh: BinaryIO, recipients: list) -> None:
+        self._pyrage = _pyrage()
+        self.out = _HashingFile(fh)
+        read_fd, write_fd = os.pipe()
+        self._reader = os.fdopen(read_fd, "rb")
+        self._writer = os.fdopen(write_fd, "wb")
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(recipients,),
+                                        name="age-encrypt", daemon=True)
+        self._thread.start()
+
+    def _run(self, recipients: list) -> None:
+        try:
+            self._pyrage.encrypt_io(self._reader, self.out, recipients)
+        except BaseException as exc:  # raised in the writer's thread by close()
+            self._error = exc
+        finally:
+            self._reader.close()
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._writer.write(data)
+        except BrokenPipeError:
+            self._thread.join()
+            raise BackupError(f"age encryption failed ({type(self._error).__name__})") from None
+        return len(data)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Finish the age stream; raises if encryption failed."""
+        if not self._writer.closed:
+            try:
+                self._writer.close()
+            except BrokenPipeError:
+                pass
+        self._thread.join()
+        if self._error is not None:
+            raise BackupError(f"age encryption failed ({type(self._error).__name__})")
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        except OSError:
+            pass
+        self._thread.join()
+
+
+def decrypt_file(source: str | os.PathLike, identities: list, dest: BinaryIO) -> None:
+    """Decrypt an age file into ``dest`` (streamed); a plain message when it fails."""
+    pyrage = _pyrage()
+    try:
+        with open(source, "rb") as src:
+            pyrage.decrypt_io(src, dest, identities)
+    except OSError as exc:
+        raise BackupError(f"{source} cannot be read ({exc.strerror})") from None
+    except Exception:
+        raise BackupError("the archive cannot be decrypted with the given identity (not one "
+                          "of its recipients, or the file is damaged)") from None
+
+
+def is_age_file(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(AGE_MAGIC)) == AGE_MAGIC
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def decrypted(path: str | os.PathLike, identities: list) -> Iterator[Path]:
+    """The plain ZIP of an encrypted archive, in a private (0700) temporary folder
+    that is removed however the block ends."""
+    folder = Path(tempfile.mkdtemp(prefix="gr-restore-"))
+    try:
+        plain = folder / "archive.zip"
+        fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            decrypt_file(path, identities, out)
+        yield plain
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

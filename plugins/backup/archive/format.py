@@ -1,0 +1,95 @@
+"""Archives in the backup folder: names, listing and the archive format's constants.
+
+An archive ``system_backup_YYYYMMDD_HHMMSS.zip`` holds ``database.sql`` (a plain
+SQL dump), ``uploads/...`` (every upload except guest document photos),
+``manifest.json`` (sizes and SHA-256 of every other member) and
+``manifest.sig`` (the instance's Ed25519 signature of the manifest). With age
+recipients configured it is ``….zip.age`` (the same ZIP, age-encrypted) with a
+sidecar ``….zip.age.sig`` signing the ciphertext. It is written under a hidden
+``.partial`` name and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from guest_backup.errors import BackupError
+
+FORMAT_VERSION = 1
+ARCHIVE_RE = re.compile(r"^system_backup_\d{8}_\d{6}(?:_\d+)?\.zip(?:\.age)?$")
+SIDECAR_SUFFIX = ".sig"
+PARTIAL_SUFFIX = ".partial"
+DATABASE_MEMBER = "database.sql"
+MANIFEST_MEMBER = "manifest.json"
+SIGNATURE_MEMBER = "manifest.sig"
+UPLOADS_PREFIX = "uploads/"
+UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+#: guest photos: ``<uuid>.<ext>``, the older ``<uuid>_<anything>``, and half-written ``.tmp-<uuid>.<ext>``
+PHOTO_NAME_RE = re.compile(rf"^(?:\.tmp-)?{UUID}(?:\.[A-Za-z0-9]+|_.*)?$")
+#: errors an operator can fix (no traceback in the log for these)
+EXPECTED_ERRNOS = (errno.EACCES, errno.EFBIG, errno.ENOSPC)
+
+
+@dataclass
+class ArchiveInfo:
+    """One archive as a listing shows it (the one archive-row type): its name, size,
+    creation time (UTC) and the storages that hold it (``local``, ``remote``)."""
+
+    name: str
+    size: int
+    created: datetime
+    locations: list[str] = field(default_factory=list)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.name.endswith(".age")
+
+
+def remove_partials(folder: Path) -> int:
+    """Remove half-written archives; the caller holds the backup lock."""
+    removed = 0
+    for p in folder.glob(f".system_backup_*{PARTIAL_SUFFIX}*"):
+        p.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def new_archive_name(folder: Path, when: datetime, encrypted: bool = False) -> str:
+    base = f"system_backup_{when:%Y%m%d_%H%M%S}"
+    suffix = ".zip.age" if encrypted else ".zip"
+    taken = lambda name: any((folder / (name + end)).exists() for end in (".zip", ".zip.age"))  # noqa: E731
+    name, n = base, 1
+    while taken(name):
+        n += 1
+        name = f"{base}_{n}"
+    return name + suffix
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where an encrypted archive's ciphertext signature lives."""
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def delete_archive(path: Path) -> None:
+    """Remove an archive and its signature sidecar, if any."""
+    path.unlink(missing_ok=True)
+    sidecar_path(path).unlink(missing_ok=True)
+
+
+def list_archives(folder: str | os.PathLike, location: str = "local") -> list[ArchiveInfo]:
+    """Complete archives in the folder, newest first (partial files are never listed)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        if ARCHIVE_RE.match(p.name) and p.is_file() and not p.is_symlink():
+            st = p.stat()
+            found.append(ArchiveInfo(p.name, st.st_size,
+                                     datetime.fromtimestamp(st.st_mtime, timezone.utc), [location]))
+    return sorted(found, key=lambda a: a.name, reverse=True)

@@ -1,0 +1,150 @@
+"""Ed25519 signatures: every archive's manifest is signed by the instance's key,
+and ``verify``/``restore`` trust only that key and the keys the operator names.
+
+The private key is generated once into the instance folder (mode 0600, PEM) or
+read from ``BACKUP_SIGNING_KEY``; it is never written into an archive. Public
+keys are written ``ed25519:<base64 of the 32 raw bytes>``.
+
+Inside every archive, ``manifest.sig`` signs the exact bytes of
+``manifest.json`` (which lists every other member's size and SHA-256). An
+encrypted archive also gets a sidecar ``<name>.sig`` that signs the ciphertext
+(name, size, SHA-256), so its origin can be checked without the identity.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from guest_backup.errors import BackupError
+
+KEY_PREFIX = "ed25519:"
+#: what an outer (ciphertext) signature covers, so it can't be replayed for a manifest
+FILE_CONTEXT = b"guest-registration archive file v1\n"
+MANIFEST_CONTEXT = b"guest-registration manifest v1\n"
+
+
+class SignatureError(BackupError):
+    """An archive is unsigned, signed by an unknown key, or its signature is wrong."""
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return KEY_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    """``ed25519:<base64>`` → a public key; a clear error for anything else."""
+    text = (text or "").strip()
+    try:
+        if not text.startswith(KEY_PREFIX):
+            raise ValueError
+        raw = base64.b64decode(text[len(KEY_PREFIX):], validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, binascii.Error):
+        raise BackupError(f"{text[:60]!r} is not a public key (expected ed25519:<base64>, "
+                          f"as `manage.py backup-key` prints it)") from None
+
+
+def load_or_create_key(path: str | os.PathLike) -> Ed25519PrivateKey:
+    """The instance's signing key; created (mode 0600) the first time it is needed."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use that one
+            return load_or_create_key(path)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        return key
+    except OSError as exc:
+        raise BackupError(f"the signing key {path} cannot be read ({exc.strerror})") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise BackupError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BackupError(f"{path} is not an Ed25519 key")
+    return key
+
+
+@dataclass
+class Signer:
+    """Signs manifests and encrypted files with one private key."""
+
+    key: Ed25519PrivateKey
+
+    @property
+    def public_key(self) -> str:
+        return public_key_text(self.key.public_key())
+
+    def _envelope(self, signature: bytes, **extra) -> bytes:
+        return (json.dumps({"algorithm": "ed25519", "public_key": self.public_key,
+                            "signature": base64.b64encode(signature).decode("ascii"), **extra},
+                           indent=2, sort_keys=True) + "\n").encode()
+
+    def sign_manifest(self, manifest: bytes) -> bytes:
+        return self._envelope(self.key.sign(MANIFEST_CONTEXT + manifest))
+
+    def sign_file(self, name: str, size: int, sha256: str) -> bytes:
+        return self._envelope(self.key.sign(_file_message(name, size, sha256)),
+                              file=name, size=size, sha256=sha256)
+
+
+def _file_message(name: str, size: int, sha256: str) -> bytes:
+    return FILE_CONTEXT + f"{name}\n{size}\n{sha256}\n".encode()
+
+
+class TrustedKeys:
+    """The keys whose signatures are accepted: the instance's own plus named ones."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        for text in keys:
+            key = parse_public_key(text)
+            self._keys[public_key_text(key)] = key
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def _check(self, envelope: bytes, message: bytes, what: str) -> str:
+        try:
+            data = json.loads(envelope)
+            signer = data["public_key"]
+            signature = base64.b64decode(data["signature"], validate=True)
+            if data.get("algorithm") != "ed25519":
+                raise ValueError
+        except Exception:
+            raise SignatureError(f"the {what} signature is unreadable") from None
+        key = self._keys.get(signer)
+        if key is None:
+            raise SignatureError(f"the {what} is signed by an unknown key {str(signer)[:60]}; "
+                                 f"restore it only if you trust that key (--trusted-key)")
+        try:
+            key.verify(signature, message)
+        except InvalidSignature:
+            raise SignatureError(f"the {what} signature does not match: the archive was "
+                                 f"changed after it was signed") from None
+        return signer
+
+    def check_manifest(self, envelope: bytes, manifest: bytes) -> str:
+        """The signer's key if ``envelope`` is a trusted key's signature of ``manifest``."""
+        return self._check(envelope, MANIFEST_CONTEXT + manifest, "manifest")
+
+    def check_file(self, envelope: bytes, name: str, size: int, sha256: str) -> str:
+        return self._check(envelope, _file_message(name, size, sha256), "encrypted file")

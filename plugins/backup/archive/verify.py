@@ -1,0 +1,269 @@
+"""Verifying an archive, reading only: for an encrypted one the signature of the
+ciphertext and, with an identity, everything inside; for the ZIP a manifest
+signed by a trusted key, only members a system backup has (no links, no paths
+leaving the folder, no duplicates, no ZIP bombs, no guest-photo names), every
+member's size and SHA-256 as the signed manifest says, and a complete dump that
+holds nothing but what the engine's dump tool writes (the screen)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Mapping, Protocol
+
+from guest_backup.archive.format import (DATABASE_MEMBER, FORMAT_VERSION, MANIFEST_MEMBER, PHOTO_NAME_RE,
+                      SIGNATURE_MEMBER, UPLOADS_PREFIX, sidecar_path)
+from guest_backup.archive.encryption import decrypted, is_age_file
+from guest_backup.errors import BackupError, EngineError
+from guest_backup.archive.signing import SignatureError, TrustedKeys
+from guest_backup.archive.writer import CHUNK, Digest
+
+#: a member inflating more than this ratio *and* beyond BOMB_MIN_BYTES is refused
+BOMB_RATIO = 200
+BOMB_MIN_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_SIGNATURE_BYTES = 64 * 1024
+
+
+class ScreeningEngine(Protocol):
+    """What verification needs of a database engine (:mod:`guest_backup.engines`
+    implements it): a screen for its dump and the dump's completion check."""
+
+    def screen(self): ...
+
+    def is_complete(self, tail: bytes) -> bool: ...
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    manifest: dict | None = None
+    signed_by: str | None = None
+    unsigned: bool = False            # no signature, accepted with allow_unsigned
+    encrypted: bool = False
+    decryption_skipped: bool = False  # encrypted, and no identity to look inside
+    notes: list[str] = field(default_factory=list)
+
+
+def member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a ZIP member name or type is unsafe to extract (None if it is fine)."""
+    name = info.filename
+    mode = (info.external_attr >> 16) & 0o170000
+    if mode and stat.S_ISLNK(mode):
+        return f"{name!r} is a symbolic link"
+    if name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name):
+        return f"{name!r} is an absolute or non-portable path"
+    parts = PurePosixPath(name).parts
+    if ".." in parts or "." in parts or "" in name.split("/")[:-1]:
+        return f"{name!r} leaves the archive's folder"
+    if not (name in (DATABASE_MEMBER, MANIFEST_MEMBER, SIGNATURE_MEMBER)
+            or name.startswith(UPLOADS_PREFIX)):
+        return f"{name!r} is not a member a system backup has"
+    if name.startswith(UPLOADS_PREFIX) and PHOTO_NAME_RE.match(PurePosixPath(name).name):
+        return f"{name!r} has a guest-photo name: photos are never in an archive"
+    return None
+
+
+def _structure_problems(infos: list[zipfile.ZipInfo]) -> list[str]:
+    problems = []
+    names = [i.filename for i in infos]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        problems.append(f"duplicate members: {', '.join(sorted(dupes))[:200]}")
+    for info in infos:
+        problem = member_problem(info)
+        if problem:
+            problems.append(problem)
+        elif (info.file_size > BOMB_MIN_BYTES
+              and info.file_size > BOMB_RATIO * max(info.compress_size, 1)):
+            problems.append(f"{info.filename!r} inflates {info.file_size // max(info.compress_size, 1)}"
+                            f"-fold: refused as a possible ZIP bomb")
+    if not problems and MANIFEST_MEMBER not in names:
+        problems.append("manifest.json is missing")
+    return problems
+
+
+def _read_manifest_bytes(zf: zipfile.ZipFile) -> bytes:
+    if zf.getinfo(MANIFEST_MEMBER).file_size > MAX_MANIFEST_BYTES:
+        raise ValueError("manifest.json is implausibly large")
+    try:
+        return zf.read(MANIFEST_MEMBER)
+    except Exception:
+        raise ValueError("manifest.json is damaged") from None
+
+
+def _parse_manifest(data: bytes) -> dict:
+    try:
+        manifest = json.loads(data)
+        if not isinstance(manifest["members"], dict) or not manifest["database"]["engine"]:
+            raise TypeError
+    except Exception:
+        raise ValueError("manifest.json is not a valid manifest") from None
+    return manifest
+
+
+def _member_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int,
+                   screen=None) -> Digest:
+    """Read a member to its end, refusing to inflate past ``limit`` bytes; feed
+    ``screen`` (a dump screen) as it goes."""
+    digest = Digest()
+    with zf.open(info) as member:
+        while chunk := member.read(CHUNK):
+            if digest.size + len(chunk) > limit:
+                raise ValueError("member inflates beyond its declared size")
+            digest.update(chunk)
+            if screen is not None:
+                screen.feed(chunk)
+    if screen is not None:
+        screen.finish()
+    return digest
+
+
+def verify_archive(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine] | None,
+                   trusted: TrustedKeys, *, allow_unsigned: bool = False,
+                   identities: list | None = None) -> VerifyReport:
+    """Check an archive without writing anything; the report lists every problem.
+
+    An encrypted archive (``.zip.age``) is checked against the signature of its
+    ciphertext (the ``.sig`` beside it); its contents only with ``identities``,
+    decrypted into a private temporary file that is removed afterwards.
+    """
+    report = VerifyReport(ok=False)
+    if str(path).endswith(".age") or is_age_file(path):
+        report.encrypted = True
+        _check_ciphertext(Path(path), trusted, report, required=identities is None)
+        if identities is None:
+            report.decryption_skipped = True
+            report.ok = not report.problems
+            return report
+        try:
+            with decrypted(path, identities) as plain:
+                _check_zip(plain, engines, trusted, allow_unsigned, report)
+        except BackupError as exc:
+            report.problems.append(str(exc))
+    else:
+        _check_zip(path, engines, trusted, allow_unsigned, report)
+    report.ok = not report.problems
+    return report
+
+
+def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport,
+                      required: bool) -> None:
+    sidecar = sidecar_path(path)
+    try:
+        envelope = sidecar.read_bytes()[:MAX_SIGNATURE_BYTES]
+    except OSError:
+        if required:
+            report.problems.append(f"{sidecar.name} (the signature of the encrypted file) is "
+                                   f"missing; give --identity to check the archive inside")
+        else:
+            report.notes.append(f"{sidecar.name} is missing: only the contents were checked")
+        return
+    digest = Digest.of_file(path)
+    try:
+        report.signed_by = trusted.check_file(envelope, path.name, digest.size,
+                                              digest.sha.hexdigest())
+    except SignatureError as exc:
+        report.problems.append(str(exc))
+
+
+def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
+               report: VerifyReport) -> None:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        report.problems.append(f"not a readable ZIP archive ({type(exc).__name__})")
+        return
+    with zf:
+        infos = zf.infolist()
+        report.problems += _structure_problems(infos)
+        if report.problems:
+            return
+        try:
+            manifest_bytes = _read_manifest_bytes(zf)
+            manifest = report.manifest = _parse_manifest(manifest_bytes)
+        except ValueError as exc:
+            report.problems.append(str(exc))
+            return
+        names = {i.filename for i in infos}
+        if SIGNATURE_MEMBER in names:
+            signature = zf.getinfo(SIGNATURE_MEMBER)
+            envelope = zf.read(signature) if signature.file_size <= MAX_SIGNATURE_BYTES else b""
+            try:
+                report.signed_by = trusted.check_manifest(envelope, manifest_bytes)
+            except SignatureError as exc:
+                report.problems.append(str(exc))
+                return  # nothing in an untrusted archive is worth reading
+        elif allow_unsigned:
+            report.unsigned = True
+            report.notes.append("the archive is UNSIGNED: its origin cannot be checked")
+        else:
+            report.problems.append("the archive is unsigned (made before archives were signed, "
+                                   "or forged); --allow-unsigned accepts it anyway")
+            return
+        _check_members(zf, infos, manifest, engines, report)
+
+
+def _check_members(zf: zipfile.ZipFile, infos, manifest: dict, engines,
+                   report: VerifyReport) -> None:
+    listed: dict = manifest["members"]
+    if manifest.get("format_version") != FORMAT_VERSION:
+        report.problems.append(f"unsupported archive format {manifest.get('format_version')!r}")
+    names = {i.filename for i in infos}
+    report.problems += [f"{name} is listed in the manifest but missing"
+                        for name in listed if name not in names]
+    for info in infos:
+        if info.filename in (MANIFEST_MEMBER, SIGNATURE_MEMBER):
+            continue
+        expected = listed.get(info.filename)
+        if not isinstance(expected, dict):
+            report.problems.append(f"{info.filename} is not in the manifest")
+            continue
+        if info.file_size != expected.get("size"):
+            report.problems.append(f"{info.filename}: size differs from the manifest")
+            continue
+        screen = None
+        if info.filename == DATABASE_MEMBER:
+            engine = (engines or {}).get(manifest["database"]["engine"])
+            if engine is None:
+                report.problems.append(
+                    f"no database engine for the archive's {manifest['database']['engine']!r}")
+            else:
+                screen = engine.screen()
+        try:
+            digest = _member_digest(zf, info, expected["size"], screen)
+        except EngineError as exc:
+            report.problems.append(f"{info.filename}: {exc}")
+            continue
+        except Exception as exc:  # zlib.error, BadZipFile, EOFError, our ValueError ...
+            report.problems.append(f"{info.filename}: damaged ({exc.__class__.__name__})")
+            continue
+        if digest.sha.hexdigest() != expected.get("sha256"):
+            report.problems.append(f"{info.filename}: checksum mismatch")
+        elif screen is not None and not engine.is_complete(digest.tail):
+            report.problems.append("database.sql is incomplete (no completion trailer)")
+
+
+class VerifiedReader:
+    """Reads a member for a restore and checks, at its end, that the bytes are
+    the ones the signed manifest lists (the file may have changed since it was
+    verified): raises before the caller commits anything."""
+
+    def __init__(self, raw, expected: dict, name: str) -> None:
+        self.raw, self.expected, self.name = raw, expected, name
+        self.digest = Digest()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        if self.digest.size > self.expected["size"] or (
+                not data and self.digest.entry != {"size": self.expected["size"],
+                                                   "sha256": self.expected["sha256"]}):
+            raise BackupError(f"{self.name} changed after it was verified; nothing was restored")
+        return data

@@ -1,0 +1,158 @@
+"""Writing an archive: members streamed into a ZIP under a hidden ``.partial``
+name (mode 0600), each one's size and SHA-256 kept for the manifest, the
+manifest signed, and the file renamed into place only by
+:meth:`ArchiveWriter.commit`. With age recipients the ZIP is encrypted on its
+way to the disk (the plain ZIP is never written) and a sidecar signs the
+ciphertext. Leaving the ``with`` block without committing removes every
+partial file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from guest_backup.archive.format import MANIFEST_MEMBER, PARTIAL_SUFFIX, SIGNATURE_MEMBER, sidecar_path
+from guest_backup.archive.encryption import EncryptingWriter
+from guest_backup.errors import BackupError
+from guest_backup.archive.signing import Signer
+
+CHUNK = 1024 * 1024
+TAIL = 256
+
+Progress = Callable[[str, int], None]
+
+
+class Digest:
+    """Size, SHA-256 and the last bytes of a stream: what the manifest records and
+    what tells a complete dump. The one hash-and-tail loop, for writing and verifying."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.tail = b""
+
+    def update(self, data: bytes) -> None:
+        self.sha.update(data)
+        self.size += len(data)
+        self.tail = (self.tail + data[-TAIL:])[-TAIL:]  # no copy of the whole chunk
+
+    @property
+    def entry(self) -> dict:
+        return {"size": self.size, "sha256": self.sha.hexdigest()}
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike) -> "Digest":
+        """The digest of a whole file, read in chunks (the one file-hashing loop)."""
+        digest = cls()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+        return digest
+
+
+def zipinfo(name: str, when: datetime, mtime: float | None = None, level: int = 3) -> zipfile.ZipInfo:
+    stamp = time.gmtime(mtime)[:6] if mtime is not None else when.timetuple()[:6]
+    info = zipfile.ZipInfo(name, date_time=max(stamp, (1980, 1, 1, 0, 0, 0)))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    # a ZipInfo passed to ZipFile.open() ignores the ZipFile's compresslevel
+    if hasattr(type(info), "compress_level"):  # Python >= 3.13
+        info.compress_level = level
+    else:
+        info._compresslevel = level
+    info.external_attr = 0o600 << 16
+    return info
+
+
+class ArchiveWriter:
+    """One archive being written: ``add_stream``, ``add_file``, then ``commit``."""
+
+    def __init__(self, folder: Path, name: str, when: datetime, *, signer: Signer,
+                 recipients: list | None = None, level: int = 3,
+                 progress: Progress | None = None) -> None:
+        self.folder, self.name, self.when, self.level = folder, name, when, level
+        self.signer, self.recipients, self.progress = signer, recipients or [], progress
+        self.members: dict[str, dict] = {}
+        self.written = 0
+        self.partial = folder / f".{name}{PARTIAL_SUFFIX}"
+        self.partial_sidecar = folder / f".{name}{PARTIAL_SUFFIX}.sig"
+        self._fh = None
+        self._encryptor: EncryptingWriter | None = None
+        self._zip: zipfile.ZipFile | None = None
+
+    def __enter__(self) -> "ArchiveWriter":
+        try:
+            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError:
+            raise BackupError(f"the backup folder {self.folder} is not writable") from None
+        self._fh = os.fdopen(fd, "wb")
+        target = self._fh
+        if self.recipients:
+            target = self._encryptor = EncryptingWriter(self._fh, self.recipients)
+        self._zip = zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED,
+                                    compresslevel=self.level, allowZip64=True)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._fh is not None:  # not committed: throw the partial files away
+            try:
+                self._zip.close()
+            except Exception:
+                pass
+            if self._encryptor is not None:
+                self._encryptor.abort()
+            self._fh.close()
+            self._fh = None
+            self.partial.unlink(missing_ok=True)
+            self.partial_sidecar.unlink(missing_ok=True)
+
+    def add_stream(self, name: str, produce: Callable[[Callable[[bytes], None]], None], *,
+                   stage: str, mtime: float | None = None) -> Digest:
+        """Add a member whose bytes ``produce(write)`` writes; returns its digest."""
+        digest = Digest()
+        with self._zip.open(zipinfo(name, self.when, mtime, self.level), "w",
+                            force_zip64=True) as member:
+            def write(data: bytes) -> None:
+                member.write(data)
+                digest.update(data)
+                self.written += len(data)
+                if self.progress:
+                    self.progress(stage, self.written)
+            produce(write)
+        self.members[name] = digest.entry
+        return digest
+
+    def add_file(self, name: str, path: Path, *, stage: str) -> Digest:
+        def copy(write: Callable[[bytes], None]) -> None:
+            with open(path, "rb") as src:
+                while chunk := src.read(CHUNK):
+                    write(chunk)
+        return self.add_stream(name, copy, stage=stage, mtime=path.stat().st_mtime)
+
+    def commit(self, manifest: dict) -> Path:
+        """Write and sign the manifest last, flush to disk, and rename into place."""
+        manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        self._zip.writestr(zipinfo(MANIFEST_MEMBER, self.when), manifest_bytes)
+        self._zip.writestr(zipinfo(SIGNATURE_MEMBER, self.when),
+                           self.signer.sign_manifest(manifest_bytes))
+        self._zip.close()
+        if self._encryptor is not None:
+            self._encryptor.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        final = self.folder / self.name
+        if self._encryptor is not None:
+            out = self._encryptor.out
+            fd = os.open(self.partial_sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.signer.sign_file(self.name, out.size, out.sha.hexdigest()))
+            os.replace(self.partial_sidecar, sidecar_path(final))
+        os.replace(self.partial, final)
+        return final

@@ -1,0 +1,1 @@
+"""The backup commands (click): thin, over ops."""

@@ -1,0 +1,138 @@
+"""``backup``, ``backup-list``, ``backup-prune``, ``backup-key``: thin wrappers
+over :mod:`guest_backup.ops`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask.cli import with_appcontext
+
+from guest_registration.audit import cli_actor
+from guest_registration.extensions import db
+from guest_registration.formatting import human_size
+
+from guest_backup.ops.folders import clean_partials
+from guest_backup.wiring import backup_context
+from guest_backup.errors import BackupBusy, BackupError
+from guest_backup.ops.listing import list_everywhere
+from guest_backup.ops.pipeline import run_backup
+from guest_backup.ops.retention import prune_archives
+
+
+#: exit code of a command refused because another backup runs (EX_TEMPFAIL: try later)
+EXIT_BUSY = 75
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def _busy(exc: Exception) -> None:
+    """Another backup holds the lock: say so and exit 75, a skipped run."""
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(EXIT_BUSY)
+
+
+@click.command("backup")
+@click.option("--output", type=click.Path(), help="Write the archive here (a file or a folder) "
+              "instead of BACKUP_FOLDER.")
+@click.option("--keep", type=click.IntRange(min=0), default=None,
+              help="Keep the N newest archives in BACKUP_FOLDER (default: BACKUP_KEEP), "
+                   "besides what BACKUP_KEEP_DAILY/WEEKLY/MONTHLY keep; all 0 = keep all.")
+@with_appcontext
+def backup_command(output: str | None, keep: int | None) -> None:
+    """Make a system backup: database dump + uploads without guest photos, as one
+    signed ZIP (encrypted with BACKUP_AGE_RECIPIENTS), copied to BACKUP_REMOTE_URL.
+
+    Prints the archive's path as the last line. Exits 1 on failure (also when
+    only the remote copy failed: the local archive is kept), 75 when another
+    backup is running."""
+    try:
+        run = run_backup(backup_context(), db.engine, output=output, keep=keep,
+                         actor=cli_actor(), via="cli")
+    except BackupBusy as exc:
+        _busy(exc)
+    except BackupError as exc:
+        _fail(str(exc))
+    result = run.result
+    for url in run.uploaded_to:
+        click.echo(f"copied to {url}")
+    for storage, removed in run.pruned.items():
+        if removed:
+            click.echo(f"retention removed {len(removed)} archive(s) from {storage}")
+    m = result.manifest
+    click.echo(f"{sum(m['row_counts'].values())} rows in {len(m['row_counts'])} tables, "
+               f"{len(m['members']) - 1} uploads, {m['excluded_guest_photos']} guest photos left out, "
+               f"{human_size(result.size)}")
+    click.echo(str(result.path))
+
+
+@click.command("backup-list")
+@with_appcontext
+def backup_list_command() -> None:
+    """List the archives, newest first, with where each one is (local, remote)."""
+    ctx = backup_context()
+    clean_partials(ctx)  # leftovers of a killed backup
+    try:
+        listing = list_everywhere(ctx)
+    except BackupError as exc:
+        _fail(str(exc))
+    for problem in listing.problems:
+        click.echo(f"WARNING {problem}", err=True)
+    if not listing.archives:
+        click.echo(f"no archives in {', '.join(listing.urls)}")
+    for a in listing.archives:
+        click.echo(f"{a.name}  {human_size(a.size):>10}  {a.created:%Y-%m-%d %H:%M:%S} UTC  "
+                   f"{', '.join(a.locations)}")
+
+
+@click.command("backup-prune")
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@with_appcontext
+def backup_prune_command(dry_run: bool) -> None:
+    """Apply the retention rules to each storage and print every archive's fate.
+
+    The rules are restic's: BACKUP_KEEP newest archives, plus the newest of each
+    of the last BACKUP_KEEP_DAILY days, BACKUP_KEEP_WEEKLY ISO weeks and
+    BACKUP_KEEP_MONTHLY months (UTC, from the archive's name). The newest
+    archive is always kept; with no rule set nothing is removed."""
+    ctx = backup_context()
+    settings = ctx.settings
+    try:
+        found = prune_archives(ctx.storages(), settings.retention,
+                               lock=ctx.lock(), dry_run=dry_run, audit=ctx.audit,
+                               audit_engine=db.engine, actor=cli_actor(), via="cli")
+    except BackupBusy as exc:
+        _busy(exc)
+    except BackupError as exc:
+        _fail(str(exc))
+    for storage, decisions in found.items():
+        if len(found) > 1:
+            click.echo(f"{storage}:")
+        for d in decisions:
+            click.echo(f"{d.name}  {d.describe()}")
+        removed = sum(not d.keep for d in decisions)
+        click.echo(f"{'would remove' if dry_run else 'removed'} {removed} of {len(decisions)} "
+                   f"archive(s)" + (f" from {storage}" if len(found) > 1 else ""))
+
+
+@click.command("backup-key")
+@with_appcontext
+def backup_key_command() -> None:
+    """Print the public key archives are signed with (created on first use).
+
+    Keep it with your recovery notes: a new server trusts this instance's
+    archives with --trusted-key KEY. The key is the last line."""
+    try:
+        signer = backup_context().settings.signer()
+    except BackupError as exc:
+        _fail(str(exc))
+    click.echo(f"archives are signed with the key in {backup_context().settings.signing_key}; "
+               "its public key:")
+    click.echo(signer.public_key)
+
+
+COMMANDS = [backup_command, backup_list_command, backup_prune_command,
+            backup_key_command]

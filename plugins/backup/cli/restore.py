@@ -1,0 +1,218 @@
+"""Commands that read archives: ``verify``, ``restore`` (also straight from a
+remote storage: ``s3://bucket/prefix/NAME``), ``restore-test`` and
+``backup-health``. Thin wrappers over the service modules."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy.engine import make_url
+
+from guest_registration.audit import cli_actor
+from guest_registration.config import normalise_database_url
+from guest_registration.extensions import db
+from guest_registration.maintenance import safe_url
+
+from guest_backup.cli.backup import _busy, _fail
+from guest_backup.wiring import backup_context
+from guest_backup.archive.encryption import load_identities
+from guest_backup.errors import BackupError
+from guest_backup.ops.fetch import is_url, local_copy
+from guest_backup.ops.restore import restore_archive
+from guest_backup.ops.verify import verify
+
+
+def _trust_and_identity(trusted_key: tuple[str, ...], identity: str | None):
+    ctx = backup_context()
+    try:
+        trusted = ctx.settings.trusted(trusted_key)
+        identities = load_identities(identity) if identity else None
+    except BackupError as exc:
+        _fail(str(exc))
+    return ctx, trusted, identities
+
+
+TRUSTED_KEY = click.option("--trusted-key", multiple=True, metavar="KEY",
+                           help="Also trust archives signed by this public key (ed25519:..., "
+                                "as backup-key prints it). Repeatable; see BACKUP_TRUSTED_KEYS.")
+IDENTITY = click.option("--identity", type=click.Path(dir_okay=False, exists=True),
+                        help="age identity file (AGE-SECRET-KEY-...) to decrypt a .zip.age "
+                             "archive.")
+ALLOW_UNSIGNED = click.option("--allow-unsigned", is_flag=True,
+                              help="Accept an archive without a signature (made before "
+                                   "archives were signed). Audited.")
+
+
+@click.command("verify")
+@click.argument("archive")
+@TRUSTED_KEY
+@IDENTITY
+@ALLOW_UNSIGNED
+@with_appcontext
+def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | None,
+                   allow_unsigned: bool) -> None:
+    """Check an archive (a file, or s3://bucket/prefix/NAME): its signature, every
+    checksum, a complete and clean dump."""
+    if not is_url(archive) and not Path(archive).is_file():
+        _fail(f"{archive} does not exist")
+    ctx, trusted, identities = _trust_and_identity(trusted_key, identity)
+    try:
+        with local_copy(ctx, archive) as path:
+            report = verify(path, ctx.engines, trusted, audit=ctx.audit, audit_engine=db.engine,
+                            actor=cli_actor(), via="cli", allow_unsigned=allow_unsigned,
+                            identities=identities)
+    except BackupError as exc:
+        _fail(str(exc))
+    for note in report.notes:
+        click.echo(f"WARNING {note}", err=True)
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"FAIL {problem}", err=True)
+        _fail(f"{archive} did not verify ({len(report.problems)} problem(s))")
+    if report.decryption_skipped:
+        click.echo(f"OK {archive}: encrypted file signed by {report.signed_by}; decryption "
+                   f"skipped (no --identity), so its contents were not checked")
+        return
+    m = report.manifest
+    signed = "UNSIGNED" if report.unsigned else f"signed by {report.signed_by}"
+    click.echo(f"OK {archive}: {signed}, {len(m['members'])} members checked, "
+               f"{m['database']['engine']} dump complete and clean, created {m['created_at']}")
+
+
+def _target_url(database_url: str | None, password_prompt: bool) -> str:
+    """The restore target: ``--database-url`` (or RESTORE_DATABASE_URL), else the app's
+    database; a password asked for goes into the URL in memory only (psql gets it
+    as PGPASSWORD, never as an argument)."""
+    target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
+    url = make_url(target)
+    source = click.get_current_context().get_parameter_source("database_url")
+    if url.password and source == click.core.ParameterSource.COMMANDLINE:
+        click.echo("WARNING: a password on the command line is visible to every user of "
+                   "this machine (ps, /proc); use PGPASSWORD, ~/.pgpass or --password-prompt",
+                   err=True)
+    if password_prompt:
+        password = click.prompt(f"Password for {safe_url(target)}", hide_input=True,
+                                err=True)
+        target = url.set(password=password).render_as_string(hide_password=False)
+    return target
+
+
+@click.command("restore")
+@click.argument("archive")
+@click.option("--database-url", envvar="RESTORE_DATABASE_URL", show_envvar=True,
+              help="Restore into this database (default: the app's own). Give its password "
+              "by PGPASSWORD, ~/.pgpass or --password-prompt, never in a URL on the "
+              "command line (other users see command lines).")
+@click.option("--password-prompt", is_flag=True,
+              help="Ask for the target database's password (not echoed).")
+@click.option("--uploads", "uploads_dir", type=click.Path(file_okay=False),
+              help="Restore the uploads into this folder (default: UPLOAD_FOLDER).")
+@click.option("--replace", is_flag=True, help="Replace a non-empty target database, in one "
+              "transaction: if the load fails, it stays as it was.")
+@TRUSTED_KEY
+@IDENTITY
+@ALLOW_UNSIGNED
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def restore_command(archive: str, database_url: str | None, password_prompt: bool,
+                    uploads_dir: str | None, replace: bool, trusted_key: tuple[str, ...], identity: str | None,
+                    allow_unsigned: bool, yes: bool) -> None:
+    """Verify an archive (a file, or s3://bucket/prefix/NAME), then restore its
+    database and uploads."""
+    ctx, trusted, _ = _trust_and_identity(trusted_key, None)
+    target = _target_url(database_url, password_prompt)
+    uploads = uploads_dir or current_app.config["UPLOAD_FOLDER"]
+    if not yes:
+        click.confirm(f"Restore {archive} into {safe_url(target)} and {uploads}"
+                      f"{' (REPLACING the database contents)' if replace else ''}?", abort=True)
+    if allow_unsigned:
+        click.echo("WARNING: --allow-unsigned: an archive without a signature will be restored; "
+                   "its origin cannot be checked", err=True)
+    try:
+        with local_copy(ctx, archive) as path:
+            result = restore_archive(path, engines=ctx.engines, settings=ctx.settings,
+                                     target_url=target, uploads_dir=uploads, replace=replace,
+                                     trusted=trusted, engine=db.engine, audit=ctx.audit,
+                                     actor=cli_actor(),
+                                     via="cli", allow_unsigned=allow_unsigned, identity=identity)
+    except BackupError as exc:
+        _fail(str(exc))
+    if result.unsigned:
+        click.echo("WARNING: the restored archive was UNSIGNED (recorded in the audit log)",
+                   err=True)
+    click.echo(f"restored {sum(result.row_counts.values())} rows and {result.uploads} uploads "
+               f"into {safe_url(target)} and {uploads} ({result.uploads_present} already there, "
+               f"{result.uploads_kept} existing files kept as they were)")
+
+
+COMMANDS = [verify_command, restore_command]
+
+
+@click.command("restore-test")
+@IDENTITY
+@TRUSTED_KEY
+@click.option("--queue", "queued", is_flag=True, help="Queue the drill for `manage.py worker` "
+              "(needs REDIS_URL) instead of running it here; its result goes to the audit log.")
+@with_appcontext
+def restore_test_command(identity: str | None, trusted_key: tuple[str, ...],
+                         queued: bool) -> None:
+    """Restore drill: restore the newest archive (the remote copy when one is
+    configured) into a scratch database, compare every table's row count with the
+    manifest, and remove the scratch database. Exits 1 on any mismatch, 75 when a
+    backup is running."""
+    from guest_backup.ops.drill import restore_drill
+    from guest_backup.errors import BackupBusy
+
+    if queued:
+        from guest_backup.tasks import enqueue_drill
+
+        try:
+            job_id = enqueue_drill(current_app, cli_actor(), identity, trusted_key)
+        except BackupError as exc:
+            _fail(str(exc))
+        click.echo(f"queued restore drill {job_id}: `manage.py worker` runs it; its result "
+                   f"is in the audit log (restore-test)")
+        return
+
+    try:
+        result = restore_drill(backup_context(), db.engine, identity=identity,
+                               trusted_keys=trusted_key, actor=cli_actor(), via="cli")
+    except BackupBusy as exc:
+        _busy(exc)
+    except BackupError as exc:
+        _fail(f"restore drill failed: {exc}")
+    for problem in result.mismatches:
+        click.echo(f"MISMATCH {problem}", err=True)
+    if not result.ok:
+        _fail(f"restore drill of {result.archive} failed ({len(result.mismatches)} mismatch(es))")
+    click.echo(f"OK restore drill of {result.archive} from {result.storage}: {result.tables} "
+               f"tables, {result.rows} rows, all as the manifest says")
+
+
+@click.command("backup-health")
+@click.option("--max-age", default="26h", show_default=True,
+              help="Unhealthy when a storage's newest archive is older (e.g. 26h, 2d).")
+@click.option("--max-drill-age", default="35d", show_default=True,
+              help="Unhealthy when the last passed restore drill is older.")
+@with_appcontext
+def backup_health_command(max_age: str, max_drill_age: str) -> None:
+    """Print the backups' health as JSON; exit 0 healthy, 1 unhealthy, 2 when a
+    storage cannot be reached."""
+    import json
+
+    from guest_backup.ops.health import health, parse_duration
+
+    try:
+        limits = parse_duration(max_age), parse_duration(max_drill_age)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    report, code = health(backup_context(), db.engine, max_age=limits[0], max_drill_age=limits[1])
+    click.echo(json.dumps(report, indent=2))
+    sys.exit(code)
+
+
+COMMANDS += [restore_test_command, backup_health_command]

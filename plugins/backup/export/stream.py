@@ -1,0 +1,289 @@
+"""Monthly guest export: validation, the query, and the streaming pipeline.
+
+No Flask request in here: the API, the admin page (download and preview, see
+:mod:`.preview`) and the CLI all call :func:`parse_request` and :func:`open_export`.
+
+Flow: one connection, one read-only snapshot opened by the database engine
+(``REPEATABLE READ`` on PostgreSQL) → ``COUNT(*)`` (sent as ``X-Export-Rows`` so
+a client can check it got everything) → the rows through a server-side cursor →
+the format's writer (or its engine fast path, which renders each row inside the
+database) → bytes. Memory does not grow with the month. The query is the same
+on every engine; only the timestamp's rendering comes from the engine.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterator, Mapping, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+from guest_registration import audit
+from guest_registration.exports import ExportFormat, FormatRegistry, UnknownFormatError
+from guest_registration.models import Guest, Registration, Trip
+
+from guest_backup.engines import DatabaseEngine
+
+#: The export's columns, in order, named as in the backup-system document.
+FIELDS = (
+    "id", "registration_id", "first_name", "last_name", "age_category", "document_type",
+    "document_number", "gdpr_consent", "created_at", "trip_title", "registration_email",
+    "registration_language",
+)
+PARAMETERS = ("year", "month", "format")
+MIN_YEAR, MAX_YEAR = 1900, 9999
+_NUMBER = re.compile(r"[0-9]{1,6}")
+
+
+class ExportRequestError(ValueError):
+    """Bad export parameters; the message is safe to show to the user."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    year: int
+    month: int
+    format: ExportFormat
+
+    @property
+    def filename(self) -> str:
+        return f"guests_{self.year:04d}_{self.month:02d}.{self.format.extension}"
+
+
+def _number(name: str, raw: str | None, low: int, high: int) -> int:
+    if raw is None or raw.strip() == "":
+        raise ExportRequestError(f"'{name}' is required")
+    raw = raw.strip()
+    if not _NUMBER.fullmatch(raw):
+        raise ExportRequestError(f"'{name}' must be a whole number, got {raw[:20]!r}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise ExportRequestError(f"'{name}' must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_request(args: Mapping[str, Sequence[str]], formats: FormatRegistry) -> ExportRequest:
+    """Validate raw parameters (each name mapped to *all* its values).
+
+    Raises :class:`ExportRequestError` naming what is wrong: missing or
+    non-numeric year/month, out-of-range values, repeated or unknown parameters,
+    an unknown format (listing the available ones).
+    """
+    unknown = sorted(k for k in args if k not in PARAMETERS)
+    if unknown:
+        raise ExportRequestError(
+            f"unknown parameter {unknown[0][:40]!r}; allowed: {', '.join(PARAMETERS)}")
+    for key, values in args.items():
+        if len(values) > 1:
+            raise ExportRequestError(f"'{key}' is given {len(values)} times; give it once")
+    single = {k: (v[0] if v else None) for k, v in args.items()}
+    year = _number("year", single.get("year"), MIN_YEAR, MAX_YEAR)
+    month = _number("month", single.get("month"), 1, 12)
+    name = (single.get("format") or "csv").strip().lower()
+    try:
+        fmt = formats.get(name)
+    except UnknownFormatError as exc:
+        raise ExportRequestError(
+            f"unknown format {name[:32]!r}; available: {', '.join(exc.available)}") from None
+    return ExportRequest(year, month, fmt)
+
+
+def month_range(year: int, month: int) -> tuple[datetime, datetime]:
+    """First instant of the month (inclusive) and of the next month (exclusive), UTC."""
+    start = datetime(year, month, 1)
+    end = datetime(year + 1, 1, 1) if month == 12 else datetime(year, month + 1, 1)
+    return start, end
+
+
+def export_query(start: datetime, end: datetime, *, timestamp: Callable | None = None):
+    """The export's SELECT: one row per guest created in [start, end), by guest id.
+
+    ``timestamp`` renders ``created_at`` in SQL (an engine's ``timestamp_text``);
+    without it the column comes as a datetime."""
+    created = timestamp(Guest.created_at) if timestamp else Guest.created_at
+    return (
+        select(
+            Guest.id, Guest.registration_id, Guest.first_name, Guest.last_name,
+            Guest.age_category, Guest.document_type, Guest.document_number,
+            Guest.gdpr_consent, created.label("created_at"), Trip.title.label("trip_title"),
+            Registration.email.label("registration_email"),
+            Registration.language.label("registration_language"),
+        )
+        .join(Registration, Guest.registration_id == Registration.id)
+        .join(Trip, Registration.trip_id == Trip.id)
+        .where(Guest.created_at >= start, Guest.created_at < end)
+        .order_by(Guest.id)
+    )
+
+
+def count_query(start: datetime, end: datetime):
+    return (select(func.count()).select_from(Guest)
+            .join(Registration, Guest.registration_id == Registration.id)
+            .join(Trip, Registration.trip_id == Trip.id)
+            .where(Guest.created_at >= start, Guest.created_at < end))
+
+
+def _generic_rows(conn: Connection, query, fetch_rows: int) -> Iterator[tuple]:
+    """Rows as plain tuples, the timestamp rendered ``YYYY-MM-DD HH:MM:SS``."""
+    result = conn.execution_options(stream_results=True, max_row_buffer=fetch_rows).execute(query)
+    try:
+        for part in result.partitions(fetch_rows):
+            for r in part:
+                created = r[8]
+                yield (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                       None if created is None else str(created)[:19], r[9], r[10], r[11])
+    finally:
+        result.close()
+
+
+@dataclass
+class ExportStream:
+    """A ready-to-send export: metadata known up front, body produced lazily."""
+
+    request: ExportRequest
+    rows: int
+    chunks: Iterator[bytes]
+
+    @property
+    def filename(self) -> str:
+        return self.request.filename
+
+    @property
+    def media_type(self) -> str:
+        return self.request.format.media_type
+
+
+def open_export(engine: Engine, req: ExportRequest, *, db_engine: DatabaseEngine | None,
+                actor: str | None, via: str, action: str = "export", fetch_rows: int = 2000,
+                use_fast_path: bool = True,
+                on_error: Callable[[BaseException], None] | None = None,
+                on_close: Callable[[], None] | None = None) -> ExportStream:
+    """Open the month's snapshot, count it, log the export, and return the stream.
+
+    ``db_engine`` opens the snapshot and renders timestamps for fast paths
+    (without one: the driver's own transaction, no fast path). The connection is
+    held until the returned ``chunks`` are exhausted or closed (e.g. the HTTP
+    client disconnected); the audit entry (``action``) then records ``ok``,
+    ``failed`` or ``aborted``; ``on_close`` is called once, whichever way it ends
+    (also when opening fails).
+    """
+    try:
+        return _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path,
+                     on_error, on_close)
+    except BaseException:
+        if on_close:
+            on_close()
+        raise
+
+
+def _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path, on_error,
+          on_close) -> ExportStream:
+    start, end = month_range(req.year, req.month)
+    conn = engine.connect()  # the export's one connection, for its whole life
+    try:
+        # the entry goes in first, on this connection and outside the snapshot
+        entry = audit.start(conn, action, actor=actor, via=via, year=req.year,
+                            month=req.month, format=req.format.name)
+    except BaseException:
+        conn.close()
+        raise
+    try:
+        if db_engine is not None:
+            db_engine.begin_snapshot(conn)
+        rows = conn.execute(count_query(start, end)).scalar_one()
+    except BaseException as exc:
+        _release(conn, engine, entry, "failed", message=type(exc).__name__)
+        raise
+    fast = (req.format.fast_paths.get(conn.dialect.name)
+            if use_fast_path and db_engine is not None else None)
+    if fast is not None:
+        query = export_query(start, end, timestamp=db_engine.timestamp_text)
+        compiled = query.compile(dialect=conn.dialect)
+        produce = lambda: fast(conn.connection.dbapi_connection, str(compiled),  # noqa: E731
+                               compiled.params, FIELDS, fetch_rows)
+    else:
+        produce = lambda: req.format.write(  # noqa: E731
+            _generic_rows(conn, export_query(start, end), fetch_rows), FIELDS)
+    return ExportStream(req, rows, _Body(produce, conn, engine, entry, rows, on_error, on_close))
+
+
+class _Body:
+    """The export body: iterates the format's chunks; closing it at any point
+    (finished, failed, client gone, or never started) releases the connection
+    and records the outcome exactly once."""
+
+    def __init__(self, produce, conn: Connection, engine: Engine, entry: int, rows: int,
+                 on_error: Callable[[BaseException], None] | None,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self._produce, self._conn, self._engine = produce, conn, engine
+        self._entry, self._rows, self._on_error = entry, rows, on_error
+        self._on_close = on_close
+        self._chunks: Iterator[bytes] | None = None
+        self._done = False
+        self.sent = 0
+
+    def __iter__(self) -> "_Body":
+        return self
+
+    def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
+        try:
+            if self._chunks is None:
+                self._chunks = iter(self._produce())
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._finish("ok", None, self._rows)
+            raise
+        except BaseException as exc:
+            self._finish("failed", type(exc).__name__)
+            if self._on_error:
+                self._on_error(exc)
+            raise
+        self.sent += len(chunk)
+        return chunk
+
+    def close(self, outcome: str = "aborted",
+              message: str | None = "the export was closed before its end",
+              rows: int | None = None) -> None:
+        """Release everything; a WSGI server calls this when the client is gone."""
+        if not self._done:
+            self._finish(outcome, message, rows)
+
+    def _finish(self, outcome: str, message: str | None, rows: int | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close:
+                close()
+        finally:
+            try:
+                _release(self._conn, self._engine, self._entry, outcome, rows=rows,
+                         bytes=self.sent, message=message)
+            finally:
+                if self._on_close:
+                    self._on_close()
+
+
+def _release(conn: Connection, engine: Engine, entry: int, outcome: str, **fields) -> None:
+    """End the snapshot, record the outcome on the same connection, and give the
+    connection back. A broken connection (the database went away) is closed first
+    and the outcome is then written on a fresh one: never two held at once."""
+    try:
+        conn.rollback()
+        audit.finish(conn, entry, outcome, **fields)
+    except Exception:
+        conn.close()
+        audit.finish(engine, entry, outcome, **fields)
+    else:
+        conn.close()
+
+
+__all__ = ["FIELDS", "ExportRequest", "ExportRequestError", "ExportStream", "parse_request",
+           "open_export", "month_range", "export_query"]
+

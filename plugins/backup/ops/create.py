@@ -1,0 +1,220 @@
+"""Creating a system backup: the dump and the row counts from one snapshot, the
+uploads without guest photos, the manifest, retention, and the audit entry.
+No Flask request in here."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import column, inspect, select, table, text
+from sqlalchemy.engine import Engine
+
+from guest_backup.archive.format import (DATABASE_MEMBER, EXPECTED_ERRNOS, FORMAT_VERSION,
+                                        PHOTO_NAME_RE, UPLOADS_PREFIX, new_archive_name,
+                                        remove_partials)
+from guest_backup.archive.encryption import parse_recipients
+from guest_backup.engines import DatabaseEngine
+from guest_backup.errors import BackupError
+from guest_backup.ops.audit import AuditLog, quietly
+from guest_backup.ops.locks import BackupLock, RedisBackupLock
+from guest_backup.ops.settings import BackupSettings
+from guest_backup.archive.writer import ArchiveWriter, Progress
+
+log = logging.getLogger(__name__)
+PHOTO_QUERY_BATCH = 500
+#: where the host keeps a guest's document photo file name (the model Guest.document_photo)
+PHOTO_TABLE, PHOTO_COLUMN = "guest", "document_photo"
+
+
+@dataclass
+class BackupResult:
+    path: Path
+    size: int
+    manifest: dict
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _writable_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        raise BackupError(f"the backup folder {folder} cannot be created") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise BackupError(f"the backup folder {folder} is not writable")
+
+
+def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSettings, *,
+                  lock: BackupLock | RedisBackupLock, audit: AuditLog,
+                  output: str | os.PathLike | None = None, actor: str | None = None,
+                  via: str = "cli", progress: Progress | None = None) -> BackupResult:
+    """Make a system backup archive; raise :class:`BackupError` with a safe message.
+
+    ``lock`` is the backup lock, already held by the caller (the pipeline, or a
+    web job that took it in the request so that a second click is refused).
+    """
+    if not lock.held:
+        raise ValueError("create_backup was given a lock it does not hold")
+    folder = Path(settings.backup_folder)
+    target_dir, target_name = folder, None
+    if output is not None:
+        out = Path(output)
+        target_dir, target_name = (out, None) if out.is_dir() else (out.parent, out.name)
+    entry: list[int] = []  # logged once the snapshot exists, so it is not in the dump
+    try:
+        for d in {folder, target_dir}:
+            _writable_folder(d)
+        remove_partials(folder)  # left by a killed process; we hold the lock
+        final, manifest = _write(engine, db_engine, settings, target_dir, target_name,
+                                 progress, lambda name: entry.append(audit.start(
+                                     engine, "backup", actor=actor, via=via, target=name)))
+        size = final.stat().st_size
+        audit.finish(engine, entry[0], "ok", target=final.name, bytes=size,
+                     rows=sum(manifest["row_counts"].values()))
+        return BackupResult(final, size, manifest)
+    except BaseException as exc:
+        _audit_failure(engine, audit, entry, exc, actor, via)
+        raise _as_backup_error(exc) from None
+
+
+def _write(engine, db_engine, settings, target_dir: Path, target_name: str | None, progress,
+           started) -> tuple[Path, dict]:
+    """Write the archive from one snapshot; ``started(name)`` once the snapshot exists."""
+    signer = settings.signer()
+    recipients = parse_recipients(settings.age_recipients)
+    when = _now()
+    name = target_name or new_archive_name(target_dir, when, encrypted=bool(recipients))
+    if recipients and not name.endswith(".zip.age"):
+        raise BackupError(f"{name}: an encrypted archive's name must end in .zip.age")
+    if progress:
+        progress("database", 0)
+    with ArchiveWriter(target_dir, name, when, signer=signer, recipients=recipients,
+                       level=settings.compresslevel, progress=progress) as writer:
+        with engine.connect() as conn:
+            db_engine.begin_snapshot(conn)
+            tool = db_engine.tool(settings.engine_settings, conn)
+            server_version = db_engine.server_version(conn)
+            counts = {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()
+                      for t in sorted(inspect(conn).get_table_names())}
+            started(name)
+            dump = writer.add_stream(
+                DATABASE_MEMBER, stage="database",
+                produce=lambda write: db_engine.dump(settings.engine_settings, conn, write))
+            if not db_engine.is_complete(dump.tail):
+                raise BackupError("the database dump is incomplete")
+            excluded = _add_uploads(writer, conn, Path(settings.upload_folder))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "app": "guest-registration",
+            "app_version": settings.app_version,
+            "created_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "database": {"engine": db_engine.dialect, "server_version": server_version,
+                         "dump_tool": tool.name, "dump_tool_version": tool.version},
+            "row_counts": counts,
+            "excluded_guest_photos": excluded,
+            "signing_key": signer.public_key,
+            "members": dict(writer.members),
+        }
+        if progress:
+            progress("finishing", writer.written)
+        return writer.commit(manifest), manifest
+
+
+def _audit_failure(engine, audit: AuditLog, entry: list[int], exc: BaseException, actor,
+                   via) -> None:
+    outcome = "failed" if isinstance(exc, Exception) else "aborted"
+    if not entry:
+        started = quietly("the failed backup", audit.start, engine, "backup", actor=actor,
+                          via=via)
+        if started is None:
+            return
+        entry.append(started)
+    quietly("the failed backup", audit.finish, engine, entry[0], outcome,
+            message=safe_message(exc))
+
+
+def _as_backup_error(exc: BaseException) -> BaseException:
+    """The exception to raise: a BackupError with a safe message for any error
+    (an unexpected one logged with its traceback), the interrupt itself otherwise."""
+    if isinstance(exc, BackupError) or not isinstance(exc, Exception):
+        return exc
+    message = safe_message(exc)
+    expected = isinstance(exc, OSError) and exc.errno in EXPECTED_ERRNOS
+    log.warning("backup failed: %s (%s)", message, type(exc).__name__, exc_info=not expected)
+    return BackupError(message)
+
+
+def safe_message(exc: BaseException) -> str:
+    """What a user may read about a failure: never a tool's stderr or a password."""
+    if isinstance(exc, BackupError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the disk is full; no archive was written"
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return "the archive grew beyond the allowed file size; no archive was written"
+    if isinstance(exc, PermissionError):
+        return "permission denied while writing the archive"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if type(exc).__module__.startswith(("sqlalchemy", "psycopg2")):
+        return "the database could not be read (details are in the server log)"
+    return f"the backup failed ({type(exc).__name__}); details are in the server log"
+
+
+def _photo_names_in_db(conn, names: list[str]) -> set[str]:
+    """Which of ``names`` are some guest's ``document_photo``."""
+    photo = column(PHOTO_COLUMN)
+    return set(conn.execute(select(photo).select_from(table(PHOTO_TABLE, photo))
+                            .where(photo.in_(names))).scalars())
+
+
+def _upload_files(folder: Path) -> Iterator[tuple[Path, str]]:
+    """Regular files under the upload folder as (path, posix relative name); links skipped."""
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            yield path, path.relative_to(folder).as_posix()
+
+
+def _add_uploads(writer: ArchiveWriter, conn, folder: Path) -> int:
+    """Add every upload that is not a guest photo; return how many photos were left out.
+
+    A photo is a file named like one, or any file a guest row names (checked in
+    batches, in the dump's snapshot)."""
+    if not folder.is_dir():
+        return 0
+    excluded = 0
+    pending: list[tuple[Path, str]] = []
+
+    def flush() -> None:
+        nonlocal excluded
+        if not pending:
+            return
+        db_photos = _photo_names_in_db(conn, [rel for _, rel in pending])
+        for path, rel in pending:
+            if rel in db_photos:
+                excluded += 1
+            else:
+                writer.add_file(UPLOADS_PREFIX + rel, path, stage="uploads")
+        pending.clear()
+
+    for path, rel in _upload_files(folder):
+        if PHOTO_NAME_RE.match(path.name):
+            excluded += 1
+            continue
+        pending.append((path, rel))
+        if len(pending) >= PHOTO_QUERY_BATCH:
+            flush()
+    flush()
+    return excluded

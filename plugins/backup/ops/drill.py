@@ -1,0 +1,91 @@
+"""Restore drills: ``restore-test`` restores the newest archive (the remote copy
+when one is configured) into a scratch database and compares every table's row
+count with the manifest. A backup nobody has restored is a hope, not a backup."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from guest_backup.ops.context import BackupContext
+from guest_backup.errors import BackupError
+from guest_backup.ops.fetch import archive_file
+from guest_backup.ops.restore import restore_archive
+
+
+@dataclass
+class DrillResult:
+    archive: str
+    storage: str
+    tables: int = 0
+    rows: int = 0
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_keys=(),
+                  actor: str | None, via: str) -> DrillResult:
+    """Run one drill under the backup lock; audited as ``restore-test``."""
+    result: DrillResult | None = None
+    try:
+        with ctx.lock():
+            result = _drill(ctx, engine, identity, trusted_keys)
+    except BackupError as exc:
+        ctx.audit.record(engine, "restore-test", "failed", actor=actor, via=via,
+                     target=result.archive if result else None, message=str(exc))
+        raise
+    ctx.audit.record(engine, "restore-test", "ok" if result.ok else "failed", actor=actor, via=via,
+                 target=result.archive, rows=result.rows,
+                 message=(f"{result.tables} tables, {result.rows} rows match the manifest "
+                          f"({result.storage})" if result.ok else "; ".join(result.mismatches)))
+    return result
+
+
+def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillResult:
+    storage = ctx.remote() or ctx.local()
+    archives = storage.list()
+    if not archives:
+        raise BackupError(f"there is no archive in {storage.url} to test")
+    newest = archives[0].name
+    result = DrillResult(newest, storage.url)
+    settings = ctx.settings
+    db_engine = ctx.engine_for(engine.dialect.name)
+    uploads = Path(tempfile.mkdtemp(prefix="gr-drill-uploads-"))
+    try:
+        with archive_file(storage, newest) as path, db_engine.scratch(str(engine.url.render_as_string(
+                hide_password=False))) as target:
+            restored = restore_archive(path, engines=ctx.engines, settings=settings,
+                                       target_url=target, uploads_dir=uploads,
+                                       trusted=settings.trusted(trusted_keys), engine=None,
+                                       identity=identity)
+            _compare(target, restored.row_counts, result)
+    finally:
+        shutil.rmtree(uploads, ignore_errors=True)
+    return result
+
+
+def _compare(url: str, expected: dict[str, int], result: DrillResult) -> None:
+    scratch = create_engine(url)
+    try:
+        with scratch.connect() as conn:
+            for table, count in sorted(expected.items()):
+                try:
+                    found = conn.execute(text(f'SELECT count(*) FROM "{table}"')).scalar_one()
+                except Exception:
+                    conn.rollback()
+                    result.mismatches.append(f"table {table} is missing")
+                    continue
+                result.tables += 1
+                result.rows += found
+                if found != count:
+                    result.mismatches.append(f"{table}: {found} rows, the manifest says {count}")
+    finally:
+        scratch.dispose()

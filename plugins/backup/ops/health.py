@@ -1,0 +1,188 @@
+"""``backup-health``: is there a recent archive in every storage, did the last
+backup (and its upload) succeed, and was a restore drill passed recently?
+
+Exit codes, for monitoring: 0 healthy, 1 unhealthy, 2 a storage can't be reached.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from guest_backup.ops.context import BackupContext
+from guest_backup.storages import StorageError
+
+HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``26h``, ``35d``, ``90m``, ``2w`` or plain seconds."""
+    m = _DURATION.match(text or "")
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (e.g. 26h, 35d, 90m)")
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+def _iso(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def N_(message: str) -> str:
+    """Marks a message for the catalogue (Babel's default keyword); translated where shown."""
+    return message
+
+
+#: the problems ``health`` reports, by id, worded once: the report (and
+#: ``backup-health``) gives them in English, the Backup page in its language
+MESSAGES = {
+    "old_archive": N_("%(storage)s: the newest archive is %(age)s old (more than %(limit)s)"),
+    "no_archive": N_("%(storage)s: no archive yet"),
+    "backup_failed": N_("the last backup failed at %(at)s: %(message)s"),
+    "upload_failed": N_("the last upload failed at %(at)s: %(message)s"),
+    "no_drill": N_("no restore drill yet (run: manage.py restore-test)"),
+    "drill_failed": N_("the last restore drill failed at %(at)s: %(message)s"),
+    "old_drill": N_("the last restore drill is %(age)s old (more than %(limit)s)"),
+    #: a storage's own error message, shown as it is
+    "storage": "%(message)s",
+}
+
+
+@dataclass
+class Problem:
+    """One problem: a message id and its parameters (never parsed back from text)."""
+
+    id: str
+    params: dict = field(default_factory=dict)
+
+    def english(self) -> str:
+        return MESSAGES[self.id] % self.params
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "params": dict(self.params), "text": self.english()}
+
+
+def _latest(ctx: BackupContext, engine: Engine, action: str,
+            outcomes=("ok", "failed", "aborted")) -> dict | None:
+    """The newest finished audit entry of ``action`` with one of ``outcomes``."""
+    rows = [row for outcome in outcomes
+            for row in ctx.audit.recent(engine, 1, action=action, outcome=outcome)]
+    if not rows:
+        return None
+    row = max(rows, key=lambda r: r["id"])
+    when = row["finished_at"] or row["created_at"]
+    return {"outcome": row["outcome"], "at": _iso(when), "target": row["target"],
+            "message": row["message"], "_when": when.replace(tzinfo=timezone.utc)}
+
+
+def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list, int]:
+    """Each storage with its archives, or the StorageError that listing it raised."""
+    if listing is not None:
+        return listing.by_storage, HEALTHY
+    code = HEALTHY
+    try:
+        targets = ctx.storages()
+    except StorageError as exc:
+        targets, code = [ctx.local()], UNREACHABLE
+        problems.append(Problem("storage", {"message": str(exc)}))
+    results = []
+    for storage in targets:
+        try:
+            results.append((storage, storage.list()))
+        except StorageError as exc:
+            results.append((storage, exc))
+    return results, code
+
+
+def _storage_entries(results, now: datetime, max_age: timedelta,
+                     problems: list[Problem]) -> tuple[list[dict], bool]:
+    storages, unreachable = [], False
+    for storage, archives in results:
+        entry: dict = {"name": storage.name, "url": storage.url}
+        storages.append(entry)
+        if isinstance(archives, StorageError):
+            entry.update(reachable=False, problem=str(archives))
+            problems.append(Problem("storage", {"message": str(archives)}))
+            unreachable = True
+            continue
+        entry.update(reachable=True, archives=len(archives), newest=None)
+        if not archives:
+            problems.append(Problem("no_archive", {"storage": storage.name}))
+            continue
+        newest = archives[0]
+        age = now - newest.created
+        entry["newest"] = {"name": newest.name, "created": _iso(newest.created),
+                           "age_seconds": int(age.total_seconds())}
+        if age > max_age:
+            problems.append(Problem("old_archive", {"storage": storage.name, "age": _human(age),
+                                                    "limit": _human(max_age)}))
+    return storages, unreachable
+
+
+def _activity_problems(last_backup, last_upload, last_drill, now: datetime,
+                       max_drill_age: timedelta) -> list[Problem]:
+    problems = []
+    for failed, kind in ((last_backup, "backup_failed"), (last_upload, "upload_failed")):
+        if failed and failed["outcome"] != "ok":
+            problems.append(Problem(kind, {"at": failed["at"], "message": failed["message"]}))
+    if last_drill is None:
+        problems.append(Problem("no_drill"))
+    elif last_drill["outcome"] != "ok":
+        problems.append(Problem("drill_failed", {"at": last_drill["at"],
+                                                 "message": last_drill["message"]}))
+    elif now - last_drill["_when"] > max_drill_age:
+        problems.append(Problem("old_drill", {"age": _human(now - last_drill["_when"]),
+                                              "limit": _human(max_drill_age)}))
+    return problems
+
+
+def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
+           max_drill_age: timedelta, listing=None) -> tuple[dict, int]:
+    """The report and its exit code; ``listing`` (from ``list_everywhere``) saves
+    listing the storages a second time. ``problems`` holds the English texts,
+    ``problem_ids`` each one's id and parameters (for translation where shown)."""
+    now = datetime.now(timezone.utc)
+    problems: list[Problem] = []
+    results, code = _listed(ctx, listing, problems)
+    storages, unreachable = _storage_entries(results, now, max_age, problems)
+    if unreachable:
+        code = UNREACHABLE
+    last_backup, last_upload, last_drill = (_latest(ctx, engine, action)
+                                            for action in ("backup", "upload", "restore-test"))
+    problems += _activity_problems(last_backup, last_upload, last_drill, now, max_drill_age)
+    if problems and code == HEALTHY:
+        code = UNHEALTHY
+    past = [e for e in (_latest(ctx, engine, "backup", ("failed", "aborted")),
+                        _latest(ctx, engine, "upload", ("failed", "aborted"))) if e]
+    last_failure = max(past, key=lambda e: e["_when"]) if past else None
+    for entry in (last_backup, last_upload, last_drill, *past):
+        if entry:
+            entry.pop("_when", None)
+    return {
+        "status": {HEALTHY: "healthy", UNHEALTHY: "unhealthy", UNREACHABLE: "unreachable"}[code],
+        "checked_at": _iso(now),
+        "storages": storages,
+        "last_backup": last_backup,
+        "last_upload": last_upload,
+        "last_failure": last_failure,
+        "last_drill": last_drill,
+        "problems": [p.english() for p in problems],
+        "problem_ids": [p.as_dict() for p in problems],
+    }, code
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

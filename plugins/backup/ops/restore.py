@@ -1,0 +1,174 @@
+"""Restoring an archive: decrypt (with an identity) into a private temporary
+file, verify it against trusted keys, check the target, load the database in one
+screened transaction, then add the uploads without overwriting anything.
+Every outcome (refused, failed, ok) is audited with the caller's ``via``; the
+audit entry never breaks a restore. No Flask request in here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Mapping
+
+from sqlalchemy.engine import Engine, make_url
+
+from guest_backup.archive.format import DATABASE_MEMBER, PHOTO_NAME_RE, UPLOADS_PREFIX
+from guest_backup.ops.create import safe_message
+from guest_backup.archive.encryption import decrypted, is_age_file, load_identities
+from guest_backup.engines import DatabaseEngine
+from guest_backup.errors import BackupError
+from guest_backup.ops.audit import AuditLog, quietly
+from guest_backup.ops.settings import BackupSettings
+from guest_backup.archive.signing import TrustedKeys
+from guest_backup.archive.verify import VerifiedReader, VerifyReport, verify_archive
+from guest_backup.archive.writer import CHUNK, Digest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RestoreResult:
+    row_counts: dict
+    uploads: int            # files written
+    uploads_present: int    # already there with the same content
+    uploads_kept: int       # already there with other content: left alone
+    unsigned: bool
+
+
+def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEngine],
+                    settings: BackupSettings, target_url: str, uploads_dir: str | os.PathLike,
+                    trusted: TrustedKeys, replace: bool = False, engine: Engine | None = None,
+                    audit: AuditLog | None = None, actor: str | None = None, via: str = "cli",
+                    allow_unsigned: bool = False,
+                    identity: str | os.PathLike | None = None) -> RestoreResult:
+    """Nothing is written before the archive verified (signature, checksums, dump
+    screen) and the target database was found empty (or ``replace`` was given).
+    ``engine`` is the app's own database, where the outcome is recorded (after
+    the fact: it may be the one just replaced)."""
+    name = Path(path).name
+    stage = "refused"
+    try:
+        with _plain_archive(path, identity) as plain:
+            report, db_engine, manifest, empty = _check(plain, engines, trusted, allow_unsigned,
+                                                        target_url, uploads_dir, replace)
+            stage = "failed"
+            with zipfile.ZipFile(plain) as zf:
+                with zf.open(DATABASE_MEMBER) as member:
+                    db_engine.restore(settings.engine_settings, target_url,
+                                      VerifiedReader(member, manifest["members"][DATABASE_MEMBER],
+                                                     DATABASE_MEMBER),
+                                      replace=not empty)
+                written, present, kept = _restore_uploads(zf, manifest, Path(uploads_dir))
+    except BaseException as exc:
+        message = safe_message(exc)
+        _log(audit, engine, name, actor, via, "failed" if isinstance(exc, Exception) else "aborted",
+             message=f"refused: {message}" if stage == "refused" else message)
+        if isinstance(exc, BackupError) or not isinstance(exc, Exception):
+            raise
+        log.warning("restore failed (%s)", type(exc).__name__)
+        log.debug("restore failed", exc_info=True)
+        raise BackupError(message) from None
+    counts = manifest.get("row_counts", {})
+    note = "UNSIGNED archive restored (--allow-unsigned); " if report.unsigned else ""
+    _log(audit, engine, name, actor, via, "ok", rows=sum(counts.values()),
+         message=f"{note}into {uploads_dir}: {written} uploads written, {present} already "
+                 f"there, {kept} kept as they were")
+    return RestoreResult(counts, written, present, kept, report.unsigned)
+
+
+@contextlib.contextmanager
+def _plain_archive(path, identity) -> Iterator[Path]:
+    if not Path(path).is_file():
+        raise BackupError(f"{path} does not exist")
+    if not (str(path).endswith(".age") or is_age_file(path)):
+        yield Path(path)
+        return
+    if identity is None:
+        raise BackupError("the archive is encrypted: give --identity FILE (the age identity of "
+                          "one of its recipients)")
+    with decrypted(path, load_identities(identity)) as plain:
+        yield plain
+
+
+def _check(path: Path, engines, trusted: TrustedKeys, allow_unsigned: bool, target_url: str,
+           uploads_dir, replace: bool) -> tuple[VerifyReport, DatabaseEngine, dict, bool]:
+    """Everything that must hold before anything is written; raises BackupError."""
+    report = verify_archive(path, engines, trusted, allow_unsigned=allow_unsigned)
+    if not report.ok:
+        raise BackupError("the archive did not verify: " + "; ".join(report.problems[:5]))
+    manifest = report.manifest or {}
+    engine_name = manifest["database"]["engine"]
+    target_dialect = make_url(target_url).get_backend_name()
+    if target_dialect != engine_name:
+        raise BackupError(f"the archive holds a {engine_name} dump; the target is {target_dialect}")
+    db_engine = engines[engine_name]
+    needed = sum(m.get("size", 0) for n, m in manifest["members"].items()
+                 if n.startswith(UPLOADS_PREFIX))
+    target = Path(uploads_dir)
+    existing = next((p for p in [target, *target.parents] if p.exists()), Path("/"))
+    if needed > shutil.disk_usage(existing).free:
+        raise BackupError(f"the uploads need {needed} bytes; the target disk has less free space")
+    empty = db_engine.prepare_target(target_url)
+    if not empty and not replace:
+        raise BackupError("the target database is not empty; use --replace to overwrite it")
+    return report, db_engine, manifest, empty
+
+
+def _log(audit: AuditLog | None, engine: Engine | None, name: str, actor, via: str,
+         outcome: str, **fields) -> None:
+    """The app's own database may be unreachable or empty (a new server restoring
+    its first archive): the entry never breaks the restore."""
+    if engine is None or audit is None:
+        return
+    quietly("the restore", audit.record, engine, "restore", outcome, actor=actor, via=via,
+            target=name, **fields)
+
+
+def _restore_uploads(zf: zipfile.ZipFile, manifest: dict, target: Path) -> tuple[int, int, int]:
+    """Add the uploads: never a guest-photo name, never outside ``target``, never
+    over an existing file. Returns (written, already there, kept as they were)."""
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root = target.resolve()
+    written = present = kept = 0
+    for info in zf.infolist():
+        if not info.filename.startswith(UPLOADS_PREFIX) or info.is_dir():
+            continue
+        rel = info.filename[len(UPLOADS_PREFIX):]
+        if PHOTO_NAME_RE.match(PurePosixPath(rel).name):
+            raise BackupError(f"{info.filename!r} has a guest-photo name")
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if root != dest.parent.resolve() and root not in dest.parent.resolve().parents:
+            raise BackupError(f"{info.filename!r} leaves the upload folder")
+        expected = manifest["members"][info.filename]
+        if dest.exists() or dest.is_symlink():
+            same = (not dest.is_symlink() and dest.is_file()
+                    and Digest.of_file(dest).entry["sha256"] == expected["sha256"])
+            if same:
+                present += 1
+            else:
+                kept += 1
+            continue
+        tmp = dest.with_name(f".{dest.name}.restoring")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                reader = VerifiedReader(src, expected, info.filename)
+                while chunk := reader.read(CHUNK):
+                    out.write(chunk)
+            try:
+                os.link(tmp, dest)  # fails instead of overwriting a file that appeared
+                written += 1
+            except FileExistsError:
+                kept += 1
+        finally:
+            tmp.unlink(missing_ok=True)
+    return written, present, kept
+
+
+__all__ = ["RestoreResult", "restore_archive"]

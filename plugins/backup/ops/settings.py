@@ -1,0 +1,118 @@
+"""The backup plugin's settings (declared through the host's
+``register_settings`` hook, so each is also read from the environment)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    from guest_backup.ops.retention import Policy
+    from guest_backup.archive.signing import Signer, TrustedKeys
+
+from guest_backup.engines import EngineSettings
+
+
+def defaults(instance_path: str) -> dict[str, Any]:
+    return {
+        #: where archives are written (mode 0700)
+        "BACKUP_FOLDER": os.path.join(instance_path, "backups"),
+        #: retention after each backup, restic's rules: the N newest archives, and the
+        #: newest of each of the last N days / ISO weeks / months (all 0 = keep all)
+        "BACKUP_KEEP": 0,
+        "BACKUP_KEEP_DAILY": 0,
+        "BACKUP_KEEP_WEEKLY": 0,
+        "BACKUP_KEEP_MONTHLY": 0,
+        #: deflate level of archives: 3 is 2.4x faster than 6 for ~10% more bytes
+        "BACKUP_COMPRESSLEVEL": 3,
+        #: rows fetched per round trip by a streaming export
+        "EXPORT_FETCH_ROWS": 2000,
+        #: API exports streaming at once per process (0 = no limit); keep it below the
+        #: server's threads per process (gunicorn --threads) and DATABASE_POOL_SIZE,
+        #: so that pages always find a thread and a connection. More: 429.
+        "EXPORT_MAX_CONCURRENT": 2,
+        #: the PostgreSQL client tools (at least the server's major version)
+        "PG_DUMP": "pg_dump",
+        "PSQL": "psql",
+        #: the Ed25519 key archives are signed with (PEM; created, mode 0600, when missing)
+        "BACKUP_SIGNING_KEY": os.path.join(instance_path, "backup_signing_key.pem"),
+        #: public keys (ed25519:…) whose archives verify and restore trust, besides our own
+        "BACKUP_TRUSTED_KEYS": [],
+        #: age recipients (age1…): when given, archives are written encrypted (.zip.age)
+        "BACKUP_AGE_RECIPIENTS": [],
+        #: a remote copy of every archive: s3://bucket/prefix or file:///path
+        "BACKUP_REMOTE_URL": "",
+        #: multipart part size for S3 uploads, MiB (at least 5)
+        "BACKUP_S3_PART_MB": 16,
+        #: dead-man's switch: GET URL after a good backup, URL/fail after a failed one
+        "BACKUP_HEALTHCHECK_URL": "",
+    }
+
+
+@dataclass
+class BackupSettings:
+    """Everything a backup needs, as plain values (no Flask below this line)."""
+
+    database_url: str
+    upload_folder: str
+    backup_folder: str
+    app_version: str
+    pg_dump: str = "pg_dump"
+    psql: str = "psql"
+    keep: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    compresslevel: int = 3
+    signing_key: str = ""
+    trusted_keys: list[str] = field(default_factory=list)
+    age_recipients: list[str] = field(default_factory=list)
+    remote_url: str = ""
+    healthcheck_url: str = ""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], app_version: str) -> "BackupSettings":
+        return cls(
+            database_url=config["DATABASE_URL"], upload_folder=config["UPLOAD_FOLDER"],
+            backup_folder=config["BACKUP_FOLDER"], app_version=app_version,
+            pg_dump=config["PG_DUMP"], psql=config["PSQL"], keep=int(config["BACKUP_KEEP"] or 0),
+            keep_daily=int(config["BACKUP_KEEP_DAILY"] or 0),
+            keep_weekly=int(config["BACKUP_KEEP_WEEKLY"] or 0),
+            keep_monthly=int(config["BACKUP_KEEP_MONTHLY"] or 0),
+            compresslevel=int(config["BACKUP_COMPRESSLEVEL"]),
+            signing_key=config["BACKUP_SIGNING_KEY"],
+            trusted_keys=_as_list(config["BACKUP_TRUSTED_KEYS"]),
+            age_recipients=_as_list(config["BACKUP_AGE_RECIPIENTS"]),
+            remote_url=(config["BACKUP_REMOTE_URL"] or "").strip(),
+            healthcheck_url=(config["BACKUP_HEALTHCHECK_URL"] or "").strip(),
+        )
+
+    def signer(self) -> "Signer":
+        """The instance's signer (its key is created on first use)."""
+        from guest_backup.archive.signing import Signer, load_or_create_key
+
+        return Signer(load_or_create_key(self.signing_key))
+
+    def trusted(self, extra: "list[str] | tuple[str, ...]" = ()) -> "TrustedKeys":
+        """The instance's own public key, BACKUP_TRUSTED_KEYS and ``extra``."""
+        from guest_backup.archive.signing import TrustedKeys
+
+        return TrustedKeys([self.signer().public_key, *self.trusted_keys, *extra])
+
+    @property
+    def retention(self) -> "Policy":
+        from guest_backup.ops.retention import Policy
+
+        return Policy(self.keep, self.keep_daily, self.keep_weekly, self.keep_monthly)
+
+    @property
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(self.database_url, self.pg_dump, self.psql)
+
+
+def _as_list(value: Any) -> list[str]:
+    """A list setting may also be given as one comma-separated string."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(v).strip() for v in value or () if str(v).strip()]

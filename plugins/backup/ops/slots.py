@@ -1,0 +1,91 @@
+"""EXPORT_MAX_CONCURRENT across every server process: an export streams only
+while it holds one of that many slots; the next one is answered 429.
+
+- Embedded (no ``REDIS_URL``): slot ``i`` is an ``flock`` on
+  ``<instance>/export-slots/slot-i.lock``, shared by every process of this
+  machine and freed by the kernel if a process dies.
+- With Redis: a sorted set of leases, taken atomically by a Lua script; a holder
+  renews its lease while it streams, and a dead process's lease runs out after
+  ``LEASE`` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from guest_backup.ops.locks import keep_renewing, try_flock
+
+LEASE = 60  # seconds a Redis slot lives without renewal
+RENEW_EVERY = LEASE / 4
+
+_TAKE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[2] * 2)
+  return 1
+end
+return 0
+"""
+
+
+class Slot:
+    """A held slot; ``release()`` is idempotent (the export calls it when it closes)."""
+
+    def __init__(self, release=None) -> None:
+        self._release = release
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class FileSlots:
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def acquire(self, limit: int) -> Slot | None:
+        if limit <= 0:
+            return Slot()
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for i in range(limit):
+            fd = try_flock(self.folder / f"slot-{i}.lock")
+            if fd is not None:
+                return Slot(lambda fd=fd: os.close(fd))  # closing frees the flock
+        return None
+
+
+class RedisSlots:
+    def __init__(self, client, key: str) -> None:
+        self.client, self.key = client, key
+        self._take = client.register_script(_TAKE)
+
+    def acquire(self, limit: int) -> Slot | None:
+        if limit <= 0:
+            return Slot()
+        token = uuid.uuid4().hex
+        if not self._take(keys=[self.key], args=[time.time(), LEASE, limit, token]):
+            return None
+        stop = keep_renewing(RENEW_EVERY,
+                             lambda: self.client.zadd(self.key, {token: time.time()}, xx=True),
+                             "export-slot-lease")
+
+        def release() -> None:
+            stop.set()
+            try:
+                self.client.zrem(self.key, token)
+            except Exception:  # the lease runs out by itself
+                pass
+
+        return Slot(release)
+
+    def active(self, limit: int = 0) -> int:
+        self.client.zremrangebyscore(self.key, "-inf", time.time() - LEASE)
+        return int(self.client.zcard(self.key))

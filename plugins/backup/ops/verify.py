@@ -1,0 +1,25 @@
+"""``verify`` as an operation: the archive check of :mod:`guest_backup.archive.verify`,
+recorded in the audit log."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from guest_backup.archive.signing import TrustedKeys
+from guest_backup.archive.verify import ScreeningEngine, VerifyReport, verify_archive
+from guest_backup.ops.audit import AuditLog
+
+
+def verify(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine],
+           trusted: TrustedKeys, *, audit: AuditLog, audit_engine, actor: str | None, via: str,
+           allow_unsigned: bool = False, identities: list | None = None) -> VerifyReport:
+    """:func:`verify_archive`, recorded in the audit log (``verify``, ok or failed)."""
+    report = verify_archive(path, engines, trusted, allow_unsigned=allow_unsigned,
+                            identities=identities)
+    message = "; ".join(report.problems + report.notes
+                        + (["decryption skipped (no identity)"] if report.decryption_skipped
+                           else [])) or None
+    audit.record(audit_engine, "verify", "ok" if report.ok else "failed", actor=actor, via=via,
+                 target=os.path.basename(path), message=message)
+    return report

@@ -1,0 +1,96 @@
+"""Backups started from the page and queued drills, bound to the app: run in a
+thread of the web process (embedded), or queued in Redis for ``manage.py
+worker`` (RQ), whose jobs are the two ``run_queued_*`` functions below. The
+job's state and the lock are :mod:`guest_backup.ops.jobs`'.
+
+The worker logs one line when a job starts and one when it ends, with its outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import uuid
+
+from flask import Flask, current_app
+
+from guest_backup.errors import BackupError
+from guest_backup.ops.jobs import adopt, claim, job_state, run_job
+from guest_backup.wiring import backup_context
+
+log = logging.getLogger(__name__)
+
+
+def _say(line: str) -> None:
+    """One line of the worker's log (stderr, whatever the logging level)."""
+    print(f"[guest-registration worker] {line}", file=sys.stderr, flush=True)
+
+
+def start_job(app: Flask, actor: str | None) -> dict:
+    """Claim the lock and a job, then queue it for a worker (Redis) or run it in a
+    thread of this process."""
+    from guest_registration.extensions import db
+    from guest_registration.tasks import task_queue
+
+    ctx = backup_context(app)
+    queue = task_queue(app)
+    job, lock = claim(ctx, actor, queued=queue is not None)
+    if queue is not None:
+        queue.enqueue(run_queued_backup, job, lock.token, job_id=f"backup-{job['id']}",
+                      result_ttl=3600, failure_ttl=7 * 24 * 3600)
+    else:
+        engine = db.engine
+        threading.Thread(target=run_job, args=(ctx, engine, job, lock, app.logger),
+                         name="web-backup", daemon=True).start()
+    return job
+
+
+def run_queued_backup(job: dict, token: str) -> str:
+    """The RQ job (``manage.py worker``): adopt the lock the click took, then run."""
+    from guest_registration.extensions import db
+
+    ctx = backup_context(current_app)
+    _say(f"backup {job['id']} started (by {job.get('actor') or 'unknown'})")
+    lock = adopt(ctx, job, token)
+    if lock is not None:
+        run_job(ctx, db.engine, job, lock, log)
+    else:
+        job_state(ctx).write(job)
+    _say(f"backup {job['id']} ended: {job['state']}"
+         + (f", {job['archive']}" if job.get("archive") else "")
+         + (f" ({job['error']})" if job.get("error") else ""))
+    return job["state"]
+
+
+def enqueue_drill(app: Flask, actor: str | None, identity: str | None = None,
+                  trusted_keys=()) -> str:
+    """Queue a restore drill for ``manage.py worker``; the RQ job's id. ``identity``
+    is a path on the worker's machine: no key material goes through Redis."""
+    from guest_registration.tasks import task_queue
+
+    queue = task_queue(app)
+    if queue is None:
+        raise BackupError("REDIS_URL is not set: run the drill here, without --queue")
+    job = queue.enqueue(run_queued_drill, actor, identity, list(trusted_keys),
+                        job_id=f"restore-test-{uuid.uuid4().hex}", result_ttl=7 * 24 * 3600,
+                        failure_ttl=7 * 24 * 3600)
+    return job.id
+
+
+def run_queued_drill(actor: str | None, identity: str | None, trusted_keys: list) -> dict:
+    """The RQ job of a queued drill; audited as ``restore-test`` by the drill itself."""
+    from guest_registration.extensions import db
+
+    from guest_backup.ops.drill import restore_drill
+
+    _say(f"restore drill started (by {actor or 'unknown'})")
+    try:
+        result = restore_drill(backup_context(current_app), db.engine, identity=identity,
+                               trusted_keys=trusted_keys, actor=actor, via="worker")
+    except BackupError as exc:
+        _say(f"restore drill ended: failed ({exc})")
+        raise
+    _say(f"restore drill ended: {'ok' if result.ok else 'failed'}, {result.archive}")
+    return {"ok": result.ok, "archive": result.archive, "rows": result.rows,
+            "mismatches": list(result.mismatches)}

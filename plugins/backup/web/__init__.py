@@ -1,0 +1,1 @@
+"""The Backup admin page (Flask-Admin view and its templates): thin, over ops."""

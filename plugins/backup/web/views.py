@@ -1,0 +1,238 @@
+"""The Flask-Admin page of the Backup menu: thin views over the services."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, request, send_file,
+                   url_for)
+from flask_admin import expose
+from flask_babel import gettext as _
+from flask_security import current_user
+from sqlalchemy import select
+
+from guest_registration import audit
+from guest_registration.admin import SecureBaseView
+from guest_registration.extensions import csrf, db
+from guest_registration.i18n import page_size, page_timestamp
+from guest_registration.models import AuditEntry
+
+from guest_backup.archive.format import ARCHIVE_RE
+from guest_backup.ops.folders import clean_partials
+from guest_backup.wiring import backup_context
+from guest_backup.errors import BackupBusy, BackupError
+from guest_backup.ops.fetch import archive_file
+from guest_backup.export.stream import ExportRequestError, parse_request
+from guest_backup.export.preview import preview
+from guest_backup.ops.health import MESSAGES, health
+from guest_backup.ops.jobs import read_job
+from guest_backup.tasks import start_job
+from guest_backup.ops.listing import list_everywhere, storages_holding
+from guest_backup.storages import StorageError
+from guest_backup.ops.verify import verify
+
+#: no routes: it puts this package's ``templates/`` on the app's template path (after
+#: the site's overrides and the host's own folder, so a site can override the page)
+templates = Blueprint("backup_page_templates", __name__, template_folder="templates")
+
+#: the page's banner uses backup-health's defaults
+BANNER_MAX_AGE, BANNER_MAX_DRILL_AGE = timedelta(hours=26), timedelta(days=35)
+
+
+def _verifications(names: list[str]) -> dict[str, dict]:
+    """The latest verify result per archive, from the audit log."""
+    if not names:
+        return {}
+    table = AuditEntry.__table__
+    rows = db.session.execute(
+        select(table.c.target, table.c.outcome, table.c.finished_at, table.c.message)
+        .where(table.c.action == "verify", table.c.target.in_(names))
+        .order_by(table.c.id)).all()
+    return {r.target: {"ok": r.outcome == "ok", "at": r.finished_at, "message": r.message}
+            for r in rows}
+
+
+def _where(name: str, everywhere: bool = False):
+    """The storages holding archive ``name``, local first (404 when none). Unless
+    ``everywhere``, a local copy is enough and the remote is not asked."""
+    if not ARCHIVE_RE.fullmatch(name or ""):
+        abort(404)
+    found = storages_holding(backup_context(), name, everywhere=everywhere)
+    if not found:
+        abort(404)
+    return found
+
+
+def _iso_timestamp(text: str | None) -> str:
+    """A report's ``2025-06-01T02:00:00Z`` in the page's language."""
+    if not text:
+        return ""
+    return page_timestamp(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def problem_text(problem: dict) -> str:
+    """A health problem (id and parameters) in the page's language; a storage's
+    own error as it is."""
+    message = MESSAGES.get(problem["id"])
+    if message is None or problem["id"] == "storage":
+        return problem.get("text") or ""
+    return _(message, **problem["params"])
+
+
+def _back(anchor: str = "archives"):
+    return redirect(url_for(".index") + f"#{anchor}")
+
+
+class BackupView(SecureBaseView):
+    """Admin → Backup → System Backup: backups, archives, monthly export, activity."""
+
+    @expose("/")
+    def index(self):
+        ctx = backup_context()
+        settings = ctx.settings
+        clean_partials(ctx)  # leftovers of a killed backup (none running)
+        try:
+            public_key = settings.signer().public_key
+        except BackupError as exc:
+            public_key = f"unavailable: {exc}"
+        try:
+            listing = list_everywhere(ctx)
+            report, code = health(ctx, db.engine, max_age=BANNER_MAX_AGE,
+                                  max_drill_age=BANNER_MAX_DRILL_AGE, listing=listing)
+            archives, storage_problem = listing.archives, None
+        except StorageError as exc:  # a BACKUP_REMOTE_URL that cannot work at all
+            archives, report, code, storage_problem = [], None, 2, str(exc)
+        job = read_job(ctx)
+        if job and job.get("archive") and job["archive"] not in {a.name for a in archives}:
+            job["archive_gone"] = True  # never link an archive that was deleted since
+        now = datetime.now(timezone.utc)
+        return self.render(
+            "admin/backup/index.html",
+            archives=archives, verified=_verifications([a.name for a in archives]),
+            health=report, health_code=code, storage_problem=storage_problem,
+            human_size=page_size, timestamp=page_timestamp, problem_text=problem_text,
+            iso_timestamp=_iso_timestamp,
+            formats=list(current_app.extensions["export_formats"]),
+            job=job, activity=audit.recent(db.engine, 15),
+            public_key=public_key, encrypted=bool(settings.age_recipients),
+            remote_url=settings.remote_url,
+            year=now.year, month=now.month, months=range(1, 13),
+            api_url=url_for("backup_api.guests", _external=True),
+        )
+
+    @expose("/start", methods=["POST"])
+    def start(self):
+        csrf.protect()
+        try:
+            start_job(current_app._get_current_object(), current_user.email)
+            flash(_("System backup started. The download begins when it is done."), "info")
+        except BackupBusy:
+            flash(_("A backup is already running; wait for it to finish."), "warning")
+        except BackupError as exc:
+            flash(_("The backup could not start: %(error)s.", error=exc), "error")
+        return _back("system-backup")
+
+    @expose("/job")
+    def job(self):
+        job = read_job(backup_context()) or {"state": "none"}
+        public = {k: job.get(k) for k in ("id", "state", "stage", "bytes", "started_at",
+                                          "finished_at", "archive", "error", "warning")}
+        if public.get("archive") and storages_holding(backup_context(), public["archive"]):
+            public["download_url"] = url_for(".download", archive=public["archive"])
+        return jsonify(public)
+
+    @expose("/download/<archive>")
+    def download(self, archive: str):
+        storage = _where(archive)[0]
+        mimetype = "application/octet-stream" if archive.endswith(".age") else "application/zip"
+        try:
+            path = storage.local_path(archive)
+            response = (_send_local(path, archive, mimetype) if path is not None
+                        else _stream_remote(storage, archive, mimetype))
+        except StorageError:
+            abort(502)
+        response.headers["Cache-Control"] = "no-store"
+        audit.record(db.engine, "download", "ok", actor=current_user.email, via="admin",
+                     target=archive, bytes=response.content_length,
+                     message=None if path is not None else f"from {storage.url}")
+        return response
+
+    @expose("/verify/<archive>", methods=["POST"])
+    def verify(self, archive: str):
+        csrf.protect()
+        storage = _where(archive)[0]
+        ctx = backup_context()
+        try:
+            with archive_file(storage, archive) as path:
+                report = verify(path, ctx.engines, ctx.settings.trusted(), audit=ctx.audit,
+                                audit_engine=db.engine,
+                                actor=current_user.email, via="admin")
+        except BackupError as exc:
+            flash(_("%(archive)s cannot be verified: %(error)s.", archive=archive, error=exc),
+                  "error")
+            return _back()
+        if report.ok and report.decryption_skipped:
+            flash(_("%(archive)s: the encrypted file's signature is valid. Its contents were not "
+                    "checked (the server holds no identity): verify it with "
+                    "manage.py verify --identity on a machine that has one.", archive=archive),
+                  "success")
+        elif report.ok:
+            flash(_("%(archive)s verified: every checksum matches and the dump is complete.",
+                    archive=archive), "success")
+        else:
+            flash(_("%(archive)s did not verify: %(problems)s.", archive=archive,
+                    problems="; ".join(report.problems[:3])), "error")
+        return _back()
+
+    @expose("/delete/<archive>", methods=["POST"])
+    def delete(self, archive: str):
+        csrf.protect()
+        removed = []
+        for storage in _where(archive, everywhere=True):
+            try:
+                storage.delete(archive)
+                removed.append(storage.name)
+            except StorageError as exc:
+                flash(_("%(archive)s could not be deleted from %(storage)s: %(error)s.",
+                        archive=archive, storage=storage.name, error=exc), "error")
+        audit.record(db.engine, "delete", "ok" if removed else "failed",
+                     actor=current_user.email, via="admin", target=archive,
+                     message=f"from {', '.join(removed) or 'nowhere'}")
+        if removed:
+            flash(_("%(archive)s was deleted (%(storages)s).", archive=archive,
+                    storages=", ".join(removed)), "success")
+        return _back()
+
+    @expose("/preview")
+    def preview(self):
+        """The first lines of a monthly export, as JSON for the page (audited as a preview)."""
+        try:
+            req = parse_request(request.args.to_dict(flat=False),
+                                current_app.extensions["export_formats"])
+        except ExportRequestError as exc:
+            return jsonify(error=str(exc)), 400
+        actor = current_user.email
+        db.session.close()  # one connection for the preview, not two
+        result = preview(db.engine, req,
+                         db_engine=backup_context().engine_for(db.engine.dialect.name, required=False),
+                         actor=actor, via="admin",
+                         fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
+        return jsonify(rows=result.rows, media_type=result.media_type, lines=result.lines)
+
+
+def _send_local(path, archive: str, mimetype: str) -> Response:
+    return send_file(path, mimetype=mimetype, as_attachment=True, download_name=archive,
+                     max_age=0, conditional=True)
+
+
+def _stream_remote(storage, archive: str, mimetype: str) -> Response:
+    """A remote-only archive, streamed through the app, with its listed size."""
+    size = next((a.size for a in storage.list() if a.name == archive), None)
+    body = storage.open(archive)
+    response = Response(iter(lambda: body.read(1024 * 1024), b""), mimetype=mimetype,
+                        direct_passthrough=True)
+    response.call_on_close(body.close)  # also when the client goes away
+    response.headers["Content-Disposition"] = f'attachment; filename="{archive}"'
+    if size is not None:
+        response.content_length = size
+    return response

@@ -1,0 +1,37 @@
+"""The one place that binds a Flask app to the backup services: it builds the
+app's :class:`~guest_backup.ops.context.BackupContext` at start-up (engines and
+storage types from the plugin hooks, two for one dialect or scheme stop
+start-up; the host's audit writer; Redis when configured) and finds it again
+for views and commands. Everything below it (ops, archive, engines, storages)
+is plain Python that never imports Flask or the host.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, current_app
+
+from guest_backup.ops.context import BackupContext
+
+EXTENSION = "backup"
+
+
+def init_app(app: Flask) -> None:
+    from guest_registration import __version__, audit
+    from guest_registration.plugins import DuplicateNameError, unique_items
+    from guest_registration.redis_link import redis_client, redis_key
+
+    pm = app.extensions["plugin_manager"]
+    engines = unique_items(pm, "register_database_engines", kind="database engine",
+                           key=lambda e: e.dialect, error=DuplicateNameError)
+    storage_types = unique_items(pm, "register_storage_types", kind="storage type",
+                                 key=lambda t: t.scheme, error=DuplicateNameError)
+    app.extensions[EXTENSION] = BackupContext(
+        config=app.config, app_version=__version__, instance_path=app.instance_path,
+        engines=engines, storage_types=storage_types, audit=audit,
+        redis=lambda: redis_client(app), redis_key=lambda name: redis_key(app, name))
+
+
+def backup_context(app: Flask | None = None) -> BackupContext:
+    """The backup services of ``app`` (default: the current app)."""
+    return (app or current_app).extensions[EXTENSION]
+
