@@ -261,3 +261,23 @@ def insert_bulk_guests(engine, rows: int, year: int, month: int, tag: str) -> No
             " make_timestamp(:year, :month, 1 + i % 28, 1, 2, 3) "
             "FROM generate_series(1, :n) AS i"),
             {"n": rows, "year": year, "month": month, "tag": tag})
+
+
+def sealed(app, folder: Path, names, size: int = 2) -> None:
+    """Archive-named files (junk content) with a valid seal of this app: what
+    listings, retention and health recognise without reading the file."""
+    import hashlib
+
+    from guest_backup.archive.format import name_time, sidecar_path
+    from guest_backup.wiring import backup_context
+
+    settings = backup_context(app).settings
+    signer, installation = settings.signer(), settings.installation()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        data = b"P" * size
+        (folder / name).write_bytes(data)
+        sidecar_path(folder / name).write_bytes(signer.seal({
+            "name": name, "size": size, "sha256": hashlib.sha256(data).hexdigest(),
+            "created_at": name_time(name).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "installation": installation, "engine": "sqlite"}))

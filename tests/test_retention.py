@@ -11,19 +11,15 @@ import pytest
 
 from guest_registration.extensions import db
 from guest_registration.models import AuditEntry
+from guest_backup.archive.format import name_time
 from guest_backup.ops.retention import Policy, plan
+from tests.helpers import sealed
 
 TODAY = date(2026, 11, 26)
 
 
 def name(day: date, hour: int = 3, suffix: str = ".zip") -> str:
     return f"system_backup_{day:%Y%m%d}_{hour:02d}0000{suffix}"
-
-
-def fill(folder: Path, names) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        (folder / n).write_bytes(b"PK")
 
 
 def newest_per(days: list[date], key, count: int) -> set[date]:
@@ -40,10 +36,11 @@ def test_400_daily_archives_keep_exactly_restics_set(app, runner, backend):
     folder = Path(app.config["BACKUP_FOLDER"])
     days = [TODAY - timedelta(days=i) for i in range(400)]
     extra = [name(TODAY, 1), name(TODAY - timedelta(days=1), 1)]  # an older one the same day
-    fill(folder, [name(d) for d in days] + extra)
+    sealed(app, folder, [name(d) for d in days] + extra)
     app.config.update(BACKUP_KEEP=2, BACKUP_KEEP_DAILY=7, BACKUP_KEEP_WEEKLY=4,
                       BACKUP_KEEP_MONTHLY=12)
-    archives = lambda: sorted(p.name for p in folder.iterdir() if p.name.startswith("system_"))  # noqa: E731
+    archives = lambda: sorted(p.name for p in folder.iterdir()  # noqa: E731
+                              if p.name.startswith("system_") and not p.name.endswith(".sig"))
     before = archives()
     dry = runner.invoke(args=["backup-prune", "--dry-run"])
     assert dry.exit_code == 0, dry.output
@@ -76,11 +73,13 @@ def test_400_daily_archives_keep_exactly_restics_set(app, runner, backend):
 
 def test_no_rule_keeps_everything_and_the_newest_is_always_kept():
     names = [name(TODAY - timedelta(days=i)) for i in range(5)]
-    assert all(d.keep for d in plan(names, Policy()))
-    decisions = plan(names + ["system_backup_20261126_235959.zip.age"], Policy(monthly=1))
+    dated = lambda names: [(n, name_time(n)) for n in names]  # noqa: E731
+    assert all(d.keep for d in plan(dated(names), Policy()))
+    decisions = plan(dated(names + ["system_backup_20261126_235959.zip.age"]),
+                     Policy(monthly=1))
     kept = [d.name for d in decisions if d.keep]
     assert kept == ["system_backup_20261126_235959.zip.age"]  # the newest, also the month's
-    decisions = plan(names, Policy(weekly=1))
+    decisions = plan(dated(names), Policy(weekly=1))
     assert decisions[0].describe() == "keep (weekly 2026-W48)"
     assert [d.keep for d in decisions].count(True) == 1
 
@@ -88,9 +87,10 @@ def test_no_rule_keeps_everything_and_the_newest_is_always_kept():
 def test_pruning_after_a_backup_removes_sidecars_and_never_the_new_archive(app, runner):
     folder = Path(app.config["BACKUP_FOLDER"])
     old = [name(TODAY - timedelta(days=i), suffix=".zip.age") for i in range(1, 4)]
-    fill(folder, old + [n + ".sig" for n in old])
+    sealed(app, folder, old)
     app.config.update(BACKUP_KEEP=1)
     result = runner.invoke(args=["backup"])
     assert result.exit_code == 0, result.output
     left = sorted(p.name for p in folder.iterdir() if p.name.startswith("system_"))
-    assert left == [Path(result.output.strip().splitlines()[-1]).name]
+    new = Path(result.output.strip().splitlines()[-1]).name
+    assert left == [new, new + ".sig"]

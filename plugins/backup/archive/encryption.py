@@ -70,8 +70,9 @@ def load_identities(path: str | os.PathLike) -> list:
     return identities
 
 
-class _HashingFile:
-    """The real file under the encryptor: counts and hashes the ciphertext."""
+class HashingFile:
+    """The real file under the archive's writer: counts and hashes the bytes that
+    reach it (the ciphertext, when encrypted). Write-only, not seekable."""
 
     def __init__(self, fh: BinaryIO) -> None:
         self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
@@ -96,7 +97,7 @@ class EncryptingWriter:
 
     def __init__(self, fh: BinaryIO, recipients: list) -> None:
         self._pyrage = _pyrage()
-        self.out = _HashingFile(fh)
+        self.out = HashingFile(fh)
         read_fd, write_fd = os.pipe()
         self._reader = os.fdopen(read_fd, "rb")
         self._writer = os.fdopen(write_fd, "wb")

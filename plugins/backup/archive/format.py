@@ -21,7 +21,13 @@ from pathlib import Path
 from guest_backup.errors import BackupError
 
 FORMAT_VERSION = 1
-ARCHIVE_RE = re.compile(r"^system_backup_\d{8}_\d{6}(?:_\d+)?\.zip(?:\.age)?$")
+#: an archive's name, matched whole (``fullmatch``) and ASCII only: no trailing newline,
+#: no fullwidth or Arabic-Indic digits
+ARCHIVE_RE = re.compile(r"system_backup_([0-9]{8}_[0-9]{6})(?:_[0-9]{1,6})?\.zip(?:\.age)?",
+                        re.ASCII)
+#: more members than this (uploads, dump, manifest, signature) are refused, by the
+#: writer and by verification alike
+MAX_MEMBERS = 10_000
 SIDECAR_SUFFIX = ".sig"
 PARTIAL_SUFFIX = ".partial"
 DATABASE_MEMBER = "database.sql"
@@ -59,6 +65,22 @@ def remove_partials(folder: Path) -> int:
     return removed
 
 
+def is_archive_name(name: str | None) -> bool:
+    """Whether ``name`` is an archive's name (the one check of it)."""
+    return bool(name) and ARCHIVE_RE.fullmatch(name) is not None
+
+
+def name_time(name: str) -> datetime | None:
+    """The UTC time an archive's name claims (``None`` if it is no archive name)."""
+    m = ARCHIVE_RE.fullmatch(name or "")
+    if not m:
+        return None
+    try:
+        return datetime.strptime(m.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
 def new_archive_name(folder: Path, when: datetime, encrypted: bool = False) -> str:
     base = f"system_backup_{when:%Y%m%d_%H%M%S}"
     suffix = ".zip.age" if encrypted else ".zip"
@@ -88,7 +110,7 @@ def list_archives(folder: str | os.PathLike, location: str = "local") -> list[Ar
         return []
     found = []
     for p in folder.iterdir():
-        if ARCHIVE_RE.match(p.name) and p.is_file() and not p.is_symlink():
+        if is_archive_name(p.name) and p.is_file() and not p.is_symlink():
             st = p.stat()
             found.append(ArchiveInfo(p.name, st.st_size,
                                      datetime.fromtimestamp(st.st_mtime, timezone.utc), [location]))

@@ -31,6 +31,9 @@ KEY_PREFIX = "ed25519:"
 #: what an outer (ciphertext) signature covers, so it can't be replayed for a manifest
 FILE_CONTEXT = b"guest-registration archive file v1\n"
 MANIFEST_CONTEXT = b"guest-registration manifest v1\n"
+SEAL_CONTEXT = b"guest-registration archive seal v2\n"
+#: what a seal signs about the archive file beside it
+SEAL_CLAIMS = ("name", "size", "sha256", "created_at", "installation", "engine")
 
 
 class SignatureError(BackupError):
@@ -101,13 +104,22 @@ class Signer:
     def sign_manifest(self, manifest: bytes) -> bytes:
         return self._envelope(self.key.sign(MANIFEST_CONTEXT + manifest))
 
-    def sign_file(self, name: str, size: int, sha256: str) -> bytes:
-        return self._envelope(self.key.sign(_file_message(name, size, sha256)),
-                              file=name, size=size, sha256=sha256)
+    def seal(self, claims: dict) -> bytes:
+        """The archive's seal (its ``.sig`` sidecar): a signature of the file's name,
+        size and SHA-256 together with its creation time, installation and engine,
+        so that listings, retention and health can trust an archive's name and date
+        without reading it, and a renamed or planted file is not recognised."""
+        claims = {k: claims[k] for k in SEAL_CLAIMS}
+        return self._envelope(self.key.sign(_seal_message(claims)), claims=claims)
 
 
 def _file_message(name: str, size: int, sha256: str) -> bytes:
+    """What the first encrypted archives' sidecars signed (still accepted)."""
     return FILE_CONTEXT + f"{name}\n{size}\n{sha256}\n".encode()
+
+
+def _seal_message(claims: dict) -> bytes:
+    return SEAL_CONTEXT + json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
 
 
 class TrustedKeys:
@@ -147,4 +159,35 @@ class TrustedKeys:
         return self._check(envelope, MANIFEST_CONTEXT + manifest, "manifest")
 
     def check_file(self, envelope: bytes, name: str, size: int, sha256: str) -> str:
-        return self._check(envelope, _file_message(name, size, sha256), "encrypted file")
+        """A sidecar (a seal, or the first version's file signature) of the file
+        ``name`` with this size and hash; the signer's key."""
+        claims = seal_claims(envelope)
+        if claims is None:
+            return self._check(envelope, _file_message(name, size, sha256), "encrypted file")
+        signer = self.check_seal(envelope)[0]
+        if claims["name"] != name:
+            raise SignatureError(f"the archive was renamed: its seal is for "
+                                 f"{str(claims['name'])[:80]}")
+        if (claims["size"], claims["sha256"]) != (size, sha256):
+            raise SignatureError("the signature does not match the file: it was changed after "
+                                 "it was signed")
+        return signer
+
+    def check_seal(self, envelope: bytes) -> tuple[str, dict]:
+        """The signer and the signed claims of a seal (SignatureError if it is not
+        a trusted key's seal)."""
+        claims = seal_claims(envelope)
+        if claims is None:
+            raise SignatureError("the archive's seal is unreadable")
+        return self._check(envelope, _seal_message(claims), "archive seal"), claims
+
+
+def seal_claims(envelope: bytes) -> dict | None:
+    """The claims of a seal envelope as written (not yet checked), or None."""
+    try:
+        claims = json.loads(envelope)["claims"]
+    except Exception:
+        return None
+    if not isinstance(claims, dict) or set(claims) != set(SEAL_CLAIMS):
+        return None
+    return claims

@@ -12,15 +12,19 @@ import os
 import re
 import stat
 import zipfile
+from collections import Counter
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping, Protocol
 
-from guest_backup.archive.format import (DATABASE_MEMBER, FORMAT_VERSION, MANIFEST_MEMBER, PHOTO_NAME_RE,
-                      SIGNATURE_MEMBER, UPLOADS_PREFIX, sidecar_path)
+from guest_backup.archive.format import (DATABASE_MEMBER, FORMAT_VERSION, MANIFEST_MEMBER,
+                                        MAX_MEMBERS, PHOTO_NAME_RE, SIGNATURE_MEMBER,
+                                        UPLOADS_PREFIX, is_archive_name, name_time,
+                                        sidecar_path)
 from guest_backup.archive.encryption import decrypted, is_age_file
 from guest_backup.errors import BackupError, EngineError
-from guest_backup.archive.signing import SignatureError, TrustedKeys
+from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.writer import CHUNK, Digest
 
 #: a member inflating more than this ratio *and* beyond BOMB_MIN_BYTES is refused
@@ -71,11 +75,13 @@ def member_problem(info: zipfile.ZipInfo) -> str | None:
 
 
 def _structure_problems(infos: list[zipfile.ZipInfo]) -> list[str]:
+    if len(infos) > MAX_MEMBERS:
+        return [f"{len(infos)} members: an archive holds at most {MAX_MEMBERS}"]
     problems = []
-    names = [i.filename for i in infos]
-    dupes = {n for n in names if names.count(n) > 1}
+    counts = Counter(i.filename for i in infos)
+    dupes = sorted(n for n, c in counts.items() if c > 1)
     if dupes:
-        problems.append(f"duplicate members: {', '.join(sorted(dupes))[:200]}")
+        problems.append(f"duplicate members: {', '.join(dupes)[:200]}")
     for info in infos:
         problem = member_problem(info)
         if problem:
@@ -84,9 +90,48 @@ def _structure_problems(infos: list[zipfile.ZipInfo]) -> list[str]:
               and info.file_size > BOMB_RATIO * max(info.compress_size, 1)):
             problems.append(f"{info.filename!r} inflates {info.file_size // max(info.compress_size, 1)}"
                             f"-fold: refused as a possible ZIP bomb")
-    if not problems and MANIFEST_MEMBER not in names:
+        if len(problems) > 20:  # enough to refuse; a hostile archive may have thousands
+            break
+    if not problems and MANIFEST_MEMBER not in counts:
         problems.append("manifest.json is missing")
     return problems
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What an archive must say about itself to be accepted here: its file name,
+    this installation's id, and the keys given explicitly for this check (an
+    archive of another installation is accepted only when signed by one of them)."""
+
+    name: str
+    installation: str | None = None
+    explicit_keys: frozenset = frozenset()
+
+    def problems(self, signed: dict, signer: str | None) -> list[str]:
+        """What is wrong with the signed ``name``, ``created_at`` and ``installation``
+        (absent in the first archives' manifests: then only the date is checked)."""
+        found = []
+        if signed.get("name") not in (None, self.name):
+            found.append(f"the file is named {self.name} but was signed as "
+                         f"{str(signed['name'])[:80]}: renamed archives are refused")
+        claimed, created = name_time(self.name), parse_time(signed.get("created_at"))
+        if is_archive_name(self.name) and (created is None or claimed != created):
+            found.append(f"the date in the name {self.name} differs from the signed creation "
+                         f"time {str(signed.get('created_at'))[:40]}")
+        theirs = signed.get("installation")
+        if (theirs and self.installation and theirs != self.installation
+                and signer not in self.explicit_keys):
+            found.append(f"the archive comes from another installation ({str(theirs)[:40]}); "
+                         f"give its signing key with --trusted-key to restore it here")
+        return found
+
+
+def parse_time(text) -> datetime | None:
+    """A signed ``2025-06-01T02:00:00Z`` as an aware UTC datetime (None if malformed)."""
+    try:
+        return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 def _read_manifest_bytes(zf: zipfile.ZipFile) -> bytes:
@@ -102,6 +147,8 @@ def _parse_manifest(data: bytes) -> dict:
     try:
         manifest = json.loads(data)
         if not isinstance(manifest["members"], dict) or not manifest["database"]["engine"]:
+            raise TypeError
+        if len(manifest["members"]) > MAX_MEMBERS:
             raise TypeError
     except Exception:
         raise ValueError("manifest.json is not a valid manifest") from None
@@ -127,41 +174,46 @@ def _member_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int,
 
 def verify_archive(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine] | None,
                    trusted: TrustedKeys, *, allow_unsigned: bool = False,
-                   identities: list | None = None) -> VerifyReport:
+                   identities: list | None = None, installation: str | None = None,
+                   explicit_keys=(), name: str | None = None) -> VerifyReport:
     """Check an archive without writing anything; the report lists every problem.
 
-    An encrypted archive (``.zip.age``) is checked against the signature of its
-    ciphertext (the ``.sig`` beside it); its contents only with ``identities``,
-    decrypted into a private temporary file that is removed afterwards.
+    An encrypted archive (``.zip.age``) is checked against its seal (the ``.sig``
+    beside it, required unless ``allow_unsigned``); its contents only with
+    ``identities``, decrypted into a private temporary file removed afterwards.
+    The signed name, date and installation must match the file's name and
+    ``installation`` (see :class:`Binding`); ``name`` is the archive's name when
+    ``path`` is a decrypted copy.
     """
     report = VerifyReport(ok=False)
+    binding = Binding(name or Path(path).name, installation, frozenset(explicit_keys))
     if str(path).endswith(".age") or is_age_file(path):
         report.encrypted = True
-        _check_ciphertext(Path(path), trusted, report, required=identities is None)
-        if identities is None:
-            report.decryption_skipped = True
+        _check_ciphertext(Path(path), trusted, report, binding, required=not allow_unsigned)
+        if identities is None or report.problems:
+            report.decryption_skipped = identities is None
             report.ok = not report.problems
             return report
         try:
             with decrypted(path, identities) as plain:
-                _check_zip(plain, engines, trusted, allow_unsigned, report)
+                _check_zip(plain, engines, trusted, allow_unsigned, report, binding)
         except BackupError as exc:
             report.problems.append(str(exc))
     else:
-        _check_zip(path, engines, trusted, allow_unsigned, report)
+        _check_zip(path, engines, trusted, allow_unsigned, report, binding)
     report.ok = not report.problems
     return report
 
 
-def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport,
+def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport, binding: Binding,
                       required: bool) -> None:
     sidecar = sidecar_path(path)
     try:
         envelope = sidecar.read_bytes()[:MAX_SIGNATURE_BYTES]
     except OSError:
         if required:
-            report.problems.append(f"{sidecar.name} (the signature of the encrypted file) is "
-                                   f"missing; give --identity to check the archive inside")
+            report.problems.append(f"{sidecar.name} (the seal of the encrypted archive) is "
+                                   f"missing: an encrypted archive without it is refused")
         else:
             report.notes.append(f"{sidecar.name} is missing: only the contents were checked")
         return
@@ -171,10 +223,14 @@ def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport,
                                               digest.sha.hexdigest())
     except SignatureError as exc:
         report.problems.append(str(exc))
+        return
+    claims = seal_claims(envelope)  # None for the first version's file signature
+    if claims is not None:
+        report.problems += binding.problems(claims, report.signed_by)
 
 
 def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
-               report: VerifyReport) -> None:
+               report: VerifyReport, binding: Binding) -> None:
     try:
         zf = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
@@ -200,6 +256,7 @@ def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
             except SignatureError as exc:
                 report.problems.append(str(exc))
                 return  # nothing in an untrusted archive is worth reading
+            report.problems += binding.problems(manifest, report.signed_by)
         elif allow_unsigned:
             report.unsigned = True
             report.notes.append("the archive is UNSIGNED: its origin cannot be checked")

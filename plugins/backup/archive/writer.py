@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from guest_backup.archive.format import MANIFEST_MEMBER, PARTIAL_SUFFIX, SIGNATURE_MEMBER, sidecar_path
-from guest_backup.archive.encryption import EncryptingWriter
+from guest_backup.archive.format import MAX_MEMBERS, MANIFEST_MEMBER, PARTIAL_SUFFIX, SIGNATURE_MEMBER, sidecar_path
+from guest_backup.archive.encryption import EncryptingWriter, HashingFile
 from guest_backup.errors import BackupError
 from guest_backup.archive.signing import Signer
 
@@ -83,6 +83,7 @@ class ArchiveWriter:
         self.partial_sidecar = folder / f".{name}{PARTIAL_SUFFIX}.sig"
         self._fh = None
         self._encryptor: EncryptingWriter | None = None
+        self._out: HashingFile | None = None
         self._zip: zipfile.ZipFile | None = None
 
     def __enter__(self) -> "ArchiveWriter":
@@ -91,9 +92,12 @@ class ArchiveWriter:
         except OSError:
             raise BackupError(f"the backup folder {self.folder} is not writable") from None
         self._fh = os.fdopen(fd, "wb")
-        target = self._fh
+        # a write-only stream that hashes what reaches the file (for the seal); zipfile
+        # writes data descriptors into it, as into the encryptor
+        target = self._out = HashingFile(self._fh)
         if self.recipients:
-            target = self._encryptor = EncryptingWriter(self._fh, self.recipients)
+            self._encryptor = EncryptingWriter(self._fh, self.recipients)
+            target, self._out = self._encryptor, self._encryptor.out
         self._zip = zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED,
                                     compresslevel=self.level, allowZip64=True)
         return self
@@ -114,6 +118,9 @@ class ArchiveWriter:
     def add_stream(self, name: str, produce: Callable[[Callable[[bytes], None]], None], *,
                    stage: str, mtime: float | None = None) -> Digest:
         """Add a member whose bytes ``produce(write)`` writes; returns its digest."""
+        if len(self.members) + 2 >= MAX_MEMBERS:  # the manifest and its signature follow
+            raise BackupError(f"more than {MAX_MEMBERS - 3} uploads: an archive holds at most "
+                              f"{MAX_MEMBERS} members")
         digest = Digest()
         with self._zip.open(zipinfo(name, self.when, mtime, self.level), "w",
                             force_zip64=True) as member:
@@ -148,11 +155,14 @@ class ArchiveWriter:
         self._fh.close()
         self._fh = None
         final = self.folder / self.name
-        if self._encryptor is not None:
-            out = self._encryptor.out
-            fd = os.open(self.partial_sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.signer.sign_file(self.name, out.size, out.sha.hexdigest()))
-            os.replace(self.partial_sidecar, sidecar_path(final))
+        fd = os.open(self.partial_sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(self.signer.seal({
+                "name": self.name, "size": self._out.size, "sha256": self._out.sha.hexdigest(),
+                "created_at": manifest["created_at"], "installation": manifest["installation"],
+                "engine": manifest["database"]["engine"]}))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(self.partial_sidecar, sidecar_path(final))
         os.replace(self.partial, final)
         return final

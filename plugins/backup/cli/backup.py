@@ -101,8 +101,8 @@ def backup_prune_command(dry_run: bool) -> None:
     ctx = backup_context()
     settings = ctx.settings
     try:
-        found = prune_archives(ctx.storages(), settings.retention,
-                               lock=ctx.lock(), dry_run=dry_run, audit=ctx.audit,
+        found = prune_archives(ctx, ctx.storages(), settings.retention,
+                               lock=ctx.lock(), dry_run=dry_run,
                                audit_engine=db.engine, actor=cli_actor(), via="cli")
     except BackupBusy as exc:
         _busy(exc)

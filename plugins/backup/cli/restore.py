@@ -20,6 +20,7 @@ from guest_registration.maintenance import safe_url
 from guest_backup.cli.backup import _busy, _fail
 from guest_backup.wiring import backup_context
 from guest_backup.archive.encryption import load_identities
+from guest_backup.archive.signing import TrustedKeys
 from guest_backup.errors import BackupError
 from guest_backup.ops.fetch import is_url, local_copy
 from guest_backup.ops.restore import restore_archive
@@ -34,6 +35,12 @@ def _trust_and_identity(trusted_key: tuple[str, ...], identity: str | None):
     except BackupError as exc:
         _fail(str(exc))
     return ctx, trusted, identities
+
+
+def _explicit(trusted_key: tuple[str, ...]) -> list[str]:
+    """The keys given on the command line, as the signatures name them: archives
+    they signed may come from another installation."""
+    return list(TrustedKeys(trusted_key))
 
 
 TRUSTED_KEY = click.option("--trusted-key", multiple=True, metavar="KEY",
@@ -64,7 +71,8 @@ def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | N
         with local_copy(ctx, archive) as path:
             report = verify(path, ctx.engines, trusted, audit=ctx.audit, audit_engine=db.engine,
                             actor=cli_actor(), via="cli", allow_unsigned=allow_unsigned,
-                            identities=identities)
+                            identities=identities, installation=ctx.settings.installation(),
+                            explicit_keys=_explicit(trusted_key))
     except BackupError as exc:
         _fail(str(exc))
     for note in report.notes:
@@ -138,7 +146,8 @@ def restore_command(archive: str, database_url: str | None, password_prompt: boo
                                      target_url=target, uploads_dir=uploads, replace=replace,
                                      trusted=trusted, engine=db.engine, audit=ctx.audit,
                                      actor=cli_actor(),
-                                     via="cli", allow_unsigned=allow_unsigned, identity=identity)
+                                     via="cli", allow_unsigned=allow_unsigned, identity=identity,
+                                     explicit_keys=_explicit(trusted_key))
     except BackupError as exc:
         _fail(str(exc))
     if result.unsigned:

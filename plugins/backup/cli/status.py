@@ -11,7 +11,7 @@ from guest_registration.extensions import db
 from guest_registration.formatting import human_size
 from guest_registration.maintenance import StatusCheck, folder_check
 
-from guest_backup.archive.format import list_archives
+from guest_backup.ops.listing import recognised
 from guest_backup.wiring import backup_context
 from guest_backup.archive.encryption import parse_recipients
 from guest_backup.errors import BackupError
@@ -29,7 +29,23 @@ def _age(when: datetime) -> str:
 def backup_status(app: Flask) -> list[StatusCheck]:
     ctx = backup_context(app)
     settings = ctx.settings
-    checks = [folder_check("backup folder", settings.backup_folder)]
+    return [folder_check("backup folder", settings.backup_folder), _tool_check(ctx),
+            _check("backup signing key", lambda: f"{settings.signer().public_key} (keep it "
+                                                 f"with your recovery notes)"),
+            _check("backup encryption", lambda: _encryption(settings.age_recipients)),
+            _check("newest backup", lambda: _newest(ctx))]
+
+
+def _check(name: str, detail) -> StatusCheck:
+    """A line whose ``detail()`` raising BackupError makes it FAIL with the reason."""
+    try:
+        return StatusCheck(name, True, detail())
+    except BackupError as exc:
+        return StatusCheck(name, False, str(exc))
+
+
+def _tool_check(ctx) -> StatusCheck:
+    settings = ctx.settings
     try:
         engine = ctx.engine_for(db.engine.dialect.name)
         try:
@@ -39,29 +55,25 @@ def backup_status(app: Flask) -> list[StatusCheck]:
             raise
         except Exception:  # the database line of the host says why it is unreachable
             tool = engine.tool(settings.engine_settings, None)
-        checks.append(StatusCheck("backup dump tool", tool.ok, tool.detail))
+        return StatusCheck("backup dump tool", tool.ok, tool.detail)
     except BackupError as exc:
-        checks.append(StatusCheck("backup dump tool", False, str(exc)))
+        return StatusCheck("backup dump tool", False, str(exc))
+
+
+def _encryption(recipients_setting) -> str:
     try:
-        checks.append(StatusCheck("backup signing key", True,
-                                  f"{settings.signer().public_key} (keep it with your "
-                                  f"recovery notes)"))
+        recipients = parse_recipients(recipients_setting)
     except BackupError as exc:
-        checks.append(StatusCheck("backup signing key", False, str(exc)))
-    try:
-        recipients = parse_recipients(settings.age_recipients)
-        checks.append(StatusCheck("backup encryption", True,
-                                  f"to {len(recipients)} age recipient(s)" if recipients else
-                                  "off (set BACKUP_AGE_RECIPIENTS to encrypt archives)"))
-    except BackupError as exc:
-        checks.append(StatusCheck("backup encryption", False, str(exc)))
-    archives = list_archives(settings.backup_folder)
-    if archives:
-        newest = archives[0]
-        checks.append(StatusCheck("newest backup", True,
-                                  f"{newest.name}, {human_size(newest.size)}, {_age(newest.created)}"
-                                  f" ({len(archives)} archive{'s' if len(archives) != 1 else ''})"))
-    else:
-        checks.append(StatusCheck("newest backup", True,
-                                  "no archive yet (run: python manage.py backup)"))
-    return checks
+        raise BackupError(str(exc)) from None
+    return (f"to {len(recipients)} age recipient(s)" if recipients else
+            "off (set BACKUP_AGE_RECIPIENTS to encrypt archives)")
+
+
+def _newest(ctx) -> str:
+    archives, unknown = recognised(ctx, ctx.local())
+    extra = f"; {len(unknown)} unrecognised file(s) in the folder" if unknown else ""
+    if not archives:
+        return f"no archive yet (run: python manage.py backup){extra}"
+    newest = archives[0]
+    return (f"{newest.name}, {human_size(newest.size)}, {_age(newest.created)} "
+            f"({len(archives)} archive{'s' if len(archives) != 1 else ''}){extra}")

@@ -115,6 +115,8 @@ def _write(engine, db_engine, settings, target_dir: Path, target_name: str | Non
             "format_version": FORMAT_VERSION,
             "app": "guest-registration",
             "app_version": settings.app_version,
+            "name": name,
+            "installation": settings.installation(),
             "created_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "database": {"engine": db_engine.dialect, "server_version": server_version,
                          "dump_tool": tool.name, "dump_tool_version": tool.version},

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from guest_backup.ops.context import BackupContext
+from guest_backup.archive.signing import TrustedKeys
 from guest_backup.errors import BackupError
 from guest_backup.ops.fetch import archive_file
 from guest_backup.ops.restore import restore_archive
@@ -65,7 +66,8 @@ def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillR
             restored = restore_archive(path, engines=ctx.engines, settings=settings,
                                        target_url=target, uploads_dir=uploads,
                                        trusted=settings.trusted(trusted_keys), engine=None,
-                                       identity=identity)
+                                       identity=identity,
+                                       explicit_keys=list(TrustedKeys(trusted_keys)))
             _compare(target, restored.row_counts, result)
     finally:
         shutil.rmtree(uploads, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-from guest_backup.archive.format import ARCHIVE_RE, sidecar_path
+from guest_backup.archive.format import is_archive_name, sidecar_path
 from guest_backup.errors import BackupError
 from guest_backup.ops.context import BackupContext
 from guest_backup.storages import Storage, StorageError, fetch
@@ -31,7 +31,7 @@ def local_copy(ctx: BackupContext, archive: str) -> Iterator[Path]:
         yield Path(archive)  # the services say (and audit) when it does not exist
         return
     base, _, name = archive.rpartition("/")
-    if not ARCHIVE_RE.match(name):
+    if not is_archive_name(name):
         raise BackupError(f"{archive}: the last part must be an archive's name "
                           f"(system_backup_YYYYMMDD_HHMMSS.zip[.age])")
     try:

@@ -23,7 +23,8 @@ def prepare_backup_folder(settings: BackupSettings) -> list[str]:
     os.chmod(folder, 0o700)
     return [f"folder ready: {folder}",
             f"backup signing key ready: {settings.signer().public_key} (note it with your "
-            f"recovery notes)"]
+            f"recovery notes)",
+            f"installation id: {settings.installation()}"]
 
 
 def clean_partials(ctx: "BackupContext") -> int:

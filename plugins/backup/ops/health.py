@@ -7,13 +7,13 @@ Exit codes, for monitoring: 0 healthy, 1 unhealthy, 2 a storage can't be reached
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
-
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.engine import Engine
 
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.listing import list_everywhere, recognised
 from guest_backup.storages import StorageError
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
@@ -52,6 +52,8 @@ MESSAGES = {
     "no_drill": N_("no restore drill yet (run: manage.py restore-test)"),
     "drill_failed": N_("the last restore drill failed at %(at)s: %(message)s"),
     "old_drill": N_("the last restore drill is %(age)s old (more than %(limit)s)"),
+    "unrecognised": N_("%(storage)s: %(count)s unrecognised files (not counted as backups, "
+                       "never deleted by retention): %(names)s"),
     #: a storage's own error message, shown as it is
     "storage": "%(message)s",
 }
@@ -85,22 +87,19 @@ def _latest(ctx: BackupContext, engine: Engine, action: str,
 
 
 def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list, int]:
-    """Each storage with its archives, or the StorageError that listing it raised."""
-    if listing is not None:
-        return listing.by_storage, HEALTHY
-    code = HEALTHY
-    try:
-        targets = ctx.storages()
-    except StorageError as exc:
-        targets, code = [ctx.local()], UNREACHABLE
-        problems.append(Problem("storage", {"message": str(exc)}))
-    results = []
-    for storage in targets:
+    """Each storage with its recognised archives, or the StorageError that listing
+    it raised; a problem for each storage holding unrecognised files."""
+    if listing is None:
         try:
-            results.append((storage, storage.list()))
-        except StorageError as exc:
-            results.append((storage, exc))
-    return results, code
+            listing = list_everywhere(ctx)
+        except StorageError as exc:  # BACKUP_REMOTE_URL cannot work at all
+            problems.append(Problem("storage", {"message": str(exc)}))
+            return [(ctx.local(), recognised(ctx, ctx.local())[0])], UNREACHABLE
+    for storage, names in listing.unrecognised.items():
+        problems.append(Problem("unrecognised", {"storage": storage, "count": len(names),
+                                                 "names": ", ".join(names[:5])
+                                                 + (", …" if len(names) > 5 else "")}))
+    return listing.by_storage, HEALTHY
 
 
 def _storage_entries(results, now: datetime, max_age: timedelta,

@@ -1,10 +1,13 @@
-"""Every archive of every storage, with where each one is."""
+"""Every recognised archive of every storage (see :mod:`guest_backup.archive.seal`),
+dated by its signed creation time, with where each one is; and the files that
+look like archives but are not recognised."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from guest_backup.archive.format import ArchiveInfo
+from guest_backup.archive.seal import recognise
 from guest_backup.ops.context import BackupContext
 from guest_backup.storages import Storage, StorageError
 
@@ -14,29 +17,57 @@ class Listing:
     archives: list[ArchiveInfo]
     urls: list[str]
     problems: list[str]  # storages that could not be listed
-    #: each storage (in order) with its archives, or the error that listing it raised
+    #: each storage (in order) with its recognised archives, or the error that listing
+    #: it raised
     by_storage: list[tuple[object, list | StorageError]] = field(default_factory=list)
+    #: storage name -> names of files that look like archives but are not recognised
+    unrecognised: dict[str, list[str]] = field(default_factory=dict)
+
+
+def newest_first(archives: list[ArchiveInfo]) -> list[ArchiveInfo]:
+    return sorted(archives, key=lambda a: (a.created, a.name), reverse=True)
+
+
+def recognised(ctx: BackupContext, storage: Storage) -> tuple[list[ArchiveInfo], list[str]]:
+    """``storage``'s recognised archives (newest first, dated by their signed
+    creation time) and the names of the files it holds that are not."""
+    trusted, installation = ctx.settings.trusted(), ctx.settings.installation()
+    good, bad = [], []
+    for found in storage.list():
+        try:
+            local = storage.local_path(found.name)
+            sidecar = storage.read_sidecar(found.name)
+        except StorageError:
+            local, sidecar = None, None
+        when = recognise(found.name, found.size, sidecar, trusted, installation, local)
+        if when is None:
+            bad.append(found.name)
+        else:
+            good.append(ArchiveInfo(found.name, found.size, when, list(found.locations)))
+    return newest_first(good), sorted(bad)
 
 
 def list_everywhere(ctx: BackupContext) -> Listing:
-    """Archives of the local folder and the remote copy, merged by name, newest
-    first. A remote that cannot be reached is a problem, not an error."""
+    """Recognised archives of the local folder and the remote copy, merged by name,
+    newest first. A remote that cannot be reached is a problem, not an error."""
     merged: dict[str, ArchiveInfo] = {}
-    urls, problems, by_storage = [], [], []
+    listing = Listing([], [], [])
     for storage in ctx.storages():
-        urls.append(storage.url)
+        listing.urls.append(storage.url)
         try:
-            found = storage.list()
+            found, unknown = recognised(ctx, storage)
         except StorageError as exc:
-            problems.append(str(exc))
-            by_storage.append((storage, exc))
+            listing.problems.append(str(exc))
+            listing.by_storage.append((storage, exc))
             continue
-        by_storage.append((storage, found))
+        listing.by_storage.append((storage, found))
+        if unknown:
+            listing.unrecognised[storage.name] = unknown
         for a in found:
             entry = merged.setdefault(a.name, ArchiveInfo(a.name, a.size, a.created))
             entry.locations.append(storage.name)
-    return Listing(sorted(merged.values(), key=lambda a: a.name, reverse=True), urls, problems,
-                   by_storage)
+    listing.archives = newest_first(list(merged.values()))
+    return listing
 
 
 def storages_holding(ctx: BackupContext, name: str, everywhere: bool = False) -> list[Storage]:

@@ -116,7 +116,8 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
     if output is None:
         for storage in [ctx.local()] + ([remote] if remote and failure is None else []):
             try:
-                decisions = prune_storage(storage, settings.retention, protect=result.path.name)
+                decisions = prune_storage(ctx, storage, settings.retention,
+                                          protect=result.path.name)
             except StorageError as exc:
                 failure = failure or str(exc)
                 continue

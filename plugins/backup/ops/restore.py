@@ -44,17 +44,21 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                     settings: BackupSettings, target_url: str, uploads_dir: str | os.PathLike,
                     trusted: TrustedKeys, replace: bool = False, engine: Engine | None = None,
                     audit: AuditLog | None = None, actor: str | None = None, via: str = "cli",
-                    allow_unsigned: bool = False,
+                    allow_unsigned: bool = False, explicit_keys=(),
                     identity: str | os.PathLike | None = None) -> RestoreResult:
-    """Nothing is written before the archive verified (signature, checksums, dump
-    screen) and the target database was found empty (or ``replace`` was given).
-    ``engine`` is the app's own database, where the outcome is recorded (after
-    the fact: it may be the one just replaced)."""
+    """Nothing is written before the archive verified (seal, signature, name, date
+    and installation, checksums, dump screen) and the target database was found
+    empty (or ``replace`` was given). ``engine`` is the app's own database, where
+    the outcome is recorded (after the fact: it may be the one just replaced);
+    ``explicit_keys`` are the keys given for this restore (--trusted-key), whose
+    archives may come from another installation."""
     name = Path(path).name
     stage = "refused"
+    binding = {"installation": settings.installation(), "explicit_keys": explicit_keys,
+               "name": name, "allow_unsigned": allow_unsigned}
     try:
-        with _plain_archive(path, identity) as plain:
-            report, db_engine, manifest, empty = _check(plain, engines, trusted, allow_unsigned,
+        with _plain_archive(path, identity, trusted, binding) as plain:
+            report, db_engine, manifest, empty = _check(plain, engines, trusted, binding,
                                                         target_url, uploads_dir, replace)
             stage = "failed"
             with zipfile.ZipFile(plain) as zf:
@@ -82,7 +86,8 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
 
 
 @contextlib.contextmanager
-def _plain_archive(path, identity) -> Iterator[Path]:
+def _plain_archive(path, identity, trusted: TrustedKeys, binding: dict) -> Iterator[Path]:
+    """The archive as a plain ZIP; an encrypted one only after its seal checked."""
     if not Path(path).is_file():
         raise BackupError(f"{path} does not exist")
     if not (str(path).endswith(".age") or is_age_file(path)):
@@ -91,14 +96,17 @@ def _plain_archive(path, identity) -> Iterator[Path]:
     if identity is None:
         raise BackupError("the archive is encrypted: give --identity FILE (the age identity of "
                           "one of its recipients)")
+    sealed = verify_archive(path, None, trusted, **binding)  # the ciphertext and its seal
+    if not sealed.ok:
+        raise BackupError("the archive did not verify: " + "; ".join(sealed.problems[:5]))
     with decrypted(path, load_identities(identity)) as plain:
         yield plain
 
 
-def _check(path: Path, engines, trusted: TrustedKeys, allow_unsigned: bool, target_url: str,
+def _check(path: Path, engines, trusted: TrustedKeys, binding: dict, target_url: str,
            uploads_dir, replace: bool) -> tuple[VerifyReport, DatabaseEngine, dict, bool]:
     """Everything that must hold before anything is written; raises BackupError."""
-    report = verify_archive(path, engines, trusted, allow_unsigned=allow_unsigned)
+    report = verify_archive(path, engines, trusted, **binding)
     if not report.ok:
         raise BackupError("the archive did not verify: " + "; ".join(report.problems[:5]))
     manifest = report.manifest or {}

@@ -3,18 +3,17 @@
 For each rule, walk the archives newest first and keep the newest archive of
 each of the last N days / ISO weeks / months that have one (``last`` keeps the
 N newest); an archive is kept when any rule keeps it; the newest archive is
-always kept. With no rule set, everything is kept. Times come from the archive's
-name (UTC), not from the file, so a copied or downloaded archive sorts the same.
+always kept. With no rule set, everything is kept. Times are the archives' signed
+creation times (UTC), never a file's time or a name anyone can give a file; only
+recognised archives count, and a file that is not recognised is never deleted.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Iterable
 
-NAME_TIME = re.compile(r"^system_backup_(\d{8}_\d{6})")
 
 
 @dataclass(frozen=True)
@@ -43,16 +42,6 @@ class Decision:
         return "keep (" + ", ".join(self.reasons) + ")" if self.reasons else "remove"
 
 
-def archive_time(name: str) -> datetime | None:
-    m = NAME_TIME.match(name)
-    if not m:
-        return None
-    try:
-        return datetime.strptime(m.group(1), "%Y%m%d_%H%M%S")
-    except ValueError:
-        return None
-
-
 _BUCKETS: dict[str, Callable[[datetime], tuple]] = {
     "daily": lambda t: (t.year, t.month, t.day),
     "weekly": lambda t: tuple(t.isocalendar()[:2]),
@@ -60,15 +49,13 @@ _BUCKETS: dict[str, Callable[[datetime], tuple]] = {
 }
 
 
-def plan(names: Iterable[str], policy: Policy) -> list[Decision]:
-    """One decision per archive name (names without a time are always kept), newest first."""
-    decisions, undated = [], []
-    for name in names:
-        when = archive_time(name)
-        if when is None:
-            undated.append(Decision(name, datetime.min, ["not a dated archive"]))
-        else:
-            decisions.append(Decision(name, when))
+def plan(archives: Iterable[tuple[str, datetime]], policy: Policy,
+         unrecognised: Iterable[str] = ()) -> list[Decision]:
+    """One decision per recognised archive (name and signed creation time), newest
+    first, then the unrecognised files, which are always kept."""
+    decisions = [Decision(name, when) for name, when in archives]
+    undated = [Decision(name, datetime.min, ["unrecognised: never deleted by retention"])
+               for name in unrecognised]
     decisions.sort(key=lambda d: (d.when, d.name), reverse=True)
     if policy.keeps_everything:
         for d in decisions:
@@ -99,11 +86,15 @@ def bucket_label(rule: str, when: datetime) -> str:
     return when.strftime("%Y-%m")
 
 
-def prune_storage(storage, policy: Policy, *, protect: str | None = None,
+def prune_storage(ctx, storage, policy: Policy, *, protect: str | None = None,
                   dry_run: bool = False) -> list[Decision]:
-    """Apply ``policy`` to one storage's archives (never removing ``protect``);
-    returns every archive's decision, newest first."""
-    decisions = plan([a.name for a in storage.list()], policy)
+    """Apply ``policy`` to one storage's recognised archives, dated by their signed
+    creation time (never removing ``protect``, never touching a file that is not
+    recognised); returns every decision, newest first."""
+    from guest_backup.ops.listing import recognised
+
+    good, bad = recognised(ctx, storage)
+    decisions = plan([(a.name, a.created) for a in good], policy, bad)
     for d in decisions:
         if d.name == protect and not d.keep:
             d.reasons.append("just made")
@@ -112,16 +103,17 @@ def prune_storage(storage, policy: Policy, *, protect: str | None = None,
     return decisions
 
 
-def prune_archives(storages, policy: Policy, *, lock, dry_run: bool, audit, audit_engine,
+def prune_archives(ctx, storages, policy: Policy, *, lock, dry_run: bool, audit_engine,
                    actor: str | None, via: str) -> dict[str, list[Decision]]:
     """``backup-prune``: apply ``policy`` to each storage separately, under the
     backup lock; a real run is audited per storage."""
     found: dict[str, list[Decision]] = {}
     with lock:
         for storage in storages:
-            decisions = found[storage.name] = prune_storage(storage, policy, dry_run=dry_run)
+            decisions = found[storage.name] = prune_storage(ctx, storage, policy,
+                                                            dry_run=dry_run)
             if not dry_run:
-                record_pruning(audit, audit_engine, storage.name, decisions, actor=actor,
+                record_pruning(ctx.audit, audit_engine, storage.name, decisions, actor=actor,
                                via=via)
     return found
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from guest_backup.archive.signing import Signer, TrustedKeys
 
 from guest_backup.engines import EngineSettings
+from guest_backup.errors import BackupError
 
 
 def defaults(instance_path: str) -> dict[str, Any]:
@@ -35,6 +36,10 @@ def defaults(instance_path: str) -> dict[str, Any]:
         #: the PostgreSQL client tools (at least the server's major version)
         "PG_DUMP": "pg_dump",
         "PSQL": "psql",
+        #: this installation's id (created, mode 0600, when missing): every archive's signed
+        #: manifest and seal name it, and a restore refuses another installation's archive
+        #: unless its signing key is given with --trusted-key
+        "BACKUP_INSTALLATION_FILE": os.path.join(instance_path, "installation_id"),
         #: the Ed25519 key archives are signed with (PEM; created, mode 0600, when missing)
         "BACKUP_SIGNING_KEY": os.path.join(instance_path, "backup_signing_key.pem"),
         #: public keys (ed25519:…) whose archives verify and restore trust, besides our own
@@ -66,6 +71,7 @@ class BackupSettings:
     keep_monthly: int = 0
     compresslevel: int = 3
     signing_key: str = ""
+    installation_file: str = ""
     trusted_keys: list[str] = field(default_factory=list)
     age_recipients: list[str] = field(default_factory=list)
     remote_url: str = ""
@@ -82,6 +88,7 @@ class BackupSettings:
             keep_monthly=int(config["BACKUP_KEEP_MONTHLY"] or 0),
             compresslevel=int(config["BACKUP_COMPRESSLEVEL"]),
             signing_key=config["BACKUP_SIGNING_KEY"],
+            installation_file=config["BACKUP_INSTALLATION_FILE"],
             trusted_keys=_as_list(config["BACKUP_TRUSTED_KEYS"]),
             age_recipients=_as_list(config["BACKUP_AGE_RECIPIENTS"]),
             remote_url=(config["BACKUP_REMOTE_URL"] or "").strip(),
@@ -93,6 +100,10 @@ class BackupSettings:
         from guest_backup.archive.signing import Signer, load_or_create_key
 
         return Signer(load_or_create_key(self.signing_key))
+
+    def installation(self) -> str:
+        """This installation's id (created on first use)."""
+        return load_or_create_installation_id(self.installation_file)
 
     def trusted(self, extra: "list[str] | tuple[str, ...]" = ()) -> "TrustedKeys":
         """The instance's own public key, BACKUP_TRUSTED_KEYS and ``extra``."""
@@ -116,3 +127,30 @@ def _as_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return [str(v).strip() for v in value or () if str(v).strip()]
+
+
+def load_or_create_installation_id(path: str | os.PathLike) -> str:
+    """The id in ``path``, or a new random one written there (mode 0600)."""
+    import uuid
+    from pathlib import Path
+
+    file = Path(path)
+    try:
+        text = file.read_text().strip()
+        if text:
+            return text
+    except FileNotFoundError:
+        pass
+    except OSError:
+        raise BackupError(f"the installation id {file} cannot be read") from None
+    new = uuid.uuid4().hex
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return file.read_text().strip()
+    except OSError:
+        raise BackupError(f"the installation id {file} cannot be written") from None
+    with os.fdopen(fd, "w") as out:
+        out.write(new + "\n")
+    return new

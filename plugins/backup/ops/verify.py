@@ -13,10 +13,12 @@ from guest_backup.ops.audit import AuditLog
 
 def verify(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine],
            trusted: TrustedKeys, *, audit: AuditLog, audit_engine, actor: str | None, via: str,
-           allow_unsigned: bool = False, identities: list | None = None) -> VerifyReport:
+           allow_unsigned: bool = False, identities: list | None = None,
+           installation: str | None = None, explicit_keys=()) -> VerifyReport:
     """:func:`verify_archive`, recorded in the audit log (``verify``, ok or failed)."""
     report = verify_archive(path, engines, trusted, allow_unsigned=allow_unsigned,
-                            identities=identities)
+                            identities=identities, installation=installation,
+                            explicit_keys=explicit_keys)
     message = "; ".join(report.problems + report.notes
                         + (["decryption skipped (no identity)"] if report.decryption_skipped
                            else [])) or None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import unquote, urlparse
 
-from guest_backup.archive.format import (ARCHIVE_RE, ArchiveInfo, delete_archive,
+from guest_backup.archive.format import (is_archive_name, ArchiveInfo, delete_archive,
                                         list_archives, sidecar_path)
 from guest_backup.storages import StorageError, StorageUnreachable
 
@@ -21,7 +21,7 @@ class LocalStorage:
         self.url = str(self.folder) if name == "local" else f"file://{self.folder}"
 
     def _path(self, name: str) -> Path:
-        if not ARCHIVE_RE.match(name or ""):
+        if not is_archive_name(name):
             raise StorageError("no such archive")
         return self.folder / name
 

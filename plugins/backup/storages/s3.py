@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import urlparse
 
-from guest_backup.archive.format import ARCHIVE_RE, ArchiveInfo, SIDECAR_SUFFIX, sidecar_path
+from guest_backup.archive.format import is_archive_name, ArchiveInfo, SIDECAR_SUFFIX, sidecar_path
 from guest_backup.storages import StorageError, StorageUnreachable
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class S3Storage:
             for page in pages:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(prefix):]
-                    if "/" not in name and ARCHIVE_RE.match(name):
+                    if "/" not in name and is_archive_name(name):
                         found.append(ArchiveInfo(name, obj["Size"],
                                                  obj["LastModified"].astimezone(timezone.utc),
                                                  [self.name]))
@@ -83,6 +83,8 @@ class S3Storage:
         return sorted(found, key=lambda a: a.name, reverse=True)
 
     def upload(self, path: Path) -> None:
+        """The seal first (an archive is never listed without it), then the archive;
+        a failed archive upload takes its seal away again."""
         sidecar = sidecar_path(path)
         if sidecar.exists():
             try:
@@ -90,7 +92,15 @@ class S3Storage:
                                        Body=sidecar.read_bytes())
             except Exception as exc:
                 raise self._fail("the upload to", exc) from None
-        self._multipart(path, self._key(path.name))
+        try:
+            self._multipart(path, self._key(path.name))
+        except BaseException:
+            if sidecar.exists():
+                try:
+                    self.client.delete_object(Bucket=self.bucket, Key=self._key(sidecar.name))
+                except Exception:
+                    log.warning("could not remove the seal of a failed upload from %s", self.url)
+            raise
 
     def _multipart(self, path: Path, key: str) -> None:
         try:
@@ -125,7 +135,7 @@ class S3Storage:
             raise self._fail("the upload to", exc) from None
 
     def open(self, name: str) -> IO[bytes]:
-        if not ARCHIVE_RE.match(name or ""):
+        if not is_archive_name(name):
             raise StorageError("no such archive")
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
@@ -141,7 +151,7 @@ class S3Storage:
             return None
 
     def delete(self, name: str) -> None:
-        if not ARCHIVE_RE.match(name or ""):
+        if not is_archive_name(name):
             raise StorageError("no such archive")
         try:
             for key in (self._key(name), self._key(name + SIDECAR_SUFFIX)):

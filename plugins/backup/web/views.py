@@ -17,7 +17,7 @@ from guest_registration.extensions import csrf, db
 from guest_registration.i18n import page_size, page_timestamp
 from guest_registration.models import AuditEntry
 
-from guest_backup.archive.format import ARCHIVE_RE
+from guest_backup.archive.format import is_archive_name
 from guest_backup.ops.folders import clean_partials
 from guest_backup.wiring import backup_context
 from guest_backup.errors import BackupBusy, BackupError
@@ -55,7 +55,7 @@ def _verifications(names: list[str]) -> dict[str, dict]:
 def _where(name: str, everywhere: bool = False):
     """The storages holding archive ``name``, local first (404 when none). Unless
     ``everywhere``, a local copy is enough and the remote is not asked."""
-    if not ARCHIVE_RE.fullmatch(name or ""):
+    if not is_archive_name(name):
         abort(404)
     found = storages_holding(backup_context(), name, everywhere=everywhere)
     if not found:
@@ -165,8 +165,8 @@ class BackupView(SecureBaseView):
         try:
             with archive_file(storage, archive) as path:
                 report = verify(path, ctx.engines, ctx.settings.trusted(), audit=ctx.audit,
-                                audit_engine=db.engine,
-                                actor=current_user.email, via="admin")
+                                audit_engine=db.engine, actor=current_user.email, via="admin",
+                                installation=ctx.settings.installation())
         except BackupError as exc:
             flash(_("%(archive)s cannot be verified: %(error)s.", archive=archive, error=exc),
                   "error")

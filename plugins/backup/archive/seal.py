@@ -1,0 +1,67 @@
+"""Recognising an archive cheaply, without reading it: its seal (the signed
+``.sig`` beside it) must be a trusted key's, for this file name and size, with a
+creation time that matches the name and this installation. Listings, retention
+and health count only recognised archives, dated by the signed time; anything
+else is "unrecognised": never counted as a backup, never deleted by retention.
+
+Archives made before seals existed are recognised too: an encrypted one by the
+file signature it carried (name and size checked here, the hash by ``verify``),
+a plain one on this machine by its signed manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+from guest_backup.archive.format import MANIFEST_MEMBER, SIGNATURE_MEMBER, name_time
+from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
+from guest_backup.archive.verify import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
+                                         parse_time)
+
+
+def recognise(name: str, size: int, sidecar: bytes | None, trusted: TrustedKeys,
+              installation: str | None, local_zip: Path | None = None) -> datetime | None:
+    """The signed creation time of archive ``name`` (``size`` bytes), or None when
+    it is not recognised. ``local_zip``: the file, when it is on this machine."""
+    binding = Binding(name, installation)
+    try:
+        if sidecar is not None:
+            return _from_sidecar(sidecar[:MAX_SIGNATURE_BYTES], name, size, trusted, binding)
+        if local_zip is not None and not name.endswith(".age"):
+            return _from_manifest(local_zip, trusted, binding)
+    except (SignatureError, ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def _from_sidecar(envelope: bytes, name: str, size: int, trusted: TrustedKeys,
+                  binding: Binding) -> datetime | None:
+    claims = seal_claims(envelope)
+    if claims is None:  # the first encrypted archives' file signature
+        data = json.loads(envelope)
+        if data.get("file") != name or data.get("size") != size:
+            return None
+        trusted.check_file(envelope, name, size, data["sha256"])
+        return name_time(name)
+    signer, claims = trusted.check_seal(envelope)
+    if claims["name"] != name or claims["size"] != size or binding.problems(claims, signer):
+        return None
+    return parse_time(claims["created_at"])
+
+
+def _from_manifest(path: Path, trusted: TrustedKeys, binding: Binding) -> datetime | None:
+    with zipfile.ZipFile(path) as zf:
+        manifest_info = zf.getinfo(MANIFEST_MEMBER)
+        signature_info = zf.getinfo(SIGNATURE_MEMBER)
+        if (manifest_info.file_size > MAX_MANIFEST_BYTES
+                or signature_info.file_size > MAX_SIGNATURE_BYTES):
+            return None
+        manifest_bytes, envelope = zf.read(manifest_info), zf.read(signature_info)
+    signer = trusted.check_manifest(envelope, manifest_bytes)
+    manifest = json.loads(manifest_bytes)
+    if binding.problems(manifest, signer):
+        return None
+    return parse_time(manifest["created_at"])
