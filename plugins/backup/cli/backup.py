@@ -17,7 +17,7 @@ from guest_backup.wiring import backup_context
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.listing import list_everywhere
 from guest_backup.ops.pipeline import run_backup
-from guest_backup.ops.retention import prune_archives
+from guest_backup.ops.retention import Policy, prune_archives
 
 
 #: exit code of a command refused because another backup runs (EX_TEMPFAIL: try later)
@@ -101,7 +101,7 @@ def backup_prune_command(dry_run: bool) -> None:
     ctx = backup_context()
     settings = ctx.settings
     try:
-        found = prune_archives(ctx, ctx.storages(), settings.retention,
+        found = prune_archives(ctx, ctx.storages(), Policy.of(settings),
                                lock=ctx.lock(), dry_run=dry_run,
                                audit_engine=db.engine, actor=cli_actor(), via="cli")
     except BackupBusy as exc:

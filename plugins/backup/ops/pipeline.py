@@ -21,7 +21,7 @@ from guest_backup.ops.context import BackupContext
 from guest_backup.ops.locks import BackupLock, RedisBackupLock
 from guest_backup.ops.create import BackupResult, create_backup
 from guest_backup.errors import BackupBusy, BackupError
-from guest_backup.ops.retention import prune_storage, record_pruning
+from guest_backup.ops.retention import Policy, prune_storage, record_pruning
 from guest_backup.storages import Storage, StorageError
 from guest_backup.archive.writer import Progress
 
@@ -116,7 +116,7 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
     if output is None:
         for storage in [ctx.local()] + ([remote] if remote and failure is None else []):
             try:
-                decisions = prune_storage(ctx, storage, settings.retention,
+                decisions = prune_storage(ctx, storage, Policy.of(settings),
                                           protect=result.path.name)
             except StorageError as exc:
                 failure = failure or str(exc)

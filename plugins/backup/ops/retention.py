@@ -23,6 +23,12 @@ class Policy:
     weekly: int = 0
     monthly: int = 0
 
+    @classmethod
+    def of(cls, settings) -> "Policy":
+        """BACKUP_KEEP, BACKUP_KEEP_DAILY, _WEEKLY and _MONTHLY."""
+        return cls(settings.keep, settings.keep_daily, settings.keep_weekly,
+                   settings.keep_monthly)
+
     @property
     def keeps_everything(self) -> bool:
         return not (self.last or self.daily or self.weekly or self.monthly)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
-    from guest_backup.ops.retention import Policy
     from guest_backup.archive.signing import Signer, TrustedKeys
 
 from guest_backup.engines import EngineSettings
@@ -36,6 +35,10 @@ def defaults(instance_path: str) -> dict[str, Any]:
         #: the PostgreSQL client tools (at least the server's major version)
         "PG_DUMP": "pg_dump",
         "PSQL": "psql",
+        #: the PostgreSQL role restores and restore drills load a dump as (psql connects as
+        #: the target's user, then SET ROLE): no superuser, no file or program access,
+        #: owning only the tables it restores until they are handed back. `setup` creates it
+        "RESTORE_DATABASE_ROLE": "guest_restore",
         #: this installation's id (created, mode 0600, when missing): every archive's signed
         #: manifest and seal name it, and a restore refuses another installation's archive
         #: unless its signing key is given with --trusted-key
@@ -65,6 +68,7 @@ class BackupSettings:
     app_version: str
     pg_dump: str = "pg_dump"
     psql: str = "psql"
+    restore_role: str = "guest_restore"
     keep: int = 0
     keep_daily: int = 0
     keep_weekly: int = 0
@@ -83,6 +87,7 @@ class BackupSettings:
             database_url=config["DATABASE_URL"], upload_folder=config["UPLOAD_FOLDER"],
             backup_folder=config["BACKUP_FOLDER"], app_version=app_version,
             pg_dump=config["PG_DUMP"], psql=config["PSQL"], keep=int(config["BACKUP_KEEP"] or 0),
+            restore_role=(config.get("RESTORE_DATABASE_ROLE") or "guest_restore").strip(),
             keep_daily=int(config["BACKUP_KEEP_DAILY"] or 0),
             keep_weekly=int(config["BACKUP_KEEP_WEEKLY"] or 0),
             keep_monthly=int(config["BACKUP_KEEP_MONTHLY"] or 0),
@@ -111,15 +116,10 @@ class BackupSettings:
 
         return TrustedKeys([self.signer().public_key, *self.trusted_keys, *extra])
 
-    @property
-    def retention(self) -> "Policy":
-        from guest_backup.ops.retention import Policy
-
-        return Policy(self.keep, self.keep_daily, self.keep_weekly, self.keep_monthly)
 
     @property
     def engine_settings(self) -> EngineSettings:
-        return EngineSettings(self.database_url, self.pg_dump, self.psql)
+        return EngineSettings(self.database_url, self.pg_dump, self.psql, self.restore_role)
 
 
 def _as_list(value: Any) -> list[str]:
