@@ -22,6 +22,7 @@ from flask_babel import lazy_gettext as _l
 from flask_security import current_user
 from flask_wtf import FlaskForm
 from markupsafe import Markup
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import audit
 from .availability import database_unavailable, unavailable_response
@@ -30,7 +31,7 @@ from .headers import csp_nonce
 from .i18n import choices, page_size, page_timestamp, page_yes_no
 from .models import (AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES, REGISTRATION_STATUSES,
                      AuditEntry, Guest, Registration, Trip, User)
-from .plugins import hook_items
+from .registry import hook_items
 
 #: Stored guest-photo names: ``<uuid4>.<ext>``; nothing else is ever served.
 PHOTO_NAME_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(jpg|png|pdf)$")
@@ -39,6 +40,18 @@ PHOTO_NAME_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 def is_admin() -> bool:
     return bool(current_user.is_authenticated and current_user.active
                 and current_user.has_role("admin"))
+
+
+def shows_admin_link() -> bool:
+    """Whether the public pages' menu links the admin panel: for visitors (the link
+    leads to the login) and admins, not for other users (they would get 403)."""
+    if not current_user.is_authenticated:
+        return True
+    try:
+        return is_admin()
+    except SQLAlchemyError:  # an error page while the database is away: no link
+        db.session.rollback()
+        return False
 
 
 class AdminOnlyMixin:
@@ -218,7 +231,7 @@ def build_admin(app: Flask) -> Admin:
     admin = Admin(
         app,
         name=_l("Guest Registration"),
-        theme=Bootstrap4Theme(),
+        theme=Bootstrap4Theme(fluid=True),  # the full width: wide lists, a one-line menu
         index_view=SecureIndexView(name=_l("Home"), url="/admin"),
         csp_nonce_generator=csp_nonce,
     )
@@ -230,4 +243,5 @@ def build_admin(app: Flask) -> Admin:
                                 url="audit"))
     for view in hook_items(app.extensions["plugin_manager"], "register_admin_views", app=app):
         admin.add_view(view)
+    app.add_template_global(shows_admin_link)
     return admin

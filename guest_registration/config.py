@@ -1,7 +1,8 @@
 """Configuration: safe defaults that need nothing installed, every value overridable
 from the environment.
 
-The defaults put everything under the Flask instance folder: an SQLite database
+The defaults put everything under the Flask instance folder (where that is:
+:mod:`guest_registration.paths`): an SQLite database
 and ``uploads/``. Plugins declare their own settings (the ``register_settings``
 hook); the host fills them in the same way, see :mod:`guest_registration.plugins`.  ``SECRET_KEY`` and ``SECURITY_PASSWORD_SALT`` are
 generated once into the instance folder (mode 0600) when the environment does not
@@ -30,6 +31,7 @@ STRING_SETTINGS = (
     "UPLOAD_FOLDER",
     "SECRET_KEY",
     "SECURITY_PASSWORD_SALT",
+    "TEMPLATE_OVERRIDES",
 )
 #: Settings read from the environment as integers.
 INT_SETTINGS = ("MAX_PHOTO_BYTES", "DATABASE_POOL_SIZE", "DATABASE_MAX_OVERFLOW",
@@ -112,12 +114,9 @@ def _secret_from_file(instance_path: Path, name: str) -> str:
     return value
 
 
-def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
-                 environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Return the app configuration: defaults, then environment, then ``overrides``."""
-    environ = os.environ if environ is None else environ
-    instance = Path(instance_path)
-    cfg: dict[str, Any] = {
+def _defaults(instance: Path) -> dict[str, Any]:
+    """The host's own defaults, everything under the instance folder."""
+    return {
         "DATABASE_URL": f"sqlite:///{instance / 'guest_registration.db'}",
         "UPLOAD_FOLDER": str(instance / "uploads"),
         "MAX_PHOTO_BYTES": 5 * 1024 * 1024,
@@ -142,7 +141,13 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
         # locks and limits across processes; every key starts with REDIS_PREFIX
         "REDIS_URL": "",
         "REDIS_PREFIX": "guest-registration:",
+        # a folder of the site's own templates, searched first (guest_registration.paths)
+        "TEMPLATE_OVERRIDES": "",
     }
+
+
+def _from_environment(cfg: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Fill ``cfg`` from the environment: strings, whole numbers, plugin names."""
     for key in STRING_SETTINGS:
         if environ.get(key):
             cfg[key] = environ[key]
@@ -156,6 +161,35 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
         cfg["DISABLED_PLUGINS"] = [
             p.strip() for p in environ["DISABLED_PLUGINS"].split(",") if p.strip()
         ]
+
+
+def _engine_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """SQLAlchemy's engine options for ``DATABASE_URL``: pool sizes, driver settings."""
+    engine_options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": int(cfg["DATABASE_POOL_SIZE"]),
+        "max_overflow": int(cfg["DATABASE_MAX_OVERFLOW"]),
+        "pool_timeout": int(cfg["DATABASE_POOL_TIMEOUT"]),
+    }
+    if cfg["DATABASE_URL"].startswith("sqlite") and ":memory:" in cfg["DATABASE_URL"]:
+        engine_options = {"pool_pre_ping": True}  # one shared in-memory database: no pool sizes
+    if cfg["DATABASE_URL"].startswith("postgresql+psycopg2://"):
+        # UTF-8 on the wire whatever the server's default; fail fast when unreachable
+        engine_options["connect_args"] = {"client_encoding": "utf8", "connect_timeout": 10}
+        idle = int(cfg["DATABASE_IDLE_TRANSACTION_TIMEOUT"])
+        if idle > 0:
+            engine_options["connect_args"]["options"] = (
+                f"-c idle_in_transaction_session_timeout={idle * 1000}")
+    return engine_options
+
+
+def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
+                 environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the app configuration: defaults, then environment, then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    instance = Path(instance_path)
+    cfg = _defaults(instance)
+    _from_environment(cfg, environ)
     if overrides:
         cfg.update(overrides)
     if isinstance(cfg["DISABLED_PLUGINS"], str):
@@ -175,22 +209,7 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     cfg["DATABASE_URL"] = normalise_database_url(cfg["DATABASE_URL"])
     cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]
     cfg["SQLALCHEMY_TRACK_MODIFICATIONS"] = False
-    engine_options: dict[str, Any] = {
-        "pool_pre_ping": True,
-        "pool_size": int(cfg["DATABASE_POOL_SIZE"]),
-        "max_overflow": int(cfg["DATABASE_MAX_OVERFLOW"]),
-        "pool_timeout": int(cfg["DATABASE_POOL_TIMEOUT"]),
-    }
-    if cfg["DATABASE_URL"].startswith("sqlite") and ":memory:" in cfg["DATABASE_URL"]:
-        engine_options = {"pool_pre_ping": True}  # one shared in-memory database: no pool sizes
-    if cfg["DATABASE_URL"].startswith("postgresql+psycopg2://"):
-        # UTF-8 on the wire whatever the server's default; fail fast when unreachable
-        engine_options["connect_args"] = {"client_encoding": "utf8", "connect_timeout": 10}
-        idle = int(cfg["DATABASE_IDLE_TRANSACTION_TIMEOUT"])
-        if idle > 0:
-            engine_options["connect_args"]["options"] = (
-                f"-c idle_in_transaction_session_timeout={idle * 1000}")
-    cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options)
+    cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(cfg))
     # Uploads larger than a whole registration can never be valid: refuse early.
     cfg.setdefault("MAX_CONTENT_LENGTH", cfg["MAX_PHOTO_BYTES"] * 25 + 1024 * 1024)
 

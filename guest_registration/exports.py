@@ -11,10 +11,12 @@ never building the whole output in memory.
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from .plugins import DuplicateNameError, unique_items
+from .registry import DuplicateNameError, unique_items
 
 if TYPE_CHECKING:  # pragma: no cover
     import pluggy
@@ -105,6 +107,87 @@ class FormatRegistry:
         return name in self._formats
 
 
+class _CopyCancelled(Exception):
+    """The consumer of a COPY stream went away."""
+
+
+#: what the COPY thread hands over after the last chunk
+_DONE = object()
+
+
+class _Handoff:
+    """The bounded queue from the COPY thread to the consumer; once ``cancelled``
+    is set, the thread's next hand-over raises :class:`_CopyCancelled`."""
+
+    def __init__(self, size: int) -> None:
+        self.queue: "queue.Queue[object]" = queue.Queue(maxsize=size)
+        self.cancelled = threading.Event()
+
+    def put(self, item: object) -> None:
+        while not self.cancelled.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _CopyCancelled()
+
+    def drain_until_done(self, worker: threading.Thread) -> None:
+        """Take whatever the thread still hands over until it ends (it never blocks)."""
+        while worker.is_alive():
+            try:
+                self.queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        worker.join()
+
+
+class _Sink:
+    """What ``copy_expert`` writes into: rows collected into chunks of about
+    ``chunk_bytes``, each ``transform``-ed and handed over."""
+
+    def __init__(self, handoff: _Handoff, transform: Callable[[list[bytes]], bytes],
+                 chunk_bytes: int) -> None:
+        self.handoff, self.transform, self.chunk_bytes = handoff, transform, chunk_bytes
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= self.chunk_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.handoff.put(self.transform(self.parts))
+            self.parts = []
+            self.size = 0
+
+
+def _copy_sql(dbapi_connection: Any, select_sql: str, params: Mapping[str, Any],
+              options: str) -> str:
+    with dbapi_connection.cursor() as cur:
+        sql = cur.mogrify(select_sql, params).decode("utf-8")  # client_encoding is UTF8
+    return f"COPY ({sql}) TO STDOUT" + (f" WITH ({options})" if options else "")
+
+
+def _copy_worker(dbapi_connection: Any, copy_sql: str, sink: _Sink) -> None:
+    """The COPY thread: the rows into ``sink``, then the end (or the error) handed over."""
+    handoff = sink.handoff
+    try:
+        with dbapi_connection.cursor() as cur:
+            cur.copy_expert(copy_sql, sink)
+        sink.flush()
+        handoff.put(_DONE)
+    except BaseException as exc:  # handed to the consumer, raised there
+        if not handoff.cancelled.is_set():
+            try:
+                handoff.put(exc)
+            except _CopyCancelled:
+                pass
+
+
 def pg_copy_chunks(dbapi_connection: Any, select_sql: str, params: Mapping[str, Any], *,
                    options: str = "", transform: Callable[[list[bytes]], bytes] = b"".join,
                    chunk_bytes: int = 256 * 1024, queue_chunks: int = 4) -> Iterator[bytes]:
@@ -118,80 +201,25 @@ def pg_copy_chunks(dbapi_connection: Any, select_sql: str, params: Mapping[str, 
     format can fix rows up with whole-chunk operations. Closing the generator
     early cancels the query on the server.
     """
-    import queue
-    import threading
-
-    with dbapi_connection.cursor() as cur:
-        sql = cur.mogrify(select_sql, params).decode("utf-8")  # client_encoding is UTF8
-    copy_sql = f"COPY ({sql}) TO STDOUT" + (f" WITH ({options})" if options else "")
-    handoff: "queue.Queue[object]" = queue.Queue(maxsize=queue_chunks)
-    cancelled = threading.Event()
-    done = object()
-
-    def put(item: object) -> None:
-        while not cancelled.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _CopyCancelled()
-
-    class Sink:
-        def __init__(self) -> None:
-            self.parts: list[bytes] = []
-            self.size = 0
-
-        def write(self, data: bytes) -> None:
-            self.parts.append(data)
-            self.size += len(data)
-            if self.size >= chunk_bytes:
-                self.flush()
-
-        def flush(self) -> None:
-            if self.parts:
-                put(transform(self.parts))
-                self.parts = []
-                self.size = 0
-
-    def work() -> None:
-        sink = Sink()
-        try:
-            with dbapi_connection.cursor() as cur:
-                cur.copy_expert(copy_sql, sink)
-            sink.flush()
-            put(done)
-        except BaseException as exc:  # handed to the consumer, raised there
-            if not cancelled.is_set():
-                try:
-                    put(exc)
-                except _CopyCancelled:
-                    pass
-
-    worker = threading.Thread(target=work, name="pg-copy", daemon=True)
+    copy_sql = _copy_sql(dbapi_connection, select_sql, params, options)
+    handoff = _Handoff(queue_chunks)
+    worker = threading.Thread(target=_copy_worker, name="pg-copy", daemon=True,
+                              args=(dbapi_connection, copy_sql,
+                                    _Sink(handoff, transform, chunk_bytes)))
     worker.start()
     try:
         while True:
-            item = handoff.get()
-            if item is done:
+            item = handoff.queue.get()
+            if item is _DONE:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item  # type: ignore[misc]
     finally:
         if worker.is_alive():
-            cancelled.set()
+            handoff.cancelled.set()
             try:
                 dbapi_connection.cancel()  # stop the COPY on the server
             except Exception:
                 pass
-            while worker.is_alive():
-                try:
-                    handoff.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            worker.join()
-
-
-class _CopyCancelled(Exception):
-    """The consumer of a COPY stream went away."""
+            handoff.drain_until_done(worker)

@@ -38,10 +38,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import pluggy
 
-PROJECT_NAME = "guest_registration"
-
-hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+# the markers live in .registry (which imports nothing of the host): the modules
+# whose types the specs name below build on it, never on this module
+from .registry import PROJECT_NAME, hookimpl, hookspec  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     import click

@@ -1,8 +1,10 @@
 """The pages in their users' languages (Flask-Babel): English, Czech, Slovak, German.
 
-The page's language is the one picked with the language picker (kept in the
-session), else the best match of the browser's ``Accept-Language``, else
-English. The API (``/api/...``) is always English: it is an interface, not a page.
+The page's language is the one asked for with ``?lang=xx`` on any page, else the
+one picked before (with the language picker or ``?lang``, kept in the session),
+else the best match of the browser's ``Accept-Language``, else English. A
+``?lang`` that is not one of ours is ignored. The API (``/api/...``) is always
+English: it is an interface, not a page.
 
 Catalogues, merged into one lookup (on a message two of them translate, the
 later one wins, so the host's, merged last, win):
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from babel.numbers import get_decimal_symbol
 from flask import (Blueprint, Flask, abort, g, has_request_context, redirect, request, session,
@@ -39,7 +41,7 @@ from flask import (Blueprint, Flask, abort, g, has_request_context, redirect, re
 from flask_babel import Babel, format_date, format_datetime, get_locale, gettext, lazy_gettext
 
 from .formatting import human_size, timestamp, yes_no
-from .plugins import unique_items
+from .registry import unique_items
 
 #: The page languages, in the picker's order: code → its own name (also the
 #: choices of a registration's language, stored as the code).
@@ -48,6 +50,8 @@ LANGUAGES = {"en": "English", "cs": "Čeština", "sk": "Slovenčina", "de": "Deu
 LOCALES = {"en": "en", "cs": "cs_CZ", "sk": "sk_SK", "de": "de_DE"}
 DEFAULT_LANGUAGE = "en"
 SESSION_KEY = "language"
+#: the query parameter that picks a page's language, like the picker (``?lang=cs``)
+QUERY_KEY = "lang"
 TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 HOST_DOMAIN = "messages"
 #: gettext domains that belong to someone else: a plugin may not claim them
@@ -74,9 +78,22 @@ def page_language() -> str:
     if not has_request_context() or request.path.startswith(API_PREFIX):
         return DEFAULT_LANGUAGE
     if "page_language" not in g:
-        chosen = session.get(SESSION_KEY)
+        chosen = _asked_language() or session.get(SESSION_KEY)
         g.page_language = chosen if chosen in LOCALES else _browser_language()
     return g.page_language
+
+
+def _asked_language() -> str | None:
+    """The language of ``?lang=xx`` when it is one of ours, else ``None``."""
+    code = request.args.get(QUERY_KEY)
+    return code if code in LOCALES else None
+
+
+def _keep_asked_language() -> None:
+    """``?lang=xx`` on a page is kept in the session, exactly as the picker's choice."""
+    code = _asked_language()
+    if code and not request.path.startswith(API_PREFIX) and session.get(SESSION_KEY) != code:
+        session[SESSION_KEY] = code
 
 
 def _browser_language() -> str:
@@ -152,10 +169,16 @@ def set_language():
     return redirect(local_path(request.form.get("next")))
 
 
+def _this_page() -> str:
+    """This page's path and query, without ``lang``: where the picker comes back to
+    (a ``?lang`` kept there would undo the choice)."""
+    query = [(k, v) for k, v in request.args.items(multi=True) if k != QUERY_KEY]
+    return request.path + ("?" + urlencode(query) if query else "")
+
+
 def _template_context() -> dict:
-    here = request.full_path if request.query_string else request.path
     return {"page_language": page_language(), "page_languages": LANGUAGES,
-            "language_next": here, "language_url": url_for("i18n.set_language")}
+            "language_next": _this_page(), "language_url": url_for("i18n.set_language")}
 
 
 def _vary(response):
@@ -183,6 +206,7 @@ def init_app(app: Flask) -> Babel:
     config.translation_directories = [str(Path(c.directory).resolve()) for c in catalogs]
     config.default_domain = ";".join(c.domain for c in catalogs)
     app.register_blueprint(bp)
+    app.before_request(_keep_asked_language)
     app.context_processor(_template_context)
     app.jinja_env.filters.update(page_timestamp=page_timestamp, page_size=page_size,
                                  page_yes_no=page_yes_no)

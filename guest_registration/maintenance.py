@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from .config import ensure_private_folder
 from .extensions import db
-from .plugins import hook_items, plugin_infos
+from .registry import hook_items, plugin_infos
 
 ADMIN_ROLE = "admin"
 

@@ -1,9 +1,11 @@
-"""Plugin discovery, hook results and name registries: the one place that talks to pluggy.
+"""Plugin discovery, the plugin manager and plugin settings.
 
 Plugins are found through the entry-point group :data:`ENTRY_POINT_GROUP`. The
 built-in ones (declared in this project's ``setup.cfg``) are loaded by the same
 code as a third-party distribution's. A plugin manager is built per app and kept
-in ``app.extensions["plugin_manager"]``; nothing here is module-global.
+in ``app.extensions["plugin_manager"]``; nothing here is module-global. The
+markers and the helpers that call hooks are in :mod:`guest_registration.registry`
+(re-exported here).
 
 **Call order.** Every hook is called through ``pm.hook.<name>(...)``. pluggy
 calls the most recently registered plugin first, so plugins are registered in
@@ -21,38 +23,23 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import pluggy
 
 from . import hookspecs
 from .config import HOST_SETTINGS
-from .hookspecs import PROJECT_NAME
+from .registry import (PROJECT_NAME, DuplicateNameError, PluginInfo, PluginLoadError,
+                       contributors, hook_items, items_by_plugin, plugin_infos,
+                       results_by_plugin, unique_items)
+
+__all__ = ["ENTRY_POINT_GROUP", "HOST_DISTRIBUTION", "DuplicateNameError", "PluginInfo",
+           "PluginLoadError", "apply_plugin_settings", "build_plugin_manager", "contributors",
+           "hook_items", "items_by_plugin", "plugin_infos", "results_by_plugin", "unique_items"]
 
 ENTRY_POINT_GROUP = "guest_registration"
 #: The distribution that ships the built-in plugins; its plugins are called first.
 HOST_DISTRIBUTION = "guest-registration"
-
-
-class PluginLoadError(RuntimeError):
-    """A plugin could not be loaded, or its contribution is refused at start-up."""
-
-
-class DuplicateNameError(PluginLoadError):
-    """Two plugins (or a plugin and the host) claim the same name."""
-
-
-@dataclass
-class PluginInfo:
-    """What ``manage.py plugins`` and ``status`` show about one plugin."""
-
-    name: str
-    module: str
-    distribution: str
-    version: str
-    hooks: list[str] = field(default_factory=list)
-    disabled: bool = False
 
 
 def _canonical(name: str) -> str:
@@ -79,20 +66,9 @@ def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, importlib.metad
     return found
 
 
-def build_plugin_manager(disabled: Iterable[str] = (),
-                         extra_plugins: Iterable[tuple[str, Any]] = ()) -> pluggy.PluginManager:
-    """Create a plugin manager with every installed plugin not in ``disabled``.
-
-    ``extra_plugins`` are ``(name, plugin)`` pairs called after the installed
-    ones (used by tests and by apps embedding the host). Plugins publish their
-    own hooks (``add_hookspecs``), then ``check_pending()`` makes a misspelled
-    hook fail at start-up.
-    """
-    pm = pluggy.PluginManager(PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    disabled = set(disabled)
-    infos: dict[str, PluginInfo] = {}
-    to_register: list[tuple[str, Any]] = []
+def _installed_plugins(disabled: set[str], infos: dict[str, PluginInfo]) -> list[tuple[str, Any]]:
+    """Load every installed plugin not in ``disabled``, recording each in ``infos``."""
+    loaded: list[tuple[str, Any]] = []
     for ep, dist in _entry_points():
         dist_name = dist.metadata["Name"] or "?"
         if ep.name in infos:
@@ -110,14 +86,38 @@ def build_plugin_manager(disabled: Iterable[str] = (),
             raise PluginLoadError(
                 f"plugin {ep.name!r} ({ep.value}) from {dist_name!r} failed to load: {exc}"
             ) from exc
-        to_register.append((ep.name, plugin))
+        loaded.append((ep.name, plugin))
+    return loaded
+
+
+def _code_plugins(extra_plugins: Iterable[tuple[str, Any]], disabled: set[str],
+                  infos: dict[str, PluginInfo]) -> list[tuple[str, Any]]:
+    """The plugins passed in code, recorded in ``infos``; the disabled ones left out."""
+    loaded: list[tuple[str, Any]] = []
     for name, plugin in extra_plugins:
         if name in infos:
             raise DuplicateNameError(f"plugin name {name!r} is already taken by an installed plugin")
         infos[name] = PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__),
                                  "(registered in code)", "-", disabled=name in disabled)
         if name not in disabled:
-            to_register.append((name, plugin))
+            loaded.append((name, plugin))
+    return loaded
+
+
+def build_plugin_manager(disabled: Iterable[str] = (),
+                         extra_plugins: Iterable[tuple[str, Any]] = ()) -> pluggy.PluginManager:
+    """Create a plugin manager with every installed plugin not in ``disabled``.
+
+    ``extra_plugins`` are ``(name, plugin)`` pairs called after the installed
+    ones (used by tests and by apps embedding the host). Plugins publish their
+    own hooks (``add_hookspecs``), then ``check_pending()`` makes a misspelled
+    hook fail at start-up.
+    """
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    disabled = set(disabled)
+    infos: dict[str, PluginInfo] = {}
+    to_register = _installed_plugins(disabled, infos) + _code_plugins(extra_plugins, disabled, infos)
     for name in disabled & set(infos):
         pm.set_blocked(name)
     for name, plugin in reversed(to_register):  # pluggy calls the last registered first
@@ -133,84 +133,6 @@ def build_plugin_manager(disabled: Iterable[str] = (),
             info.hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
     pm.plugin_infos = list(infos.values())  # type: ignore[attr-defined]
     return pm
-
-
-def plugin_infos(pm: pluggy.PluginManager) -> list[PluginInfo]:
-    """Loaded and disabled plugins, in call order."""
-    return list(getattr(pm, "plugin_infos", []))
-
-
-def hook_items(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[Any]:
-    """Call a registration hook through ``pm.hook`` and flatten the iterables
-    its implementations return (``None`` contributes nothing), in call order."""
-    items: list[Any] = []
-    for result in getattr(pm.hook, hook_name)(**kwargs):
-        items.extend(result)
-    return items
-
-
-def results_by_plugin(pm: pluggy.PluginManager, hook_name: str,
-                      **kwargs: Any) -> dict[str, list[Any]]:
-    """Each plugin's raw results for ``hook_name``, in call order.
-
-    Each plugin's implementation is called through a pluggy subset caller that
-    holds only that plugin: used to name plugins in errors, for settings and in
-    ``manage.py plugins``, never on a request's path.
-    """
-    caller = getattr(pm.hook, hook_name)
-    impls = [i for i in caller.get_hookimpls()
-             if not (getattr(i, "hookwrapper", False) or getattr(i, "wrapper", False))]
-    found: dict[str, list[Any]] = {}
-    for impl in reversed(impls):  # pluggy's call order
-        others = {i.plugin for i in impls if i.plugin is not impl.plugin}
-        found[impl.plugin_name] = list(
-            pm.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs))
-    return found
-
-
-def items_by_plugin(pm: pluggy.PluginManager, hook_name: str,
-                    **kwargs: Any) -> dict[str, list[Any]]:
-    """What each plugin contributes to a registration hook (flattened), in call order."""
-    return {plugin: [item for result in results for item in result]
-            for plugin, results in results_by_plugin(pm, hook_name, **kwargs).items()}
-
-
-def contributors(pm: pluggy.PluginManager, hook_name: str, match: Callable[[Any], bool],
-                 **kwargs: Any) -> list[str]:
-    """Names of the plugins whose contribution to ``hook_name`` has an item matching."""
-    return [plugin for plugin, items in items_by_plugin(pm, hook_name, **kwargs).items()
-            for item in items if match(item)]
-
-
-def unique_items(pm: pluggy.PluginManager, hook_name: str, *, kind: str,
-                 key: Callable[[Any], str], expect: type | tuple[type, ...] | None = None,
-                 reserved: Mapping[str, str] | None = None,
-                 error: type[DuplicateNameError] = DuplicateNameError,
-                 **kwargs: Any) -> dict[str, Any]:
-    """A registration hook's items keyed by name, in call order.
-
-    An item of the wrong type, a name in ``reserved`` (name → who holds it, e.g.
-    ``"the host"``) or a name two plugins return is a start-up error that names
-    the plugins.
-    """
-    reserved = reserved or {}
-    found: dict[str, Any] = {}
-    for item in hook_items(pm, hook_name, **kwargs):
-        if expect is not None and not isinstance(item, expect):
-            who = contributors(pm, hook_name, lambda i: not isinstance(i, expect), **kwargs)
-            raise PluginLoadError(f"plugin {', '.join(map(repr, who)) or '?'} returned {item!r} "
-                                  f"from {hook_name}, not a {kind}")
-        name = key(item)
-        if name in reserved or name in found:
-            who = [f"plugin {p!r}" for p in
-                   contributors(pm, hook_name, lambda i: key(i) == name, **kwargs)]
-            holders = ([reserved[name]] if name in reserved else []) + who
-            if len(holders) < 2:
-                holders.append("itself again")
-            raise error(f"{kind} {name!r} is registered by both {holders[0]} and {holders[1]}; "
-                        f"uninstall or disable (DISABLED_PLUGINS) one of them")
-        found[name] = item
-    return found
 
 
 # --- settings ------------------------------------------------------------------------

@@ -10,6 +10,8 @@
   (``kill -HUP`` reloads workers one by one, ``kill -TERM`` stops gracefully).
 - A client's socket waits ``CLIENT_IO_TIMEOUT`` seconds for progress, then the
   request ends (408): a stalled upload frees its thread.
+- Workers build their app with the function the CLI was given (``load_app``), passed
+  in by ``manage.py serve``: this module imports no app factory.
 - gunicorn's own ``X-Forwarded-*`` handling is off: whether a proxy's headers count
   is ``TRUSTED_PROXIES``'s decision alone (:mod:`.headers`).
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
@@ -95,10 +97,11 @@ def server_options(host: str, port: int, workers: int, threads: int, **extra: An
 
 
 class GuestRegistrationServer(BaseApplication):
-    """gunicorn running ``create_app()`` in each worker."""
+    """gunicorn running ``load_app()`` (a new app) in each worker."""
 
-    def __init__(self, options: dict) -> None:
+    def __init__(self, options: dict, load_app: Callable[[], Any]) -> None:
         self.options = options
+        self.load_app = load_app
         super().__init__()
 
     def load_config(self) -> None:
@@ -107,12 +110,13 @@ class GuestRegistrationServer(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self):
-        from .cli import load_app
-
-        app = load_app()
+        app = self.load_app()
         app.wsgi_app = SocketTimeout(app.wsgi_app, int(app.config["CLIENT_IO_TIMEOUT"]))
         return app
 
 
-def serve(host: str, port: int, workers: int, threads: int, **extra: Any) -> None:
-    GuestRegistrationServer(server_options(host, port, workers, threads, **extra)).run()
+def serve(host: str, port: int, workers: int, threads: int, *,
+          load_app: Callable[[], Any], **extra: Any) -> None:
+    """Run gunicorn until it is stopped; each worker calls ``load_app()`` for its app."""
+    GuestRegistrationServer(server_options(host, port, workers, threads, **extra),
+                            load_app).run()

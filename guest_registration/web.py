@@ -1,5 +1,5 @@
 """Cross-cutting web glue: security headers (:mod:`.headers`), login pages inside the admin layout,
-and error pages that never show a stack trace."""
+error pages that never show a stack trace, and the site's icon."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ MAX_LIST_PAGE = 1_000_000
 TOKEN_QUERY_KEY = "auth_token"
 #: WSGI environ key: the client stalled mid-body; its connection is not kept alive
 CLIENT_STALLED = "guest_registration.client_stalled"
+#: the site's icon, in the package's ``static/`` (the pages link it)
+FAVICON = "favicon.svg"
+
+
+def favicon():
+    """``/favicon.ico``, which browsers ask for on their own: the site's SVG icon."""
+    return current_app.send_static_file(FAVICON)
 
 
 def _admin_template_context() -> dict:
@@ -68,6 +75,7 @@ def init_app(app: Flask) -> None:
     # form body is read, and size-checked, before any database work, so a client that
     # stalls mid-upload holds a thread, never a pooled connection
     app.before_request_funcs.setdefault(None, []).insert(0, _refuse_odd_input)
+    app.add_url_rule("/favicon.ico", "favicon", favicon)
 
     @app.errorhandler(UNAVAILABLE[0])
     @app.errorhandler(UNAVAILABLE[1])

@@ -23,7 +23,7 @@ from guest_registration.extensions import db
 from guest_registration.models import Guest
 from guest_backup.wiring import backup_context
 from guest_backup.engines.postgresql import PostgresEngine
-from guest_backup.engines.sqlite import _authorizer
+from guest_backup.engines.sqlitescreen import _authorizer
 from guest_backup.errors import EngineError
 from tests.helpers import make_backup, make_config, missing, restore_target, table_contents
 

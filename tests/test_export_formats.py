@@ -6,8 +6,8 @@ import csv
 import io
 import json
 
-from plugins.export_formats.csv_format import write_csv
-from plugins.export_formats.json_format import write_json
+from guest_formats.csv_format import write_csv
+from guest_formats.json_format import write_json
 
 FIELDS = ["id", "name", "ok", "note"]
 ROWS = [

@@ -156,7 +156,7 @@ def test_two_engines_for_one_dialect_stop_start_up(tmp_path):
     class SecondSQLite:
         @hookimpl
         def register_database_engines(self):
-            from plugins.backup.engines.sqlite import SQLiteEngine
+            from guest_backup.engines.sqlite import SQLiteEngine
 
             return [SQLiteEngine()]
 
@@ -325,7 +325,7 @@ def test_two_storage_types_for_one_scheme_stop_start_up(tmp_path):
     class SecondS3:
         @hookimpl
         def register_storage_types(self):
-            from plugins.backup.storages.s3 import S3StorageType
+            from guest_backup.storages.s3 import S3StorageType
 
             return [S3StorageType()]
 
@@ -336,7 +336,7 @@ def test_two_storage_types_for_one_scheme_stop_start_up(tmp_path):
 
 def test_a_third_party_storage_type_serves_its_scheme(tmp_path, monkeypatch):
     """A plugin's storage type (here ``nas://``, a folder) takes the remote copies."""
-    from plugins.backup.storages.local import LocalStorage
+    from guest_backup.storages.local import LocalStorage
 
     class NasType:
         scheme = "nas"

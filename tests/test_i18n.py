@@ -136,6 +136,57 @@ def test_picker_refuses_unknown_languages_and_missing_csrf(client, trip_id):
     assert "Register for a trip" in visible(client.get("/"))
 
 
+def test_lang_parameter_sets_the_language_and_keeps_it(client, trip_id):
+    """``?lang=cs`` on any page: Czech, over Accept-Language, kept in the session
+    exactly like the picker's choice."""
+    assert "Registrace na zájezd" in visible(client.get("/?lang=cs", headers=lang("de")))
+    assert "Registrace na zájezd" in visible(client.get("/"))  # no parameter: still Czech
+    assert "Jméno" in visible(client.get(f"/trips/{trip_id}/register", headers=lang("sk")))
+    with client.session_transaction() as session:
+        assert session["language"] == "cs"  # where the picker keeps its choice
+    assert "E-Mail-Adresse" in visible(client.get("/login?lang=de"))  # any page, here the login
+    assert "Für eine Reise anmelden" in visible(client.get("/"))
+    pick(client, "sk", "/")  # the picker still switches after it
+    assert "Registrácia na zájazd" in visible(client.get("/"))
+
+
+@pytest.mark.parametrize("value", ["fr", "", "CS", "cs_CZ", "xx"])
+def test_an_unknown_lang_parameter_is_ignored(client, value):
+    response = client.get(f"/?lang={value}", headers=lang("de"))
+    assert response.status_code == 200
+    assert "Für eine Reise anmelden" in visible(response)  # Accept-Language as before
+    with client.session_transaction() as session:
+        assert "language" not in session
+    pick(client, "cs", "/")
+    assert "Registrace na zájezd" in visible(client.get(f"/?lang={value}"))  # the kept choice
+
+
+def test_lang_parameter_leaves_the_api_alone(client):
+    response = client.get("/api/no-such-thing?lang=cs")
+    assert response.status_code == 404 and response.get_json() == {"error": "page not found"}
+    with client.session_transaction() as session:
+        assert "language" not in session
+
+
+def test_the_picker_comes_back_without_the_lang_parameter(client):
+    page = client.get("/?lang=cs&x=1").get_data(as_text=True)
+    assert 'name="next" value="/?x=1"' in page  # else picking German would go back to Czech
+    response = pick(client, "de", "/?x=1", page="/?lang=cs")
+    assert response.headers["Location"] == "/?x=1"
+    assert "Für eine Reise anmelden" in visible(client.get(response.headers["Location"]))
+
+
+@pytest.mark.parametrize("code, label", [("cs", "Přepnout navigaci"), ("sk", "Prepnúť navigáciu"),
+                                         ("de", "Navigation umschalten"),
+                                         ("en", "Toggle navigation")])
+def test_the_menu_toggler_is_translated(client, auth, code, label):
+    assert f'aria-label="{label}"' in client.get("/login", headers=lang(code)).get_data(as_text=True)
+    auth.login()
+    for path in ("/admin/", "/admin/guest/"):
+        page = client.get(path, headers=lang(code)).get_data(as_text=True)
+        assert f'aria-label="{label}"' in page, (code, path)
+
+
 def test_every_page_has_the_picker(client, auth, trip_id):
     auth.login()
     for path in ("/", f"/trips/{trip_id}/register", "/admin/", "/admin/guest/", "/admin/backup/",
@@ -216,20 +267,25 @@ def test_format_labels_translate_on_pages_only(client, auth, runner):
 
 
 def test_every_health_problem_has_its_translation(app):
-    from plugins.backup.health import PROBLEMS, problem_text
+    """Health problems travel as an id and parameters and are translated where shown
+    (never parsed back out of English)."""
+    from guest_backup.ops.health import MESSAGES, Problem
+    from guest_backup.web.views import problem_text
 
     values = {"storage": "s3", "age": "3d", "limit": "26h", "at": "2025-06-01T02:00:00Z",
-              "message": "disk full: 100% used"}
-    for message in PROBLEMS:
-        english = message % {k: v for k, v in values.items() if f"%({k})s" in message}
+              "message": "disk full: 100% used", "count": "10", "names": "x.zip"}
+    for id_, message in MESSAGES.items():
+        problem = Problem(id_, {k: v for k, v in values.items() if f"%({k})s" in message})
         with app.test_request_context("/", headers=lang("cs")):
-            czech = problem_text(english)
-        assert czech != english and all(v in czech for k, v in values.items()
-                                         if f"%({k})s" in message), (english, czech)
+            czech = problem_text(problem.as_dict())
         with app.test_request_context("/"):
-            assert problem_text(english) == english
-    with app.test_request_context("/", headers=lang("cs")):
-        assert problem_text("s3: connection refused") == "s3: connection refused"
+            english = problem_text(problem.as_dict())
+        assert english == problem.english()
+        if id_ == "storage":  # a storage's own error, as it is
+            assert czech == english == values["message"]
+            continue
+        assert czech != english and all(v in czech for v in problem.params.values()), \
+            (english, czech)
 
 
 def test_flash_messages_of_the_backup_page_in_german(client, auth, runner):

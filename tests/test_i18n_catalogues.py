@@ -111,7 +111,9 @@ def test_catalogues_are_packaged():
     setup.read(ROOT / "setup.cfg")
     data = setup["options.package_data"]
     assert "translations/*/LC_MESSAGES/*.mo" in data["guest_registration"]
-    assert "backup/translations/*/LC_MESSAGES/*.mo" in data["plugins"]
+    assert "translations/*/LC_MESSAGES/*.mo" in data["guest_backup"]
+    assert "translations/*/LC_MESSAGES/*.mo" in data["guest_formats"]
+    assert "templates/" in data["guest_backup.web"] and "templates/" in data["guest_registration"]
 
 
 def unmarked_text(source: str) -> list[str]:
@@ -132,7 +134,9 @@ def unmarked_text(source: str) -> list[str]:
 
 def test_no_template_text_is_left_unmarked():
     found = {}
-    for path in sorted((ROOT / "templates").rglob("*.html")):
+    for path in sorted([*(ROOT / "guest_registration" / "templates").rglob("*.html"),
+                        *(ROOT / "plugins" / "backup" / "web" / "templates").rglob("*.html"),
+                        *(ROOT / "templates").rglob("*.html")]):
         leftovers = unmarked_text(path.read_text())
         if leftovers:
             found[str(path.relative_to(ROOT))] = leftovers

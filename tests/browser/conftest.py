@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from guest_registration.config import normalise_database_url
-from tests.browser.helpers import NAV_TIMEOUT_MS, TIMEOUT_MS, is_favicon, log_in
+from tests.browser.helpers import NAV_TIMEOUT_MS, TIMEOUT_MS, log_in
 from tests.helpers import ADMIN, USER
 from tests.live_server import ARTIFACTS, browser_session, pg_live_server
 
@@ -77,12 +77,11 @@ def _open_page(browser, server, problems, storage_state=None):
     context.set_default_navigation_timeout(NAV_TIMEOUT_MS)
     pg = context.new_page()
     pg.on("pageerror", lambda exc: problems.append(f"JS error on {pg.url}: {exc}"))
-    # "Failed to load resource" console errors repeat what the response listener
-    # records; the app has no favicon, and the browser's own request for it is no page error
+    # "Failed to load resource" console errors repeat what the response listener records
     pg.on("console", lambda msg: msg.type == "error"
           and not msg.text.startswith("Failed to load resource")
           and problems.append(f"console error on {pg.url}: {msg.text}"))
-    pg.on("response", lambda resp: resp.status >= 400 and not is_favicon(resp.url)
+    pg.on("response", lambda resp: resp.status >= 400
           and problems.append(f"HTTP {resp.status} {resp.request.method} {resp.url}"))
     try:
         yield pg

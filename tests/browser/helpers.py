@@ -11,10 +11,6 @@ TIMEOUT_MS = 10_000      # every locator wait and expect()
 NAV_TIMEOUT_MS = 20_000  # every navigation
 
 
-def is_favicon(url: str) -> bool:
-    return url.split("?")[0].endswith("/favicon.ico")
-
-
 def path_re(server, path: str, query: str = "") -> re.Pattern:
     """The URL of ``path`` on the server, exactly, with an optional query regex."""
     return re.compile("^" + re.escape(server.url(path)) + (query or "$"))

@@ -214,7 +214,17 @@ def test_public_registration_with_photo(page, admin_page, server, problems, db_e
     assert (server.upload_folder / row.document_photo).read_bytes() == png
 
     # and an admin (another browser context) finds the guest, with the photo, in the Guests list
-    page = admin_page
+    admin_finds_the_guest(admin_page, server, row.id, (first, last, doc), png)
+    assert no_problems(problems) == []
+
+
+def admin_finds_the_guest(page, server, guest_id: int, names: tuple[str, str, str],
+                          png: bytes) -> None:
+    """An admin searches the Guests list for the document number: one row, the names,
+    and the photo link serves the uploaded bytes."""
+    from playwright.sync_api import expect
+
+    first, last, doc = names
     page.goto(server.url("/admin/"))
     nav(page).get_by_role("link", name="Guests", exact=True).click()
     expect(page).to_have_url(path_re(server, "/admin/guest/"))
@@ -222,17 +232,15 @@ def test_public_registration_with_photo(page, admin_page, server, problems, db_e
     page.locator("input[name=search]").press("Enter")
     rows = page.locator("table.model-list tbody tr")
     expect(rows).to_have_count(1)
-    expect(rows.first).to_contain_text(f"{first}")
+    expect(rows.first).to_contain_text(first)
     expect(rows.first).to_contain_text(last)
     link = rows.first.get_by_role("link", name="view", exact=True)
     href = link.get_attribute("href")
-    assert href.endswith(f"/admin/guest/photo/{row.id}")
+    assert href.endswith(f"/admin/guest/photo/{guest_id}")
     photo = page.request.get(server.url(href))
     assert photo.status == 200
     assert photo.headers["content-type"] == "image/png"
     assert photo.body() == png
-    assert no_problems(problems) == []
-
 
 
 def test_deletes_ask_first_under_the_content_security_policy(admin_page, server, problems,
@@ -274,4 +282,65 @@ def test_deletes_ask_first_under_the_content_security_policy(admin_page, server,
     expect(page.locator(".alert", has_text="successfully deleted")).to_be_visible()
     assert not exists(second)
     assert not [p for p in problems if "Content Security Policy" in p]
+    assert no_problems(problems) == []
+
+
+#: the height of a navbar's tallest entry plus its own vertical padding: one line
+ONE_LINE_JS = """bar => {
+  const style = getComputedStyle(bar);
+  const leaves = bar.querySelectorAll('.navbar-brand, .nav-link, #language-picker button, '
+                                      + '#logout-form > *');
+  const tallest = Math.max(...Array.from(leaves, e => e.getBoundingClientRect().height));
+  return tallest + parseFloat(style.paddingTop) + parseFloat(style.paddingBottom);
+}"""
+
+
+def test_admin_menu_is_one_line_at_1280_px(admin_page, server, problems):
+    """Brand, entries, language picker, user and Log out: one line at 1280 px wide,
+    in every language (it wrapped onto two lines)."""
+    from playwright.sync_api import expect
+
+    page = admin_page
+    page.set_viewport_size({"width": 1280, "height": 800})
+    for code, trips in (("en", "Trips"), ("cs", "Zájezdy"), ("sk", "Zájazdy"), ("de", "Reisen")):
+        page.goto(server.url(f"/admin/guest/?lang={code}"))
+        bar = page.locator("nav.navbar")
+        expect(nav(page).get_by_role("link", name=trips, exact=True)).to_be_visible()
+        expect(page.locator(".navbar-toggler")).to_be_hidden()  # expanded, not collapsed
+        expect(nav(page).get_by_role("button", name=re.compile("Log out|Odhlásit|Odhlásiť|Abmelden"))
+               ).to_be_visible()
+        one_line = bar.evaluate(ONE_LINE_JS)
+        height = bar.bounding_box()["height"]
+        assert abs(height - one_line) < 1, (code, height, one_line)
+    screenshot(page, "admin-menu-1280.png")
+    assert no_problems(problems) == []
+
+
+def test_public_pages_link_the_admin_panel_for_an_admin(admin_page, server, problems):
+    from playwright.sync_api import expect
+
+    page = admin_page
+    page.goto(server.url("/"))
+    link = page.locator("nav.navbar").get_by_role("link", name="Admin", exact=True)
+    expect(link).to_be_visible()
+    link.click()
+    expect(page).to_have_url(path_re(server, "/admin/"))
+    assert no_problems(problems) == []
+
+
+def test_every_page_has_its_icon(page, admin_page, server, problems):
+    """The pages link the site's icon, and ``/favicon.ico`` (asked for by browsers on
+    their own) answers it: no 404 for an icon, on public or admin pages."""
+    icons = []
+    for tab in (page, admin_page):
+        tab.on("response", lambda resp: "favicon" in resp.url and icons.append(resp))
+    for tab, path in ((page, "/"), (page, "/login"), (admin_page, "/admin/guest/")):
+        tab.goto(server.url(path))
+        href = tab.locator("link[rel=icon]").get_attribute("href")
+        assert href == "/static/favicon.svg", (path, href)
+        answer = tab.request.get(server.url("/favicon.ico"))
+        assert answer.status == 200, answer.status
+        assert answer.headers["content-type"].startswith("image/svg+xml")
+        assert answer.body().startswith(b"<svg")
+    assert icons and all(resp.status == 200 for resp in icons), [(r.url, r.status) for r in icons]
     assert no_problems(problems) == []

@@ -108,12 +108,16 @@ class ArchiveWriter:
                 self._zip.close()
             except Exception:
                 pass
-            if self._encryptor is not None:
-                self._encryptor.abort()
-            self._fh.close()
-            self._fh = None
-            self.partial.unlink(missing_ok=True)
-            self.partial_sidecar.unlink(missing_ok=True)
+            try:
+                if self._encryptor is not None:
+                    self._encryptor.abort()
+                self._fh.close()  # may fail again on a full disk: the files go anyway
+            except OSError:
+                pass
+            finally:
+                self._fh = None
+                self.partial.unlink(missing_ok=True)
+                self.partial_sidecar.unlink(missing_ok=True)
 
     def add_stream(self, name: str, produce: Callable[[Callable[[bytes], None]], None], *,
                    stage: str, mtime: float | None = None) -> Digest:

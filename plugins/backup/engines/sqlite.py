@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -22,6 +21,7 @@ from sqlalchemy.sql import ColumnElement
 
 from guest_backup.errors import EngineError
 from guest_backup.engines import CHUNK, EngineSettings, ToolInfo
+from guest_backup.engines.sqlitescreen import SQLiteDumpScreen, _authorizer, _sql_statements
 
 log = logging.getLogger(__name__)
 
@@ -130,96 +130,6 @@ class SQLiteEngine:
         finally:
             _remove(tmp)
             _private(target)
-
-
-#: What Python's ``iterdump`` writes; anything else refuses the dump.
-_STATEMENT = re.compile(
-    r"""\s*(?:BEGIN\ TRANSACTION|COMMIT
-    |CREATE\ (?:TABLE|INDEX|UNIQUE\ INDEX|VIEW)\b
-    |INSERT\ INTO\ (?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)\ VALUES\(
-    |DELETE\ FROM\ "?sqlite_sequence"?
-    |ANALYZE\ "?sqlite_master"?
-    |PRAGMA\ (?:foreign_keys|writable_schema)\ ?=\ ?(?:ON|OFF))""", re.I | re.X)
-_LITERALS = re.compile(r"'(?:[^']|'')*'|X'[0-9A-Fa-f]*'|NULL", re.I)
-_NUMBERS_ONLY = re.compile(r"[\s0-9.eE+\-,();]*")
-_DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
-
-
-class SQLiteDumpScreen:
-    """Checks an SQLite dump statement by statement: only iterdump's statements,
-    and INSERTs of literal values only (no function calls, no subqueries)."""
-
-    def __init__(self) -> None:
-        self._partial = b""
-        self._pending: list[str] = []
-        self.committed = False
-
-    def check(self, statement: str) -> None:
-        m = _STATEMENT.match(statement)
-        if not m:
-            words = " ".join(statement.split()[:2])[:30]
-            raise EngineError(f"the SQL dump holds a statement an SQLite dump does not have "
-                              f"({words} …); nothing was restored")
-        if m.group().strip().upper().startswith("INSERT"):
-            values = statement[m.end():].rstrip().rstrip(";")
-            if not _NUMBERS_ONLY.fullmatch(_LITERALS.sub("", values)):
-                raise EngineError("the SQL dump inserts something other than plain values; "
-                                  "nothing was restored")
-        self.committed = statement.strip().upper().startswith("COMMIT")
-
-    def feed(self, chunk: bytes) -> None:
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._pending.append(line.decode("utf-8", "replace") + "\n")
-            candidate = "".join(self._pending)
-            if sqlite3.complete_statement(candidate):
-                self._pending = []
-                self.check(candidate)
-
-    def finish(self) -> None:
-        if self._partial.strip() or "".join(self._pending).strip():
-            raise EngineError("the SQL dump ends in the middle of a statement")
-        if not self.committed:
-            raise EngineError("the SQL dump is incomplete (no COMMIT)")
-
-
-def _authorizer(action: int, arg1, arg2, database, source) -> int:
-    """Deny what reaches beyond the new database file."""
-    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-        return sqlite3.SQLITE_DENY
-    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
-        return sqlite3.SQLITE_DENY
-    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in ("foreign_keys",
-                                                                       "writable_schema"):
-        return sqlite3.SQLITE_DENY
-    if database not in (None, "main", "temp"):
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
-
-
-def _sql_statements(stream: IO[bytes]) -> Iterator[str]:
-    """Split a dump into complete statements without reading it all."""
-    pending: list[str] = []
-    for raw in _lines(stream):
-        pending.append(raw.decode("utf-8"))
-        candidate = "".join(pending)
-        if sqlite3.complete_statement(candidate):
-            yield candidate
-            pending = []
-    if "".join(pending).strip():
-        raise EngineError("the SQL dump ends in the middle of a statement; nothing was restored")
-
-
-def _lines(stream: IO[bytes]) -> Iterator[bytes]:
-    partial = b""
-    while chunk := stream.read(CHUNK):
-        lines = (partial + chunk).split(b"\n")
-        partial = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-    if partial:
-        yield partial
 
 
 # --------------------------------------------------------------------------- the swap

@@ -1,0 +1,128 @@
+"""The application factory: config, extensions, plugins, blueprints, admin, commands.
+
+``create_app`` is re-exported as ``guest_registration.create_app``. The hooks are
+called in the order :mod:`guest_registration.hookspecs` documents.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from flask import Flask
+from jinja2 import FileSystemLoader
+
+from .paths import default_instance_path, template_folders
+
+#: the app's import name: its root folder, logger name and Flask's ``app.name``
+APP_NAME = "guest_registration"
+
+
+def _private(database: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(database + suffix, 0o600)
+        except OSError:
+            pass
+
+
+def configure_engine(engine) -> None:
+    """SQLite: WAL (readers such as a long export never block registrations),
+    a busy timeout instead of instant "database is locked", foreign keys on."""
+    if engine.dialect.name != "sqlite":
+        return
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection, record):
+        cur = dbapi_connection.cursor()
+        if engine.url.database not in (None, "", ":memory:"):
+            cur.execute("PRAGMA journal_mode=WAL")
+            _private(engine.url.database)  # guest data: this user only, whatever the umask
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
+def _end_sessions_on_logout(app: Flask, security) -> None:
+    """Logging out ends *every* session of the user: copied session cookies, the
+    remember cookie and API tokens are all checked against the user's uniquifiers,
+    which are rotated here."""
+    from flask_login import user_logged_out
+
+    from .extensions import db
+
+    def rotate(sender, user=None, **extra):
+        if user is None or not getattr(user, "is_authenticated", False):
+            return
+        security.datastore.set_uniquifier(user)
+        if hasattr(user, "fs_token_uniquifier"):
+            security.datastore.set_token_uniquifier(user)
+        db.session.commit()
+
+    user_logged_out.connect(rotate, app, weak=False)
+
+
+def _configured_flask(config: Mapping[str, Any] | None, instance_path: str | None) -> Flask:
+    """The Flask object with its configuration, instance folder and template folders
+    (the site's overrides first, then the package's own; see :mod:`.paths`)."""
+    from .config import build_config, ensure_private_folder
+
+    app = Flask(APP_NAME, instance_path=instance_path or default_instance_path(),
+                instance_relative_config=True, template_folder="templates")
+    app.config.update(build_config(app.instance_path, config))
+    ensure_private_folder(Path(app.instance_path))  # setup must not die on a missing folder
+    folders = template_folders(app.instance_path, app.config.get("TEMPLATE_OVERRIDES"))
+    app.jinja_loader = FileSystemLoader([str(folder) for folder in folders])
+    return app
+
+
+def _init_extensions(app: Flask) -> None:
+    """Database, CSRF, languages and Flask-Security, in the order they need."""
+    from flask_security import Security
+
+    from . import i18n
+    from .availability import UserDatastore
+    from .extensions import csrf, db
+    from .models import Role, User
+
+    db.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)
+    csrf.init_app(app)  # before Security, so Flask-Security's CSRF handling sees it
+    i18n.init_app(app)  # before Security too: it reads the translation folders
+    security = Security(app, UserDatastore(db, User, Role))
+    _end_sessions_on_logout(app, security)
+
+
+def create_app(config: Mapping[str, Any] | None = None, *,
+               instance_path: str | None = None,
+               extra_plugins: Iterable[tuple[str, Any]] = ()) -> Flask:
+    """Build the app: config, extensions, plugins, blueprints, admin, commands.
+
+    ``instance_path`` wins over ``INSTANCE_PATH`` and the default (:mod:`.paths`).
+    """
+    from . import commands, limits, web
+    from .admin import build_admin
+    from .exports import FormatRegistry
+    from .plugins import apply_plugin_settings, build_plugin_manager
+    from .registration import bp as registration_bp
+    from .registry import hook_items
+
+    app = _configured_flask(config, instance_path)
+    pm = build_plugin_manager(app.config["DISABLED_PLUGINS"], extra_plugins)
+    app.extensions["plugin_manager"] = pm
+    apply_plugin_settings(app.config, pm, app.instance_path, config or {})
+    _init_extensions(app)
+    pm.hook.init_app(app=app)
+
+    app.extensions["export_formats"] = FormatRegistry.from_plugins(pm)
+    app.register_blueprint(registration_bp)
+    for blueprint in hook_items(pm, "register_blueprints", app=app):
+        app.register_blueprint(blueprint)
+    app.extensions["guest_admin"] = build_admin(app)
+    web.init_app(app)
+    limits.init_app(app)
+    commands.init_app(app)
+    return app
