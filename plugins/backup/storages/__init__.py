@@ -27,6 +27,18 @@ class StorageUnreachable(StorageError):
     """A storage could not be reached (``backup-health`` exits 2)."""
 
 
+#: the small non-archive files a storage keeps beside the archives (never listed
+#: as archives): the erasure ledger's copy
+EXTRA_NAMES = frozenset({"erasure-ledger.jsonl"})
+
+
+def check_extra_name(name: str) -> str:
+    """``name`` if it is an allowed extra file's name, else StorageError."""
+    if name not in EXTRA_NAMES:
+        raise StorageError("no such file beside the archives")
+    return name
+
+
 class Storage(Protocol):
     """One place that holds archives."""
 
@@ -54,6 +66,15 @@ class Storage(Protocol):
     def local_path(self, name: str) -> Path | None:
         """The archive as a file on this machine when the storage is a folder here
         (read in place, no copy), else None (it is fetched first)."""
+
+    def put_extra(self, name: str, data: bytes) -> None:
+        """Replace a small extra file beside the archives (a name in
+        :data:`EXTRA_NAMES`, else StorageError) in one step: a reader sees the
+        old or the new contents, never half."""
+
+    def get_extra(self, name: str) -> bytes | None:
+        """An extra file's contents, None if it is not there; StorageError
+        (StorageUnreachable when the storage cannot be read) otherwise."""
 
 
 class StorageType(Protocol):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import unquote, urlparse
 
 from guest_backup.archive.format import (is_archive_name, ArchiveInfo, delete_archive,
                                         list_archives, sidecar_path)
-from guest_backup.storages import StorageError, StorageUnreachable
+from guest_backup.storages import StorageError, StorageUnreachable, check_extra_name
 
 
 class LocalStorage:
@@ -67,6 +68,39 @@ class LocalStorage:
         if not path.is_file() or path.is_symlink():
             raise StorageError(f"{name} is not in {self.url}")
         return path
+
+    def put_extra(self, name: str, data: bytes) -> None:
+        """Write under a hidden temporary name (0600), then rename."""
+        check_extra_name(name)
+        tmp = None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".writing", dir=self.folder)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.folder / name)
+            tmp = None
+        except OSError as exc:
+            raise StorageError(f"writing {name} to {self.url} failed ({exc.strerror})") from None
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+    def get_extra(self, name: str) -> bytes | None:
+        check_extra_name(name)
+        if self.name != "local" and not self.folder.is_dir():
+            raise StorageUnreachable(f"the storage {self.url} is not there")
+        try:
+            fd = os.open(self.folder / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"reading {name} from {self.url} failed ({exc.strerror})") from None
+        with os.fdopen(fd, "rb") as src:
+            return src.read()
 
 
 class FileStorageType:

@@ -10,6 +10,8 @@ upload, so no orphaned parts are left behind.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 from datetime import timezone
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import IO, Any, Mapping
 from urllib.parse import urlparse
 
 from guest_backup.archive.format import is_archive_name, ArchiveInfo, SIDECAR_SUFFIX, sidecar_path
-from guest_backup.storages import StorageError, StorageUnreachable
+from guest_backup.storages import StorageError, StorageUnreachable, check_extra_name
 
 log = logging.getLogger(__name__)
 MIN_PART_MB = 5  # S3 refuses smaller non-final parts
@@ -161,6 +163,31 @@ class S3Storage:
 
     def local_path(self, name: str) -> Path | None:
         return None
+
+    def put_extra(self, name: str, data: bytes) -> None:
+        """One PutObject with Content-MD5 (S3 checks it; Object Lock requires it)."""
+        check_extra_name(name)
+        digest = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data,
+                                   ContentMD5=digest)
+        except Exception as exc:
+            raise self._fail(f"writing {name} to", exc) from None
+
+    def get_extra(self, name: str) -> bytes | None:
+        check_extra_name(name)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(
+                exc, "response") else None
+            if code in ("NoSuchKey", "404"):
+                return None
+            raise self._fail(f"reading {name} from", exc, unreachable=True) from None
 
 
 class S3StorageType:

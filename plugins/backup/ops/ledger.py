@@ -1,0 +1,472 @@
+"""The erasure ledger: which guests were erased (GDPR), kept OUTSIDE the
+restorable database, so that a restore of an older archive can erase them again.
+
+One JSON line per erasure in ``<instance folder>/erasure-ledger.jsonl`` (0600),
+append-only, with no personal data: record ids, the kind, the UTC time and
+keyed hashes of the identifying fields (HMAC-SHA256 with the ledger key, hex;
+the caller passes raw values, only the hashes are written)::
+
+    {"guest_ids":[7],"hashes":{"email":["<64 hex>"]},"kind":"guest","mac":"<64 hex>",
+     "prev":"<64 hex>","registration_ids":[3],"seq":1,"time":"2025-01-31T09:00:00Z","v":1}
+
+``seq`` counts 1, 2, …; ``prev`` is the previous line's ``mac`` (64 zeros on the
+first line); ``mac`` is HMAC-SHA256(key, canonical JSON of the line without
+``mac``). A removed, reordered, edited or forged line breaks the chain.
+
+The key: 32 random bytes, hex, in ``<instance folder>/erasure_ledger_key`` (0600,
+created on first use). **The operator keeps a copy of it with the recovery
+notes** (beside the backup signing key): without it a new server cannot check
+the ledger's copies, and a restore there stops rather than trust them.
+
+After each erasure :func:`publish` copies the file beside the archives of every
+storage (``erasure-ledger.jsonl``); before a restore touches anything,
+:func:`collect` reads the local file and every copy, checks them all, and puts
+the longest back in the instance folder when that one was lost or is behind.
+
+Appends take an ``fcntl.flock`` on ``erasure-ledger.jsonl.lock`` (one machine;
+servers with separate instance folders each need their own ledger and storages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+import unicodedata
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from guest_backup.errors import BackupError
+from guest_backup.storages import Storage, StorageError, StorageUnreachable
+
+log = logging.getLogger(__name__)
+
+LEDGER_NAME = "erasure-ledger.jsonl"
+KEY_NAME = "erasure_ledger_key"
+KINDS = ("guest", "registration", "email", "retention")
+VERSION = 1
+GENESIS = "0" * 64
+FIELDS = frozenset({"v", "seq", "prev", "time", "kind", "guest_ids", "registration_ids",
+                    "hashes", "mac"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+class LedgerBroken(BackupError):
+    """A ledger copy's chain is broken (the message names the copy and line)."""
+
+
+# -- the key and the keyed hashes ---------------------------------------------------
+
+def read_key(path: str | os.PathLike) -> bytes | None:
+    """The key in ``path`` (64 hex characters), None if there is no such file."""
+    try:
+        text = Path(path).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackupError(f"the erasure ledger key {path} cannot be read "
+                          f"({exc.strerror})") from None
+    if not _HEX64.fullmatch(text.lower()):
+        raise BackupError(f"the erasure ledger key {path} is not 64 hex characters")
+    return bytes.fromhex(text)
+
+
+def create_key(path: str | os.PathLike) -> bytes:
+    """A new random key written to ``path`` (0600, complete before it appears there);
+    the other process's when one made it first."""
+    file = Path(path)
+    key = secrets.token_bytes(32)
+    tmp = None
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)  # 0600
+        with os.fdopen(fd, "w") as out:
+            out.write(key.hex() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(tmp, file)  # fails if the file is there
+    except FileExistsError:
+        key = read_key(file) or b""
+    except OSError as exc:
+        raise BackupError(f"the erasure ledger key {file} cannot be written "
+                          f"({exc.strerror})") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    if not key:
+        raise BackupError(f"the erasure ledger key {file} cannot be read")
+    return key
+
+
+def normalise(field: str, value: str) -> str:
+    """E-mail: trimmed, lower-case; document numbers: upper-case without any
+    whitespace; anything else (names): whitespace collapsed, case-folded."""
+    text = unicodedata.normalize("NFC", str(value))
+    if field == "email":
+        return text.strip().lower()
+    if field == "document_number":
+        return "".join(text.split()).upper()
+    return " ".join(text.split()).casefold()
+
+
+def keyed_hash(key: bytes, field: str, value: str) -> str:
+    """HMAC-SHA256(key, field NUL normalised value), hex."""
+    message = f"{field}\0{normalise(field, value)}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+# -- lines and chains ---------------------------------------------------------------
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """The one serialisation of a line: sorted keys, no spaces, ASCII."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def line_mac(key: bytes, record: Mapping[str, Any]) -> str:
+    """HMAC-SHA256(key, canonical JSON of the line without ``mac``), hex."""
+    body = {k: v for k, v in record.items() if k != "mac"}
+    return hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
+
+
+def serialise(records: Iterable[Mapping[str, Any]]) -> bytes:
+    return b"".join(canonical(r) + b"\n" for r in records)
+
+
+def _parse(raw: bytes | str) -> dict | None:
+    if isinstance(raw, bytes):
+        raw = raw[:-1] if raw.endswith(b"\n") else raw
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    else:
+        raw = raw[:-1] if raw.endswith("\n") else raw
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or set(record) != FIELDS:
+        return None
+    if not isinstance(record["mac"], str) or not _HEX64.fullmatch(record["mac"]):
+        return None
+    if not isinstance(record["seq"], int) or isinstance(record["seq"], bool):
+        return None
+    return record
+
+
+def _problem(record: dict | None, key: bytes, number: int, prev: str) -> str | None:
+    """Why line ``number`` does not continue the chain after ``prev`` (or None)."""
+    if record is None:
+        return "is not a ledger line"
+    if not hmac.compare_digest(record["mac"], line_mac(key, record)):
+        return "does not match its mac (edited, or written with another ledger key)"
+    if record["seq"] != number:
+        return f"has seq {record['seq']}, not {number} (a line is missing or out of order)"
+    if record["prev"] != prev:
+        return "does not follow the line before it (a line is missing or out of order)"
+    if record["v"] != VERSION or record["kind"] not in KINDS:
+        return "has an unknown version or kind"
+    return None
+
+
+def iter_verified(lines: Iterable[bytes | str], key: bytes, source: str = "ledger"
+                  ) -> Iterator[dict]:
+    """The lines of one copy, each checked before it is yielded (streaming)."""
+    prev, number = GENESIS, 0
+    for number, raw in enumerate(lines, start=1):
+        record = _parse(raw)
+        problem = _problem(record, key, number, prev)
+        if problem is not None:
+            raise LedgerBroken(f"the erasure ledger in {source} is broken: line {number} "
+                               f"{problem}")
+        prev = record["mac"]
+        yield record
+
+
+def verify_lines(lines: Iterable[bytes | str], key: bytes, source: str = "ledger") -> list[dict]:
+    """Every line of one copy, checked (LedgerBroken naming ``source`` and the line)."""
+    return list(iter_verified(lines, key, source))
+
+
+def _split(data: bytes) -> list[bytes]:
+    return data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")
+
+
+def merge(copies: Mapping[str, bytes | None], key: bytes) -> list[dict]:
+    """The union of several copies (None: no copy there): each is checked first,
+    then they must agree line by line; the longest wins. A fork: LedgerBroken."""
+    checked = {name: verify_lines(_split(data), key, name)
+               for name, data in copies.items() if data}
+    return merge_verified(checked)
+
+
+def merge_verified(checked: Mapping[str, Sequence[dict]]) -> list[dict]:
+    """:func:`merge` of copies already checked."""
+    if not checked:
+        return []
+    longest = max(checked, key=lambda name: len(checked[name]))
+    best = checked[longest]
+    for name, lines in checked.items():
+        for mine, theirs in zip(best, lines):
+            if mine["mac"] != theirs["mac"]:
+                raise LedgerBroken(
+                    f"the erasure ledger copies in {longest} and in {name} differ from line "
+                    f"{mine['seq']} on (a fork: both were written to separately)")
+    return list(best)
+
+
+# -- the local file -----------------------------------------------------------------
+
+class ErasureLedger:
+    """The instance folder's ledger file and its key."""
+
+    def __init__(self, path: str | os.PathLike, key_path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.key_path = Path(key_path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.label = f"the instance folder ({self.path})"
+
+    @classmethod
+    def in_folder(cls, instance_path: str | os.PathLike) -> "ErasureLedger":
+        """The default files of an instance folder."""
+        folder = Path(instance_path)
+        return cls(folder / LEDGER_NAME, folder / KEY_NAME)
+
+    def key(self, create: bool = True) -> bytes:
+        """The ledger key; created (when ``create``) only while the ledger is empty,
+        so a lost key is never silently replaced."""
+        key = read_key(self.key_path)
+        if key is not None:
+            return key
+        if create and not self._has_lines():
+            return create_key(self.key_path)
+        raise BackupError(f"the erasure ledger key {self.key_path} is missing: put back the "
+                          f"copy kept with the recovery notes")
+
+    def _has_lines(self) -> bool:
+        try:
+            return self.path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    def hash_value(self, field: str, value: str) -> str:
+        """The keyed hash of one identifying value (to match against a line's ``hashes``)."""
+        return keyed_hash(self.key(), field, value)
+
+    @contextlib.contextmanager
+    def locked(self, shared: bool = False) -> Iterator[None]:
+        """The ledger's file lock (exclusive for writers)."""
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise BackupError(f"the erasure ledger lock {self.lock_path} cannot be opened "
+                              f"({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def read_bytes(self) -> bytes | None:
+        """The whole file as it is between two appends (None if there is none)."""
+        with self.locked(shared=True):
+            return self._read()
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackupError(f"the erasure ledger {self.path} cannot be read "
+                              f"({exc.strerror})") from None
+
+    def entries(self) -> Iterator[dict]:
+        """The checked lines, oldest first, streamed (appends after the start are not
+        included)."""
+        with self.locked(shared=True):
+            try:
+                fh = open(self.path, "rb")
+            except FileNotFoundError:
+                return
+            size = os.fstat(fh.fileno()).st_size
+        with fh:
+            yield from iter_verified(_upto(fh, size), self.key(create=False), self.label)
+
+    def append(self, kind: str, guest_ids: Iterable[int] = (), registration_ids: Iterable[int] = (),
+               identifiers: Mapping[str, Iterable[str]] | None = None) -> dict:
+        """Record one erasure; returns the line written (fsync'ed before returning)."""
+        key = self.key()
+        record = _new_record(key, kind, guest_ids, registration_ids, identifiers or {})
+        with self.locked():
+            last, ends_clean = None, True
+            with contextlib.suppress(FileNotFoundError), open(self.path, "rb") as fh:
+                for last in iter_verified(fh, key, self.label):
+                    pass
+                if fh.tell():
+                    fh.seek(-1, os.SEEK_END)
+                    ends_clean = fh.read(1) == b"\n"
+            record["seq"] = last["seq"] + 1 if last else 1
+            record["prev"] = last["mac"] if last else GENESIS
+            record["mac"] = line_mac(key, record)
+            self._write_line((b"" if ends_clean else b"\n") + canonical(record) + b"\n")
+        return record
+
+    def _write_line(self, data: bytes) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise BackupError(f"the erasure ledger {self.path} cannot be written "
+                              f"({exc.strerror})") from None
+
+    def replace(self, records: Sequence[dict]) -> None:
+        """Write ``records`` as the whole file (temporary name, fsync, rename; 0600).
+        The caller holds :meth:`locked`."""
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".writing",
+                                       dir=self.path.parent)
+            with os.fdopen(fd, "wb") as out:
+                out.write(serialise(records))
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+            tmp = None
+        except OSError as exc:
+            raise BackupError(f"the erasure ledger {self.path} cannot be written "
+                              f"({exc.strerror})") from None
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+
+def _upto(fh, size: int) -> Iterator[bytes]:
+    """The lines of ``fh`` within its first ``size`` bytes."""
+    while fh.tell() < size:
+        line = fh.readline(size - fh.tell())
+        if not line:
+            return
+        yield line
+
+
+def _ids(values: Iterable[int], what: str) -> list[int]:
+    ids = list(values)
+    if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in ids):
+        raise ValueError(f"{what} must be record ids (non-negative integers)")
+    return ids
+
+
+def _new_record(key: bytes, kind: str, guest_ids: Iterable[int], registration_ids: Iterable[int],
+                identifiers: Mapping[str, Iterable[str]]) -> dict:
+    """A line without seq, prev and mac: only ids, the kind, the time and hashes."""
+    if kind not in KINDS:
+        raise ValueError(f"an erasure is one of {', '.join(KINDS)}, not {kind!r}")
+    hashes = {}
+    for field, values in identifiers.items():
+        if not _FIELD_NAME.fullmatch(field):
+            raise ValueError("an identifying field's name is lower-case letters, digits and _")
+        found = {keyed_hash(key, field, v) for v in values if normalise(field, v)}
+        if found:
+            hashes[field] = sorted(found)
+    record = {"v": VERSION, "kind": kind, "guest_ids": _ids(guest_ids, "guest_ids"),
+              "registration_ids": _ids(registration_ids, "registration_ids"), "hashes": hashes,
+              "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if not (record["guest_ids"] or record["registration_ids"] or hashes):
+        raise ValueError("an erasure names at least one record id or identifying value")
+    return record
+
+
+# -- copies beside the archives -----------------------------------------------------
+
+def storage_label(storage: Storage) -> str:
+    return f"the {storage.name} storage ({storage.url})"
+
+
+def publish(ledger: ErasureLedger, storages: Iterable[Storage]) -> None:
+    """Copy the local ledger beside the archives of every storage. A copy that has
+    lines the local file lacks (or forks from it) is never overwritten. Every
+    storage is tried; then LedgerBroken if a copy disagrees, else StorageError."""
+    data = ledger.read_bytes()
+    if not data:
+        return
+    key = ledger.key(create=False)
+    mine = verify_lines(_split(data), key, ledger.label)
+    failures: list[BackupError] = []
+    for storage in storages:
+        try:
+            _publish_one(storage, data, mine, key)
+        except BackupError as exc:
+            failures.append(exc)
+    broken = [exc for exc in failures if isinstance(exc, LedgerBroken)]
+    if broken:
+        raise LedgerBroken("; ".join(str(exc) for exc in failures))
+    if failures:
+        raise StorageError("; ".join(str(exc) for exc in failures))
+
+
+def _publish_one(storage: Storage, data: bytes, mine: list[dict], key: bytes) -> None:
+    label = storage_label(storage)
+    current = storage.get_extra(LEDGER_NAME)
+    if current == data:
+        return
+    if current:
+        theirs = verify_lines(_split(current), key, label)
+        merged = merge_verified({"the instance folder": mine, label: theirs})
+        if len(merged) > len(mine):
+            raise LedgerBroken(f"the erasure ledger in {label} has lines the instance folder "
+                               f"lacks: collect the ledger before publishing it")
+    storage.put_extra(LEDGER_NAME, data)
+
+
+def collect(ledger: ErasureLedger, storages: Iterable[Storage],
+            warn: Callable[[str], None] = log.warning) -> list[dict]:
+    """Every erasure known to the instance folder or any storage, checked and merged
+    (what a restore re-applies); the local file is brought up to date when it is
+    missing or behind.
+
+    A storage that cannot be read is skipped (``warn``) when some copy could be read
+    (the local file is where every line is written first); when none could, that
+    is StorageUnreachable: a restore must not go on without its ledger."""
+    copies: dict[str, bytes | None] = {}
+    unreadable: list[str] = []
+    for storage in storages:
+        try:
+            copies[storage_label(storage)] = storage.get_extra(LEDGER_NAME)
+        except StorageError as exc:
+            unreadable.append(str(exc))
+    with ledger.locked():
+        here = ledger._read()
+        if not here and not any(copies.values()):
+            if unreadable:
+                raise StorageUnreachable("no copy of the erasure ledger could be read: "
+                                         + "; ".join(unreadable))
+            return []
+        for message in unreadable:
+            warn(f"{message}; the erasure ledger was read from the other copies")
+        key = ledger.key(create=False)
+        checked = {name: verify_lines(_split(data), key, name)
+                   for name, data in {ledger.label: here, **copies}.items() if data}
+        merged = merge_verified(checked)
+        if len(merged) > len(checked.get(ledger.label, ())):
+            ledger.replace(merged)
+    return merged
