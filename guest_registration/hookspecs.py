@@ -34,7 +34,7 @@ Order of the calls while an app is built:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Any, Iterable, Mapping
 
 import pluggy
 
@@ -142,6 +142,17 @@ def register_commands() -> "Iterable[click.Command] | None":
 
     The host adds them. A name the host (or Flask, or Flask-Security) already
     uses, or that another plugin returned, is a start-up error naming both.
+    """
+
+
+@hookspec
+def register_job_functions() -> "Iterable[Callable] | None":
+    """Return the functions this plugin queues as background jobs (RQ).
+
+    ``manage.py worker`` runs only these (an allow-list by dotted name): a job
+    that anyone with write access to Redis planted naming any other function is
+    refused without being run. Their arguments and results must be JSON (jobs are
+    stored with RQ's JSON serializer, never pickle).
     """
 
 

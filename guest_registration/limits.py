@@ -10,22 +10,92 @@ folder (:mod:`.limit_store`), or in Redis when ``REDIS_URL`` is set
 
 from __future__ import annotations
 
-from flask import Flask, request
+import unicodedata
+
+from flask import Flask, current_app, jsonify, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_security import current_user
 
 from . import limit_store  # noqa: F401  (registers the gr-sqlite:// store)
 
+#: seconds a client is told to wait when the rate-limit store (Redis) is down
+STORE_DOWN_RETRY = 30
+
+
+def _normalised(email: str) -> str:
+    """The address as Flask-Security looks it up (its own normalisation: a Unicode
+    variant such as a fullwidth letter in the domain is the same account)."""
+    text = email.strip()[:255]
+    try:
+        text = current_app.extensions["security"]._mail_util.normalize(text)
+    except Exception:  # not an address at all: still one key per spelling
+        pass
+    return unicodedata.normalize("NFKC", text).casefold()
+
 
 def _account() -> str:
+    """The key of the per-account limit: the user's id when the address names an
+    account, else the normalised address."""
     data = request.get_json(silent=True) if request.is_json else None
     email = (data or {}).get("email") if isinstance(data, dict) else request.form.get("email")
-    return f"account:{str(email or '').strip().lower()[:255]}"
+    normal = _normalised(str(email or ""))
+    try:
+        user = current_app.extensions["security"].datastore.find_user(email=normal)
+    except Exception:  # the database is busy: the address is the key
+        user = None
+    return f"user:{user.id}" if user is not None else f"account:{normal}"
+
+
+def _verifying_user() -> str:
+    """``/verify`` (re-authentication) is limited per logged-in user."""
+    return f"user:{current_user.id}" if current_user.is_authenticated else "user:anonymous"
+
+
+def _store_down(exc):
+    """The rate-limit store (Redis) cannot be reached: 503 with Retry-After, never 500
+    (a limit that cannot be counted is not waived either)."""
+    current_app.logger.warning("rate-limit store unreachable (%s)", type(exc).__name__)
+    if request.path.startswith("/api/"):
+        response = jsonify(error="temporarily unavailable; retry shortly")
+    else:
+        response = current_app.response_class(
+            "Temporarily unavailable; please retry in a moment.", mimetype="text/plain")
+    response.status_code = 503
+    response.headers["Retry-After"] = str(STORE_DOWN_RETRY)
+    return response
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = []
+    try:
+        import redis
+
+        errors.append(redis.exceptions.RedisError)
+    except ImportError:
+        pass
+    try:
+        from limits.errors import StorageError
+
+        errors.append(StorageError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def _login_failed(response) -> bool:
-    return not current_user.is_authenticated
+    """A failed login counts; a 503 (the store itself is down) cannot be counted."""
+    return response.status_code != 503 and not current_user.is_authenticated
+
+
+def _verify_failed(response) -> bool:
+    """A re-authentication that did not succeed: an error (JSON), or the form
+    shown again instead of the redirect that follows success."""
+    if response.status_code == 503:
+        return False
+    if request.is_json:
+        return response.status_code >= 400
+    return not (300 <= response.status_code < 400)
 
 
 def init_app(app: Flask) -> Limiter:
@@ -38,6 +108,15 @@ def init_app(app: Flask) -> Limiter:
     login = limiter.limit(app.config["LOGIN_LIMIT_PER_ACCOUNT"], key_func=_account,
                           methods=["POST"], deduct_when=_login_failed)(login)
     app.view_functions["security.login"] = login
+    verify = app.view_functions.get("security.verify")
+    if verify is not None:  # re-authentication guesses count like login guesses
+        verify = limiter.limit(app.config["LOGIN_LIMIT_PER_ADDRESS"], methods=["POST"],
+                               deduct_when=_verify_failed)(verify)
+        verify = limiter.limit(app.config["LOGIN_LIMIT_PER_ACCOUNT"], key_func=_verifying_user,
+                               methods=["POST"], deduct_when=_verify_failed)(verify)
+        app.view_functions["security.verify"] = verify
+    for error in _store_errors():
+        app.register_error_handler(error, _store_down)
     register = app.view_functions["public.register"]
     app.view_functions["public.register"] = limiter.limit(
         app.config["REGISTRATION_LIMIT_PER_ADDRESS"], methods=["POST"])(register)

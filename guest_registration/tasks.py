@@ -6,6 +6,12 @@ even if that process is stopped or recycled right after the click. The worker
 builds the app once, then forks one child per job (RQ's default); the child
 first drops the connections it inherited (``engine.dispose(close=False)``), so
 no database connection is ever shared between two processes.
+
+Jobs are stored with RQ's JSON serializer (never pickle), and the worker runs
+only the functions plugins declare through ``register_job_functions``: anyone
+who can write to Redis could otherwise make the worker run any function. Keep
+Redis reachable only from this application's machines (bind it to a private
+address, require a password).
 """
 
 from __future__ import annotations
@@ -35,19 +41,46 @@ def task_queue(app: Flask | None = None):
     if client is None:
         return None
     from rq import Queue
+    from rq.serializers import JSONSerializer
 
-    return Queue(queue_name(app), connection=client, default_timeout=JOB_TIMEOUT)
+    return Queue(queue_name(app), connection=client, default_timeout=JOB_TIMEOUT,
+                 serializer=JSONSerializer)
 
 
-def _worker_class():
+def job_name(function) -> str:
+    """The dotted name RQ stores for a job's function."""
+    return f"{function.__module__}.{function.__qualname__}"
+
+
+def allowed_jobs(app: Flask) -> frozenset[str]:
+    """The job functions plugins declared (``register_job_functions``)."""
+    from .registry import hook_items
+
+    pm = app.extensions["plugin_manager"]
+    return frozenset(job_name(f) for f in hook_items(pm, "register_job_functions"))
+
+
+class JobRefused(RuntimeError):
+    """A queued job names a function no plugin declared."""
+
+
+def _worker_class(allowed: frozenset[str]):
     from rq import Worker
 
     class AppWorker(Worker):
-        """RQ's forking worker; each job runs in a child inside the app's context."""
+        """RQ's forking worker; each job runs in a child inside the app's context,
+        and only if its function is on the allow-list."""
 
         def perform_job(self, job, queue, *args, **kwargs):
             from .extensions import db
 
+            if job.func_name not in allowed:  # fails like any job, without importing it
+                refused = JobRefused(f"{job.func_name[:200]!r} is not a declared job function")
+
+                def refuse():
+                    raise refused
+
+                job.perform = refuse
             db.engine.dispose(close=False)  # the parent's pooled connections stay its own
             return super().perform_job(job, queue, *args, **kwargs)
 
@@ -66,6 +99,7 @@ def worker_command(burst: bool) -> None:
                                    "and no worker is needed")
     import redis
     from rq import Queue
+    from rq.serializers import JSONSerializer
 
     # a connection of its own without a socket timeout: the worker waits on Redis
     connection = redis.Redis.from_url(app.config["REDIS_URL"])
@@ -73,8 +107,10 @@ def worker_command(burst: bool) -> None:
         connection.ping()
     except redis.RedisError:
         raise click.ClickException("Redis does not answer at REDIS_URL") from None
-    queue = Queue(queue_name(app), connection=connection, default_timeout=JOB_TIMEOUT)
-    worker = _worker_class()([queue], connection=connection,
-                             name=f"{socket.gethostname()}-{os.getpid()}")
+    queue = Queue(queue_name(app), connection=connection, default_timeout=JOB_TIMEOUT,
+                  serializer=JSONSerializer)
+    worker = _worker_class(allowed_jobs(app))([queue], connection=connection,
+                                              serializer=JSONSerializer,
+                                              name=f"{socket.gethostname()}-{os.getpid()}")
     click.echo(f"worker {worker.name} waiting for jobs on {queue.name}", err=True)
     worker.work(burst=burst, logging_level="WARNING")

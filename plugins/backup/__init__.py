@@ -85,6 +85,13 @@ def register_commands():
 
 
 @hookimpl
+def register_job_functions():
+    from guest_backup.tasks import run_queued_backup, run_queued_drill
+
+    return [run_queued_backup, run_queued_drill]
+
+
+@hookimpl
 def setup_app(app):
     from guest_backup.ops.folders import prepare_backup_folder
     from guest_backup.wiring import backup_context
