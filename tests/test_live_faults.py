@@ -99,7 +99,7 @@ def test_client_hanging_up_mid_archive_download(server):
                         {"Authentication-Token": session})
     assert got.startswith(b"HTTP/1.1 200")
     folder = server.backup_folder
-    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".backup")) == [archive.name]
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".backup")) == [archive.name, archive.name + ".sig"]
     assert open_transactions(server.engine) == 0
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     conn.request("GET", f"/admin/backup/download/{archive.name}",
