@@ -103,7 +103,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
 
     ``instance_path`` wins over ``INSTANCE_PATH`` and the default (:mod:`.paths`).
     """
-    from . import commands, limits, web
+    from . import commands, limits, schema, web
     from .admin import build_admin
     from .exports import FormatRegistry
     from .plugins import apply_plugin_settings, build_plugin_manager
@@ -115,6 +115,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     app.extensions["plugin_manager"] = pm
     apply_plugin_settings(app.config, pm, app.instance_path, config or {})
     _init_extensions(app)
+    schema.init_app(app)
     pm.hook.init_app(app=app)
 
     app.extensions["export_formats"] = FormatRegistry.from_plugins(pm)

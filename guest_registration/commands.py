@@ -35,9 +35,12 @@ FLASK_COMMANDS = ("run", "shell", "routes")
 @with_appcontext
 def setup_command(admin_email: str | None, admin_password: str | None,
                   reset_password: bool) -> None:
-    """Create tables, the admin role and the folders; optionally an admin user (idempotent:
-    an existing user's password changes only with --reset-password)."""
+    """Bring the schema up to date (migrations), create the admin role and the folders;
+    optionally an admin user (idempotent: an existing user's password changes only
+    with --reset-password)."""
     from sqlalchemy.exc import OperationalError
+
+    from .schema import SchemaError
 
     try:
         for line in maintenance.setup(current_app, admin_email, admin_password,
@@ -45,6 +48,8 @@ def setup_command(admin_email: str | None, admin_password: str | None,
             click.echo(line)
     except OperationalError as exc:  # one line naming the database, never a traceback
         raise click.ClickException(maintenance.unreachable(current_app, exc)) from None
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command("status")

@@ -146,6 +146,19 @@ def register_commands() -> "Iterable[click.Command] | None":
 
 
 @hookspec
+def register_migrations() -> "Iterable[str] | None":
+    """Return the folders of this plugin's Alembic revisions (its own branch).
+
+    Each plugin ships its migrations inside its package: a first revision with
+    ``down_revision = None`` and ``branch_labels = ("<plugin>",)`` (add
+    ``depends_on`` a host revision when its tables refer to the host's), then one
+    revision per change. ``setup`` runs ``upgrade heads``, so a plugin installed
+    later gets its tables, and a disabled plugin keeps them. Write them for SQLite
+    and PostgreSQL alike (batch mode, named constraints).
+    """
+
+
+@hookspec
 def register_job_functions() -> "Iterable[Callable] | None":
     """Return the functions this plugin queues as background jobs (RQ).
 

@@ -29,11 +29,14 @@ class StatusCheck:
 
 def setup(app: Flask, admin_email: str | None = None, admin_password: str | None = None,
           reset_password: bool = False) -> Iterator[str]:
-    """Create tables, the admin role, the upload folder and optionally an admin user,
-    then let each plugin prepare its own (``setup_app``). Idempotent."""
+    """Bring the schema up to date (migrations: ``upgrade heads``), create the admin
+    role, the upload folder and optionally an admin user, then let each plugin
+    prepare its own (``setup_app``). Idempotent."""
     from flask_security.utils import hash_password
 
-    db.create_all()
+    from .schema import upgrade
+
+    yield from upgrade(app)
     yield f"database ready: {safe_url(app.config['DATABASE_URL'])}"
     datastore = app.extensions["security"].datastore
     datastore.find_or_create_role(ADMIN_ROLE, description="Full access to the admin panel")

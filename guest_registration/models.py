@@ -168,3 +168,12 @@ class AuditEntry(db.Model):
     bytes = mapped_column(BigInteger, nullable=True)
     outcome = mapped_column(String(16), nullable=False, server_default="running")
     message = mapped_column(String(500), nullable=True)
+
+
+class SchemaLocation(db.Model):
+    """A folder of Alembic revisions that upgraded this database (a plugin's branch):
+    remembered so that the branch is still known while its plugin is disabled."""
+
+    __tablename__ = "schema_location"
+
+    folder = mapped_column(String(1000), primary_key=True)

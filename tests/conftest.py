@@ -84,11 +84,19 @@ def app_config(tmp_path, database_url) -> dict:
     return make_config(tmp_path, database_url)
 
 
+def drop_everything() -> None:
+    """Every table of the models and Alembic's version table (the session's
+    PostgreSQL database is shared by the tests)."""
+    db.drop_all()
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+
+
 @pytest.fixture
 def app(app_config, tmp_path):
     app = create_app(app_config, instance_path=str(tmp_path / "instance"))
     with app.app_context():
-        db.drop_all()
+        drop_everything()
         from guest_registration.maintenance import setup
 
         list(setup(app, *ADMIN))
@@ -103,7 +111,7 @@ def app(app_config, tmp_path):
         leaked = []
         if db.engine.dialect.name == "postgresql":
             leaked = terminate_open_transactions(db.engine)
-            db.drop_all()
+            drop_everything()
         db.engine.dispose()
     assert not leaked, f"connections left inside a transaction (a stream not closed?): {leaked}"
 

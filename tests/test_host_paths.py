@@ -94,7 +94,8 @@ WHEEL_CHECK = textwrap.dedent("""
     from guest_registration.extensions import db
     app = create_app({"DATABASE_URL": "sqlite:///" + sys.argv[1], "TESTING": True})
     with app.app_context():
-        db.create_all()
+        from guest_registration.maintenance import setup
+        list(setup(app))
     client = app.test_client()
     start, icon = client.get("/"), client.get("/favicon.ico")
     print(json.dumps({"module": __import__("guest_registration").__file__,

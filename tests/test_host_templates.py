@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from guest_registration import create_app
-from guest_registration.extensions import db
 from guest_registration.maintenance import setup
 from guest_registration.paths import template_folders
 from tests.helpers import ADMIN, ROOT, csrf_token_from, make_config
@@ -29,7 +28,7 @@ def new_app(tmp_path: Path, **config):
     app = create_app(make_config(tmp_path, f"sqlite:///{tmp_path}/t.db", **config),
                      instance_path=str(tmp_path / "instance"))
     with app.app_context():
-        db.create_all()
+        list(setup(app))
     return app
 
 

@@ -85,6 +85,13 @@ def register_commands():
 
 
 @hookimpl
+def register_migrations():
+    from pathlib import Path
+
+    return [str(Path(__file__).resolve().parent / "migrations" / "versions")]
+
+
+@hookimpl
 def register_job_functions():
     from guest_backup.tasks import run_queued_backup, run_queued_drill
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Flask, current_app
 
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.schema import MigrationPaths
 
 EXTENSION = "backup"
 
@@ -28,7 +29,16 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION] = BackupContext(
         config=app.config, app_version=__version__, instance_path=app.instance_path,
         engines=engines, storage_types=storage_types, audit=audit,
-        redis=lambda: redis_client(app), redis_key=lambda name: redis_key(app, name))
+        redis=lambda: redis_client(app), redis_key=lambda name: redis_key(app, name),
+        migrations=lambda: migration_paths(app))
+
+
+def migration_paths(app: Flask) -> MigrationPaths:
+    """The host's history with every plugin's branch (and those remembered)."""
+    from guest_registration import schema
+
+    with app.app_context():
+        return MigrationPaths(str(schema.MIGRATIONS), tuple(schema.version_locations(app)))
 
 
 def backup_context(app: Flask | None = None) -> BackupContext:

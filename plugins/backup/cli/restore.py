@@ -24,6 +24,7 @@ from guest_backup.archive.signing import TrustedKeys
 from guest_backup.errors import BackupError
 from guest_backup.ops.fetch import is_url, local_copy
 from guest_backup.ops.restore import restore_archive
+from guest_backup.ops.schema import archive_revisions
 from guest_backup.ops.verify import verify
 
 
@@ -89,6 +90,9 @@ def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | N
     signed = "UNSIGNED" if report.unsigned else f"signed by {report.signed_by}"
     click.echo(f"OK {archive}: {signed}, {len(m['members'])} members checked, "
                f"{m['database']['engine']} dump complete and clean, created {m['created_at']}")
+    revisions, legacy = archive_revisions(m)
+    click.echo("schema: " + ("made before migrations (counts as " + ", ".join(revisions) + ")"
+                             if legacy else ", ".join(sorted(revisions))))
 
 
 def _target_url(database_url: str | None, password_prompt: bool) -> str:
@@ -147,12 +151,15 @@ def restore_command(archive: str, database_url: str | None, password_prompt: boo
                                      trusted=trusted, engine=db.engine, audit=ctx.audit,
                                      actor=cli_actor(),
                                      via="cli", allow_unsigned=allow_unsigned, identity=identity,
-                                     explicit_keys=_explicit(trusted_key))
+                                     explicit_keys=_explicit(trusted_key),
+                                     migrations=ctx.migrations() if ctx.migrations else None)
     except BackupError as exc:
         _fail(str(exc))
     if result.unsigned:
         click.echo("WARNING: the restored archive was UNSIGNED (recorded in the audit log)",
                    err=True)
+    if result.schema:
+        click.echo(result.schema)
     click.echo(f"restored {sum(result.row_counts.values())} rows and {result.uploads} uploads "
                f"into {safe_url(target)} and {uploads} ({result.uploads_present} already there, "
                f"{result.uploads_kept} existing files kept as they were)")

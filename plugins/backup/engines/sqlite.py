@@ -103,9 +103,10 @@ class SQLiteEngine:
             shutil.rmtree(folder, ignore_errors=True)
 
     def restore(self, settings: EngineSettings, url: str, stream: IO[bytes], *,
-                replace: bool = False) -> None:
+                replace: bool = False, upgrade=None) -> None:
         """Load the dump (screened, under an authorizer) into a new file beside the
-        target and check it; then copy it INTO the target with SQLite's backup API,
+        target, bring it to the code's schema (``upgrade``, when given), and check
+        it; then copy it INTO the target with SQLite's backup API,
         one write transaction through the target's own connection (its WAL, its
         other connections and a running server stay consistent), and check the
         result. On any failure the target keeps (or gets back) its old contents."""
@@ -116,6 +117,8 @@ class SQLiteEngine:
         try:
             src = _load(tmp, stream, _page_size(target))
             try:
+                if upgrade is not None:
+                    _upgrade_loaded(tmp, upgrade)
                 problems, loaded = _inspect(src)
                 why = _verdict(problems, loaded, None)
                 if why:
@@ -130,6 +133,23 @@ class SQLiteEngine:
         finally:
             _remove(tmp)
             _private(target)
+
+
+def _upgrade_loaded(tmp: Path, upgrade) -> None:
+    """Migrate the loaded copy (the target is not touched yet: a failure here
+    leaves it as it was)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp}")
+    try:
+        with engine.begin() as conn:
+            upgrade.apply(conn)
+    except Exception as exc:
+        log.warning("SQLite restore: the schema upgrade failed: %s", exc)
+        raise EngineError(f"the archive's schema could not be upgraded "
+                          f"({type(exc).__name__}); {NOTHING_RESTORED}") from None
+    finally:
+        engine.dispose()
 
 
 # --------------------------------------------------------------------------- the swap

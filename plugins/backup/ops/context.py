@@ -17,6 +17,7 @@ from guest_backup.engines import DatabaseEngine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog
 from guest_backup.ops.locks import BackupLock, RedisBackupLock
+from guest_backup.ops.schema import MigrationPaths
 from guest_backup.ops.settings import BackupSettings
 from guest_backup.ops.slots import FileSlots, RedisSlots
 from guest_backup.storages import Storage, StorageError, StorageType
@@ -41,6 +42,8 @@ class BackupContext:
     redis: Callable[[], Any] = _no_redis
     #: a Redis key of this installation (REDIS_PREFIX + name)
     redis_key: Callable[[str], str] = lambda name: name
+    #: where the schema's history lives (the host's and every plugin's revisions)
+    migrations: Callable[[], MigrationPaths] | None = None
     _remote: tuple[str, Storage] | None = field(default=None, repr=False)
 
     @property

@@ -23,6 +23,7 @@ from guest_backup.engines import DatabaseEngine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
 from guest_backup.ops.locks import BackupLock, RedisBackupLock
+from guest_backup.ops.schema import current_revisions
 from guest_backup.ops.settings import BackupSettings
 from guest_backup.archive.writer import ArchiveWriter, Progress
 
@@ -104,6 +105,7 @@ def _write(engine, db_engine, settings, target_dir: Path, target_name: str | Non
             server_version = db_engine.server_version(conn)
             counts = {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()
                       for t in sorted(inspect(conn).get_table_names())}
+            revisions = current_revisions(conn)
             started(name)
             dump = writer.add_stream(
                 DATABASE_MEMBER, stage="database",
@@ -121,6 +123,7 @@ def _write(engine, db_engine, settings, target_dir: Path, target_name: str | Non
             "database": {"engine": db_engine.dialect, "server_version": server_version,
                          "dump_tool": tool.name, "dump_tool_version": tool.version},
             "row_counts": counts,
+            "schema": {"revisions": revisions},
             "excluded_guest_photos": excluded,
             "signing_key": signer.public_key,
             "members": dict(writer.members),

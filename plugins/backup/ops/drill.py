@@ -67,7 +67,8 @@ def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillR
                                        target_url=target, uploads_dir=uploads,
                                        trusted=settings.trusted(trusted_keys), engine=None,
                                        identity=identity,
-                                       explicit_keys=list(TrustedKeys(trusted_keys)))
+                                       explicit_keys=list(TrustedKeys(trusted_keys)),
+                                       migrations=ctx.migrations() if ctx.migrations else None)
             _compare(target, restored.row_counts, result)
     finally:
         shutil.rmtree(uploads, ignore_errors=True)

@@ -23,6 +23,7 @@ from guest_backup.archive.encryption import decrypted, is_age_file, load_identit
 from guest_backup.engines import DatabaseEngine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
+from guest_backup.ops.schema import MigrationPaths, plan
 from guest_backup.ops.settings import BackupSettings
 from guest_backup.archive.signing import TrustedKeys
 from guest_backup.archive.verify import VerifiedReader, VerifyReport, verify_archive
@@ -38,6 +39,7 @@ class RestoreResult:
     uploads_present: int    # already there with the same content
     uploads_kept: int       # already there with other content: left alone
     unsigned: bool
+    schema: str | None = None  # "schema upgraded from … to …", when it was
 
 
 def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEngine],
@@ -45,7 +47,8 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                     trusted: TrustedKeys, replace: bool = False, engine: Engine | None = None,
                     audit: AuditLog | None = None, actor: str | None = None, via: str = "cli",
                     allow_unsigned: bool = False, explicit_keys=(),
-                    identity: str | os.PathLike | None = None) -> RestoreResult:
+                    identity: str | os.PathLike | None = None,
+                    migrations: MigrationPaths | None = None) -> RestoreResult:
     """Nothing is written before the archive verified (seal, signature, name, date
     and installation, checksums, dump screen) and the target database was found
     empty (or ``replace`` was given). ``engine`` is the app's own database, where
@@ -60,13 +63,16 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
         with _plain_archive(path, identity, trusted, binding) as plain:
             report, db_engine, manifest, empty = _check(plain, engines, trusted, binding,
                                                         target_url, uploads_dir, replace)
+            upgrade = plan(migrations, manifest) if migrations is not None else None
             stage = "failed"
             with zipfile.ZipFile(plain) as zf:
                 with zf.open(DATABASE_MEMBER) as member:
                     db_engine.restore(settings.engine_settings, target_url,
                                       VerifiedReader(member, manifest["members"][DATABASE_MEMBER],
                                                      DATABASE_MEMBER),
-                                      replace=not empty)
+                                      replace=not empty,
+                                      **({"upgrade": upgrade} if upgrade is not None
+                                         and upgrade.needed else {}))
                 written, present, kept = _restore_uploads(zf, manifest, Path(uploads_dir))
     except BaseException as exc:
         message = safe_message(exc)
@@ -79,10 +85,13 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
         raise BackupError(message) from None
     counts = manifest.get("row_counts", {})
     note = "UNSIGNED archive restored (--allow-unsigned); " if report.unsigned else ""
+    if upgrade is not None and upgrade.needed:
+        note += upgrade.describe() + "; "
     _log(audit, engine, name, actor, via, "ok", rows=sum(counts.values()),
          message=f"{note}into {uploads_dir}: {written} uploads written, {present} already "
                  f"there, {kept} kept as they were")
-    return RestoreResult(counts, written, present, kept, report.unsigned)
+    return RestoreResult(counts, written, present, kept, report.unsigned,
+                         upgrade.describe() if upgrade is not None and upgrade.needed else None)
 
 
 @contextlib.contextmanager

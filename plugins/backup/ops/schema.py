@@ -1,0 +1,166 @@
+"""Archives know their schema: the manifest records the Alembic revision of every
+branch (``schema.revisions``), and anything that brings an archive back upgrades
+it to the code's revisions in the same all-or-nothing step as the load.
+
+An archive made before migrations (no ``schema`` in its manifest) counts as the
+first revision, its database without a version table (``legacy``). An archive at
+a revision the code does not know (newer code made it, or a plugin branch that is
+not installed here) is refused before anything is touched, naming both sides.
+
+PostgreSQL: the upgrade is SQL text (Alembic's offline mode) that the engine
+appends to the dump, inside psql's single transaction. SQLite: the upgrade runs on
+the freshly loaded copy before it is checked and swapped in.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+from guest_backup.errors import BackupError
+
+#: the host's first revision: what an archive without revisions holds
+FIRST_REVISION = "0000_create_all"
+
+
+@dataclass(frozen=True)
+class MigrationPaths:
+    """Where the history lives (given by the wiring: no host import here)."""
+
+    script_location: str
+    version_locations: tuple[str, ...]
+
+
+@dataclass
+class SchemaUpgrade:
+    """How one archive's database is brought to the code's revisions."""
+
+    paths: MigrationPaths
+    #: the archive's revisions (the first revision for an archive made before them)
+    revisions: set[str]
+    #: the code's head revisions
+    heads: set[str]
+    #: True when the archive's database has no version table (made before migrations)
+    legacy: bool = False
+    #: per head: the revision to start from (None: the branch is new to this database)
+    starts: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def needed(self) -> bool:
+        return self.legacy or any(start != head for head, start in self.starts.items())
+
+    def describe(self) -> str:
+        return (f"schema upgraded from {', '.join(sorted(self.revisions)) or 'none'} "
+                f"to {', '.join(sorted(self.heads))}")
+
+    def sql(self, url: str) -> str:
+        """The upgrade as SQL for ``url``'s dialect, without BEGIN/COMMIT (it runs
+        inside the caller's transaction) and with ``search_path`` set (a pg_dump
+        clears it)."""
+        from alembic import command
+
+        parts = ["SET search_path = public;\n"]
+        if self.legacy:
+            parts.append(_offline(self.paths, url, lambda cfg: command.stamp(
+                cfg, FIRST_REVISION, sql=True)))
+        for head, start in sorted(self.starts.items()):
+            if start == head:
+                continue
+            target = f"{start}:{head}" if start else head
+            parts.append(_offline(self.paths, url, lambda cfg, t=target: command.upgrade(
+                cfg, t, sql=True)))
+        text = "".join(parts)
+        # a branch new to this database starts with Alembic's CREATE TABLE of the
+        # version table, which the dump (or the stamp above) already holds
+        return text.replace("CREATE TABLE alembic_version (",
+                            "CREATE TABLE IF NOT EXISTS alembic_version (")
+
+    def apply(self, connection) -> None:
+        """Run the upgrade on ``connection`` (inside its transaction)."""
+        from alembic import command
+
+        config = _config(self.paths)
+        config.attributes["connection"] = connection
+        if self.legacy:
+            command.stamp(config, FIRST_REVISION)
+        command.upgrade(config, "heads")
+
+
+def _config(paths: MigrationPaths, url: str | None = None):
+    import os
+
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", paths.script_location)
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join(paths.version_locations))
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _offline(paths: MigrationPaths, url: str, run) -> str:
+    config = _config(paths, url)
+    config.output_buffer = io.StringIO()
+    config.attributes["no_transaction"] = True
+    run(config)
+    return config.output_buffer.getvalue()
+
+
+def archive_revisions(manifest: dict) -> tuple[set[str], bool]:
+    """The archive's revisions and whether it predates migrations."""
+    schema = manifest.get("schema")
+    if not isinstance(schema, dict) or not schema.get("revisions"):
+        return {FIRST_REVISION}, True
+    revisions = schema["revisions"]
+    if not isinstance(revisions, list) or not all(isinstance(r, str) for r in revisions):
+        raise BackupError("the archive's schema revisions are unreadable")
+    return set(revisions), False
+
+
+def plan(paths: MigrationPaths, manifest: dict) -> SchemaUpgrade:
+    """How the archive's database reaches the code's revisions; BackupError (before
+    anything is touched) for a revision the code does not know."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(_config(paths))
+    revisions, legacy = archive_revisions(manifest)
+    heads = set(script.get_heads())
+    unknown = []
+    for rev in sorted(revisions):
+        try:
+            if script.get_revision(rev) is None:
+                unknown.append(rev)
+        except CommandError:
+            unknown.append(rev)
+    if unknown:
+        raise BackupError(f"the archive's schema is at {', '.join(unknown)}, which this code "
+                          f"does not know (a newer version, or a plugin that is not "
+                          f"installed); the code is at {', '.join(sorted(heads))}: nothing "
+                          f"was restored")
+    upgrade = SchemaUpgrade(paths, revisions, heads, legacy)
+    for head in heads:
+        ancestors = {r.revision for r in script.iterate_revisions(head, "base")}
+        on_branch = revisions & ancestors
+        upgrade.starts[head] = _newest(script, on_branch) if on_branch else None
+    return upgrade
+
+
+def _newest(script, revisions: set[str]) -> str:
+    """Of revisions on one branch, the one every other is an ancestor of."""
+    for rev in revisions:
+        below = {r.revision for r in script.iterate_revisions(rev, "base")}
+        if revisions <= below:
+            return rev
+    return sorted(revisions)[-1]
+
+
+def current_revisions(connection) -> list[str]:
+    """The revisions recorded in a database (for the manifest); none before migrations."""
+    from sqlalchemy import inspect, text
+
+    if "alembic_version" not in inspect(connection).get_table_names():
+        return []
+    return sorted(r[0] for r in connection.execute(text("SELECT version_num FROM alembic_version")))
