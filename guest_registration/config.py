@@ -76,6 +76,15 @@ HOST_SETTINGS = frozenset(STRING_SETTINGS + INT_SETTINGS + tuple(STATIC_DEFAULTS
     "SQLALCHEMY_ENGINE_OPTIONS", "MAX_CONTENT_LENGTH"))
 
 
+
+def as_list(value: Any) -> list[str]:
+    """A list setting: a list, or one comma-separated string (the environment's
+    form); blanks dropped. The one parser of list settings, the host's and the
+    plugins' (``apply_plugin_settings`` hands plugins lists)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(v).strip() for v in value or () if str(v).strip()]
+
 def normalise_database_url(url: str) -> str:
     """Make ``postgres://`` and bare ``postgresql://`` URLs use psycopg2.
 
@@ -158,9 +167,7 @@ def _from_environment(cfg: dict[str, Any], environ: Mapping[str, str]) -> None:
             except ValueError:
                 raise ValueError(f"{key} must be a whole number, got {environ[key]!r}")
     if environ.get("DISABLED_PLUGINS"):
-        cfg["DISABLED_PLUGINS"] = [
-            p.strip() for p in environ["DISABLED_PLUGINS"].split(",") if p.strip()
-        ]
+        cfg["DISABLED_PLUGINS"] = as_list(environ["DISABLED_PLUGINS"])
 
 
 def _engine_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,8 +199,7 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     _from_environment(cfg, environ)
     if overrides:
         cfg.update(overrides)
-    if isinstance(cfg["DISABLED_PLUGINS"], str):
-        cfg["DISABLED_PLUGINS"] = [p.strip() for p in cfg["DISABLED_PLUGINS"].split(",") if p.strip()]
+    cfg["DISABLED_PLUGINS"] = as_list(cfg["DISABLED_PLUGINS"])
 
     if not cfg.get("RATELIMIT_STORAGE_URI"):  # counted for every process of the machine,
         # or of every machine with Redis (guest_registration.limit_store)

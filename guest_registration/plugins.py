@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import pluggy
 
 from . import hookspecs
-from .config import HOST_SETTINGS
+from .config import HOST_SETTINGS, as_list
 from .registry import (PROJECT_NAME, DuplicateNameError, PluginInfo, PluginLoadError,
                        contributors, hook_items, items_by_plugin, plugin_infos,
                        results_by_plugin, unique_items)
@@ -150,7 +150,7 @@ def _from_environment(name: str, raw: str, default: Any) -> Any:
         except ValueError:
             raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
     if isinstance(default, (list, tuple)):
-        return [part.strip() for part in raw.split(",") if part.strip()]
+        return as_list(raw)
     return raw
 
 
@@ -177,6 +177,8 @@ def apply_plugin_settings(config: dict[str, Any], pm: pluggy.PluginManager, inst
             declared[name] = default
     for name, default in declared.items():
         if name in given:
+            if isinstance(default, (list, tuple)):  # a list setting given as one string
+                config[name] = as_list(config[name])
             continue
         if environ.get(name) not in (None, ""):
             config[name] = _from_environment(name, environ[name], default)

@@ -342,6 +342,7 @@ def load_dummy_plugin():
 def test_a_third_party_plugins_catalogue_is_found(tmp_path):
     app = create_app(make_config(tmp_path, f"sqlite:///{tmp_path}/d.db"),
                      instance_path=str(tmp_path / "i"), extra_plugins=[("dummy", load_dummy_plugin())])
+    assert app.test_cli_runner().invoke(args=["setup"]).exit_code == 0
     client = app.test_client()
     assert client.get("/dummy/hello", headers=lang("cs")).get_data(as_text=True) == \
         "Zdraví vás zkušební doplněk"

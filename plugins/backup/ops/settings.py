@@ -55,6 +55,14 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BACKUP_S3_PART_MB": 16,
         #: dead-man's switch: GET URL after a good backup, URL/fail after a failed one
         "BACKUP_HEALTHCHECK_URL": "",
+        #: legal retention of guest records, in years from the end of the stay (0 = off):
+        #: `retention-enforce` erases older registrations and prunes older archives
+        "GUEST_RETENTION_YEARS": 6,
+        #: Apprise URLs (comma-separated, any scheme) told once per change of state: a backup
+        #: failed or recovered, a drill failed, health degraded, a storage unreachable
+        "BACKUP_NOTIFY_URLS": [],
+        #: a retention run removing more archives than this from one storage notifies (0: off)
+        "BACKUP_NOTIFY_MAX_PRUNE": 5,
     }
 
 
@@ -80,6 +88,7 @@ class BackupSettings:
     age_recipients: list[str] = field(default_factory=list)
     remote_url: str = ""
     healthcheck_url: str = ""
+    guest_retention_years: int = 0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], app_version: str) -> "BackupSettings":
@@ -98,6 +107,7 @@ class BackupSettings:
             age_recipients=_as_list(config["BACKUP_AGE_RECIPIENTS"]),
             remote_url=(config["BACKUP_REMOTE_URL"] or "").strip(),
             healthcheck_url=(config["BACKUP_HEALTHCHECK_URL"] or "").strip(),
+            guest_retention_years=max(0, int(config.get("GUEST_RETENTION_YEARS", 6) or 0)),
         )
 
     def signer(self) -> "Signer":
@@ -123,9 +133,10 @@ class BackupSettings:
 
 
 def _as_list(value: Any) -> list[str]:
-    """A list setting may also be given as one comma-separated string."""
+    """A list setting as the host hands it (it parses strings from the environment
+    and from the app's config at start-up); a string set later is one item."""
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        return [value.strip()] if value.strip() else []
     return [str(v).strip() for v in value or () if str(v).strip()]
 
 
