@@ -108,8 +108,11 @@ def main() -> None:
         env["HOME"] = str(tmp / "home")
         env.pop("XDG_DATA_HOME", None)
         dist = tmp / "dist"
+        source = tmp / "source"  # a copy: building leaves build/ and *.egg-info behind
+        shutil.copytree(CHECKOUT, source, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", "instance", "tests"))
         run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist),
-             str(CHECKOUT)], tmp, env)
+             str(source)], tmp, env)
         wheel = next(dist.glob("guest_registration-*.whl"))
         site = tmp / "site"  # no checkout here: the wheel must bring everything
         site.mkdir()

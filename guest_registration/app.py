@@ -103,7 +103,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
 
     ``instance_path`` wins over ``INSTANCE_PATH`` and the default (:mod:`.paths`).
     """
-    from . import commands, limits, schema, web
+    from . import commands, limits, metrics, schema, web
     from .admin import build_admin
     from .exports import FormatRegistry
     from .plugins import apply_plugin_settings, build_plugin_manager
@@ -125,5 +125,6 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     app.extensions["guest_admin"] = build_admin(app)
     web.init_app(app)
     limits.init_app(app)
+    metrics.init_app(app)  # /metrics, request counters (guest_registration.metrics)
     commands.init_app(app)
     return app

@@ -18,6 +18,7 @@ from flask_limiter.util import get_remote_address
 from flask_security import current_user
 
 from . import limit_store  # noqa: F401  (registers the gr-sqlite:// store)
+from .metrics import count_login_failure
 
 #: seconds a client is told to wait when the rate-limit store (Redis) is down
 STORE_DOWN_RETRY = 30
@@ -98,6 +99,16 @@ def _verify_failed(response) -> bool:
     return not (300 <= response.status_code < 400)
 
 
+def _count_failure(response):
+    """A failed login or re-authentication, for /metrics (one per request; a request
+    refused by the limit, 429, guessed nothing)."""
+    checks = {"security.login": _login_failed, "security.verify": _verify_failed}
+    check = checks.get(request.endpoint) if request.method == "POST" else None
+    if check is not None and response.status_code != 429 and check(response):
+        count_login_failure(request.endpoint.split(".")[-1])
+    return response
+
+
 def init_app(app: Flask) -> Limiter:
     limiter = Limiter(key_func=get_remote_address, app=app, default_limits=[],
                       headers_enabled=True, storage_uri=app.config["RATELIMIT_STORAGE_URI"],
@@ -121,4 +132,5 @@ def init_app(app: Flask) -> Limiter:
     app.view_functions["public.register"] = limiter.limit(
         app.config["REGISTRATION_LIMIT_PER_ADDRESS"], methods=["POST"])(register)
     app.extensions["guest_limiter"] = limiter
+    app.after_request(_count_failure)
     return limiter

@@ -204,7 +204,7 @@ def state(app: Flask) -> tuple[str, str]:
 
 def _guard():
     """Every request of an app whose database is not at the code's revisions: 503."""
-    if request.endpoint in ("static", None) or request.path == "/favicon.ico":
+    if request.endpoint in ("static", None) or request.path in ("/favicon.ico", "/metrics"):
         return None
     checked = current_app.extensions.setdefault("schema_state", {"at": 0.0, "ok": False})
     if not checked["ok"] and time.monotonic() - checked["at"] >= RECHECK_SECONDS:

@@ -117,6 +117,12 @@ class GuestRegistrationServer(BaseApplication):
 
 def serve(host: str, port: int, workers: int, threads: int, *,
           load_app: Callable[[], Any], **extra: Any) -> None:
-    """Run gunicorn until it is stopped; each worker calls ``load_app()`` for its app."""
+    """Run gunicorn until it is stopped; each worker calls ``load_app()`` for its app.
+    With metrics on, PROMETHEUS_MULTIPROC_DIR is prepared first and a worker that
+    exits is marked dead (:mod:`.metrics`)."""
+    from .metrics import child_exit, prepare_for_serve
+
+    if prepare_for_serve(load_app):
+        extra.setdefault("child_exit", child_exit)
     GuestRegistrationServer(server_options(host, port, workers, threads, **extra),
                             load_app).run()

@@ -281,3 +281,11 @@ def sealed(app, folder: Path, names, size: int = 2) -> None:
             "name": name, "size": size, "sha256": hashlib.sha256(data).hexdigest(),
             "created_at": name_time(name).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "installation": installation, "engine": "sqlite"}))
+
+
+def login_from(client, email: str, password: str, address: str = "10.0.0.1"):
+    """A login through the form (with its CSRF token) from ``address``."""
+    page = client.get("/login", environ_overrides={"REMOTE_ADDR": address})
+    return client.post("/login", data={"email": email, "password": password,
+                                       "csrf_token": csrf_token_from(page.get_data(as_text=True))},
+                       environ_overrides={"REMOTE_ADDR": address})

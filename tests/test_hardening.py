@@ -10,7 +10,7 @@ import pytest
 
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Trip, User
-from tests.helpers import ADMIN, API, csrf_token_from
+from tests.helpers import ADMIN, API, csrf_token_from, login_from
 
 
 @pytest.mark.parametrize("query", ["page=-5", "page=99999999999999999999", "page=1e3",
@@ -151,35 +151,30 @@ def test_setup_names_a_missing_database_in_one_line(tmp_path, pg_server, backend
     assert "gr_does_not_exist_x" in out.stderr and "pw-Secret" not in out.stderr
 
 
-def _login(client, email, password, address="10.0.0.1"):
-    page = client.get("/login", environ_overrides={"REMOTE_ADDR": address})
-    return client.post("/login", data={"email": email, "password": password,
-                                       "csrf_token": csrf_token_from(page.get_data(as_text=True))},
-                       environ_overrides={"REMOTE_ADDR": address})
 
 
 def test_password_guessing_from_one_address_gets_429(app, client):
-    statuses = [_login(client, f"someone{i}@example.com", "wrong-guess").status_code
+    statuses = [login_from(client, f"someone{i}@example.com", "wrong-guess").status_code
                 for i in range(30)]
     assert 429 in statuses and statuses.index(429) < 29, statuses
-    blocked = _login(client, ADMIN[0], "wrong-again")
+    blocked = login_from(client, ADMIN[0], "wrong-again")
     assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
     # another address is not affected
-    assert _login(client, ADMIN[0], ADMIN[1], address="10.0.0.2").status_code == 302
+    assert login_from(client, ADMIN[0], ADMIN[1], address="10.0.0.2").status_code == 302
 
 
 def test_password_guessing_on_one_account_from_many_addresses_gets_429(app, client):
-    statuses = [_login(client, ADMIN[0], "wrong-guess", address=f"10.1.0.{i}").status_code
+    statuses = [login_from(client, ADMIN[0], "wrong-guess", address=f"10.1.0.{i}").status_code
                 for i in range(1, 16)]
     assert 429 in statuses and statuses.index(429) <= 10, statuses
     # the limit counts failures only: the right password from a fresh address is
     # refused while the account is being guessed at (Retry-After says how long)
-    assert _login(client, ADMIN[0], ADMIN[1], address="10.1.1.1").status_code == 429
+    assert login_from(client, ADMIN[0], ADMIN[1], address="10.1.1.1").status_code == 429
 
 
 def test_successful_logins_do_not_count(app, client):
     for i in range(25):
-        response = _login(client, ADMIN[0], ADMIN[1])
+        response = login_from(client, ADMIN[0], ADMIN[1])
         assert response.status_code == 302, (i, response.status_code)
         client.delete_cookie("session")
 

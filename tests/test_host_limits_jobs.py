@@ -14,7 +14,7 @@ import pytest
 
 from guest_registration import create_app, hookimpl
 from guest_registration.tasks import task_queue
-from tests.helpers import ADMIN, csrf_token_from, make_config
+from tests.helpers import ADMIN, csrf_token_from, login_from, make_config
 from tests.live_server import free_port
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
@@ -22,26 +22,21 @@ pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 MARKER = Path("/tmp") / "gr-job-marker"
 
 
-def _login(client, email, password, address="10.0.0.1"):
-    page = client.get("/login", environ_overrides={"REMOTE_ADDR": address})
-    return client.post("/login", data={"email": email, "password": password,
-                                       "csrf_token": csrf_token_from(page.get_data(as_text=True))},
-                       environ_overrides={"REMOTE_ADDR": address})
 
 
 def test_a_unicode_variant_of_a_locked_account_is_refused_too(app, client):
     host = ADMIN[0].split("@")[1]
     variant = ADMIN[0].split("@")[0] + "@" + host.replace("e", "\uff45", 1)  # fullwidth ｅ
-    statuses = [_login(client, ADMIN[0] if i % 2 else variant, "wrong-guess",
+    statuses = [login_from(client, ADMIN[0] if i % 2 else variant, "wrong-guess",
                        address=f"10.3.0.{i}").status_code for i in range(1, 16)]
     assert 429 in statuses and statuses.index(429) <= 10, statuses
     # the variant is the same account: refused from a fresh address too
-    assert _login(client, variant, "wrong-again", address="10.3.1.1").status_code == 429
-    assert _login(client, ADMIN[0].upper(), "wrong-again", address="10.3.1.2").status_code == 429
+    assert login_from(client, variant, "wrong-again", address="10.3.1.1").status_code == 429
+    assert login_from(client, ADMIN[0].upper(), "wrong-again", address="10.3.1.2").status_code == 429
 
 
 def test_reauthentication_guesses_are_limited(app, client):
-    assert _login(client, ADMIN[0], ADMIN[1]).status_code == 302
+    assert login_from(client, ADMIN[0], ADMIN[1]).status_code == 302
     statuses = []
     for i in range(15):
         page = client.get("/verify", environ_overrides={"REMOTE_ADDR": f"10.4.0.{i + 1}"})

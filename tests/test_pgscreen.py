@@ -135,8 +135,8 @@ def unrestrict(data: bytes) -> str:
 def paren_semicolon(data: bytes, flag: Path) -> str:
     """1. A ';' inside parentheses: the old screen took the next lines for COPY
     data, psql (counting parentheses) ran them."""
-    return (f"CREATE TABLE public.evil (a integer CHECK ((1 = 1); COPY public.trip (id) FROM stdin;\n"
-            f"{unrestrict(data)}\\! touch {flag}\n\\.\n")
+    return ("CREATE TABLE public.evil (a integer CHECK ((1 = 1); COPY public.trip (id) "
+            f"FROM stdin;\n{unrestrict(data)}\\! touch {flag}\n\\.\n")
 
 
 def emoji_identifier(data: bytes, flag: Path) -> str:
@@ -377,23 +377,37 @@ def test_what_pg_dump_never_writes_is_refused(name):
     'REFERENCES public."user"(id) ON DELETE CASCADE;\n',
     "SET default_with_oids = false;\nSET transaction_timeout = 0;\n",
     "COPY public.trip (id, title, max_guests, created_at) FROM stdin;\r\n1\tx\t2\t\\N\r\n\\.\r\n",
-])
+], ids=["table", "index", "enum", "comment", "comment-lines", "quoted-names", "identity",
+        "foreign-key", "old-and-new-sets", "crlf"])
 def test_what_pg_dump_writes_passes(body):
     data = dump(body)
     assert screen(data, 5) == without_restrict(data)
 
 
+def test_the_comment_on_a_recreated_public_schema_passes_but_is_not_loaded():
+    """pg_dump writes ``COMMENT ON SCHEMA public IS '';`` for a database whose
+    ``public`` was recreated (by a --replace restore): allowed, and left out of
+    what psql gets (only the schema's owner may comment, not the restore role)."""
+    line = "COMMENT ON SCHEMA public IS '';\n"
+    data = dump(line)
+    assert screen(data, 7) == without_restrict(data).replace(line.encode(), b"")
+    assert "(COMMENT ON SCHEMA" in refused(dump("COMMENT ON SCHEMA evil IS '';\n"))
+    assert "(COMMENT ON SCHEMA" in refused(dump("COMMENT ON SCHEMA public IS 'a\nb';\n"))
+    assert "(COMMENT ON SCHEMA" in refused(dump("COMMENT ON SCHEMA public IS\n'';\n"))
+
+
 @pytest.mark.parametrize("header,trailer,expected", [
     (HEADER, TRAILER.replace(KEY, KEY[::-1]), "does not close pg_dump's \\restrict"),
     (HEADER.replace(f"\\restrict {KEY}\n", ""), TRAILER, "does not close pg_dump's \\restrict"),
-    (HEADER, TRAILER.replace(f"\\unrestrict {KEY}\n", ""), "not its closing \\unrestrict line"),
+    (HEADER, TRAILER.replace(f"\\unrestrict {KEY}\n", ""), "not the closing \\unrestrict line"),
     (HEADER, TRAILER + "SET lock_timeout = 0;\n", "after pg_dump's closing \\unrestrict"),
     (HEADER, TRAILER + "-- a comment\n", "after pg_dump's closing \\unrestrict"),
     (HEADER, TRAILER + f"\\restrict {KEY}\n", "after pg_dump's closing \\unrestrict"),
     (HEADER + f"\\unrestrict {KEY}\n", TRAILER, "after pg_dump's closing \\unrestrict"),
     (HEADER + f"\\restrict {KEY}\n", TRAILER, "not pg_dump's first"),
     (HEADER, TRAILER.replace(f"\\unrestrict {KEY}", f"\\unrestrict {KEY} "), "meta-command"),
-])
+], ids=["other-key", "no-restrict", "no-unrestrict", "statement-after", "comment-after",
+        "restrict-after", "unrestrict-early", "restrict-twice", "trailing-space"])
 def test_restrict_is_the_first_and_unrestrict_the_last_line(header, trailer, expected):
     assert expected in refused(dump(header=header, trailer=trailer))
 
@@ -413,7 +427,8 @@ def test_a_dump_without_restrict_lines_passes():
     (dump()[:dump().index(b"\\.\n\nSELECT")], "inside a COPY data block"),
     (dump()[:dump().index(b"    CACHE 1;")], "middle of a statement"),
     (dump("COMMENT ON TABLE public.trip IS 'open\n"), "middle of a statement"),
-])
+], ids=["nul", "nul-in-string", "latin1", "cut-character", "ends-in-copy", "ends-in-statement",
+        "open-string"])
 def test_broken_dumps_are_refused(data, expected):
     for chunk in (1, 1 << 20):
         assert expected in refused(data, chunk)
@@ -544,7 +559,8 @@ def test_signed_bypasses_are_refused_by_verify_restore_and_drill(request, app, r
     # the drill restores the newest archive: the forged one, in the backup folder
     shutil.copy(forged, archive)
     if forged.with_name(forged.name + ".sig").exists():
-        shutil.copy(forged.with_name(forged.name + ".sig"), archive.with_name(archive.name + ".sig"))
+        shutil.copy(forged.with_name(forged.name + ".sig"),
+                    archive.with_name(archive.name + ".sig"))
     drill = runner.invoke(args=["restore-test"])
     assert drill.exit_code == 1 and "Traceback" not in drill.output
     assert one_line_with(drill.output, expected).startswith("Error: restore drill failed")

@@ -108,6 +108,9 @@ ADMIN_STATUS = [
     (r"GET /admin/backup/download/1", 404),  # no archive "1"
     (r"GET /admin/backup/preview", 400),  # no year or month
     (r"POST /admin/backup/(start|delete/1|verify/1)", 400),  # no CSRF token
+    (r"GET /admin/rights/", 200),
+    (r"GET /admin/pitr/", 200),
+    (r"POST /admin/rights/erase", 400),  # no CSRF token
     (r"GET /api/backup/guests", 400),  # no year
 ]
 

@@ -37,9 +37,16 @@ def register_translations():
 
 @hookimpl
 def init_app(app):
-    from guest_backup.wiring import init_app as init_backup
+    from guest_registration.extensions import db
+    from guest_registration.metrics import COLLECTORS
+
+    from guest_backup.ops.listing import list_everywhere
+    from guest_backup.ops.metrics import BackupCollector
+    from guest_backup.wiring import backup_context, init_app as init_backup
 
     init_backup(app)
+    app.extensions.setdefault(COLLECTORS, []).append(  # /metrics: the backups' values
+        BackupCollector(backup_context(app), lambda: db.engine, list_everywhere))
 
 
 @hookimpl
@@ -62,10 +69,16 @@ def register_storage_types():
 def register_admin_views(app):
     from flask_babel import lazy_gettext as _l
 
+    from guest_backup.web.pitr import PitrView
+    from guest_backup.web.rights import RightsView
     from guest_backup.web.views import BackupView
 
     return [BackupView(name=_l("System Backup"), category=_l("Backup"), endpoint="backup",
-                       url="backup")]
+                       url="backup"),
+            RightsView(name=_l("Guests' rights"), category=_l("Backup"), endpoint="guest_rights",
+                       url="rights"),
+            PitrView(name=_l("Point-in-time recovery"), category=_l("Backup"), endpoint="pitr",
+                     url="pitr")]
 
 
 @hookimpl
@@ -78,10 +91,11 @@ def register_blueprints(app):
 
 @hookimpl
 def register_commands():
-    from guest_backup.cli import backup, restore
+    from guest_backup.cli import backup, notify, pitr, restore, rights
     from guest_backup.export import cli as export_cli
 
-    return backup.COMMANDS + restore.COMMANDS + export_cli.COMMANDS
+    return (backup.COMMANDS + restore.COMMANDS + export_cli.COMMANDS + rights.COMMANDS
+            + notify.COMMANDS + pitr.COMMANDS)
 
 
 @hookimpl

@@ -24,6 +24,7 @@ from guest_backup.archive.signing import TrustedKeys
 from guest_backup.errors import BackupError
 from guest_backup.ops.fetch import is_url, local_copy
 from guest_backup.ops.restore import restore_archive
+from guest_backup.ops.finishing import erasures_for
 from guest_backup.ops.schema import archive_revisions
 from guest_backup.ops.verify import verify
 
@@ -152,7 +153,8 @@ def restore_command(archive: str, database_url: str | None, password_prompt: boo
                                      actor=cli_actor(),
                                      via="cli", allow_unsigned=allow_unsigned, identity=identity,
                                      explicit_keys=_explicit(trusted_key),
-                                     migrations=ctx.migrations() if ctx.migrations else None)
+                                     migrations=ctx.migrations() if ctx.migrations else None,
+                                     erasures=erasures_for(ctx))
     except BackupError as exc:
         _fail(str(exc))
     if result.unsigned:
@@ -160,6 +162,7 @@ def restore_command(archive: str, database_url: str | None, password_prompt: boo
                    err=True)
     if result.schema:
         click.echo(result.schema)
+    click.echo(f"{result.erasures} erasure{'s' if result.erasures != 1 else ''} re-applied")
     click.echo(f"restored {sum(result.row_counts.values())} rows and {result.uploads} uploads "
                f"into {safe_url(target)} and {uploads} ({result.uploads_present} already there, "
                f"{result.uploads_kept} existing files kept as they were)")
@@ -173,15 +176,23 @@ COMMANDS = [verify_command, restore_command]
 @TRUSTED_KEY
 @click.option("--queue", "queued", is_flag=True, help="Queue the drill for `manage.py worker` "
               "(needs REDIS_URL) instead of running it here; its result goes to the audit log.")
+@click.option("--pitr", is_flag=True, help="Drill point-in-time recovery instead: recover to "
+              "a random moment of the last day into a scratch cluster (same as `pitr drill`).")
 @with_appcontext
 def restore_test_command(identity: str | None, trusted_key: tuple[str, ...],
-                         queued: bool) -> None:
+                         queued: bool, pitr: bool) -> None:
     """Restore drill: restore the newest archive (the remote copy when one is
     configured) into a scratch database, compare every table's row count with the
     manifest, and remove the scratch database. Exits 1 on any mismatch, 75 when a
-    backup is running."""
+    backup is running. With --pitr, the point-in-time drill."""
     from guest_backup.ops.drill import restore_drill
     from guest_backup.errors import BackupBusy
+
+    if pitr:
+        from guest_backup.cli.pitr import drill_command
+
+        click.get_current_context().invoke(drill_command)
+        return
 
     if queued:
         from guest_backup.tasks import enqueue_drill
@@ -206,7 +217,8 @@ def restore_test_command(identity: str | None, trusted_key: tuple[str, ...],
     if not result.ok:
         _fail(f"restore drill of {result.archive} failed ({len(result.mismatches)} mismatch(es))")
     click.echo(f"OK restore drill of {result.archive} from {result.storage}: {result.tables} "
-               f"tables, {result.rows} rows, all as the manifest says")
+               f"tables, {result.rows} rows, all as the manifest says; {result.erasures} "
+               f"erasure{'s' if result.erasures != 1 else ''} re-applied")
 
 
 @click.command("backup-health")

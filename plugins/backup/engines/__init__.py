@@ -11,6 +11,9 @@ the detail goes to the log with the password masked.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 from dataclasses import dataclass
 from typing import IO, Callable, ContextManager, Protocol
 
@@ -39,6 +42,8 @@ class EngineSettings:
     database_url: str
     pg_dump: str = "pg_dump"
     psql: str = "psql"
+    #: the role a PostgreSQL restore loads the dump as (RESTORE_DATABASE_ROLE)
+    restore_role: str = "guest_restore"
 
 
 class DatabaseEngine(Protocol):
@@ -79,22 +84,105 @@ class DatabaseEngine(Protocol):
         (raise EngineError with a one-line reason otherwise)."""
 
     def restore(self, settings: EngineSettings, url: str, stream: IO[bytes], *,
-                replace: bool = False) -> None:
+                replace: bool = False, finish=None) -> None:
         """Load a dump (screened as it goes) in one transaction; with ``replace``
-        swap out the old contents in that same step. On any failure the target
-        is exactly as it was."""
+        swap out the old contents in that same step, with ``finish`` (see
+        ``guest_backup.ops.finishing``: ``sql(url)`` and ``apply(connection)``)
+        bring the loaded database up to date before it commits. On a failure
+        before the commit the target is exactly as it was; the error says so."""
 
 
 class DumpScreen(Protocol):
     """Refuses (raises EngineError) a dump holding anything its engine's dump tool
-    does not write: fed the dump in chunks, then told it ended."""
+    does not write: fed the dump in chunks, then told it ended. A screen may pass
+    the dump through: ``feed`` and ``finish`` then return the screened bytes the
+    loader may be given (verification ignores the return value)."""
 
-    def feed(self, chunk: bytes) -> None: ...
+    def feed(self, chunk: bytes) -> bytes | None: ...
 
-    def finish(self) -> None: ...
+    def finish(self) -> bytes | None: ...
 
 
 def mask(text_: str, url: str | URL) -> str:
     """``text_`` with the URL's password (if any) replaced by ``***``."""
     password = make_url(str(url)).password if not isinstance(url, URL) else url.password
     return text_.replace(password, "***") if password else text_
+
+
+def tool_version(path: str) -> str | None:
+    """The version a command-line tool reports (``path --version``), or None."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"(\d+(?:\.\d+)*)", out.stdout)
+    return m.group(1) if out.returncode == 0 and m else None
+
+
+# --- libpq client tools (pg_dump, psql): connection settings in the environment, a
+# short safe reason from their stderr
+
+#: the first minor release of each major version whose psql has \restrict
+PSQL_RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
+PG_ENV = {"host": "PGHOST", "port": "PGPORT", "username": "PGUSER", "password": "PGPASSWORD",
+          "database": "PGDATABASE"}
+PG_KEEP_ENV = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT",
+                         "PGSSLKEY"})
+PG_QUERY_ENV = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT",
+                "sslkey": "PGSSLKEY", "connect_timeout": "PGCONNECT_TIMEOUT",
+                "application_name": "PGAPPNAME", "options": "PGOPTIONS"}
+
+
+def pg_environment(url: str) -> dict[str, str]:
+    """Connection settings for libpq tools as environment variables: the password
+    never appears in a process's argument list."""
+    u = make_url(url)
+    # the URL says where to connect; the environment may still give the password
+    # (PGPASSWORD, PGPASSFILE) and TLS files, as for any libpq program
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") or k in PG_KEEP_ENV}
+    for attr, var in PG_ENV.items():
+        value = getattr(u, attr)
+        if value not in (None, ""):
+            env[var] = str(value)
+    for key, var in PG_QUERY_ENV.items():
+        if key in u.query:
+            value = u.query[key]
+            env[var] = value if isinstance(value, str) else value[0]
+    env.setdefault("PGCONNECT_TIMEOUT", "10")
+    return env
+
+
+def pg_major(version: str) -> int:
+    """A PostgreSQL version's major number (9.6 -> 906, 15.4 -> 15)."""
+    m = re.search(r"(\d+)(?:\.(\d+))?", version)
+    if not m:
+        return 0
+    major = int(m.group(1))
+    return major if major >= 10 else major * 100 + int(m.group(2) or 0)
+
+
+def psql_restricts(path: str) -> bool:
+    """Whether this psql has ``\\restrict`` (the 2025-08 minor releases and later)."""
+    m = re.match(r"(\d+)\.(\d+)", tool_version(path) or "")
+    major, minor = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    return major >= 18 or minor >= PSQL_RESTRICT_SINCE.get(major, 10**6)
+
+
+def pg_reason(stderr: str, tool: str) -> str:
+    """A short, safe reason from a libpq tool's stderr (never the text itself)."""
+    lowered = stderr.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        return f"{tool} could not log in to the database (wrong user or password)"
+    if "does not exist" in lowered and "database" in lowered:
+        return f"{tool}: the database does not exist"
+    if any(w in lowered for w in ("could not connect", "connection refused",
+                                  "connection to server")):
+        return f"{tool} could not connect to the database server"
+    if "server version mismatch" in lowered:
+        return f"{tool} is older than the database server"
+    if "permission denied" in lowered or "must be superuser" in lowered:
+        return f"{tool}: permission denied in the database"
+    if "backslash commands are restricted" in lowered or "unrestrict" in lowered:
+        return f"{tool} refused a meta-command in the dump (it was restricted)"
+    return f"{tool} failed (details are in the server log)"

@@ -1,201 +1,350 @@
-"""Screening a plain PostgreSQL dump before ``psql`` sees a byte of it.
-
-``psql`` runs more than SQL: a backslash outside a quoted string starts a
-meta-command (``\\!`` runs a shell command, ``\\o |cmd`` pipes, ``\\copy`` reads
-files), and ``COPY … TO/FROM PROGRAM`` runs a program on the database server.
-The screen lexes the dump the way psql does (quotes, ``E''`` strings,
-``"identifiers"``, dollar quotes, nested comments, ``COPY … FROM stdin`` data
-blocks whose lines may start with a backslash) and lets through only what
-``pg_dump --no-owner --no-privileges`` writes for this application: ``SET``,
-``SELECT pg_catalog.set_config/setval``, ``CREATE``/``ALTER`` of tables,
-sequences, indexes, views, schemas and types, ``COMMENT ON``, ``COPY … FROM
-stdin`` and pg_dump's own ``\\restrict KEY`` / ``\\unrestrict KEY`` lines.
-Anything else refuses the archive with a one-line reason.
-"""
+"""Screening a plain PostgreSQL dump before ``psql`` sees a byte of it: an
+allow-list of what ``pg_dump --no-owner --no-privileges`` writes for this app's
+schema (its header SETs, set_config/setval, table, sequence, index, enum,
+constraint, default and comment definitions calling a few harmless functions,
+``COPY name (cols) FROM stdin``, ``\\restrict`` first and ``\\unrestrict`` last),
+written so that psql cannot read it differently (UTF-8, ASCII outside quotes,
+no ``/* */``, ``$$``, ``E''``, backslash, ``:var`` or ``;`` but at the end of a line)."""
 
 from __future__ import annotations
 
+import codecs
 import re
+from itertools import accumulate, takewhile
 
 from guest_backup.errors import EngineError
 
 MAX_STATEMENT_CHARS = 4 * 1024 * 1024
-_SPECIAL = re.compile(r"""--|/\*|['"$\\;]""")
-_DOLLAR = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z_0-9\x80-\uffff]*)?\$")
-_RESTRICT = re.compile(r"\\(?:un)?restrict [A-Za-z0-9]+")
-_COPY_FROM_STDIN = re.compile(
-    r'COPY (?:[A-Z0-9_]+|"I")(?:\.(?:[A-Z0-9_]+|"I"))? (?:\((?:[^()]*)\) )?FROM STDIN')
-#: pg_dump's SELECTs: set_config/setval with literal arguments only
-_SELECT = re.compile(r"SELECT PG_CATALOG\.(?:SET_CONFIG|SETVAL) ?\((?: |,|'S'|-?\d+|TRUE|FALSE)*\)")
-_SCS_ON = re.compile(r"SET STANDARD_CONFORMING_STRINGS (?:=|TO) ON")
-_ALLOWED = re.compile(
-    r"(SET (?!ROLE\b|SESSION\b|LOCAL\b)"
-    r"|CREATE (?:UNLOGGED )?TABLE |CREATE SEQUENCE |CREATE (?:UNIQUE )?INDEX |CREATE VIEW "
-    r"|CREATE MATERIALIZED VIEW |CREATE SCHEMA |CREATE TYPE |CREATE DOMAIN "
-    r"|ALTER (?:TABLE|SEQUENCE|INDEX|VIEW|MATERIALIZED VIEW|SCHEMA|TYPE|DOMAIN) "
-    r"|COMMENT ON )")
-_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\x80-\uffff]")
+
+#: outside quotes: what needs a look (everything else is printable ASCII or a tab)
+_SPECIAL = re.compile(r"""['"();:]|--|[^\t\x20-\x7e]|[\\$]|/\*""")
+_PREFIXED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_&")
+_PRINTABLE = re.compile(r"[\t\x20-\x7e]*\r?")
+_RESTRICT = re.compile(r"\\(restrict|unrestrict) ([A-Za-z0-9]{1,256})")
+_TOKEN = re.compile(r"""\s*(?:(?P<s>'(?:[^']|'')*')|(?P<q>"(?:[^"]|"")*")
+    |(?P<w>[A-Za-z_][A-Za-z0-9_]*)|(?P<n>[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)
+    |(?P<o>::|[-+*/<>=~!@#%^&|`?(),.\[\]]))""", re.X)
+
+#: pg_dump's header: the only SET statements a dump may hold (pg_dump 12 to 17)
+_SETS = frozenset(f"SET {s}" for s in (
+    "statement_timeout = 0", "lock_timeout = 0", "idle_in_transaction_session_timeout = 0",
+    "transaction_timeout = 0", "client_encoding = 'UTF8'", "standard_conforming_strings = on",
+    "check_function_bodies = false", "xmloption = content", "client_min_messages = warning",
+    "row_security = off", "default_tablespace = ''", "default_table_access_method = heap",
+    "default_with_oids = false"))
+
+_N = r'(?:[A-Z_][A-Z0-9_]*|"(?:[^"]|"")*")'    # a name, as the shape shows it
+_QN = rf"{_N}(?: \. {_N})?"                       # a schema-qualified name
+_INT = r"(?:- )?[0-9]+"
+_LIT = r"'(?:[^']|'')*'"
+_SELECTS = re.compile(
+    rf"SELECT PG_CATALOG \. SET_CONFIG \( 'search_path' , '' , FALSE \)"
+    rf"|SELECT PG_CATALOG \. SETVAL \( {_LIT} , {_INT} , (?:TRUE|FALSE) \)")
+_COPY = re.compile(rf"COPY {_QN} (?:\( {_N}(?: , {_N})* \) )?FROM STDIN")
+_DDL = re.compile(
+    rf"CREATE (?:UNLOGGED )?TABLE {_QN} \( .*\)"
+    rf"|CREATE SEQUENCE {_QN}(?: AS {_N}| START WITH {_INT}| INCREMENT BY {_INT}| NO MINVALUE"
+    rf"| NO MAXVALUE| MINVALUE {_INT}| MAXVALUE {_INT}| CACHE [0-9]+| NO CYCLE| CYCLE)*"
+    rf"|CREATE (?:UNIQUE )?INDEX {_N} ON (?:ONLY )?{_QN} USING {_N} \( .*"
+    rf"|CREATE TYPE {_QN} AS ENUM \( (?:{_LIT}(?: , {_LIT})* )?\)"
+    rf"|ALTER SEQUENCE {_QN} OWNED BY {_N} \. {_N}(?: \. {_N})?"
+    rf"|ALTER TABLE (?:ONLY )?{_QN} (?:ALTER COLUMN {_N} SET DEFAULT .+"
+    rf"|ADD CONSTRAINT {_N} (?:PRIMARY KEY|UNIQUE|FOREIGN KEY|CHECK) .+"
+    rf"|ALTER COLUMN {_N} ADD GENERATED (?:ALWAYS|BY DEFAULT) AS IDENTITY \( .+ \))"
+    rf"|COMMENT ON (?:TABLE|COLUMN|SEQUENCE|INDEX|TYPE|CONSTRAINT {_N} ON) {_N}"
+    rf"(?: \. {_N}){{0,2}} IS {_LIT}", re.S)
+
+#: words after which "(" is syntax, not a function call
+_PAREN_WORDS = frozenset(
+    "CHECK KEY UNIQUE DISTINCT INCLUDE WITH ANY ALL SOME IN AND OR NOT WHERE DEFAULT "
+    "IDENTITY AS ENUM WHEN THEN ELSE CASE CAST COALESCE NULLIF GREATEST LEAST BETWEEN "
+    "ROW".split())
+#: type names whose "(n)" is a type modifier
+_TYPMODS = frozenset("varying varchar character char bpchar numeric decimal timestamp "
+                     "timestamptz time timetz bit varbit interval float".split())
+#: the built-in functions a column default, check or index of this schema may call
+_FUNCTIONS = frozenset(
+    "now nextval lower upper length char_length btrim timezone gen_random_uuid "
+    "clock_timestamp statement_timestamp transaction_timestamp date_trunc array_length "
+    "cardinality current_timestamp localtimestamp current_time localtime".split())
+_INDEX_METHODS = frozenset("btree hash gin gist brin spgist".split())
+_END_AT, _END = re.compile(rb"\\\.\r?\n"), re.compile(rb"\n\\\.\r?\n")
+_SCHEMA_COMMENT = re.compile(r"COMMENT ON SCHEMA public IS '(?:[^'\n]|'')*'")
+_WHAT = {"\\": "a psql meta-command (a backslash outside a string)", "/*": "a /* */ comment",
+         "$": "a dollar quote or a '$' outside a string", ":": "a psql variable (':name')"}
 
 
 class DumpRefused(EngineError):
-    """The dump holds something pg_dump does not write: nothing of it is loaded."""
+    """The dump holds what pg_dump does not write: nothing of it is loaded."""
 
 
 class PgDumpScreen:
     """Feed the dump in chunks (:meth:`feed`), then :meth:`finish`; raises
-    :class:`DumpRefused` at the first thing that is not pg_dump's."""
+    :class:`DumpRefused` at the first thing that is not pg_dump's. Streams: it
+    holds one statement (or a few bytes of a COPY data line) at a time."""
 
     def __init__(self) -> None:
-        self._partial = b""
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._partial = b""       # the incomplete last line (in COPY data: at most 5 bytes)
+        self._held = True         # False: _partial is a placeholder, its bytes were given out
         self._copy = False        # inside a COPY ... FROM stdin data block
-        self._quote: str | None = None  # "'", '"' or a dollar tag
-        self._escapes = False     # the open ' string is an E'' string
-        self._comment = 0         # depth of /* */ comments
-        self._code: list[str] = []  # the statement outside quotes (quotes as placeholders)
-        self._raw = 0             # characters in the pending statement
-        self.statements = 0
+        self._quote: str | None = None  # "'" or '"' while one spans lines
+        self._depth = 0           # parentheses open in the pending statement
+        self._stmt: list[str] = []  # the pending statement (comments left out)
+        self._chars = 0
+        self._restrict: str | None = None  # pg_dump's \restrict key
+        self._ended = False       # \unrestrict seen: nothing may follow
+        self.lineno = self.statements = 0
 
-    def feed(self, chunk: bytes) -> None:
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
+    def feed(self, chunk: bytes) -> bytes:
+        """Screen the next piece of the dump; returns what psql may be given now:
+        the lines screened so far, without pg_dump's ``\\restrict`` and
+        ``\\unrestrict`` lines (a restore restricts psql with a key of its own)."""
+        if b"\0" in chunk:
+            raise DumpRefused("the dump holds a NUL byte, which pg_dump does not write")
+        if not chunk.isascii() or self._utf8.getstate()[0]:  # ASCII needs no decoding
+            try:
+                self._utf8.decode(chunk)
+            except UnicodeDecodeError:
+                raise DumpRefused("the dump is not UTF-8 text") from None
+        buf = self._partial + chunk if self._partial else chunk
+        emit = 0 if self._held else len(self._partial)  # what came before was given out
+        out, pos = [], 0
+        while pos < len(buf):
             if self._copy:
-                if line == b"\\." or line == b"\\.\r":
-                    self._copy = False
+                end = _copy_end(buf, pos)
+                self.lineno += buf.count(b"\n", pos, len(buf) if end is None else end)
+                if end is None:
+                    return self._hold_copy_tail(buf, pos, emit, out)
+                self._copy, pos = False, end
                 continue
-            self._line(line)
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                break
+            if self._line(buf[pos:nl].decode("utf-8")):  # pg_dump's own: left out
+                out.append(buf[emit:pos])
+                emit = nl + 1
+            pos = nl + 1
+        out.append(buf[emit:pos])
+        self._partial, self._held = buf[pos:], True
+        if len(self._partial) > MAX_STATEMENT_CHARS:
+            raise DumpRefused(f"line {self.lineno + 1} of the dump is implausibly long")
+        return b"".join(out)
 
-    def finish(self) -> None:
-        if self._partial:
-            if self._copy:
-                raise DumpRefused("the dump ends inside a COPY data block")
-            self._line(self._partial)
-            self._partial = b""
+    def _hold_copy_tail(self, buf: bytes, pos: int, emit: int, out: list) -> bytes:
+        """Give out all COPY data but a last line that may still become ``\\.``."""
+        tail = buf.rfind(b"\n", pos) + 1 or pos
+        if len(buf) - tail <= 4:
+            out.append(buf[emit:tail])
+            self._partial, self._held = buf[tail:], True
+        else:
+            out.append(buf[emit:])
+            self._partial, self._held = b"#####", False  # never a \. line
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """The dump ended: refuses an unfinished one; returns its last bytes for psql."""
         if self._copy:
             raise DumpRefused("the dump ends inside a COPY data block")
-        if self._quote or self._comment or "".join(self._code).strip():
-            raise DumpRefused("the dump ends in the middle of a statement")
-
-    def _line(self, raw: bytes) -> None:
         try:
-            text = raw.decode("utf-8")
+            self._utf8.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise DumpRefused("the dump is not UTF-8 text") from None
-        i, n = 0, len(text)
-        stripped = text.strip()
-        if (stripped.startswith("\\") and not self._quote and not self._comment
-                and not "".join(self._code).strip()):
-            if _RESTRICT.fullmatch(stripped):  # pg_dump's own \restrict / \unrestrict
-                return
-            raise DumpRefused(f"the dump holds a psql meta-command ({stripped[:2]}…), which "
-                              f"pg_dump does not write")
-        self._raw += n + 1
-        if self._raw > MAX_STATEMENT_CHARS:
-            raise DumpRefused("the dump holds an implausibly long statement")
-        while i < n:
-            if self._comment:
-                end, start = text.find("*/", i), text.find("/*", i)
-                if end < 0 and start < 0:
-                    break
-                if start >= 0 and (end < 0 or start < end):
-                    self._comment += 1
-                    i = start + 2
-                else:
-                    self._comment -= 1
-                    i = end + 2
-                continue
-            if self._quote is not None:
-                i = self._in_quote(text, i)
-                continue
+            raise DumpRefused("the dump ends in the middle of a UTF-8 character") from None
+        rest, self._partial = self._partial, b""
+        if rest and self._line(rest.decode("utf-8")):
+            rest = b""
+        if self._copy:
+            raise DumpRefused("the dump ends inside a COPY data block")
+        if self._quote or "".join(self._stmt).strip():
+            raise DumpRefused("the dump ends in the middle of a statement")
+        if self._restrict is not None and not self._ended:
+            raise DumpRefused("the dump is incomplete: it has pg_dump's \\restrict line but "
+                              "not the closing \\unrestrict line")
+        return rest
+
+    def _refuse(self, what: str) -> DumpRefused:
+        return DumpRefused(f"line {self.lineno} of the dump holds {what}, which pg_dump does "
+                           f"not write for this application")
+
+    def _line(self, text: str) -> bool:
+        """One line outside COPY data; True for pg_dump's own ``\\restrict`` and
+        ``\\unrestrict`` lines, which psql is not given."""
+        self.lineno += 1
+        if self._ended:
+            if text.strip():
+                raise self._refuse("text after pg_dump's closing \\unrestrict line")
+            return False
+        if text.startswith("\\") and self._quote is None and not "".join(self._stmt).strip():
+            m = _RESTRICT.fullmatch(text)
+            if m is None:
+                raise self._refuse(f"a psql meta-command ({text[:2]!r}…)")
+            if m.group(1) == "unrestrict" and m.group(2) != self._restrict:
+                raise self._refuse("a psql meta-command (\\unrestrict) that does not close "
+                                   "pg_dump's \\restrict")
+            if m.group(1) == "restrict" and (self._restrict is not None or self.statements):
+                raise self._refuse("a psql meta-command (\\restrict) that is not pg_dump's first")
+            self._ended = m.group(1) == "unrestrict"
+            self._restrict = m.group(2)
+            return True
+        self._chars += len(text) + 1
+        if self._chars > MAX_STATEMENT_CHARS:
+            raise DumpRefused(f"line {self.lineno} of the dump ends an implausibly long statement")
+        return self._scan(text)
+
+    def _scan(self, text: str) -> bool:
+        """Track quotes and parentheses in one line; at the ``;`` ending the line,
+        check the statement (True: a statement psql is not given)."""
+        i, cut = 0 if self._quote is None else self._close_quote(text, 0), len(text)
+        while i >= 0:
             m = _SPECIAL.search(text, i)
             if m is None:
-                self._code.append(text[i:])
                 break
-            self._code.append(text[i:m.start()])
-            i, token = m.start(), m.group()
-            if token == "--":
+            token, j = m.group(), m.start()
+            i = j + len(token)
+            if token in ("'", '"'):
+                if j and text[j - 1] in _PREFIXED and (token == "'" or text[j - 1] == "&"):
+                    raise self._refuse("a prefixed string or identifier (E'', U&'', B'', X'')")
+                self._quote = token
+                i = self._close_quote(text, i)
+            elif token in "()":
+                self._depth += 1 if token == "(" else -1
+                if self._depth < 0:
+                    raise self._refuse("an unbalanced ')'")
+            elif token == ":" and text.startswith(":", i):
+                i += 1  # a :: cast; a single ":" would be a psql variable
+            elif token == "--":
+                if not _PRINTABLE.fullmatch(text, i):
+                    raise self._refuse("a comment with non-ASCII or control characters")
+                cut = j
                 break
-            if token == "/*":
-                self._comment, i = 1, i + 2
-            elif token == "'":
-                self._escapes = i > 0 and text[i - 1] in "eE" and not (
-                    i > 1 and _IDENT_CHAR.match(text[i - 2]))
-                self._quote, i = "'", i + 1
-                self._code.append("'S'")
-            elif token == '"':
-                self._quote, i = '"', i + 1
-                self._code.append('"I"')
-            elif token == "$":
-                d = _DOLLAR.match(text, i)
-                if d and not (i > 0 and _IDENT_CHAR.match(text[i - 1])):
-                    self._quote, i = d.group(), d.end()
-                    self._code.append("$B$")
-                else:
-                    self._code.append("$")
-                    i += 1
-            elif token == "\\":
-                raise DumpRefused("the dump holds a psql meta-command inside a line, which "
-                                  "pg_dump does not write")
-            else:  # ";": the statement is complete
-                self._statement()
-                i += 1
-                if self._copy:
-                    if text[i:].strip():
-                        raise DumpRefused("COPY data must start on the line after its COPY")
-                    return
-        self._code.append(" ")
+            elif token == ";":
+                return self._end_statement(text, j)
+            elif not (token == "\r" and i == len(text)):
+                raise self._refuse(_WHAT.get(token) or f"a non-ASCII or control character "
+                                                       f"(U+{ord(token):04X})")
+        self._stmt.append(text[:cut] + "\n")
+        return False
 
-    def _in_quote(self, text: str, i: int) -> int:
-        q = self._quote
-        if q == "'":
-            while True:
-                j = text.find("'", i)
-                if j < 0:
-                    return len(text)
-                if self._escapes:
-                    backslashes = len(text[i:j]) - len(text[i:j].rstrip("\\"))
-                    if backslashes % 2:
-                        i = j + 1
-                        continue
-                if text.startswith("''", j):
-                    i = j + 2
-                    continue
+    def _close_quote(self, text: str, i: int) -> int:
+        """The index after the open quote's end on this line, or -1 (it goes on)."""
+        while (j := text.find(self._quote, i)) >= 0:
+            if not text.startswith(self._quote, j + 1):  # '' or "" is the character itself
                 self._quote = None
                 return j + 1
-        if q == '"':
-            while True:
-                j = text.find('"', i)
-                if j < 0:
-                    return len(text)
-                if text.startswith('""', j):
-                    i = j + 2
-                    continue
-                self._quote = None
-                return j + 1
-        j = text.find(q, i)  # a dollar quote ends at the same tag
-        if j < 0:
-            return len(text)
-        self._quote = None
-        return j + len(q)
+            i = j + 2
+        return -1
 
-    def _statement(self) -> None:
-        code = re.sub(r"\s+", " ", "".join(self._code)).strip().upper()
-        self._code, self._raw = [], 0
-        if not code:
-            return
+    def _end_statement(self, text: str, j: int) -> bool:
+        """Check the statement; True for pg_dump's one-line ``COMMENT ON SCHEMA public``
+        (after a --replace), which psql is not given: the restore role may not."""
+        if self._depth:
+            raise self._refuse("a ';' inside parentheses")
+        if text[j + 1:].strip(" \t\r"):
+            raise self._refuse("text after the ';' that ends a statement")
+        one_line, statement = not "".join(self._stmt).strip(), "".join(self._stmt) + text[:j]
+        self._stmt, self._chars = [], 0
         self.statements += 1
-        if code.startswith("COPY "):
-            if not _COPY_FROM_STDIN.fullmatch(code):
-                raise DumpRefused("the dump holds a COPY that is not COPY … FROM stdin "
-                                  "(e.g. TO/FROM PROGRAM or a file), which pg_dump does not write")
+        if one_line and _SCHEMA_COMMENT.fullmatch(statement.strip()):
+            return True
+        self._check(statement)
+        return False
+
+    def _check(self, statement: str) -> None:
+        """Whether a complete statement is one pg_dump writes for this schema."""
+        tokens = _tokens(statement)
+        if not tokens:
+            raise self._refuse("an empty statement" if tokens == [] else
+                               "a statement the screen cannot read")
+        shape = " ".join(t.upper() if k == "w" else t for k, t in tokens)
+        verb = tokens[0][1].upper()
+        if verb == "SET" and " ".join(t for _, t in tokens) not in _SETS:
+            name = _safe(tokens[1][1].strip('"')) if len(tokens) > 1 else ""
+            raise self._refuse(f"a SET {name} other than pg_dump's own")
+        if verb == "SELECT" and not _SELECTS.fullmatch(shape):
+            raise self._refuse("a SELECT other than pg_dump's set_config and setval")
+        if verb == "COPY":
+            if not _COPY.fullmatch(shape):
+                raise self._refuse("a COPY that is not COPY … FROM stdin (e.g. TO PROGRAM or "
+                                   "a file)")
             self._copy = True
-            return
-        if code.startswith("SELECT "):
-            allowed = _SELECT.fullmatch(code)
-        elif code.startswith("SET STANDARD_CONFORMING_STRINGS"):
-            allowed = _SCS_ON.fullmatch(code)  # the lexing above assumes it stays on
-        else:
-            allowed = _ALLOWED.match(code + " ") and "PROGRAM" not in code.split()
-        if not allowed:
-            raise DumpRefused(f"the dump holds a statement pg_dump does not write for this "
-                              f"application ({' '.join(code.split()[:3])[:40]} …)")
+        elif verb not in ("SET", "SELECT"):
+            if not _DDL.fullmatch(shape) or not _table_closes(tokens, shape):
+                raise self._refuse(f"a statement not in pg_dump's dump of this schema "
+                                   f"({_head(tokens, shape)} …)")
+            self._check_calls(tokens)
+
+    def _check_calls(self, tokens: list[tuple[str, str]]) -> None:
+        """Every ``name(`` in a definition is syntax, a table name, a type modifier
+        or one of the few harmless functions this schema's defaults use."""
+        for k in range(1, len(tokens)):
+            kind, prev = tokens[k - 1]
+            if tokens[k][1] != "(" or kind not in ("w", "q"):
+                continue
+            name = prev.lower() if kind == "w" else prev[1:-1].replace('""', '"')
+            qualified = k >= 3 and tokens[k - 2][1] == "."
+            schema = tokens[k - 3][1].lower() if qualified else None
+            at = k - (4 if qualified else 2)
+            before = tokens[at][1].upper() if at >= 0 else ""
+            if ((kind == "w" and prev.upper() in _PAREN_WORDS and not qualified)
+                    or before in ("TABLE", "REFERENCES")
+                    or (before == "USING" and name in _INDEX_METHODS)):
+                continue
+            if schema in (None, "pg_catalog") and (
+                    name in _FUNCTIONS or (name in _TYPMODS and _typmod(tokens, k))):
+                continue
+            raise self._refuse(f"a call of {_safe(name)}(…)")
+        if tokens[0][1].upper() == "ALTER" and any(
+                t == "," and d == 0 for (_, t), d in zip(tokens, _depths(tokens))):
+            raise self._refuse("an ALTER TABLE with several actions")
+
+
+def _copy_end(buf: bytes, pos: int) -> int | None:
+    """The index after the line ``\\.`` (or ``\\.\\r``, as psql) ending the COPY data
+    from ``pos`` (a line start) on, or None when it is not in ``buf`` yet."""
+    m = _END_AT.match(buf, pos) or _END.search(buf, pos)
+    return m.end() if m else None
+
+
+def _tokens(statement: str) -> list[tuple[str, str]] | None:
+    """The statement's tokens as (kind, text): s string, q quoted name, w word,
+    n number, o operator; None if something is left that is none of them."""
+    out, pos, end = [], 0, len(statement.rstrip())
+    while pos < end:
+        if (m := _TOKEN.match(statement, pos)) is None:
+            return None
+        out.append((m.lastgroup, m.group(m.lastgroup)))
+        pos = m.end()
+    return out
+
+
+def _depths(tokens: list[tuple[str, str]]) -> list[int]:
+    """The parenthesis depth after each token."""
+    return list(accumulate((t == "(") - (t == ")") for _, t in tokens))
+
+
+def _table_closes(tokens: list[tuple[str, str]], shape: str) -> bool:
+    """A CREATE TABLE's column list closes at its end (no ``AS``, ``INHERITS`` …)."""
+    if not shape.startswith(("CREATE TABLE ", "CREATE UNLOGGED TABLE ")):
+        return True
+    depths = _depths(tokens)
+    return depths.index(0, depths.index(1)) == len(tokens) - 1
+
+
+def _typmod(tokens: list[tuple[str, str]], k: int) -> bool:
+    """Whether the parentheses at ``k`` hold only numbers (a type modifier)."""
+    rest = [t for kind, t in tokens[k + 1:] if kind != "n" and t != ","]
+    return bool(rest) and rest[0] == ")"
+
+
+def _head(tokens: list[tuple[str, str]], shape: str) -> str:
+    """The statement's leading keywords, for a message (``CREATE TABLE AS`` too)."""
+    if re.match(rf"CREATE (?:\w+ )*TABLE {_QN} AS ", shape):
+        return "CREATE TABLE AS"
+    lead = takewhile(lambda i: tokens[i][0] == "w" and tokens[i + 1:i + 2] != [("o", ".")],
+                     range(min(3, len(tokens))))
+    return " ".join(tokens[i][1].upper() for i in lead) or "a statement"
+
+
+def _safe(text: str) -> str:
+    """Attacker-written text for a message: plain words only."""
+    return text[:60] if re.fullmatch(r"[A-Za-z0-9_ .]*", text) else "a quoted name"

@@ -1,16 +1,21 @@
 """The PostgreSQL engine: ``pg_dump`` and ``psql`` with the connection settings
-in their environment (never a password in an argument list), their stderr in the
-log only (password masked), a short safe reason for the user."""
+in their environment, their stderr in the log only, a short safe reason for the
+user. A restore loads the screened dump after our ``SET LOCAL ROLE`` to the
+restore role (no superuser, no server files or programs; CREATE on ``public``
+for the load), psql restricted by a key of ours; in the same transaction the
+objects are handed to the connecting user (``REASSIGN OWNED``) and the role's
+grants taken back (``DROP OWNED``)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from typing import IO, Callable, Iterator
 
@@ -19,62 +24,39 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.sql import ColumnElement
 
 from guest_backup.errors import EngineError
-from guest_backup.engines import CHUNK, EngineSettings, ToolInfo, mask
+from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, mask, pg_environment,
+                                   pg_major as _major, pg_reason as _pg_reason,
+                                   psql_restricts as _psql_restricts,
+                                   tool_version as _tool_version)
 from guest_backup.engines.pgscreen import PgDumpScreen
 
 log = logging.getLogger(__name__)
 
 PG_TRAILER = b"-- PostgreSQL database dump complete"
 COMMITTED = b"gr-restore-committed"
-
-PG_ENV = {"host": "PGHOST", "port": "PGPORT", "username": "PGUSER", "password": "PGPASSWORD",
-          "database": "PGDATABASE"}
-PG_KEEP_ENV = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT",
-                         "PGSSLKEY"})
-PG_QUERY_ENV = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT",
-                "sslkey": "PGSSLKEY", "connect_timeout": "PGCONNECT_TIMEOUT",
-                "application_name": "PGAPPNAME", "options": "PGOPTIONS"}
+XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
+ROLE_NAME = re.compile(r"(?!pg_)[a-z_][a-z0-9_]{0,62}")
+ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT"
+#: roles that read or write the server's files or run programs there
+FILE_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program")
 
 
-def pg_environment(url: str) -> dict[str, str]:
-    """Connection settings for libpq tools as environment variables: the password
-    never appears in a process's argument list."""
-    u = make_url(url)
-    # the URL says where to connect; the environment may still give the password
-    # (PGPASSWORD, PGPASSFILE) and TLS files, as for any libpq program
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") or k in PG_KEEP_ENV}
-    for attr, var in PG_ENV.items():
-        value = getattr(u, attr)
-        if value not in (None, ""):
-            env[var] = str(value)
-    for key, var in PG_QUERY_ENV.items():
-        if key in u.query:
-            value = u.query[key]
-            env[var] = value if isinstance(value, str) else value[0]
-    env.setdefault("PGCONNECT_TIMEOUT", "10")
-    return env
+@contextlib.contextmanager
+def _connected(url, autocommit: bool = False) -> Iterator[Connection]:
+    """A connection of its own to ``url`` (its engine disposed afterwards)."""
+    from sqlalchemy import create_engine
 
-
-def _major(version: str) -> int:
-    m = re.search(r"(\d+)(?:\.(\d+))?", version)
-    if not m:
-        return 0
-    major = int(m.group(1))
-    return major if major >= 10 else major * 100 + int(m.group(2) or 0)  # 9.6 -> 906
-
-
-def _tool_version(path: str) -> str | None:
+    engine = create_engine(url, connect_args={"connect_timeout": 10},
+                           **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r"(\d+(?:\.\d+)*)", out.stdout)
-    return m.group(1) if out.returncode == 0 and m else None
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 class PostgresEngine:
-    """``pg_dump`` with the snapshot the row counts come from; ``psql`` in one
-    transaction to restore; ``to_char`` for timestamps."""
+    """``pg_dump`` of the row counts' snapshot; ``psql`` to restore; ``to_char``."""
 
     dialect = "postgresql"
 
@@ -154,17 +136,11 @@ class PostgresEngine:
         try:
             yield target
         finally:
-            from sqlalchemy import create_engine
-
-            engine = create_engine(make_url(url).set(database="postgres"),
-                                   isolation_level="AUTOCOMMIT")
             try:
-                with engine.connect() as conn:
+                with _connected(make_url(url).set(database="postgres"), autocommit=True) as conn:
                     conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             except Exception:
                 log.warning("could not drop the drill database %s", name)
-            finally:
-                engine.dispose()
 
     def prepare_target(self, url: str) -> bool:
         """Whether the target holds no tables; a database that does not exist is
@@ -178,102 +154,196 @@ class PostgresEngine:
         return True
 
     def _count_relations(self, url: str) -> int:
-        from sqlalchemy import create_engine
-
-        engine = create_engine(url, connect_args={"connect_timeout": 10})
         try:
-            with engine.connect() as conn:
+            with _connected(url) as conn:
                 return conn.execute(text(
                     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
                     "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' "
                     "AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')")).scalar_one()
         except Exception as exc:
-            raise EngineError(f"cannot connect to the target database: {_connect_reason(exc)}") from None
-        finally:
-            engine.dispose()
+            raise EngineError("cannot connect to the target database: "
+                              f"{_connect_reason(exc)}") from None
 
     def _create_database(self, url: str) -> None:
-        from sqlalchemy import create_engine
-
         target = make_url(url)
         name = target.database or ""
-        engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT",
-                               connect_args={"connect_timeout": 10})
         try:
-            with engine.connect() as conn:
+            with _connected(target.set(database="postgres"), autocommit=True) as conn:
                 conn.exec_driver_sql('CREATE DATABASE "%s"' % name.replace('"', '""'))
             log.info("created the target database %s", name)
         except Exception as exc:
             log.warning("cannot create database %s: %s", name, mask(str(exc), url))
             raise EngineError(f"the target database {name!r} does not exist and this role may "
                               f"not create it; create it first") from None
-        finally:
-            engine.dispose()
 
     def restore(self, settings: EngineSettings, url: str, stream: IO[bytes], *,
-                replace: bool = False) -> None:
-        """Load the dump with ``psql`` (``ON_ERROR_STOP``) in one transaction that
-        we open and commit ourselves: every chunk is screened before psql sees it,
-        and ``COMMIT`` is sent only after the whole member was read and checked
-        (``stream`` raises at its end when the bytes differ from the verified
-        ones). With ``replace`` the old schema is dropped inside that same
-        transaction, so a failed load leaves the target exactly as it was."""
+                replace: bool = False, finish=None) -> None:
+        """Load the dump with ``psql`` as the restore role in one transaction of ours:
+        every chunk screened before psql sees it, ``COMMIT`` only once the whole
+        member was read and checked (``stream`` raises at its end if it changed since
+        it was verified); ``replace`` drops the old schema, ``finish`` (its SQL, as
+        the connecting user) brings the loaded one up to date, in that transaction."""
         path = shutil.which(settings.psql)
         if path is None:
             raise EngineError(f"psql not found (PATH or PSQL={settings.psql!r})")
-        screen = PgDumpScreen()
-        args = [path, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
-        prologue = b"BEGIN;\n"
-        if replace:
-            prologue += b"DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public;\n"
-        # our own epilogue (not the dump's): psql prints the marker only once the
-        # COMMIT succeeded, so an input cut short (psql exits 0 and rolls back) is no success
-        epilogue = b"\nCOMMIT;\n\\echo " + COMMITTED + b"\n"
+        prepare_restore_role(url, settings.restore_role)
+        key = secrets.token_hex(24) if _psql_restricts(path) else None
+        script = _load_script(settings.restore_role, replace, key)
+        env = {**pg_environment(url), "PGCLIENTENCODING": "UTF8"}
         with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
-            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                    env=pg_environment(url))
-            try:
-                proc.stdin.write(prologue)
-                while chunk := stream.read(CHUNK):
-                    screen.feed(chunk)
-                    proc.stdin.write(chunk)
-                screen.finish()
-                proc.stdin.write(epilogue)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # psql stopped at an error; its exit code says so
-            except BaseException:
-                proc.kill()  # the open transaction dies with the connection
-                proc.wait()
-                raise
+            proc = subprocess.Popen([path, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+                                    stdin=subprocess.PIPE, stdout=out, stderr=err, env=env)
+            _feed_psql(proc, stream, script, finish.sql(url) if finish else ())
             rc = proc.wait()
             out.seek(0)
-            committed = COMMITTED in out.read(64 * 1024)
-            if rc != 0 or not committed:
-                err.seek(0)
-                detail = mask(err.read(4000).decode("utf-8", "replace"), url)
-                log.warning("psql exited with %s (committed: %s): %s", rc, committed,
-                            detail.strip())
-                reason = _pg_reason(detail, "psql") if rc else "psql ended before the commit"
-                raise EngineError(reason + "; nothing was restored, the target database is as "
-                                  "it was")
+            err.seek(0)
+            printed, detail = out.read(), mask(err.read(4000).decode("utf-8", "replace"), url)
+        status = _outcome(url, printed, detail)
+        if rc == 0 and status == "committed":
+            return
+        log.warning("psql exited with %s (transaction: %s): %s", rc, status, detail.strip())
+        reason = _pg_reason(detail, "psql") if rc else "psql ended before the commit"
+        if status == "committed":
+            done = "replaced with the archive's database" if replace else "restored"
+            raise EngineError(f"{reason} after the load was committed: the target database "
+                              f"WAS {done}{'' if replace else ' from the archive'}")
+        if status in ("aborted", "not started"):
+            raise EngineError(reason + "; nothing was restored, the target database is as it was")
+        raise EngineError(reason + "; it is not known whether the load was committed: check "
+                          "the target database before using it")
 
 
-def _pg_reason(stderr: str, tool: str) -> str:
-    """A short, safe reason from a libpq tool's stderr (never the text itself)."""
-    lowered = stderr.lower()
-    if "password authentication failed" in lowered or "no password supplied" in lowered:
-        return f"{tool} could not log in to the database (wrong user or password)"
-    if "does not exist" in lowered and "database" in lowered:
-        return f"{tool}: the database does not exist"
-    if "could not connect" in lowered or "connection refused" in lowered or "connection to server" in lowered:
-        return f"{tool} could not connect to the database server"
-    if "server version mismatch" in lowered:
-        return f"{tool} is older than the database server"
-    if "permission denied" in lowered:
-        return f"{tool}: permission denied in the database"
-    return f"{tool} failed (details are in the server log)"
+def _load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, bytes, bytes]:
+    """psql's input before the dump (our transaction, its xid, the restore role,
+    psql restricted by our key), after it (the objects handed to the connecting
+    user: the role keeps nothing; the session's search_path back for the finishing
+    SQL) and at the end (the marker printed only once the COMMIT succeeded)."""
+    r = f'"{role}"'
+    before = ["SET standard_conforming_strings = on;", "BEGIN;",
+              "SELECT pg_catalog.txid_current() AS gr_restore_xid \\gset",
+              "\\echo gr-restore-xid :gr_restore_xid",
+              *(["DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public;"] * replace),
+              f"GRANT USAGE, CREATE ON SCHEMA public TO {r};", f"SET LOCAL ROLE {r};",
+              *([f"\\restrict {key}"] if key else [])]
+    after = ["RESET ROLE;", "RESET search_path;", f"REASSIGN OWNED BY {r} TO CURRENT_USER;",
+             f"DROP OWNED BY {r};"]
+    end = ["COMMIT;", *([f"\\unrestrict {key}"] if key else []), "\\echo " + COMMITTED.decode()]
+    return tuple(("\n" + "\n".join(lines) + "\n").encode() for lines in (before, after, end))
+
+
+def _feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finishing) -> None:
+    """Our script around the screened dump, the finishing SQL (still restricted)
+    before the end; psql (and its transaction) killed on any error but its own."""
+    screen, (before, after, end) = PgDumpScreen(), script
+    try:
+        proc.stdin.write(before)
+        while chunk := stream.read(CHUNK):
+            proc.stdin.write(screen.feed(chunk))
+        proc.stdin.write(screen.finish() + after)
+        for sql in finishing:
+            proc.stdin.write(sql.encode())
+        proc.stdin.write(end)
+        proc.stdin.close()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # psql stopped at an error; its exit code says so
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _outcome(url: str, printed: bytes, stderr: str) -> str | None:
+    """``committed`` (our marker, or the server's word on the xid psql printed),
+    ``aborted``, ``not started`` (psql could not connect) or None (nobody knows)."""
+    if COMMITTED in printed:
+        return "committed"
+    m = XID_MARK.search(printed)
+    if m is None:
+        never = ("could not connect", "connection refused", "connection to server",
+                 "password authentication failed", "no password supplied", "does not exist")
+        return "not started" if any(w in stderr.lower() for w in never) else None
+    try:
+        with _connected(url, autocommit=True) as conn:
+            for _ in range(100):  # the server soon ends a dead client's transaction
+                status = conn.execute(text("SELECT pg_catalog.txid_status(:x)"),
+                                      {"x": int(m.group(1))}).scalar()
+                if status != "in progress":
+                    return status
+                time.sleep(0.1)
+    except Exception as exc:
+        log.warning("cannot ask about the restore's transaction: %s", mask(str(exc), url))
+    return None
+
+
+def prepare_restore_role(url: str, role: str) -> str:
+    """Create the restore role when missing (NOLOGIN, none of SUPERUSER, CREATEDB,
+    CREATEROLE, REPLICATION, BYPASSRLS), refuse it with any of those or as a member
+    of a superuser or server file/program role, let the connecting user SET ROLE
+    to it. A line for ``setup``; else EngineError (one line, no server text)."""
+    if not ROLE_NAME.fullmatch(role):
+        raise EngineError(f"RESTORE_DATABASE_ROLE {role[:64]!r} is not a plain role name "
+                          f"(a-z, 0-9 and _)")
+    try:
+        with _connected(url, autocommit=True) as conn:
+            created = _create_role(conn, role)
+            _check_role(conn, role)
+            _let_user_act_as(conn, role)
+    except EngineError:
+        raise
+    except Exception as exc:
+        log.warning("cannot prepare the restore role %s: %s", role, mask(str(exc), url))
+        raise EngineError(f"cannot prepare the restore role {role}: "
+                          f"{_connect_reason(exc)}") from None
+    return (f"restore role ready: {role} ({'created' if created else 'checked'}: no "
+            f"superuser, no CREATEDB/CREATEROLE, no server file or program access)")
+
+
+def _create_role(conn: Connection, role: str) -> bool:
+    if conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
+        return False
+    try:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" {ROLE_ATTRIBUTES}')
+    except Exception as exc:
+        if getattr(getattr(exc, "orig", None), "pgcode", None) == "42710":
+            return False  # another process made it meanwhile
+        log.warning("cannot create the restore role %s: %s", role, exc)
+        raise EngineError(f"the restore role {role} does not exist and this database user may "
+                          f"not create roles: as a superuser run CREATE ROLE {role} "
+                          f"{ROLE_ATTRIBUTES}; then run setup again") from None
+    return True
+
+
+def _check_role(conn: Connection, role: str) -> None:
+    flags = conn.execute(text("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, "
+                              "rolbypassrls FROM pg_roles WHERE rolname = :r"), {"r": role}).one()
+    bad = [n for n, on in zip(("SUPERUSER", "CREATEDB", "CREATEROLE", "REPLICATION",
+                               "BYPASSRLS"), flags) if on]
+    bad += [f"a member of {name}" for name in conn.execute(text(
+        "SELECT b.rolname FROM pg_roles b WHERE b.rolname <> :r AND pg_has_role(CAST(:r AS "
+        "name), b.oid, 'MEMBER') AND (b.rolsuper OR b.rolname = ANY(:files)) ORDER BY 1"),
+        {"r": role, "files": list(FILE_ROLES)}).scalars()]
+    if bad:
+        raise EngineError(f"the restore role {role} may do harm ({', '.join(bad)[:200]}): as a "
+                          f"superuser take that away (ALTER ROLE {role} NOSUPERUSER NOCREATEDB "
+                          f"NOCREATEROLE NOREPLICATION NOBYPASSRLS; REVOKE … FROM {role}) or "
+                          f"set RESTORE_DATABASE_ROLE to another role")
+
+
+def _let_user_act_as(conn: Connection, role: str) -> None:
+    """A superuser may SET ROLE to it; another user needs membership (granted if we may)."""
+    mode = "SET" if (conn.dialect.server_version_info or (0,)) >= (16,) else "MEMBER"
+    if conn.execute(text(f"SELECT pg_has_role(current_user, CAST(:r AS name), '{mode}')"),
+                    {"r": role}).scalar():
+        return
+    user = conn.execute(text("SELECT current_user")).scalar()
+    try:
+        conn.exec_driver_sql(f'GRANT "{role}" TO CURRENT_USER')
+    except Exception as exc:
+        log.warning("cannot grant the restore role %s to %s: %s", role, user, exc)
+        raise EngineError(f"the database user {user} may not act as the restore role {role}: "
+                          f"as a superuser run GRANT {role} TO {user}") from None
 
 
 def _connect_reason(exc: Exception) -> str:

@@ -103,9 +103,10 @@ class SQLiteEngine:
             shutil.rmtree(folder, ignore_errors=True)
 
     def restore(self, settings: EngineSettings, url: str, stream: IO[bytes], *,
-                replace: bool = False, upgrade=None) -> None:
+                replace: bool = False, finish=None) -> None:
         """Load the dump (screened, under an authorizer) into a new file beside the
-        target, bring it to the code's schema (``upgrade``, when given), and check
+        target, finish it (``finish``: the schema upgrade, the audit trail carried
+        over, erasures re-applied; see ``ops/finishing.py``), and check
         it; then copy it INTO the target with SQLite's backup API,
         one write transaction through the target's own connection (its WAL, its
         other connections and a running server stay consistent), and check the
@@ -117,8 +118,8 @@ class SQLiteEngine:
         try:
             src = _load(tmp, stream, _page_size(target))
             try:
-                if upgrade is not None:
-                    _upgrade_loaded(tmp, upgrade)
+                if finish is not None:
+                    _finish_loaded(tmp, finish)
                 problems, loaded = _inspect(src)
                 why = _verdict(problems, loaded, None)
                 if why:
@@ -135,19 +136,20 @@ class SQLiteEngine:
             _private(target)
 
 
-def _upgrade_loaded(tmp: Path, upgrade) -> None:
-    """Migrate the loaded copy (the target is not touched yet: a failure here
+def _finish_loaded(tmp: Path, finish) -> None:
+    """Finish the loaded copy (the target is not touched yet: a failure here
     leaves it as it was)."""
     from sqlalchemy import create_engine
 
     engine = create_engine(f"sqlite:///{tmp}")
     try:
         with engine.begin() as conn:
-            upgrade.apply(conn)
+            finish.apply(conn)
     except Exception as exc:
-        log.warning("SQLite restore: the schema upgrade failed: %s", exc)
-        raise EngineError(f"the archive's schema could not be upgraded "
-                          f"({type(exc).__name__}); {NOTHING_RESTORED}") from None
+        log.warning("SQLite restore: finishing the loaded copy failed: %s", exc)
+        raise EngineError(f"the loaded archive could not be brought up to date (schema "
+                          f"upgrade, audit trail, erasures: {type(exc).__name__}); "
+                          f"{NOTHING_RESTORED}") from None
     finally:
         engine.dispose()
 

@@ -26,6 +26,7 @@ from guest_registration.exports import ExportFormat, FormatRegistry, UnknownForm
 from guest_registration.models import Guest, Registration, Trip
 
 from guest_backup.engines import DatabaseEngine
+from guest_backup.ops.metrics import record_export
 
 #: The export's columns, in order, named as in the backup-system document.
 FIELDS = (
@@ -207,7 +208,9 @@ def _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path,
     else:
         produce = lambda: req.format.write(  # noqa: E731
             _generic_rows(conn, export_query(start, end), fetch_rows), FIELDS)
-    return ExportStream(req, rows, _Body(produce, conn, engine, entry, rows, on_error, on_close))
+    body = _Body(produce, conn, engine, entry, rows, on_error, on_close)
+    body.label = (action, req.format.name)  # counted by format when it ends (ops.metrics)
+    return ExportStream(req, rows, body)
 
 
 class _Body:
@@ -223,6 +226,7 @@ class _Body:
         self._on_close = on_close
         self._chunks: Iterator[bytes] | None = None
         self._done = False
+        self.label: tuple[str, str] | None = None  # (action, format), for the metrics
         self.sent = 0
 
     def __iter__(self) -> "_Body":
@@ -257,6 +261,7 @@ class _Body:
         if self._done:
             return
         self._done = True
+        record_export(self.label, outcome, rows)  # never raises
         try:
             close = getattr(self._chunks, "close", None)
             if close:

@@ -16,6 +16,8 @@ from guest_backup.ops.context import BackupContext
 from guest_backup.archive.signing import TrustedKeys
 from guest_backup.errors import BackupError
 from guest_backup.ops.fetch import archive_file
+from guest_backup.ops.finishing import erasures_for
+from guest_backup.ops.notify import observed
 from guest_backup.ops.restore import restore_archive
 
 
@@ -26,12 +28,14 @@ class DrillResult:
     tables: int = 0
     rows: int = 0
     mismatches: list[str] = field(default_factory=list)
+    erasures: int = 0  # erasures of the ledger re-applied in the scratch copy
 
     @property
     def ok(self) -> bool:
         return not self.mismatches
 
 
+@observed("drill")  # metrics and notifications when it ends; never raises
 def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_keys=(),
                   actor: str | None, via: str) -> DrillResult:
     """Run one drill under the backup lock; audited as ``restore-test``."""
@@ -45,8 +49,8 @@ def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_
         raise
     ctx.audit.record(engine, "restore-test", "ok" if result.ok else "failed", actor=actor, via=via,
                  target=result.archive, rows=result.rows,
-                 message=(f"{result.tables} tables, {result.rows} rows match the manifest "
-                          f"({result.storage})" if result.ok else "; ".join(result.mismatches)))
+                 message=(f"{result.tables} tables, {result.rows} rows match the manifest, "
+                          f"{result.erasures} erasures re-applied ({result.storage})" if result.ok else "; ".join(result.mismatches)))
     return result
 
 
@@ -68,7 +72,9 @@ def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillR
                                        trusted=settings.trusted(trusted_keys), engine=None,
                                        identity=identity,
                                        explicit_keys=list(TrustedKeys(trusted_keys)),
-                                       migrations=ctx.migrations() if ctx.migrations else None)
+                                       migrations=ctx.migrations() if ctx.migrations else None,
+                                       erasures=erasures_for(ctx))
+            result.erasures = restored.erasures
             _compare(target, restored.row_counts, result)
     finally:
         shutil.rmtree(uploads, ignore_errors=True)

@@ -14,6 +14,9 @@ from sqlalchemy.engine import Engine
 
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.listing import list_everywhere, recognised
+from guest_backup.ops.pitr import status as pitr_status
+from guest_backup.ops.retention import legal_horizon
+from guest_backup.ops.rights import overdue_registrations
 from guest_backup.storages import StorageError
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
@@ -54,8 +57,24 @@ MESSAGES = {
     "old_drill": N_("the last restore drill is %(age)s old (more than %(limit)s)"),
     "unrecognised": N_("%(storage)s: %(count)s unrecognised files (not counted as backups, "
                        "never deleted by retention): %(names)s"),
+    #: ``limit``: GUEST_RETENTION_YEARS
+    "overdue_records": N_("%(count)s registrations past the legal retention of %(limit)s years "
+                          "(run: manage.py retention-enforce)"),
+    "overdue_archives": N_("%(storage)s: %(count)s archives older than the legal retention of "
+                           "%(limit)s years (run: manage.py retention-enforce)"),
     #: a storage's own error message, shown as it is
     "storage": "%(message)s",
+    #: point-in-time recovery (only when PITR_PG_DATA is set; see guest_backup.ops.pitr)
+    "pitr_unavailable": N_("point-in-time recovery: %(message)s"),
+    "pitr_wal_stalled": N_("WAL archiving is stalled: %(count)s segment(s) waiting, the oldest "
+                           "for %(age)s (more than %(limit)s)"),
+    "pitr_wal_failing": N_("WAL archiving is failing (last failure at %(at)s): %(count)s "
+                           "segment(s) waiting, the oldest for %(age)s (more than %(limit)s)"),
+    "pitr_no_full": N_("no full PITR backup yet (run: manage.py pitr backup --type full)"),
+    "pitr_old_full": N_("the newest full PITR backup is %(age)s old (more than %(limit)s)"),
+    "pitr_no_drill": N_("no PITR drill yet (run: manage.py pitr drill)"),
+    "pitr_drill_failed": N_("the last PITR drill failed at %(at)s: %(message)s"),
+    "pitr_old_drill": N_("the last PITR drill is %(age)s old (more than %(limit)s)"),
 }
 
 
@@ -144,6 +163,70 @@ def _activity_problems(last_backup, last_upload, last_drill, now: datetime,
     return problems
 
 
+def _retention_problems(ctx: BackupContext, engine: Engine, results,
+                        now: datetime) -> list[Problem]:
+    """Registrations and archives past GUEST_RETENTION_YEARS (none when it is 0)."""
+    years = ctx.settings.guest_retention_years
+    horizon = legal_horizon(years, now)
+    if horizon is None:
+        return []
+    problems = []
+    count = overdue_registrations(engine, years)
+    if count:
+        problems.append(Problem("overdue_records", {"count": count, "limit": years}))
+    for storage, archives in results:
+        old = [] if isinstance(archives, StorageError) else [
+            a for a in archives if a.created < horizon]
+        if old:
+            problems.append(Problem("overdue_archives", {"storage": storage.name,
+                                                         "count": len(old), "limit": years}))
+    return problems
+
+
+def pitr_section(ctx: BackupContext, engine: Engine | None, now: datetime,
+                max_drill_age: timedelta) -> tuple[dict | None, list]:
+    """The PITR part of ``health``: its section and its problems (none while PITR is
+    off). Archiving is stalled when a segment has waited longer than
+    PITR_MAX_WAL_DELAY (an idle cluster whose last segment is old is not)."""
+    if not ctx.settings.pitr_enabled:
+        return None, []
+    st = pitr_status(ctx, engine)
+    problems = [Problem("pitr_unavailable", {"message": e}) for e in st.errors]
+    limits = ctx.settings.pitr
+    delay = parse_duration(str(limits.get("PITR_MAX_WAL_DELAY") or 300))
+    max_full = parse_duration(str(limits.get("PITR_MAX_FULL_AGE") or "8d"))
+    a = st.archiver
+    if a is not None:
+        waited = (now - a.oldest_ready if a.oldest_ready else
+                  now - (a.last_archived_time or now) if a.failing and a.ready is None else None)
+        if waited is not None and waited > delay:
+            problems.append(Problem("pitr_wal_failing" if a.failing else "pitr_wal_stalled", {
+                "count": a.ready if a.ready is not None else "?", "age": _human(waited),
+                "limit": _human(delay), "at": _iso(a.last_failed_time)}))
+    full = st.repo.newest_full if st.repo else None
+    if st.repo is not None and full is None:
+        problems.append(Problem("pitr_no_full"))
+    elif full is not None and now - full.stop > max_full:
+        problems.append(Problem("pitr_old_full", {"age": _human(now - full.stop),
+                                                  "limit": _human(max_full)}))
+    drill = _latest(ctx, engine, "pitr-drill") if engine is not None else None
+    drill_age = now - drill.pop("_when") if drill else None
+    if drill is None:
+        problems.append(Problem("pitr_no_drill"))
+    elif drill["outcome"] != "ok":
+        problems.append(Problem("pitr_drill_failed", {"at": drill["at"],
+                                                      "message": drill["message"]}))
+    elif drill_age > max_drill_age:
+        problems.append(Problem("pitr_old_drill", {"age": _human(drill_age),
+                                                   "limit": _human(max_drill_age)}))
+    section = {**st.as_dict(), "status": "unhealthy" if problems else "healthy",
+               "last_drill": drill, "problems": [p.english() for p in problems]}
+    if a is not None and a.last_archived_time is not None:
+        section["archiver"]["last_archived_age_seconds"] = int(
+            (now - a.last_archived_time).total_seconds())
+    return section, problems
+
+
 def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
            max_drill_age: timedelta, listing=None) -> tuple[dict, int]:
     """The report and its exit code; ``listing`` (from ``list_everywhere``) saves
@@ -158,6 +241,9 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
     last_backup, last_upload, last_drill = (_latest(ctx, engine, action)
                                             for action in ("backup", "upload", "restore-test"))
     problems += _activity_problems(last_backup, last_upload, last_drill, now, max_drill_age)
+    problems += _retention_problems(ctx, engine, results, now)
+    pitr, pitr_problems = pitr_section(ctx, engine, now, max_drill_age)
+    problems += pitr_problems
     if problems and code == HEALTHY:
         code = UNHEALTHY
     past = [e for e in (_latest(ctx, engine, "backup", ("failed", "aborted")),
@@ -174,6 +260,7 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
         "last_upload": last_upload,
         "last_failure": last_failure,
         "last_drill": last_drill,
+        "pitr": pitr,
         "problems": [p.english() for p in problems],
         "problem_ids": [p.as_dict() for p in problems],
     }, code

@@ -20,6 +20,7 @@ from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.locks import BackupLock, RedisBackupLock
 from guest_backup.ops.create import BackupResult, create_backup
+from guest_backup.ops.notify import observed
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.retention import Policy, prune_storage, record_pruning
 from guest_backup.storages import Storage, StorageError
@@ -57,6 +58,7 @@ def ping(url: str, ok: bool) -> None:
         log.warning("the health-check ping failed (%s)", type(exc).__name__)
 
 
+@observed("backup")  # metrics and notifications when it ends; never raises
 def run_backup(ctx: BackupContext, engine: Engine, *, output=None, keep: int | None = None,
                actor: str | None, via: str, progress: Progress | None = None,
                lock: BackupLock | RedisBackupLock | None = None) -> BackupRun:

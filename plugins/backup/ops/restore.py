@@ -23,7 +23,8 @@ from guest_backup.archive.encryption import decrypted, is_age_file, load_identit
 from guest_backup.engines import DatabaseEngine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
-from guest_backup.ops.schema import MigrationPaths, plan
+from guest_backup.ops.finishing import AuditCarry, ErasureReapply, Finishers
+from guest_backup.ops.schema import MigrationPaths, SchemaUpgrade, plan
 from guest_backup.ops.settings import BackupSettings
 from guest_backup.archive.signing import TrustedKeys
 from guest_backup.archive.verify import VerifiedReader, VerifyReport, verify_archive
@@ -40,6 +41,7 @@ class RestoreResult:
     uploads_kept: int       # already there with other content: left alone
     unsigned: bool
     schema: str | None = None  # "schema upgraded from … to …", when it was
+    erasures: int = 0           # erasures of the ledger re-applied
 
 
 def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEngine],
@@ -48,7 +50,8 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                     audit: AuditLog | None = None, actor: str | None = None, via: str = "cli",
                     allow_unsigned: bool = False, explicit_keys=(),
                     identity: str | os.PathLike | None = None,
-                    migrations: MigrationPaths | None = None) -> RestoreResult:
+                    migrations: MigrationPaths | None = None,
+                    erasures: ErasureReapply | None = None) -> RestoreResult:
     """Nothing is written before the archive verified (seal, signature, name, date
     and installation, checksums, dump screen) and the target database was found
     empty (or ``replace`` was given). ``engine`` is the app's own database, where
@@ -56,7 +59,7 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
     ``explicit_keys`` are the keys given for this restore (--trusted-key), whose
     archives may come from another installation."""
     name = Path(path).name
-    stage = "refused"
+    stage, finish = "refused", Finishers()
     binding = {"installation": settings.installation(), "explicit_keys": explicit_keys,
                "name": name, "allow_unsigned": allow_unsigned}
     try:
@@ -64,16 +67,10 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
             report, db_engine, manifest, empty = _check(plain, engines, trusted, binding,
                                                         target_url, uploads_dir, replace)
             upgrade = plan(migrations, manifest) if migrations is not None else None
+            finish = _finishers(upgrade, None if empty else target_url, erasures)
             stage = "failed"
-            with zipfile.ZipFile(plain) as zf:
-                with zf.open(DATABASE_MEMBER) as member:
-                    db_engine.restore(settings.engine_settings, target_url,
-                                      VerifiedReader(member, manifest["members"][DATABASE_MEMBER],
-                                                     DATABASE_MEMBER),
-                                      replace=not empty,
-                                      **({"upgrade": upgrade} if upgrade is not None
-                                         and upgrade.needed else {}))
-                written, present, kept = _restore_uploads(zf, manifest, Path(uploads_dir))
+            written, present, kept = _load(plain, manifest, db_engine, settings, target_url,
+                                           uploads_dir, empty, finish)
     except BaseException as exc:
         message = safe_message(exc)
         _log(audit, engine, name, actor, via, "failed" if isinstance(exc, Exception) else "aborted",
@@ -83,15 +80,80 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
         log.warning("restore failed (%s)", type(exc).__name__)
         log.debug("restore failed", exc_info=True)
         raise BackupError(message) from None
+    finally:
+        for part in finish.parts:
+            if isinstance(part, AuditCarry):
+                part.discard()
     counts = manifest.get("row_counts", {})
-    note = "UNSIGNED archive restored (--allow-unsigned); " if report.unsigned else ""
-    if upgrade is not None and upgrade.needed:
-        note += upgrade.describe() + "; "
+    notes = _notes(report, finish)
     _log(audit, engine, name, actor, via, "ok", rows=sum(counts.values()),
-         message=f"{note}into {uploads_dir}: {written} uploads written, {present} already "
+         message=f"{notes}into {uploads_dir}: {written} uploads written, {present} already "
                  f"there, {kept} kept as they were")
     return RestoreResult(counts, written, present, kept, report.unsigned,
-                         upgrade.describe() if upgrade is not None and upgrade.needed else None)
+                         upgrade.describe() if upgrade is not None and upgrade.needed else None,
+                         erasures.applied if erasures is not None else 0)
+
+
+def _load(plain: Path, manifest: dict, db_engine, settings, target_url: str, uploads_dir,
+          empty: bool, finish: Finishers) -> tuple[int, int, int]:
+    """The database (finished before it commits), then the uploads."""
+    with zipfile.ZipFile(plain) as zf:
+        with zf.open(DATABASE_MEMBER) as member:
+            db_engine.restore(settings.engine_settings, target_url,
+                              VerifiedReader(member, manifest["members"][DATABASE_MEMBER],
+                                             DATABASE_MEMBER),
+                              replace=not empty, **({"finish": finish} if finish else {}))
+        _after_load(db_engine, target_url, finish)
+        return _restore_uploads(zf, manifest, Path(uploads_dir))
+
+
+def _after_load(db_engine, target_url: str, finish: Finishers) -> None:
+    """PostgreSQL: the erasures re-applied on the loaded database at once (matching
+    by keyed hash needs Python, not SQL inside psql's transaction)."""
+    if db_engine.dialect != "postgresql":
+        return
+    for part in finish.parts:
+        if isinstance(part, ErasureReapply):
+            from sqlalchemy import create_engine
+
+            engine = create_engine(target_url)
+            try:
+                with engine.begin() as conn:
+                    part.apply(conn)
+            except BackupError as exc:
+                raise BackupError(f"the database was restored, but {exc}: erase them again "
+                                  f"(manage.py erase) before serving it") from None
+            finally:
+                engine.dispose()
+
+
+def _notes(report, finish: Finishers) -> str:
+    """What the audit entry says besides the counts."""
+    note = "UNSIGNED archive restored (--allow-unsigned); " if report.unsigned else ""
+    for part in finish.parts:
+        if isinstance(part, SchemaUpgrade):
+            note += part.describe() + "; "
+        elif isinstance(part, AuditCarry):
+            note += f"{part.count} audit entries of the replaced database kept; "
+        elif isinstance(part, ErasureReapply):
+            note += f"{part.applied} erasure{'s' if part.applied != 1 else ''} re-applied; "
+    return note
+
+
+def _finishers(upgrade: SchemaUpgrade | None, replaced_url: str | None,
+               erasures: ErasureReapply | None) -> Finishers:
+    """What the load does before it commits: the schema upgrade, the replaced
+    database's audit trail carried over, the erasure ledger re-applied."""
+    finish = Finishers()
+    if upgrade is not None and upgrade.needed:
+        finish.parts.append(upgrade)
+    if replaced_url is not None:
+        carry = AuditCarry.set_aside(replaced_url)
+        if carry is not None:
+            finish.parts.append(carry)
+    if erasures is not None and erasures.entries:
+        finish.parts.append(erasures)
+    return finish
 
 
 @contextlib.contextmanager

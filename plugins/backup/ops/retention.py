@@ -6,14 +6,39 @@ N newest); an archive is kept when any rule keeps it; the newest archive is
 always kept. With no rule set, everything is kept. Times are the archives' signed
 creation times (UTC), never a file's time or a name anyone can give a file; only
 recognised archives count, and a file that is not recognised is never deleted.
+
+The legal horizon (GUEST_RETENTION_YEARS, :func:`legal_horizon`) overrides every
+rule: an archive created before it is removed whatever the rules keep, the
+newest one too (it holds guests past their legal retention).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Callable, Iterable
 
+from guest_backup.ops.notify import observed
+
+
+def years_before(when: datetime, years: int) -> datetime:
+    """``when`` less whole calendar years (29 February becomes the 28th)."""
+    try:
+        return when.replace(year=when.year - years)
+    except ValueError:
+        return when.replace(year=when.year - years, day=28)
+
+
+def legal_horizon(years: int, now: datetime | None = None) -> datetime | None:
+    """The oldest creation time GUEST_RETENTION_YEARS = ``years`` allows (UTC);
+    None when it is 0 (off)."""
+    if years <= 0:
+        return None
+    return years_before(now or datetime.now(timezone.utc), years)
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -22,12 +47,16 @@ class Policy:
     daily: int = 0
     weekly: int = 0
     monthly: int = 0
+    #: archives created before it are removed whatever the rules say (None: no horizon)
+    horizon: datetime | None = None
 
     @classmethod
     def of(cls, settings) -> "Policy":
-        """BACKUP_KEEP, BACKUP_KEEP_DAILY, _WEEKLY and _MONTHLY."""
+        """BACKUP_KEEP, BACKUP_KEEP_DAILY, _WEEKLY and _MONTHLY, and the legal
+        horizon of GUEST_RETENTION_YEARS."""
         return cls(settings.keep, settings.keep_daily, settings.keep_weekly,
-                   settings.keep_monthly)
+                   settings.keep_monthly,
+                   legal_horizon(getattr(settings, "guest_retention_years", 0)))
 
     @property
     def keeps_everything(self) -> bool:
@@ -39,12 +68,15 @@ class Decision:
     name: str
     when: datetime
     reasons: list[str] = field(default_factory=list)
+    past_horizon: bool = False
 
     @property
     def keep(self) -> bool:
         return bool(self.reasons)
 
     def describe(self) -> str:
+        if self.past_horizon:
+            return "remove (past the legal retention)"
         return "keep (" + ", ".join(self.reasons) + ")" if self.reasons else "remove"
 
 
@@ -66,7 +98,7 @@ def plan(archives: Iterable[tuple[str, datetime]], policy: Policy,
     if policy.keeps_everything:
         for d in decisions:
             d.reasons.append("no retention rule set")
-        return decisions + undated
+        return _past_horizon(decisions, policy.horizon) + undated
     for i, d in enumerate(decisions[:policy.last]):
         d.reasons.append(f"last {i + 1}")
     for rule, bucket_of in _BUCKETS.items():
@@ -80,7 +112,17 @@ def plan(archives: Iterable[tuple[str, datetime]], policy: Policy,
                 previous, budget = bucket, budget - 1
     if decisions and not decisions[0].reasons:
         decisions[0].reasons.append("newest")
-    return decisions + undated
+    return _past_horizon(decisions, policy.horizon) + undated
+
+
+def _past_horizon(decisions: list[Decision], horizon: datetime | None) -> list[Decision]:
+    """Remove what was created before the legal horizon, whatever kept it."""
+    if horizon is not None:
+        for d in decisions:
+            if _aware(d.when) < _aware(horizon):
+                d.reasons.clear()
+                d.past_horizon = True
+    return decisions
 
 
 def bucket_label(rule: str, when: datetime) -> str:
@@ -109,6 +151,7 @@ def prune_storage(ctx, storage, policy: Policy, *, protect: str | None = None,
     return decisions
 
 
+@observed("prune")  # metrics and notifications when it ends; never raises
 def prune_archives(ctx, storages, policy: Policy, *, lock, dry_run: bool, audit_engine,
                    actor: str | None, via: str) -> dict[str, list[Decision]]:
     """``backup-prune``: apply ``policy`` to each storage separately, under the

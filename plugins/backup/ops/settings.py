@@ -63,6 +63,39 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BACKUP_NOTIFY_URLS": [],
         #: a retention run removing more archives than this from one storage notifies (0: off)
         "BACKUP_NOTIFY_MAX_PRUNE": 5,
+        **pitr_defaults(instance_path),
+    }
+
+
+def pitr_defaults(instance_path: str) -> dict[str, Any]:
+    """Point-in-time recovery with pgBackRest (docs/pitr.md); off while PITR_PG_DATA is empty."""
+    folder = os.path.join(instance_path, "pgbackrest")
+    return {
+        #: the cluster's data directory; pgBackRest runs as its owner (runuser when root)
+        "PITR_PG_DATA": "",
+        "PITR_STANZA": "guest-registration",
+        #: how pgBackRest and psql reach the cluster: its port and unix socket folder
+        "PITR_PG_PORT": 5432,
+        "PITR_PG_SOCKET": "/var/run/postgresql",
+        #: the server binaries (pg_ctl); empty: /usr/lib/postgresql/<version>/bin or PATH
+        "PITR_PG_BINDIR": "",
+        "PITR_PGBACKREST": "pgbackrest",
+        #: pgbackrest.conf, log, lock and spool folders (the owner's; it must reach them)
+        "PITR_FOLDER": folder,
+        #: the repository: a folder (empty: PITR_FOLDER/repo, i.e. <instance>/pgbackrest/repo),
+        #: or s3://bucket/prefix (endpoint, region, keys: boto3's AWS_* variables; TLS only)
+        "PITR_REPO_PATH": "",
+        "PITR_REPO_S3_URL": "",
+        "PITR_S3_VERIFY_TLS": True,
+        "PITR_S3_URI_STYLE": "host",
+        #: repository encryption (aes-256-cbc) when set; keep it with the recovery notes
+        "PITR_CIPHER_PASS": "",
+        #: archive_timeout (seconds): at most this much of the newest writes is lost
+        "PITR_ARCHIVE_TIMEOUT": 60,
+        "PITR_RETENTION_FULL": 2,
+        #: health: a WAL segment waiting longer (seconds, or 5m, 1h); the newest full backup older
+        "PITR_MAX_WAL_DELAY": 300,
+        "PITR_MAX_FULL_AGE": "8d",
     }
 
 
@@ -89,6 +122,8 @@ class BackupSettings:
     remote_url: str = ""
     healthcheck_url: str = ""
     guest_retention_years: int = 0
+    #: the PITR_* settings as given (read by guest_backup.ops.pitr, checked there)
+    pitr: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], app_version: str) -> "BackupSettings":
@@ -108,6 +143,7 @@ class BackupSettings:
             remote_url=(config["BACKUP_REMOTE_URL"] or "").strip(),
             healthcheck_url=(config["BACKUP_HEALTHCHECK_URL"] or "").strip(),
             guest_retention_years=max(0, int(config.get("GUEST_RETENTION_YEARS", 6) or 0)),
+            pitr={k: v for k, v in config.items() if k.startswith("PITR_")},
         )
 
     def signer(self) -> "Signer":
@@ -126,6 +162,10 @@ class BackupSettings:
 
         return TrustedKeys([self.signer().public_key, *self.trusted_keys, *extra])
 
+
+    @property
+    def pitr_enabled(self) -> bool:
+        return bool(str(self.pitr.get("PITR_PG_DATA") or "").strip())
 
     @property
     def engine_settings(self) -> EngineSettings:

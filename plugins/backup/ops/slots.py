@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from guest_backup.ops.locks import keep_renewing, try_flock
+from guest_backup.ops.metrics import slot_freed, slot_taken
 
 LEASE = 60  # seconds a Redis slot lives without renewal
 RENEW_EVERY = LEASE / 4
@@ -39,12 +40,17 @@ class Slot:
     def __init__(self, release=None) -> None:
         self._release = release
         self._lock = threading.Lock()
+        if release is not None:
+            slot_taken()  # the gauge of slots in use (never raises)
 
     def release(self) -> None:
         with self._lock:
             release, self._release = self._release, None
         if release is not None:
-            release()
+            try:
+                release()
+            finally:
+                slot_freed()
 
 
 class FileSlots:

@@ -1,0 +1,324 @@
+"""Notifications through Apprise (``BACKUP_NOTIFY_URLS``, any Apprise scheme): a
+backup failed or recovered, a restore drill failed or passed again, health
+degraded or recovered, a storage unreachable or back, a retention run removed
+more than ``BACKUP_NOTIFY_MAX_PRUNE`` archives from one storage.
+
+Once per change of state, never per run: the last known state of each kind is
+kept in ``<instance>/notify-state.json`` (0600, replaced atomically, under an
+flock), or in Redis when ``REDIS_URL`` is set. A new state is stored once at
+least one URL accepted the message about it (or when no URL is set), so a
+message nobody received is tried again at the next run. Texts name the event,
+the machine and archive names, never a person; URLs are only ever shown masked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import inspect
+import json
+import logging
+import os
+import re
+import socket
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from guest_backup.errors import BackupBusy
+from guest_backup.ops import metrics
+from guest_backup.ops.context import BackupContext, shared
+
+log = logging.getLogger(__name__)
+STATE_FILE = "notify-state.json"
+#: states worth a message when they begin
+BAD = frozenset({"failed", "degraded", "unreachable", "excess"})
+#: (kind, new state) -> title; a kind back to "ok" after a bad state has its own
+TITLES = {
+    ("backup", "failed"): "Backup failed",
+    ("backup", "ok"): "Backup recovered",
+    ("drill", "failed"): "Restore drill failed",
+    ("drill", "ok"): "Restore drill passed again",
+    ("health", "degraded"): "Backup health degraded",
+    ("health", "ok"): "Backup health recovered",
+    ("storage", "unreachable"): "Backup storage unreachable",
+    ("storage", "ok"): "Backup storage reachable again",
+    ("prune", "excess"): "Retention removed many archives",
+}
+MAX_DETAIL = 600
+_ADDRESS = re.compile(r"[^\s@<>()\"',;:]+@[^\s@<>()\"',;:]+")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FileStates:
+    """The last state of each kind in one JSON file (0600, replaced whole)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / STATE_FILE
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path.with_name(f".{STATE_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing frees the flock
+
+    def read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, kind: str) -> str | None:
+        entry = self.read().get(kind)
+        return entry.get("state") if isinstance(entry, dict) else None
+
+    def set(self, kind: str, state: str) -> None:
+        data = self.read()
+        data[kind] = {"state": state, "since": _now()}
+        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(data, indent=1, sort_keys=True))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+
+class RedisStates:
+    """The same in a Redis hash, shared by every machine of the installation."""
+
+    def __init__(self, client, key: str) -> None:
+        self.client, self.key = client, key
+
+    def locked(self):
+        return self.client.lock(self.key + ":lock", timeout=120, blocking_timeout=60)
+
+    def read(self) -> dict:
+        found = {}
+        for kind, raw in self.client.hgetall(self.key).items():
+            try:
+                found[kind.decode() if isinstance(kind, bytes) else kind] = json.loads(raw)
+            except ValueError:
+                continue
+        return found
+
+    def get(self, kind: str) -> str | None:
+        raw = self.client.hget(self.key, kind)
+        try:
+            return json.loads(raw).get("state") if raw else None
+        except (ValueError, AttributeError):
+            return None
+
+    def set(self, kind: str, state: str) -> None:
+        self.client.hset(self.key, kind, json.dumps({"state": state, "since": _now()}))
+
+
+def state_store(ctx: BackupContext) -> FileStates | RedisStates:
+    return shared(ctx, lambda c: RedisStates(c, ctx.redis_key("notify-state")),
+                  lambda: FileStates(ctx.instance_path))
+
+
+def notify_urls(ctx: BackupContext) -> list[str]:
+    raw = ctx.config.get("BACKUP_NOTIFY_URLS") or []
+    parts = raw.split(",") if isinstance(raw, str) else [str(u) for u in raw]
+    return [u.strip() for u in parts if u.strip()]
+
+
+def masked(url: str) -> str:
+    """``url`` as it may be shown: Apprise's private form (passwords and tokens
+    elided), without its query; a URL Apprise cannot read shows its scheme only."""
+    try:
+        import apprise
+
+        target = apprise.Apprise.instantiate(url)
+        if target is not None:
+            return target.url(privacy=True).split("?")[0]
+    except Exception:
+        pass
+    scheme = url.split("://", 1)[0] if "://" in url else "?"
+    return f"{scheme[:20]}://***"
+
+
+def send(urls: list[str], title: str, body: str) -> list[tuple[str, bool]]:
+    """Send to each URL; (masked URL, accepted) for each, never an exception."""
+    try:
+        import apprise
+    except ImportError:
+        log.warning("BACKUP_NOTIFY_URLS is set but apprise is not installed "
+                    "(pip install 'guest-registration[notify]')")
+        return [(masked(u), False) for u in urls]
+    results = []
+    for url in urls:
+        accepted = False
+        try:
+            target = apprise.Apprise.instantiate(url)
+            accepted = target is not None and bool(target.notify(body=body, title=title))
+        except Exception as exc:
+            log.warning("notification error (%s)", type(exc).__name__)
+        if not accepted:
+            log.warning("the notification to %s was not accepted", masked(url))
+        results.append((masked(url), accepted))
+    return results
+
+
+def clean(text: str) -> str:
+    """No address of a person in a message, and no novel either."""
+    text = _ADDRESS.sub("<address>", " ".join(str(text).split()))
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 1] + "…"
+
+
+def message(title: str, detail: str) -> str:
+    return clean(f"{title} on {socket.gethostname()} at {_now()}. {detail}".strip())
+
+
+def change(ctx: BackupContext, kind: str, state: str, detail: str = "") -> str | None:
+    """Record that ``kind`` (``backup``, ``drill``, ``health``, ``storage:<name>``,
+    ``prune:<name>``) is now in ``state``; send a message if that is a change
+    worth one. Returns the title of the message sent (or tried), or None."""
+    store = state_store(ctx)
+    with store.locked():
+        old = store.get(kind)
+        if old == state:
+            return None
+        title = TITLES.get((kind.split(":")[0], state))
+        if title is None or (state not in BAD and old not in BAD):
+            store.set(kind, state)
+            return None
+        where = f" ({kind.split(':', 1)[1]})" if ":" in kind else ""
+        results = send(notify_urls(ctx), title + where, message(title + where, detail))
+        if not results or any(ok for _, ok in results):
+            store.set(kind, state)
+        return title
+
+
+def after_backup(ctx: BackupContext, outcome: Any, output=None) -> None:
+    """The end of a backup run: its result (a BackupRun) or the exception it raised
+    (one with ``path``, UploadFailed, kept the archive but its remote copy failed)."""
+    failed = isinstance(outcome, BaseException)
+    if failed:
+        detail = f"The backup did not complete: {outcome}"
+    else:
+        detail = f"Archive {outcome.result.path.name} ({outcome.result.size} bytes) was written."
+    change(ctx, "backup", "failed" if failed else "ok", detail)
+    if output is None and ctx.settings.remote_url:
+        if not failed:
+            change(ctx, "storage:remote", "ok", "The remote copy was made.")
+        elif getattr(outcome, "path", None) is not None:
+            change(ctx, "storage:remote", "unreachable", str(outcome))
+    if not failed:
+        after_prune(ctx, {name: len(names) for name, names in outcome.pruned.items()})
+
+
+def after_drill(ctx: BackupContext, outcome: Any) -> None:
+    if isinstance(outcome, BaseException):
+        change(ctx, "drill", "failed", f"The restore drill did not complete: {outcome}")
+    elif not outcome.ok:
+        change(ctx, "drill", "failed", f"The restore drill of {outcome.archive} found "
+                                       f"{len(outcome.mismatches)} mismatches.")
+    else:
+        change(ctx, "drill", "ok", f"{outcome.archive}: {outcome.tables} tables match.")
+
+
+def after_prune(ctx: BackupContext, removed: dict[str, int]) -> None:
+    """One retention run: how many archives it removed from each storage."""
+    limit = int(ctx.config.get("BACKUP_NOTIFY_MAX_PRUNE") or 0)
+    if limit <= 0:
+        return
+    for storage, count in removed.items():
+        change(ctx, f"prune:{storage}", "excess" if count > limit else "ok",
+               f"{count} archives were removed from {storage} in one run "
+               f"(BACKUP_NOTIFY_MAX_PRUNE is {limit}).")
+
+
+def after_health(ctx: BackupContext, report: dict) -> None:
+    """A health report (:func:`guest_backup.ops.health.health`): each storage's
+    reachability, then health itself."""
+    seen = set()
+    for entry in report["storages"]:
+        seen.add(entry["name"])
+        reachable = entry.get("reachable", False)
+        change(ctx, f"storage:{entry['name']}", "ok" if reachable else "unreachable",
+               "" if reachable else entry.get("problem", ""))
+    if ctx.settings.remote_url and "remote" not in seen:  # the remote cannot work at all
+        change(ctx, "storage:remote", "unreachable", "; ".join(report["problems"][:1]))
+    change(ctx, "health", "ok" if report["status"] == "healthy" else "degraded",
+           "; ".join(report["problems"]))
+
+
+def _quietly(what: str, fn, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.warning("%s failed (%s)", what, type(exc).__name__)
+
+
+def _backup_ended(args: dict, outcome: Any) -> None:
+    ok = not isinstance(outcome, BaseException)
+    _quietly("counting a backup", metrics.count_run, "backup", ok)
+    if ok:
+        _quietly("counting pruned archives", metrics.count_pruned,
+                 {name: len(names) for name, names in outcome.pruned.items()})
+    _quietly("the backup's notification", after_backup, args["ctx"], outcome,
+             args.get("output"))
+
+
+def _drill_ended(args: dict, outcome: Any) -> None:
+    ok = not isinstance(outcome, BaseException) and outcome.ok
+    _quietly("counting a drill", metrics.count_run, "drill", ok)
+    _quietly("the drill's notification", after_drill, args["ctx"], outcome)
+
+
+def _prune_ended(args: dict, outcome: Any) -> None:
+    if args.get("dry_run"):
+        return
+    ok = not isinstance(outcome, BaseException)
+    _quietly("counting a pruning", metrics.count_run, "prune", ok)
+    if ok:
+        removed = {name: sum(1 for d in decisions if not d.keep)
+                   for name, decisions in outcome.items()}
+        _quietly("counting pruned archives", metrics.count_pruned, removed)
+        _quietly("the pruning's notification", after_prune, args["ctx"], removed)
+
+
+_ENDED = {"backup": _backup_ended, "drill": _drill_ended, "prune": _prune_ended}
+
+
+def observed(kind: str):
+    """Decorate the operation ``kind`` (backup, drill, prune; its first argument is
+    the BackupContext): when a run ends (returned or raised; a run refused as busy
+    is none), count it and notify. Its result or exception is never changed."""
+    ended = _ENDED[kind]
+
+    def decorate(func):
+        signature = inspect.signature(func)
+
+        def after(args, kwargs, outcome) -> None:
+            try:
+                ended(signature.bind(*args, **kwargs).arguments, outcome)
+            except Exception as exc:
+                log.warning("metrics or notifications after a %s failed (%s)", kind,
+                            type(exc).__name__)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            try:
+                result = func(*args, **kwargs)
+            except BackupBusy:
+                raise
+            except Exception as exc:
+                after(args, kwargs, exc)
+                raise
+            after(args, kwargs, result)
+            return result
+
+        return wrapper
+
+    return decorate

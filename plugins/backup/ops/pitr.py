@@ -1,0 +1,300 @@
+"""Point-in-time recovery over the pgBackRest driver (:mod:`guest_backup.physical`):
+setup, backups (audited), the state (``info``, the archiver, the recoverable
+window), recovery into a new cluster with its checks and the erasure ledger
+re-applied, the drill (audited), and the PITR part of ``health``.
+
+Everything PITR does is off until PITR_PG_DATA names the cluster's data directory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from guest_backup.errors import BackupError
+from guest_backup.ops.audit import quietly
+from guest_backup.ops.context import BackupContext
+from guest_backup.physical import PitrError, recovery
+from guest_backup.physical.cluster import ARCHIVER_SQL, Archiver, Cluster, epoch_time
+from guest_backup.physical.config import PitrConfig
+from guest_backup.physical.info import BackupSet, RepoInfo
+from guest_backup.physical.pgbackrest import PgBackRest
+from guest_backup.physical.setup import SetupReport, run_setup
+from guest_backup.physical.state import (PitrStatus, Recovered, counts_text, load_snapshot,
+                                         parse_target, pg_time, retarget, save_snapshot,
+                                         target_text)
+
+TABLES = ("trip", "registration", "guest")
+_READY_SQL = ("SELECT count(*), extract(epoch FROM min(modification)) "
+              "FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")
+
+
+@dataclass
+class Pitr:
+    """The driver of one installation: settings, its cluster, pgBackRest."""
+
+    config: PitrConfig
+    cluster: Cluster
+    backrest: PgBackRest
+
+
+def open_pitr(ctx: BackupContext) -> Pitr:
+    config = PitrConfig.from_config(ctx.settings.pitr)
+    if config is None:
+        raise PitrError("point-in-time recovery is not configured: set PITR_PG_DATA to the "
+                        "cluster's data directory")
+    cluster = Cluster.at(config.pg_data, config.pg_port, config.pg_socket, config.bindir)
+    return Pitr(config, cluster, PgBackRest(config, cluster.owner))
+
+
+def setup(ctx: BackupContext, apply: bool) -> SetupReport:
+    p = open_pitr(ctx)
+    return run_setup(p.config, p.cluster, p.backrest, apply)
+
+
+def check(ctx: BackupContext) -> Pitr:
+    """A CHECKPOINT, then pgBackRest's check. After a crash restart PostgreSQL waits
+    for its next checkpoint (up to checkpoint_timeout) before archive_timeout works
+    again; the CHECKPOINT ends that wait."""
+    p = open_pitr(ctx)
+    p.cluster.psql("CHECKPOINT")
+    p.backrest.check()
+    return p
+
+
+def _refreshed(ctx: BackupContext, p: Pitr) -> RepoInfo:
+    """``info`` now, kept for processes that cannot run pgBackRest (the web server)."""
+    raw = p.backrest.info()
+    save_snapshot(ctx.instance_path, {"info": raw})
+    return RepoInfo.from_json(raw)
+
+
+def backup(ctx: BackupContext, engine: Engine | None, kind: str, *, actor: str | None,
+           via: str) -> BackupSet:
+    """One pgBackRest backup (pgBackRest's own lock: PitrBusy when one runs); audited
+    as ``pitr-backup``."""
+    p = open_pitr(ctx)
+    entry = quietly("a PITR backup", ctx.audit.start, engine, "pitr-backup", actor=actor,
+                    via=via, target=kind) if engine is not None else None
+    try:
+        p.backrest.backup(kind)
+        made = _refreshed(ctx, p).usable[-1]
+    except BackupError as exc:
+        if entry:
+            quietly("a PITR backup", ctx.audit.finish, engine, entry, "failed", message=str(exc))
+        raise
+    if entry:
+        quietly("a PITR backup", ctx.audit.finish, engine, entry, "ok", target=made.label,
+                bytes=made.repo_delta, message=f"{made.type} backup, {made.size} bytes of "
+                f"cluster, {int(made.duration.total_seconds())} s")
+    return made
+
+
+def status(ctx: BackupContext, engine: Engine | None = None) -> PitrStatus:
+    """The repository (``pgbackrest info`` when this process may run it, else the last
+    one kept) and the archiver; what could not be read is in ``errors``."""
+    try:
+        p = open_pitr(ctx)
+    except PitrError as exc:  # off, or settings that cannot work
+        return PitrStatus(None, errors=[str(exc)] if ctx.settings.pitr_enabled else [])
+    result = PitrStatus(p.config)
+    if p.cluster.owner.can_act():
+        try:
+            result.repo, result.read_at, result.live = _refreshed(ctx, p), _now(), True
+        except PitrError as exc:
+            result.errors.append(str(exc))
+    if result.repo is None:
+        kept = load_snapshot(ctx.instance_path)
+        if kept:
+            result.repo, result.read_at = RepoInfo.from_json(kept[0]["info"]), kept[1]
+    if result.repo is None and not result.errors:
+        result.errors.append(f"pgBackRest's state is not known here yet: run `manage.py pitr "
+                             f"info` as root or as {p.cluster.owner.name}")
+    try:
+        result.archiver = read_archiver(p, engine)
+    except (PitrError, sa.exc.SQLAlchemyError) as exc:
+        result.errors.append(f"the archiver's state cannot be read: {_short(exc)}")
+    return result
+
+
+def read_archiver(p: Pitr, engine: Engine | None) -> Archiver | None:
+    """From the cluster as its owner; else through the app's connection (the .ready
+    files then need pg_monitor or a superuser)."""
+    if p.cluster.owner.can_act():
+        return Archiver.from_row(p.cluster.psql(ARCHIVER_SQL)[0], p.cluster.ready_files())
+    if engine is None or engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(ARCHIVER_SQL)).one()
+        try:
+            with conn.begin_nested():
+                waiting, oldest = conn.execute(sa.text(_READY_SQL)).one()
+            ready = (int(waiting), epoch_time(oldest))
+        except sa.exc.SQLAlchemyError:  # neither pg_monitor nor a superuser
+            ready = None
+        conn.rollback()
+    return Archiver.from_row(tuple(row), ready)
+
+
+def _flush(p: Pitr) -> datetime:
+    """Make "now" recoverable: a commit, then pgBackRest's check (switches the WAL and
+    waits until the segment is in the repository). Any moment before the returned
+    one (the commit's transaction start) can be recovered to."""
+    started = p.cluster.psql("SELECT extract(epoch FROM now()), txid_current()")[0][0]
+    p.backrest.check()
+    return epoch_time(started)
+
+
+def _recover(ctx: BackupContext, p: Pitr, into: Path, port: int,
+             target: datetime | None) -> Recovered:
+    repo = RepoInfo.from_json(p.backrest.info())
+    chosen = repo.for_target(target)
+    if chosen is None:
+        window = repo.window(None)
+        first = f"{window[0]:%Y-%m-%d %H:%M:%S} UTC" if window else None
+        raise PitrError("there is no backup to recover from" if first is None else
+                        f"no backup ended before {target:%Y-%m-%d %H:%M:%S} UTC: the earliest "
+                        f"moment you can recover to is {first}")
+    cluster = recovery.recover(p.backrest, p.cluster, into, port, label=chosen.label,
+                               target=pg_time(target) if target else None)
+    url = retarget(ctx.settings.database_url, port)
+    result = Recovered(cluster, chosen, target, url)
+    try:
+        _check(ctx, result)
+    except BackupError as exc:
+        raise PitrError(f"{exc} (the recovered cluster runs in {into} on port {port})") from None
+    return result
+
+
+def _check(ctx: BackupContext, result: Recovered) -> None:
+    """Row counts, the Alembic revision, and the erasure ledger re-applied."""
+    engine = sa.create_engine(result.database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            for table in TABLES:
+                try:
+                    result.counts[table] = conn.execute(
+                        sa.text(f'SELECT count(*) FROM "{table}"')).scalar_one()
+                except sa.exc.SQLAlchemyError:
+                    raise PitrError(f"the recovered database has no table {table}") from None
+            try:
+                result.revisions = list(conn.execute(
+                    sa.text("SELECT version_num FROM alembic_version")).scalars())
+            except sa.exc.SQLAlchemyError:
+                conn.rollback()
+        result.erasures = _reapply(ctx, engine, result.notes)
+    except sa.exc.SQLAlchemyError as exc:
+        raise PitrError(f"the recovered cluster cannot be checked: {_short(exc)}") from None
+    finally:
+        engine.dispose()
+
+
+def _reapply(ctx: BackupContext, engine: Engine, notes: list[str]) -> int | None:
+    """The erasure ledger on the recovered database (None: not in this version)."""
+    try:
+        from guest_backup.ops.erasure import reapply_erasures
+        from guest_backup.ops.ledger import ErasureLedger, collect
+    except ImportError:
+        notes.append("the erasure ledger is not part of this version: nothing re-applied")
+        return None
+    ledger = ErasureLedger.in_folder(ctx.instance_path)
+    entries = collect(ledger, ctx.storages(), warn=notes.append)
+    wants_ledger = len(inspect.signature(reapply_erasures).parameters) > 2
+    with engine.begin() as conn:
+        args = (conn, entries, ledger) if wants_ledger else (conn, entries)
+        return reapply_erasures(*args)
+
+
+def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,
+            port: int | None, actor: str | None, via: str) -> Recovered:
+    """Recover into a new cluster in ``into`` on ``port`` and check it; it keeps
+    running. Audited as ``pitr-restore`` (quietly: the source may be down)."""
+    p = open_pitr(ctx)
+    target = parse_target(to)
+    if target is not None and target > _now():
+        raise PitrError(f"{target:%Y-%m-%d %H:%M:%S} UTC is in the future: recover to latest")
+    folder = recovery.check_target(Path(into), p.config.pg_data)
+    port = port or recovery.free_port()
+    recovery.check_port(port, p.cluster.socket)
+    try:
+        if p.cluster.running():
+            _flush(p)
+        result = _recover(ctx, p, folder, port, target)
+    except BackupError as exc:
+        _audit(ctx, engine, "pitr-restore", "failed", actor, via, str(into), str(exc))
+        raise
+    _audit(ctx, engine, "pitr-restore", "ok", actor, via, str(folder),
+           f"{target_text(target)} from {result.backup.label} on port {port}: "
+           f"{counts_text(result.counts)}", rows=sum(result.counts.values()))
+    return result
+
+
+def drill(ctx: BackupContext, engine: Engine | None, *, actor: str | None, via: str,
+          rng: random.Random | None = None) -> Recovered:
+    """Recover to a random moment of the last day (inside the window) into a scratch
+    cluster, check it, stop and remove it. Audited as ``pitr-drill``."""
+    p = open_pitr(ctx)
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix="drill-", dir=p.config.folder))
+    except OSError:
+        raise PitrError(f"no scratch folder can be made in {p.config.folder} (run pitr setup)")
+    port = recovery.free_port()
+    try:
+        if not p.cluster.running():
+            raise PitrError(f"the cluster in {p.config.pg_data} is not running")
+        target = _random_moment(p, _flush(p), rng)
+        result = _recover(ctx, p, scratch, port, target)
+        if not result.revisions:
+            raise PitrError("the recovered database has no Alembic revision")
+    except BackupError as exc:
+        _audit(ctx, engine, "pitr-drill", "failed", actor, via, None, str(exc))
+        raise
+    finally:
+        recovery.remove(Cluster(scratch, port, p.cluster.socket, p.cluster.owner,
+                                p.cluster.bindir))
+    _audit(ctx, engine, "pitr-drill", "ok", actor, via, result.backup.label,
+           f"{target_text(target)}: {counts_text(result.counts)}",
+           rows=sum(result.counts.values()))
+    return result
+
+
+def _random_moment(p: Pitr, until: datetime, rng: random.Random | None) -> datetime:
+    """A moment of the last day inside the window (waiting a moment, and making "now"
+    recoverable again, when the only backup has just ended)."""
+    window = RepoInfo.from_json(p.backrest.info()).window(None)
+    if window is None:
+        raise PitrError("there is no backup to recover from yet (run: pitr backup --type full)")
+    if until <= window[0]:
+        time.sleep(min(5.0, (window[0] - until).total_seconds() + 0.5))
+        until = _flush(p)
+    start = max(window[0], until - timedelta(days=1))
+    return start + (until - start) * (rng or random.Random()).random()
+
+
+def _audit(ctx: BackupContext, engine: Engine | None, action: str, outcome: str,
+           actor: str | None, via: str, target: str | None, message: str, **fields) -> None:
+    if engine is not None:
+        quietly(f"a {action}", ctx.audit.record, engine, action, outcome, actor=actor, via=via,
+                target=target, message=message, **fields)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+
+def _short(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", exc)).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,205 @@
+"""Erasures again on a restored database: every ledger entry's rows are found and
+anonymised with the statements of :mod:`guest_backup.ops.erasure_sql`, inside the
+caller's transaction (PostgreSQL or SQLite).
+
+Finding an entry's rows:
+
+1. By the ids it names. A row with that id is the erased one when it was created
+   before the erasure (ids are never the erased person's when made later: a
+   sequence set back by an older restore) and it is already erased, or one of its
+   identifiers (e-mail, a guest's document number or name) has a keyed hash the
+   entry holds. A ``guest`` entry names one guest (its registration loses its
+   e-mail when no guest with personal data is left); the other kinds name whole
+   registrations (all their guests and their e-mail).
+2. When an id is missing or holds someone else (a database whose ids differ), by
+   keyed hash, streaming the table in batches: a guest entry's guests whose
+   document number (and registration e-mail) match; an ``email`` entry's
+   registrations of that e-mail; a ``registration`` or ``retention`` entry's
+   registrations of that e-mail with a guest of a matching document number. Only
+   rows created before the erasure (10 minutes' leeway for clocks), so a person
+   who registered again afterwards keeps the new registration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from guest_backup.ops.erasure_sql import (G, GUEST, R, REGISTRATION, anonymise_guests,
+                                          anonymise_registrations, close_emptied, erased_email,
+                                          guest_is_erased, guest_not_erased, guest_rows,
+                                          guests_of, registration_not_erased, registration_rows,
+                                          stream)
+from guest_backup.ops.ledger_format import keyed_hash
+
+#: clocks of the app and the database server may differ a little
+LEEWAY = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A record still holding personal data the ledger says was erased."""
+
+    kind: str  # guest | registration
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+@dataclass
+class _Found:
+    guests: set[int] = field(default_factory=set)
+    registrations: set[int] = field(default_factory=set)  # erased whole
+    touched: set[int] = field(default_factory=set)  # of guests erased one by one
+
+
+def _key_of(ledger) -> bytes:
+    return ledger if isinstance(ledger, bytes) else ledger.key(create=False)
+
+
+def reapply_erasures(conn: Connection, entries: Sequence[dict], ledger) -> int:
+    """Erase again, on ``conn`` (inside the caller's transaction), the rows of every
+    ledger entry (``collect()``'s list); ``ledger`` is the ErasureLedger (or its
+    key). Returns how many erasures changed rows."""
+    if not entries:
+        return 0
+    count = 0
+    for found in _resolve(conn, entries, _key_of(ledger)):
+        changed = anonymise_registrations(conn, found.registrations)
+        changed += anonymise_guests(conn, found.guests)
+        changed += close_emptied(conn, found.touched)
+        count += changed > 0
+    return count
+
+
+def erased_present(conn: Connection, entries: Sequence[dict], ledger) -> list[Leftover]:
+    """The guests and registrations on ``conn`` still holding personal data that
+    the ledger says were erased (empty: nothing to re-apply)."""
+    if not entries:
+        return []
+    left: set[Leftover] = set()
+    for found in _resolve(conn, entries, _key_of(ledger)):
+        for g in guests_of(conn, found.registrations) + guest_rows(conn, found.guests):
+            if not guest_is_erased(g):
+                left.add(Leftover("guest", g.id))
+        for r in registration_rows(conn, found.registrations):
+            if r.email != erased_email(r.id):
+                left.add(Leftover("registration", r.id))
+        left.update(Leftover("registration", rid) for rid in _emptied(conn, found.touched))
+    return sorted(left, key=lambda item: (item.kind, item.id))
+
+
+def _emptied(conn: Connection, registration_ids: Iterable[int]) -> list[int]:
+    """Those of these registrations with no guest holding personal data, whose
+    e-mail is still there."""
+    ids = sorted(set(registration_ids))
+    if not ids:
+        return []
+    holds = sa.exists().where(G.registration_id == R.id, guest_not_erased())
+    return list(conn.execute(sa.select(R.id).where(
+        R.id.in_(ids), registration_not_erased(), ~holds)).scalars())
+
+
+def _until(entry: dict) -> datetime:
+    return datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%SZ") + LEEWAY
+
+
+def _before(when: datetime | None, until: datetime) -> bool:
+    return when is None or when.replace(tzinfo=None) <= until
+
+
+def _wanted(entry: dict, field_name: str) -> set[str]:
+    return set(entry["hashes"].get(field_name, ()))
+
+
+def _guest_hashes(key: bytes, g) -> set[str]:
+    return {keyed_hash(key, "document_number", g.document_number),
+            keyed_hash(key, "name", f"{g.first_name} {g.last_name}"),
+            keyed_hash(key, "email", g.email)}
+
+
+def _resolve(conn: Connection, entries: Sequence[dict], key: bytes) -> list[_Found]:
+    """Each entry's rows: by id, then by keyed hash for entries whose ids did not
+    all lead to their rows."""
+    found = [_Found() for _ in entries]
+    unresolved = [i for i, entry in enumerate(entries) if not _by_ids(conn, entry, key, found[i])]
+    if unresolved:
+        _by_hashes(conn, [entries[i] for i in unresolved], key, [found[i] for i in unresolved])
+    return found
+
+
+def _by_ids(conn: Connection, entry: dict, key: bytes, found: _Found) -> bool:
+    """Fill ``found`` from the ids the entry names; whether all were its rows."""
+    until, wanted = _until(entry), set().union(*entry["hashes"].values())
+    if entry["kind"] == "guest":
+        for g in guest_rows(conn, entry["guest_ids"]):
+            if _before(g.created_at, until) and (
+                    not wanted or guest_is_erased(g) or _guest_hashes(key, g) & wanted):
+                found.guests.add(g.id)
+                found.touched.add(g.registration_id)
+        return len(found.guests) == len(set(entry["guest_ids"]))
+    guests: dict[int, list] = {}
+    for g in guests_of(conn, entry["registration_ids"]):
+        guests.setdefault(g.registration_id, []).append(g)
+    for r in registration_rows(conn, entry["registration_ids"]):
+        mine = {keyed_hash(key, "email", r.email)}.union(
+            *(_guest_hashes(key, g) for g in guests.get(r.id, ())))
+        erased = r.email == erased_email(r.id)
+        if _before(r.created_at, until) and (not wanted or erased or mine & wanted):
+            found.registrations.add(r.id)
+    return len(found.registrations) == len(set(entry["registration_ids"]))
+
+
+def _by_hashes(conn: Connection, entries: Sequence[dict], key: bytes,
+               found: Sequence[_Found]) -> None:
+    """The rows of these entries found by keyed hash, streaming the tables."""
+    by_document: dict[str, list[int]] = {}
+    by_email: dict[str, list[int]] = {}
+    for i, entry in enumerate(entries):
+        if entry["kind"] == "guest":
+            for value in _wanted(entry, "document_number"):
+                by_document.setdefault(value, []).append(i)
+        else:
+            for value in _wanted(entry, "email"):
+                by_email.setdefault(value, []).append(i)
+    if by_document:
+        _guests_by_hash(conn, entries, key, found, by_document)
+    if by_email:
+        _registrations_by_hash(conn, entries, key, found, by_email)
+
+
+def _guests_by_hash(conn, entries, key, found, by_document) -> None:
+    query = (sa.select(G.id, G.registration_id, G.document_number, G.created_at, R.email)
+             .select_from(GUEST.join(REGISTRATION, R.id == G.registration_id))
+             .where(guest_not_erased()))
+    for rows in stream(conn, query, G.id):
+        for g in rows:
+            for i in by_document.get(keyed_hash(key, "document_number", g.document_number), ()):
+                emails = _wanted(entries[i], "email")
+                if _before(g.created_at, _until(entries[i])) and (
+                        not emails or keyed_hash(key, "email", g.email) in emails):
+                    found[i].guests.add(g.id)
+                    found[i].touched.add(g.registration_id)
+
+
+def _registrations_by_hash(conn, entries, key, found, by_email) -> None:
+    candidates: dict[int, set[int]] = {}
+    query = sa.select(R.id, R.email, R.created_at).where(registration_not_erased())
+    for rows in stream(conn, query, R.id):
+        for r in rows:
+            for i in by_email.get(keyed_hash(key, "email", r.email), ()):
+                if _before(r.created_at, _until(entries[i])):
+                    candidates.setdefault(i, set()).add(r.id)
+    for i, ids in candidates.items():
+        documents = _wanted(entries[i], "document_number")
+        if entries[i]["kind"] == "email" or not documents:
+            found[i].registrations |= ids
+            continue
+        for g in guests_of(conn, ids):
+            if keyed_hash(key, "document_number", g.document_number) in documents:
+                found[i].registrations.add(g.registration_id)

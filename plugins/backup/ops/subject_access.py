@@ -1,0 +1,195 @@
+"""Subject access (GDPR Art. 15): every registration and guest of one person, as
+one JSON and one CSV file (mode 0600), and the archives that may still hold them.
+
+A person is found by the e-mail of their registrations (trimmed, any case: then
+every guest of those registrations comes too, the person registered them), or by
+a guest's document number (without whitespace, any case: then those guests with
+their registrations, not the other guests of those registrations). An archive
+may hold them when its signed creation time is not before the first of their
+records. The audit entry counts records; it names no one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from guest_backup.errors import BackupError
+from guest_backup.ops.audit import quietly
+from guest_backup.ops.context import BackupContext
+from guest_backup.ops.erasure_sql import (REGISTRATION, TRIP, G, R, T, chunks,
+                                          guests_with_document, registrations_with_email)
+from guest_backup.ops.listing import recognised
+from guest_backup.storages import StorageError
+
+GUEST_FIELDS = ("id", "first_name", "last_name", "age_category", "document_type",
+                "document_number", "document_photo", "gdpr_consent", "created_at")
+CSV_FIELDS = ("registration_id", "trip_id", "trip_title", "trip_start_date", "trip_end_date",
+              "email", "language", "status", "registration_created_at",
+              *(f"guest_{name}" for name in GUEST_FIELDS))
+
+
+@dataclass
+class AccessReport:
+    json_path: Path
+    csv_path: Path
+    registrations: int
+    guests: int
+    archives: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # storages that could not be listed
+
+
+def _text(value):
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S")
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _registrations(conn: Connection, ids: list[int]) -> list[dict]:
+    query = (sa.select(R.id, R.email, R.language, R.status, R.created_at, T.id.label("trip_id"),
+                       T.title, T.start_date, T.end_date)
+             .select_from(REGISTRATION.outerjoin(TRIP, T.id == R.trip_id)))
+    found = []
+    for part in chunks(ids):
+        for r in conn.execute(query.where(R.id.in_(part)).order_by(R.id)):
+            found.append({"id": r.id, "trip": {"id": r.trip_id, "title": r.title,
+                                               "start_date": _text(r.start_date),
+                                               "end_date": _text(r.end_date)},
+                          "email": r.email, "language": r.language, "status": r.status,
+                          "created_at": _text(r.created_at), "guests": [],
+                          "_created": r.created_at})
+    return found
+
+
+def _guests(conn: Connection, where) -> list[tuple[int, dict]]:
+    columns = [G.registration_id] + [getattr(G, name) for name in GUEST_FIELDS]
+    rows = conn.execute(sa.select(*columns).where(where).order_by(G.id))
+    return [(g.registration_id, {name: _text(getattr(g, name)) for name in GUEST_FIELDS}
+             | {"_created": g.created_at}) for g in rows]
+
+
+def gather(conn: Connection, *, email: str | None = None,
+           document: str | None = None) -> list[dict]:
+    """The person's registrations, each with its guests (see the module)."""
+    if (email is None) == (document is None):
+        raise ValueError("a subject access names an e-mail address or a document number")
+    guests: list[tuple[int, dict]] = []
+    if email is not None:
+        ids = registrations_with_email(conn, email)
+        for part in chunks(ids):
+            guests += _guests(conn, G.registration_id.in_(part))
+    else:
+        for part in chunks(guests_with_document(conn, document)):
+            guests += _guests(conn, G.id.in_(part))
+        ids = sorted({rid for rid, _ in guests})
+    registrations = _registrations(conn, ids)
+    by_id = {r["id"]: r for r in registrations}
+    for rid, guest in guests:
+        by_id[rid]["guests"].append(guest)
+    return registrations
+
+
+def _first(registrations: list[dict]) -> datetime | None:
+    times = [r["_created"] for r in registrations] + [
+        g["_created"] for r in registrations for g in r["guests"]]
+    times = [t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times if t]
+    return min(times) if times else None
+
+
+def archives_since(ctx: BackupContext, since: datetime | None) -> tuple[list[dict], list[str]]:
+    """The recognised archives of every storage created at or after ``since``."""
+    if since is None:
+        return [], []
+    found, problems = [], []
+    try:
+        storages = ctx.storages()
+    except StorageError as exc:
+        storages, problems = [ctx.local()], [str(exc)]
+    for storage in storages:
+        try:
+            archives = recognised(ctx, storage)[0]
+        except StorageError as exc:
+            problems.append(str(exc))
+            continue
+        found += [{"name": a.name, "storage": storage.name, "url": storage.url,
+                   "created_at": a.created.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                  for a in archives if a.created >= since]
+    return found, problems
+
+
+def _write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _csv(registrations: list[dict]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(CSV_FIELDS)
+    for r in registrations:
+        trip = r["trip"]
+        head = [r["id"], trip["id"], trip["title"], trip["start_date"], trip["end_date"],
+                r["email"], r["language"], r["status"], r["created_at"]]
+        for guest in r["guests"] or [{}]:
+            writer.writerow(head + [guest.get(name) for name in GUEST_FIELDS])
+    return text.getvalue().encode("utf-8")
+
+
+def _paths(folder: Path) -> tuple[Path, Path]:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        base = f"subject-access-{stamp}" + (f"-{n}" if n > 1 else "")
+        paths = folder / f"{base}.json", folder / f"{base}.csv"
+        if not any(p.exists() for p in paths):
+            return paths
+    raise BackupError(f"{folder} holds too many subject access files of this second")
+
+
+def subject_access(ctx: BackupContext, engine: Engine, *, output_dir: str | os.PathLike,
+                   actor: str | None, via: str, email: str | None = None,
+                   document: str | None = None) -> AccessReport:
+    """Write the person's records to ``output_dir`` (JSON and CSV, 0600); audited."""
+    with engine.connect() as conn:
+        registrations = gather(conn, email=email, document=document)
+    archives, problems = archives_since(ctx, _first(registrations))
+    folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        json_path, csv_path = _paths(folder)
+        document_json = {
+            "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "request": {"email": email} if email is not None else {"document_number": document},
+            "registrations": [_public(r) for r in registrations],
+            "archives": archives,
+            "archives_note": "archives made after the person's first record may hold it; "
+                             "they are deleted by retention, never edited"}
+        _write(json_path, json.dumps(document_json, indent=2, ensure_ascii=False).encode())
+        _write(csv_path, _csv(registrations))
+    except OSError as exc:
+        raise BackupError(f"the subject access files cannot be written to {folder} "
+                          f"({exc.strerror})") from None
+    guests = sum(len(r["guests"]) for r in registrations)
+    quietly("a subject access", ctx.audit.record, engine, "subject-access", "ok", actor=actor,
+            via=via, target=f"{len(registrations)} registrations, {guests} guests",
+            rows=len(registrations) + guests,
+            message=f"{len(archives)} archive(s) may hold them")
+    return AccessReport(json_path, csv_path, len(registrations), guests, archives, problems)
+
+
+def _public(registration: dict) -> dict:
+    """A registration without the internal keys (``_created``)."""
+    out = {k: v for k, v in registration.items() if not k.startswith("_")}
+    out["guests"] = [{k: v for k, v in g.items() if not k.startswith("_")}
+                     for g in registration["guests"]]
+    return out

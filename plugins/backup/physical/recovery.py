@@ -1,0 +1,103 @@
+"""Recovery into a NEW cluster beside the running one: an empty folder, its own
+port, archiving off, recovered to a moment (or to the end of the archive) and
+promoted, then started as the owner. The running cluster is never touched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from guest_backup.physical import PitrError
+from guest_backup.physical.cluster import Cluster, sql_literal
+from guest_backup.physical.pgbackrest import PgBackRest
+
+LOG_NAME = "pitr-recovery.log"
+#: for a cluster whose configuration lives outside its data directory (Debian's /etc)
+_MINIMAL_HBA = ("# written by manage.py pitr restore (the source keeps its own elsewhere)\n"
+                "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n"
+                "host all all ::1/128 scram-sha-256\n")
+
+
+def check_target(into: Path, running: Path) -> Path:
+    """``into`` as an absolute path, refused when it is (or holds, or lies inside)
+    the running cluster's data directory, or is not an empty folder."""
+    if not into.is_absolute():
+        raise PitrError(f"--into must be an absolute path, not {into}")
+    target, source = Path(os.path.realpath(into)), Path(os.path.realpath(running))
+    if target == source or source in target.parents or target in source.parents:
+        raise PitrError(f"{into} is (or holds, or is inside) the running cluster's data "
+                        f"directory {running}: recover into a new, empty folder")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise PitrError(f"{into} is not an empty folder: recovery only goes into a new one")
+    return target
+
+
+def check_port(port: int, socket_dir: str) -> None:
+    """Refuse a port some server already uses (its socket file, or a TCP listener)."""
+    if not 1 <= port <= 65535:
+        raise PitrError(f"port {port} is not a port number")
+    if (Path(socket_dir) / f".s.PGSQL.{port}").exists():
+        raise PitrError(f"port {port} is in use by another PostgreSQL server")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise PitrError(f"port {port} is in use on this machine")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def recover(backrest: PgBackRest, source: Cluster, into: Path, port: int, *, label: str,
+            target: str | None, timeout: float = 3600) -> Cluster:
+    """Restore backup ``label`` into ``into``, recover to ``target`` (None: the end
+    of the archive), start it on ``port`` and wait until it is promoted."""
+    owner = source.owner
+    owner.make_dir(into, 0o700)
+    backrest.restore(into, label=label, target=target)
+    _configure(source, into, port)
+    new = Cluster(into, port, source.socket, owner, source.bindir)
+    log = into / LOG_NAME
+    new.start(log, timeout=int(min(timeout, 3600)))
+    new.wait_promoted(log, timeout)
+    return new
+
+
+def _configure(source: Cluster, into: Path, port: int) -> None:
+    """Its own port and the source's socket folder, everything logged to one file;
+    a minimal configuration when the source keeps its own outside the data directory."""
+    owner = source.owner
+    auto = into / "postgresql.auto.conf"
+    text = auto.read_text() if auto.exists() else ""
+    text += ("\n# added by manage.py pitr restore: a new cluster beside the running one\n"
+             f"port = {port}\nunix_socket_directories = {sql_literal(source.socket)}\n"
+             "logging_collector = off\nexternal_pid_file = ''\n")
+    owner.write_file(auto, text, 0o600)
+    if not (into / "postgresql.conf").exists():
+        owner.write_file(into / "postgresql.conf", "# written by manage.py pitr restore\n"
+                         "listen_addresses = 'localhost'\n", 0o600)
+    for name, fallback in (("pg_hba.conf", _MINIMAL_HBA), ("pg_ident.conf", "")):
+        if not (into / name).exists():
+            owner.write_file(into / name, _source_file(source, name) or fallback, 0o600)
+
+
+def _source_file(source: Cluster, name: str) -> str | None:
+    """The running cluster's hba or ident file (wherever its configuration is)."""
+    setting = "hba_file" if name == "pg_hba.conf" else "ident_file"
+    try:
+        path = source.psql(f"SHOW {setting}")[0][0]
+        return Path(path).read_text()
+    except (PitrError, OSError, IndexError):
+        return None
+
+
+def remove(cluster: Cluster) -> None:
+    """Stop a scratch cluster at once (if it runs) and delete its folder."""
+    try:
+        if (cluster.data / "postmaster.pid").exists():
+            cluster.stop("immediate", timeout=60)
+    finally:
+        shutil.rmtree(cluster.data, ignore_errors=True)

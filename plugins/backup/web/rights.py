@@ -1,0 +1,89 @@
+"""Admin → Backup → Guests' rights: find a guest, a registration or an e-mail
+address, see what an erasure will remove, confirm it (a CSRF-checked POST).
+Thin over :mod:`guest_backup.ops.erasure`."""
+
+from __future__ import annotations
+
+from flask import flash, redirect, request, url_for
+from flask_admin import expose
+from flask_babel import gettext as _
+from flask_security import current_user
+
+from guest_registration.admin import SecureBaseView
+from guest_registration.extensions import csrf, db
+from guest_registration.i18n import page_timestamp
+
+from guest_backup.errors import BackupError
+from guest_backup.ops.erasure import (NothingToErase, NotFound, Target, erase,
+                                      plan_erasure)
+from guest_backup.ops.rights import overdue_registrations
+from guest_backup.wiring import backup_context
+
+KINDS = ("guest", "registration", "email")
+
+
+def _target(kind: str, value: str) -> Target | None:
+    """The target a search names (None when it names none)."""
+    value = (value or "").strip()
+    if kind == "email" and "@" in value:
+        return Target.of_email(value)
+    if kind in ("guest", "registration") and value.isdigit() and len(value) < 12:
+        return Target.guest(int(value)) if kind == "guest" else Target.registration(int(value))
+    return None
+
+
+def _search_error(kind: str) -> str:
+    if kind == "email":
+        return _("Give an e-mail address.")
+    return _("Give a number (the ID in the Guests or Registrations list).")
+
+
+class RightsView(SecureBaseView):
+    """Erasure of a guest's personal data (GDPR Art. 17), with the plan first."""
+
+    @expose("/")
+    def index(self):
+        kind = request.args.get("kind", "guest")
+        kind = kind if kind in KINDS else "guest"
+        value = request.args.get("q", "")
+        plan, error = None, None
+        if value:
+            target = _target(kind, value)
+            if target is None:
+                error = _search_error(kind)
+            else:
+                try:
+                    plan = plan_erasure(db.engine, target)
+                except NotFound:
+                    error = _("Nothing found.")
+        years = backup_context().settings.guest_retention_years
+        return self.render("admin/rights/index.html", kind=kind, value=value, plan=plan,
+                           error=error, timestamp=page_timestamp, years=years,
+                           overdue=overdue_registrations(db.engine, years))
+
+    @expose("/erase", methods=["POST"])
+    def erase(self):
+        csrf.protect()
+        kind, value = request.form.get("kind", ""), request.form.get("q", "")
+        target = _target(kind, value)
+        if target is None:
+            flash(_search_error(kind), "error")
+            return redirect(url_for(".index"))
+        actor = current_user.email
+        db.session.close()  # the erasure writes on its own connection (SQLite: no lock held)
+        try:
+            result = erase(backup_context(), db.engine, target, actor=actor, via="admin")
+        except (NotFound, NothingToErase):
+            flash(_("Nothing to erase: no personal data is left there."), "warning")
+            return redirect(url_for(".index", kind=kind, q=value))
+        except BackupError as exc:
+            flash(_("Nothing was erased: %(error)s", error=exc), "error")
+            return redirect(url_for(".index", kind=kind, q=value))
+        plan = result.plan
+        flash(_("Erased: %(guests)s guest(s), %(emails)s registration e-mail(s), %(photos)s "
+                "document photo(s). The erasure is in the erasure ledger (line %(seq)s).",
+                guests=len(plan.guests), emails=len(plan.closed), photos=result.photos_deleted,
+                seq=result.seq), "success")
+        for warning in result.warnings:
+            flash(_("Warning: %(warning)s", warning=warning), "warning")
+        return redirect(url_for(".index"))

@@ -1,0 +1,57 @@
+"""An audit trail that survives a restore: entries written after the archive was
+taken (and the final state of entries the archive holds as running) are carried
+across a whole restore of the app's own database, followed by the restore's own
+entry; a failed restore loses nothing either."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from guest_registration import audit
+from guest_registration.extensions import db
+from tests.helpers import make_backup
+
+
+def entries(app) -> list[tuple]:
+    with app.app_context(), db.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT id, action, outcome, actor, target FROM audit_log ORDER BY id"))]
+
+
+def restore_replace(runner, archive):
+    return runner.invoke(args=["restore", str(archive), "--replace", "--yes"])
+
+
+def test_the_weeks_audit_entries_survive_a_whole_restore(app, runner):
+    assert runner.invoke(args=["demo-data"]).exit_code == 0
+    archive = make_backup(runner)
+    with app.app_context():  # the week after the archive: exports, a verify, a download
+        for i in range(5):
+            audit.record(db.engine, "export", "ok", actor=f"clerk{i}@example.com", via="api",
+                         target=f"2026-{i + 1:02d}")
+        running = audit.start(db.engine, "export", actor="late@example.com", via="api")
+        audit.finish(db.engine, running, "ok", rows=7)
+    assert runner.invoke(args=["verify", str(archive)]).exit_code == 0
+    before = entries(app)
+    result = restore_replace(runner, archive)
+    assert result.exit_code == 0, result.output
+    after = entries(app)
+    assert after[:len(before)] == before  # every entry, its id and final state
+    (last,) = after[len(before):]
+    assert last[1:3] == ("restore", "ok")  # then the restore's own entry
+    with app.app_context():  # new entries get fresh ids
+        fresh = audit.record(db.engine, "export", "ok", actor="next@example.com", via="api")
+    assert fresh > last[0]
+
+
+def test_a_failed_restore_loses_no_audit_entry(app, runner, tmp_path):
+    archive = make_backup(runner)
+    with app.app_context():
+        audit.record(db.engine, "export", "ok", actor="x@example.com", via="api")
+    before = entries(app)
+    broken = tmp_path / archive.name
+    broken.write_bytes(archive.read_bytes()[:-100])  # truncated: refused
+    result = restore_replace(runner, broken)
+    assert result.exit_code == 1
+    after = entries(app)
+    assert after[:len(before)] == before and after[-1][1:3] == ("restore", "failed")
