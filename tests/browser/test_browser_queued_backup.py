@@ -49,8 +49,11 @@ def test_a_queued_backup_is_followed_to_the_end_without_a_reload(browser, pg_ser
         finally:
             context.close()
             if worker is not None:
-                worker.terminate()
-                worker.wait(timeout=30)
+                try:
+                    worker.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
     lines = [line for line in log_path.read_text().splitlines()
              if line.startswith("[guest-registration worker] backup ")]
     assert len(lines) == 2, lines
