@@ -5,11 +5,9 @@ from __future__ import annotations
 
 
 def main() -> None:
-    from flask.cli import FlaskGroup
+    from guest_registration.cli import GuestGroup
 
-    from guest_registration.cli import load_app
-
-    FlaskGroup(create_app=load_app, help=__doc__)(prog_name="guest-registration")
+    GuestGroup(help=__doc__)(prog_name="guest-registration")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,13 @@
 
 ``create_app`` is re-exported as ``guest_registration.create_app``. The hooks are
 called in the order :mod:`guest_registration.hookspecs` documents.
+
+``create_app(web=False)`` builds the *command-line app*: configuration, database,
+plugins (settings, ``init_app``, export formats) and commands, without what only
+pages and requests need (Flask-Security, Flask-Babel, Flask-Migrate and the schema
+guard, blueprints, Flask-Admin, headers, limits, ``/metrics``). Most commands run on
+it and start in a fraction of the time; :mod:`guest_registration.cli` decides which.
+Both are built by the one function below, the web parts skipped, never copied.
 """
 
 from __future__ import annotations
@@ -78,47 +85,40 @@ def _configured_flask(config: Mapping[str, Any] | None, instance_path: str | Non
     return app
 
 
-def _init_extensions(app: Flask) -> None:
-    """Database, CSRF, languages and Flask-Security, in the order they need."""
-    from flask_security import Security
-
-    from . import i18n
-    from .availability import UserDatastore
-    from .extensions import csrf, db
-    from .models import Role, User
+def _init_database(app: Flask) -> None:
+    """Flask-SQLAlchemy on the app, its engine configured (no connection is made)."""
+    from .extensions import db
 
     db.init_app(app)
     with app.app_context():
         configure_engine(db.engine)
+
+
+def _init_extensions(app: Flask) -> None:
+    """CSRF, languages, Flask-Security (users and roles) and Flask-Migrate, in the
+    order they need: what pages, logins and schema changes need."""
+    from flask_security import Security
+
+    from . import i18n, schema
+    from .availability import UserDatastore
+    from .extensions import csrf, db
+    from .users import Role, User
+
     csrf.init_app(app)  # before Security, so Flask-Security's CSRF handling sees it
     i18n.init_app(app)  # before Security too: it reads the translation folders
     security = Security(app, UserDatastore(db, User, Role))
     _end_sessions_on_logout(app, security)
+    schema.init_app(app)
 
 
-def create_app(config: Mapping[str, Any] | None = None, *,
-               instance_path: str | None = None,
-               extra_plugins: Iterable[tuple[str, Any]] = ()) -> Flask:
-    """Build the app: config, extensions, plugins, blueprints, admin, commands.
-
-    ``instance_path`` wins over ``INSTANCE_PATH`` and the default (:mod:`.paths`).
-    """
-    from . import commands, limits, metrics, schema, web
+def _init_web(app: Flask, pm) -> None:
+    """Blueprints (the host's, then the plugins'), the admin panel, headers, limits
+    and ``/metrics``."""
+    from . import limits, metrics, web
     from .admin import build_admin
-    from .exports import FormatRegistry
-    from .plugins import apply_plugin_settings, build_plugin_manager
     from .registration import bp as registration_bp
     from .registry import hook_items
 
-    app = _configured_flask(config, instance_path)
-    pm = build_plugin_manager(app.config["DISABLED_PLUGINS"], extra_plugins)
-    app.extensions["plugin_manager"] = pm
-    apply_plugin_settings(app.config, pm, app.instance_path, config or {})
-    _init_extensions(app)
-    schema.init_app(app)
-    pm.hook.init_app(app=app)
-
-    app.extensions["export_formats"] = FormatRegistry.from_plugins(pm)
     app.register_blueprint(registration_bp)
     for blueprint in hook_items(pm, "register_blueprints", app=app):
         app.register_blueprint(blueprint)
@@ -126,5 +126,34 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     web.init_app(app)
     limits.init_app(app)
     metrics.init_app(app)  # /metrics, request counters (guest_registration.metrics)
+
+
+def create_app(config: Mapping[str, Any] | None = None, *,
+               instance_path: str | None = None,
+               extra_plugins: Iterable[tuple[str, Any]] = (), web: bool = True) -> Flask:
+    """Build the app: config, extensions, plugins, blueprints, admin, commands.
+
+    ``instance_path`` wins over ``INSTANCE_PATH`` and the default (:mod:`.paths`).
+    ``web=False``: the command-line app (see the module doc); the plugins'
+    ``register_translations``, ``register_blueprints`` and ``register_admin_views``
+    are not called, and ``app.extensions["guest_web"]`` says which one was built.
+    """
+    from . import commands
+    from .exports import FormatRegistry
+    from .plugins import apply_plugin_settings, build_plugin_manager
+
+    app = _configured_flask(config, instance_path)
+    app.extensions["guest_web"] = web
+    pm = build_plugin_manager(app.config["DISABLED_PLUGINS"], extra_plugins)
+    app.extensions["plugin_manager"] = pm
+    apply_plugin_settings(app.config, pm, app.instance_path, config or {})
+    _init_database(app)
+    if web:
+        _init_extensions(app)
+    pm.hook.init_app(app=app)
+
+    app.extensions["export_formats"] = FormatRegistry.from_plugins(pm)
+    if web:
+        _init_web(app, pm)
     commands.init_app(app)
     return app

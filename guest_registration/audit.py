@@ -24,7 +24,15 @@ from typing import Iterator
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from .models import AUDIT_OUTCOMES, AuditEntry
+
+def _audit():
+    """The outcomes and the audit table, from the models on the first entry: the
+    models bring Flask-Security's mixins, which a command that writes no entry
+    (``backup --help``) should not import."""
+    from .models import AUDIT_OUTCOMES, AuditEntry
+
+    return AUDIT_OUTCOMES, AuditEntry.__table__
+
 
 VIAS = ("api", "admin", "cli", "worker")
 MESSAGE_CHARS = 500
@@ -65,7 +73,7 @@ def start(engine: Engine | Connection, action: str, *, actor: str | None, via: s
     """Log the start of an action as ``running``; returns the entry id."""
     if via not in VIAS:
         raise ValueError(f"via must be one of {VIAS}, not {via!r}")
-    table = AuditEntry.__table__
+    _, table = _audit()
     with _transaction(engine) as conn:
         return conn.execute(
             insert(table).values(action=action, outcome="running", created_at=_now(),
@@ -76,9 +84,9 @@ def start(engine: Engine | Connection, action: str, *, actor: str | None, via: s
 
 def finish(engine: Engine | Connection, entry_id: int, outcome: str, **fields: Any) -> None:
     """Record how an action ended (``ok``, ``failed``, ``aborted``)."""
-    if outcome not in AUDIT_OUTCOMES or outcome == "running":
+    outcomes, table = _audit()
+    if outcome not in outcomes or outcome == "running":
         raise ValueError(outcome)
-    table = AuditEntry.__table__
     with _transaction(engine) as conn:
         conn.execute(update(table).where(table.c.id == entry_id)
                      .values(outcome=outcome, finished_at=_now(), **_clean(fields)))
@@ -90,9 +98,9 @@ def record(engine: Engine | Connection, action: str, outcome: str, *, actor: str
     one row, written with its outcome, never seen as ``running``."""
     if via not in VIAS:
         raise ValueError(f"via must be one of {VIAS}, not {via!r}")
-    if outcome not in AUDIT_OUTCOMES or outcome == "running":
+    outcomes, table = _audit()
+    if outcome not in outcomes or outcome == "running":
         raise ValueError(outcome)
-    table = AuditEntry.__table__
     now = _now()
     with _transaction(engine) as conn:
         return conn.execute(
@@ -104,7 +112,7 @@ def record(engine: Engine | Connection, action: str, outcome: str, *, actor: str
 
 def recent(engine: Engine, limit: int = 20, **where: Any) -> list[dict]:
     """The latest entries, newest first, as plain dicts (``where``: column = value)."""
-    table = AuditEntry.__table__
+    _, table = _audit()
     query = select(table).order_by(table.c.id.desc()).limit(limit)
     for column, value in where.items():
         query = query.where(table.c[column] == value)

@@ -1,22 +1,75 @@
 """The command line's entry point: ``manage.py`` (in a checkout), ``guest-registration``
-and ``python -m guest_registration`` all run ``FlaskGroup(create_app=load_app)``.
+and ``python -m guest_registration`` all run :class:`GuestGroup`.
+
+**Start-up.** A command gets the app it needs, built once: the commands in
+:data:`~guest_registration.commands.WEB_APP_COMMANDS` (serving the pages, the
+worker, ``setup``, ``auth-token``, Flask-Security's ``users``/``roles``,
+Flask-Migrate's ``db``) and Flask's own (``run``, ``shell``, ``routes``) get the web
+app (``create_app()``); every other command, the plugins' included, runs on the
+command-line app (``create_app(web=False)``: no Flask-Admin, Flask-Security,
+Flask-Babel, Flask-Migrate, blueprints), so ``backup --help`` or ``backup-list``
+starts in a fraction of the time. A command only the web app has (an extension's,
+a plugin command marked ``web_app = True``) falls back to it. Listing the commands
+(``--help``) builds the web app, which has them all.
 
 The commands themselves are in :mod:`guest_registration.commands`.
 """
 
 from __future__ import annotations
 
-from flask import Flask
-from flask.cli import NoAppException
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, NoAppException, ScriptInfo
 
 from .app import create_app
+from .commands import WEB_APP_COMMANDS
 from .registry import PluginLoadError
 
+#: ``ctx.meta`` key: the commands were listed (``--help``), on the web app
+_LISTED = "guest_registration.listed"
 
-def load_app() -> Flask:
+
+def load_app(web: bool = True) -> Flask:
     """``create_app`` for ``manage.py``: a plugin that stops start-up is reported
     in one line naming it (and the command exits non-zero), not as a traceback."""
     try:
-        return create_app()
+        return create_app(web=web)
     except PluginLoadError as exc:
         raise NoAppException(f"the app cannot start: {exc}") from None
+
+
+def load_cli_app() -> Flask:
+    """The command-line app (``create_app(web=False)``), reported like :func:`load_app`."""
+    return load_app(web=False)
+
+
+class GuestGroup(FlaskGroup):
+    """Flask's command group, building the command-line app for the commands that
+    need no more (see the module doc)."""
+
+    def __init__(self, **extra) -> None:
+        super().__init__(create_app=load_app, **extra)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        ctx.meta[_LISTED] = True
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name in WEB_APP_COMMANDS or ctx.meta.get(_LISTED):
+            return super().get_command(ctx, name)
+        info = ctx.ensure_object(ScriptInfo)
+        lean = ScriptInfo(app_import_path=info.app_import_path, create_app=load_cli_app,
+                          set_debug_flag=info.set_debug_flag,
+                          load_dotenv_defaults=info.load_dotenv_defaults)
+        try:
+            app = lean.load_app()
+        except NoAppException as exc:  # as FlaskGroup says it: one line, no traceback
+            click.secho(f"Error: {exc.format_message()}\n", err=True, fg="red")
+            return None
+        command = app.cli.get_command(ctx, name)
+        if command is None or getattr(command, "web_app", False):
+            return super().get_command(ctx, name)  # on the web app (ctx.obj's)
+        ctx.obj = lean  # the command's own context (and with_appcontext) use this app
+        if not current_app or current_app._get_current_object() is not app:
+            ctx.with_resource(app.app_context())
+        return command

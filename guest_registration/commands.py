@@ -17,14 +17,20 @@ import click
 from flask import Flask, current_app
 from flask.cli import ScriptInfo, with_appcontext
 
-from . import demo, maintenance
-from .exports import FormatRegistry
 from .paths import checkout_root
 from .registry import items_by_plugin, plugin_infos, unique_items
 from .tasks import worker_command
 
 #: Commands of ``flask.cli.FlaskGroup`` itself: a plugin command of that name would be hidden.
 FLASK_COMMANDS = ("run", "shell", "routes")
+#: Flask-Migrate's command group (the web app's, :mod:`.schema`)
+MIGRATE_COMMAND = "db"
+#: Commands that run on the web app (``create_app()``), every other one on the
+#: command-line app (:mod:`.cli`): serving the pages, the worker (it runs what the
+#: pages queue), those that need Flask-Security (``setup`` creates the admin user,
+#: ``auth-token``, its own ``users`` and ``roles``) or Flask-Migrate (``setup``, ``db``).
+WEB_APP_COMMANDS = frozenset({"serve", "worker", "setup", "auth-token", "users", "roles",
+                              MIGRATE_COMMAND})
 
 
 @click.command("setup")
@@ -40,6 +46,7 @@ def setup_command(admin_email: str | None, admin_password: str | None,
     with --reset-password)."""
     from sqlalchemy.exc import OperationalError
 
+    from . import maintenance
     from .schema import SchemaError
 
     try:
@@ -56,6 +63,8 @@ def setup_command(admin_email: str | None, admin_password: str | None,
 @with_appcontext
 def status_command() -> None:
     """Check the database, folders, plugins and formats; exit 1 if something is broken."""
+    from . import maintenance
+
     broken = 0
     for check in maintenance.status_checks(current_app):
         mark = "ok  " if check.ok else "FAIL"
@@ -71,6 +80,8 @@ def status_command() -> None:
 @with_appcontext
 def demo_data_command(force: bool) -> None:
     """Load a few trips, registrations, guests and uploads (skipped if trips exist)."""
+    from . import demo
+
     click.echo(demo.load(current_app, force=force))
 
 
@@ -79,7 +90,7 @@ def demo_data_command(force: bool) -> None:
 def plugins_command() -> None:
     """List the plugins, where they come from and what each contributes."""
     pm = current_app.extensions["plugin_manager"]
-    formats: FormatRegistry = current_app.extensions["export_formats"]
+    formats = current_app.extensions["export_formats"]
     owned = items_by_plugin(pm, "register_export_formats")
     for info in plugin_infos(pm):
         state = " [disabled]" if info.disabled else ""
@@ -138,19 +149,36 @@ def test_command(pytest_args: tuple[str, ...]) -> None:
     sys.exit(subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=root))
 
 
+#: The host's commands, in ``--help`` order
+HOST_COMMANDS = (setup_command, status_command, demo_data_command, plugins_command,
+                 auth_token_command, serve_command, worker_command, test_command)
+
+
+def reserved_names(app: Flask) -> dict[str, str]:
+    """Command name → who holds it: Flask, the web app's extensions (Flask-Security's
+    ``users``/``roles`` as configured, Flask-Migrate's ``db``) and the host. The same
+    names in the command-line app, which lacks those extensions: a plugin command
+    is refused alike whichever app is built."""
+    reserved = {name: "Flask" for name in FLASK_COMMANDS}
+    for key, default in (("SECURITY_CLI_USERS_NAME", "users"),
+                         ("SECURITY_CLI_ROLES_NAME", "roles")):
+        if app.config.get(key, default):
+            reserved[app.config.get(key, default)] = "Flask-Security"
+    reserved[MIGRATE_COMMAND] = "Flask-Migrate"
+    for name in [command.name for command in HOST_COMMANDS] + list(app.cli.commands):
+        reserved.setdefault(name, "the host")
+    return reserved
+
+
 def init_app(app: Flask) -> None:
     """Add the core commands, then every plugin's (``register_commands``).
 
     A plugin command whose name the host, Flask or Flask-Security already uses,
     or that two plugins return, stops start-up with a message naming them.
     """
-    for command in (setup_command, status_command, demo_data_command, plugins_command,
-                    auth_token_command, serve_command, worker_command, test_command):
+    for command in HOST_COMMANDS:
         app.cli.add_command(command)
-    reserved = {name: "Flask" for name in FLASK_COMMANDS}
-    reserved.update({name: "Flask-Security" if (getattr(cmd, "callback", None) and cmd.callback
-                                                .__module__.startswith("flask_security"))
-                     else "the host" for name, cmd in app.cli.commands.items()})
+    reserved = reserved_names(app)
     commands = unique_items(app.extensions["plugin_manager"], "register_commands",
                             kind="command", key=lambda c: c.name, expect=click.Command,
                             reserved=reserved)

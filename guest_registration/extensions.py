@@ -3,12 +3,17 @@
 Flask-Security's ``Security`` is built per app in the factory instead: it keeps
 per-app state (context processors, datastore) on the object itself, so one shared
 instance would leak one test app's admin into another's login page.
+
+``csrf`` is made on first use (the web app's factory, a view module's import):
+Flask-WTF, and the Babel it imports, is for pages, and commands run without it.
 """
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from flask_sqlalchemy import SQLAlchemy
-from flask_wtf import CSRFProtect
 from sqlalchemy import MetaData
 
 #: constraint names the migrations rely on (renaming or dropping one needs its name);
@@ -21,4 +26,16 @@ NAMING_CONVENTION = {
 }
 
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
-csrf = CSRFProtect()
+_making = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    """``extensions.csrf``: the one ``CSRFProtect``, made on first use."""
+    if name != "csrf":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _making:
+        if "csrf" not in globals():
+            from flask_wtf import CSRFProtect
+
+            globals()["csrf"] = CSRFProtect()
+    return globals()["csrf"]

@@ -30,6 +30,13 @@ Order of the calls while an app is built:
 
 ``setup_app`` and ``report_status`` run later, inside ``manage.py setup`` and
 ``manage.py status``.
+
+Most commands run on the *command-line app* (``create_app(web=False)``, see
+:mod:`guest_registration.cli`): there ``register_translations``,
+``register_blueprints`` and ``register_admin_views`` are not called, and
+Flask-Security, Flask-Babel and Flask-Admin are not set up. Keep the imports of a
+hook's module light (import views, forms and heavy libraries inside the hooks and
+commands that use them): every command's start-up pays for them.
 """
 
 from __future__ import annotations
@@ -101,7 +108,8 @@ def init_app(app: "Flask") -> None:
 
     Keep what you build in ``app.extensions`` (never in module globals), and
     raise an exception to refuse start-up (e.g. two plugins claiming one name of
-    your own registry), with a message that names the plugins.
+    your own registry), with a message that names the plugins. Also called for
+    the command-line app (``app.extensions["guest_web"]`` is then ``False``).
 
     :param app: the application being built.
     """
@@ -142,6 +150,9 @@ def register_commands() -> "Iterable[click.Command] | None":
 
     The host adds them. A name the host (or Flask, or Flask-Security) already
     uses, or that another plugin returned, is a start-up error naming both.
+    They run on the command-line app; a command that needs the web app's parts
+    (Flask-Security's datastore, translations, the pages' URLs) sets the
+    attribute ``web_app = True`` on its ``click.Command``.
     """
 
 

@@ -25,6 +25,9 @@ theirs (WTForms ``cs_CZ``, Flask-Security ``de_DE``, Flask-Admin ``cs``).
 Page formatting (:func:`page_timestamp`, :func:`page_size`, :func:`page_yes_no`)
 follows the page's locale; in English it is exactly
 :mod:`guest_registration.formatting`, which the CLI keeps using.
+
+Flask-Babel and Babel are imported where they are used: the command-line app
+(which has no Babel) imports this module for :class:`Catalog` and :func:`N_` only.
 """
 
 from __future__ import annotations
@@ -35,10 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from babel.numbers import get_decimal_symbol
 from flask import (Blueprint, Flask, abort, g, has_request_context, redirect, request, session,
                    url_for)
-from flask_babel import Babel, format_date, format_datetime, get_locale, gettext, lazy_gettext
 
 from .formatting import human_size, timestamp, yes_no
 from .registry import unique_items
@@ -120,6 +121,8 @@ def page_timestamp(value: Any) -> str:
     """A date or a UTC timestamp to the second, in the page's locale."""
     if value is None or _english():
         return timestamp(value)
+    from flask_babel import format_date, format_datetime
+
     if isinstance(value, datetime):
         return format_datetime(value, "medium")
     return format_date(value, "medium")
@@ -127,18 +130,25 @@ def page_timestamp(value: Any) -> str:
 
 def page_size(n: int | float | None) -> str:
     """``7.2 KiB`` with the page locale's decimal separator (``7,2 KiB``)."""
+    from babel.numbers import get_decimal_symbol
+    from flask_babel import get_locale
+
     text = human_size(n)
     return text if _english() else text.replace(".", get_decimal_symbol(get_locale()))
 
 
 def choices(labels: dict[str, str]) -> list[tuple[str, Any]]:
     """``(stored value, label)`` pairs whose labels translate when shown."""
+    from flask_babel import lazy_gettext
+
     return [(value, lazy_gettext(label)) for value, label in labels.items()]
 
 
 def page_yes_no(value: Any) -> str:
     if _english():
         return yes_no(value)
+    from flask_babel import gettext
+
     return "" if value is None else (gettext("Yes") if value else gettext("No"))
 
 
@@ -195,9 +205,12 @@ def plugin_catalogs(app: Flask) -> list[Catalog]:
                              expect=Catalog, reserved=RESERVED_DOMAINS).values())
 
 
-def init_app(app: Flask) -> Babel:
+def init_app(app: Flask):
     """Flask-Babel with the plugins' catalogues and the host's, the picker, page
-    formatters. Called before Flask-Security is set up (it reads its folders)."""
+    formatters (returns the ``Babel``). Called before Flask-Security is set up (it
+    reads its folders)."""
+    from flask_babel import Babel
+
     catalogs = plugin_catalogs(app) + [Catalog(TRANSLATIONS, HOST_DOMAIN)]
     app.config.setdefault("SECURITY_I18N_DIRNAME", ["builtin", str(TRANSLATIONS)])
     babel = Babel(app, locale_selector=_select_locale, default_locale=DEFAULT_LANGUAGE,

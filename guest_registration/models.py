@@ -4,13 +4,14 @@ The table and column names of ``trip``, ``registration`` and ``guest`` are a
 contract: the export API, the system backup and outside tools depend on them.
 Every column beyond that contract is nullable or has a database-side default, so
 rows written by other tools (SQL, imports, restores) are valid.
+
+``User`` and ``Role`` (Flask-Security's) are in :mod:`.users`, reachable from here.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flask_security.models import fsqla_v3 as fsqla
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -28,8 +29,6 @@ from sqlalchemy.sql.expression import FunctionElement
 
 from .extensions import db
 from .i18n import LANGUAGES, N_  # noqa: F401  (LANGUAGES: re-exported for forms and admin)
-
-fsqla.FsModels.set_db_info(db)
 
 #: Stored value → the label people see, everywhere (forms, admin lists, filters),
 #: in English here; pages show them translated (``guest_registration.i18n.choices``).
@@ -64,18 +63,14 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-class Role(db.Model, fsqla.FsRoleMixin):
-    __tablename__ = "role"
+def __getattr__(name: str):
+    """``models.User`` and ``models.Role`` are in :mod:`.users` (Flask-Security's
+    mixins, imported on first use: commands that touch no user do without it)."""
+    if name in ("User", "Role"):
+        from . import users
 
-    def __str__(self) -> str:
-        return self.name
-
-
-class User(db.Model, fsqla.FsUserMixin):
-    __tablename__ = "user"
-
-    def __str__(self) -> str:
-        return self.email
+        return getattr(users, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Trip(db.Model):

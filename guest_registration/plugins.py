@@ -47,17 +47,14 @@ def _canonical(name: str) -> str:
 
 
 def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, importlib.metadata.Distribution]]:
-    """Every entry point of our group with its distribution, in call order."""
-    found = []
-    seen_dists: set[str] = set()
-    for dist in importlib.metadata.distributions():
-        key = _canonical(dist.metadata["Name"] or "?")
-        if key in seen_dists:  # the same distribution visible twice on sys.path
-            continue
-        seen_dists.add(key)
-        for ep in dist.entry_points:
-            if ep.group == ENTRY_POINT_GROUP:
-                found.append((ep, dist))
+    """Every entry point of our group with its distribution, in call order.
+
+    ``entry_points`` reads each distribution's ``entry_points.txt`` only (and sees
+    a distribution found twice on ``sys.path`` once, the first); the metadata is
+    read only for the few distributions that declare plugins: reading every
+    installed distribution's was a tenth of a command's start-up.
+    """
+    found = [(ep, ep.dist) for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
     found.sort(key=lambda pair: (
         _canonical(pair[1].metadata["Name"] or "") != HOST_DISTRIBUTION,
         _canonical(pair[1].metadata["Name"] or ""),

@@ -1,5 +1,9 @@
 """``backup``, ``backup-list``, ``backup-prune``, ``backup-key``: thin wrappers
-over :mod:`guest_backup.ops`."""
+over :mod:`guest_backup.ops`.
+
+The operations are imported inside the commands: every command of the app is
+registered at start-up, and ``backup --help`` should not import a backup.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,8 @@ from guest_registration.audit import cli_actor
 from guest_registration.extensions import db
 from guest_registration.formatting import human_size
 
-from guest_backup.ops.folders import clean_partials
 from guest_backup.wiring import backup_context
 from guest_backup.errors import BackupBusy, BackupError
-from guest_backup.ops.listing import list_everywhere
-from guest_backup.ops.pipeline import run_backup
-from guest_backup.ops.retention import Policy, prune_archives
 
 
 #: exit code of a command refused because another backup runs (EX_TEMPFAIL: try later)
@@ -49,6 +49,8 @@ def backup_command(output: str | None, keep: int | None) -> None:
     Prints the archive's path as the last line. Exits 1 on failure (also when
     only the remote copy failed: the local archive is kept), 75 when another
     backup is running."""
+    from guest_backup.ops.pipeline import run_backup
+
     try:
         run = run_backup(backup_context(), db.engine, output=output, keep=keep,
                          actor=cli_actor(), via="cli")
@@ -73,6 +75,9 @@ def backup_command(output: str | None, keep: int | None) -> None:
 @with_appcontext
 def backup_list_command() -> None:
     """List the archives, newest first, with where each one is (local, remote)."""
+    from guest_backup.ops.folders import clean_partials
+    from guest_backup.ops.listing import list_everywhere
+
     ctx = backup_context()
     clean_partials(ctx)  # leftovers of a killed backup
     try:
@@ -98,6 +103,8 @@ def backup_prune_command(dry_run: bool) -> None:
     of the last BACKUP_KEEP_DAILY days, BACKUP_KEEP_WEEKLY ISO weeks and
     BACKUP_KEEP_MONTHLY months (UTC, from the archive's name). The newest
     archive is always kept; with no rule set nothing is removed."""
+    from guest_backup.ops.retention import Policy, prune_archives
+
     ctx = backup_context()
     settings = ctx.settings
     try:

@@ -1,10 +1,12 @@
 """Guests' rights: ``erase``, ``erasure-ledger check|publish``, ``retention-enforce``,
 ``subject-access``. Thin wrappers over :mod:`guest_backup.ops.erasure`,
-:mod:`guest_backup.ops.rights` and :mod:`guest_backup.ops.subject_access`."""
+:mod:`guest_backup.ops.rights` and :mod:`guest_backup.ops.subject_access`, imported
+inside the commands (every command is registered at start-up; see ``cli.backup``)."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from flask.cli import with_appcontext
@@ -14,18 +16,18 @@ from guest_registration.extensions import db
 
 from guest_backup.cli.backup import _busy, _fail
 from guest_backup.errors import BackupBusy, BackupError
-from guest_backup.ops.erasure import ErasurePlan, NothingToErase, Target, erase, plan_erasure
-from guest_backup.ops.ledger import ErasureLedger
-from guest_backup.ops.rights import (check_ledger, enforce_retention, ledger_problems,
-                                     publish_ledger)
-from guest_backup.ops.subject_access import subject_access
 from guest_backup.wiring import backup_context
+
+if TYPE_CHECKING:  # pragma: no cover
+    from guest_backup.ops.erasure import ErasurePlan, Target
 
 
 def _target(guest: int | None, registration: int | None, email: str | None) -> Target:
     given = [v for v in (guest, registration, email) if v is not None]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --guest, --registration, --email")
+    from guest_backup.ops.erasure import Target
+
     if guest is not None:
         return Target.guest(guest)
     if registration is not None:
@@ -61,6 +63,8 @@ def erase_command(guest: int | None, registration: int | None, email: str | None
     """Erase a guest's personal data (GDPR): names and document number become
     [erased], the document photo is deleted; the erasure goes to the erasure
     ledger, so a restore of an older archive erases it again."""
+    from guest_backup.ops.erasure import NothingToErase, erase, plan_erasure
+
     target = _target(guest, registration, email)
     ctx = backup_context()
     try:
@@ -96,6 +100,9 @@ def erasure_ledger_group() -> None:
 def ledger_check_command() -> None:
     """Check every copy (the instance folder's and each storage's). Exit 1 when a
     copy is broken, forked or behind (it is named), 2 when a storage cannot be read."""
+    from guest_backup.ops.ledger import ErasureLedger
+    from guest_backup.ops.rights import check_ledger, ledger_problems
+
     ctx = backup_context()
     ledger = ErasureLedger.in_folder(ctx.instance_path)
     try:
@@ -124,6 +131,9 @@ def ledger_check_command() -> None:
 def ledger_publish_command() -> None:
     """Merge every copy and write the result to the instance folder and to every
     storage (after a storage was unreachable during an erasure)."""
+    from guest_backup.ops.ledger import ErasureLedger
+    from guest_backup.ops.rights import publish_ledger
+
     ctx = backup_context()
     try:
         lines = publish_ledger(ErasureLedger.in_folder(ctx.instance_path), ctx.storages())
@@ -139,6 +149,8 @@ def retention_enforce_command(dry_run: bool) -> None:
     """Legal retention (GUEST_RETENTION_YEARS, from the end of the stay): erase every
     registration whose stay ended longer ago, and delete older archives from every
     storage, whatever the backup retention rules keep."""
+    from guest_backup.ops.rights import enforce_retention
+
     ctx = backup_context()
     try:
         run = enforce_retention(ctx, db.engine, dry_run=dry_run, actor=cli_actor(), via="cli")
@@ -176,6 +188,8 @@ def subject_access_command(email: str | None, document: str | None, output: str)
     hold them."""
     if (email is None) == (document is None):
         raise click.UsageError("give exactly one of --email, --document")
+    from guest_backup.ops.subject_access import subject_access
+
     try:
         report = subject_access(backup_context(), db.engine, output_dir=output,
                                 actor=cli_actor(), via="cli", email=email, document=document)

@@ -15,7 +15,6 @@ from flask.cli import with_appcontext
 from guest_registration.audit import cli_actor
 from guest_registration.extensions import db
 
-from guest_backup.export.stream import ExportRequestError, open_export, parse_request
 from guest_backup.wiring import backup_context
 
 
@@ -29,6 +28,8 @@ from guest_backup.wiring import backup_context
 @with_appcontext
 def export_guests_command(year: str, month: str, format_name: str, output: str | None) -> None:
     """Export one month of guests: the same bytes as GET /api/backup/guests."""
+    from guest_backup.export.stream import ExportRequestError, open_export, parse_request
+
     try:
         req = parse_request({"year": [year], "month": [month], "format": [format_name]},
                             current_app.extensions["export_formats"])
