@@ -9,17 +9,18 @@ keys) are given to ``verify``/``restore`` with ``--identity FILE`` when needed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable
 
 from guest_backup.errors import BackupError
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
+#: the decryption pipe's size (Linux lets a process ask for up to 1 MiB)
+PIPE_BYTES = 1024 * 1024
 
 
 def _pyrage():
@@ -144,17 +145,80 @@ class EncryptingWriter:
         self._thread.join()
 
 
-def decrypt_file(source: str | os.PathLike, identities: list, dest: BinaryIO) -> None:
-    """Decrypt an age file into ``dest`` (streamed); a plain message when it fails."""
-    pyrage = _pyrage()
-    try:
-        with open(source, "rb") as src:
-            pyrage.decrypt_io(src, dest, identities)
-    except OSError as exc:
-        raise BackupError(f"{source} cannot be read ({exc.strerror})") from None
-    except Exception:
-        raise BackupError("the archive cannot be decrypted with the given identity (not one "
-                          "of its recipients, or the file is damaged)") from None
+class HashingReader:
+    """A file read through, its bytes counted and hashed on the way (the
+    ciphertext, for the seal's hash)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buf) -> int:
+        n = self.fh.readinto(buf)
+        self.sha.update(memoryview(buf)[:n])
+        self.size += n
+        return n
+
+
+class DecryptingReader:
+    """The plaintext of an age file as a stream, decrypted while it is read (no
+    copy on disk): pyrage decrypts in a worker thread into a pipe, ``read`` takes
+    from the pipe. ``ciphertext`` hashes every byte of the file (``finish`` reads
+    what pyrage left). A wrong identity or damaged file raises BackupError."""
+
+    def __init__(self, path: str | os.PathLike, identities: list) -> None:
+        self._pyrage = _pyrage()
+        try:
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise BackupError(f"{path} cannot be read ({exc.strerror})") from None
+        self.ciphertext = HashingReader(self._file)
+        read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):  # fewer wake-ups; the default works too
+            fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        self._fd, self._writer = read_fd, os.fdopen(write_fd, "wb")
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(identities,),
+                                        name="age-decrypt", daemon=True)
+        self._thread.start()
+
+    def _run(self, identities: list) -> None:
+        try:
+            self._pyrage.decrypt_io(self.ciphertext, self._writer, identities)
+        except BaseException as exc:  # reported by read() at the end of the plaintext
+            self._error = exc
+        finally:
+            with contextlib.suppress(OSError):
+                self._writer.close()
+
+    def read(self, n: int = -1) -> bytes:
+        data = os.read(self._fd, n if n > 0 else PIPE_BYTES)
+        if not data:
+            self._thread.join()
+            if self._error is not None:
+                raise BackupError("the archive cannot be decrypted with the given identity (not "
+                                  "one of its recipients, or the file is damaged)")
+        return data
+
+    def finish(self) -> None:
+        """The plaintext was read to its end: hash the rest of the file."""
+        self._thread.join()
+        while self.ciphertext.read(PIPE_BYTES):
+            pass
+
+    def close(self) -> None:
+        """Stop decrypting (a pipe closed under pyrage ends it) and close the file."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        self._thread.join()
+        self._file.close()
 
 
 def is_age_file(path: str | os.PathLike) -> bool:
@@ -163,18 +227,3 @@ def is_age_file(path: str | os.PathLike) -> bool:
             return fh.read(len(AGE_MAGIC)) == AGE_MAGIC
     except OSError:
         return False
-
-
-@contextlib.contextmanager
-def decrypted(path: str | os.PathLike, identities: list) -> Iterator[Path]:
-    """The plain ZIP of an encrypted archive, in a private (0700) temporary folder
-    that is removed however the block ends."""
-    folder = Path(tempfile.mkdtemp(prefix="gr-restore-"))
-    try:
-        plain = folder / "archive.zip"
-        fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            decrypt_file(path, identities, out)
-        yield plain
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

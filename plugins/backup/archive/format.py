@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from guest_backup.errors import BackupError
-
 FORMAT_VERSION = 1
 #: an archive's name, matched whole (``fullmatch``) and ASCII only: no trailing newline,
 #: no fullwidth or Arabic-Indic digits

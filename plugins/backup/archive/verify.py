@@ -22,8 +22,8 @@ from guest_backup.archive.format import (DATABASE_MEMBER, FORMAT_VERSION, MANIFE
                                         MAX_MEMBERS, PHOTO_NAME_RE, SIGNATURE_MEMBER,
                                         UPLOADS_PREFIX, is_archive_name, name_time,
                                         sidecar_path)
-from guest_backup.archive.encryption import decrypted, is_age_file
-from guest_backup.errors import BackupError, EngineError
+from guest_backup.archive.encryption import is_age_file
+from guest_backup.errors import EngineError
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.writer import CHUNK, Digest
 
@@ -174,31 +174,26 @@ def _member_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int,
 
 def verify_archive(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine] | None,
                    trusted: TrustedKeys, *, allow_unsigned: bool = False,
-                   identities: list | None = None, installation: str | None = None,
+                   installation: str | None = None,
                    explicit_keys=(), name: str | None = None) -> VerifyReport:
     """Check an archive without writing anything; the report lists every problem.
 
     An encrypted archive (``.zip.age``) is checked against its seal (the ``.sig``
-    beside it, required unless ``allow_unsigned``); its contents only with
-    ``identities``, decrypted into a private temporary file removed afterwards.
+    beside it, required unless ``allow_unsigned``); its contents need an identity
+    (:func:`guest_backup.archive.onepass.verify_stream`: one pass, decrypted as
+    it is read, no copy on disk).
     The signed name, date and installation must match the file's name and
     ``installation`` (see :class:`Binding`); ``name`` is the archive's name when
-    ``path`` is a decrypted copy.
+    ``path`` has another (a downloaded copy).
     """
     report = VerifyReport(ok=False)
     binding = Binding(name or Path(path).name, installation, frozenset(explicit_keys))
     if str(path).endswith(".age") or is_age_file(path):
         report.encrypted = True
         _check_ciphertext(Path(path), trusted, report, binding, required=not allow_unsigned)
-        if identities is None or report.problems:
-            report.decryption_skipped = identities is None
-            report.ok = not report.problems
-            return report
-        try:
-            with decrypted(path, identities) as plain:
-                _check_zip(plain, engines, trusted, allow_unsigned, report, binding)
-        except BackupError as exc:
-            report.problems.append(str(exc))
+        report.decryption_skipped = True
+        report.ok = not report.problems
+        return report
     else:
         _check_zip(path, engines, trusted, allow_unsigned, report, binding)
     report.ok = not report.problems
@@ -230,7 +225,10 @@ def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport, bi
 
 
 def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
-               report: VerifyReport, binding: Binding) -> None:
+               report: VerifyReport, binding: Binding, members: bool = True) -> None:
+    """The ZIP's structure, signed manifest and binding from its central directory;
+    with ``members`` every member read and checked too (a one-pass restore checks
+    them as it loads them)."""
     try:
         zf = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
@@ -264,7 +262,8 @@ def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
             report.problems.append("the archive is unsigned (made before archives were signed, "
                                    "or forged); --allow-unsigned accepts it anyway")
             return
-        _check_members(zf, infos, manifest, engines, report)
+        if members:
+            _check_members(zf, infos, manifest, engines, report)
 
 
 def _check_members(zf: zipfile.ZipFile, infos, manifest: dict, engines,
@@ -307,20 +306,29 @@ def _check_members(zf: zipfile.ZipFile, infos, manifest: dict, engines,
             report.problems.append("database.sql is incomplete (no completion trailer)")
 
 
-class VerifiedReader:
-    """Reads a member for a restore and checks, at its end, that the bytes are
-    the ones the signed manifest lists (the file may have changed since it was
-    verified): raises before the caller commits anything."""
-
-    def __init__(self, raw, expected: dict, name: str) -> None:
-        self.raw, self.expected, self.name = raw, expected, name
-        self.digest = Digest()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.digest.update(data)
-        if self.digest.size > self.expected["size"] or (
-                not data and self.digest.entry != {"size": self.expected["size"],
-                                                   "sha256": self.expected["sha256"]}):
-            raise BackupError(f"{self.name} changed after it was verified; nothing was restored")
-        return data
+def digest_problems(manifest: dict, digests: dict, engines: Mapping | None,
+                    skip=()) -> list[str]:
+    """Members read elsewhere (``digests``: name → Digest, in a one-pass read) against
+    the signed manifest: sizes, SHA-256, none missing or extra, a complete dump."""
+    listed: dict = manifest["members"]
+    problems = []
+    if manifest.get("format_version") != FORMAT_VERSION:
+        problems.append(f"unsupported archive format {manifest.get('format_version')!r}")
+    problems += [f"{name} is listed in the manifest but missing"
+                 for name in listed if name not in digests]
+    for name, digest in digests.items():
+        if name in skip:
+            continue
+        expected = listed.get(name)
+        if not isinstance(expected, dict):
+            problems.append(f"{name} is not in the manifest")
+        elif digest.size != expected.get("size"):
+            problems.append(f"{name}: size differs from the manifest")
+        elif digest.sha.hexdigest() != expected.get("sha256"):
+            problems.append(f"{name}: checksum mismatch")
+    engine = (engines or {}).get(manifest["database"]["engine"])
+    dump = digests.get(DATABASE_MEMBER)
+    if not problems and dump is not None and engine is not None \
+            and not engine.is_complete(dump.tail):
+        problems.append("database.sql is incomplete (no completion trailer)")
+    return problems

@@ -20,6 +20,8 @@ from typing import IO, Callable, ContextManager, Protocol
 from sqlalchemy.engine import Connection, URL, make_url
 from sqlalchemy.sql import ColumnElement
 
+from guest_backup.errors import EngineError
+
 #: size of the pieces streamed between a tool, the archive and the database
 CHUNK = 1024 * 1024
 
@@ -90,6 +92,11 @@ class DatabaseEngine(Protocol):
         ``guest_backup.ops.finishing``: ``sql(url)`` and ``apply(connection)``)
         bring the loaded database up to date before it commits. On a failure
         before the commit the target is exactly as it was; the error says so."""
+
+
+class DumpRefused(EngineError):
+    """A dump screen refused the dump: it holds what the engine's dump tool does
+    not write. Nothing of it is loaded (or kept)."""
 
 
 class DumpScreen(Protocol):

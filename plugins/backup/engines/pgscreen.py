@@ -12,7 +12,7 @@ import codecs
 import re
 from itertools import accumulate, takewhile
 
-from guest_backup.errors import EngineError
+from guest_backup.engines import DumpRefused
 
 MAX_STATEMENT_CHARS = 4 * 1024 * 1024
 
@@ -74,8 +74,6 @@ _WHAT = {"\\": "a psql meta-command (a backslash outside a string)", "/*": "a /*
          "$": "a dollar quote or a '$' outside a string", ":": "a psql variable (':name')"}
 
 
-class DumpRefused(EngineError):
-    """The dump holds what pg_dump does not write: nothing of it is loaded."""
 
 
 class PgDumpScreen:

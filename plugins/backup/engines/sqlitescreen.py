@@ -7,7 +7,7 @@ import re
 import sqlite3
 from typing import IO, Iterator
 
-from guest_backup.engines import CHUNK
+from guest_backup.engines import CHUNK, DumpRefused
 from guest_backup.errors import EngineError
 
 
@@ -37,12 +37,12 @@ class SQLiteDumpScreen:
         m = _STATEMENT.match(statement)
         if not m:
             words = " ".join(statement.split()[:2])[:30]
-            raise EngineError(f"the SQL dump holds a statement an SQLite dump does not have "
+            raise DumpRefused(f"the SQL dump holds a statement an SQLite dump does not have "
                               f"({words} …); nothing was restored")
         if m.group().strip().upper().startswith("INSERT"):
             values = statement[m.end():].rstrip().rstrip(";")
             if not _NUMBERS_ONLY.fullmatch(_LITERALS.sub("", values)):
-                raise EngineError("the SQL dump inserts something other than plain values; "
+                raise DumpRefused("the SQL dump inserts something other than plain values; "
                                   "nothing was restored")
         self.committed = statement.strip().upper().startswith("COMMIT")
 

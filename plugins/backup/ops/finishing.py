@@ -137,6 +137,38 @@ class AuditCarry:
 
 
 @dataclass
+class PlannedUpgrade:
+    """The schema upgrade (:func:`guest_backup.ops.schema.plan`), planned once the
+    archive's signed manifest is known: a one-pass restore of an encrypted archive
+    reads the manifest after the dump, before it commits. A revision the code does
+    not know raises there, and nothing commits."""
+
+    migrations: object
+    upgrade: object = None
+
+    def settle(self, manifest: dict) -> None:
+        from guest_backup.ops.schema import plan
+
+        if self.upgrade is None:
+            self.upgrade = plan(self.migrations, manifest)
+
+    @property
+    def needed(self) -> bool:
+        return self.upgrade is not None and self.upgrade.needed
+
+    def describe(self) -> str:
+        return self.upgrade.describe()
+
+    def sql(self, url: str) -> Iterator[str]:
+        if self.needed:
+            yield self.upgrade.sql(url)
+
+    def apply(self, connection) -> None:
+        if self.needed:
+            self.upgrade.apply(connection)
+
+
+@dataclass
 class ErasureReapply:
     """The erasure ledger re-applied to the loaded database; a restore never ends
     with a guest present that the ledger says was erased."""

@@ -1,34 +1,40 @@
-"""Restoring an archive: decrypt (with an identity) into a private temporary
-file, verify it against trusted keys, check the target, load the database in one
-screened transaction, then add the uploads without overwriting anything.
-Every outcome (refused, failed, ok) is audited with the caller's ``via``; the
-audit entry never breaks a restore. No Flask request in here."""
+"""Restoring an archive in one read of it: the ciphertext hashed and decrypted,
+every member hashed, the dump screened and loaded (in the engine's one
+transaction), the uploads staged, all as the archive streams past
+(:mod:`guest_backup.archive.onepass`); the verdict on the whole archive (seal,
+signed manifest, every hash) comes at the end of the dump, before the engine
+commits, and decides whether anything is kept. Nothing is written before the
+checks possible up front passed (the seal or the signed manifest, the target).
+No decrypted copy of the archive touches the disk. Every outcome (refused,
+failed, ok) is audited with the caller's ``via``; the audit entry never breaks a
+restore. No Flask request in here."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Iterator, Mapping
+from pathlib import Path
+from typing import Mapping
 
 from sqlalchemy.engine import Engine, make_url
 
-from guest_backup.archive.format import DATABASE_MEMBER, PHOTO_NAME_RE, UPLOADS_PREFIX
-from guest_backup.ops.create import safe_message
-from guest_backup.archive.encryption import decrypted, is_age_file, load_identities
-from guest_backup.engines import DatabaseEngine
+from guest_backup.archive.encryption import load_identities
+from guest_backup.archive.format import DATABASE_MEMBER, UPLOADS_PREFIX
+from guest_backup.archive.onepass import ArchivePass, ArchiveRefused, is_encrypted
+from guest_backup.archive.signing import TrustedKeys
+from guest_backup.archive.verify import Binding
+from guest_backup.archive.writer import CHUNK
+from guest_backup.archive.zipstream import StreamError
+from guest_backup.engines import DatabaseEngine, DumpRefused
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
-from guest_backup.ops.finishing import AuditCarry, ErasureReapply, Finishers
-from guest_backup.ops.schema import MigrationPaths, SchemaUpgrade, plan
+from guest_backup.ops.create import safe_message
+from guest_backup.ops.finishing import AuditCarry, ErasureReapply, Finishers, PlannedUpgrade
+from guest_backup.ops.schema import MigrationPaths
 from guest_backup.ops.settings import BackupSettings
-from guest_backup.archive.signing import TrustedKeys
-from guest_backup.archive.verify import VerifiedReader, VerifyReport, verify_archive
-from guest_backup.archive.writer import CHUNK, Digest
+from guest_backup.ops.staging import StagedUploads
 
 log = logging.getLogger(__name__)
 
@@ -52,34 +58,34 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                     identity: str | os.PathLike | None = None,
                     migrations: MigrationPaths | None = None,
                     erasures: ErasureReapply | None = None) -> RestoreResult:
-    """Nothing is written before the archive verified (seal, signature, name, date
+    """Nothing is kept unless the whole archive verified (seal, signature, name, date
     and installation, checksums, dump screen) and the target database was found
     empty (or ``replace`` was given). ``engine`` is the app's own database, where
     the outcome is recorded (after the fact: it may be the one just replaced);
     ``explicit_keys`` are the keys given for this restore (--trusted-key), whose
     archives may come from another installation."""
     name = Path(path).name
-    stage, finish = "refused", Finishers()
-    binding = {"installation": settings.installation(), "explicit_keys": explicit_keys,
-               "name": name, "allow_unsigned": allow_unsigned}
+    stage, finish, staged = "refused", Finishers(), StagedUploads(uploads_dir)
+    binding = Binding(name, settings.installation(), frozenset(explicit_keys))
+    upgrade = PlannedUpgrade(migrations) if migrations is not None else None
     try:
-        with _plain_archive(path, identity, trusted, binding) as plain:
-            report, db_engine, manifest, empty = _check(plain, engines, trusted, binding,
-                                                        target_url, uploads_dir, replace)
-            upgrade = plan(migrations, manifest) if migrations is not None else None
+        identities = _identities(path, identity)
+        with ArchivePass(path, trusted, binding, identities=identities,
+                         allow_unsigned=allow_unsigned, engines=engines) as archive:
+            db_engine, empty = _check(archive, engines, target_url, uploads_dir, replace)
+            if upgrade is not None and archive.report.manifest is not None:
+                upgrade.settle(archive.report.manifest)  # a plain archive's: refused up front
             finish = _finishers(upgrade, None if empty else target_url, erasures)
             stage = "failed"
-            written, present, kept = _load(plain, manifest, db_engine, settings, target_url,
-                                           uploads_dir, empty, finish)
+            manifest = _load(archive, engines, db_engine, settings, target_url, empty, finish,
+                             staged, upgrade)
+            report = archive.report
+        _after_load(db_engine, target_url, finish)
+        written, present, kept = staged.commit()
     except BaseException as exc:
-        message = safe_message(exc)
-        _log(audit, engine, name, actor, via, "failed" if isinstance(exc, Exception) else "aborted",
-             message=f"refused: {message}" if stage == "refused" else message)
-        if isinstance(exc, BackupError) or not isinstance(exc, Exception):
-            raise
-        log.warning("restore failed (%s)", type(exc).__name__)
-        log.debug("restore failed", exc_info=True)
-        raise BackupError(message) from None
+        staged.discard()
+        raise _failed(exc, stage, lambda outcome, message: _log(
+            audit, engine, name, actor, via, outcome, message=message))
     finally:
         for part in finish.parts:
             if isinstance(part, AuditCarry):
@@ -94,17 +100,77 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                          erasures.applied if erasures is not None else 0)
 
 
-def _load(plain: Path, manifest: dict, db_engine, settings, target_url: str, uploads_dir,
-          empty: bool, finish: Finishers) -> tuple[int, int, int]:
-    """The database (finished before it commits), then the uploads."""
-    with zipfile.ZipFile(plain) as zf:
-        with zf.open(DATABASE_MEMBER) as member:
-            db_engine.restore(settings.engine_settings, target_url,
-                              VerifiedReader(member, manifest["members"][DATABASE_MEMBER],
-                                             DATABASE_MEMBER),
+def _failed(exc: BaseException, stage: str, record) -> BaseException:
+    """Audit a failed restore; the exception to raise (a message safe for users).
+    Whatever fails in the pass is refused before anything committed."""
+    if isinstance(exc, (StreamError, DumpRefused)):  # found by the pass: nothing committed
+        exc = ArchiveRefused([f"{DATABASE_MEMBER}: {exc}" if isinstance(exc, DumpRefused)
+                              else str(exc)])
+    refused = stage == "refused" or isinstance(exc, ArchiveRefused)
+    message = safe_message(exc)
+    if isinstance(exc, ArchiveRefused) and "nothing was restored" not in message:
+        message += "; nothing was restored"
+    record("failed" if isinstance(exc, Exception) else "aborted",
+           f"refused: {message}" if refused else message)
+    if not isinstance(exc, Exception) or (isinstance(exc, BackupError) and message == str(exc)):
+        return exc
+    if not isinstance(exc, BackupError):
+        log.warning("restore failed (%s)", type(exc).__name__)
+        log.debug("restore failed", exc_info=exc)
+    safe = BackupError(message)
+    safe.__suppress_context__ = True
+    return safe
+
+
+def _identities(path, identity) -> list | None:
+    """The age identities, read only for an encrypted archive."""
+    if identity is None or not Path(path).is_file() or not is_encrypted(path):
+        return None
+    return load_identities(identity)
+
+
+class _EndGate:
+    """The dump as the engine reads it. At its end, before the engine may commit,
+    ``at_end`` reads the rest of the archive and gives the verdict: raising there
+    kills the load, so nothing commits."""
+
+    def __init__(self, member, at_end) -> None:
+        self.member, self.at_end, self.ended = member, at_end, False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.member.read(n if n and n > 0 else CHUNK)
+        if not data and not self.ended:
+            self.ended = True
+            self.at_end()
+        return data
+
+
+def _load(archive: ArchivePass, engines, db_engine, settings, target_url: str, empty: bool,
+          finish: Finishers, staged: StagedUploads, upgrade: PlannedUpgrade | None) -> dict:
+    """The one pass: uploads staged, the dump loaded; the verdict at the dump's end."""
+    members, verdict = archive.members(), {}
+
+    def rest() -> None:
+        for member in members:
+            staged.add(member)
+        verdict["manifest"] = manifest = archive.verdict(engines, db_engine.dialect)
+        if upgrade is not None:
+            upgrade.settle(manifest)
+
+    for member in members:
+        if member.name == DATABASE_MEMBER:
+            db_engine.restore(settings.engine_settings, target_url, _EndGate(member, rest),
                               replace=not empty, **({"finish": finish} if finish else {}))
-        _after_load(db_engine, target_url, finish)
-        return _restore_uploads(zf, manifest, Path(uploads_dir))
+            break
+        staged.add(member)
+    else:
+        archive.verdict(engines, db_engine.dialect)
+        raise ArchiveRefused(["database.sql is missing"])
+    if "manifest" not in verdict:  # an engine that returned without reading to the end
+        raise BackupError(f"the {db_engine.dialect} engine loaded the dump without reading it "
+                          f"to its end, so the archive was not verified: check the target "
+                          f"database before using it")
+    return verdict["manifest"]
 
 
 def _after_load(db_engine, target_url: str, finish: Finishers) -> None:
@@ -131,7 +197,7 @@ def _notes(report, finish: Finishers) -> str:
     """What the audit entry says besides the counts."""
     note = "UNSIGNED archive restored (--allow-unsigned); " if report.unsigned else ""
     for part in finish.parts:
-        if isinstance(part, SchemaUpgrade):
+        if isinstance(part, PlannedUpgrade) and part.needed:
             note += part.describe() + "; "
         elif isinstance(part, AuditCarry):
             note += f"{part.count} audit entries of the replaced database kept; "
@@ -140,12 +206,12 @@ def _notes(report, finish: Finishers) -> str:
     return note
 
 
-def _finishers(upgrade: SchemaUpgrade | None, replaced_url: str | None,
+def _finishers(upgrade: PlannedUpgrade | None, replaced_url: str | None,
                erasures: ErasureReapply | None) -> Finishers:
     """What the load does before it commits: the schema upgrade, the replaced
     database's audit trail carried over, the erasure ledger re-applied."""
     finish = Finishers()
-    if upgrade is not None and upgrade.needed:
+    if upgrade is not None:  # planned once the manifest is known: maybe nothing to do
         finish.parts.append(upgrade)
     if replaced_url is not None:
         carry = AuditCarry.set_aside(replaced_url)
@@ -156,46 +222,31 @@ def _finishers(upgrade: SchemaUpgrade | None, replaced_url: str | None,
     return finish
 
 
-@contextlib.contextmanager
-def _plain_archive(path, identity, trusted: TrustedKeys, binding: dict) -> Iterator[Path]:
-    """The archive as a plain ZIP; an encrypted one only after its seal checked."""
-    if not Path(path).is_file():
-        raise BackupError(f"{path} does not exist")
-    if not (str(path).endswith(".age") or is_age_file(path)):
-        yield Path(path)
-        return
-    if identity is None:
-        raise BackupError("the archive is encrypted: give --identity FILE (the age identity of "
-                          "one of its recipients)")
-    sealed = verify_archive(path, None, trusted, **binding)  # the ciphertext and its seal
-    if not sealed.ok:
-        raise BackupError("the archive did not verify: " + "; ".join(sealed.problems[:5]))
-    with decrypted(path, load_identities(identity)) as plain:
-        yield plain
-
-
-def _check(path: Path, engines, trusted: TrustedKeys, binding: dict, target_url: str,
-           uploads_dir, replace: bool) -> tuple[VerifyReport, DatabaseEngine, dict, bool]:
-    """Everything that must hold before anything is written; raises BackupError."""
-    report = verify_archive(path, engines, trusted, **binding)
-    if not report.ok:
-        raise BackupError("the archive did not verify: " + "; ".join(report.problems[:5]))
-    manifest = report.manifest or {}
-    engine_name = manifest["database"]["engine"]
+def _check(archive: ArchivePass, engines, target_url: str, uploads_dir,
+           replace: bool) -> tuple[DatabaseEngine, bool]:
+    """What must hold before anything is written; raises BackupError. The engine
+    is the one the seal or manifest signs, else the target's (checked against the
+    manifest in the verdict)."""
     target_dialect = make_url(target_url).get_backend_name()
+    engine_name = archive.engine or target_dialect
     if target_dialect != engine_name:
         raise BackupError(f"the archive holds a {engine_name} dump; the target is {target_dialect}")
-    db_engine = engines[engine_name]
-    needed = sum(m.get("size", 0) for n, m in manifest["members"].items()
-                 if n.startswith(UPLOADS_PREFIX))
-    target = Path(uploads_dir)
-    existing = next((p for p in [target, *target.parents] if p.exists()), Path("/"))
-    if needed > shutil.disk_usage(existing).free:
-        raise BackupError(f"the uploads need {needed} bytes; the target disk has less free space")
+    db_engine = engines.get(engine_name)
+    if db_engine is None:
+        raise BackupError(f"no database engine for the archive's {engine_name!r}")
+    manifest = archive.report.manifest
+    if manifest is not None:  # known up front for a plain archive
+        needed = sum(m.get("size", 0) for n, m in manifest["members"].items()
+                     if n.startswith(UPLOADS_PREFIX) and isinstance(m, dict))
+        target = Path(uploads_dir)
+        existing = next((p for p in [target, *target.parents] if p.exists()), Path("/"))
+        if needed > shutil.disk_usage(existing).free:
+            raise BackupError(f"the uploads need {needed} bytes; the target disk has less free "
+                              f"space")
     empty = db_engine.prepare_target(target_url)
     if not empty and not replace:
         raise BackupError("the target database is not empty; use --replace to overwrite it")
-    return report, db_engine, manifest, empty
+    return db_engine, empty
 
 
 def _log(audit: AuditLog | None, engine: Engine | None, name: str, actor, via: str,
@@ -206,48 +257,6 @@ def _log(audit: AuditLog | None, engine: Engine | None, name: str, actor, via: s
         return
     quietly("the restore", audit.record, engine, "restore", outcome, actor=actor, via=via,
             target=name, **fields)
-
-
-def _restore_uploads(zf: zipfile.ZipFile, manifest: dict, target: Path) -> tuple[int, int, int]:
-    """Add the uploads: never a guest-photo name, never outside ``target``, never
-    over an existing file. Returns (written, already there, kept as they were)."""
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root = target.resolve()
-    written = present = kept = 0
-    for info in zf.infolist():
-        if not info.filename.startswith(UPLOADS_PREFIX) or info.is_dir():
-            continue
-        rel = info.filename[len(UPLOADS_PREFIX):]
-        if PHOTO_NAME_RE.match(PurePosixPath(rel).name):
-            raise BackupError(f"{info.filename!r} has a guest-photo name")
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if root != dest.parent.resolve() and root not in dest.parent.resolve().parents:
-            raise BackupError(f"{info.filename!r} leaves the upload folder")
-        expected = manifest["members"][info.filename]
-        if dest.exists() or dest.is_symlink():
-            same = (not dest.is_symlink() and dest.is_file()
-                    and Digest.of_file(dest).entry["sha256"] == expected["sha256"])
-            if same:
-                present += 1
-            else:
-                kept += 1
-            continue
-        tmp = dest.with_name(f".{dest.name}.restoring")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-                reader = VerifiedReader(src, expected, info.filename)
-                while chunk := reader.read(CHUNK):
-                    out.write(chunk)
-            try:
-                os.link(tmp, dest)  # fails instead of overwriting a file that appeared
-                written += 1
-            except FileExistsError:
-                kept += 1
-        finally:
-            tmp.unlink(missing_ok=True)
-    return written, present, kept
 
 
 __all__ = ["RestoreResult", "restore_archive"]

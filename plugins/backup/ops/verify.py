@@ -7,7 +7,8 @@ import os
 from typing import Mapping
 
 from guest_backup.archive.signing import TrustedKeys
-from guest_backup.archive.verify import ScreeningEngine, VerifyReport, verify_archive
+from guest_backup.archive.onepass import is_encrypted, verify_stream
+from guest_backup.archive.verify import Binding, ScreeningEngine, VerifyReport, verify_archive
 from guest_backup.ops.audit import AuditLog
 
 
@@ -15,10 +16,15 @@ def verify(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine],
            trusted: TrustedKeys, *, audit: AuditLog, audit_engine, actor: str | None, via: str,
            allow_unsigned: bool = False, identities: list | None = None,
            installation: str | None = None, explicit_keys=()) -> VerifyReport:
-    """:func:`verify_archive`, recorded in the audit log (``verify``, ok or failed)."""
-    report = verify_archive(path, engines, trusted, allow_unsigned=allow_unsigned,
-                            identities=identities, installation=installation,
-                            explicit_keys=explicit_keys)
+    """:func:`verify_archive` (with ``identities``, an encrypted archive's contents too,
+    in one pass), recorded in the audit log (``verify``, ok or failed)."""
+    if identities is not None and is_encrypted(path):  # one pass, never a decrypted copy
+        report = verify_stream(path, engines, trusted,
+                               Binding(os.path.basename(path), installation,
+                                       frozenset(explicit_keys)), identities, allow_unsigned)
+    else:
+        report = verify_archive(path, engines, trusted, allow_unsigned=allow_unsigned,
+                                installation=installation, explicit_keys=explicit_keys)
     message = "; ".join(report.problems + report.notes
                         + (["decryption skipped (no identity)"] if report.decryption_skipped
                            else [])) or None

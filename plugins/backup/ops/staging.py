@@ -1,0 +1,96 @@
+"""The uploads of a one-pass restore: written as the archive is read, under
+hidden ``.NAME.restoring`` names beside their destinations (never a guest-photo
+name, never outside the upload folder), and put in place only once the whole
+archive verified and the database committed (:meth:`StagedUploads.commit`),
+never over an existing file. On any failure :meth:`discard` removes the staged
+files and the folders made for them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from guest_backup.archive.format import PHOTO_NAME_RE, UPLOADS_PREFIX
+from guest_backup.archive.writer import CHUNK, Digest
+from guest_backup.errors import BackupError
+
+
+class StagedUploads:
+    """Uploads read from the archive, waiting for the verdict."""
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        self.target = Path(target)
+        self._staged: list[tuple[Path, Path]] = []     # (hidden file, destination)
+        self._existing: list[tuple[Path, object]] = []  # (destination, member digest)
+        self._made: list[Path] = []                     # folders made here, outermost first
+
+    def add(self, member) -> None:
+        """Stage one ``uploads/…`` member (read to its end here)."""
+        if not member.name.startswith(UPLOADS_PREFIX) or member.name.endswith("/"):
+            member.skip()  # the verdict says what it is
+            return
+        rel = member.name[len(UPLOADS_PREFIX):]
+        if PHOTO_NAME_RE.match(PurePosixPath(rel).name):
+            raise BackupError(f"{member.name!r} has a guest-photo name")
+        root = self._root()
+        dest = root / rel
+        anchor = dest.parent
+        while not anchor.exists() and anchor != anchor.parent:
+            anchor = anchor.parent
+        if root != anchor.resolve() and root not in anchor.resolve().parents:
+            raise BackupError(f"{member.name!r} leaves the upload folder")
+        self._mkdirs(dest.parent)
+        if root != dest.parent.resolve() and root not in dest.parent.resolve().parents:
+            raise BackupError(f"{member.name!r} leaves the upload folder")
+        if dest.exists() or dest.is_symlink():
+            member.skip()
+            self._existing.append((dest, member.digest))
+            return
+        tmp = dest.with_name(f".{dest.name}.restoring")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._staged.append((tmp, dest))
+        with os.fdopen(fd, "wb") as out:
+            while chunk := member.read(CHUNK):
+                out.write(chunk)
+
+    def _root(self) -> Path:
+        self._mkdirs(self.target)
+        return self.target.resolve()
+
+    def _mkdirs(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            path.mkdir(mode=0o700)
+            self._made.append(path)
+
+    def commit(self) -> tuple[int, int, int]:
+        """Put the staged files in place; (written, already there, kept as they were)."""
+        written = present = kept = 0
+        for tmp, dest in self._staged:
+            try:
+                os.link(tmp, dest)  # fails instead of overwriting a file that appeared
+                written += 1
+            except FileExistsError:
+                kept += 1
+            finally:
+                tmp.unlink(missing_ok=True)
+        for dest, digest in self._existing:
+            same = (not dest.is_symlink() and dest.is_file()
+                    and Digest.of_file(dest).entry == digest.entry)
+            present, kept = present + same, kept + (not same)
+        self._staged, self._made = [], []
+        return written, present, kept
+
+    def discard(self) -> None:
+        """Remove what was staged and the folders made for it (if left empty)."""
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        for folder in reversed(self._made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        self._staged, self._made = [], []
