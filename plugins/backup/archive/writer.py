@@ -1,10 +1,13 @@
-"""Writing an archive: members streamed into a ZIP under a hidden ``.partial``
-name (mode 0600), each one's size and SHA-256 kept for the manifest, the
-manifest signed, and the file renamed into place only by
+"""Writing an archive: members streamed into a ZIP, each one's size and SHA-256
+kept for the manifest, the manifest signed, and the archive made visible only by
 :meth:`ArchiveWriter.commit`. With age recipients the ZIP is encrypted on its
-way to the disk (the plain ZIP is never written) and a sidecar signs the
-ciphertext. Leaving the ``with`` block without committing removes every
-partial file."""
+way out (the plain ZIP is never written) and a sidecar signs the ciphertext.
+
+The bytes go to a *sink*: by default :class:`FileSink` (a hidden ``.partial``
+file, mode 0600, renamed into place), or any object with the same four methods,
+such as a storage's streaming upload (S3 multipart parts sent while the archive
+is written). Leaving the ``with`` block without committing aborts the sink: no
+partial file, no half object is left."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import time
 import zipfile
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from guest_backup.archive.format import MAX_MEMBERS, MANIFEST_MEMBER, PARTIAL_SUFFIX, SIGNATURE_MEMBER, sidecar_path
 from guest_backup.archive.encryption import EncryptingWriter, HashingFile
@@ -26,6 +29,70 @@ CHUNK = 1024 * 1024
 TAIL = 256
 
 Progress = Callable[[str, int], None]
+
+
+class Sink(Protocol):
+    """Where an archive's bytes go while it is written."""
+
+    def write(self, data: bytes) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def finish(self, sidecar: bytes | None) -> "Path | None":
+        """Make the archive (and its sidecar, written first) visible, all or nothing;
+        the archive's path when it is a file on this machine."""
+
+    def abort(self) -> None:
+        """Throw away everything written; never raises."""
+
+
+class FileSink:
+    """The archive as a file in ``folder``: written under a hidden ``.partial`` name
+    (0600), its sidecar beside it, both renamed into place by :meth:`finish`."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.folder, self.name = Path(folder), name
+        self.partial = self.folder / f".{name}{PARTIAL_SUFFIX}"
+        self.partial_sidecar = self.folder / f".{name}{PARTIAL_SUFFIX}.sig"
+        try:
+            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError:
+            raise BackupError(f"the backup folder {self.folder} is not writable") from None
+        self._fh = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> int:
+        return self._fh.write(data)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def finish(self, sidecar: bytes | None) -> Path:
+        """fsync, the sidecar first, then the archive renamed into place."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        final = self.folder / self.name
+        if sidecar is not None:
+            fd = os.open(self.partial_sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(sidecar)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(self.partial_sidecar, sidecar_path(final))
+        os.replace(self.partial, final)
+        return final
+
+    def abort(self) -> None:
+        try:
+            if self._fh is not None:
+                self._fh.close()  # may fail again on a full disk: the files go anyway
+        except OSError:
+            pass
+        finally:
+            self._fh = None
+            self.partial.unlink(missing_ok=True)
+            self.partial_sidecar.unlink(missing_ok=True)
 
 
 class Digest:
@@ -70,40 +137,45 @@ def zipinfo(name: str, when: datetime, mtime: float | None = None, level: int = 
 
 
 class ArchiveWriter:
-    """One archive being written: ``add_stream``, ``add_file``, then ``commit``."""
+    """One archive being written: ``add_stream``, ``add_file``, then ``commit``.
+
+    ``sink``: a function ``sink(folder, name)`` returning where the bytes go (by
+    default a :class:`FileSink` in ``folder``); it is called on entering the block."""
 
     def __init__(self, folder: Path, name: str, when: datetime, *, signer: Signer,
                  recipients: list | None = None, level: int = 3,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 sink: Callable[[Path, str], Sink] = FileSink) -> None:
         self.folder, self.name, self.when, self.level = folder, name, when, level
         self.signer, self.recipients, self.progress = signer, recipients or [], progress
         self.members: dict[str, dict] = {}
         self.written = 0
-        self.partial = folder / f".{name}{PARTIAL_SUFFIX}"
-        self.partial_sidecar = folder / f".{name}{PARTIAL_SUFFIX}.sig"
-        self._fh = None
+        self._make_sink = sink
+        self._sink: Sink | None = None
         self._encryptor: EncryptingWriter | None = None
         self._out: HashingFile | None = None
         self._zip: zipfile.ZipFile | None = None
 
     def __enter__(self) -> "ArchiveWriter":
-        try:
-            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        except OSError:
-            raise BackupError(f"the backup folder {self.folder} is not writable") from None
-        self._fh = os.fdopen(fd, "wb")
-        # a write-only stream that hashes what reaches the file (for the seal); zipfile
+        self._sink = self._make_sink(self.folder, self.name)
+        # a write-only stream that hashes what reaches the sink (for the seal); zipfile
         # writes data descriptors into it, as into the encryptor
-        target = self._out = HashingFile(self._fh)
+        target = self._out = HashingFile(self._sink)
         if self.recipients:
-            self._encryptor = EncryptingWriter(self._fh, self.recipients)
+            self._encryptor = EncryptingWriter(self._sink, self.recipients)
             target, self._out = self._encryptor, self._encryptor.out
         self._zip = zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED,
                                     compresslevel=self.level, allowZip64=True)
         return self
 
+    @property
+    def size(self) -> int:
+        """The bytes that reached the sink so far (the whole archive once committed)."""
+        return self._out.size if self._out is not None else 0
+
     def __exit__(self, *exc_info) -> None:
-        if self._fh is not None:  # not committed: throw the partial files away
+        sink = self._sink
+        if sink is not None:  # not committed: throw everything away
             try:
                 self._zip.close()
             except Exception:
@@ -111,13 +183,17 @@ class ArchiveWriter:
             try:
                 if self._encryptor is not None:
                     self._encryptor.abort()
-                self._fh.close()  # may fail again on a full disk: the files go anyway
-            except OSError:
+            except Exception:
                 pass
             finally:
-                self._fh = None
-                self.partial.unlink(missing_ok=True)
-                self.partial_sidecar.unlink(missing_ok=True)
+                sink, self._sink = self._sink, None
+                sink.abort()
+        # a sink that failed says why better than the error it caused on its way
+        # (e.g. through the age encryptor's thread)
+        failure = getattr(sink, "failure", None)
+        if isinstance(failure, BackupError) and exc_info[0] is not None and issubclass(
+                exc_info[0], Exception) and exc_info[1] is not failure:
+            raise failure from None
 
     def add_stream(self, name: str, produce: Callable[[Callable[[bytes], None]], None], *,
                    stage: str, mtime: float | None = None) -> Digest:
@@ -145,8 +221,9 @@ class ArchiveWriter:
                     write(chunk)
         return self.add_stream(name, copy, stage=stage, mtime=path.stat().st_mtime)
 
-    def commit(self, manifest: dict) -> Path:
-        """Write and sign the manifest last, flush to disk, and rename into place."""
+    def commit(self, manifest: dict) -> Path | None:
+        """Write and sign the manifest last, then seal the archive and let the sink
+        make both visible; the archive's path when the sink is a local file."""
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
         self._zip.writestr(zipinfo(MANIFEST_MEMBER, self.when), manifest_bytes)
         self._zip.writestr(zipinfo(SIGNATURE_MEMBER, self.when),
@@ -154,19 +231,10 @@ class ArchiveWriter:
         self._zip.close()
         if self._encryptor is not None:
             self._encryptor.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        self._fh = None
-        final = self.folder / self.name
-        fd = os.open(self.partial_sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self.signer.seal({
-                "name": self.name, "size": self._out.size, "sha256": self._out.sha.hexdigest(),
-                "created_at": manifest["created_at"], "installation": manifest["installation"],
-                "engine": manifest["database"]["engine"]}))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(self.partial_sidecar, sidecar_path(final))
-        os.replace(self.partial, final)
+        seal = self.signer.seal({
+            "name": self.name, "size": self._out.size, "sha256": self._out.sha.hexdigest(),
+            "created_at": manifest["created_at"], "installation": manifest["installation"],
+            "engine": manifest["database"]["engine"]})
+        final = self._sink.finish(seal)
+        self._sink = None
         return final

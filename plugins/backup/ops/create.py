@@ -1,6 +1,11 @@
 """Creating a system backup: the dump and the row counts from one snapshot, the
 uploads without guest photos, the manifest, retention, and the audit entry.
-No Flask request in here."""
+No Flask request in here.
+
+With a remote storage the archive is streamed to it while it is written (S3:
+multipart parts on their way as the dump runs): into the backup folder and the
+remote at once, or (BACKUP_KEEP_LOCAL=0) to the remote only, never touching the
+disk here."""
 
 from __future__ import annotations
 
@@ -22,10 +27,11 @@ from guest_backup.archive.encryption import parse_recipients
 from guest_backup.engines import DatabaseEngine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
+from guest_backup.storages import Storage, Tee
 from guest_backup.ops.locks import BackupLock, RedisBackupLock
 from guest_backup.ops.schema import current_revisions
 from guest_backup.ops.settings import BackupSettings
-from guest_backup.archive.writer import ArchiveWriter, Progress
+from guest_backup.archive.writer import ArchiveWriter, FileSink, Progress
 
 log = logging.getLogger(__name__)
 PHOTO_QUERY_BATCH = 500
@@ -33,11 +39,31 @@ PHOTO_QUERY_BATCH = 500
 PHOTO_TABLE, PHOTO_COLUMN = "guest", "document_photo"
 
 
+@dataclass(frozen=True)
+class RemoteArchive:
+    """Where an archive kept only remotely (BACKUP_KEEP_LOCAL=0) is: what
+    :attr:`BackupResult.path` is then, with a path's ``name``; ``str()`` is its URL."""
+
+    url: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.url}/{self.name}"
+
+
 @dataclass
 class BackupResult:
-    path: Path
+    #: the archive in the backup folder (or --output), or where it is remotely
+    path: Path | RemoteArchive
     size: int
     manifest: dict
+    #: the remote the archive was streamed to, if any, and why that copy failed
+    remote_url: str | None = None
+    copy_failure: str | None = None
+
+    @property
+    def copied(self) -> bool:
+        return self.remote_url is not None and self.copy_failure is None
 
 
 def _now() -> datetime:
@@ -56,11 +82,15 @@ def _writable_folder(folder: Path) -> None:
 def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSettings, *,
                   lock: BackupLock | RedisBackupLock, audit: AuditLog,
                   output: str | os.PathLike | None = None, actor: str | None = None,
-                  via: str = "cli", progress: Progress | None = None) -> BackupResult:
+                  via: str = "cli", progress: Progress | None = None,
+                  remote: Storage | None = None, keep_local: bool = True) -> BackupResult:
     """Make a system backup archive; raise :class:`BackupError` with a safe message.
 
     ``lock`` is the backup lock, already held by the caller (the pipeline, or a
     web job that took it in the request so that a second click is refused).
+    ``remote``: stream the archive there too (best effort: its failure is the
+    result's ``copy_failure``), or only there when not ``keep_local`` (its
+    failure fails the backup).
     """
     if not lock.held:
         raise ValueError("create_backup was given a lock it does not hold")
@@ -74,31 +104,72 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
         for d in {folder, target_dir}:
             _writable_folder(d)
         remove_partials(folder)  # left by a killed process; we hold the lock
-        final, manifest = _write(engine, db_engine, settings, target_dir, target_name,
-                                 progress, lambda name: entry.append(audit.start(
-                                     engine, "backup", actor=actor, via=via, target=name)))
-        size = final.stat().st_size
-        audit.finish(engine, entry[0], "ok", target=final.name, bytes=size,
+        sinks: list = []
+        final, manifest, size = _write(
+            engine, db_engine, settings, target_dir, target_name, progress,
+            lambda name: entry.append(audit.start(engine, "backup", actor=actor, via=via,
+                                                  target=name)),
+            _sink_for(remote, keep_local, sinks),
+            _taken_names(engine, audit, remote, keep_local))
+        audit.finish(engine, entry[0], "ok", target=manifest["name"], bytes=size,
                      rows=sum(manifest["row_counts"].values()))
-        return BackupResult(final, size, manifest)
+        failure = getattr(sinks[0], "copy_failure", None) if sinks else None
+        return BackupResult(final or RemoteArchive(remote.url, manifest["name"]), size, manifest,
+                            remote.url if remote is not None else None,
+                            str(failure) if failure is not None else None)
     except BaseException as exc:
         _audit_failure(engine, audit, entry, exc, actor, via)
         raise _as_backup_error(exc) from None
 
 
+def _sink_for(remote: Storage | None, keep_local: bool, made: list):
+    """The archive writer's sink: the folder, the remote only, or both at once."""
+    if remote is None:
+        return FileSink
+
+    def make(folder: Path, name: str):
+        upload = remote.begin_upload(name)
+        made.append(Tee(FileSink(folder, name), upload) if keep_local else upload)
+        return made[-1]
+    return make
+
+
+def _taken_names(engine, audit: AuditLog, remote: Storage | None, keep_local: bool) -> set[str]:
+    """The names a remote-only archive must not take: the last backups' (from the
+    audit log, no network on the way to the dump; under the backup lock nothing
+    else names an archive). With a local copy, the local folder already tells."""
+    if remote is None or keep_local:
+        return set()
+    try:
+        return {row["target"] for row in audit.recent(engine, 5, action="backup")
+                if row.get("target")}
+    except Exception:  # a name taken twice fails at worst; the audit log is not the backup
+        log.warning("the last backups' names could not be read from the audit log")
+        return set()
+
+
+def _free_name(folder: Path, when: datetime, encrypted: bool, taken: set[str]) -> str:
+    """A new archive name, neither in ``folder`` nor in ``taken``."""
+    name, n = new_archive_name(folder, when, encrypted), 1
+    while name in taken:
+        n += 1
+        name = f"system_backup_{when:%Y%m%d_%H%M%S}_{n}.zip" + (".age" if encrypted else "")
+    return name
+
+
 def _write(engine, db_engine, settings, target_dir: Path, target_name: str | None, progress,
-           started) -> tuple[Path, dict]:
+           started, sink, taken: set[str]) -> tuple[Path | None, dict, int]:
     """Write the archive from one snapshot; ``started(name)`` once the snapshot exists."""
     signer = settings.signer()
     recipients = parse_recipients(settings.age_recipients)
     when = _now()
-    name = target_name or new_archive_name(target_dir, when, encrypted=bool(recipients))
+    name = target_name or _free_name(target_dir, when, bool(recipients), taken)
     if recipients and not name.endswith(".zip.age"):
         raise BackupError(f"{name}: an encrypted archive's name must end in .zip.age")
     if progress:
         progress("database", 0)
     with ArchiveWriter(target_dir, name, when, signer=signer, recipients=recipients,
-                       level=settings.compresslevel, progress=progress) as writer:
+                       level=settings.compresslevel, progress=progress, sink=sink) as writer:
         with engine.connect() as conn:
             db_engine.begin_snapshot(conn)
             tool = db_engine.tool(settings.engine_settings, conn)
@@ -130,7 +201,7 @@ def _write(engine, db_engine, settings, target_dir: Path, target_name: str | Non
         }
         if progress:
             progress("finishing", writer.written)
-        return writer.commit(manifest), manifest
+        return writer.commit(manifest), manifest, writer.size
 
 
 def _audit_failure(engine, audit: AuditLog, entry: list[int], exc: BaseException, actor,

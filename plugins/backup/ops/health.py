@@ -64,6 +64,10 @@ MESSAGES = {
                            "%(limit)s years (run: manage.py retention-enforce)"),
     #: a storage's own error message, shown as it is
     "storage": "%(message)s",
+    #: BACKUP_S3_OBJECT_LOCK_DAYS is set; ``reason``: the storage's own words
+    "object_lock_missing": N_("%(storage)s: BACKUP_S3_OBJECT_LOCK_DAYS is %(days)s, but "
+                              "%(reason)s: its archives can be deleted by anyone holding the "
+                              "storage's keys"),
     #: point-in-time recovery (only when PITR_PG_DATA is set; see guest_backup.ops.pitr)
     "pitr_unavailable": N_("point-in-time recovery: %(message)s"),
     "pitr_wal_stalled": N_("WAL archiving is stalled: %(count)s segment(s) waiting, the oldest "
@@ -121,8 +125,8 @@ def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list,
     return listing.by_storage, HEALTHY
 
 
-def _storage_entries(results, now: datetime, max_age: timedelta,
-                     problems: list[Problem]) -> tuple[list[dict], bool]:
+def _storage_entries(results, now: datetime, max_age: timedelta, problems: list[Problem],
+                     remote_only: bool = False) -> tuple[list[dict], bool]:
     storages, unreachable = [], False
     for storage, archives in results:
         entry: dict = {"name": storage.name, "url": storage.url}
@@ -133,6 +137,8 @@ def _storage_entries(results, now: datetime, max_age: timedelta,
             unreachable = True
             continue
         entry.update(reachable=True, archives=len(archives), newest=None)
+        if storage.name == "local" and remote_only:  # BACKUP_KEEP_LOCAL off: none expected
+            continue
         if not archives:
             problems.append(Problem("no_archive", {"storage": storage.name}))
             continue
@@ -160,6 +166,18 @@ def _activity_problems(last_backup, last_upload, last_drill, now: datetime,
     elif now - last_drill["_when"] > max_drill_age:
         problems.append(Problem("old_drill", {"age": _human(now - last_drill["_when"]),
                                               "limit": _human(max_drill_age)}))
+    return problems
+
+
+def _lock_problems(results) -> list[Problem]:
+    """A storage asked for Object Lock that does not have it (S3: the bucket)."""
+    problems = []
+    for storage, archives in results:
+        check = getattr(storage, "lock_problem", None)
+        reason = check() if check is not None and not isinstance(archives, StorageError) else None
+        if reason:
+            problems.append(Problem("object_lock_missing", {
+                "storage": storage.url, "days": storage.lock_days, "reason": reason}))
     return problems
 
 
@@ -235,13 +253,16 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
     now = datetime.now(timezone.utc)
     problems: list[Problem] = []
     results, code = _listed(ctx, listing, problems)
-    storages, unreachable = _storage_entries(results, now, max_age, problems)
+    settings = ctx.settings
+    storages, unreachable = _storage_entries(results, now, max_age, problems, bool(
+        settings.remote_url and not settings.keep_local))
     if unreachable:
         code = UNREACHABLE
     last_backup, last_upload, last_drill = (_latest(ctx, engine, action)
                                             for action in ("backup", "upload", "restore-test"))
     problems += _activity_problems(last_backup, last_upload, last_drill, now, max_drill_age)
     problems += _retention_problems(ctx, engine, results, now)
+    problems += _lock_problems(results)
     pitr, pitr_problems = pitr_section(ctx, engine, now, max_drill_age)
     problems += pitr_problems
     if problems and code == HEALTHY:

@@ -1,9 +1,11 @@
-"""A backup as operators run it: write the archive, copy it to the remote
-storage, apply retention to each storage, and ping the dead-man's switch.
+"""A backup as operators run it: write the archive while streaming it to the
+remote storage, apply retention to each storage, and ping the dead-man's switch.
 
 ``run_backup`` is what ``manage.py backup`` and the Backup page call. An upload
 that fails keeps the local archive, is audited, pings ``/fail`` and raises
 :class:`UploadFailed`, whose message names the storage (never a credential).
+With BACKUP_KEEP_LOCAL off the archive goes to the remote only: a failed upload
+is then a failed backup, and nothing archive-sized is written here.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class BackupRun:
     result: BackupResult
     uploaded_to: list[str] = field(default_factory=list)
     pruned: dict[str, list[str]] = field(default_factory=dict)  # storage → removed names
+    #: storage → (name, why) of archives retention would remove but may not yet (Object Lock)
+    held: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def ping(url: str, ok: bool) -> None:
@@ -85,34 +89,32 @@ def run_backup(ctx: BackupContext, engine: Engine, *, output=None, keep: int | N
 
 
 def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun:
-    # The remote's client (boto3: ~0.3 s to import and build) is prepared in a
-    # thread while the dump runs; a remote that cannot work fails the run first.
-    opened: dict = {}
-    opener = threading.Thread(target=_open_remote, args=(ctx, opened), daemon=True)
-    if output is None and settings.remote_url:
-        opener.start()
+    remote, remote_error = _remote_for(ctx, settings, output)
+    keep_local = settings.keep_local or remote is None
+    if remote_error is not None and not settings.keep_local:
+        message = f"{remote_error}; no archive was made (BACKUP_KEEP_LOCAL is off)"
+        _record_failure(ctx, engine, actor, via, message)
+        ping(settings.healthcheck_url, ok=False)
+        raise BackupError(message)
     try:
         result = create_backup(engine, ctx.engine_for(engine.dialect.name), settings,
                                output=output, actor=actor, via=via, progress=progress, lock=lock,
-                               audit=ctx.audit)
-    except BackupError:
+                               audit=ctx.audit, remote=remote, keep_local=keep_local)
+    except BackupError as exc:
+        if isinstance(exc, StorageError) and not keep_local:
+            _record_upload(ctx, engine, None, str(exc), actor, via)
         ping(settings.healthcheck_url, ok=False)
         raise
-    finally:
-        if opener.is_alive() or opener.ident:
-            opener.join()
-    if "error" in opened:
-        message = f"{opened['error']}; the archive was kept locally at {result.path}"
-        _record_failure(ctx, engine, actor, via, str(opened["error"]))
+    if remote_error is not None:
+        message = f"{remote_error}; the archive was kept locally at {result.path}"
+        _record_failure(ctx, engine, actor, via, str(remote_error))
         ping(settings.healthcheck_url, ok=False)
         raise UploadFailed(message, result.path)
-    remote = opened.get("remote")
     run = BackupRun(result)
     failure = None
     if remote is not None:
-        if progress:
-            progress("uploading", result.size)
-        failure = _upload(ctx, remote, result, engine, actor, via)
+        failure = result.copy_failure
+        _record_upload(ctx, engine, result, failure, actor, via)
         if failure is None:
             run.uploaded_to.append(remote.url)
     if output is None:
@@ -124,31 +126,29 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
                 failure = failure or str(exc)
                 continue
             run.pruned[storage.name] = [d.name for d in decisions if not d.keep]
-            if run.pruned[storage.name]:
+            run.held[storage.name] = [(d.name, d.held) for d in decisions if d.held]
+            if run.pruned[storage.name] or run.held[storage.name]:
                 record_pruning(ctx.audit, engine, storage.name, decisions, actor=actor, via=via)
     ping(settings.healthcheck_url, ok=failure is None)
     if failure is not None:
-        raise UploadFailed(f"{failure}; the archive was kept locally at {result.path}",
-                           result.path)
+        kept = (f"the archive was kept locally at {result.path}" if keep_local else
+                f"the archive is at {result.path}")
+        raise UploadFailed(f"{failure}; {kept}", result.path)
     if progress:
         progress("done", result.size)
     return run
 
 
-def _upload(ctx: BackupContext, remote: Storage, result: BackupResult, engine: Engine, actor,
-            via) -> str | None:
-    audit = ctx.audit
-    entry = audit.start(engine, "upload", actor=actor, via=via, target=result.path.name)
-    try:
-        remote.upload(result.path)
-    except StorageError as exc:
-        audit.finish(engine, entry, "failed", message=str(exc))
-        return str(exc)
-    except BaseException:
-        audit.finish(engine, entry, "aborted", message="interrupted")
-        raise
-    audit.finish(engine, entry, "ok", bytes=result.size, message=f"copied to {remote.url}")
-    return None
+def _record_upload(ctx: BackupContext, engine: Engine, result: BackupResult | None,
+                   failure: str | None, actor, via) -> None:
+    """The audit entry of the remote copy (streamed while the archive was written)."""
+    fields = {"target": result.path.name, "bytes": result.size} if result else {}
+    if failure is None:
+        fields["message"] = f"copied to {result.remote_url}"
+    else:
+        fields["message"] = failure
+    quietly("the upload", ctx.audit.record, engine, "upload", "ok" if failure is None else
+            "failed", actor=actor, via=via, **fields)
 
 
 def _record_failure(ctx: BackupContext, engine: Engine, actor, via, message: str) -> None:
@@ -157,10 +157,25 @@ def _record_failure(ctx: BackupContext, engine: Engine, actor, via, message: str
             via=via, message=message)
 
 
-def _open_remote(ctx: BackupContext, opened: dict) -> None:
+def _remote_for(ctx: BackupContext, settings, output) -> tuple[Storage | None,
+                                                              StorageError | None]:
+    """The remote the archive is streamed to (none with ``output``), or why it
+    cannot be used. Its client (boto3: ~0.3 s to import and build) is prepared in a
+    thread while the dump starts; the first part needs it only once it is full."""
+    if output is not None or not settings.remote_url:
+        return None, None
     try:
-        opened["remote"] = ctx.remote()
+        remote = ctx.remote()
     except StorageError as exc:
-        opened["error"] = exc
+        return None, exc
     except Exception as exc:  # reported like a storage error, never a traceback
-        opened["error"] = StorageError(f"the remote storage cannot be used ({type(exc).__name__})")
+        return None, StorageError(f"the remote storage cannot be used ({type(exc).__name__})")
+    threading.Thread(target=_warm, args=(remote,), name="remote-client", daemon=True).start()
+    return remote, None
+
+
+def _warm(remote: Storage) -> None:
+    try:
+        getattr(remote, "client", None)
+    except Exception:  # the upload reports it
+        pass

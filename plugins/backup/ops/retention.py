@@ -10,6 +10,10 @@ recognised archives count, and a file that is not recognised is never deleted.
 The legal horizon (GUEST_RETENTION_YEARS, :func:`legal_horizon`) overrides every
 rule: an archive created before it is removed whatever the rules keep, the
 newest one too (it holds guests past their legal retention).
+
+Nothing overrides a storage that holds an archive (S3 Object Lock): retention never
+tries to delete it, keeps it with the reason (until when) and removes it in the
+first run after the lock expires.
 """
 
 from __future__ import annotations
@@ -69,12 +73,16 @@ class Decision:
     when: datetime
     reasons: list[str] = field(default_factory=list)
     past_horizon: bool = False
+    #: why the storage does not let it be removed yet (Object Lock), though the rules would
+    held: str | None = None
 
     @property
     def keep(self) -> bool:
-        return bool(self.reasons)
+        return bool(self.reasons) or self.held is not None
 
     def describe(self) -> str:
+        if self.held is not None:
+            return f"keep ({self.held})"
         if self.past_horizon:
             return "remove (past the legal retention)"
         return "keep (" + ", ".join(self.reasons) + ")" if self.reasons else "remove"
@@ -138,14 +146,18 @@ def prune_storage(ctx, storage, policy: Policy, *, protect: str | None = None,
                   dry_run: bool = False) -> list[Decision]:
     """Apply ``policy`` to one storage's recognised archives, dated by their signed
     creation time (never removing ``protect``, never touching a file that is not
-    recognised); returns every decision, newest first."""
+    recognised, never trying to delete what the storage :meth:`held`); returns every
+    decision, newest first."""
     from guest_backup.ops.listing import recognised
 
     good, bad = recognised(ctx, storage)
     decisions = plan([(a.name, a.created) for a in good], policy, bad)
+    held = getattr(storage, "held", None)
     for d in decisions:
         if d.name == protect and not d.keep:
             d.reasons.append("just made")
+        if not d.keep and held is not None:
+            d.held = held(d.name)
         if not d.keep and not dry_run:
             storage.delete(d.name)
     return decisions
@@ -171,6 +183,8 @@ def record_pruning(audit, engine, storage: str, decisions: list[Decision], *,
                    actor: str | None, via: str) -> None:
     """The one audit entry of a pruning: which storage, how many of how many, which."""
     removed = [d.name for d in decisions if not d.keep]
+    held = [f"{d.name} ({d.held})" for d in decisions if d.held is not None]
     audit.record(engine, "prune", "ok", actor=actor, via=via,
                  message=f"{storage}: removed {len(removed)} of {len(decisions)}"
-                         + (f": {', '.join(removed)}" if removed else ""))
+                         + (f": {', '.join(removed)}" if removed else "")
+                         + (f"; kept {len(held)} locked: {', '.join(held)}" if held else ""))

@@ -10,12 +10,11 @@ line, page or archive: :class:`StorageError` messages are safe to show.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Mapping, Protocol
 
-from guest_backup.archive.format import ArchiveInfo
+from guest_backup.archive.format import ArchiveInfo, sidecar_path
+from guest_backup.archive.writer import Sink
 from guest_backup.errors import BackupError
 
 
@@ -52,7 +51,13 @@ class Storage(Protocol):
 
     def upload(self, path: Path) -> None:
         """Copy a finished local archive (and its ``.sig`` sidecar, if any) here;
-        all or nothing."""
+        all or nothing (:func:`upload_file` through :meth:`begin_upload`)."""
+
+    def begin_upload(self, name: str) -> "Sink":
+        """Archive ``name`` written straight here while it is produced (an
+        :class:`~guest_backup.archive.writer.Sink`): nothing is visible before its
+        ``finish``; ``abort`` (or any failure) leaves nothing behind. Cheap: no
+        network until the first bytes must go."""
 
     def open(self, name: str) -> IO[bytes]:
         """A readable stream of one archive (StorageError if it is not there)."""
@@ -61,7 +66,12 @@ class Storage(Protocol):
         """The ``.sig`` beside an archive, if any."""
 
     def delete(self, name: str) -> None:
-        """Remove an archive and its sidecar."""
+        """Remove an archive and its sidecar (every version of them: never a delete
+        marker that only hides them); StorageError while :meth:`held` says why not."""
+
+    def held(self, name: str) -> str | None:
+        """Why the archive cannot be deleted yet (an S3 Object Lock retention date or
+        legal hold), None when it can."""
 
     def local_path(self, name: str) -> Path | None:
         """The archive as a file on this machine when the storage is a folder here
@@ -94,3 +104,58 @@ def fetch(storage: Storage, name: str, dest: IO[bytes], chunk: int = 1024 * 1024
             dest.write(data)
             total += len(data)
     return total
+
+
+def upload_file(sink: Sink, path: Path, chunk: int = 1024 * 1024) -> None:
+    """Copy a finished archive file (and its ``.sig`` sidecar, if any) into a
+    storage's upload; aborted on any failure."""
+    sidecar = sidecar_path(path)
+    try:
+        with open(path, "rb") as src:
+            while data := src.read(chunk):
+                sink.write(data)
+        sink.finish(sidecar.read_bytes() if sidecar.exists() else None)
+    except BaseException:
+        sink.abort()
+        raise
+
+
+class Tee:
+    """The archive written to two places at once: ``primary`` must succeed (its
+    errors are the backup's), ``secondary`` is a copy whose first failure is kept
+    in :attr:`copy_failure` and ends only the copy (it is aborted, the archive goes on)."""
+
+    def __init__(self, primary: Sink, secondary: Sink) -> None:
+        self.primary, self.secondary = primary, secondary
+        self.copy_failure: StorageError | None = None
+
+    def _secondary(self, call, *args) -> None:
+        if self.copy_failure is not None:
+            return
+        try:
+            call(*args)
+        except StorageError as exc:
+            self.copy_failure = exc
+        except Exception as exc:  # reported like a storage error, never a traceback
+            self.copy_failure = StorageError(f"the copy failed ({type(exc).__name__})")
+        if self.copy_failure is not None:
+            self.secondary.abort()
+
+    def write(self, data: bytes) -> int:
+        self.primary.write(data)
+        self._secondary(self.secondary.write, data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.primary.flush()
+
+    def finish(self, sidecar: bytes | None):
+        """The primary first: a copy is only completed beside a complete original."""
+        final = self.primary.finish(sidecar)
+        self._secondary(self.secondary.finish, sidecar)
+        return final
+
+    def abort(self) -> None:
+        self.primary.abort()
+        if self.copy_failure is None:
+            self.secondary.abort()

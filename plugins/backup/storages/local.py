@@ -4,7 +4,6 @@ mounted share) as a remote one."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Mapping
@@ -12,7 +11,9 @@ from urllib.parse import unquote, urlparse
 
 from guest_backup.archive.format import (is_archive_name, ArchiveInfo, delete_archive,
                                         list_archives, sidecar_path)
-from guest_backup.storages import StorageError, StorageUnreachable, check_extra_name
+from guest_backup.archive.writer import FileSink
+from guest_backup.storages import (StorageError, StorageUnreachable, check_extra_name,
+                                    upload_file)
 
 
 class LocalStorage:
@@ -34,19 +35,21 @@ class LocalStorage:
     def upload(self, path: Path) -> None:
         """Copy under a hidden name, then rename: a reader never sees half a file."""
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            for source in (sidecar_path(path), path):  # the sidecar first, like the writer
-                if not source.exists():
-                    continue
-                tmp = self.folder / f".{source.name}.uploading"
-                with open(source, "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, self.folder / source.name)
+            upload_file(self.begin_upload(path.name), path)
         except OSError as exc:
             raise StorageError(f"the copy to {self.url} failed ({exc.strerror})") from None
+
+    def begin_upload(self, name: str) -> FileSink:
+        """A hidden ``.partial`` file (0600) renamed into place, the sidecar first."""
+        self._path(name)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"the copy to {self.url} failed ({exc.strerror})") from None
+        return FileSink(self.folder, name)
+
+    def held(self, name: str) -> str | None:
+        return None
 
     def open(self, name: str) -> IO[bytes]:
         path = self._path(name)

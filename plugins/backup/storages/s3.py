@@ -3,9 +3,14 @@
 Configured by ``BACKUP_REMOTE_URL=s3://bucket/prefix`` and boto3's own
 variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``), which this code never reads,
-logs or passes on. Archives go up by multipart upload, one part
-(``BACKUP_S3_PART_MB``, at least 5) in memory at a time; any failure aborts the
-upload, so no orphaned parts are left behind.
+logs or passes on. Archives go up by multipart upload while they are written
+(:mod:`guest_backup.storages.s3_upload`: parts of ``BACKUP_S3_PART_MB``, at least
+5, bounded memory); any failure aborts the upload, so no orphaned parts are left.
+
+With ``BACKUP_S3_OBJECT_LOCK_DAYS`` every archive and its seal get an Object Lock
+retention (``BACKUP_S3_OBJECT_LOCK_MODE``) once uploaded; nothing here deletes a
+locked version, and deleting always removes versions (never a delete marker that
+only hides an archive on a versioned bucket). See docs/s3.md.
 """
 
 from __future__ import annotations
@@ -13,16 +18,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from datetime import timezone
+import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import urlparse
 
-from guest_backup.archive.format import is_archive_name, ArchiveInfo, SIDECAR_SUFFIX, sidecar_path
-from guest_backup.storages import StorageError, StorageUnreachable, check_extra_name
+from guest_backup.archive.format import is_archive_name, ArchiveInfo, SIDECAR_SUFFIX
+from guest_backup.storages import (StorageError, StorageUnreachable, check_extra_name,
+                                    upload_file)
+from guest_backup.storages.s3_upload import MultipartUpload
 
 log = logging.getLogger(__name__)
 MIN_PART_MB = 5  # S3 refuses smaller non-final parts
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+MAX_LOCK_DAYS = 36500
 
 
 def _boto():
@@ -36,8 +46,7 @@ def _boto():
 
 def _reason(exc: Exception) -> str:
     """A short reason from a botocore error: its code, never its text (no secrets)."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(
-        exc, "response") else None
+    code = _code(exc)
     if code in ("NoSuchBucket",):
         return "the bucket does not exist"
     if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
@@ -52,12 +61,58 @@ def _reason(exc: Exception) -> str:
     return f"{name}"
 
 
+def _code(exc: Exception) -> str | None:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(
+        exc, "response") else None
+
+
+def _md5(data: bytes) -> str:
+    """Content-MD5: S3 checks it, and puts into a bucket with Object Lock require it."""
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+def object_lock(config: Mapping[str, Any]) -> tuple[int, str]:
+    """BACKUP_S3_OBJECT_LOCK_DAYS (0 = off) and _MODE, checked (StorageError)."""
+    raw = config.get("BACKUP_S3_OBJECT_LOCK_DAYS") or 0
+    try:
+        days = int(str(raw).strip())
+    except ValueError:
+        days = -1
+    if not 0 <= days <= MAX_LOCK_DAYS:
+        raise StorageError(f"BACKUP_S3_OBJECT_LOCK_DAYS must be a whole number of days from 0 "
+                           f"(off) to {MAX_LOCK_DAYS}, not {str(raw)[:20]!r}")
+    mode = str(config.get("BACKUP_S3_OBJECT_LOCK_MODE") or "GOVERNANCE").strip().upper()
+    if mode not in LOCK_MODES:
+        raise StorageError(f"BACKUP_S3_OBJECT_LOCK_MODE must be GOVERNANCE or COMPLIANCE, "
+                           f"not {mode[:20]!r}")
+    return days, mode
+
+
 class S3Storage:
     name = "remote"
 
-    def __init__(self, bucket: str, prefix: str, part_size: int, client: Any) -> None:
-        self.bucket, self.prefix, self.part_size, self.client = bucket, prefix, part_size, client
+    def __init__(self, bucket: str, prefix: str, part_size: int, client: Any = None, *,
+                 lock_days: int = 0, lock_mode: str = "GOVERNANCE",
+                 make_client: Any = None) -> None:
+        self.bucket, self.prefix, self.part_size = bucket, prefix, part_size
+        self.lock_days, self.lock_mode = lock_days, lock_mode
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
+        self._client, self._make_client = client, make_client
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """boto3's client, built on first use (importing boto3 takes ~0.3 s: a backup
+        builds it in a thread while the dump starts)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._client = value
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -85,64 +140,66 @@ class S3Storage:
         return sorted(found, key=lambda a: a.name, reverse=True)
 
     def upload(self, path: Path) -> None:
-        """The seal first (an archive is never listed without it), then the archive;
-        a failed archive upload takes its seal away again."""
-        sidecar = sidecar_path(path)
-        if sidecar.exists():
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=self._key(sidecar.name),
-                                       Body=sidecar.read_bytes())
-            except Exception as exc:
-                raise self._fail("the upload to", exc) from None
+        """A finished archive file copied here (its seal first, see begin_upload)."""
         try:
-            self._multipart(path, self._key(path.name))
-        except BaseException:
-            if sidecar.exists():
-                try:
-                    self.client.delete_object(Bucket=self.bucket, Key=self._key(sidecar.name))
-                except Exception:
-                    log.warning("could not remove the seal of a failed upload from %s", self.url)
-            raise
+            upload_file(self.begin_upload(path.name), path)
+        except OSError as exc:
+            raise StorageError(f"the upload to {self.url} failed ({exc.strerror})") from None
 
-    def _multipart(self, path: Path, key: str) -> None:
+    def begin_upload(self, name: str) -> MultipartUpload:
+        if not is_archive_name(name):
+            raise StorageError("no such archive")
+        return MultipartUpload(self, name)
+
+    def abort_leftovers(self) -> None:
+        """Abort the multipart uploads of archives under our prefix that a killed
+        process (or an abort that could not reach the storage) left; called once an
+        upload is complete, under the backup lock, so none of them is still being
+        written. Never raises."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
         try:
-            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+            answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+            for upload in answer.get("Uploads", []):
+                if is_archive_name(upload["Key"][len(prefix):]):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                    log.warning("aborted an unfinished upload of %s", upload["Key"])
         except Exception as exc:
-            raise self._fail("the upload to", exc) from None
-        try:
-            parts = []
-            with open(path, "rb") as fh:
-                number = 1
-                while True:
-                    data = fh.read(self.part_size)
-                    if not data and parts:
-                        break
-                    answer = self.client.upload_part(Bucket=self.bucket, Key=key, PartNumber=number,
-                                                     UploadId=upload_id, Body=data)
-                    parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-                    number += 1
-                    last = len(data) < self.part_size
-                    del data, answer  # one part in memory: free it before reading the next
-                    if last:
-                        break
-            self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                  MultipartUpload={"Parts": parts})
-        except BaseException as exc:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except Exception:
-                log.warning("could not abort the multipart upload of %s to %s", key, self.url)
-            if not isinstance(exc, Exception):
-                raise
-            raise self._fail("the upload to", exc) from None
+            log.warning("could not look for unfinished uploads in %s (%s)", self.url,
+                        type(exc).__name__)
 
-    def open(self, name: str) -> IO[bytes]:
+    def put(self, key: str, data: bytes) -> str | None:
+        """One PutObject with Content-MD5; the new version's id (None: unversioned)."""
+        answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                        ContentMD5=_md5(data))
+        return answer.get("VersionId")
+
+    def lock(self, key: str, version: str | None) -> None:
+        """Set BACKUP_S3_OBJECT_LOCK_DAYS' retention on one uploaded version (after the
+        upload: S3 ignores lock settings given to CreateMultipartUpload)."""
+        if not self.lock_days:
+            return
+        until = datetime.now(timezone.utc) + timedelta(days=self.lock_days)
+        extra = {"VersionId": version} if version else {}
+        try:
+            self.client.put_object_retention(
+                Bucket=self.bucket, Key=key, **extra,
+                Retention={"Mode": self.lock_mode, "RetainUntilDate": until})
+        except Exception as exc:
+            raise self._fail(f"the archive was uploaded, but locking {key.rsplit('/', 1)[-1]} "
+                             f"in", exc) from None
+
+    def open(self, name: str, **extra: str) -> IO[bytes]:
         if not is_archive_name(name):
             raise StorageError("no such archive")
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(name), **extra)["Body"]
         except Exception as exc:
             raise self._fail(f"reading {name} from", exc) from None
+
+    def open_range(self, name: str, first: int, last: int) -> IO[bytes]:
+        """Bytes ``first``..``last`` (inclusive) of one archive: GetObject's Range."""
+        return self.open(name, Range=f"bytes={first}-{last}")
 
     def read_sidecar(self, name: str) -> bytes | None:
         try:
@@ -153,13 +210,91 @@ class S3Storage:
             return None
 
     def delete(self, name: str) -> None:
+        """Every version of the archive and of its seal, each by its id: never a
+        plain delete, which on a versioned bucket only adds a delete marker."""
         if not is_archive_name(name):
             raise StorageError("no such archive")
+        reason = self.held(name)
+        if reason:
+            raise StorageError(f"{name} cannot be deleted from {self.url}: {reason}")
         try:
             for key in (self._key(name), self._key(name + SIDECAR_SUFFIX)):
-                self.client.delete_object(Bucket=self.bucket, Key=key)
+                versions = self._versions(key)
+                if versions is None:  # no versioning API (some S3-compatible stores)
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+                for version_id, _ in versions or ():
+                    self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
         except Exception as exc:
             raise self._fail(f"deleting {name} from", exc) from None
+
+    def remove_quietly(self, key: str, version: str | None) -> None:
+        """Take back a just-put seal whose archive failed (never raises)."""
+        extra = {"VersionId": version} if version else {}
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, **extra)
+        except Exception:
+            log.warning("could not remove the seal of a failed upload from %s", self.url)
+
+    def _versions(self, key: str) -> list[tuple[str, bool]] | None:
+        """(version id, is a delete marker) of exactly ``key``; None when the store
+        has no versioning API."""
+        found = []
+        try:
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.bucket, Prefix=key)
+            for page in pages:
+                found += [(v["VersionId"], False) for v in page.get("Versions", [])
+                          if v["Key"] == key]
+                found += [(m["VersionId"], True) for m in page.get("DeleteMarkers", [])
+                          if m["Key"] == key]
+        except Exception as exc:
+            if _code(exc) in ("NotImplemented", "MethodNotAllowed", "501"):
+                return None
+            raise
+        return found
+
+    def held(self, name: str) -> str | None:
+        """Why the archive cannot be deleted yet: a version of it or of its seal under
+        an Object Lock retention date still to come, or a legal hold (read with
+        HeadObject, which returns both; StorageError when it cannot be read, so that
+        nothing is deleted on a guess)."""
+        now, until, modes, legal = datetime.now(timezone.utc), None, set(), False
+        try:
+            for key in (self._key(name), self._key(name + SIDECAR_SUFFIX)):
+                for version_id, marker in self._versions(key) or ():
+                    if marker:
+                        continue
+                    # "null": an unversioned bucket's one version (some stores refuse the id)
+                    extra = {} if version_id == "null" else {"VersionId": version_id}
+                    head = self.client.head_object(Bucket=self.bucket, Key=key, **extra)
+                    legal |= head.get("ObjectLockLegalHoldStatus") == "ON"
+                    date = head.get("ObjectLockRetainUntilDate")
+                    if date is not None and date > now:
+                        until = max(until or date, date)
+                        modes.add(head.get("ObjectLockMode") or "?")
+        except Exception as exc:
+            raise self._fail(f"reading the Object Lock of {name} in", exc) from None
+        if legal:
+            return "under an Object Lock legal hold: kept until the hold is lifted"
+        if until is not None:
+            return (f"Object Lock ({'/'.join(sorted(modes))}) until "
+                    f"{until.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC: kept until it expires")
+        return None
+
+    def lock_problem(self) -> str | None:
+        """With BACKUP_S3_OBJECT_LOCK_DAYS set: why archives here are not protected
+        (the bucket has no Object Lock, or it cannot be read); None when they are."""
+        if not self.lock_days:
+            return None
+        try:
+            answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except Exception as exc:
+            if _code(exc) == "ObjectLockConfigurationNotFoundError":
+                return f"the bucket {self.bucket} has no Object Lock"
+            return f"the Object Lock of the bucket {self.bucket} cannot be read: {_reason(exc)}"
+        if answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+            return f"the bucket {self.bucket} has no Object Lock"
+        return None
 
     def local_path(self, name: str) -> Path | None:
         return None
@@ -167,10 +302,8 @@ class S3Storage:
     def put_extra(self, name: str, data: bytes) -> None:
         """One PutObject with Content-MD5 (S3 checks it; Object Lock requires it)."""
         check_extra_name(name)
-        digest = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data,
-                                   ContentMD5=digest)
+            self.put(self._key(name), data)
         except Exception as exc:
             raise self._fail(f"writing {name} to", exc) from None
 
@@ -183,9 +316,7 @@ class S3Storage:
             finally:
                 body.close()
         except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(
-                exc, "response") else None
-            if code in ("NoSuchKey", "404"):
+            if _code(exc) in ("NoSuchKey", "404"):
                 return None
             raise self._fail(f"reading {name} from", exc, unreachable=True) from None
 
@@ -201,7 +332,13 @@ class S3StorageType:
         if part_mb < MIN_PART_MB:
             raise StorageError(f"BACKUP_S3_PART_MB must be at least {MIN_PART_MB} "
                                f"(S3 refuses smaller parts)")
-        boto3, Config = _boto()
-        client = boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
-                                                  retries={"max_attempts": 2, "mode": "standard"}))
-        return S3Storage(parsed.netloc, parsed.path.strip("/"), part_mb * 1024 * 1024, client)
+        days, mode = object_lock(config)
+
+        def make_client() -> Any:
+            boto3, Config = _boto()
+            return boto3.client("s3", config=Config(
+                connect_timeout=5, read_timeout=60,
+                retries={"max_attempts": 2, "mode": "standard"}))
+
+        return S3Storage(parsed.netloc, parsed.path.strip("/"), part_mb * 1024 * 1024,
+                         lock_days=days, lock_mode=mode, make_client=make_client)

@@ -1,0 +1,181 @@
+"""An archive streamed into S3 while it is written (S3 multipart upload).
+
+Bytes fill one part in memory (``BACKUP_S3_PART_MB``); a full part is handed to
+a small pool of threads that send it while the next one fills. At most
+:data:`PART_BUDGET` of parts are held at once (the one filling included, but at
+least two parts): with boto3's own 24-30 MiB (its import and the S3 model) that
+keeps an upload within +50 MiB of a local backup at the default 8 MiB parts, and
+a slow storage slows the writer down (back-pressure) instead of growing memory.
+
+Nothing is visible under the archive's name until :meth:`MultipartUpload.finish`
+completes the upload (the seal ``NAME.sig`` is put just before, and taken away
+again if completing fails); an archive smaller than one part is one PutObject.
+Any failure, or :meth:`MultipartUpload.abort`, aborts the multipart upload
+(AbortMultipartUpload): no half object, no parts left to pay for. A process
+killed outright cannot abort: the next upload to the storage aborts what it
+left (:meth:`S3Storage.abort_leftovers`), and a bucket lifecycle rule
+``AbortIncompleteMultipartUpload`` is the safety net (docs/s3.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from guest_backup.archive.format import SIDECAR_SUFFIX
+from guest_backup.storages import StorageError
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+#: the most part bytes one upload holds in memory (the part being filled included)
+PART_BUDGET = 16 * MiB
+MAX_PARTS = 10_000  # S3's limit
+
+
+def parts_in_flight(part_size: int) -> int:
+    """How many parts may be on their way while the next one fills."""
+    return max(1, PART_BUDGET // part_size - 1)
+
+
+class MultipartUpload:
+    """One archive being written into ``storage`` (an S3Storage) as ``name``."""
+
+    def __init__(self, storage: Any, name: str) -> None:
+        self.storage, self.name = storage, name
+        self.key = storage._key(name)
+        self.part_size = storage.part_size
+        self.in_flight = parts_in_flight(self.part_size)
+        #: the first error (a StorageError with a safe message); the upload is over then
+        self.failure: StorageError | None = None
+        self._buffer: bytearray | None = bytearray(self.part_size)
+        self._filled = 0
+        self._upload_id: str | None = None
+        self._number = 0
+        self._pending: deque[Future] = deque()
+        self._etags: dict[int, str] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._completed = False
+
+    def _failed(self, exc: BaseException) -> StorageError:
+        if self.failure is None:
+            self.failure = exc if isinstance(exc, StorageError) else self.storage._fail(
+                "the upload to", exc)
+        return self.failure
+
+    def write(self, data: bytes) -> int:
+        if self.failure is not None:
+            raise self.failure
+        view = memoryview(data).cast("B")
+        size, pos = len(view), 0
+        while pos < size:
+            take = min(size - pos, self.part_size - self._filled)
+            self._buffer[self._filled:self._filled + take] = view[pos:pos + take]
+            self._filled += take
+            pos += take
+            if self._filled == self.part_size:
+                full, self._buffer, self._filled = self._buffer, None, 0
+                self._send(full)
+                self._buffer = bytearray(self.part_size)
+        return size
+
+    def flush(self) -> None:
+        """Nothing: a part goes when it is full."""
+
+    def _send(self, body: bytearray) -> None:
+        """Hand one part to the pool, first waiting while too many are on their way."""
+        if self.failure is not None:
+            raise self.failure
+        for future in self._pending:  # a part that failed already stops the upload now
+            if future.done() and future.exception() is not None:
+                self._wait(future)
+        if self._upload_id is None:
+            self._start()
+        while len(self._pending) >= self.in_flight:
+            self._wait(self._pending.popleft())
+        self._number += 1
+        if self._number > MAX_PARTS:
+            raise self._failed(StorageError(
+                f"the upload to {self.storage.url} failed: the archive needs more than "
+                f"{MAX_PARTS} parts (raise BACKUP_S3_PART_MB)"))
+        self._pending.append(self._pool.submit(self._put_part, self._number, body))
+
+    def _start(self) -> None:
+        try:
+            answer = self.storage.client.create_multipart_upload(Bucket=self.storage.bucket,
+                                                                 Key=self.key)
+        except Exception as exc:
+            raise self._failed(exc) from None
+        self._upload_id = answer["UploadId"]
+        self._pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="s3-part")
+
+    def _put_part(self, number: int, body: bytearray) -> None:
+        answer = self.storage.client.upload_part(
+            Bucket=self.storage.bucket, Key=self.key, PartNumber=number,
+            UploadId=self._upload_id, Body=body)
+        self._etags[number] = answer["ETag"]
+
+    def _wait(self, future: Future) -> None:
+        try:
+            future.result()
+        except Exception as exc:
+            raise self._failed(exc) from None
+
+    def finish(self, sidecar: bytes | None) -> None:
+        """The last part, the seal, then the archive made visible, then locked."""
+        if self.failure is not None:
+            raise self.failure
+        seal_key = self.key + SIDECAR_SUFFIX
+        seal_version = None
+        try:
+            if self._upload_id is not None:
+                if self._filled:
+                    del self._buffer[self._filled:]
+                    self._send(self._buffer)
+                self._buffer = None
+                while self._pending:
+                    self._wait(self._pending.popleft())
+            if sidecar is not None:
+                seal_version = self.storage.put(seal_key, sidecar)
+            version = self._complete()
+        except Exception as exc:
+            if seal_version is not None:
+                self.storage.remove_quietly(seal_key, seal_version)
+            raise self._failed(exc) from None
+        self._completed = True
+        self._close_pool()
+        self.storage.abort_leftovers()
+        self.storage.lock(self.key, version)
+        if sidecar is not None:
+            self.storage.lock(seal_key, seal_version)
+
+    def _complete(self) -> str | None:
+        """Complete the multipart upload (or put a small archive whole); the version."""
+        if self._upload_id is None:
+            data, self._buffer = bytes(memoryview(self._buffer)[:self._filled]), None
+            return self.storage.put(self.key, data)
+        parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
+        answer = self.storage.client.complete_multipart_upload(
+            Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id,
+            MultipartUpload={"Parts": parts})
+        return answer.get("VersionId")
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def abort(self) -> None:
+        """Stop sending and abort the multipart upload; never raises."""
+        self._buffer = None
+        self._pending.clear()
+        self._close_pool()
+        if self._upload_id is not None and not self._completed:
+            try:
+                self.storage.client.abort_multipart_upload(
+                    Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id)
+            except Exception as exc:
+                log.warning("could not abort the multipart upload of %s to %s (%s); the next "
+                            "upload aborts it", self.name, self.storage.url, type(exc).__name__)
+            self._upload_id = None
