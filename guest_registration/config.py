@@ -100,10 +100,16 @@ def normalise_database_url(url: str) -> str:
 
 
 def ensure_private_folder(path: Path) -> Path:
-    """Create ``path`` (and parents) and make it 0700 whatever the umask."""
+    """Create ``path`` (and parents) 0700 whatever the umask; an existing folder loses
+    every read and write bit of group and others, but keeps their execute bits: a
+    traverse-only folder (0711, as ``pitr setup`` makes the instance folder so that
+    ``postgres`` reaches its pgBackRest folder) lets nobody list or read it."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        os.chmod(path, 0o700)
+        current = path.stat().st_mode & 0o7777
+        wanted = 0o700 | (current & 0o011)
+        if current != wanted:
+            os.chmod(path, wanted)
     except PermissionError:  # not ours (e.g. a shared mount): leave it as it is
         pass
     return path

@@ -22,7 +22,7 @@ from guest_backup.physical.state import parse_target, pg_time
 from guest_backup.wiring import backup_context
 from guest_registration import create_app
 from guest_registration.extensions import db
-from tests.helpers import ADMIN, csrf_token_from, make_config
+from tests.helpers import ADMIN, login_from, make_config
 from tests.pitr_cluster import (OWNER, TestCluster, add_registrations, counts, moto_over_tls,
                                 require)
 
@@ -41,14 +41,16 @@ def cluster():
 
 
 def make_app(c: TestCluster, tmp_path: Path, **extra):
-    """The app on the cluster's ``guests`` database (tables by its own setup), PITR on."""
+    """The app on the cluster's ``guests`` database (tables by its own setup), PITR on;
+    a setting given as None is left out (its default applies)."""
     from guest_registration.maintenance import setup
 
     settings = {"PITR_PG_DATA": str(c.data), "PITR_PG_PORT": c.port,
                 "PITR_PG_SOCKET": str(c.sock), "PITR_FOLDER": str(c.base / "pgbackrest"),
                 "PITR_ARCHIVE_TIMEOUT": 10, **extra}
-    app = create_app(make_config(tmp_path, c.url("guests"), **settings),
-                     instance_path=str(c.base / "instance"))
+    config = {k: v for k, v in make_config(tmp_path, c.url("guests"), **settings).items()
+              if v is not None}
+    app = create_app(config, instance_path=str(c.base / "instance"))
     with app.app_context():
         list(setup(app, *ADMIN))
         db.session.remove()
@@ -88,7 +90,7 @@ def pitr_app(cluster, tmp_path):
         db.engine.dispose()
 
 
-def test_setup_prints_the_settings_and_finds_no_way_to_the_default_folder(cluster, tmp_path):
+def test_setup_prints_the_settings_and_names_a_folder_postgres_may_not_enter(cluster, tmp_path):
     app = make_app(cluster, tmp_path)
     printed = pitr(app, "setup", code=3)
     assert "ALTER SYSTEM SET archive_mode = 'on';" in printed
@@ -97,11 +99,15 @@ def test_setup_prints_the_settings_and_finds_no_way_to_the_default_folder(cluste
     conf = cluster.base / "pgbackrest" / "pgbackrest.conf"
     assert conf.stat().st_uid == cluster.data.stat().st_uid and conf.stat().st_mode & 0o777 == 0o600
     assert (cluster.base / "pgbackrest" / "lock").stat().st_uid == conf.stat().st_uid
-    # the default folder (<instance>/pgbackrest) lies in the app's private (0700) instance folder
-    app.config["PITR_FOLDER"] = str(cluster.base / "instance" / "pgbackrest")
+    # a private folder that is not the app's instance folder is not opened: it is named
+    (cluster.base / "closed").mkdir(mode=0o700)
+    app.config["PITR_FOLDER"] = str(cluster.base / "closed" / "pgbackrest")
     refused = pitr(app, "setup", code=1)
-    assert f"{OWNER} cannot reach" in refused and "mode 0700" in refused
-    assert "PITR_FOLDER" in refused
+    assert f"{OWNER} cannot reach" in refused and f"{cluster.base / 'closed'} (mode 0700" in refused
+    assert "PITR_FOLDER" in refused and (cluster.base / "closed").stat().st_mode & 0o777 == 0o700
+    app.config.update(PITR_FOLDER=str(cluster.base / "pgbackrest"),
+                      PITR_REPO_PATH=str(cluster.base / "closed" / "repo"))
+    assert "Set PITR_REPO_PATH to a folder" in pitr(app, "setup", code=1)
     busy = pitr(app, "restore", "--to", "latest", "--into", str(cluster.data / "x"), code=1)
     assert "running cluster's data directory" in busy
     (cluster.base / "full").mkdir()
@@ -177,12 +183,6 @@ def test_latest_after_a_crash_and_the_rpo(cluster, pitr_app):
     assert rpo <= 10 + 3
 
 
-def _login(client) -> None:
-    page = client.get("/login")
-    token = csrf_token_from(page.get_data(as_text=True))
-    client.post("/login", data={"email": ADMIN[0], "password": ADMIN[1], "csrf_token": token})
-
-
 def test_diff_and_incr_backups_and_info_as_pgbackrest_says(cluster, pitr_app):
     c = cluster
     pitr(pitr_app, "backup", "--type", "full")
@@ -214,7 +214,7 @@ def test_diff_and_incr_backups_and_info_as_pgbackrest_says(cluster, pitr_app):
     assert all(label in text for label, *_ in theirs) and "You can recover to any moment" in text
 
     client = pitr_app.test_client()
-    _login(client)
+    login_from(client, *ADMIN)
     page = client.get("/admin/pitr/").get_data(as_text=True)
     for label, kind, size, delta in theirs:
         assert (f'data-label="{label}" data-type="{kind}" data-size="{size}" '

@@ -17,12 +17,19 @@ from guest_registration.maintenance import safe_url
 
 from guest_backup.cli.backup import _busy, _fail
 from guest_backup.errors import BackupBusy, BackupError
-from guest_backup.ops import pitr
 from guest_backup.wiring import backup_context
 
 #: exit code of `pitr setup` when the operator's turn has come (a restart, --apply)
 EXIT_TODO = 3
 _MARKS = {"ok": "OK  ", "todo": "TODO", "failed": "FAIL"}
+
+
+def _pitr():
+    """The PITR operations (and the nine ``physical`` modules under them), imported
+    when a command runs, not for ``--help``."""
+    from guest_backup.ops import pitr
+
+    return pitr
 
 
 def _engine():
@@ -47,7 +54,7 @@ def setup_command(apply: bool) -> None:
     again: it runs pgBackRest's check and says what is still missing. Exits 0 when
     everything is in place, 3 when it is the operator's turn, 1 on a failure."""
     try:
-        report = pitr.setup(backup_context(), apply)
+        report = _pitr().setup(backup_context(), apply)
     except BackupError as exc:
         _fail(str(exc))
     for state, text in report.steps:
@@ -70,12 +77,12 @@ def check_command() -> None:
     checkpoint, archive_timeout is not honoured."""
     ctx = backup_context()
     try:
-        p = pitr.check(ctx)
+        p = _pitr().check(ctx)
     except BackupError as exc:
         _fail(str(exc))
     click.echo(f"OK pgBackRest check of stanza {p.config.stanza}: WAL archiving into "
                f"{p.config.repository} works")
-    _print_status(pitr.status(ctx, _engine()))
+    _print_status(_pitr().status(ctx, _engine()))
 
 
 @pitr_group.command("backup")
@@ -86,7 +93,7 @@ def check_command() -> None:
 def backup_command(kind: str) -> None:
     """A pgBackRest backup of the cluster. Exits 75 when another one is running."""
     try:
-        made = pitr.backup(backup_context(), _engine(), kind, actor=cli_actor(), via="cli")
+        made = _pitr().backup(backup_context(), _engine(), kind, actor=cli_actor(), via="cli")
     except BackupBusy as exc:
         _busy(exc)
     except BackupError as exc:
@@ -111,7 +118,7 @@ def restore_command(to: str, into: str, port: int | None) -> None:
     erasure ledger. It keeps running: switch the app to it, or stop it."""
     ctx = backup_context()
     try:
-        result = pitr.restore(ctx, _engine(), to=to, into=into, port=port, actor=cli_actor(),
+        result = _pitr().restore(ctx, _engine(), to=to, into=into, port=port, actor=cli_actor(),
                               via="cli")
     except BackupError as exc:
         _fail(str(exc))
@@ -131,7 +138,7 @@ def drill_command() -> None:
     """Recover to a random moment of the last day into a scratch cluster, check it,
     stop and remove it (audited; backup-health reports the last drill)."""
     try:
-        result = pitr.drill(backup_context(), _engine(), actor=cli_actor(), via="cli")
+        result = _pitr().drill(backup_context(), _engine(), actor=cli_actor(), via="cli")
     except BackupError as exc:
         _fail(f"PITR drill failed: {exc}")
     click.echo("OK PITR drill (the scratch cluster is removed):")
@@ -144,7 +151,7 @@ def drill_command() -> None:
 def info_command(as_json: bool) -> None:
     """The backups (type, sizes, duration, WAL range), the recoverable window and
     WAL archiving, from pgBackRest's info and pg_stat_archiver."""
-    state = pitr.status(backup_context(), _engine())
+    state = _pitr().status(backup_context(), _engine())
     if as_json:
         click.echo(json.dumps(state.as_dict(), indent=2))
     else:
@@ -154,8 +161,8 @@ def info_command(as_json: bool) -> None:
 
 
 def _print_recovered(result) -> None:
-    click.echo(f"{pitr.target_text(result.target)} from backup {result.backup.label}")
-    click.echo("rows: " + pitr.counts_text(result.counts) + "; schema revision: "
+    click.echo(f"{_pitr().target_text(result.target)} from backup {result.backup.label}")
+    click.echo("rows: " + _pitr().counts_text(result.counts) + "; schema revision: "
                + (", ".join(result.revisions) or "none"))
     for note in result.notes:
         click.echo(f"note: {note}")

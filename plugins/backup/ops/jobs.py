@@ -11,20 +11,34 @@ every web process (and found again on a reload).
 Either way the backup lock is taken at the click, so a second click is refused
 at once, and a job whose lock is free while it says "running" died with its
 process and is reported as interrupted.
+
+Two kinds of job (:class:`JobKind`), each with its own state and its own lock:
+the logical backup (:data:`LOGICAL`, the backup lock every logical backup takes)
+and the pgBackRest backup of the PITR page (:data:`PITR`). A logical and a PITR
+backup may run together: both only read the database (pgBackRest copies the
+data files between ``pg_backup_start`` and ``pg_backup_stop``, which block
+nobody; the logical backup reads one snapshot) and neither touches the other's
+files. Two PITR backups never run together: the PITR lock refuses a second
+click, and pgBackRest's own lock refuses a backup the timer or a command runs
+meanwhile (the job then fails saying so).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Iterator
 
 from guest_backup.ops.context import BackupContext, shared
 from guest_backup.errors import BackupBusy, BackupError
+from guest_backup.ops.locks import BackupLock, RedisBackupLock
 from guest_backup.ops.pipeline import UploadFailed, run_backup
 
 STATE_FILE = ".backup-job.json"
@@ -74,63 +88,89 @@ class RedisState:
             return None
 
 
-def job_state(ctx: BackupContext) -> FileState | RedisState:
-    return shared(ctx, lambda c: RedisState(c, ctx.redis_key("backup-job")),
-                  lambda: FileState(ctx.settings.backup_folder))
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of page-started job: its state's Redis key, its folder without Redis
+    (the state file, and the lock file of a BackupLock), its lock (not taken yet),
+    and what a second click is told."""
+
+    state_key: str
+    folder: Callable[[BackupContext], Path]
+    lock: Callable[[BackupContext], "BackupLock | RedisBackupLock"]
+    busy: str
 
 
-def read_job(ctx: BackupContext) -> dict | None:
+def _pitr_lock(ctx: BackupContext) -> BackupLock | RedisBackupLock:
+    return shared(ctx, lambda c: RedisBackupLock(c, ctx.redis_key("pitr-lock")),
+                  lambda: BackupLock(PITR.folder(ctx)))
+
+
+LOGICAL = JobKind("backup-job", lambda ctx: Path(ctx.settings.backup_folder),
+                  lambda ctx: ctx.lock(), "a backup is already running; wait for it to finish")
+#: the PITR page's backups: their state and lock in <instance>/pitr-job (0700) or Redis
+PITR = JobKind("pitr-job", lambda ctx: Path(ctx.instance_path) / "pitr-job", _pitr_lock,
+               "a PITR backup is already running; wait for it to finish")
+
+
+def job_state(ctx: BackupContext, kind: JobKind = LOGICAL) -> FileState | RedisState:
+    return shared(ctx, lambda c: RedisState(c, ctx.redis_key(kind.state_key)),
+                  lambda: FileState(kind.folder(ctx)))
+
+
+def read_job(ctx: BackupContext, kind: JobKind = LOGICAL) -> dict | None:
     """The latest web backup job, or None. A job marked running (or queued) whose
     lock is free died with its process: it is reported as interrupted."""
-    state = job_state(ctx).read()
+    state = job_state(ctx, kind).read()
     if state and state.get("state") in ("running", "queued") \
-            and not ctx.lock().taken_elsewhere():
+            and not kind.lock(ctx).taken_elsewhere():
         state.update(state="failed", error="the backup was interrupted (the server stopped)"
                      if state["state"] == "running" else
                      "no worker took the queued backup in time (is `manage.py worker` running?)")
     return state
 
 
-def claim(ctx: BackupContext, actor: str | None, queued: bool):
-    """Take the backup lock now (so a second click is refused at once) and record
-    a new job: ``queued`` for a worker (the lock is held, unrenewed, until the
-    worker adopts it) or ``running`` here. Returns the job and the held lock."""
-    lock = ctx.lock()
-    folder = ctx.settings.backup_folder
+def claim(ctx: BackupContext, actor: str | None, queued: bool, kind: JobKind = LOGICAL,
+          **fields):
+    """Take the job kind's lock now (so a second click is refused at once) and
+    record a new job (with ``fields``): ``queued`` for a worker (the lock is held,
+    unrenewed, until the worker adopts it) or ``running`` here. Returns the job and
+    the held lock."""
+    lock = kind.lock(ctx)
+    folder = kind.folder(ctx)
     try:
         if queued:
             lock.acquire(ttl=QUEUED_LOCK_TTL, renew=False)
         else:
-            Path(folder).mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             lock.acquire()
     except BackupBusy:
-        raise BackupBusy("a backup is already running; wait for it to finish") from None
+        raise BackupBusy(kind.busy) from None
     except OSError:
         raise BackupError(f"the backup folder {folder} is not writable") from None
     job = {"id": uuid.uuid4().hex, "state": "queued" if queued else "running",
            "stage": "waiting for a worker" if queued else "starting", "bytes": 0,
            "started_at": _now(), "finished_at": None, "archive": None, "error": None,
-           "actor": actor}
+           "actor": actor, **fields}
     try:
-        job_state(ctx).write(job)
+        job_state(ctx, kind).write(job)
     except OSError:
         lock.release()
         raise BackupError(f"the backup folder {folder} is not writable") from None
     return job, lock
 
 
-def adopt(ctx: BackupContext, job: dict, token: str):
+def adopt(ctx: BackupContext, job: dict, token: str, kind: JobKind = LOGICAL):
     """The worker's side of a queued job: hold the lock the click took; None (and
     the job marked failed) when another backup holds it now."""
     try:
-        lock = ctx.lock().adopt(token)
+        lock = kind.lock(ctx).adopt(token)
     except BackupBusy:
         job.update(state="failed", error="another backup is running; wait for it to finish",
                    finished_at=_now())
-        job_state(ctx).write(job)
+        job_state(ctx, kind).write(job)
         return None
     job.update(state="running", stage="starting")
-    job_state(ctx).write(job)
+    job_state(ctx, kind).write(job)
     return lock
 
 
@@ -146,17 +186,27 @@ def run_job(ctx: BackupContext, engine, job: dict, lock, log) -> None:
             job.update(stage=stage, bytes=written)
             state.write(job)
 
+    with _ending(state, job, lock, log, "web backup"):
+        try:
+            run = run_backup(ctx, engine, actor=job["actor"], via=job.get("via", "admin"),
+                             progress=progress, lock=lock)
+            job.update(state="done", stage="done", archive=run.result.path.name,
+                       bytes=run.result.size)
+        except UploadFailed as exc:  # the archive exists locally: downloadable, with a warning
+            job.update(state="done", stage="done", archive=exc.path.name, warning=str(exc))
+
+
+@contextlib.contextmanager
+def _ending(state, job: dict, lock, log, what: str) -> Iterator[None]:
+    """The one end of a page job: a BackupError's one line (or, for anything else, a
+    pointer to the server log) as its error, never "running" left behind; the
+    finish time written, the lock released."""
     try:
-        run = run_backup(ctx, engine, actor=job["actor"], via=job.get("via", "admin"),
-                         progress=progress, lock=lock)
-        job.update(state="done", stage="done", archive=run.result.path.name,
-                   bytes=run.result.size)
-    except UploadFailed as exc:  # the archive exists locally: downloadable, with a warning
-        job.update(state="done", stage="done", archive=exc.path.name, warning=str(exc))
+        yield
     except BackupError as exc:
         job.update(state="failed", error=str(exc))
-    except Exception:  # already logged by the service; never leave "running" behind
-        log.exception("web backup failed")
+    except Exception:  # already logged by the service
+        log.exception(f"{what} failed")
         job.update(state="failed", error="the backup failed; details are in the server log")
     finally:
         job["finished_at"] = _now()
@@ -164,3 +214,22 @@ def run_job(ctx: BackupContext, engine, job: dict, lock, log) -> None:
             state.write(job)
         finally:
             lock.release()
+
+
+def run_pitr_job(ctx: BackupContext, engine, job: dict, lock, log) -> None:
+    """Run the pgBackRest backup of a PITR job (audited by :func:`pitr.backup`),
+    and release the PITR lock when done. pgBackRest reports no progress while it
+    copies: the state says which stage it is in, the page counts the time."""
+    from guest_backup.ops import pitr
+
+    state = job_state(ctx, PITR)
+    job.update(stage="copying")
+    # a failure is one line: pgBackRest's code and message, secrets masked (PitrBusy:
+    # "another pgBackRest backup of stanza … is running", the timer's or a command's)
+    with _ending(state, job, lock, log, "PITR backup"):
+        state.write(job)
+        made = pitr.backup(ctx, engine, job["type"], actor=job["actor"],
+                           via=job.get("via", "admin"))
+        job.update(state="done", stage="done", label=made.label, type=made.type,
+                   bytes=made.repo_delta, size=made.size,
+                   seconds=int(made.duration.total_seconds()))

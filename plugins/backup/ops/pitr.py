@@ -58,7 +58,7 @@ def open_pitr(ctx: BackupContext) -> Pitr:
 
 def setup(ctx: BackupContext, apply: bool) -> SetupReport:
     p = open_pitr(ctx)
-    return run_setup(p.config, p.cluster, p.backrest, apply)
+    return run_setup(p.config, p.cluster, p.backrest, apply, Path(ctx.instance_path))
 
 
 def check(ctx: BackupContext) -> Pitr:

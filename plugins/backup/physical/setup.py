@@ -5,14 +5,17 @@ the restart it asks for; every step is safe to repeat."""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from guest_backup.physical import PitrError
 from guest_backup.physical.cluster import Cluster, sql_literal
 from guest_backup.physical.config import PitrConfig
 from guest_backup.physical.info import RepoInfo
-from guest_backup.physical.owner import describe_folder
+from guest_backup.physical.owner import Owner, describe_folder
 from guest_backup.physical.pgbackrest import PgBackRest
 
 #: values that already do (archive_mode=always, wal_level=logical archive as well)
@@ -47,13 +50,68 @@ def differing(current: dict[str, tuple[str, bool]], want: dict[str, str]) -> dic
             if current.get(name, ("", False))[0] not in _ENOUGH.get(name, {value})}
 
 
-def prepare_files(config: PitrConfig, cluster: Cluster, report: SetupReport) -> None:
-    """The owner's folders and the configuration file it can reach."""
+def traverse_only(folder: Path) -> int:
+    """Let everyone enter ``folder`` but list or read nothing in it: 0711, and every
+    entry in it without read or write bits for group and others (files 0600,
+    folders 0700 or traverse-only). The number of entries tightened."""
+    tightened = 0
+    for entry in folder.iterdir():
+        st = entry.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        keep = 0o711 if stat.S_ISDIR(st.st_mode) else 0o700
+        if mode & ~keep:
+            os.chmod(entry, mode & keep)
+            tightened += 1
+    os.chmod(folder, 0o711)
+    return tightened
+
+
+def first_blocked(config: PitrConfig, owner: Owner) -> tuple[Path, Path] | None:
+    """The first folder pgBackRest uses (PITR_FOLDER, a local repository) that the
+    owner cannot reach, and the folder on the way it may not enter; None: none.
+    (The repository itself is handed to the owner by :meth:`Owner.make_dir`.)"""
+    ways = [(config.folder, config.folder)]
+    if config.s3 is None:
+        ways.append((config.repo_path, config.repo_path.parent))
+    for path, way in ways:
+        blocked = owner.blocked_at(way)
+        if blocked is not None:
+            return path, blocked
+    return None
+
+
+def open_private_folder(config: PitrConfig, owner: Owner, private: Path | None,
+                        report: SetupReport) -> None:
+    """When the owner may not enter the app's private folder (the instance folder,
+    0700 by default) on its way to PITR_FOLDER, make that folder traverse-only."""
+    found = first_blocked(config, owner)
+    if private is None or found is None or found[1].resolve() != private.resolve():
+        return
+    try:
+        tightened = traverse_only(private)
+    except OSError as exc:
+        raise PitrError(f"the folder {private} cannot be opened for {owner.name} "
+                        f"({exc.strerror})") from None
+    report.add("ok", f"the instance folder {private} is traverse-only now (mode 0711): "
+                     f"{owner.name} may enter it to reach {config.folder}, nobody else may "
+                     f"list or read it" + (f"; {tightened} entries in it lost their read and "
+                                           f"write bits for others" if tightened else ""))
+
+
+def prepare_files(config: PitrConfig, cluster: Cluster, report: SetupReport,
+                  private: Path | None = None) -> None:
+    """The owner's folders and the configuration file it can reach (``private``: the
+    app's instance folder, made traverse-only when it is in the way)."""
     owner = cluster.owner
-    blocked = owner.blocked_at(config.folder)
-    if blocked is not None:
-        raise PitrError(f"{owner.name} cannot reach {config.folder}: it may not enter "
-                        f"{describe_folder(blocked)}. Set PITR_FOLDER to a folder {owner.name} "
+    open_private_folder(config, owner, private, report)
+    found = first_blocked(config, owner)
+    if found is not None:
+        path, blocked = found
+        setting = "PITR_FOLDER" if path == config.folder else "PITR_REPO_PATH"
+        raise PitrError(f"{owner.name} cannot reach {path}: it may not enter "
+                        f"{describe_folder(blocked)}. Set {setting} to a folder {owner.name} "
                         f"can reach (e.g. /var/lib/postgresql/pitr-{config.stanza}), or let "
                         f"{owner.name} enter {blocked}")
     for folder in [config.folder, *config.folders()]:
@@ -117,11 +175,12 @@ def settings_step(config: PitrConfig, cluster: Cluster, apply: bool,
 
 
 def run_setup(config: PitrConfig, cluster: Cluster, backrest: PgBackRest,
-              apply: bool) -> SetupReport:
-    """Every step that can be done now; the report says what is still missing."""
+              apply: bool, private: Path | None = None) -> SetupReport:
+    """Every step that can be done now; the report says what is still missing
+    (``private``: the app's instance folder, see :func:`open_private_folder`)."""
     report = SetupReport()
     cluster.owner.require()
-    prepare_files(config, cluster, report)
+    prepare_files(config, cluster, report, private)
     if not cluster.running():
         report.add("failed", f"the cluster in {cluster.data} is not running: start it and run "
                              f"`pitr setup` again")

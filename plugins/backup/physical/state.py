@@ -46,17 +46,24 @@ def pg_time(when: datetime) -> str:
 
 def save_snapshot(folder: str | os.PathLike, data: dict[str, Any]) -> None:
     """Keep ``data`` (with the time it was read) for other processes; quietly
-    nothing when the folder is not writable by this process."""
+    nothing when the folder is not writable by this process. The file is the
+    folder owner's (the app's user, also when root writes it), mode 0600 like
+    everything in the instance folder."""
     path = Path(folder) / SNAPSHOT_NAME
     data = {**data, "read_at": datetime.now(timezone.utc).timestamp()}
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+    except OSError:
+        return
+    try:
         with os.fdopen(fd, "w") as out:
             json.dump(data, out)
-        os.chmod(tmp, 0o644)  # no secret in it: backup labels, sizes, WAL names
+        owner = path.parent.stat()
+        if os.geteuid() == 0 and owner.st_uid != 0:
+            os.chown(tmp, owner.st_uid, owner.st_gid)
         os.replace(tmp, path)
     except OSError:
-        pass
+        Path(tmp).unlink(missing_ok=True)
 
 
 def load_snapshot(folder: str | os.PathLike) -> tuple[dict[str, Any], datetime] | None:
