@@ -67,6 +67,17 @@ def _refuse_odd_input():
                 abort(400)
 
 
+def _bearer_token():
+    """``Authorization: Bearer TOKEN`` on an ``/api/`` request is the same token as
+    the ``Authentication-Token`` header (which wins when both are sent): copied
+    into that header before anything looks the user up. The one place for every API."""
+    scheme, _sp, token = request.headers.get("Authorization", "").partition(" ")
+    header = current_app.config["SECURITY_TOKEN_AUTHENTICATION_HEADER"]
+    if (request.path.startswith(API_PREFIX) and scheme.lower() == "bearer" and token.strip()
+            and header not in request.headers):
+        request.environ["HTTP_" + header.upper().replace("-", "_")] = token.strip()
+
+
 def init_app(app: Flask) -> None:
     # Flask-Security's pages (login, logout, ...) extend the admin master template.
     app.extensions["security"].context_processor(_admin_template_context)
@@ -75,6 +86,7 @@ def init_app(app: Flask) -> None:
     # form body is read, and size-checked, before any database work, so a client that
     # stalls mid-upload holds a thread, never a pooled connection
     app.before_request_funcs.setdefault(None, []).insert(0, _refuse_odd_input)
+    app.before_request_funcs[None].insert(0, _bearer_token)
     app.add_url_rule("/favicon.ico", "favicon", favicon)
 
     @app.errorhandler(UNAVAILABLE[0])

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, request, send_file,
-                   url_for)
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, request, url_for
 from flask_admin import expose
 from flask_babel import gettext as _
 from flask_security import current_user
@@ -30,6 +29,7 @@ from guest_backup.tasks import start_job
 from guest_backup.ops.listing import list_everywhere, storages_holding
 from guest_backup.storages import StorageError
 from guest_backup.ops.verify import verify
+from guest_backup.web.download import audit_download, send_archive
 
 #: no routes: it puts this package's ``templates/`` on the app's template path (after
 #: the site's overrides and the host's own folder, so a site can override the page)
@@ -144,18 +144,13 @@ class BackupView(SecureBaseView):
     @expose("/download/<archive>")
     def download(self, archive: str):
         storage = _where(archive)[0]
-        mimetype = "application/octet-stream" if archive.endswith(".age") else "application/zip"
         try:
-            path = storage.local_path(archive)
-            response = (_send_local(path, archive, mimetype) if path is not None
-                        else _stream_remote(storage, archive, mimetype))
+            sent = send_archive(storage, archive, backup_context().settings.trusted())
         except StorageError:
             abort(502)
-        response.headers["Cache-Control"] = "no-store"
-        audit.record(db.engine, "download", "ok", actor=current_user.email, via="admin",
-                     target=archive, bytes=response.content_length,
-                     message=None if path is not None else f"from {storage.url}")
-        return response
+        if sent.bytes:
+            audit_download(storage, archive, sent, current_user.email, "admin")
+        return sent.response
 
     @expose("/verify/<archive>", methods=["POST"])
     def verify(self, archive: str):
@@ -219,20 +214,3 @@ class BackupView(SecureBaseView):
                          fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
         return jsonify(rows=result.rows, media_type=result.media_type, lines=result.lines)
 
-
-def _send_local(path, archive: str, mimetype: str) -> Response:
-    return send_file(path, mimetype=mimetype, as_attachment=True, download_name=archive,
-                     max_age=0, conditional=True)
-
-
-def _stream_remote(storage, archive: str, mimetype: str) -> Response:
-    """A remote-only archive, streamed through the app, with its listed size."""
-    size = next((a.size for a in storage.list() if a.name == archive), None)
-    body = storage.open(archive)
-    response = Response(iter(lambda: body.read(1024 * 1024), b""), mimetype=mimetype,
-                        direct_passthrough=True)
-    response.call_on_close(body.close)  # also when the client goes away
-    response.headers["Content-Disposition"] = f'attachment; filename="{archive}"'
-    if size is not None:
-        response.content_length = size
-    return response
