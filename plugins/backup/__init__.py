@@ -40,9 +40,13 @@ def init_app(app):
     from guest_registration.extensions import db
     from guest_registration.metrics import COLLECTORS
 
-    from guest_backup.ops.listing import list_everywhere
     from guest_backup.ops.metrics import BackupCollector
     from guest_backup.wiring import backup_context, init_app as init_backup
+
+    def list_everywhere(ctx):  # imported on the first scrape, not by every command
+        from guest_backup.ops.listing import list_everywhere
+
+        return list_everywhere(ctx)
 
     init_backup(app)
     app.extensions.setdefault(COLLECTORS, []).append(  # /metrics: the backups' values
@@ -69,12 +73,18 @@ def register_storage_types():
 def register_admin_views(app):
     from flask_babel import lazy_gettext as _l
 
+    from guest_backup.ops.browse import reap
+    from guest_backup.web.browse import BrowseView
     from guest_backup.web.pitr import PitrView
     from guest_backup.web.rights import RightsView
     from guest_backup.web.views import BackupView
+    from guest_backup.wiring import backup_context
 
+    reap(backup_context(app))  # scratch copies left idle while the app was down
     return [BackupView(name=_l("System Backup"), category=_l("Backup"), endpoint="backup",
                        url="backup"),
+            BrowseView(name=_l("Restore a selection"), category=_l("Backup"),
+                       endpoint="backup_browse", url="backup/browse"),
             RightsView(name=_l("Guests' rights"), category=_l("Backup"), endpoint="guest_rights",
                        url="rights"),
             PitrView(name=_l("Point-in-time recovery"), category=_l("Backup"), endpoint="pitr",
@@ -84,18 +94,19 @@ def register_admin_views(app):
 @hookimpl
 def register_blueprints(app):
     from guest_backup.export.api import bp
+    from guest_backup.web import api, openapi
     from guest_backup.web.views import templates
 
-    return [bp, templates]
+    return [bp, api.bp, openapi.bp, templates]
 
 
 @hookimpl
 def register_commands():
-    from guest_backup.cli import backup, notify, pitr, restore, rights
+    from guest_backup.cli import backup, browse, notify, pitr, restore, rights, select
     from guest_backup.export import cli as export_cli
 
     return (backup.COMMANDS + restore.COMMANDS + export_cli.COMMANDS + rights.COMMANDS
-            + notify.COMMANDS + pitr.COMMANDS)
+            + notify.COMMANDS + pitr.COMMANDS + browse.COMMANDS + select.COMMANDS)
 
 
 @hookimpl
@@ -107,9 +118,9 @@ def register_migrations():
 
 @hookimpl
 def register_job_functions():
-    from guest_backup.tasks import run_queued_backup, run_queued_drill
+    from guest_backup.tasks import run_queued_backup, run_queued_drill, run_queued_pitr_backup
 
-    return [run_queued_backup, run_queued_drill]
+    return [run_queued_backup, run_queued_drill, run_queued_pitr_backup]
 
 
 @hookimpl

@@ -51,8 +51,16 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BACKUP_AGE_RECIPIENTS": [],
         #: a remote copy of every archive: s3://bucket/prefix or file:///path
         "BACKUP_REMOTE_URL": "",
-        #: multipart part size for S3 uploads, MiB (at least 5)
-        "BACKUP_S3_PART_MB": 16,
+        #: multipart part size for S3 uploads, MiB (at least 5): parts are sent while the
+        #: archive is written, at most 16 MiB of them in memory (docs/s3.md)
+        "BACKUP_S3_PART_MB": 8,
+        #: Object Lock retention of every uploaded archive, days (0 = off; the bucket must
+        #: have Object Lock) and its mode: GOVERNANCE or COMPLIANCE (docs/s3.md)
+        "BACKUP_S3_OBJECT_LOCK_DAYS": 0,
+        "BACKUP_S3_OBJECT_LOCK_MODE": "GOVERNANCE",
+        #: keep a copy of every archive in BACKUP_FOLDER; false (0) with a remote: the
+        #: archive is streamed to the remote only, nothing archive-sized is written here
+        "BACKUP_KEEP_LOCAL": True,
         #: dead-man's switch: GET URL after a good backup, URL/fail after a failed one
         "BACKUP_HEALTHCHECK_URL": "",
         #: legal retention of guest records, in years from the end of the stay (0 = off):
@@ -63,7 +71,16 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BACKUP_NOTIFY_URLS": [],
         #: a retention run removing more archives than this from one storage notifies (0: off)
         "BACKUP_NOTIFY_MAX_PRUNE": 5,
-        **pitr_defaults(instance_path),
+        **pitr_defaults(instance_path), **browse_defaults(),
+    }
+
+
+def browse_defaults() -> dict[str, Any]:
+    """Browsing archives and restoring a selection (docs/selective-restore.md)."""
+    return {
+        #: an archive opened for browsing (Restore a selection, `browse`) is dropped with
+        #: its scratch database after this many minutes unused
+        "BACKUP_BROWSE_IDLE_MINUTES": 30,
     }
 
 
@@ -120,6 +137,8 @@ class BackupSettings:
     trusted_keys: list[str] = field(default_factory=list)
     age_recipients: list[str] = field(default_factory=list)
     remote_url: str = ""
+    #: BACKUP_KEEP_LOCAL (only without a remote is a local copy always kept)
+    keep_local: bool = True
     healthcheck_url: str = ""
     guest_retention_years: int = 0
     #: the PITR_* settings as given (read by guest_backup.ops.pitr, checked there)
@@ -141,6 +160,7 @@ class BackupSettings:
             trusted_keys=_as_list(config["BACKUP_TRUSTED_KEYS"]),
             age_recipients=_as_list(config["BACKUP_AGE_RECIPIENTS"]),
             remote_url=(config["BACKUP_REMOTE_URL"] or "").strip(),
+            keep_local=_as_flag(config.get("BACKUP_KEEP_LOCAL", True)),
             healthcheck_url=(config["BACKUP_HEALTHCHECK_URL"] or "").strip(),
             guest_retention_years=max(0, int(config.get("GUEST_RETENTION_YEARS", 6) or 0)),
             pitr={k: v for k, v in config.items() if k.startswith("PITR_")},
@@ -178,6 +198,13 @@ def _as_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value.strip()] if value.strip() else []
     return [str(v).strip() for v in value or () if str(v).strip()]
+
+
+def _as_flag(value: Any) -> bool:
+    """A true/false setting as the host hands it (a bool), or a string set later."""
+    if isinstance(value, str):
+        return value.strip().lower() not in {"0", "false", "no", "off"}
+    return bool(value)
 
 
 def load_or_create_installation_id(path: str | os.PathLike) -> str:

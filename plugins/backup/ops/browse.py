@@ -1,0 +1,349 @@
+"""Browsing an archive: a verified archive loaded into a scratch database (the
+restore path itself: seal, signature, decryption, dump screen, schema upgrade,
+erasure ledger re-applied), searchable and comparable with the live database,
+and the source of a selective restore (``guest_backup.ops.selection``).
+
+A scratch database lives beside the live one: on PostgreSQL a new database
+``guest_browse_<id>`` on the same server, on SQLite a file in
+``<instance>/browse/``. Sessions are shared by every process through the
+registry (``browse_registry``): an archive already open is reused, and a session
+unused for ``BACKUP_BROWSE_IDLE_MINUTES`` is dropped by :func:`reap`, which the
+page, the command and the app's start call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
+
+from guest_backup.archive.format import is_archive_name
+from guest_backup.archive.signing import TrustedKeys
+from guest_backup.errors import BackupError
+from guest_backup.ops.audit import quietly
+from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, now_text, parse_time,
+                                              pid_alive)
+from guest_backup.ops.browse_search import add_search_indexes
+from guest_backup.ops.context import BackupContext
+from guest_backup.ops.create import safe_message
+from guest_backup.ops.fetch import archive_file, local_copy
+from guest_backup.ops.finishing import erasures_for
+from guest_backup.ops.listing import storages_holding
+from guest_backup.ops.restore import restore_archive
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS = 3  # scratch copies open at once (each is a whole database)
+WAIT_SECONDS = 1800  # how long open_archive waits for another process opening the archive
+SESSION_ID = re.compile(r"^[0-9a-f]{16}$")
+PREFIX = "guest_browse_"
+
+_engines: dict[str, Engine] = {}  # this process's engine of each session
+
+
+@dataclass
+class BrowseSession:
+    """One archive open in a scratch database."""
+
+    id: str
+    archive: str
+    dialect: str
+    database: str               # PostgreSQL: the database's name; SQLite: the file
+    opened_at: datetime
+    used_at: datetime
+    state: str = "opening"      # opening | open | failed
+    actor: str | None = None
+    error: str | None = None
+    open_seconds: float | None = None   # verify + load + upgrade + erasures
+    index_seconds: float | None = None  # the search indexes added afterwards
+    erasures: int = 0
+    schema: str | None = None
+    pid: int | None = None
+    ctx: BackupContext | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def url(self) -> str:
+        """The scratch database's URL (with the live database's credentials)."""
+        if self.dialect == "sqlite":
+            return f"sqlite:///{self.database}"
+        live = make_url(self.ctx.settings.database_url)
+        return live.set(database=self.database).render_as_string(hide_password=False)
+
+    @property
+    def engine(self) -> Engine:
+        """This process's engine on the scratch database (made once)."""
+        engine = _engines.get(self.id)
+        if engine is None:
+            engine = _engines[self.id] = create_engine(self.url, pool_pre_ping=True,
+                                                       pool_size=2, max_overflow=2) \
+                if self.dialect != "sqlite" else create_engine(self.url, poolclass=NullPool)
+        return engine
+
+    def touch(self) -> None:
+        """Used now: the idle clock starts again."""
+        self.used_at = datetime.now(timezone.utc)
+        with Registry(self.ctx.instance_path).edit() as entries:
+            if self.id in entries:
+                entries[self.id]["used_at"] = now_text()
+
+    def close(self, live_engine: Engine | None = None, *, actor=None, via: str = "cli",
+              reason: str = "closed") -> None:
+        """Drop the scratch database and forget the session."""
+        with Registry(self.ctx.instance_path).edit() as entries:
+            entries.pop(self.id, None)
+        _drop(self)
+        if live_engine is not None:
+            quietly("a browse session", self.ctx.audit.record, live_engine, "browse", "ok",
+                    actor=actor, via=via, target=self.archive, message=f"{reason}: scratch "
+                    f"copy dropped")
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "archive": self.archive, "state": self.state,
+                "opened_at": self.opened_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "open_seconds": self.open_seconds, "index_seconds": self.index_seconds,
+                "erasures": self.erasures, "schema": self.schema, "error": self.error}
+
+
+def idle_limit(ctx: BackupContext) -> timedelta:
+    return timedelta(minutes=max(1, int(ctx.config.get("BACKUP_BROWSE_IDLE_MINUTES") or 30)))
+
+
+def _session(ctx: BackupContext, entry: dict) -> BrowseSession:
+    return BrowseSession(
+        id=entry["id"], archive=entry["archive"], dialect=entry["dialect"],
+        database=entry["database"], opened_at=parse_time(entry.get("opened_at")),
+        used_at=parse_time(entry.get("used_at")), state=entry.get("state", "opening"),
+        actor=entry.get("actor"), error=entry.get("error"),
+        open_seconds=entry.get("open_seconds"), index_seconds=entry.get("index_seconds"),
+        erasures=entry.get("erasures", 0), schema=entry.get("schema"), pid=entry.get("pid"),
+        ctx=ctx)
+
+
+def sessions(ctx: BackupContext) -> list[BrowseSession]:
+    """Every session of the registry (any state), newest first."""
+    found = [_session(ctx, e) for e in Registry(ctx.instance_path).read().values()]
+    return sorted(found, key=lambda s: s.opened_at, reverse=True)
+
+
+def get_session(ctx: BackupContext, session_id: str) -> BrowseSession | None:
+    """The session ``session_id`` if it is registered (any state), else None."""
+    if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+        return None
+    entry = Registry(ctx.instance_path).read().get(session_id)
+    if entry is None:
+        if (stale := _engines.pop(session_id, None)) is not None:  # closed elsewhere
+            stale.dispose()
+        return None
+    return _session(ctx, entry)
+
+
+def find_session(ctx: BackupContext, archive: str) -> BrowseSession | None:
+    """The open (or opening) session of archive ``archive`` (its name), if any."""
+    name = _name(archive)
+    return next((s for s in sessions(ctx) if s.archive == name and s.state != "failed"), None)
+
+
+def reap(ctx: BackupContext, live_engine: Engine | None = None, via: str = "cli") -> list[str]:
+    """Drop sessions idle for longer than BACKUP_BROWSE_IDLE_MINUTES, failed ones
+    as old, and openings whose process died; their ids."""
+    if not (Path(ctx.instance_path) / FOLDER / FILE).is_file():
+        return []  # nothing was ever opened here (and no folder is made for it)
+    limit, now = idle_limit(ctx), datetime.now(timezone.utc)
+    dropped: list[BrowseSession] = []
+    with Registry(ctx.instance_path).edit() as entries:
+        for key, entry in list(entries.items()):
+            session = _session(ctx, entry)
+            idle = now - session.used_at > limit
+            orphan = session.state == "opening" and not pid_alive(session.pid)
+            if (idle and session.state != "opening") or orphan:
+                entries.pop(key)
+                dropped.append(session)
+    for session in dropped:
+        _drop(session)
+        if live_engine is not None:
+            quietly("a browse session", ctx.audit.record, live_engine, "browse", "ok",
+                    actor=None, via=via, target=session.archive,
+                    message=f"scratch copy dropped after {limit.seconds // 60} idle minutes")
+    return [s.id for s in dropped]
+
+
+def open_archive(ctx: BackupContext, live_engine: Engine, archive: str, *, actor, via: str,
+                 identity=None, trusted_keys=()) -> BrowseSession:
+    """``archive`` (a stored archive's name, a path or a storage URL) loaded into a
+    scratch database, or the session that already holds it (waiting while another
+    process opens it). Audited as ``browse``."""
+    session, mine = begin_open(ctx, live_engine, archive, actor=actor, via=via)
+    if session.state == "open":
+        session.touch()
+        return session
+    if not mine:
+        return _wait_for(ctx, session.id)
+    return finish_open(ctx, live_engine, session, archive, actor=actor, via=via,
+                       identity=identity, trusted_keys=trusted_keys)
+
+
+def begin_open(ctx: BackupContext, live_engine: Engine, archive: str, *, actor,
+               via: str = "cli") -> tuple[BrowseSession, bool]:
+    """The archive's session as it is now (open, or being opened), or a new
+    ``opening`` one; True when the caller must now :func:`finish_open` it (the
+    page does that in a thread and shows the state meanwhile)."""
+    reap(ctx, live_engine, via)
+    return _claim(ctx, _name(archive), live_engine.dialect.name, actor)
+
+
+def finish_open(ctx: BackupContext, live_engine: Engine, session: BrowseSession, archive: str,
+                *, actor, via: str, identity=None, trusted_keys=()) -> BrowseSession:
+    """Load the claimed session's archive; on failure the session is left as
+    ``failed`` with the reason (dropped later like an idle one)."""
+    try:
+        _load(ctx, session, archive, identity, trusted_keys)
+    except BaseException as exc:
+        message = safe_message(exc)
+        _drop(session)
+        _save(ctx, session, state="failed", error=message)
+        quietly("a browse session", ctx.audit.record, live_engine, "browse", "failed",
+                actor=actor, via=via, target=session.archive, message=message)
+        if isinstance(exc, BackupError) or not isinstance(exc, Exception):
+            raise
+        raise BackupError(message) from None
+    _save(ctx, session, state="open")
+    quietly("a browse session", ctx.audit.record, live_engine, "browse", "ok", actor=actor,
+            via=via, target=session.archive,
+            message=f"opened in a scratch database: load {session.open_seconds:.1f} s, search "
+                    f"indexes {session.index_seconds:.1f} s, {session.erasures} erasures "
+                    f"re-applied" + (f"; {session.schema}" if session.schema else ""))
+    return session
+
+
+def _name(archive: str) -> str:
+    return archive.rstrip("/").rpartition("/")[2]
+
+
+def _claim(ctx: BackupContext, name: str, dialect: str, actor) -> tuple[BrowseSession, bool]:
+    """The archive's session: an open (or opening) one, else a new ``opening`` entry
+    (then True: this call loads it). A failed or orphaned one is replaced."""
+    with Registry(ctx.instance_path).edit() as entries:
+        for key, entry in list(entries.items()):
+            if entry.get("archive") != name:
+                continue
+            current = _session(ctx, entry)
+            if current.state == "open" or (current.state == "opening"
+                                           and pid_alive(current.pid)):
+                return current, False
+            entries.pop(key)
+            _drop(current)
+        if sum(1 for e in entries.values() if e.get("state") != "failed") >= MAX_SESSIONS:
+            raise BackupError(f"{MAX_SESSIONS} archives are open already: close one first")
+        sid = secrets.token_hex(8)
+        database = (PREFIX + sid if dialect != "sqlite"
+                    else str(Registry(ctx.instance_path).folder / f"{sid}.db"))
+        stamp = now_text()
+        entries[sid] = {"id": sid, "archive": name, "dialect": dialect, "database": database,
+                        "opened_at": stamp, "used_at": stamp, "state": "opening",
+                        "actor": actor, "pid": os.getpid()}
+        return _session(ctx, entries[sid]), True
+
+
+def _wait_for(ctx: BackupContext, session_id: str) -> BrowseSession:
+    """Another process is opening the archive: its outcome."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        session = get_session(ctx, session_id)
+        if session is None or session.state == "failed":
+            raise BackupError((session.error if session else None)
+                              or "the archive could not be opened")
+        if session.state == "open":
+            session.touch()
+            return session
+        time.sleep(1)
+    raise BackupError("the archive is still being opened by another process")
+
+
+def _load(ctx: BackupContext, session: BrowseSession, archive: str, identity,
+          trusted_keys) -> None:
+    """The restore path into the scratch database, then the search indexes."""
+    settings = ctx.settings
+    uploads = Path(tempfile.mkdtemp(prefix="gr-browse-uploads-"))  # not kept: not browsed
+    start = time.perf_counter()
+    try:
+        with _archive_path(ctx, archive) as path:
+            restored = restore_archive(
+                path, engines=ctx.engines, settings=settings, target_url=session.url,
+                uploads_dir=uploads, trusted=settings.trusted(trusted_keys), engine=None,
+                identity=identity, explicit_keys=list(TrustedKeys(trusted_keys)),
+                migrations=ctx.migrations() if ctx.migrations else None,
+                erasures=erasures_for(ctx))
+    finally:
+        shutil.rmtree(uploads, ignore_errors=True)
+    session.open_seconds = round(time.perf_counter() - start, 2)
+    session.erasures, session.schema = restored.erasures, restored.schema
+    start = time.perf_counter()
+    add_search_indexes(session.engine)
+    session.index_seconds = round(time.perf_counter() - start, 2)
+
+
+@contextlib.contextmanager
+def _archive_path(ctx: BackupContext, archive: str) -> Iterator[Path]:
+    """A stored archive's name (the local folder first), or a path or URL."""
+    if "/" not in archive and is_archive_name(archive):
+        holding = storages_holding(ctx, archive)
+        if not holding:
+            raise BackupError(f"{archive} is in no backup storage")
+        with archive_file(holding[0], archive) as path:
+            yield path
+        return
+    with local_copy(ctx, archive) as path:
+        yield path
+
+
+def _save(ctx: BackupContext, session: BrowseSession, **changes) -> None:
+    for key, value in changes.items():
+        setattr(session, key, value)
+    with Registry(ctx.instance_path).edit() as entries:
+        entries[session.id] = {**entries.get(session.id, {}), **changes,
+                               "open_seconds": session.open_seconds,
+                               "index_seconds": session.index_seconds,
+                               "erasures": session.erasures, "schema": session.schema,
+                               "used_at": now_text()}
+
+
+def _drop(session: BrowseSession) -> None:
+    """The scratch database gone (whatever state it was left in); never raises."""
+    if (engine := _engines.pop(session.id, None)) is not None:
+        engine.dispose()
+    try:
+        for plan in Registry(session.ctx.instance_path).folder.glob(f"{session.id}.*.plan.json"):
+            plan.unlink(missing_ok=True)  # previews kept for the page (browse_plans)
+        if session.dialect == "sqlite":
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(session.database + suffix).unlink(missing_ok=True)
+            return
+        if not session.database.startswith(PREFIX):
+            return  # never drop anything but our own scratch databases
+        server = make_url(session.url).set(database="postgres")
+        admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{session.database}" WITH (FORCE)')
+        finally:
+            admin.dispose()
+    except Exception as exc:
+        log.warning("could not drop the browse database %s (%s)", session.database,
+                    type(exc).__name__)
+
+
+__all__ = ["BrowseSession", "begin_open", "find_session", "finish_open", "get_session",
+           "open_archive", "reap", "sessions"]

@@ -1,0 +1,92 @@
+"""The registry of open browse sessions: one small JSON file in the instance
+folder (``browse/sessions.json``, 0600), read and rewritten under an
+``fcntl.flock`` so that every process of the installation (gunicorn workers,
+commands, the job worker) sees the same sessions. It holds no secret: a
+session's scratch database is named, never its URL (the password stays in the
+app's DATABASE_URL)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+FOLDER = "browse"
+FILE = "sessions.json"
+
+
+def now_text() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime:
+    if not text:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def browse_folder(instance_path: str) -> Path:
+    """``<instance>/browse`` (0700): the registry and SQLite scratch files."""
+    folder = Path(instance_path) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+class Registry:
+    """``{session id: entry}``; change it only inside :meth:`edit`."""
+
+    def __init__(self, instance_path: str) -> None:
+        self.folder = browse_folder(instance_path)
+        self.path = self.folder / FILE
+
+    def read(self) -> dict[str, dict]:
+        with self._locked(shared=True):
+            return self._load()
+
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[dict[str, dict]]:
+        """The entries, written back (atomically) when the block ends without error."""
+        with self._locked(shared=False):
+            entries = self._load()
+            yield entries
+            tmp = self.path.with_name(f".{FILE}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(entries, out, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):  # a torn or foreign file: start again
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @contextlib.contextmanager
+    def _locked(self, shared: bool) -> Iterator[None]:
+        fd = os.open(self.folder / f"{FILE}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process of this machine is still running (an opener that died
+    leaves an ``opening`` entry behind)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True

@@ -1,0 +1,189 @@
+"""Applying a selective restore's plan: one transaction on the live database
+while the site keeps serving. Today's rows the plan relies on are checked first
+(on PostgreSQL under row locks that never block a sign-up: FOR SHARE on rows
+left alone, FOR NO KEY UPDATE on rows overwritten; on SQLite after taking its
+write lock); a row that changed since the preview, or one that appeared where
+the plan inserts, stops the restore with everything rolled back. Then the
+archive's rows are read again from the scratch database in batches and
+written: trips, registrations, guests, then the overwrites; PostgreSQL's
+sequences are moved past inserted ids."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from guest_backup.errors import BackupError
+from guest_backup.ops.audit import quietly
+from guest_backup.ops.create import safe_message
+from guest_backup.ops.erasure_sql import CHUNK
+from guest_backup.ops.selection_plan import plan_selection
+from guest_backup.ops.selection_steps import Plan, Selection, SelectionChanged, Step
+from guest_backup.ops.selection_rows import (PARENT, TABLES, Tables, advance_sequence,
+                                             fingerprint)
+
+ACTION = "restore-select"  # the audit log's action
+
+log = logging.getLogger(__name__)
+
+
+def apply_plan(live_engine: Engine, plan: Plan) -> dict[str, dict[str, int]]:
+    """Do what ``plan`` says, in one transaction; returns its counts. Raises
+    :class:`SelectionChanged` (nothing written) when today's rows are not as
+    previewed."""
+    if plan.source is None:
+        raise BackupError("the plan has no archive to read from (open the archive again)")
+    with plan.source.connect() as src:
+        try:
+            with live_engine.begin() as dst:
+                tables = Tables.reflect(src, dst)
+                if dst.dialect.name == "sqlite":  # the write lock first: check, then write
+                    dst.execute(sa.text("UPDATE trip SET id = id WHERE 1 = 0"))
+                _check(dst, tables, plan)
+                for name in TABLES:
+                    _insert(src, dst, tables, plan.of("insert", name))
+                for name in TABLES:
+                    _overwrite(src, dst, tables, plan.of("overwrite", name))
+        except sa.exc.IntegrityError:
+            raise SelectionChanged("the live database refused a row (one appeared where the "
+                                   "preview inserts one, or a constraint forbids it): nothing "
+                                   "was restored; preview again") from None
+    return plan.counts()
+
+
+def _check(dst: Connection, tables: Tables, plan: Plan) -> None:
+    for name in TABLES:
+        for action, lock in (("leave", "share"), ("overwrite", "update"), ("insert", None)):
+            steps = plan.of(action, name)
+            found = tables.rows_by_id(dst, name, [s.target for s in steps], lock=lock)
+            for step in steps:
+                if fingerprint(found.get(step.target)) != step.live:
+                    raise SelectionChanged(_changed(step, found.get(step.target)))
+
+
+def _changed(step: Step, row) -> str:
+    if step.live is None:
+        what = "was added since the preview"
+    elif row is None:
+        what = "was deleted since the preview"
+    else:
+        what = "changed since the preview"
+    return (f"{step.table} {step.target} {what}: nothing was restored; preview again to see "
+            f"today's state")
+
+
+def _insert(src: Connection, dst: Connection, tables: Tables, steps: list[Step]) -> None:
+    if not steps:
+        return
+    name, table = steps[0].table, tables.tables[steps[0].table]
+    for start in range(0, len(steps), CHUNK):
+        part = steps[start:start + CHUNK]
+        rows = tables.rows_by_id(src, name, [s.id for s in part])
+        values = []
+        for step in part:
+            row = dict(rows[step.id]._mapping)
+            row["id"] = step.target
+            if PARENT[name]:
+                row[PARENT[name]] = step.target_parent
+            if step.photo == "missing":
+                row["document_photo"] = None
+            values.append(row)
+        dst.execute(sa.insert(table), values)
+    own = [s.id for s in steps if s.new_id is None]
+    if own:
+        advance_sequence(dst, name, max(own))
+
+
+def _overwrite(src: Connection, dst: Connection, tables: Tables, steps: list[Step]) -> None:
+    if not steps:
+        return
+    name, table = steps[0].table, tables.tables[steps[0].table]
+    columns = tables.compared(name)
+    rows = tables.rows_by_id(src, name, [s.id for s in steps])
+    for step in steps:
+        dst.execute(sa.update(table).where(table.c.id == step.target)
+                    .values({c: getattr(rows[step.id], c) for c in columns}))
+
+
+@dataclass
+class SelectionResult:
+    plan: Plan
+    applied: bool
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"applied": self.applied, "seconds": round(self.seconds, 3),
+                **self.plan.to_dict()}
+
+
+def erasures_after(erasures, when: datetime | None):
+    """The ledger's entries from ``when`` on (10 minutes' leeway for an erasure
+    committed while the copy was loading); all of them when ``when`` is None.
+    Looking an entry up may stream the archive's tables (by keyed hash): the
+    entries a load already re-applied need not be looked up again."""
+    from guest_backup.ops.finishing import ErasureReapply
+    from guest_backup.ops.reapply import LEEWAY
+
+    if when is None or erasures is None:
+        return erasures
+    since = (when.astimezone(timezone.utc).replace(tzinfo=None) if when.tzinfo else when) - LEEWAY
+    later = [e for e in erasures.entries
+             if datetime.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ") >= since]
+    return ErasureReapply(later, erasures.ledger)
+
+
+def photo_check(ctx):
+    """Whether a photo file is still in the upload folder (the name was checked to
+    be a plain photo name before this is asked)."""
+    from pathlib import Path
+
+    folder = ctx.config.get("UPLOAD_FOLDER")
+    if not folder:
+        return None
+    return lambda name: (Path(folder) / name).is_file()
+
+
+def restore_selection(ctx, live_engine: Engine, source_engine: Engine, selection: Selection,
+                      *, archive: str, actor: str | None, via: str,
+                      dry_run: bool = False, plan: Plan | None = None,
+                      reapplied_at: datetime | None = None) -> SelectionResult:
+    """Plan (the ledger's erasures applied), then, unless ``dry_run``, apply;
+    ``plan``: the one previewed (and confirmed) instead of planning again;
+    ``reapplied_at``: when the scratch copy was loaded with the ledger re-applied
+    (its erased rows hold erased values: only later erasures are looked up). The
+    restore is audited as ``restore-select`` (who, which archive, what came back,
+    by ids and counts: no personal data), a failure too."""
+    from guest_backup.ops.finishing import erasures_for
+
+    try:
+        if plan is None:
+            plan = plan_selection(source_engine, live_engine, selection,
+                                  erasures_after(erasures_for(ctx), reapplied_at),
+                                  photo_present=photo_check(ctx))
+        if dry_run:
+            return SelectionResult(plan, applied=False)
+        started = time.monotonic()
+        apply_plan(live_engine, plan)
+        seconds = time.monotonic() - started
+    except Exception as exc:
+        if not dry_run:
+            quietly("the selective restore", ctx.audit.record, live_engine, ACTION, "failed",
+                    actor=actor, via=via, target=archive,
+                    message=f"{selection.describe()}: {safe_message(exc)}")
+        if isinstance(exc, BackupError):
+            raise
+        log.warning("selective restore failed (%s)", type(exc).__name__, exc_info=True)
+        raise BackupError(safe_message(exc)) from None
+    counts = plan.counts()
+    quietly("the selective restore", ctx.audit.record, live_engine, ACTION, "ok", actor=actor,
+            via=via, target=archive, message=plan.summary(),
+            rows=sum(counts["insert"].values()) + sum(counts["overwrite"].values()))
+    return SelectionResult(plan, applied=True, seconds=seconds)
+
+
+__all__ = ["ACTION", "SelectionResult", "apply_plan", "photo_check", "restore_selection"]
