@@ -24,7 +24,7 @@ CATALOGUES := guest_registration/translations:messages:babel.cfg \
               plugins/backup/translations:backup:plugins/backup/babel.cfg \
               plugins/export_formats/translations:csv_format:plugins/export_formats/babel.cfg
 
-.PHONY: run serve test test-fast install clean translations
+.PHONY: run serve test test-fast install clean translations bench
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,3 +74,34 @@ translations: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# make bench: one command per row of issue 26's table, each printing its ratio (baseline
+# and ours alternated BENCH_RUNS times, medians and spread); tables in benchmarks/results/
+# and the whole output in benchmarks/results/bench.log. Needs PostgreSQL on 127.0.0.1
+# (postgres without a password), GNU time, age, moto. Own databases (gr_makebench_*,
+# dropped at the end); a row that fails does not stop the others. benchmarks/README.md.
+bench: BENCH_GUESTS ?= 1500000
+bench: BENCH_EXPORT_ROWS ?= 500000
+bench: BENCH_RUNS ?= 3
+bench: BENCH_PG ?= postgresql://postgres@127.0.0.1:5432
+bench: install
+	@mkdir -p benchmarks/results
+	@{ date -u '+make bench started %Y-%m-%d %H:%M:%S UTC'; \
+	  echo "machine: $$(nproc) CPUs ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $$(free -m | awk '/Mem:/{print $$2}') MiB RAM, $$(uname -sr), $$($(PY) -V), $$(psql --version), $$(gzip --version | head -1), age $$(age --version)"; \
+	  echo "load average: $$(cut -d' ' -f1-3 /proc/loadavg); BENCH_GUESTS=$(BENCH_GUESTS) BENCH_EXPORT_ROWS=$(BENCH_EXPORT_ROWS) BENCH_RUNS=$(BENCH_RUNS)"; \
+	} | tee benchmarks/results/bench.log
+	-@echo "== signed + encrypted backup vs pg_dump | gzip" | tee -a benchmarks/results/bench.log; \
+	  $(PY) benchmarks/backup_benchmark.py --encrypted --rows $(BENCH_GUESTS) --runs $(BENCH_RUNS) \
+	    --replace --database-url $(BENCH_PG)/gr_makebench_backup 2>&1 | tee -a benchmarks/results/bench.log
+	-@echo "== the same to S3 (moto), BACKUP_KEEP_LOCAL=0, vs the same to local disk" | tee -a benchmarks/results/bench.log; \
+	  $(PY) benchmarks/s3_benchmark.py --encrypted --keep-local 0 --small-part-runs 0 --rows $(BENCH_GUESTS) \
+	    --runs $(BENCH_RUNS) --replace --database-url $(BENCH_PG)/gr_makebench_s3 2>&1 | tee -a benchmarks/results/bench.log
+	-@echo "== restore vs psql -f of the unzipped dump" | tee -a benchmarks/results/bench.log; \
+	  $(PY) benchmarks/restore_benchmark.py --rows $(BENCH_GUESTS) --runs $(BENCH_RUNS) \
+	    --replace --database-url $(BENCH_PG)/gr_makebench_restore 2>&1 | tee -a benchmarks/results/bench.log
+	-@echo "== monthly export, CSV and JSON over HTTP, vs COPY ... TO STDOUT" | tee -a benchmarks/results/bench.log; \
+	  $(PY) benchmarks/export_benchmark.py --rows $(BENCH_EXPORT_ROWS) --runs $(BENCH_RUNS) \
+	    --replace --database-url $(BENCH_PG)/gr_makebench_export 2>&1 | tee -a benchmarks/results/bench.log
+	-@echo "== start-up of backup --help and backup-list vs python -c pass" | tee -a benchmarks/results/bench.log; \
+	  $(PY) benchmarks/startup_benchmark.py --runs $(BENCH_RUNS) 2>&1 | tee -a benchmarks/results/bench.log
+	@date -u '+make bench finished %Y-%m-%d %H:%M:%S UTC; load average '"$$(cut -d' ' -f1-3 /proc/loadavg)" | tee -a benchmarks/results/bench.log

@@ -31,7 +31,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import generate_data as gen
-from server_process import RssSampler, ServerError, free_port, start_server, stop_server
+from cpu_meter import CpuMeter
+from server_process import (RssSampler, ServerError, free_port, process_tree, start_server,
+                            stop_server)
 
 ROOT = gen.ROOT
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -149,35 +151,31 @@ def run(args, say) -> str:
 
             sql = copy_sql(ly, lm)
             time_copy(args.database_url, sql)  # warm the cache
-            copies = []
-            for _ in range(args.runs):
-                seconds, rows = time_copy(args.database_url, sql)
-                if rows != n:
-                    raise BenchError(f"COPY returned {rows} rows, expected {n}")
-                copies.append(seconds)
-            copy_s = statistics.median(copies)
-            say(f"COPY: {', '.join(f'{s:.2f}' for s in copies)} s")
-
             for fmt in ("csv", "json"):  # warm-up: each worker imports and connects
                 for _ in range(4):
                     fetch(port, token, sy, sm, fmt)
             results = {}
-            # small month first, on warmed-up workers; then the large one
-            for month, label, want in (((sy, sm), "small", args.small_rows),
-                                       ((ly, lm), "large", n)):
+            db = gen.split_url(args.database_url)[1]
+            for fmt in ("csv", "json"):  # the small month, on warmed-up workers: memory
+                results[fmt, "small"] = [measure(server.pid, db, port, token, (sy, sm), fmt,
+                                                 args.small_rows, i == 0)
+                                         for i in range(args.runs)]
+            # the large month: COPY, CSV and JSON alternated, round after round, so
+            # that what else the machine does falls on all three alike
+            for i in range(args.runs):
+                with CpuMeter(db) as cpu:
+                    seconds, rows = time_copy(args.database_url, sql)
+                if rows != n:
+                    raise BenchError(f"COPY returned {rows} rows, expected {n}")
+                results.setdefault(("copy", "large"), []).append(
+                    (seconds, 0.0, 0.0, cpu.seconds, cpu.parts))
                 for fmt in ("csv", "json"):
-                    runs = []
-                    for i in range(args.runs):
-                        with RssSampler(server.pid) as rss:
-                            seconds, rows, _, body = fetch(port, token, *month, fmt, keep=i == 0)
-                        if rows != want:
-                            raise BenchError(f"{fmt} {label} month: {rows} rows, generated {want}")
-                        if i == 0:  # parse the first body in full, outside the timing
-                            validate(fmt, body, rows)
-                        runs.append((seconds, rss.peak_mb, rss.hwm_mb))
-                    results[fmt, label] = runs
-                    say(f"{fmt} {label} month ({rows:,} rows): "
-                        + ", ".join(f"{s:.2f} s/{m:.0f} MB" for s, m, _ in runs))
+                    results.setdefault((fmt, "large"), []).append(
+                        measure(server.pid, db, port, token, (ly, lm), fmt, n, i == 0))
+                say(f"round {i + 1}: " + "; ".join(
+                    f"{fmt} {r[0]:.2f} s, CPU s " + " + ".join(
+                        f"{k} {v:.2f}" for k, v in r[4].items() if v) + f" = {r[3]:.2f}"
+                    for fmt in ("copy", "csv", "json") for r in results[fmt, "large"][-1:]))
     finally:
         if server is not None:
             stop_server(server)
@@ -186,36 +184,67 @@ def run(args, say) -> str:
             gen.drop_database(args.database_url)
             say("benchmark database dropped")
 
-    return render(args, kind, copy_s, results)
+    return render(args, kind, results)
 
 
-def render(args, server_kind: str, copy_s: float, results: dict) -> str:
-    """The Markdown table (medians over the runs) and a few lines of context."""
+def measure(pid: int, db: str, port: int, token: str, month: tuple[int, int], fmt: str,
+            want: int, check: bool) -> tuple:
+    """One export download under the RSS sampler and the CPU meter: (seconds, peak
+    tree RSS, VmHWM, CPU seconds of server, database and client); ``check`` parses
+    the whole body afterwards (outside the timing)."""
+    with RssSampler(pid) as rss, CpuMeter(db, process_tree(pid)) as cpu:
+        seconds, rows, _, body = fetch(port, token, *month, fmt, keep=check)
+    if rows != want:
+        raise BenchError(f"{fmt} {month}: {rows} rows, generated {want}")
+    if check:
+        validate(fmt, body, rows)
+    return seconds, rss.peak_mb, rss.hwm_mb, cpu.seconds, cpu.parts
+
+
+def ratios(results: dict, fmt: str, i: int = 0) -> list[float]:
+    """COPY seconds / export seconds (``i`` 0: wall, 3: CPU), round by round
+    (alternated in the same round)."""
+    return [c[i] / e[i] for c, e in zip(results["copy", "large"], results[fmt, "large"])]
+
+
+def render(args, server_kind: str, results: dict) -> str:
+    """The Markdown table (medians over the rounds, spread of the ratios)."""
     (ly, lm), (sy, sm) = gen.LARGE_MONTH, gen.SMALL_MONTH
     n, small = args.rows, args.small_rows
 
     def med(fmt, month, i):  # i: 0 seconds, 1 sampled tree RSS, 2 per-process VmHWM
         return statistics.median(r[i] for r in results[fmt, month])
 
+    copy_s = med("copy", "large", 0)
     lines = [
-        "| format | rows | seconds | rows/s | ratio vs COPY | peak server RSS MB, "
-        f"{small:,}-row month | peak server RSS MB, {n:,}-row month |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| COPY (psql, CSV) | {n:,} | {copy_s:.2f} | {n / copy_s:,.0f} | 1.00 | – | – |",
+        "| format | rows | seconds (median) | rows/s | ratio vs COPY, median (min–max) | "
+        "CPU s (median) | CPU ratio vs COPY, median (min–max) | "
+        f"peak server RSS MB, {small:,}-row month | peak server RSS MB, {n:,}-row month |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| COPY (psql, CSV) | {n:,} | {copy_s:.2f} | {n / copy_s:,.0f} | 1.00 | "
+        f"{med('copy', 'large', 3):.2f} | 1.00 | – | – |",
     ]
     for fmt in ("csv", "json"):
-        secs = med(fmt, "large", 0)
+        secs, r, c = med(fmt, "large", 0), ratios(results, fmt), ratios(results, fmt, 3)
         lines.append(f"| {fmt} (HTTP) | {n:,} | {secs:.2f} | {n / secs:,.0f} | "
-                     f"{copy_s / secs:.2f} | {med(fmt, 'small', 1):.1f} | "
-                     f"{med(fmt, 'large', 1):.1f} |")
+                     f"**{statistics.median(r):.2f}** ({min(r):.2f}–{max(r):.2f}) | "
+                     f"{med(fmt, 'large', 3):.2f} | {statistics.median(c):.2f} "
+                     f"({min(c):.2f}–{max(c):.2f}) | "
+                     f"{med(fmt, 'small', 1):.1f} | {med(fmt, 'large', 1):.1f} |")
     hwm = ", ".join(f"{fmt} {med(fmt, 'small', 2):.1f} → {med(fmt, 'large', 2):.1f}"
                     for fmt in ("csv", "json"))
-    plural = "s" if args.runs > 1 else ""
+    per_round = "; ".join(
+        f"{fmt}: " + ", ".join(f"{x:.2f}" for x in ratios(results, fmt)) for fmt in ("csv", "json"))
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     lines += [
         "",
-        f"Median of {args.runs} run{plural}; server: {server_kind} on 127.0.0.1; months "
-        f"{ly}-{lm:02d} ({n:,} rows) and {sy}-{sm:02d} ({small:,} rows). "
-        "ratio = COPY seconds / export seconds (1.0 = as fast as COPY). "
+        f"{args.runs} rounds of COPY, CSV, JSON alternated; server: {server_kind} on 127.0.0.1; "
+        f"months {ly}-{lm:02d} ({n:,} rows) and {sy}-{sm:02d} ({small:,} rows). "
+        "ratio = COPY seconds / export seconds of the same round (1.0 = as fast as COPY; "
+        f"goal >= 0.95); per round: {per_round}. Load average at the end: {load}. "
+        "CPU s = CPU seconds of the database backends, the server's processes (HTTP) or "
+        "psql (COPY), and the client reading the output (benchmarks/cpu_meter.py): less "
+        "dependent on other load than the wall time. "
         "RSS = VmRSS of the server process and its children summed, sampled every 50 ms.",
         f"Largest single-process VmHWM (reset before each run), small → large month, MB: {hwm}.",
     ]

@@ -144,6 +144,18 @@ def add_archive_arguments(parser: argparse.ArgumentParser, database: str,
                         help="abort after this many seconds")
 
 
+def age_recipient(work: Path) -> str:
+    """A fresh age identity (``pyrage``) in ``work/key.txt`` (0600); its recipient,
+    for ``BACKUP_AGE_RECIPIENTS`` (the --encrypted option of the archive benchmarks)."""
+    from pyrage import x25519
+
+    identity = x25519.Identity.generate()
+    key = work / "key.txt"
+    key.touch(mode=0o600)
+    key.write_text(f"# benchmark identity\n{identity}\n")
+    return str(identity.to_public())
+
+
 def sibling_url(url: str, suffix: str) -> str:
     """``url`` with ``suffix`` appended to its database name (query kept)."""
     base, _, rest = url.rpartition("/")

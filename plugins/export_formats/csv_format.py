@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -15,7 +16,10 @@ from guest_registration import hookimpl
 from guest_registration.i18n import N_, Catalog
 from guest_registration.exports import ExportFormat, Row, pg_copy_chunks
 
+from .pg_columns import column_kinds, cursor_rows, select_columns
+
 CHUNK_CHARS = 64 * 1024
+_DIALECT = {"lineterminator": "\r\n", "quoting": csv.QUOTE_MINIMAL}
 
 
 def _cells(row: Row) -> list:
@@ -25,7 +29,7 @@ def _cells(row: Row) -> list:
 def write_csv(rows: Iterable[Row], fields: Sequence[str]) -> Iterator[bytes]:
     """Yield the CSV document in chunks of about 64 KB."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer = csv.writer(buf, **_DIALECT)
     writer.writerow(fields)
     for row in rows:
         writer.writerow(_cells(row))
@@ -37,28 +41,83 @@ def write_csv(rows: Iterable[Row], fields: Sequence[str]) -> Iterator[bytes]:
         yield buf.getvalue().encode("utf-8")
 
 
-def _crlf(rows: list[bytes]) -> bytes:
-    """COPY ends rows with LF; RFC 4180 (and ``csv.writer``) with CRLF. Line feeds
-    inside quoted fields stay as they are, so the rows are fixed one by one."""
+#: COPY's NULL marker: a NULL comes out as a bare ``\N``; a value that *is* ``\N``
+#: comes quoted. Not the default empty string, which makes COPY quote every empty
+#: value (``""``) where :func:`write_csv` writes nothing.
+_NULL = b"\\N"
+#: one field of COPY's CSV and what follows it (a quoted field may hold line breaks)
+_FIELD = re.compile(rb'("(?:[^"]|"")*"|[^,"\n]*)([,\n])')
+
+
+def _line(values: Row) -> bytes:
+    """One row as :func:`write_csv` writes it (same writer settings)."""
+    buf = io.StringIO()
+    csv.writer(buf, **_DIALECT).writerow(_cells(values))
+    return buf.getvalue().encode("utf-8")
+
+
+def _with_null(row: bytes) -> bytes:
+    r"""A COPY row holding ``\N``, parsed field by field (a bare ``\N`` is NULL, a
+    quoted one is text) and written again as :func:`write_csv` writes it, but
+    ending in ``\n`` like the other COPY rows."""
+    values: list = []
+    for match in _FIELD.finditer(row):
+        field = match.group(1)
+        if field == _NULL:
+            values.append(None)
+        elif field[:1] == b'"':
+            values.append(field[1:-1].replace(b'""', b'"').decode("utf-8"))
+        else:
+            values.append(field.decode("utf-8"))
+        if match.group(2) == b"\n":
+            break
+    return _line(values)[:-2] + b"\n"
+
+
+def _to_rfc4180(rows: list[bytes]) -> bytes:
+    r"""COPY's rows (each ending in ``\n``) as :func:`write_csv` writes them.
+
+    Rows holding the NULL marker are rewritten one by one (for the export's NOT
+    NULL columns: only when a value contains ``\N``). Then every row terminator
+    becomes CRLF: with one C-level ``replace`` when no value in the chunk holds a
+    line break (it replaced as many ``\n`` as there are rows), else row by row,
+    so that a line feed inside a quoted value stays as it is. Whole-chunk C-level
+    operations only, on the common path: about 0.05 CPU s per 500,000 rows."""
+    chunk = b"".join(rows)
+    # a one-byte search is memchr; searching b"\\N" at once is 500 times slower
+    if b"\\" in chunk and _NULL in chunk:
+        rows = [_with_null(row) if _NULL in row else row for row in rows]
+        chunk = b"".join(rows)
+    crlf = chunk.replace(b"\n", b"\r\n")
+    if len(crlf) - len(chunk) == len(rows):  # one \n per row: all of them terminators
+        return crlf
     rows.append(b"\n")
     return b"\r\n".join([row[:-1] for row in rows])
 
 
 def pg_csv(dbapi_connection, sql: str, params, fields: Sequence[str],
            fetch_rows: int) -> Iterator[bytes]:
-    """PostgreSQL fast path: ``COPY ... TO STDOUT WITH (FORMAT csv)``.
+    r"""PostgreSQL fast path: ``COPY ... TO STDOUT WITH (FORMAT csv)``.
 
     PostgreSQL's CSV quoting is the same as ``csv.writer``'s QUOTE_MINIMAL (a
     field is quoted when it holds a comma, a quote, CR or LF). The differences
-    are removed: every column is sent as text with ``''`` turned into NULL (both
-    are an empty, unquoted field), booleans come out as ``true``/``false``, and
-    each row's ``\\n`` terminator becomes ``\\r\\n``. Produces exactly the bytes
-    of :func:`write_csv` (tested).
+    are removed without costing the server anything per value: ``\N`` is the
+    NULL marker (so an empty string stays an empty, unquoted field; the rare row
+    holding ``\N`` is rewritten in Python), booleans are cast to
+    ``true``/``false``, and each row's ``\n`` terminator becomes ``\r\n``.
+    Columns whose text COPY writes differently from Python (floats, other
+    types) and one-column exports go through :func:`write_csv` over a
+    server-side cursor instead. Produces exactly the bytes of :func:`write_csv`
+    (tested, also against tricky values).
     """
-    columns = ", ".join(f'NULLIF(r."{f}"::text, \'\') AS "{f}"' for f in fields)
-    yield b"".join(write_csv(iter(()), fields))
-    yield from pg_copy_chunks(dbapi_connection, f"SELECT {columns} FROM ({sql}) AS r", params,
-                              options="FORMAT csv", transform=_crlf)
+    kinds = column_kinds(dbapi_connection, sql, params)
+    if len(fields) < 2 or any(kind in ("float", "other") for kind in kinds):
+        yield from write_csv(cursor_rows(dbapi_connection, sql, params, fetch_rows), fields)
+        return
+    yield _line(fields)
+    yield from pg_copy_chunks(
+        dbapi_connection, f"SELECT {select_columns(fields, kinds)} FROM ({sql}) AS r", params,
+        options="FORMAT csv, NULL '\\N'", transform=_to_rfc4180)
 
 
 CSV_FORMAT = ExportFormat(

@@ -1,0 +1,181 @@
+"""The PostgreSQL COPY paths of the export formats produce exactly the bytes of the
+generic writers, on values chosen to break them, and cost the database no more
+than the export's own SELECT (no per-value expressions, no joined count)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+
+import psycopg2
+import pytest
+from sqlalchemy import event
+
+from guest_backup.export.stream import open_export, parse_request
+from guest_formats.csv_format import pg_csv, write_csv
+from guest_formats.json_format import pg_json, write_json
+from guest_registration.extensions import db
+from guest_registration.models import Guest, Registration, Trip
+from tests.helpers import db_engine_of
+
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"])  # COPY is PostgreSQL's
+
+#: values that differ between COPY's CSV and csv.writer, or that a careless
+#: rewrite of COPY's output would break
+TRICKY = [
+    "plain", "", " ", '"', '""', '"""abc"', 'a,"",b', ',"",', 'say "hi"', "comma, here",
+    "line\nfeed", "cr\rreturn", "crlf\r\nend", "\n", "tab\there", "=1+2", "+41 79", "-3",
+    "@SUM(A1)", "=HYPERLINK(\"x\")", "Nováková", "Žluťoučký kůň", "😀", "\\N", '"\\N"',
+    "a\\Nb", "\\N,\\N", "\\", "\\.", "%s", "%(x)s", "{}", "ctl\x01\x1f", "\x7f", "ä\nö",
+]
+
+
+def _month(app, year: int, month: int, names: list[tuple[str, str, str]],
+           title: str = 'Tatras, "High"') -> None:
+    with app.app_context():
+        trip = Trip(title=title, max_guests=5)
+        reg = Registration(trip=trip, email="x@example.com", language="de")
+        db.session.add_all([trip, reg])
+        db.session.add_all([
+            Guest(registration=reg, first_name=first, last_name=last or "-",
+                  age_category="adult", document_type="passport", document_number=number,
+                  gdpr_consent=bool(i % 2), created_at=datetime(year, month, 1 + i % 28, i % 24))
+            for i, (first, last, number) in enumerate(names)])
+        db.session.commit()
+
+
+def _chunks(app, year: int, month: int, fmt: str, fast: bool) -> list[bytes]:
+    with app.app_context():
+        req = parse_request({"year": [str(year)], "month": [str(month)], "format": [fmt]},
+                            app.extensions["export_formats"])
+        stream = open_export(db.engine, req, db_engine=db_engine_of(app), actor="t", via="cli",
+                             use_fast_path=fast)
+        return list(stream.chunks)
+
+
+def _export(app, year: int, month: int, fmt: str, fast: bool) -> bytes:
+    return b"".join(_chunks(app, year, month, fmt, fast))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_copy_path_equals_generic_path_on_tricky_values(app, fmt):
+    """Every tricky value as first name, last name and document number, alone and
+    next to each other, through the whole export: the same bytes both ways."""
+    names = [(a, b, a + b) for a in TRICKY for b in (a, "x", "", '"', "\\N")]
+    _month(app, 2025, 3, names, title="\\N, \"a\nb\"")
+    fast, slow = _export(app, 2025, 3, fmt, True), _export(app, 2025, 3, fmt, False)
+    assert fast == slow
+    if fmt == "csv":
+        rows = list(csv.reader(io.StringIO(fast.decode("utf-8"), newline="")))
+        assert len(rows) == len(names) + 1
+        assert [r[2] for r in rows[1:]] == [first for first, _, _ in names]
+        assert "=1+2" in {r[3] for r in rows}  # no formula defusing: the backup is faithful
+    else:
+        assert [r["document_number"] for r in json.loads(fast)] == [n for _, _, n in names]
+
+
+def test_copy_csv_equals_generic_over_many_chunks_with_line_breaks(app):
+    """Chunks with and without a line break inside a value (the two ways the row
+    ends become CRLF), and a month of plain rows, over many COPY chunks."""
+    names = [(("a\nb" if i % 997 == 0 else f"n{i}"), 'x "y"', str(i)) for i in range(6000)]
+    _month(app, 2025, 4, names)
+    chunks = _chunks(app, 2025, 4, "csv", True)
+    fast = b"".join(chunks)
+    assert len(fast) > 300_000 and fast == _export(app, 2025, 4, "csv", False)
+    # streamed in COPY chunks of about 256 KiB (+ CR per row), never the month at once
+    assert len(chunks) >= 3 and max(len(c) for c in chunks) < 300_000
+    assert fast.count(b"\r\n") == 6001 and fast.count(b"a\nb") == 7
+
+
+def _direct(fast, write, sql: str, params, fields, database_url: str) -> tuple[bytes, bytes]:
+    """A format's fast path and its generic writer over any SELECT (not only the
+    export's NOT NULL columns), each in its own transaction."""
+    conn = psycopg2.connect(database_url.replace("+psycopg2", ""))
+    try:
+        copied = b"".join(fast(conn, sql, params, fields, 3))
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            generic = b"".join(write(iter(cur.fetchall()), fields))
+        return copied, generic
+    finally:
+        conn.close()
+
+
+NULLS_SQL = """SELECT * FROM (VALUES
+    (1, %(a)s, NULL::text, true, NULL::int), (2, NULL, '', false, 7),
+    (3, %(b)s, %(c)s, NULL::boolean, NULL), (4, '\\N', 'x', true, 1),
+    (5, NULL, '"\\N"', false, NULL)) AS v(id, a, b, ok, n) ORDER BY id"""
+
+
+@pytest.mark.parametrize("fast,write", [(pg_csv, write_csv), (pg_json, write_json)])
+def test_nulls_and_the_null_marker(database_url, fast, write):
+    """NULLs (which the export's columns never hold) next to empty strings and
+    values that look like COPY's NULL marker."""
+    params = {"a": "\\N", "b": 'q,"\\N"\n', "c": "\\N\\N"}
+    copied, generic = _direct(fast, write, NULLS_SQL, params, ["id", "a", "b", "ok", "n"],
+                              database_url)
+    assert copied == generic
+    assert b"1,\\N,,true,\r\n" in copied or write is write_json
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT x::float8 AS f, 'a' AS s FROM (VALUES (1.0), (0.1), (1e300)) AS v(x)",
+    "SELECT DATE '2025-06-01' + x AS d, x FROM generate_series(0, 2) AS x",
+    "SELECT '' AS only_one",
+])
+def test_csv_columns_copy_cannot_render_take_the_writer(database_url, sql):
+    """Floats (COPY writes 1.0 as ``1``), other types and a single column (an
+    empty value is ``""`` there) go through csv.writer: still the same bytes."""
+    fields = ["f", "s"] if "float8" in sql else ["d", "x"] if "DATE" in sql else ["only_one"]
+    copied, generic = _direct(pg_csv, write_csv, sql, {}, fields, database_url)
+    assert copied == generic and copied.startswith(",".join(fields).encode())
+
+
+def test_count_does_not_join_on_postgresql(app):
+    """``X-Export-Rows`` comes from the guests alone (NOT NULL foreign keys make it
+    equal to the joined rows): the joined count cost a tenth of a large export."""
+    _month(app, 2025, 5, [("a", "b", "1"), ("c", "d", "2")])
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args):
+        if "count(" in statement.lower():
+            statements.append(statement)
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", seen)
+        try:
+            req = parse_request({"year": ["2025"], "month": ["5"], "format": ["csv"]},
+                                app.extensions["export_formats"])
+            stream = open_export(db.engine, req, db_engine=db_engine_of(app), actor="t",
+                                 via="cli")
+            body = b"".join(stream.chunks)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", seen)
+    assert stream.rows == 2 == body.count(b"\r\n") - 1
+    assert len(statements) == 1 and "join" not in statements[0].lower()
+
+
+def test_copy_queries_have_no_per_value_expressions(database_url):
+    """The COPY statement selects the columns as they are (only booleans are cast)
+    and sets ``\\N`` as the NULL marker, so the server does what a plain
+    ``COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`` does."""
+    statements: list[str] = []
+
+    class Spy(psycopg2.extensions.cursor):
+        def copy_expert(self, sql, file, *args):
+            statements.append(sql)
+            return super().copy_expert(sql, file, *args)
+
+    conn = psycopg2.connect(database_url.replace("+psycopg2", ""), cursor_factory=Spy)
+    try:
+        sql = "SELECT 1 AS id, 'x'::varchar AS name, true AS ok"
+        assert b"".join(pg_csv(conn, sql, {}, ["id", "name", "ok"], 10)) == \
+            b"id,name,ok\r\n1,x,true\r\n"
+    finally:
+        conn.close()
+    assert len(statements) == 1 and "NULLIF" not in statements[0]
+    assert statements[0].endswith("WITH (FORMAT csv, NULL '\\N')")
+    assert 'r."id", r."name", r."ok"::text AS "ok"' in statements[0]
