@@ -307,6 +307,8 @@ def test_admin_page_shows_the_plan_and_erases_on_a_csrf_checked_post(app, client
     czech = client.get(url + "&lang=cs").get_data(as_text=True)
     assert "Co bude vymazáno" in czech and "Vymazat natrvalo" in czech
     assert "What will be erased" not in czech
+    assert "<th>Jméno</th>" in czech  # a person's name, not a thing's ("Název")
+    assert "<th>Meno</th>" in client.get(url + "&lang=sk").get_data(as_text=True)
     form = {"kind": "registration", "q": str(ids["a"])}
     assert client.post("/admin/rights/erase", data=form).status_code == 400
     assert guest(app, ids["jana"])["first_name"] == "Jana"
