@@ -42,12 +42,15 @@ EXPECTED_ERRNOS = (errno.EACCES, errno.EFBIG, errno.ENOSPC)
 @dataclass
 class ArchiveInfo:
     """One archive as a listing shows it (the one archive-row type): its name, size,
-    creation time (UTC) and the storages that hold it (``local``, ``remote``)."""
+    creation time (UTC), the storages that hold it (``local``, ``remote``) and the
+    signed SHA-256 of the file."""
 
     name: str
     size: int
     created: datetime
     locations: list[str] = field(default_factory=list)
+    #: the file's SHA-256 its trusted seal claims (None: no seal, e.g. an old plain archive)
+    sha256: str | None = None
 
     @property
     def encrypted(self) -> bool:

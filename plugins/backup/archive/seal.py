@@ -12,6 +12,7 @@ a plain one on this machine by its signed manifest.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,22 @@ from guest_backup.archive.format import MANIFEST_MEMBER, SIGNATURE_MEMBER, name_
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.verify import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
                                          parse_time)
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
+
+
+def sealed_sha256(envelope: bytes) -> str | None:
+    """The file SHA-256 a seal (or the first encrypted archives' file signature)
+    claims, parsed, NOT checked: call it on an envelope :func:`recognise` or
+    ``TrustedKeys.check_file`` accepted."""
+    if len(envelope) > MAX_SIGNATURE_BYTES:
+        return None
+    try:
+        claims = seal_claims(envelope)
+        sha = (claims or json.loads(envelope))["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return sha if isinstance(sha, str) and SHA256_RE.fullmatch(sha) else None
 
 
 def recognise(name: str, size: int, sidecar: bytes | None, trusted: TrustedKeys,

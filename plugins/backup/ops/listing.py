@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from guest_backup.archive.format import ArchiveInfo
-from guest_backup.archive.seal import recognise
+from guest_backup.archive.seal import recognise, sealed_sha256
 from guest_backup.ops.context import BackupContext
 from guest_backup.storages import Storage, StorageError
 
@@ -43,7 +43,8 @@ def recognised(ctx: BackupContext, storage: Storage) -> tuple[list[ArchiveInfo],
         if when is None:
             bad.append(found.name)
         else:
-            good.append(ArchiveInfo(found.name, found.size, when, list(found.locations)))
+            sha = sealed_sha256(sidecar) if sidecar is not None else None  # checked just now
+            good.append(ArchiveInfo(found.name, found.size, when, list(found.locations), sha))
     return newest_first(good), sorted(bad)
 
 
@@ -64,7 +65,8 @@ def list_everywhere(ctx: BackupContext) -> Listing:
         if unknown:
             listing.unrecognised[storage.name] = unknown
         for a in found:
-            entry = merged.setdefault(a.name, ArchiveInfo(a.name, a.size, a.created))
+            entry = merged.setdefault(a.name, ArchiveInfo(a.name, a.size, a.created,
+                                                          sha256=a.sha256))
             entry.locations.append(storage.name)
     listing.archives = newest_first(list(merged.values()))
     return listing

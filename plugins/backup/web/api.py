@@ -30,7 +30,7 @@ from guest_backup.ops.jobs import read_job
 from guest_backup.ops.listing import list_everywhere, storages_holding
 from guest_backup.storages import StorageError
 from guest_backup.tasks import start_job
-from guest_backup.web.download import audit_download, send_archive, signed_sha256
+from guest_backup.web.download import audit_download, send_archive
 from guest_backup.web.views import _verifications
 from guest_backup.wiring import backup_context
 
@@ -91,14 +91,8 @@ def archives():
         listing = list_everywhere(ctx)
     except StorageError as exc:  # a BACKUP_REMOTE_URL that cannot work at all
         return json_error(502, str(exc))
-    trusted = ctx.settings.trusted()
-    held = {s.name: s for s, found in listing.by_storage if not isinstance(found, Exception)}
     verified = _verifications([a.name for a in listing.archives])
-    rows = []
-    for a in listing.archives:
-        storage = held[a.locations[0]]
-        rows.append(_archive_json(a, signed_sha256(storage, a.name, a.size, trusted),
-                                  verified.get(a.name)))
+    rows = [_archive_json(a, a.sha256, verified.get(a.name)) for a in listing.archives]
     return jsonify(archives=rows, problems=listing.problems)
 
 

@@ -28,13 +28,12 @@ from flask import Response, request
 from guest_registration import audit
 from guest_registration.extensions import db
 
-from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
-from guest_backup.archive.verify import MAX_SIGNATURE_BYTES
+from guest_backup.archive.seal import sealed_sha256
+from guest_backup.archive.signing import SignatureError, TrustedKeys
 from guest_backup.storages import Storage, StorageError
 
 CHUNK = 1024 * 1024
 MAX_RANGES = 32  # more parts than this: the header is ignored (the whole archive)
-SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 DIGITS_RE = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
@@ -44,13 +43,10 @@ def signed_sha256(storage: Storage, name: str, size: int, trusted: TrustedKeys) 
         envelope = storage.read_sidecar(name)
     except StorageError:
         return None
-    if not envelope or len(envelope) > MAX_SIGNATURE_BYTES:
+    sha = sealed_sha256(envelope) if envelope else None
+    if sha is None:
         return None
     try:
-        claims = seal_claims(envelope)  # None: the first encrypted archives' signature
-        sha = (claims or json.loads(envelope))["sha256"]
-        if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha):
-            return None
         trusted.check_file(envelope, name, size, sha)  # name, size and the signature
     except (SignatureError, ValueError, KeyError, TypeError):
         return None
