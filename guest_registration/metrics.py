@@ -36,7 +36,7 @@ COLLECTORS = "metrics_collectors"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-_made: dict[str, Any] = {}
+_made: dict[Callable[[Any], Any], Any] = {}
 _making = threading.Lock()
 
 _DEFINITIONS: dict[str, Callable[[Any], Any]] = {
@@ -96,17 +96,24 @@ def _prometheus():
     return prometheus_client
 
 
-def _metric(name: str):
-    made = _made.get(name)
+def metric(define: Callable[[Any], Any]):
+    """The metric ``define(prometheus_client)`` makes, made once per process (the
+    one cache of the host's and the plugins' metrics: wiring hands it to the
+    backup plugin); None without prometheus_client."""
+    made = _made.get(define)
     if made is None:
         client = _prometheus()
         if client is None:
             return None
         with _making:
-            made = _made.get(name)
+            made = _made.get(define)
             if made is None:
-                made = _made[name] = _DEFINITIONS[name](client)
+                made = _made[define] = define(client)
     return made
+
+
+def _metric(name: str):
+    return metric(_DEFINITIONS[name])
 
 
 def _address_allowed(raw: str) -> bool:

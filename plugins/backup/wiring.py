@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
+from guest_backup.ops import metrics
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.schema import MigrationPaths
 
@@ -18,9 +19,11 @@ EXTENSION = "backup"
 
 def init_app(app: Flask) -> None:
     from guest_registration import __version__, audit
+    from guest_registration.metrics import metric
     from guest_registration.plugins import DuplicateNameError, unique_items
     from guest_registration.redis_link import redis_client, redis_key
 
+    metrics.use(metric)  # the backup's counters in the host's one metric cache
     pm = app.extensions["plugin_manager"]
     engines = unique_items(pm, "register_database_engines", kind="database engine",
                            key=lambda e: e.dialect, error=DuplicateNameError)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from datetime import timezone
@@ -30,8 +29,7 @@ from guest_backup.storages import StorageError
 log = logging.getLogger(__name__)
 #: seconds a scrape reuses the storages' listing (a new backup or pruning refreshes it)
 LISTING_TTL = 60
-_made: dict[str, Any] = {}
-_making = threading.Lock()
+_registry: Callable[[Callable[[Any], Any]], Any] = lambda define: None
 
 _DEFINITIONS: dict[str, Callable[[Any], Any]] = {
     "exports": lambda c: c.Counter(
@@ -50,31 +48,16 @@ _DEFINITIONS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _prometheus():
-    """prometheus_client, or None when it is not installed."""
-    try:
-        import prometheus_client
-        from prometheus_client import values
-    except ImportError:
-        return None
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and not getattr(values.ValueClass,
-                                                                  "_multiprocess", False):
-        # the folder was named after prometheus_client was imported (serve's master)
-        values.ValueClass = values.MultiProcessValue()
-    return prometheus_client
+def use(registry: Callable[[Callable[[Any], Any]], Any]) -> None:
+    """Count through the host's metric cache (``registry(define)``: the metric
+    ``define`` makes, once per process, or None); bound by ``wiring`` at start-up.
+    Until then nothing is counted."""
+    global _registry
+    _registry = registry
 
 
 def _metric(name: str):
-    made = _made.get(name)
-    if made is None:
-        client = _prometheus()
-        if client is None:
-            return None
-        with _making:
-            made = _made.get(name)
-            if made is None:
-                made = _made[name] = _DEFINITIONS[name](client)
-    return made
+    return _registry(_DEFINITIONS[name])
 
 
 def _quietly(what: str, fn: Callable, *args: Any) -> None:
