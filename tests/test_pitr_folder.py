@@ -13,12 +13,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
 
 from guest_registration import create_app
 from guest_registration.config import ensure_private_folder
 from guest_registration.extensions import db
-from tests.helpers import make_config
+from tests.helpers import make_config, missing
 from tests.pitr_cluster import as_owner
 from tests.test_pitr import cluster, make_app, pitr  # noqa: F401 (the fixture)
 
@@ -80,7 +79,7 @@ def test_the_kept_pgbackrest_state_is_the_instance_owners_and_private():
     """Root (`pitr info`, the timer) writes pitr-info.json into the instance folder of
     an app that runs as another user: that user can read it, nobody else."""
     if os.geteuid() != 0:
-        pytest.skip("needs root (the file is handed to the folder's owner)")
+        missing("REQUIRE_PGBACKREST", "needs root (the file is handed to the folder's owner)")
     nobody = pwd.getpwnam("nobody")
     base = Path(tempfile.mkdtemp(prefix="gr-pitr-state-"))  # every user may enter it
     os.chmod(base, 0o755)
