@@ -30,6 +30,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m compileall -q guest_registration plugins manage.py  # as a wheel install has it
 	touch $@
 
 install: $(VENV)/.installed
@@ -86,6 +87,7 @@ bench: BENCH_RUNS ?= 3
 bench: BENCH_PG ?= postgresql://postgres@127.0.0.1:5432
 bench: install
 	@mkdir -p benchmarks/results
+	@$(PY) -m compileall -q guest_registration plugins manage.py
 	@{ date -u '+make bench started %Y-%m-%d %H:%M:%S UTC'; \
 	  echo "machine: $$(nproc) CPUs ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $$(free -m | awk '/Mem:/{print $$2}') MiB RAM, $$(uname -sr), $$($(PY) -V), $$(psql --version), $$(gzip --version | head -1), age $$(age --version)"; \
 	  echo "load average: $$(cut -d' ' -f1-3 /proc/loadavg); BENCH_GUESTS=$(BENCH_GUESTS) BENCH_EXPORT_ROWS=$(BENCH_EXPORT_ROWS) BENCH_RUNS=$(BENCH_RUNS)"; \

@@ -248,7 +248,8 @@ def table(info: dict, plain: list[dict], enc: list[dict], rs: dict) -> str:
             f"({info['upload_bytes'] / 1e6:.1f} MB) + {info['photos']} guest photos (left out). "
             f"{info['runs']} alternating runs each after one untimed warm-up round. "
             f"{os.cpu_count()} CPUs; 1-min load average {info['load'][0]:.2f} before and "
-            f"{info['load'][1]:.2f} after (other work on the machine adds noise).", ""]
+            f"{info['load'][1]:.2f} after (other work on the machine adds noise); "
+            f"{info['bytecode']}.", ""]
     return "\n".join(head + backup_table(info, plain, enc) + restore_table(info, rs)) + "\n"
 
 
@@ -321,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                 "guests": guests, "db_bytes": database_size(src),
                 "upload_bytes": make_uploads(work / "uploads", args.files, args.photos)}
         log(f"pg_database_size: {info['db_bytes'] / 1e6:.1f} MB ({guests:,} guests)")
+        info["bytecode"] = gen.compile_bytecode()
+        log(info["bytecode"])
         pubkey = run(manage("backup-key"), env, work)["out"].strip().splitlines()[-1]
         log(f"signing key {pubkey}; age recipient {identity.to_public()}")
         info["load"] = [os.getloadavg()[0]]

@@ -4,8 +4,10 @@ against ``python -c pass``.
 
     .venv/bin/python benchmarks/startup_benchmark.py [--runs 3] [--repeat 5]
 
-In a temporary instance folder with an SQLite database (``manage.py setup`` once,
-untimed) and an empty backup folder, runs ``--runs`` rounds; each round runs the
+In a temporary instance folder with an SQLite database (``manage.py setup`` and
+three ``manage.py backup`` runs, untimed: ``backup-list`` lists and checks the
+seals of three signed archives), with the project's bytecode compiled first as an
+installed wheel has it, runs ``--runs`` rounds; each round runs the
 three commands one after the other, ``--repeat`` times, and keeps each command's
 median wall time of the round (a start-up takes tenths of a second: single runs
 are mostly noise on a shared machine). Reports per command the median over the
@@ -81,7 +83,8 @@ def table(series: dict, counts: dict, info: dict) -> str:
     lines = [
         f"{info['runs']} rounds, each command {info['repeat']} times per round (median of the "
         f"round), alternated; {os.cpu_count()} CPUs; 1-min load average "
-        f"{info['load'][0]:.2f} -> {info['load'][1]:.2f}. Goal: at most +{GOAL} s.",
+        f"{info['load'][0]:.2f} -> {info['load'][1]:.2f}; {info['bytecode']}; `backup-list` "
+        f"lists 3 signed archives. Goal: at most +{GOAL} s.",
         "",
         "| command | wall s, median | over `python -c pass`, median (min–max of rounds) "
         "| peak RSS MiB | modules imported | heavy imports |",
@@ -113,9 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         env.update(INSTANCE_PATH=str(work / "instance"), DATABASE_URL=f"sqlite:///{work}/app.db",
                    UPLOAD_FOLDER=str(work / "uploads"), BACKUP_FOLDER=str(work / "backups"))
         env.pop("REDIS_URL", None)
-        subprocess.run([sys.executable, "manage.py", "setup"], cwd=ROOT, env=env, check=True,
-                       capture_output=True, timeout=120)
-        info = {"runs": args.runs, "repeat": args.repeat, "load": [os.getloadavg()[0]]}
+        bytecode = gen.compile_bytecode()
+        for command in ("setup", "backup", "backup", "backup"):
+            subprocess.run([sys.executable, "manage.py", command], cwd=ROOT, env=env,
+                           check=True, capture_output=True, timeout=120)
+        info = {"runs": args.runs, "repeat": args.repeat, "load": [os.getloadavg()[0]],
+                "bytecode": bytecode}
         counts = {name: imports(cmd, env) for name, cmd in COMMANDS.items()}
         series = measure(env, work, args.runs, args.repeat, log)
         info["load"].append(os.getloadavg()[0])

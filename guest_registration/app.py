@@ -13,7 +13,6 @@ Both are built by the one function below, the web parts skipped, never copied.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -24,32 +23,6 @@ from .paths import default_instance_path, template_folders
 
 #: the app's import name: its root folder, logger name and Flask's ``app.name``
 APP_NAME = "guest_registration"
-
-
-def _private(database: str) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.chmod(database + suffix, 0o600)
-        except OSError:
-            pass
-
-
-def configure_engine(engine) -> None:
-    """SQLite: WAL (readers such as a long export never block registrations),
-    a busy timeout instead of instant "database is locked", foreign keys on."""
-    if engine.dialect.name != "sqlite":
-        return
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _sqlite_pragmas(dbapi_connection, record):
-        cur = dbapi_connection.cursor()
-        if engine.url.database not in (None, "", ":memory:"):
-            cur.execute("PRAGMA journal_mode=WAL")
-            _private(engine.url.database)  # guest data: this user only, whatever the umask
-        cur.execute("PRAGMA busy_timeout=10000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
 
 
 def _end_sessions_on_logout(app: Flask, security) -> None:
@@ -83,15 +56,6 @@ def _configured_flask(config: Mapping[str, Any] | None, instance_path: str | Non
     folders = template_folders(app.instance_path, app.config.get("TEMPLATE_OVERRIDES"))
     app.jinja_loader = FileSystemLoader([str(folder) for folder in folders])
     return app
-
-
-def _init_database(app: Flask) -> None:
-    """Flask-SQLAlchemy on the app, its engine configured (no connection is made)."""
-    from .extensions import db
-
-    db.init_app(app)
-    with app.app_context():
-        configure_engine(db.engine)
 
 
 def _init_extensions(app: Flask) -> None:
@@ -140,6 +104,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     """
     from . import commands
     from .exports import FormatRegistry
+    from .extensions import bind_database
     from .plugins import apply_plugin_settings, build_plugin_manager
 
     app = _configured_flask(config, instance_path)
@@ -147,7 +112,7 @@ def create_app(config: Mapping[str, Any] | None = None, *,
     pm = build_plugin_manager(app.config["DISABLED_PLUGINS"], extra_plugins)
     app.extensions["plugin_manager"] = pm
     apply_plugin_settings(app.config, pm, app.instance_path, config or {})
-    _init_database(app)
+    bind_database(app, now=web)  # the command-line app: on first use (extensions)
     if web:
         _init_extensions(app)
     pm.hook.init_app(app=app)

@@ -15,14 +15,12 @@ and after its snapshot, so it never needs a second one from the pool.
 from __future__ import annotations
 
 import getpass
-from datetime import datetime, timezone
-from typing import Any
-
 from contextlib import contextmanager
-from typing import Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterator
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Connection, Engine
+if TYPE_CHECKING:  # SQLAlchemy comes with the first entry, not with ``backup --help``
+    from sqlalchemy.engine import Connection, Engine
 
 
 def _audit():
@@ -60,6 +58,8 @@ def cli_actor() -> str:
 
 @contextmanager
 def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    from sqlalchemy.engine import Connection
+
     if isinstance(bind, Connection):
         with bind.begin():
             yield bind
@@ -73,6 +73,8 @@ def start(engine: Engine | Connection, action: str, *, actor: str | None, via: s
     """Log the start of an action as ``running``; returns the entry id."""
     if via not in VIAS:
         raise ValueError(f"via must be one of {VIAS}, not {via!r}")
+    from sqlalchemy import insert
+
     _, table = _audit()
     with _transaction(engine) as conn:
         return conn.execute(
@@ -84,6 +86,8 @@ def start(engine: Engine | Connection, action: str, *, actor: str | None, via: s
 
 def finish(engine: Engine | Connection, entry_id: int, outcome: str, **fields: Any) -> None:
     """Record how an action ended (``ok``, ``failed``, ``aborted``)."""
+    from sqlalchemy import update
+
     outcomes, table = _audit()
     if outcome not in outcomes or outcome == "running":
         raise ValueError(outcome)
@@ -98,6 +102,8 @@ def record(engine: Engine | Connection, action: str, outcome: str, *, actor: str
     one row, written with its outcome, never seen as ``running``."""
     if via not in VIAS:
         raise ValueError(f"via must be one of {VIAS}, not {via!r}")
+    from sqlalchemy import insert
+
     outcomes, table = _audit()
     if outcome not in outcomes or outcome == "running":
         raise ValueError(outcome)
@@ -112,6 +118,8 @@ def record(engine: Engine | Connection, action: str, outcome: str, *, actor: str
 
 def recent(engine: Engine, limit: int = 20, **where: Any) -> list[dict]:
     """The latest entries, newest first, as plain dicts (``where``: column = value)."""
+    from sqlalchemy import select
+
     _, table = _audit()
     query = select(table).order_by(table.c.id.desc()).limit(limit)
     for column, value in where.items():

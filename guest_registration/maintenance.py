@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Iterator
 
 from flask import Flask
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from .config import ensure_private_folder
-from .extensions import db
+from .extensions import database_engine
 from .registry import hook_items, plugin_infos
 
 ADMIN_ROLE = "admin"
@@ -34,6 +32,7 @@ def setup(app: Flask, admin_email: str | None = None, admin_password: str | None
     prepare its own (``setup_app``). Idempotent."""
     from flask_security.utils import hash_password
 
+    from .extensions import db
     from .schema import upgrade
 
     yield from upgrade(app)
@@ -67,11 +66,15 @@ def setup(app: Flask, admin_email: str | None = None, admin_password: str | None
 
 def safe_url(url: str) -> str:
     """The database URL with any password masked, for display."""
+    from sqlalchemy.engine import make_url
+
     return make_url(url).render_as_string(hide_password=True)
 
 
 def unreachable(app: Flask, exc: Exception) -> str:
     """One line: which database (password masked) and the driver's first line of why."""
+    from sqlalchemy.engine import make_url
+
     text_ = str(getattr(exc, "orig", exc)).strip()
     reason = text_.splitlines()[0] if text_ else type(exc).__name__
     password = make_url(app.config["DATABASE_URL"]).password
@@ -82,12 +85,15 @@ def unreachable(app: Flask, exc: Exception) -> str:
 
 def database_version() -> str:
     """Server name and version of the configured database (raises if unreachable)."""
-    with db.engine.connect() as conn:
-        if db.engine.dialect.name == "postgresql":
+    from sqlalchemy import text
+
+    engine = database_engine()
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
             return conn.execute(text("SHOW server_version")).scalar_one().split()[0]
-        if db.engine.dialect.name == "sqlite":
+        if engine.dialect.name == "sqlite":
             return conn.execute(text("select sqlite_version()")).scalar_one()
-        return str(db.engine.dialect.server_version_info or "?")
+        return str(engine.dialect.server_version_info or "?")
 
 
 def folder_check(name: str, path: str) -> StatusCheck:
@@ -101,7 +107,7 @@ def folder_check(name: str, path: str) -> StatusCheck:
 
 def status_checks(app: Flask) -> Iterator[StatusCheck]:
     """Core checks, then every plugin's ``report_status`` lines."""
-    engine = db.engine.dialect.name
+    engine = database_engine().dialect.name
     try:
         version = database_version()
         yield StatusCheck("database", True,
@@ -114,7 +120,7 @@ def status_checks(app: Flask) -> Iterator[StatusCheck]:
         from sqlalchemy import inspect
 
         missing = {"trip", "registration", "guest", "user", "role"} - set(
-            inspect(db.engine).get_table_names())
+            inspect(database_engine()).get_table_names())
         yield StatusCheck("schema", not missing,
                           "tables present" if not missing else
                           f"missing tables {', '.join(sorted(missing))} (run `python manage.py setup`)")

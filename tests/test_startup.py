@@ -24,6 +24,8 @@ WEB_ONLY = ("flask_admin", "flask_security", "flask_babel", "flask_migrate", "al
             "flask_wtf", "flask_limiter")
 #: imported only by the backup or restore that needs them
 ON_USE = ("boto3", "botocore", "pyrage")
+#: imported by the first command that touches the database, not by ``--help`` or a listing
+DATABASE = ("sqlalchemy", "flask_sqlalchemy")
 
 #: operations a command module imports inside its commands, not at start-up (add a
 #: module here once its command modules do so: ops.listing once cli.browse, and
@@ -71,6 +73,31 @@ def test_backup_commands_import_no_web_part(tmp_path, args):
     found = probe(tmp_path, *args)
     assert found["code"] in (0, None)
     assert found["imported"] == []
+
+
+@pytest.mark.parametrize("args", [("backup", "--help"), ("restore", "--help"),
+                                  ("export-guests", "--help"), ("browse", "--help")])
+def test_help_imports_no_sqlalchemy(tmp_path, args):
+    found = probe(tmp_path, *args, watched=DATABASE)
+    assert found["code"] in (0, None) and found["imported"] == []
+
+
+def test_listing_real_archives_imports_no_sqlalchemy(tmp_path):
+    """``backup-list`` over two signed archives checks their seals without the database
+    layer; ``backup`` itself (it dumps the database) binds it on first use."""
+    env = environment(tmp_path)
+    for args in (["setup"], ["backup"], ["backup"]):
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    listed = subprocess.run([sys.executable, "manage.py", "backup-list"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert len([line for line in listed.stdout.splitlines() if "system_backup_" in line]) == 2
+    found = probe(tmp_path, "backup-list", watched=DATABASE + WEB_ONLY + ON_USE)
+    assert found["code"] in (0, None) and found["imported"] == []
+    found = probe(tmp_path, "status", watched=DATABASE)  # it queries: bound on first use
+    assert found["code"] in (0, None) and "flask_sqlalchemy" in found["imported"]
 
 
 def test_backup_help_imports_no_operation(tmp_path):

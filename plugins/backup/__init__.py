@@ -37,7 +37,7 @@ def register_translations():
 
 @hookimpl
 def init_app(app):
-    from guest_registration.extensions import db
+    from guest_registration.extensions import database_engine
     from guest_registration.metrics import COLLECTORS
 
     from guest_backup.ops.metrics import BackupCollector
@@ -50,7 +50,7 @@ def init_app(app):
 
     init_backup(app)
     app.extensions.setdefault(COLLECTORS, []).append(  # /metrics: the backups' values
-        BackupCollector(backup_context(app), lambda: db.engine, list_everywhere))
+        BackupCollector(backup_context(app), database_engine, list_everywhere))
 
 
 @hookimpl

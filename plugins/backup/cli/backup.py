@@ -13,7 +13,7 @@ import click
 from flask.cli import with_appcontext
 
 from guest_registration.audit import cli_actor
-from guest_registration.extensions import db
+from guest_registration.extensions import database_engine
 from guest_registration.formatting import human_size
 
 from guest_backup.wiring import backup_context
@@ -52,7 +52,7 @@ def backup_command(output: str | None, keep: int | None) -> None:
     from guest_backup.ops.pipeline import run_backup
 
     try:
-        run = run_backup(backup_context(), db.engine, output=output, keep=keep,
+        run = run_backup(backup_context(), database_engine(), output=output, keep=keep,
                          actor=cli_actor(), via="cli")
     except BackupBusy as exc:
         _busy(exc)
@@ -110,7 +110,7 @@ def backup_prune_command(dry_run: bool) -> None:
     try:
         found = prune_archives(ctx, ctx.storages(), Policy.of(settings),
                                lock=ctx.lock(), dry_run=dry_run,
-                               audit_engine=db.engine, actor=cli_actor(), via="cli")
+                               audit_engine=database_engine(), actor=cli_actor(), via="cli")
     except BackupBusy as exc:
         _busy(exc)
     except BackupError as exc:

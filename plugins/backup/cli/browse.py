@@ -10,7 +10,7 @@ import click
 from flask.cli import with_appcontext
 
 from guest_registration.audit import cli_actor
-from guest_registration.extensions import db
+from guest_registration.extensions import database_engine
 
 from guest_backup.cli.backup import _fail
 from guest_backup.cli.restore import IDENTITY, TRUSTED_KEY
@@ -46,7 +46,7 @@ def _show_search(session, search, as_json: bool) -> None:
     from guest_backup.ops.compare import compare_search
 
     page = search_guests(session.engine, search)
-    comparison = compare_search(session.engine, db.engine, search)
+    comparison = compare_search(session.engine, database_engine(), search)
     if as_json:
         click.echo(json.dumps({"session": session.to_dict(), "search": search.to_dict(),
                                "page": page.to_dict(), "compare": comparison.to_dict()},
@@ -69,7 +69,7 @@ def _show_search(session, search, as_json: bool) -> None:
 def _show_trip(session, trip_id: int, as_json: bool) -> None:
     from guest_backup.ops.compare import compare_trip
 
-    comparison = compare_trip(session.engine, db.engine, trip_id)
+    comparison = compare_trip(session.engine, database_engine(), trip_id)
     if as_json:
         click.echo(json.dumps({"session": session.to_dict(), "compare": comparison.to_dict()},
                               indent=1, default=str))
@@ -131,7 +131,7 @@ def browse_command(archive: str, text: str | None, trip_id: int | None, date_fro
 
     ctx = backup_context()
     try:
-        session = open_archive(ctx, db.engine, archive, actor=cli_actor(), via="cli",
+        session = open_archive(ctx, database_engine(), archive, actor=cli_actor(), via="cli",
                                identity=identity, trusted_keys=trusted_key)
         refresh_erasures(session)  # a guest erased since the archive was opened
     except BackupError as exc:
@@ -152,7 +152,7 @@ def browse_command(archive: str, text: str | None, trip_id: int | None, date_fro
             _show_trips(session, as_json)
     finally:
         if close:
-            session.close(db.engine, actor=cli_actor(), via="cli")
+            session.close(database_engine(), actor=cli_actor(), via="cli")
 
 
 COMMANDS = [browse_command]

@@ -9,7 +9,7 @@ import sys
 import click
 from flask.cli import with_appcontext
 
-from guest_registration.extensions import db
+from guest_registration.extensions import database_engine
 
 from guest_backup.ops import notify
 from guest_backup.wiring import backup_context
@@ -48,7 +48,7 @@ def notify_check_command(max_age: str, max_drill_age: str) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     ctx = backup_context()
-    report, _code = health(ctx, db.engine, max_age=limits[0], max_drill_age=limits[1])
+    report, _code = health(ctx, database_engine(), max_age=limits[0], max_drill_age=limits[1])
     notify.after_health(ctx, report)
     click.echo(report["status"])
 

@@ -11,7 +11,7 @@ import click
 from flask.cli import with_appcontext
 
 from guest_registration.audit import cli_actor
-from guest_registration.extensions import db
+from guest_registration.extensions import database_engine
 from guest_registration.formatting import human_size
 from guest_registration.maintenance import safe_url
 
@@ -35,7 +35,7 @@ def _pitr():
 def _engine():
     """The app's database: the audit log, and the archiver's state when this
     process may not run tools as the cluster's owner."""
-    return db.engine
+    return database_engine()
 
 
 @click.group("pitr")

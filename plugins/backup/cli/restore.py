@@ -10,23 +10,19 @@ from pathlib import Path
 import click
 from flask import current_app
 from flask.cli import with_appcontext
-from sqlalchemy.engine import make_url
 
 from guest_registration.audit import cli_actor
 from guest_registration.config import normalise_database_url
-from guest_registration.extensions import db
+from guest_registration.extensions import database_engine
 from guest_registration.maintenance import safe_url
 
 from guest_backup.cli.backup import _busy, _fail
 from guest_backup.wiring import backup_context
 from guest_backup.archive.encryption import load_identities
 from guest_backup.archive.signing import TrustedKeys
+from guest_backup.engines import parse_url
 from guest_backup.errors import BackupError
 from guest_backup.ops.fetch import is_url, local_copy
-from guest_backup.ops.restore import restore_archive
-from guest_backup.ops.finishing import erasures_for
-from guest_backup.ops.schema import archive_revisions
-from guest_backup.ops.verify import verify
 
 
 def _trust_and_identity(trusted_key: tuple[str, ...], identity: str | None):
@@ -66,14 +62,17 @@ def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | N
                    allow_unsigned: bool) -> None:
     """Check an archive (a file, or s3://bucket/prefix/NAME): its signature, every
     checksum, a complete and clean dump."""
+    from guest_backup.ops.schema import archive_revisions
+    from guest_backup.ops.verify import verify
+
     if not is_url(archive) and not Path(archive).is_file():
         _fail(f"{archive} does not exist")
     ctx, trusted, identities = _trust_and_identity(trusted_key, identity)
     try:
         with local_copy(ctx, archive) as path:
-            report = verify(path, ctx.engines, trusted, audit=ctx.audit, audit_engine=db.engine,
-                            actor=cli_actor(), via="cli", allow_unsigned=allow_unsigned,
-                            identities=identities, installation=ctx.settings.installation(),
+            report = verify(path, ctx.engines, trusted, audit=ctx.audit,
+                            audit_engine=database_engine(), actor=cli_actor(), via="cli",
+                            allow_unsigned=allow_unsigned, identities=identities, installation=ctx.settings.installation(),
                             explicit_keys=_explicit(trusted_key))
     except BackupError as exc:
         _fail(str(exc))
@@ -101,7 +100,7 @@ def _target_url(database_url: str | None, password_prompt: bool) -> str:
     database; a password asked for goes into the URL in memory only (psql gets it
     as PGPASSWORD, never as an argument)."""
     target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
-    url = make_url(target)
+    url = parse_url(target)
     source = click.get_current_context().get_parameter_source("database_url")
     if url.password and source == click.core.ParameterSource.COMMANDLINE:
         click.echo("WARNING: a password on the command line is visible to every user of "
@@ -136,6 +135,9 @@ def restore_command(archive: str, database_url: str | None, password_prompt: boo
                     allow_unsigned: bool, yes: bool) -> None:
     """Verify an archive (a file, or s3://bucket/prefix/NAME), then restore its
     database and uploads."""
+    from guest_backup.ops.finishing import erasures_for
+    from guest_backup.ops.restore import restore_archive
+
     ctx, trusted, _ = _trust_and_identity(trusted_key, None)
     target = _target_url(database_url, password_prompt)
     uploads = uploads_dir or current_app.config["UPLOAD_FOLDER"]
@@ -149,9 +151,8 @@ def restore_command(archive: str, database_url: str | None, password_prompt: boo
         with local_copy(ctx, archive) as path:
             result = restore_archive(path, engines=ctx.engines, settings=ctx.settings,
                                      target_url=target, uploads_dir=uploads, replace=replace,
-                                     trusted=trusted, engine=db.engine, audit=ctx.audit,
-                                     actor=cli_actor(),
-                                     via="cli", allow_unsigned=allow_unsigned, identity=identity,
+                                     trusted=trusted, engine=database_engine(),
+                                     audit=ctx.audit, actor=cli_actor(), via="cli", allow_unsigned=allow_unsigned, identity=identity,
                                      explicit_keys=_explicit(trusted_key),
                                      migrations=ctx.migrations() if ctx.migrations else None,
                                      erasures=erasures_for(ctx))
@@ -206,7 +207,7 @@ def restore_test_command(identity: str | None, trusted_key: tuple[str, ...],
         return
 
     try:
-        result = restore_drill(backup_context(), db.engine, identity=identity,
+        result = restore_drill(backup_context(), database_engine(), identity=identity,
                                trusted_keys=trusted_key, actor=cli_actor(), via="cli")
     except BackupBusy as exc:
         _busy(exc)
@@ -238,7 +239,7 @@ def backup_health_command(max_age: str, max_drill_age: str) -> None:
         limits = parse_duration(max_age), parse_duration(max_drill_age)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    report, code = health(backup_context(), db.engine, max_age=limits[0], max_drill_age=limits[1])
+    report, code = health(backup_context(), database_engine(), max_age=limits[0], max_drill_age=limits[1])
     click.echo(json.dumps(report, indent=2))
     sys.exit(code)
 

@@ -12,7 +12,7 @@ import click
 from flask.cli import with_appcontext
 
 from guest_registration.audit import cli_actor
-from guest_registration.extensions import db
+from guest_registration.extensions import database_engine
 
 from guest_backup.cli.backup import _busy, _fail
 from guest_backup.errors import BackupBusy, BackupError
@@ -68,14 +68,14 @@ def erase_command(guest: int | None, registration: int | None, email: str | None
     target = _target(guest, registration, email)
     ctx = backup_context()
     try:
-        plan = plan_erasure(db.engine, target)
+        plan = plan_erasure(database_engine(), target)
         if plan.empty:
             click.echo(f"nothing to erase: {target} holds no personal data any more")
             return
         if not yes:
             click.echo("\n".join(_describe(plan)))
             click.confirm("Erase this permanently? It cannot be undone.", abort=True)
-        result = erase(ctx, db.engine, target, actor=cli_actor(), via="cli")
+        result = erase(ctx, database_engine(), target, actor=cli_actor(), via="cli")
     except NothingToErase as exc:
         click.echo(f"nothing to erase: {exc}")
         return
@@ -153,7 +153,7 @@ def retention_enforce_command(dry_run: bool) -> None:
 
     ctx = backup_context()
     try:
-        run = enforce_retention(ctx, db.engine, dry_run=dry_run, actor=cli_actor(), via="cli")
+        run = enforce_retention(ctx, database_engine(), dry_run=dry_run, actor=cli_actor(), via="cli")
     except BackupBusy as exc:
         _busy(exc)
     except BackupError as exc:
@@ -191,7 +191,7 @@ def subject_access_command(email: str | None, document: str | None, output: str)
     from guest_backup.ops.subject_access import subject_access
 
     try:
-        report = subject_access(backup_context(), db.engine, output_dir=output,
+        report = subject_access(backup_context(), database_engine(), output_dir=output,
                                 actor=cli_actor(), via="cli", email=email, document=document)
     except BackupError as exc:
         _fail(str(exc))

@@ -11,7 +11,7 @@ import click
 from flask.cli import with_appcontext
 
 from guest_registration.audit import cli_actor
-from guest_registration.extensions import db
+from guest_registration.extensions import database_engine
 
 from guest_backup.cli.backup import _fail
 from guest_backup.cli.restore import IDENTITY, TRUSTED_KEY
@@ -92,7 +92,7 @@ def restore_select_command(archive: str, trip, registration, overwrite, overwrit
     ctx, actor = backup_context(), cli_actor()
     was_open = find_session(ctx, archive) is not None
     try:
-        session = open_archive(ctx, db.engine, archive, actor=actor, via="cli",
+        session = open_archive(ctx, database_engine(), archive, actor=actor, via="cli",
                                identity=identity, trusted_keys=trusted_key)
     except BackupError as exc:
         _fail(str(exc))
@@ -101,14 +101,14 @@ def restore_select_command(archive: str, trip, registration, overwrite, overwrit
              restore=restore_selection)
     finally:
         if not (was_open or keep_open):
-            session.close(db.engine, actor=actor, via="cli")
+            session.close(database_engine(), actor=actor, via="cli")
 
 
 def _run(ctx, session, selection: Selection, actor: str, *, dry_run: bool, yes: bool,
          as_json: bool, restore) -> None:
     args = dict(archive=session.archive, actor=actor, via="cli")
     try:
-        preview = restore(ctx, db.engine, session.engine, selection, dry_run=True,
+        preview = restore(ctx, database_engine(), session.engine, selection, dry_run=True,
                           reapplied_at=session.opened_at, **args)
     except BackupError as exc:
         _fail(str(exc))
@@ -128,7 +128,7 @@ def _run(ctx, session, selection: Selection, actor: str, *, dry_run: bool, yes: 
     if not yes:
         click.confirm("Restore these rows into the live database?", abort=True, err=True)
     try:
-        result = restore(ctx, db.engine, session.engine, selection, plan=plan, **args)
+        result = restore(ctx, database_engine(), session.engine, selection, plan=plan, **args)
     except BackupError as exc:
         _fail(str(exc))
     if as_json:

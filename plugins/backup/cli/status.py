@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from flask import Flask
 
 
-from guest_registration.extensions import db
+from guest_registration.extensions import database_engine
 from guest_registration.formatting import human_size
 from guest_registration.maintenance import StatusCheck, folder_check
 
@@ -47,9 +47,9 @@ def _check(name: str, detail) -> StatusCheck:
 def _tool_check(ctx) -> StatusCheck:
     settings = ctx.settings
     try:
-        engine = ctx.engine_for(db.engine.dialect.name)
+        engine = ctx.engine_for(database_engine().dialect.name)
         try:
-            with db.engine.connect() as conn:
+            with database_engine().connect() as conn:
                 tool = engine.tool(settings.engine_settings, conn)
         except BackupError:
             raise

@@ -15,12 +15,13 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import IO, Callable, ContextManager, Protocol
-
-from sqlalchemy.engine import Connection, URL, make_url
-from sqlalchemy.sql import ColumnElement
+from typing import IO, TYPE_CHECKING, Callable, ContextManager, Protocol
 
 from guest_backup.errors import EngineError
+
+if TYPE_CHECKING:  # SQLAlchemy is imported by what connects, not by ``--help``
+    from sqlalchemy.engine import URL, Connection
+    from sqlalchemy.sql import ColumnElement
 
 #: size of the pieces streamed between a tool, the archive and the database
 CHUNK = 1024 * 1024
@@ -110,9 +111,23 @@ class DumpScreen(Protocol):
     def finish(self) -> bytes | None: ...
 
 
+def sql(statement: str):
+    """``sqlalchemy.text(statement)``: the engines import SQLAlchemy when they run SQL."""
+    from sqlalchemy import text
+
+    return text(statement)
+
+
+def parse_url(url: str | URL) -> URL:
+    """``sqlalchemy.engine.make_url(url)``, imported on first use."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url)
+
+
 def mask(text_: str, url: str | URL) -> str:
     """``text_`` with the URL's password (if any) replaced by ``***``."""
-    password = make_url(str(url)).password if not isinstance(url, URL) else url.password
+    password = parse_url(url).password if isinstance(url, str) else url.password
     return text_.replace(password, "***") if password else text_
 
 
@@ -144,7 +159,7 @@ PG_QUERY_ENV = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert
 def pg_environment(url: str) -> dict[str, str]:
     """Connection settings for libpq tools as environment variables: the password
     never appears in a process's argument list."""
-    u = make_url(url)
+    u = parse_url(url)
     # the URL says where to connect; the environment may still give the password
     # (PGPASSWORD, PGPASSFILE) and TLS files, as for any libpq program
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG") or k in PG_KEEP_ENV}

@@ -17,18 +17,17 @@ import subprocess
 import tempfile
 import time
 import uuid
-from typing import IO, Callable, Iterator
-
-from sqlalchemy import func, text
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.sql import ColumnElement
+from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from guest_backup.errors import EngineError
-from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, mask, pg_environment,
-                                   pg_major as _major, pg_reason as _pg_reason,
+from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, mask, parse_url,
+                                   pg_environment, pg_major as _major, pg_reason as _pg_reason,
                                    psql_restricts as _psql_restricts,
-                                   tool_version as _tool_version)
+                                   sql, tool_version as _tool_version)
 from guest_backup.engines.pgscreen import PgDumpScreen
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement, Connection
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +92,7 @@ class PostgresEngine:
         conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
 
     def timestamp_text(self, column: ColumnElement) -> ColumnElement:
+        from sqlalchemy import func
         return func.to_char(column, "YYYY-MM-DD HH24:MI:SS")
 
     def dump(self, settings: EngineSettings, conn: Connection,
@@ -131,13 +131,13 @@ class PostgresEngine:
         """A new, empty database on the same server for a restore drill, dropped
         afterwards whatever happens."""
         name = f"gr_drill_{uuid.uuid4().hex[:12]}"
-        target = make_url(url).set(database=name).render_as_string(hide_password=False)
+        target = parse_url(url).set(database=name).render_as_string(hide_password=False)
         self._create_database(target)
         try:
             yield target
         finally:
             try:
-                with _connected(make_url(url).set(database="postgres"), autocommit=True) as conn:
+                with _connected(parse_url(url).set(database="postgres"), autocommit=True) as conn:
                     conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             except Exception:
                 log.warning("could not drop the drill database %s", name)
@@ -156,7 +156,7 @@ class PostgresEngine:
     def _count_relations(self, url: str) -> int:
         try:
             with _connected(url) as conn:
-                return conn.execute(text(
+                return conn.execute(sql(
                     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
                     "AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' "
@@ -166,7 +166,7 @@ class PostgresEngine:
                               f"{_connect_reason(exc)}") from None
 
     def _create_database(self, url: str) -> None:
-        target = make_url(url)
+        target = parse_url(url)
         name = target.database or ""
         try:
             with _connected(target.set(database="postgres"), autocommit=True) as conn:
@@ -267,7 +267,7 @@ def _outcome(url: str, printed: bytes, stderr: str) -> str | None:
     try:
         with _connected(url, autocommit=True) as conn:
             for _ in range(100):  # the server soon ends a dead client's transaction
-                status = conn.execute(text("SELECT pg_catalog.txid_status(:x)"),
+                status = conn.execute(sql("SELECT pg_catalog.txid_status(:x)"),
                                       {"x": int(m.group(1))}).scalar()
                 if status != "in progress":
                     return status
@@ -301,7 +301,7 @@ def prepare_restore_role(url: str, role: str) -> str:
 
 
 def _create_role(conn: Connection, role: str) -> bool:
-    if conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
+    if conn.execute(sql("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
         return False
     try:
         conn.exec_driver_sql(f'CREATE ROLE "{role}" {ROLE_ATTRIBUTES}')
@@ -316,11 +316,11 @@ def _create_role(conn: Connection, role: str) -> bool:
 
 
 def _check_role(conn: Connection, role: str) -> None:
-    flags = conn.execute(text("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, "
+    flags = conn.execute(sql("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, "
                               "rolbypassrls FROM pg_roles WHERE rolname = :r"), {"r": role}).one()
     bad = [n for n, on in zip(("SUPERUSER", "CREATEDB", "CREATEROLE", "REPLICATION",
                                "BYPASSRLS"), flags) if on]
-    bad += [f"a member of {name}" for name in conn.execute(text(
+    bad += [f"a member of {name}" for name in conn.execute(sql(
         "SELECT b.rolname FROM pg_roles b WHERE b.rolname <> :r AND pg_has_role(CAST(:r AS "
         "name), b.oid, 'MEMBER') AND (b.rolsuper OR b.rolname = ANY(:files)) ORDER BY 1"),
         {"r": role, "files": list(FILE_ROLES)}).scalars()]
@@ -334,10 +334,10 @@ def _check_role(conn: Connection, role: str) -> None:
 def _let_user_act_as(conn: Connection, role: str) -> None:
     """A superuser may SET ROLE to it; another user needs membership (granted if we may)."""
     mode = "SET" if (conn.dialect.server_version_info or (0,)) >= (16,) else "MEMBER"
-    if conn.execute(text(f"SELECT pg_has_role(current_user, CAST(:r AS name), '{mode}')"),
+    if conn.execute(sql(f"SELECT pg_has_role(current_user, CAST(:r AS name), '{mode}')"),
                     {"r": role}).scalar():
         return
-    user = conn.execute(text("SELECT current_user")).scalar()
+    user = conn.execute(sql("SELECT current_user")).scalar()
     try:
         conn.exec_driver_sql(f'GRANT "{role}" TO CURRENT_USER')
     except Exception as exc:

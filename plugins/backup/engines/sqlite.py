@@ -13,15 +13,15 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Callable, Iterator
-
-from sqlalchemy import func
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.sql import ColumnElement
+from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from guest_backup.errors import EngineError
-from guest_backup.engines import CHUNK, EngineSettings, ToolInfo
+from guest_backup.engines import CHUNK, EngineSettings, ToolInfo, parse_url
 from guest_backup.engines.sqlitescreen import SQLiteDumpScreen, _authorizer, _sql_statements
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.sql import ColumnElement
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: the backup step is retried
 
 
 def sqlite_path(url: str) -> Path:
-    database = make_url(url).database
+    database = parse_url(url).database
     if not database or database == ":memory:":
         raise EngineError("an in-memory SQLite database cannot be backed up or restored")
     return Path(database)
@@ -61,6 +61,8 @@ class SQLiteEngine:
         conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
 
     def timestamp_text(self, column: ColumnElement) -> ColumnElement:
+        from sqlalchemy import func
+
         return func.strftime("%Y-%m-%d %H:%M:%S", column)
 
     def dump(self, settings: EngineSettings, conn: Connection,

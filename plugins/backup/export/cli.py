@@ -13,7 +13,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from guest_registration.audit import cli_actor
-from guest_registration.extensions import db
+from guest_registration.extensions import database_engine
 
 from guest_backup.wiring import backup_context
 
@@ -35,8 +35,8 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
                             current_app.extensions["export_formats"])
     except ExportRequestError as exc:
         raise click.UsageError(str(exc)) from None
-    stream = open_export(db.engine, req,
-                         db_engine=backup_context().engine_for(db.engine.dialect.name, required=False),
+    stream = open_export(database_engine(), req,
+                         db_engine=backup_context().engine_for(database_engine().dialect.name, required=False),
                          actor=cli_actor(), via="cli",
                          fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
     if output is None:

@@ -6,10 +6,12 @@ done with each row of the archive (:class:`Step`) and the whole preview
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING
 
 from guest_backup.errors import BackupError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 ACTIONS = ("insert", "overwrite", "leave", "erased")
 #: reason code → what it means (the page translates the codes; the CLI prints this)
