@@ -155,3 +155,45 @@ def test_an_archive_made_before_migrations_restores_into_head(tmp_path, database
         assert db.session.execute(sa.text("SELECT title FROM trip")).scalar_one() == "Alps"
     assert ADMIN  # the target needs no setup: it is served at once
     assert check.test_client().get("/").status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_an_archive_at_the_heads_is_planned_without_alembic(app, tmp_path, newer, monkeypatch):
+    """The heads are remembered for the history as it is on disk: a restore at the
+    code's heads plans nothing without Alembic; a new revision file, another set
+    of folders or a damaged cache file sends the plan back to Alembic."""
+    from alembic.script import ScriptDirectory
+
+    from guest_backup.ops.schema import plan
+    from guest_backup.wiring import migration_paths
+
+    paths = migration_paths(later_app(tmp_path, dict(app.config), newer))
+    at_heads = {"schema": {"revisions": ["9000_test_note", "backup_0000_branch"]}}
+    asked = []
+    real = ScriptDirectory.from_config.__func__
+
+    def counted(cls, config):
+        asked.append(1)
+        return real(cls, config)
+
+    monkeypatch.setattr(ScriptDirectory, "from_config", classmethod(counted))
+    first = plan(paths, at_heads)
+    assert len(asked) == 1 and not first.needed
+    second = plan(paths, at_heads)
+    assert len(asked) == 1 and not second.needed
+    assert (second.heads, second.starts) == (first.heads, first.starts)
+    # one more revision file in a history folder: Alembic is asked again, sees the head
+    (newer.folder / "9001_test_more.py").write_text(
+        THROWAWAY.replace("test_note", "test_more").replace("9000_test_more", "9001_test_more")
+        .format(head="9000_test_note"))
+    third = plan(paths, at_heads)
+    assert len(asked) == 2 and third.needed
+    assert third.heads == {"9001_test_more", "backup_0000_branch"}
+    assert third.starts["9001_test_more"] == "9000_test_note"
+    at_new_heads = {"schema": {"revisions": ["9001_test_more", "backup_0000_branch"]}}
+    assert not plan(paths, at_new_heads).needed and len(asked) == 2  # remembered
+    Path(paths.heads_cache).write_text("{not json")
+    assert not plan(paths, at_new_heads).needed and len(asked) == 3
+    older = migration_paths(app)  # the host alone: other folders, other heads
+    assert plan(older, {"schema": {"revisions": [HOST_HEAD, "backup_0000_branch"]}}).needed \
+        is False and len(asked) == 4

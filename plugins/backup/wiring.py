@@ -8,6 +8,8 @@ is plain Python that never imports Flask or the host.
 
 from __future__ import annotations
 
+import os
+
 from flask import Flask, current_app
 
 from guest_backup.ops import metrics
@@ -41,7 +43,8 @@ def migration_paths(app: Flask) -> MigrationPaths:
     from guest_registration import schema
 
     with app.app_context():
-        return MigrationPaths(str(schema.MIGRATIONS), tuple(schema.version_locations(app)))
+        return MigrationPaths(str(schema.MIGRATIONS), tuple(schema.version_locations(app)),
+                              heads_cache=os.path.join(app.instance_path, "schema-heads.json"))
 
 
 def backup_context(app: Flask | None = None) -> BackupContext:

@@ -14,7 +14,10 @@ the freshly loaded copy before it is checked and swapped in.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
 from dataclasses import dataclass, field
 
 from guest_backup.errors import BackupError
@@ -29,6 +32,8 @@ class MigrationPaths:
 
     script_location: str
     version_locations: tuple[str, ...]
+    #: a file remembering the heads of these folders as they are now (see :func:`plan`)
+    heads_cache: str | None = None
 
 
 @dataclass
@@ -119,15 +124,61 @@ def archive_revisions(manifest: dict) -> tuple[set[str], bool]:
     return set(revisions), False
 
 
+def _fingerprint(paths: MigrationPaths) -> list:
+    """Every file of the history with its size and time: changes with any of them."""
+    found: list = []
+    for folder in (paths.script_location, *paths.version_locations):
+        try:
+            with os.scandir(folder) as entries:
+                found += sorted([e.path, e.stat().st_size, e.stat().st_mtime_ns]
+                                for e in entries if e.is_file())
+        except OSError:
+            found.append([folder, None, None])
+    return found
+
+
+def _cached_heads(paths: MigrationPaths) -> set[str] | None:
+    """The heads remembered for the history exactly as it is on disk now, or None."""
+    try:
+        with open(paths.heads_cache, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached["files"] == _fingerprint(paths):
+            return set(cached["heads"])
+    except (OSError, TypeError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _remember_heads(paths: MigrationPaths, heads: set[str]) -> None:
+    if not paths.heads_cache:
+        return
+    tmp = f"{paths.heads_cache}.{os.getpid()}.tmp"
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                  encoding="utf-8") as f:
+            json.dump({"files": _fingerprint(paths), "heads": sorted(heads)}, f)
+        os.replace(tmp, paths.heads_cache)
+    except OSError:  # only a cache: the next restore asks Alembic again
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def plan(paths: MigrationPaths, manifest: dict) -> SchemaUpgrade:
     """How the archive's database reaches the code's revisions; BackupError (before
-    anything is touched) for a revision the code does not know."""
+    anything is touched) for a revision the code does not know.
+
+    An archive exactly at the code's heads needs nothing: with the heads remembered
+    for the history as it is on disk (``heads_cache``), that is known without
+    importing Alembic (a tenth of a second of every restore)."""
+    revisions, legacy = archive_revisions(manifest)
+    if paths.heads_cache and not legacy and revisions == _cached_heads(paths):
+        return SchemaUpgrade(paths, revisions, set(revisions), starts={h: h for h in revisions})
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
     script = ScriptDirectory.from_config(_config(paths))
-    revisions, legacy = archive_revisions(manifest)
     heads = set(script.get_heads())
+    _remember_heads(paths, heads)
     unknown = []
     for rev in sorted(revisions):
         try:
