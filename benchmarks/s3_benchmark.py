@@ -8,7 +8,7 @@ Creates a database (``--rows`` guests, ~300 MB) with generate_data.py and an
 uploads folder, starts moto's S3 server (``python -m moto.server``) as a separate
 process on a free loopback port, then times, alternating, ``manage.py backup``
 local-only and with ``BACKUP_REMOTE_URL=s3://bench-bucket/site-a`` (multipart,
-16 MiB parts; and ``--small-part-runs`` runs with ``BACKUP_S3_PART_MB=5``), with
+the default 8 MiB parts; and ``--small-part-runs`` runs with ``BACKUP_S3_PART_MB=5``), with
 the peak RSS of the backup process. Every uploaded object is read back (size,
 SHA-256, part count) and no multipart upload may be left open. Prints a Markdown
 table, also written to benchmarks/results/s3.md. Details: benchmarks/README.md.
@@ -167,8 +167,8 @@ def remote_only(s3, env: dict, work: Path, name: str) -> Path:
 
 def measure(envs: dict, work: Path, s3, moto_pid: int, url: str, runs: int, small_runs: int,
             files: int, photos: int, log) -> dict:
-    """``runs`` alternating rounds of (local, s3 16 MiB), the first ``small_runs`` rounds
-    also with s3 5 MiB parts."""
+    """``runs`` alternating rounds of (local, s3 with the default 8 MiB parts), the first
+    ``small_runs`` rounds also with s3 5 MiB parts."""
     series: dict[str, list[dict]] = {k: [] for k in envs}
     for i in range(runs):
         for kind, env in envs.items():
@@ -186,7 +186,7 @@ def table(info: dict, series: dict) -> str:
     kinds = [k for k in series if series[k]]
     secs = lambda rs: ", ".join(f"{r['s']:.2f}" for r in rs)  # noqa: E731
     cell = lambda f: " | ".join(f(k, series[k]) for k in kinds)  # noqa: E731
-    part = {"local": 0, "s3 16 MiB": 16, "s3 5 MiB": 5}
+    part = {"local": 0, "s3 8 MiB": 8, "s3 5 MiB": 5}
     na = lambda k, fn: "" if k == "local" else fn()  # noqa: E731
     goals = []
     for k in kinds[1:]:
@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     gen.add_archive_arguments(parser, "gr_s3_bench", deadline=1800)
     parser.add_argument("--rows", type=int, default=1_400_000, help="guests in the database")
-    parser.add_argument("--runs", type=int, default=3, help="timed rounds (local, S3 16 MiB)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="timed rounds (local, S3 with the default 8 MiB parts)")
     parser.add_argument("--small-part-runs", type=int, default=1,
                         help="of those rounds, how many also run with BACKUP_S3_PART_MB=5")
     parser.add_argument("--encrypted", action="store_true",
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         s3_env = {**env, **CREDS, "AWS_ENDPOINT_URL": endpoint,
                   "BACKUP_REMOTE_URL": f"s3://{BUCKET}/{PREFIX}",
                   "BACKUP_KEEP_LOCAL": args.keep_local}
-        envs = {"local": env, "s3 16 MiB": {**s3_env, "BACKUP_S3_PART_MB": "16"},
+        envs = {"local": env, "s3 8 MiB": {**s3_env, "BACKUP_S3_PART_MB": "8"},
                 "s3 5 MiB": {**s3_env, "BACKUP_S3_PART_MB": "5"}}
         s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"],
