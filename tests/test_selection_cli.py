@@ -155,6 +155,14 @@ def test_an_erasure_after_the_archive_was_opened_is_applied(app, runner):
     data = json.loads(dry.stdout)
     assert (data["erased"][0]["id"], data["erased"][0]["reason"]) == (first, "erased")
     assert first not in [s["id"] for s in data["insert"] if s["table"] == "guest"]
+    from guest_backup.ops.browse import sessions
+
+    with app.app_context():  # --keep-open left it: a PostgreSQL scratch database would stay
+        kept = sessions(backup_context())
+        assert len(kept) == 1
+        for session in kept:
+            session.close()
+        assert sessions(backup_context()) == []
 
 
 def db_engine(app):
