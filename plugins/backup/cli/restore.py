@@ -72,7 +72,8 @@ def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | N
         with local_copy(ctx, archive) as path:
             report = verify(path, ctx.engines, trusted, audit=ctx.audit,
                             audit_engine=database_engine(), actor=cli_actor(), via="cli",
-                            allow_unsigned=allow_unsigned, identities=identities, installation=ctx.settings.installation(),
+                            allow_unsigned=allow_unsigned, identities=identities,
+                            installation=ctx.settings.installation(),
                             explicit_keys=_explicit(trusted_key))
     except BackupError as exc:
         _fail(str(exc))
@@ -152,7 +153,8 @@ def restore_command(archive: str, database_url: str | None, password_prompt: boo
             result = restore_archive(path, engines=ctx.engines, settings=ctx.settings,
                                      target_url=target, uploads_dir=uploads, replace=replace,
                                      trusted=trusted, engine=database_engine(),
-                                     audit=ctx.audit, actor=cli_actor(), via="cli", allow_unsigned=allow_unsigned, identity=identity,
+                                     audit=ctx.audit, actor=cli_actor(), via="cli",
+                                     allow_unsigned=allow_unsigned, identity=identity,
                                      explicit_keys=_explicit(trusted_key),
                                      migrations=ctx.migrations() if ctx.migrations else None,
                                      erasures=erasures_for(ctx))
@@ -239,7 +241,8 @@ def backup_health_command(max_age: str, max_drill_age: str) -> None:
         limits = parse_duration(max_age), parse_duration(max_drill_age)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    report, code = health(backup_context(), database_engine(), max_age=limits[0], max_drill_age=limits[1])
+    report, code = health(backup_context(), database_engine(), max_age=limits[0],
+                          max_drill_age=limits[1])
     click.echo(json.dumps(report, indent=2))
     sys.exit(code)
 

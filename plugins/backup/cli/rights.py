@@ -153,7 +153,8 @@ def retention_enforce_command(dry_run: bool) -> None:
 
     ctx = backup_context()
     try:
-        run = enforce_retention(ctx, database_engine(), dry_run=dry_run, actor=cli_actor(), via="cli")
+        run = enforce_retention(ctx, database_engine(), dry_run=dry_run, actor=cli_actor(),
+                                via="cli")
     except BackupBusy as exc:
         _busy(exc)
     except BackupError as exc:

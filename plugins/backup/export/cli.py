@@ -35,8 +35,9 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
                             current_app.extensions["export_formats"])
     except ExportRequestError as exc:
         raise click.UsageError(str(exc)) from None
-    stream = open_export(database_engine(), req,
-                         db_engine=backup_context().engine_for(database_engine().dialect.name, required=False),
+    engine = database_engine()
+    stream = open_export(engine, req,
+                         db_engine=backup_context().engine_for(engine.dialect.name, required=False),
                          actor=cli_actor(), via="cli",
                          fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
     if output is None:
