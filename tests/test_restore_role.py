@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from guest_backup.engines import postgresql as pg_engine
+from guest_backup.engines.pgrole import ROLE_ATTRIBUTES
 from guest_backup.ops.folders import restore_role_lines
 from guest_backup.ops.settings import BackupSettings
 from guest_backup.wiring import backup_context
@@ -163,8 +164,8 @@ def test_setup_says_what_to_do_without_the_privilege(pg_server, admin):
     (line,) = restore_role_lines(BackupSettings(url, "", "", "test", restore_role=role))
     assert line == (f"restore role NOT ready: the restore role {role} does not exist and this "
                     f"database user may not create roles: as a superuser run CREATE ROLE {role} "
-                    f"{pg_engine.ROLE_ATTRIBUTES}; then run setup again")
-    admin(f'CREATE ROLE "{role}" {pg_engine.ROLE_ATTRIBUTES}')
+                    f"{ROLE_ATTRIBUTES}; then run setup again")
+    admin(f'CREATE ROLE "{role}" {ROLE_ATTRIBUTES}')
     (line,) = restore_role_lines(BackupSettings(url, "", "", "test", restore_role=role))
     assert line == (f"restore role NOT ready: the database user {user} may not act as the "
                     f"restore role {role}: as a superuser run GRANT {role} TO {user}")

@@ -37,7 +37,7 @@ def restore_role_lines(settings: BackupSettings) -> list[str]:
 
     if make_url(settings.database_url).get_backend_name() != "postgresql":
         return []
-    from guest_backup.engines.postgresql import prepare_restore_role
+    from guest_backup.engines.pgrole import prepare_restore_role
 
     try:
         return [prepare_restore_role(settings.database_url, settings.restore_role)]
