@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from guest_registration import demo
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Trip
+from guest_backup.ops.browse import sessions
 from guest_backup.wiring import backup_context
 from tests.helpers import ADMIN, make_backup
 from tests.live_server import ARTIFACTS, pg_live_server
@@ -105,6 +106,14 @@ def test_a_change_while_confirming_stops_the_restore(app, runner, lost_trip, mon
     assert "changed since the preview" in audit[0]["message"]
 
 
+def lose_registration(app, reg: int) -> None:
+    """A registration and its guests deleted from the live database."""
+    with app.app_context():
+        db.session.query(Guest).filter_by(registration_id=reg).delete()
+        db.session.query(Registration).filter_by(id=reg).delete()
+        db.session.commit()
+
+
 def test_an_erased_registration_stays_out(app, runner):
     with app.app_context():
         demo.load(app)
@@ -113,10 +122,7 @@ def test_an_erased_registration_stays_out(app, runner):
     archive = make_backup(runner)
     erased = runner.invoke(args=["erase", "--registration", str(reg), "--yes"])
     assert erased.exit_code == 0, erased.output
-    with app.app_context():  # and then deleted by mistake
-        db.session.query(Guest).filter_by(registration_id=reg).delete()
-        db.session.query(Registration).filter_by(id=reg).delete()
-        db.session.commit()
+    lose_registration(app, reg)  # and then deleted by mistake
 
     dry = runner.invoke(args=["restore-select", str(archive), "--registration", str(reg),
                               "--dry-run", "--json"], catch_exceptions=False)
@@ -144,10 +150,7 @@ def test_an_erasure_after_the_archive_was_opened_is_applied(app, runner):
     assert opened.exit_code == 0 and "ERASED" not in opened.output, opened.output
     erased = runner.invoke(args=["erase", "--guest", str(first), "--yes"])
     assert erased.exit_code == 0, erased.output
-    with app.app_context():
-        db.session.query(Guest).filter_by(registration_id=reg).delete()
-        db.session.query(Registration).filter_by(id=reg).delete()
-        db.session.commit()
+    lose_registration(app, reg)
 
     dry = runner.invoke(args=["restore-select", str(archive), "--registration", str(reg),
                               "--dry-run", "--json"], catch_exceptions=False)
@@ -155,8 +158,6 @@ def test_an_erasure_after_the_archive_was_opened_is_applied(app, runner):
     data = json.loads(dry.stdout)
     assert (data["erased"][0]["id"], data["erased"][0]["reason"]) == (first, "erased")
     assert first not in [s["id"] for s in data["insert"] if s["table"] == "guest"]
-    from guest_backup.ops.browse import sessions
-
     with app.app_context():  # --keep-open left it: a PostgreSQL scratch database would stay
         kept = sessions(backup_context())
         assert len(kept) == 1
