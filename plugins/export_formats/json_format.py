@@ -46,6 +46,21 @@ def _unescape_copy_text(field: bytes) -> bytes:
     return re.sub(rb"\\(.)", lambda m: _COPY_ESCAPES.get(m.group(1), m.group(1)), field)
 
 
+def _careful(row: bytes, kinds: Sequence[str], template: bytes) -> bytes:
+    """One COPY text row as :func:`write_json` writes it, value by value."""
+    values = []
+    for raw, kind in zip(row[:-1].split(b"\t"), kinds):
+        if raw == b"\\N":
+            values.append(b"null")
+        elif kind == "string":
+            values.append(_encode(_unescape_copy_text(raw).decode("utf-8")).encode("utf-8"))
+        elif kind == "float":
+            values.append(_encode(float(raw)).encode())
+        else:
+            values.append(raw)
+    return template % tuple(values)
+
+
 def _row_text(fields: Sequence[str], kinds: Sequence[str]):
     """The fixed text of a row: a ``%`` template for rows rendered one by one, and
     for whole chunks the text before the first value (``opens[0]``), between a
@@ -89,26 +104,13 @@ def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
     all_careful = "float" in kinds
     lead = [b"[\n"]  # before the next chunk's first row: "[" once, then ","
 
-    def careful(row: bytes) -> bytes:
-        values = []
-        for raw, kind in zip(row[:-1].split(b"\t"), kinds):
-            if raw == b"\\N":
-                values.append(b"null")
-            elif kind == "string":
-                values.append(_encode(_unescape_copy_text(raw).decode("utf-8")).encode("utf-8"))
-            elif kind == "float":
-                values.append(_encode(float(raw)).encode())
-            else:
-                values.append(raw)
-        return careful_template % tuple(values)
-
     def render(rows: list[bytes]) -> bytes:
         chunk = b"".join(rows)
         start, lead[0] = lead[0], b",\n"
         # one-byte searches first (memchr): two-byte ones scan 500 times slower
         if (all_careful or (b"\\" in chunk and (b"\\N" in chunk or b"\\v" in chunk))
                 or b"\0" in chunk.translate(_CONTROL_TABLE)):
-            return start + b",\n".join([careful(row) for row in rows])
+            return start + b",\n".join([_careful(row, kinds, careful_template) for row in rows])
         # every row has len(fields) tab-separated values and ends in a line feed
         # (raw tabs and line feeds are never inside a value in COPY's text format)
         if b'"' in chunk:
