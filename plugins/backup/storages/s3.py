@@ -31,6 +31,7 @@ from guest_backup.storages.s3_upload import MultipartUpload
 
 log = logging.getLogger(__name__)
 MIN_PART_MB = 5  # S3 refuses smaller non-final parts
+DEFAULT_PART_MB = 8  # as BACKUP_S3_PART_MB's default (ops.settings)
 LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
 MAX_LOCK_DAYS = 36500
 
@@ -328,7 +329,8 @@ class S3StorageType:
         parsed = urlparse(url)
         if not parsed.netloc:
             raise StorageError("BACKUP_REMOTE_URL must look like s3://bucket/prefix")
-        part_mb = int(config.get("BACKUP_S3_PART_MB") or 16)
+        part_mb = config.get("BACKUP_S3_PART_MB")
+        part_mb = DEFAULT_PART_MB if part_mb in (None, "") else int(part_mb)
         if part_mb < MIN_PART_MB:
             raise StorageError(f"BACKUP_S3_PART_MB must be at least {MIN_PART_MB} "
                                f"(S3 refuses smaller parts)")

@@ -19,6 +19,7 @@ left (:meth:`S3Storage.abort_leftovers`), and a bucket lifecycle rule
 
 from __future__ import annotations
 
+import io
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +38,43 @@ MAX_PARTS = 10_000  # S3's limit
 def parts_in_flight(part_size: int) -> int:
     """How many parts may be on their way while the next one fills."""
     return max(1, PART_BUDGET // part_size - 1)
+
+
+class PartBody(io.RawIOBase):
+    """A part's bytes as a seekable file, read piece by piece as it is sent.
+
+    Not the ``bytearray`` itself: botocore wraps a ``bytes``/``bytearray`` body in
+    a ``BytesIO`` when it adds a trailing checksum (as it does over HTTPS), which
+    for a ``bytearray`` is a copy of the whole part (8 MiB more per part on its
+    way). A file is read in pieces instead, and sought back for a retry."""
+
+    def __init__(self, data: bytearray) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        end = min(self._pos + len(buffer), len(self._view))
+        size = end - self._pos
+        buffer[:size] = self._view[self._pos:end]
+        self._pos = end
+        return size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 
 class MultipartUpload:
@@ -113,7 +151,7 @@ class MultipartUpload:
     def _put_part(self, number: int, body: bytearray) -> None:
         answer = self.storage.client.upload_part(
             Bucket=self.storage.bucket, Key=self.key, PartNumber=number,
-            UploadId=self._upload_id, Body=body)
+            UploadId=self._upload_id, Body=PartBody(body))
         self._etags[number] = answer["ETag"]
 
     def _wait(self, future: Future) -> None:
