@@ -70,13 +70,20 @@ def make_uploads(folder: Path, files: int, photos: int) -> int:
 
 
 def with_time(cmd: list[str], rss_file: Path) -> list[str]:
-    """``cmd`` under GNU time, which writes its peak RSS (KiB) to ``rss_file``. (Not
+    """``cmd`` under GNU time, which writes its peak RSS (KiB) and its CPU seconds
+    (user, system; with the children it waited for) to ``rss_file``. (Not
     ``os.wait4``: a child forked from this Python process inherits its high-water mark.)"""
-    return [TIME, "-f", "%M", "-o", str(rss_file), *cmd]
+    return [TIME, "-f", "%M %U %S", "-o", str(rss_file), *cmd]
 
 
 def peak_kib(rss_file: Path) -> int:
-    return int(rss_file.read_text().split()[-1])
+    return int(rss_file.read_text().split()[-3])
+
+
+def cpu_s(rss_file: Path) -> float:
+    """User + system CPU seconds of the command and the children it waited for."""
+    user, system = rss_file.read_text().split()[-2:]
+    return float(user) + float(system)
 
 
 def wait_bounded(procs: list[subprocess.Popen]) -> list[int]:

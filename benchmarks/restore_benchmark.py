@@ -27,7 +27,7 @@ import psycopg2
 
 import generate_data as gen
 from backup_benchmark import (RESULTS, TIME, BenchError, ChildHwm, check_archive, database_size,
-                              make_uploads, med, mib, peak_kib, wait_bounded, with_time)
+                              make_uploads, med, mib, peak_kib, wait_bounded, with_time, cpu_s)
 
 ROOT = gen.ROOT
 
@@ -52,7 +52,8 @@ def run(cmd: list[str], env: dict, work: Path, comm: str | None = None) -> dict:
         text = out.read().decode(errors="replace")
     if rc != 0:
         raise BenchError(f"{' '.join(cmd[:4])} failed ({rc}):\n{text[-2000:]}")
-    return {"s": seconds, "rss": peak_kib(rss_file), "rss_child": sampler.peak_kb, "out": text}
+    return {"s": seconds, "rss": peak_kib(rss_file), "cpu": cpu_s(rss_file),
+            "rss_child": sampler.peak_kb, "out": text}
 
 
 def manage(*args: str) -> list[str]:

@@ -40,21 +40,34 @@ MiB = 1024 * 1024
 TIME_GOAL, RSS_GOAL = 1.10, 50  # issue 26: to S3 with no local copy vs the local backup
 
 
-def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
-    """moto's S3 server in its own process (its CPU and memory are not the backup's)."""
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A new certificate for 127.0.0.1 and its key (openssl)."""
+    cert, key = folder / "moto-cert.pem", folder / "moto-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def start_moto(log_path: Path, tls: tuple[Path, Path] | None = None
+               ) -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in its own process (its CPU and memory are not the backup's);
+    over HTTPS with ``tls`` (certificate, key), as S3 itself is served."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    if tls:
+        cmd += ["-c", str(tls[0]), "-k", str(tls[1])]
     with open(log_path, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                 str(port)], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise BenchError(f"moto server exited ({proc.returncode}); see {log_path}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"http://127.0.0.1:{port}"
+            return proc, f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         except OSError:
             time.sleep(0.2)
     proc.kill()
@@ -205,7 +218,7 @@ def table(info: dict, series: dict) -> str:
         f"{info['files']} files ({info['upload_bytes'] / 1e6:.1f} MB) + {info['photos']} guest "
         f"photos (left out). `manage.py backup` into BACKUP_FOLDER, local-only vs with "
         f"`BACKUP_REMOTE_URL=s3://{BUCKET}/{PREFIX}` against moto {info['moto']} (`python -m "
-        f"moto.server`, a separate process on 127.0.0.1). One untimed warm-up of each, then "
+        f"moto.server`, a separate process on 127.0.0.1, over {info['scheme'].upper()}). One untimed warm-up of each, then "
         f"{info['runs']} alternating rounds; medians. Archives "
         f"{'signed + age-encrypted' if info['encrypted'] else 'signed'}; S3 backups with "
         f"BACKUP_KEEP_LOCAL={info['keep_local']}. {os.cpu_count()} CPUs; 1-min load average "
@@ -230,6 +243,8 @@ def table(info: dict, series: dict) -> str:
             k, lambda: f"**+{(max(r['rss'] for r in rs) - base_rss) / 1024:.1f}**")) + " |",
         "| its pg_dump child, median (MiB) | " + cell(
             lambda k, rs: mib(med(rs, "rss_child"))) + " |",
+        "| backup process CPU (user + system, with pg_dump), median (s) | " + cell(
+            lambda k, rs: f"{med(rs, 'cpu'):.2f}") + " |",
         "| moto server CPU per backup, median (s) | " + cell(
             lambda k, rs: f"{med(rs, 'moto_cpu'):.2f}") + " |",
         "| probe: RSS of building the S3 client / upload peak above that (MiB) | | " + " | ".join(
@@ -255,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="age-encrypt every backup (BACKUP_AGE_RECIPIENTS, a fresh identity)")
     parser.add_argument("--keep-local", choices=("0", "1"), default="1",
                         help="BACKUP_KEEP_LOCAL of the S3 backups (0: the archive in S3 only)")
+    parser.add_argument("--tls", action="store_true",
+                        help="moto over HTTPS (a new self-signed certificate, trusted through "
+                             "AWS_CA_BUNDLE), as S3 is reached in production")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rows < 1 or args.small_part_runs < 0:
         parser.error("--runs and --rows must be positive")
@@ -278,16 +296,19 @@ def main(argv: list[str] | None = None) -> None:
         env["BACKUP_AGE_RECIPIENTS"] = gen.age_recipient(work)
     try:
         RESULTS.mkdir(exist_ok=True)
-        moto_proc, endpoint = start_moto(RESULTS / "moto.log")
+        tls = self_signed(work) if args.tls else None
+        moto_proc, endpoint = start_moto(RESULTS / "moto.log", tls)
         log(f"moto {moto.__version__} S3 server at {endpoint} (pid {moto_proc.pid})")
-        s3_env = {**env, **CREDS, "AWS_ENDPOINT_URL": endpoint,
+        ca = {"AWS_CA_BUNDLE": str(tls[0])} if tls else {}
+        s3_env = {**env, **CREDS, **ca, "AWS_ENDPOINT_URL": endpoint,
                   "BACKUP_REMOTE_URL": f"s3://{BUCKET}/{PREFIX}",
                   "BACKUP_KEEP_LOCAL": args.keep_local}
         envs = {"local": env, "s3 8 MiB": {**s3_env, "BACKUP_S3_PART_MB": "8"},
                 "s3 5 MiB": {**s3_env, "BACKUP_S3_PART_MB": "5"}}
         s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"],
-                          region_name=CREDS["AWS_DEFAULT_REGION"])
+                          region_name=CREDS["AWS_DEFAULT_REGION"],
+                          verify=str(tls[0]) if tls else None)
         s3.create_bucket(Bucket=BUCKET)
         gen_env = {**env, "PGOPTIONS": "-c statement_timeout=600s"}
         os.environ["PGOPTIONS"] = gen_env["PGOPTIONS"]
@@ -296,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         gen.generate(url, args.rows, 0, env=gen_env, log=lambda m: log("  " + m))
         del os.environ["PGOPTIONS"]
         info = {"rows": args.rows, "runs": args.runs, "files": args.files, "photos": args.photos,
+                "scheme": endpoint.split(":")[0],
                 "encrypted": args.encrypted, "keep_local": args.keep_local,
                 "db_bytes": database_size(url), "moto": moto.__version__,
                 "upload_bytes": make_uploads(work / "uploads", args.files, args.photos)}
