@@ -98,6 +98,9 @@ bench: install
 	-@echo "== the same to S3 (moto), BACKUP_KEEP_LOCAL=0, vs the same to local disk" | tee -a benchmarks/results/bench.log; \
 	  $(PY) benchmarks/s3_benchmark.py --encrypted --keep-local 0 --small-part-runs 0 --rows $(BENCH_GUESTS) \
 	    --runs $(BENCH_RUNS) --replace --database-url $(BENCH_PG)/gr_makebench_s3 2>&1 | tee -a benchmarks/results/bench.log
+	-@echo "== the same with moto over HTTPS (as S3 is reached in production)" | tee -a benchmarks/results/bench.log; \
+	  $(PY) benchmarks/s3_benchmark.py --tls --encrypted --keep-local 0 --small-part-runs 0 --rows $(BENCH_GUESTS) \
+	    --runs $(BENCH_RUNS) --replace --database-url $(BENCH_PG)/gr_makebench_s3 2>&1 | tee -a benchmarks/results/bench.log
 	-@echo "== restore vs psql -f of the unzipped dump" | tee -a benchmarks/results/bench.log; \
 	  $(PY) benchmarks/restore_benchmark.py --rows $(BENCH_GUESTS) --runs $(BENCH_RUNS) \
 	    --replace --database-url $(BENCH_PG)/gr_makebench_restore 2>&1 | tee -a benchmarks/results/bench.log
