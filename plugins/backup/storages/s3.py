@@ -37,12 +37,14 @@ MAX_LOCK_DAYS = 36500
 
 
 def _boto():
+    """botocore, which boto3 is built on: the same S3 client, variables and config
+    files, without boto3's transfer manager (0.085 CPU s and 3 MiB less)."""
     try:
-        import boto3
+        import botocore.session
         from botocore.config import Config
     except ImportError:  # pragma: no cover - the extra is part of every test install
         raise StorageError("S3 storage needs boto3: pip install 'guest-registration[s3]'") from None
-    return boto3, Config
+    return botocore.session, Config
 
 
 def _reason(exc: Exception) -> str:
@@ -103,8 +105,8 @@ class S3Storage:
 
     @property
     def client(self) -> Any:
-        """boto3's client, built on first use (importing boto3 takes ~0.3 s: a backup
-        builds it in a thread while the dump starts)."""
+        """The S3 client, built on first use (importing botocore and loading the S3
+        model take ~0.2 s: a backup builds it in a thread while the dump starts)."""
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
@@ -337,8 +339,8 @@ class S3StorageType:
         days, mode = object_lock(config)
 
         def make_client() -> Any:
-            boto3, Config = _boto()
-            return boto3.client("s3", config=Config(
+            session, Config = _boto()
+            return session.get_session().create_client("s3", config=Config(
                 connect_timeout=5, read_timeout=60,
                 retries={"max_attempts": 2, "mode": "standard"}))
 
