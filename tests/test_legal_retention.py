@@ -6,8 +6,11 @@ retention rules keep; health reports both until it has run."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+
+import pytest
 
 from guest_registration.extensions import db
 from guest_registration.models import AuditEntry, Guest, Registration, Trip
@@ -17,7 +20,22 @@ from guest_backup.ops.ledger import ErasureLedger
 from guest_backup.ops.retention import Policy, plan, years_before
 from tests.helpers import sealed, table_contents
 
-TODAY = datetime.now(timezone.utc).date()
+TODAY = datetime.now(timezone.utc).date()  # set again when each test starts (below)
+
+
+@pytest.fixture(autouse=True)
+def _today():
+    """The day each test runs on, taken when it starts: taken when the module was
+    imported, a suite that ran past midnight counted the stays from the day before
+    while the app counted from the new day (a stay that ended exactly 6 years ago
+    became overdue). Within a minute of midnight, wait for the new day first."""
+    global TODAY
+    now = datetime.now(timezone.utc)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(),
+                                timezone.utc)
+    if midnight - now < timedelta(minutes=1):
+        time.sleep((midnight - now).total_seconds() + 0.5)
+    TODAY = datetime.now(timezone.utc).date()
 
 
 def ago(years: int, days: int = 0) -> date:
