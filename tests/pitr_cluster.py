@@ -175,6 +175,15 @@ def counts(cluster: TestCluster, port: int | None = None, db: str = "guests") ->
             for t in ("trip", "registration", "guest")}
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A new certificate for 127.0.0.1 and its key in ``folder`` (cert.pem, key.pem)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 @contextlib.contextmanager
 def moto_over_tls(folder: Path) -> Iterator[str]:
     """moto's S3 server behind TLS with a new self-signed certificate (pgBackRest
@@ -183,10 +192,7 @@ def moto_over_tls(folder: Path) -> Iterator[str]:
                                                create_backend_app)
     from werkzeug.serving import make_server
 
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    cert, key = self_signed(folder)
 
     class Handler(MotoRequestHandler):
         def finish(self):  # end TLS with close_notify: pgBackRest reads bodies to the end

@@ -17,6 +17,7 @@ from guest_backup.storages import StorageError
 from guest_backup.storages.s3 import S3StorageType
 from guest_backup.storages.s3_upload import PartBody
 from tests.live_server import free_port
+from tests.pitr_cluster import self_signed
 
 MiB = 1024 * 1024
 NAME = "system_backup_20250101_120000.zip"
@@ -28,10 +29,7 @@ def s3_https(tmp_path, monkeypatch):
     process's); boto3 verifies the server against the new certificate."""
     import boto3
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                str(port), "-c", str(cert), "-k", str(key)],

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from guest_backup.engines import EngineSettings
 from guest_backup.errors import BackupError
+from guest_backup.storages.s3 import DEFAULT_PART_MB
 
 
 def defaults(instance_path: str) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BACKUP_REMOTE_URL": "",
         #: multipart part size for S3 uploads, MiB (at least 5): parts are sent while the
         #: archive is written, at most 16 MiB of them in memory (docs/s3.md)
-        "BACKUP_S3_PART_MB": 8,
+        "BACKUP_S3_PART_MB": DEFAULT_PART_MB,
         #: Object Lock retention of every uploaded archive, days (0 = off; the bucket must
         #: have Object Lock) and its mode: GOVERNANCE or COMPLIANCE (docs/s3.md)
         "BACKUP_S3_OBJECT_LOCK_DAYS": 0,

@@ -31,7 +31,7 @@ from guest_backup.storages.s3_upload import MultipartUpload
 
 log = logging.getLogger(__name__)
 MIN_PART_MB = 5  # S3 refuses smaller non-final parts
-DEFAULT_PART_MB = 8  # as BACKUP_S3_PART_MB's default (ops.settings)
+DEFAULT_PART_MB = 8  # BACKUP_S3_PART_MB's default (ops.settings takes it from here)
 LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
 MAX_LOCK_DAYS = 36500
 
