@@ -11,7 +11,6 @@ is then a failed backup, and nothing archive-sized is written here.
 from __future__ import annotations
 
 import logging
-import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -160,8 +159,8 @@ def _record_failure(ctx: BackupContext, engine: Engine, actor, via, message: str
 def _remote_for(ctx: BackupContext, settings, output) -> tuple[Storage | None,
                                                               StorageError | None]:
     """The remote the archive is streamed to (none with ``output``), or why it
-    cannot be used. Its client (boto3: ~0.3 s to import and build) is prepared in a
-    thread while the dump starts; the first part needs it only once it is full."""
+    cannot be used. Its client is built by the upload while the dump streams
+    (:meth:`~guest_backup.storages.s3_upload.MultipartUpload.write`)."""
     if output is not None or not settings.remote_url:
         return None, None
     try:
@@ -170,12 +169,4 @@ def _remote_for(ctx: BackupContext, settings, output) -> tuple[Storage | None,
         return None, exc
     except Exception as exc:  # reported like a storage error, never a traceback
         return None, StorageError(f"the remote storage cannot be used ({type(exc).__name__})")
-    threading.Thread(target=_warm, args=(remote,), name="remote-client", daemon=True).start()
     return remote, None
-
-
-def _warm(remote: Storage) -> None:
-    try:
-        getattr(remote, "client", None)
-    except Exception:  # the upload reports it
-        pass
