@@ -8,9 +8,10 @@ logs or passes on. Archives go up by multipart upload while they are written
 5, bounded memory); any failure aborts the upload, so no orphaned parts are left.
 
 With ``BACKUP_S3_OBJECT_LOCK_DAYS`` every archive and its seal get an Object Lock
-retention (``BACKUP_S3_OBJECT_LOCK_MODE``) once uploaded; nothing here deletes a
-locked version, and deleting always removes versions (never a delete marker that
-only hides an archive on a versioned bucket). See docs/s3.md.
+retention (``BACKUP_S3_OBJECT_LOCK_MODE``) once uploaded
+(:mod:`guest_backup.storages.s3_lock`); nothing here deletes a locked version, and
+deleting always removes versions (never a delete marker that only hides an archive
+on a versioned bucket). See docs/s3.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import base64
 import hashlib
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import urlparse
@@ -27,13 +28,13 @@ from urllib.parse import urlparse
 from guest_backup.archive.format import is_archive_name, ArchiveInfo, SIDECAR_SUFFIX
 from guest_backup.storages import (StorageError, StorageUnreachable, check_extra_name,
                                     upload_file)
+from guest_backup.storages.s3_errors import error_code, error_reason
+from guest_backup.storages.s3_lock import ObjectLock, object_lock
 from guest_backup.storages.s3_upload import MultipartUpload
 
 log = logging.getLogger(__name__)
 MIN_PART_MB = 5  # S3 refuses smaller non-final parts
 DEFAULT_PART_MB = 8  # BACKUP_S3_PART_MB's default (ops.settings takes it from here)
-LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
-MAX_LOCK_DAYS = 36500
 
 
 def _boto():
@@ -47,51 +48,12 @@ def _boto():
     return botocore.session, Config
 
 
-def _reason(exc: Exception) -> str:
-    """A short reason from a botocore error: its code, never its text (no secrets)."""
-    code = _code(exc)
-    if code in ("NoSuchBucket",):
-        return "the bucket does not exist"
-    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-        return "access denied (check the credentials)"
-    if code:
-        return f"the storage answered {code}"
-    name = type(exc).__name__
-    if "Endpoint" in name or "Connect" in name or "Timeout" in name:
-        return "it could not be reached"
-    if "Credentials" in name:
-        return "no credentials are configured"
-    return f"{name}"
-
-
-def _code(exc: Exception) -> str | None:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(
-        exc, "response") else None
-
-
 def _md5(data: bytes) -> str:
     """Content-MD5: S3 checks it, and puts into a bucket with Object Lock require it."""
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
-def object_lock(config: Mapping[str, Any]) -> tuple[int, str]:
-    """BACKUP_S3_OBJECT_LOCK_DAYS (0 = off) and _MODE, checked (StorageError)."""
-    raw = config.get("BACKUP_S3_OBJECT_LOCK_DAYS") or 0
-    try:
-        days = int(str(raw).strip())
-    except ValueError:
-        days = -1
-    if not 0 <= days <= MAX_LOCK_DAYS:
-        raise StorageError(f"BACKUP_S3_OBJECT_LOCK_DAYS must be a whole number of days from 0 "
-                           f"(off) to {MAX_LOCK_DAYS}, not {str(raw)[:20]!r}")
-    mode = str(config.get("BACKUP_S3_OBJECT_LOCK_MODE") or "GOVERNANCE").strip().upper()
-    if mode not in LOCK_MODES:
-        raise StorageError(f"BACKUP_S3_OBJECT_LOCK_MODE must be GOVERNANCE or COMPLIANCE, "
-                           f"not {mode[:20]!r}")
-    return days, mode
-
-
-class S3Storage:
+class S3Storage(ObjectLock):
     name = "remote"
 
     def __init__(self, bucket: str, prefix: str, part_size: int, client: Any = None, *,
@@ -123,7 +85,7 @@ class S3Storage:
     def _fail(self, what: str, exc: Exception, unreachable: bool = False) -> StorageError:
         log.warning("%s %s failed: %s", what, self.url, type(exc).__name__)
         cls = StorageUnreachable if unreachable else StorageError
-        return cls(f"{what} {self.url} failed: {_reason(exc)}")
+        return cls(f"{what} {self.url} failed: {error_reason(exc)}")
 
     def list(self) -> list[ArchiveInfo]:
         found = []
@@ -177,21 +139,6 @@ class S3Storage:
                                         ContentMD5=_md5(data))
         return answer.get("VersionId")
 
-    def lock(self, key: str, version: str | None) -> None:
-        """Set BACKUP_S3_OBJECT_LOCK_DAYS' retention on one uploaded version (after the
-        upload: S3 ignores lock settings given to CreateMultipartUpload)."""
-        if not self.lock_days:
-            return
-        until = datetime.now(timezone.utc) + timedelta(days=self.lock_days)
-        extra = {"VersionId": version} if version else {}
-        try:
-            self.client.put_object_retention(
-                Bucket=self.bucket, Key=key, **extra,
-                Retention={"Mode": self.lock_mode, "RetainUntilDate": until})
-        except Exception as exc:
-            raise self._fail(f"the archive was uploaded, but locking {key.rsplit('/', 1)[-1]} "
-                             f"in", exc) from None
-
     def open(self, name: str, **extra: str) -> IO[bytes]:
         if not is_archive_name(name):
             raise StorageError("no such archive")
@@ -238,67 +185,6 @@ class S3Storage:
         except Exception:
             log.warning("could not remove the seal of a failed upload from %s", self.url)
 
-    def _versions(self, key: str) -> list[tuple[str, bool]] | None:
-        """(version id, is a delete marker) of exactly ``key``; None when the store
-        has no versioning API."""
-        found = []
-        try:
-            pages = self.client.get_paginator("list_object_versions").paginate(
-                Bucket=self.bucket, Prefix=key)
-            for page in pages:
-                found += [(v["VersionId"], False) for v in page.get("Versions", [])
-                          if v["Key"] == key]
-                found += [(m["VersionId"], True) for m in page.get("DeleteMarkers", [])
-                          if m["Key"] == key]
-        except Exception as exc:
-            if _code(exc) in ("NotImplemented", "MethodNotAllowed", "501"):
-                return None
-            raise
-        return found
-
-    def held(self, name: str) -> str | None:
-        """Why the archive cannot be deleted yet: a version of it or of its seal under
-        an Object Lock retention date still to come, or a legal hold (read with
-        HeadObject, which returns both; StorageError when it cannot be read, so that
-        nothing is deleted on a guess)."""
-        now, until, modes, legal = datetime.now(timezone.utc), None, set(), False
-        try:
-            for key in (self._key(name), self._key(name + SIDECAR_SUFFIX)):
-                for version_id, marker in self._versions(key) or ():
-                    if marker:
-                        continue
-                    # "null": an unversioned bucket's one version (some stores refuse the id)
-                    extra = {} if version_id == "null" else {"VersionId": version_id}
-                    head = self.client.head_object(Bucket=self.bucket, Key=key, **extra)
-                    legal |= head.get("ObjectLockLegalHoldStatus") == "ON"
-                    date = head.get("ObjectLockRetainUntilDate")
-                    if date is not None and date > now:
-                        until = max(until or date, date)
-                        modes.add(head.get("ObjectLockMode") or "?")
-        except Exception as exc:
-            raise self._fail(f"reading the Object Lock of {name} in", exc) from None
-        if legal:
-            return "under an Object Lock legal hold: kept until the hold is lifted"
-        if until is not None:
-            return (f"Object Lock ({'/'.join(sorted(modes))}) until "
-                    f"{until.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC: kept until it expires")
-        return None
-
-    def lock_problem(self) -> str | None:
-        """With BACKUP_S3_OBJECT_LOCK_DAYS set: why archives here are not protected
-        (the bucket has no Object Lock, or it cannot be read); None when they are."""
-        if not self.lock_days:
-            return None
-        try:
-            answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
-        except Exception as exc:
-            if _code(exc) == "ObjectLockConfigurationNotFoundError":
-                return f"the bucket {self.bucket} has no Object Lock"
-            return f"the Object Lock of the bucket {self.bucket} cannot be read: {_reason(exc)}"
-        if answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
-            return f"the bucket {self.bucket} has no Object Lock"
-        return None
-
     def local_path(self, name: str) -> Path | None:
         return None
 
@@ -319,7 +205,7 @@ class S3Storage:
             finally:
                 body.close()
         except Exception as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
+            if error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise self._fail(f"reading {name} from", exc, unreachable=True) from None
 
