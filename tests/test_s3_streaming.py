@@ -258,6 +258,44 @@ def test_listing_retention_and_health_with_remote_only_archives(streaming, s3, r
     assert sorted(objects(s3)) == [f"{PREFIX}/{second}", f"{PREFIX}/{second}.sig"]
 
 
+def test_a_listing_reads_the_seals_in_parallel_in_order(streaming, s3, runner):  # noqa: F811
+    """Listing (retention, backup-list, health) reads every archive's seal, a round
+    trip each on S3: several at once, and the same answer as one by one."""
+    from guest_backup.ops.listing import recognised
+    from guest_backup.wiring import backup_context
+
+    made = runner.invoke(args=["backup"]).output.strip().splitlines()[-1].rsplit("/", 1)[1]
+    copies = [f"system_backup_2025010{i}_120000.zip" for i in range(1, 7)]
+    for name in copies:  # same bytes, other names: seals that do not match, unrecognised
+        for suffix in ("", ".sig"):
+            s3.copy_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}{suffix}",
+                           CopySource={"Bucket": BUCKET, "Key": f"{PREFIX}/{made}{suffix}"})
+    with streaming.app_context():
+        ctx = backup_context()
+        storage = ctx.remote()
+        read, running, most = storage.read_sidecar, [0], [0]
+        lock = threading.Lock()
+
+        def slow_read(name):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.05)
+            try:
+                return read(name)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+        storage.read_sidecar = slow_read
+        good, bad = recognised(ctx, storage)
+        assert most[0] == 7  # all seven at once (up to parallel_reads = 8)
+        storage.parallel_reads = 1
+        most[0] = 0
+        assert recognised(ctx, storage) == (good, bad) and most[0] == 1
+    assert [a.name for a in good] == [made] and bad == copies
+
+
 @pytest.fixture
 def guests_db(pg_server):
     """A PostgreSQL database of GUESTS guests (benchmarks/generate_data.py)."""

@@ -4,7 +4,9 @@ look like archives but are not recognised."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from guest_backup.archive.format import ArchiveInfo
 from guest_backup.archive.seal import recognise, sealed_sha256
@@ -33,12 +35,8 @@ def recognised(ctx: BackupContext, storage: Storage) -> tuple[list[ArchiveInfo],
     creation time) and the names of the files it holds that are not."""
     trusted, installation = ctx.settings.trusted(), ctx.settings.installation()
     good, bad = [], []
-    for found in storage.list():
-        try:
-            local = storage.local_path(found.name)
-            sidecar = storage.read_sidecar(found.name)
-        except StorageError:
-            local, sidecar = None, None
+    listed = storage.list()
+    for found, (local, sidecar) in zip(listed, _sidecars(storage, listed)):
         when = recognise(found.name, found.size, sidecar, trusted, installation, local)
         if when is None:
             bad.append(found.name)
@@ -46,6 +44,24 @@ def recognised(ctx: BackupContext, storage: Storage) -> tuple[list[ArchiveInfo],
             sha = sealed_sha256(sidecar) if sidecar is not None else None  # checked just now
             good.append(ArchiveInfo(found.name, found.size, when, list(found.locations), sha))
     return newest_first(good), sorted(bad)
+
+
+def _sidecars(storage: Storage, listed: list[ArchiveInfo]) -> list[tuple[Path | None,
+                                                                       bytes | None]]:
+    """Each listed archive's file here (if any) and seal, in order; read
+    ``storage.parallel_reads`` at a time (S3: a round trip each, which a backup's
+    retention, the listing and health otherwise wait for one after another)."""
+    def read(found: ArchiveInfo) -> tuple[Path | None, bytes | None]:
+        try:
+            return storage.local_path(found.name), storage.read_sidecar(found.name)
+        except StorageError:
+            return None, None
+
+    workers = min(getattr(storage, "parallel_reads", 1), len(listed))
+    if workers <= 1:
+        return [read(found) for found in listed]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal-read") as pool:
+        return list(pool.map(read, listed))
 
 
 def list_everywhere(ctx: BackupContext) -> Listing:

@@ -45,6 +45,9 @@ class Storage(Protocol):
     name: str
     #: where, for people (no credentials)
     url: str
+    #: how many :meth:`read_sidecar` calls may run at once (from threads); 1 when
+    #: the attribute is missing
+    parallel_reads: int
 
     def list(self) -> list[ArchiveInfo]:
         """Complete archives, newest first; raise StorageUnreachable."""

@@ -17,6 +17,8 @@ from guest_backup.storages import (StorageError, StorageUnreachable, check_extra
 
 
 class LocalStorage:
+    parallel_reads = 1  # seals are files here: read one after another
+
     def __init__(self, folder: str | os.PathLike, name: str = "local") -> None:
         self.folder = Path(folder)
         self.name = name

@@ -55,6 +55,7 @@ def _md5(data: bytes) -> str:
 
 class S3Storage(ObjectLock):
     name = "remote"
+    parallel_reads = 8  # seals read at once by a listing (a round trip each)
 
     def __init__(self, bucket: str, prefix: str, part_size: int, client: Any = None, *,
                  lock_days: int = 0, lock_mode: str = "GOVERNANCE",
