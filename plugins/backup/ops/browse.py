@@ -13,36 +13,26 @@ page, the command and the app's start call.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import secrets
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from guest_backup.archive.format import is_archive_name
-from guest_backup.archive.signing import TrustedKeys
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
+from guest_backup.ops.browse_load import load_into
 from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, now_text, parse_time,
                                               pid_alive)
-from guest_backup.ops.browse_search import add_search_indexes
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.create import safe_message
-from guest_backup.ops.fetch import archive_file, local_copy
-from guest_backup.ops.finishing import erasures_for
-from guest_backup.ops.listing import storages_holding
-from guest_backup.ops.restore import restore_archive
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +199,7 @@ def finish_open(ctx: BackupContext, live_engine: Engine, session: BrowseSession,
     """Load the claimed session's archive; on failure the session is left as
     ``failed`` with the reason (dropped later like an idle one)."""
     try:
-        _load(ctx, session, archive, identity, trusted_keys)
+        load_into(ctx, session, archive, identity, trusted_keys)
     except BaseException as exc:
         message = safe_message(exc)
         _drop(session)
@@ -270,43 +260,6 @@ def _wait_for(ctx: BackupContext, session_id: str) -> BrowseSession:
             return session
         time.sleep(1)
     raise BackupError("the archive is still being opened by another process")
-
-
-def _load(ctx: BackupContext, session: BrowseSession, archive: str, identity,
-          trusted_keys) -> None:
-    """The restore path into the scratch database, then the search indexes."""
-    settings = ctx.settings
-    uploads = Path(tempfile.mkdtemp(prefix="gr-browse-uploads-"))  # not kept: not browsed
-    start = time.perf_counter()
-    try:
-        with _archive_path(ctx, archive) as path:
-            restored = restore_archive(
-                path, engines=ctx.engines, settings=settings, target_url=session.url,
-                uploads_dir=uploads, trusted=settings.trusted(trusted_keys), engine=None,
-                identity=identity, explicit_keys=list(TrustedKeys(trusted_keys)),
-                migrations=ctx.migrations() if ctx.migrations else None,
-                erasures=erasures_for(ctx))
-    finally:
-        shutil.rmtree(uploads, ignore_errors=True)
-    session.open_seconds = round(time.perf_counter() - start, 2)
-    session.erasures, session.schema = restored.erasures, restored.schema
-    start = time.perf_counter()
-    add_search_indexes(session.engine)
-    session.index_seconds = round(time.perf_counter() - start, 2)
-
-
-@contextlib.contextmanager
-def _archive_path(ctx: BackupContext, archive: str) -> Iterator[Path]:
-    """A stored archive's name (the local folder first), or a path or URL."""
-    if "/" not in archive and is_archive_name(archive):
-        holding = storages_holding(ctx, archive)
-        if not holding:
-            raise BackupError(f"{archive} is in no backup storage")
-        with archive_file(holding[0], archive) as path:
-            yield path
-        return
-    with local_copy(ctx, archive) as path:
-        yield path
 
 
 def _save(ctx: BackupContext, session: BrowseSession, **changes) -> None:
