@@ -133,3 +133,72 @@ def test_health_reports_a_bucket_without_object_lock(locked, s3, runner):  # noq
     assert text == (f"s3://{BUCKET}/site: BACKUP_S3_OBJECT_LOCK_DAYS is 3, but the bucket "
                     f"{BUCKET} has no Object Lock: its archives can be deleted by anyone "
                     f"holding the storage's keys")
+
+
+def test_retention_reads_a_deleted_archives_versions_once(locked, s3, runner):  # noqa: F811
+    """Pruning one archive: its versions and its seal's listed once (the delete
+    looks at the hold itself; before, prune asked held() and delete asked again,
+    then listed the versions a third time: 6 listings and 4 HEADs)."""
+    from guest_backup.ops.retention import Policy, prune_storage
+    from guest_backup.wiring import backup_context
+
+    locked.config["BACKUP_S3_OBJECT_LOCK_DAYS"] = 0  # versioned bucket, nothing locked
+    first = make_backup(runner)
+    second = make_backup(runner)
+    ctx = backup_context(locked)
+    storage = ctx.remote()
+    calls: list[str] = []
+    storage.client.meta.events.register(
+        "before-call.s3", lambda model, **_: calls.append(model.name))
+    decisions = prune_storage(ctx, storage, Policy(last=1))
+    assert [(d.name, d.keep) for d in decisions] == [(second.name, True), (first.name, False)]
+    assert calls.count("ListObjectVersions") == 2, calls  # the archive's and the seal's
+    assert calls.count("HeadObject") == 2, calls  # one version each, its lock read once
+    assert calls.count("DeleteObject") == 2, calls
+    left, markers = versions(s3)
+    assert markers == [] and {v["Key"] for v in left} == {
+        f"site/{second.name}", f"site/{second.name}.sig"}
+
+
+class _Refusing:
+    """A plugin storage whose delete refuses held archives with a plain StorageError."""
+
+    name, url, parallel_reads = "remote", "plugin://x", 1
+
+    def __init__(self, holds: dict[str, str]) -> None:
+        self.holds, self.deleted, self.asked = holds, [], []
+
+    def held(self, name: str) -> str | None:
+        self.asked.append(name)
+        return self.holds.get(name)
+
+    def delete(self, name: str) -> None:
+        if name in self.holds or name == "broken":
+            raise StorageError(f"{name} cannot be deleted")
+        self.deleted.append(name)
+
+
+def test_retention_still_understands_a_plugin_storage_that_refuses_plainly(
+        app, monkeypatch):
+    """ArchiveHeld is how a storage says "held"; a plugin storage raising a plain
+    StorageError is asked held() afterwards, and a refusal held() cannot explain
+    fails the prune (nothing is reported as kept on a guess)."""
+    from types import SimpleNamespace
+
+    import guest_backup.ops.listing as listing
+    from guest_backup.ops.retention import Policy, prune_storage
+
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    names = ["new", "locked", "old"]
+    monkeypatch.setattr(listing, "recognised", lambda ctx, storage: (
+        [SimpleNamespace(name=n, created=when - timedelta(days=i)) for i, n in enumerate(names)],
+        []))
+    storage = _Refusing({"locked": "a hold"})
+    decisions = prune_storage(None, storage, Policy(last=1))
+    assert [(d.name, d.keep, d.held) for d in decisions] == [
+        ("new", True, None), ("locked", True, "a hold"), ("old", False, None)]
+    assert storage.deleted == ["old"] and storage.asked == ["locked"]
+
+    names[2] = "broken"
+    with pytest.raises(StorageError, match="broken cannot be deleted"):
+        prune_storage(None, _Refusing({}), Policy(last=1))

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from guest_backup.ops.notify import observed
+from guest_backup.storages import ArchiveHeld, StorageError
 
 
 def years_before(when: datetime, years: int) -> datetime:
@@ -156,10 +157,19 @@ def prune_storage(ctx, storage, policy: Policy, *, protect: str | None = None,
     for d in decisions:
         if d.name == protect and not d.keep:
             d.reasons.append("just made")
-        if not d.keep and held is not None:
-            d.held = held(d.name)
-        if not d.keep and not dry_run:
+        if d.keep:
+            continue
+        if dry_run:
+            d.held = held(d.name) if held is not None else None
+            continue
+        try:  # a delete looks at the hold itself: asking held() first would look twice
             storage.delete(d.name)
+        except ArchiveHeld as exc:
+            d.held = exc.reason
+        except StorageError:  # a plugin storage may refuse with a plain StorageError
+            d.held = held(d.name) if held is not None else None
+            if d.held is None:
+                raise
     return decisions
 
 

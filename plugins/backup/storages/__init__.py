@@ -26,6 +26,15 @@ class StorageUnreachable(StorageError):
     """A storage could not be reached (``backup-health`` exits 2)."""
 
 
+class ArchiveHeld(StorageError):
+    """:meth:`Storage.delete` refused: the archive is held; ``reason`` is what
+    :meth:`Storage.held` says (an Object Lock retention date or legal hold)."""
+
+    def __init__(self, name: str, url: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"{name} cannot be deleted from {url}: {reason}")
+
+
 #: the small non-archive files a storage keeps beside the archives (never listed
 #: as archives): the erasure ledger's copy
 EXTRA_NAMES = frozenset({"erasure-ledger.jsonl"})
@@ -70,7 +79,9 @@ class Storage(Protocol):
 
     def delete(self, name: str) -> None:
         """Remove an archive and its sidecar (every version of them: never a delete
-        marker that only hides them); StorageError while :meth:`held` says why not."""
+        marker that only hides them); :class:`ArchiveHeld` while :meth:`held` says
+        why not (retention relies on it: it deletes without asking :meth:`held`
+        first, so a held archive costs one look, not two)."""
 
     def held(self, name: str) -> str | None:
         """Why the archive cannot be deleted yet (an S3 Object Lock retention date or

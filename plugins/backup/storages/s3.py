@@ -26,8 +26,8 @@ from typing import IO, Any, Mapping
 from urllib.parse import urlparse
 
 from guest_backup.archive.format import is_archive_name, ArchiveInfo, SIDECAR_SUFFIX
-from guest_backup.storages import (StorageError, StorageUnreachable, check_extra_name,
-                                    upload_file)
+from guest_backup.storages import (ArchiveHeld, StorageError, StorageUnreachable,
+                                    check_extra_name, upload_file)
 from guest_backup.storages.s3_errors import error_code, error_reason
 from guest_backup.storages.s3_lock import ObjectLock, object_lock
 from guest_backup.storages.s3_upload import MultipartUpload
@@ -165,12 +165,11 @@ class S3Storage(ObjectLock):
         plain delete, which on a versioned bucket only adds a delete marker."""
         if not is_archive_name(name):
             raise StorageError("no such archive")
-        reason = self.held(name)
+        reason, versions_of = self._lock_state(name)  # the versions listed once
         if reason:
-            raise StorageError(f"{name} cannot be deleted from {self.url}: {reason}")
+            raise ArchiveHeld(name, self.url, reason)
         try:
-            for key in (self._key(name), self._key(name + SIDECAR_SUFFIX)):
-                versions = self._versions(key)
+            for key, versions in versions_of.items():
                 if versions is None:  # no versioning API (some S3-compatible stores)
                     self.client.delete_object(Bucket=self.bucket, Key=key)
                 for version_id, _ in versions or ():

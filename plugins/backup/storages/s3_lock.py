@@ -81,10 +81,18 @@ class ObjectLock:
         an Object Lock retention date still to come, or a legal hold (read with
         HeadObject, which returns both; StorageError when it cannot be read, so that
         nothing is deleted on a guess)."""
+        return self._lock_state(name)[0]
+
+    def _lock_state(self, name: str) -> tuple[str | None, dict[str, list | None]]:
+        """:meth:`held`'s answer and the versions it read, by key (the archive's and
+        its seal's; None: the store has no versioning API): what a delete removes,
+        without listing them again."""
         now, until, modes, legal = datetime.now(timezone.utc), None, set(), False
+        found: dict[str, list | None] = {}
         try:
             for key in (self._key(name), self._key(name + SIDECAR_SUFFIX)):
-                for version_id, marker in self._versions(key) or ():
+                found[key] = self._versions(key)
+                for version_id, marker in found[key] or ():
                     if marker:
                         continue
                     # "null": an unversioned bucket's one version (some stores refuse the id)
@@ -98,11 +106,12 @@ class ObjectLock:
         except Exception as exc:
             raise self._fail(f"reading the Object Lock of {name} in", exc) from None
         if legal:
-            return "under an Object Lock legal hold: kept until the hold is lifted"
+            return "under an Object Lock legal hold: kept until the hold is lifted", found
         if until is not None:
             return (f"Object Lock ({'/'.join(sorted(modes))}) until "
-                    f"{until.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC: kept until it expires")
-        return None
+                    f"{until.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC: kept until it expires",
+                    found)
+        return None, found
 
     def lock_problem(self) -> str | None:
         """With BACKUP_S3_OBJECT_LOCK_DAYS set: why archives here are not protected
