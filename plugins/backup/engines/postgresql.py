@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 PG_TRAILER = b"-- PostgreSQL database dump complete"
 COMMITTED = b"gr-restore-committed"
 XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
+#: what pg_export_snapshot() returns: hexadecimal numbers joined by dashes
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]{1,16}(?:-[0-9A-F]{1,16}){1,3}")
 
 
 class PostgresEngine:
@@ -73,6 +75,18 @@ class PostgresEngine:
         # a snapshot transaction waits on its reader (a slow client, pg_dump): the app's
         # idle-in-transaction timeout is for stalled requests, not for this one
         conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
+
+    def share_snapshot(self, conn: Connection) -> Callable[[Connection], None]:
+        """``pg_export_snapshot()``, imported by ``SET TRANSACTION SNAPSHOT`` (as
+        ``pg_dump --snapshot`` does) on the other connection."""
+        snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+        if not _SNAPSHOT_ID.fullmatch(snapshot):  # it goes into a statement as a literal
+            raise EngineError("PostgreSQL returned an unexpected snapshot id")
+
+        def join(other: Connection) -> None:
+            self.begin_snapshot(other)
+            other.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        return join
 
     def timestamp_text(self, column: ColumnElement) -> ColumnElement:
         from sqlalchemy import func

@@ -1,0 +1,127 @@
+"""The manifest's row counts: from the dump's own snapshot, taken beside the dump
+on PostgreSQL (a second connection importing the snapshot), on the dump's
+connection when that cannot be done."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zipfile
+
+import pytest
+import sqlalchemy as sa
+
+import guest_backup.ops.create as create
+from guest_backup.archive.format import DATABASE_MEMBER
+from guest_backup.engines.postgresql import PostgresEngine
+from tests.helpers import make_backup
+
+
+@pytest.fixture
+def backend() -> str:
+    return "postgresql"
+
+
+def guests_in_dump(archive) -> int:
+    """The rows of the guest table's COPY block in the archive's dump."""
+    lines = zipfile.ZipFile(archive).read(DATABASE_MEMBER).split(b"\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(b"COPY public.guest "))
+    return lines.index(b"\\.", start) - start - 1
+
+
+def guests_now(app) -> int:
+    engine = sa.create_engine(app.config["DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM guest")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def add_guest_after_the_snapshot(app) -> None:
+    """A committed guest the backup's snapshot must not see."""
+    engine = sa.create_engine(app.config["DATABASE_URL"])
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO guest (registration_id, first_name, last_name, age_category, "
+                "document_type, document_number, gdpr_consent) SELECT min(id), 'Late', "
+                "'Comer', 'adult', 'passport', 'LATE1', true FROM registration"))
+    finally:
+        engine.dispose()
+
+
+def test_the_counts_run_beside_the_dump_in_its_snapshot(app, runner, monkeypatch):
+    assert runner.invoke(args=["demo-data"]).exit_code == 0
+    events: list[tuple[str, str]] = []
+    real_count, real_dump = create._count, PostgresEngine.dump
+
+    def slow_count(conn, tables):
+        events.append(("counting", threading.current_thread().name))
+        time.sleep(0.5)  # longer than the dump: a dump waiting for the counts comes after
+        counts = real_count(conn, tables)
+        events.append(("counted", threading.current_thread().name))
+        return counts
+
+    def dump(self, settings, conn, write):
+        events.append(("dump", threading.current_thread().name))
+        add_guest_after_the_snapshot(app)
+        return real_dump(self, settings, conn, write)
+
+    monkeypatch.setattr(create, "_count", slow_count)
+    monkeypatch.setattr(PostgresEngine, "dump", dump)
+    archive = make_backup(runner)
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("dump") < kinds.index("counted"), events  # beside, not before
+    assert events[kinds.index("counting")][1].startswith("row-counts"), events
+    assert events[kinds.index("dump")][1] == threading.current_thread().name
+    manifest = json.loads(zipfile.ZipFile(archive).read("manifest.json"))
+    in_dump = guests_in_dump(archive)
+    # the counts and the dump: one snapshot, without the guest added meanwhile
+    assert manifest["row_counts"]["guest"] == in_dump == guests_now(app) - 1 > 50
+
+
+def test_the_counts_fall_back_to_the_dumps_connection(app, runner, monkeypatch, caplog):
+    """No second connection (a pool of one, say): counted on the dump's own
+    connection after the dump, still in its snapshot."""
+    assert runner.invoke(args=["demo-data"]).exit_code == 0
+    real_share, real_dump = PostgresEngine.share_snapshot, PostgresEngine.dump
+
+    def share_snapshot(self, conn):
+        real_share(self, conn)
+
+        def join(other):
+            raise sa.exc.TimeoutError("QueuePool limit of size 1 overflow 0 reached")
+        return join
+
+    def dump(self, settings, conn, write):
+        add_guest_after_the_snapshot(app)
+        return real_dump(self, settings, conn, write)
+
+    monkeypatch.setattr(PostgresEngine, "share_snapshot", share_snapshot)
+    monkeypatch.setattr(PostgresEngine, "dump", dump)
+    with caplog.at_level(logging.WARNING, logger="guest_backup.ops.create"):
+        archive = make_backup(runner)
+    manifest = json.loads(zipfile.ZipFile(archive).read("manifest.json"))
+    assert manifest["row_counts"]["guest"] == guests_in_dump(archive) == guests_now(app) - 1
+    assert "row counts beside the dump failed (TimeoutError); counted after it" in caplog.text
+
+
+def test_a_snapshot_id_is_checked_before_it_goes_into_sql(app, monkeypatch):
+    """``SET TRANSACTION SNAPSHOT`` takes no parameter: the id is a literal, so
+    anything but pg_export_snapshot()'s shape is refused."""
+    from guest_backup.errors import EngineError
+
+    class Conn:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def exec_driver_sql(self, statement):
+            return type("R", (), {"scalar_one": lambda _: self.answer})()
+
+    assert callable(PostgresEngine().share_snapshot(Conn("00000003-0000001B-1")))
+    for bad in ("x'; DROP TABLE guest; --", "", "00000003-0000001B-1'"):
+        with pytest.raises(EngineError, match="unexpected snapshot id"):
+            PostgresEngine().share_snapshot(Conn(bad))
