@@ -117,6 +117,33 @@ def test_month_boundaries(client, admin_token, guests, year, month, index):
     assert [r["id"] for r in data] == [ids[index]]
 
 
+def test_the_last_allowed_month_is_exported(client, auth, admin_token, guests, app):
+    """December 9999 has no next month Python can name: no upper bound, not a 500
+    (found by the review of 2026-12-05; before, a 500 and no audit entry)."""
+    with app.app_context():
+        reg = db.session.get(Registration, guests[1])
+        last = Guest(registration=reg, first_name="Last", last_name="Month", age_category="adult",
+                     document_type="passport", document_number="P-LAST", gdpr_consent=True,
+                     created_at=datetime(9999, 12, 31, 23, 59, 59))
+        db.session.add(last)
+        db.session.commit()
+        last_id = last.id
+    for fmt in ("json", "csv"):
+        resp = get(client, admin_token, year=9999, month=12, format=fmt)
+        assert resp.status_code == 200, resp.data[:300]
+        assert resp.headers["X-Export-Rows"] == "1"
+    assert [r["id"] for r in json.loads(get(client, admin_token, year=9999, month=12,
+                                            format="json").data)] == [last_id]
+    assert json.loads(get(client, admin_token, year=9999, month=11, format="json").data) == []
+    auth.login()
+    preview = client.get("/admin/backup/preview?year=9999&month=12")
+    assert preview.status_code == 200 and preview.get_json()["rows"] == 1, preview.data[:300]
+    with app.app_context():
+        outcomes = [(e.outcome, e.month) for e in db.session.query(AuditEntry)
+                    .filter(AuditEntry.year == 9999)]
+    assert ("ok", 12) in outcomes, outcomes
+
+
 @pytest.mark.parametrize("fmt,body", [("csv", b",".join(f.encode() for f in FIELDS) + b"\r\n"),
                                       ("json", b"[]")])
 def test_empty_month_is_200(client, admin_token, guests, fmt, body):

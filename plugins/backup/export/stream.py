@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Iterator, Mapping, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from guest_registration import audit
@@ -92,14 +92,21 @@ def parse_request(args: Mapping[str, Sequence[str]], formats: FormatRegistry) ->
     return ExportRequest(year, month, fmt)
 
 
-def month_range(year: int, month: int) -> tuple[datetime, datetime]:
-    """First instant of the month (inclusive) and of the next month (exclusive), UTC."""
+def month_range(year: int, month: int) -> tuple[datetime, datetime | None]:
+    """First instant of the month (inclusive) and of the next month (exclusive), UTC;
+    no end after December 9999 (a year Python's datetime cannot hold: nothing
+    created in this app's lifetime comes later)."""
     start = datetime(year, month, 1)
-    end = datetime(year + 1, 1, 1) if month == 12 else datetime(year, month + 1, 1)
-    return start, end
+    if month < 12:
+        return start, datetime(year, month + 1, 1)
+    return start, datetime(year + 1, 1, 1) if year < MAX_YEAR else None
 
 
-def export_query(start: datetime, end: datetime, *, timestamp: Callable | None = None):
+def _in_month(column, start: datetime, end: datetime | None):
+    return (column >= start) if end is None else and_(column >= start, column < end)
+
+
+def export_query(start: datetime, end: datetime | None, *, timestamp: Callable | None = None):
     """The export's SELECT: one row per guest created in [start, end), by guest id.
 
     ``timestamp`` renders ``created_at`` in SQL (an engine's ``timestamp_text``);
@@ -115,12 +122,12 @@ def export_query(start: datetime, end: datetime, *, timestamp: Callable | None =
         )
         .join(Registration, Guest.registration_id == Registration.id)
         .join(Trip, Registration.trip_id == Trip.id)
-        .where(Guest.created_at >= start, Guest.created_at < end)
+        .where(_in_month(Guest.created_at, start, end))
         .order_by(Guest.id)
     )
 
 
-def count_query(start: datetime, end: datetime, *, joins: bool = True):
+def count_query(start: datetime, end: datetime | None, *, joins: bool = True):
     """The number of rows :func:`export_query` returns.
 
     ``joins=False`` counts the guests alone: equal where the foreign keys are
@@ -132,7 +139,7 @@ def count_query(start: datetime, end: datetime, *, joins: bool = True):
     if joins:
         query = (query.join(Registration, Guest.registration_id == Registration.id)
                  .join(Trip, Registration.trip_id == Trip.id))
-    return query.where(Guest.created_at >= start, Guest.created_at < end)
+    return query.where(_in_month(Guest.created_at, start, end))
 
 
 def _generic_rows(conn: Connection, query, fetch_rows: int) -> Iterator[tuple]:
