@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,6 +97,23 @@ def new_archive_name(folder: Path, when: datetime, encrypted: bool = False) -> s
 def sidecar_path(path: Path) -> Path:
     """Where an encrypted archive's ciphertext signature lives."""
     return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+#: the most of a seal (``.sig``) anything reads: a real one is a few hundred bytes
+MAX_SEAL_BYTES = 64 * 1024
+
+
+def read_seal(path: Path) -> bytes:
+    """The first :data:`MAX_SEAL_BYTES` of a seal file, which must be a regular
+    file: never followed through a link, never waited on (a FIFO or a link to
+    ``/dev/zero`` planted in a shared backup folder would hang or fill the
+    reader: every listing reads every seal). OSError when it is not there or not
+    a regular file: treated as no seal."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as src:
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return src.read(MAX_SEAL_BYTES)
 
 
 def delete_archive(path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Iterator, Mapping
 
 from guest_backup.archive.encryption import DecryptingReader, is_age_file
 from guest_backup.archive.format import (DATABASE_MEMBER, MANIFEST_MEMBER, MAX_MEMBERS,
-                                        SIGNATURE_MEMBER, sidecar_path)
+                                        SIGNATURE_MEMBER, read_seal, sidecar_path)
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.verify import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
                                         VerifyReport, _check_zip, _parse_manifest,
@@ -138,7 +138,7 @@ class ArchivePass:
         unless ``allow_unsigned``); a plain archive is then verified whole first."""
         sidecar = sidecar_path(self.path)
         try:
-            envelope = sidecar.read_bytes()[:MAX_SIGNATURE_BYTES]
+            envelope = read_seal(sidecar)[:MAX_SIGNATURE_BYTES]
         except OSError:
             if required and not self.allow_unsigned:
                 raise ArchiveRefused([f"{sidecar.name} (the seal of the encrypted archive) is "

@@ -20,7 +20,7 @@ from typing import Mapping, Protocol
 
 from guest_backup.archive.format import (DATABASE_MEMBER, FORMAT_VERSION, MANIFEST_MEMBER,
                                         MAX_MEMBERS, PHOTO_NAME_RE, SIGNATURE_MEMBER,
-                                        UPLOADS_PREFIX, is_archive_name, name_time,
+                                        UPLOADS_PREFIX, is_archive_name, name_time, read_seal,
                                         sidecar_path)
 from guest_backup.archive.encryption import is_age_file
 from guest_backup.errors import EngineError
@@ -204,7 +204,7 @@ def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport, bi
                       required: bool) -> None:
     sidecar = sidecar_path(path)
     try:
-        envelope = sidecar.read_bytes()[:MAX_SIGNATURE_BYTES]
+        envelope = read_seal(sidecar)[:MAX_SIGNATURE_BYTES]
     except OSError:
         if required:
             report.problems.append(f"{sidecar.name} (the seal of the encrypted archive) is "

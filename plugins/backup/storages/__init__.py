@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any, Mapping, Protocol
 
-from guest_backup.archive.format import ArchiveInfo, sidecar_path
+from guest_backup.archive.format import ArchiveInfo, read_seal, sidecar_path
 from guest_backup.archive.writer import Sink
 from guest_backup.errors import BackupError
 
@@ -38,6 +38,19 @@ class ArchiveHeld(StorageError):
 #: the small non-archive files a storage keeps beside the archives (never listed
 #: as archives): the erasure ledger's copy
 EXTRA_NAMES = frozenset({"erasure-ledger.jsonl"})
+
+
+#: the largest extra file a storage reads (the erasure ledger: a few hundred bytes
+#: per erasure); a bigger one, planted or broken, is refused, not read into memory
+MAX_EXTRA_BYTES = 64 * 1024 * 1024
+
+
+def checked_extra(name: str, url: str, data: bytes) -> bytes:
+    """``data`` (read up to one byte past :data:`MAX_EXTRA_BYTES`), or StorageError."""
+    if len(data) > MAX_EXTRA_BYTES:
+        raise StorageError(f"{name} in {url} is larger than {MAX_EXTRA_BYTES // 1024 // 1024} "
+                           f"MiB: not read")
+    return data
 
 
 def check_extra_name(name: str) -> str:
@@ -128,7 +141,11 @@ def upload_file(sink: Sink, path: Path, chunk: int = 1024 * 1024) -> None:
         with open(path, "rb") as src:
             while data := src.read(chunk):
                 sink.write(data)
-        sink.finish(sidecar.read_bytes() if sidecar.exists() else None)
+        try:
+            seal = read_seal(sidecar)
+        except FileNotFoundError:
+            seal = None
+        sink.finish(seal)
     except BaseException:
         sink.abort()
         raise

@@ -4,16 +4,17 @@ mounted share) as a remote one."""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import unquote, urlparse
 
 from guest_backup.archive.format import (is_archive_name, ArchiveInfo, delete_archive,
-                                        list_archives, sidecar_path)
+                                        list_archives, read_seal, sidecar_path)
 from guest_backup.archive.writer import FileSink
-from guest_backup.storages import (StorageError, StorageUnreachable, check_extra_name,
-                                    upload_file)
+from guest_backup.storages import (MAX_EXTRA_BYTES, StorageError, StorageUnreachable,
+                                    check_extra_name, checked_extra, upload_file)
 
 
 class LocalStorage:
@@ -61,7 +62,7 @@ class LocalStorage:
 
     def read_sidecar(self, name: str) -> bytes | None:
         try:
-            return sidecar_path(self._path(name)).read_bytes()
+            return read_seal(sidecar_path(self._path(name)))
         except OSError:
             return None
 
@@ -98,14 +99,16 @@ class LocalStorage:
         check_extra_name(name)
         if self.name != "local" and not self.folder.is_dir():
             raise StorageUnreachable(f"the storage {self.url} is not there")
-        try:
-            fd = os.open(self.folder / name, os.O_RDONLY | os.O_NOFOLLOW)
+        try:  # not through a link, never waiting on a FIFO planted in a shared folder
+            fd = os.open(self.folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StorageError(f"reading {name} from {self.url} failed ({exc.strerror})") from None
         with os.fdopen(fd, "rb") as src:
-            return src.read()
+            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                raise StorageError(f"{name} in {self.url} is not a regular file: not read")
+            return checked_extra(name, self.url, src.read(MAX_EXTRA_BYTES + 1))
 
 
 class FileStorageType:

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import urlparse
 
-from guest_backup.archive.format import is_archive_name, ArchiveInfo, SIDECAR_SUFFIX
-from guest_backup.storages import (ArchiveHeld, StorageError, StorageUnreachable,
-                                    check_extra_name, upload_file)
+from guest_backup.archive.format import (MAX_SEAL_BYTES, SIDECAR_SUFFIX, ArchiveInfo,
+                                        is_archive_name)
+from guest_backup.storages import (MAX_EXTRA_BYTES, ArchiveHeld, StorageError,
+                                    StorageUnreachable, check_extra_name, checked_extra,
+                                    upload_file)
 from guest_backup.storages.s3_errors import error_code, error_reason
 from guest_backup.storages.s3_lock import ObjectLock, object_lock
 from guest_backup.storages.s3_upload import MultipartUpload
@@ -156,7 +158,7 @@ class S3Storage(ObjectLock):
         try:
             body = self.client.get_object(Bucket=self.bucket,
                                           Key=self._key(name + SIDECAR_SUFFIX))["Body"]
-            return body.read(64 * 1024)
+            return body.read(MAX_SEAL_BYTES)
         except Exception:
             return None
 
@@ -201,13 +203,14 @@ class S3Storage(ObjectLock):
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
             try:
-                return body.read()
+                data = body.read(MAX_EXTRA_BYTES + 1)
             finally:
                 body.close()
         except Exception as exc:
             if error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise self._fail(f"reading {name} from", exc, unreachable=True) from None
+        return checked_extra(name, self.url, data)
 
 
 class S3StorageType:
