@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from guest_backup.errors import EngineError
-from guest_backup.engines import CHUNK, EngineSettings, ToolInfo, parse_url
-from guest_backup.engines.sqlitescreen import SQLiteDumpScreen, _authorizer, _sql_statements
+from guest_backup.engines import CHUNK, DumpRefused, EngineSettings, ToolInfo, parse_url
+from guest_backup.engines.sqlitescreen import (SCHEMA_OBJECTS, SQLiteDumpScreen, _authorizer,
+                                              _sql_statements)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -220,6 +221,11 @@ def _load(tmp: Path, stream: IO[bytes], page_size: int) -> sqlite3.Connection:
         if con.in_transaction or not screen.committed:
             raise EngineError("the SQL dump is incomplete (no COMMIT); nothing was restored")
         con.set_authorizer(None)
+        odd = con.execute("SELECT type, name FROM sqlite_master WHERE type NOT IN (?, ?, ?)",
+                          SCHEMA_OBJECTS).fetchall()
+        if odd:  # a trigger runs as the app on later writes: never from an archive
+            raise DumpRefused(f"the SQL dump leaves a {odd[0][0][:20]} in the database, which "
+                              f"an SQLite dump of this app never has; {NOTHING_RESTORED}")
         return con
     except BaseException:
         con.close()

@@ -18,7 +18,15 @@ _STATEMENT = re.compile(
     |INSERT\ INTO\ (?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)\ VALUES\(
     |DELETE\ FROM\ "?sqlite_sequence"?
     |ANALYZE\ "?sqlite_master"?
-    |PRAGMA\ (?:foreign_keys|writable_schema)\ ?=\ ?(?:ON|OFF))""", re.I | re.X)
+    |PRAGMA\ foreign_keys\ ?=\ ?(?:ON|OFF))""", re.I | re.X)
+#: the schema table: iterdump writes to it (with ``PRAGMA writable_schema=ON``) only
+#: for virtual tables, which this app has none of; a row written into it is stored
+#: code (a trigger) that no CREATE statement shows
+_SCHEMA_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
+_INSERT_INTO = re.compile(r'\s*INSERT\s+INTO\s+(?:"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_]*))',
+                          re.I)
+#: what may be in the schema after a load: ``CREATE TRIGGER`` is refused by the screen
+SCHEMA_OBJECTS = ("table", "index", "view")
 _LITERALS = re.compile(r"'(?:[^']|'')*'|X'[0-9A-Fa-f]*'|NULL", re.I)
 _NUMBERS_ONLY = re.compile(r"[\s0-9.eE+\-,();]*")
 _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
@@ -40,6 +48,10 @@ class SQLiteDumpScreen:
             raise DumpRefused(f"the SQL dump holds a statement an SQLite dump does not have "
                               f"({words} …); nothing was restored")
         if m.group().strip().upper().startswith("INSERT"):
+            quoted, bare = _INSERT_INTO.match(statement).groups()
+            if (bare or quoted.replace('""', '"')).lower() in _SCHEMA_TABLES:
+                raise DumpRefused("the SQL dump writes into SQLite's schema table (stored "
+                                  "code no CREATE statement shows); nothing was restored")
             values = statement[m.end():].rstrip().rstrip(";")
             if not _NUMBERS_ONLY.fullmatch(_LITERALS.sub("", values)):
                 raise DumpRefused("the SQL dump inserts something other than plain values; "
@@ -69,8 +81,9 @@ def _authorizer(action: int, arg1, arg2, database, source) -> int:
         return sqlite3.SQLITE_DENY
     if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
         return sqlite3.SQLITE_DENY
-    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in ("foreign_keys",
-                                                                       "writable_schema"):
+    # not writable_schema: without it, no statement can write sqlite_master directly
+    # (CREATE statements write it too, so writes to it cannot be denied here)
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() != "foreign_keys":
         return sqlite3.SQLITE_DENY
     if database not in (None, "main", "temp"):
         return sqlite3.SQLITE_DENY

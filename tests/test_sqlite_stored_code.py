@@ -1,0 +1,84 @@
+"""An SQLite archive must not plant stored code: a trigger written straight into
+``sqlite_master`` (``PRAGMA writable_schema=ON``) would run as the app on every
+later write; the one below copies an erased guest's name aside before erasure
+overwrites it. Found by the review of 2026-12-05 with a trusted (stolen) key:
+verify and restore accepted it, and ``erase`` reported success while the name
+survived in a hidden table. Refused now by the screen, by the authorizer (no
+``writable_schema``), and after the load (no schema object but tables, indexes
+and views)."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+
+import pytest
+
+import guest_backup.engines.sqlite as sqlite_engine
+from guest_backup.engines import DumpRefused, EngineSettings
+from guest_backup.engines.sqlite import SQLiteEngine
+from guest_backup.engines.sqlitescreen import SQLiteDumpScreen, _authorizer
+from tests.test_archive_trust import after_first_line, archive, forge, restore  # noqa: F401
+
+TRIGGER = ("CREATE TRIGGER keep BEFORE UPDATE OF first_name ON guest BEGIN "
+           "INSERT INTO stash SELECT old.id, old.first_name; END")
+PLANT = ("CREATE TABLE stash (id INTEGER, first_name TEXT);\n"
+         "PRAGMA writable_schema=ON;\n"
+         f"INSERT INTO sqlite_master VALUES('trigger','keep','guest',0,'{TRIGGER}');\n"
+         "PRAGMA writable_schema=OFF;\n")
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+def test_a_resigned_archive_cannot_plant_a_trigger(app, runner, archive, tmp_path):  # noqa: F811
+    bad = forge(app, archive, tmp_path / "system_backup_20250101_000000.zip", sign=True,
+                dump=after_first_line(PLANT.encode()))
+    verified = runner.invoke(args=["verify", str(bad)])
+    assert verified.exit_code == 1 and "schema" in verified.output, verified.output
+    target = tmp_path / "restored.db"
+    restored = restore(runner, bad, f"sqlite:///{target}", tmp_path / "u")
+    assert restored.exit_code == 1 and "Traceback" not in restored.output
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO sqlite_master VALUES('trigger','t','guest',0,'x');\n",
+    'INSERT INTO "sqlite_master" VALUES(\'view\',\'v\',\'v\',0,\'x\');\n',
+    "insert into SQLITE_SCHEMA values('trigger','t','guest',0,'x');\n",
+    "INSERT INTO sqlite_temp_master VALUES('trigger','t','guest',0,'x');\n",
+    "PRAGMA writable_schema=ON;\n",
+    "PRAGMA writable_schema = ON;\n",
+])
+def test_the_screen_refuses_writes_to_the_schema_table(statement):
+    screen = SQLiteDumpScreen()
+    with pytest.raises(DumpRefused):
+        screen.feed(f"BEGIN TRANSACTION;\n{statement}COMMIT;\n".encode())
+    # what iterdump writes for an AUTOINCREMENT table stays allowed
+    SQLiteDumpScreen().feed(b'BEGIN TRANSACTION;\nDELETE FROM "sqlite_sequence";\n'
+                            b'INSERT INTO "sqlite_sequence" VALUES(\'guest\',12);\nCOMMIT;\n')
+
+
+def test_the_authorizer_refuses_writable_schema(tmp_path):
+    con = sqlite3.connect(tmp_path / "new.db")
+    con.set_authorizer(_authorizer)
+    with pytest.raises(sqlite3.DatabaseError, match="not authorized|prohibited"):
+        con.execute("PRAGMA writable_schema=ON")
+    con.execute("PRAGMA foreign_keys=ON")
+
+
+def test_a_load_that_leaves_a_trigger_is_refused(tmp_path, monkeypatch):
+    """Behind the screen and the authorizer (both switched off here), the loaded
+    schema itself is checked before the new file replaces anything."""
+    monkeypatch.setattr(SQLiteDumpScreen, "check", lambda self, statement: setattr(
+        self, "committed", statement.strip().upper().startswith("COMMIT")))
+    monkeypatch.setattr(sqlite_engine, "_authorizer", lambda *args: sqlite3.SQLITE_OK)
+    target = tmp_path / "app.db"
+    url = f"sqlite:///{target}"
+    dump = ("BEGIN TRANSACTION;\nCREATE TABLE guest (id INTEGER PRIMARY KEY, first_name TEXT);\n"
+            + PLANT + "COMMIT;\n").encode()
+    with pytest.raises(DumpRefused, match="leaves a trigger in the database"):
+        SQLiteEngine().restore(EngineSettings(url), url, io.BytesIO(dump))
+    assert not target.exists()
