@@ -27,6 +27,9 @@ ARCHIVE_RE = re.compile(r"system_backup_([0-9]{8}_[0-9]{6})(?:_[0-9]{1,6})?\.zip
 #: more members than this (uploads, dump, manifest, signature) are refused, by the
 #: writer and by verification alike
 MAX_MEMBERS = 10_000
+#: a database engine's name as an archive may give it (a SQLAlchemy dialect name):
+#: signed text that ends up in messages, so one short word
+ENGINE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 SIDECAR_SUFFIX = ".sig"
 PARTIAL_SUFFIX = ".partial"
 DATABASE_MEMBER = "database.sql"

@@ -27,7 +27,7 @@ from guest_backup.archive.format import (DATABASE_MEMBER, MANIFEST_MEMBER, MAX_M
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.verify import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
                                         VerifyReport, _check_zip, _parse_manifest,
-                                        digest_problems, member_problem)
+                                        digest_problems, member_problem, shown)
 from guest_backup.archive.writer import Digest
 from guest_backup.archive.zipstream import Member, StreamError, ZipStream
 from guest_backup.errors import BackupError, EngineError
@@ -69,6 +69,7 @@ class ArchivePass:
         self._legacy: bytes | None = None
         self._source: DecryptingReader | None = None
         self._file = None
+        self._places: list[tuple[str, int]] | None = None  # plain: (name, offset) by the ZIP
 
     def __enter__(self) -> "ArchivePass":
         if not self.path.is_file():
@@ -102,6 +103,9 @@ class ArchivePass:
             self._verify_first()  # every member before the load (every reason if refused)
         self.engine = self.report.manifest["database"]["engine"]
         self._file = open(self.path, "rb")
+        with zipfile.ZipFile(self._file) as zf:  # where each member must be met
+            self._places = [(i.filename, i.header_offset) for i in zf.infolist()]
+        self._file.seek(0)
         self.zip = ZipStream(self._file.read)
 
     def _verify_first(self) -> None:
@@ -167,7 +171,7 @@ class ArchivePass:
         problems = self.binding.problems(claims, signer)
         if claims["name"] != self.binding.name:
             problems.insert(0, f"the archive was renamed: its seal is for "
-                               f"{str(claims['name'])[:80]}")
+                               f"{shown(claims['name'], 80)}")
         elif (claims["size"], claims["sha256"]) != (size, sha):
             problems.insert(0, "the signature does not match the file: it was changed after it "
                                "was signed")
@@ -183,8 +187,9 @@ class ArchivePass:
         try:
             for member in self.zip.members():
                 self._admit(member.name)
+                self._check_place(member)
                 if member.name in _KEPT:
-                    self._kept[member.name] = _read_capped(member, _KEPT[member.name])
+                    self._kept[member.name] = member.read_capped(_KEPT[member.name])
                 else:
                     yield member
                     member.skip()
@@ -205,6 +210,17 @@ class ArchivePass:
             raise ArchiveRefused([problem])
         self.order.append(name)
         self._seen.add(name)
+
+    def _check_place(self, member: Member) -> None:
+        """A plain archive's member must be the one its central directory (checked with
+        the signed manifest before the pass) lists next, where it lists it: a local
+        entry hidden from the directory never reaches a consumer. (Encrypted: the
+        seal vouched for every byte, or the archive was verified first.)"""
+        i = len(self.order) - 1
+        if self._places is not None and (i >= len(self._places)
+                                         or self._places[i] != (member.name, member.offset)):
+            raise ArchiveRefused([f"the ZIP holds a member its central directory does not list "
+                                  f"(at offset {member.offset}): bytes hidden from verify"])
 
     # ------------------------------------------------------------------ after
 
@@ -279,16 +295,6 @@ class ArchivePass:
             raise ArchiveRefused(["the archive is unsigned (made before archives were signed, "
                                   "or forged); --allow-unsigned accepts it anyway"])
         return manifest
-
-
-def _read_capped(member: Member, cap: int) -> bytes:
-    parts, size = [], 0
-    while data := member.read():
-        size += len(data)
-        if size > cap:
-            raise ArchiveRefused([f"{member.name} is implausibly large"])
-        parts.append(data)
-    return b"".join(parts)
 
 
 def verify_stream(path: str | os.PathLike, engines: Mapping | None, trusted: TrustedKeys,

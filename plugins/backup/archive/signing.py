@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from guest_backup.archive.format import ENGINE_NAME_RE
 from guest_backup.errors import BackupError
 
 KEY_PREFIX = "ed25519:"
@@ -190,4 +191,6 @@ def seal_claims(envelope: bytes) -> dict | None:
         return None
     if not isinstance(claims, dict) or set(claims) != set(SEAL_CLAIMS):
         return None
+    if not isinstance(claims["engine"], str) or not ENGINE_NAME_RE.fullmatch(claims["engine"]):
+        return None  # signed text that ends up in messages: one short word
     return claims

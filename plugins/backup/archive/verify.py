@@ -19,19 +19,22 @@ from pathlib import Path, PurePosixPath
 from typing import Mapping, Protocol
 
 from guest_backup.archive.format import (DATABASE_MEMBER, FORMAT_VERSION, MANIFEST_MEMBER,
-                                        MAX_MEMBERS, PHOTO_NAME_RE, SIGNATURE_MEMBER,
+                                        ENGINE_NAME_RE, MAX_MEMBERS, PHOTO_NAME_RE,
+                                        SIGNATURE_MEMBER,
                                         UPLOADS_PREFIX, is_archive_name, name_time, read_seal,
                                         sidecar_path)
 from guest_backup.archive.encryption import is_age_file
 from guest_backup.errors import EngineError
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.writer import CHUNK, Digest
+from guest_backup.archive.zipstream import layout_problem
 
 #: a member inflating more than this ratio *and* beyond BOMB_MIN_BYTES is refused
 BOMB_RATIO = 200
 BOMB_MIN_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 64 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ScreeningEngine(Protocol):
@@ -113,17 +116,22 @@ class Binding:
         found = []
         if signed.get("name") not in (None, self.name):
             found.append(f"the file is named {self.name} but was signed as "
-                         f"{str(signed['name'])[:80]}: renamed archives are refused")
+                         f"{shown(signed['name'], 80)}: renamed archives are refused")
         claimed, created = name_time(self.name), parse_time(signed.get("created_at"))
         if is_archive_name(self.name) and (created is None or claimed != created):
             found.append(f"the date in the name {self.name} differs from the signed creation "
-                         f"time {str(signed.get('created_at'))[:40]}")
+                         f"time {shown(signed.get('created_at'), 40)}")
         theirs = signed.get("installation")
         if (theirs and self.installation and theirs != self.installation
                 and signer not in self.explicit_keys):
-            found.append(f"the archive comes from another installation ({str(theirs)[:40]}); "
+            found.append(f"the archive comes from another installation ({shown(theirs, 40)}); "
                          f"give its signing key with --trusted-key to restore it here")
         return found
+
+
+def shown(value, limit: int) -> str:
+    """Signed (so possibly hostile) text as a message may show it: one short line."""
+    return _CONTROL.sub("?", str(value)[:limit])
 
 
 def parse_time(text) -> datetime | None:
@@ -146,7 +154,8 @@ def _read_manifest_bytes(zf: zipfile.ZipFile) -> bytes:
 def _parse_manifest(data: bytes) -> dict:
     try:
         manifest = json.loads(data)
-        if not isinstance(manifest["members"], dict) or not manifest["database"]["engine"]:
+        engine = manifest["database"]["engine"]
+        if not isinstance(manifest["members"], dict) or not ENGINE_NAME_RE.fullmatch(engine):
             raise TypeError
         if len(manifest["members"]) > MAX_MEMBERS:
             raise TypeError
@@ -237,6 +246,8 @@ def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
     with zf:
         infos = zf.infolist()
         report.problems += _structure_problems(infos)
+        if not report.problems and (problem := layout_problem(path, infos, zf.start_dir)):
+            report.problems.append(problem)
         if report.problems:
             return
         try:
@@ -270,7 +281,7 @@ def _check_members(zf: zipfile.ZipFile, infos, manifest: dict, engines,
                    report: VerifyReport) -> None:
     listed: dict = manifest["members"]
     if manifest.get("format_version") != FORMAT_VERSION:
-        report.problems.append(f"unsupported archive format {manifest.get('format_version')!r}")
+        report.problems.append(f"unsupported archive format {str(manifest.get('format_version'))[:20]!r}")
     names = {i.filename for i in infos}
     report.problems += [f"{name} is listed in the manifest but missing"
                         for name in listed if name not in names]
@@ -313,7 +324,7 @@ def digest_problems(manifest: dict, digests: dict, engines: Mapping | None,
     listed: dict = manifest["members"]
     problems = []
     if manifest.get("format_version") != FORMAT_VERSION:
-        problems.append(f"unsupported archive format {manifest.get('format_version')!r}")
+        problems.append(f"unsupported archive format {str(manifest.get('format_version'))[:20]!r}")
     problems += [f"{name} is listed in the manifest but missing"
                  for name in listed if name not in digests]
     for name, digest in digests.items():

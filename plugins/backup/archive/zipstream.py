@@ -36,13 +36,17 @@ class Source:
 
     def __init__(self, read: Callable[[int], bytes]) -> None:
         self._read, self._buf = read, b""
+        #: how many bytes were taken so far (the offset of the next one)
+        self.pos = 0
 
     def some(self) -> bytes:
         """The next bytes (b"" only at the end)."""
         if self._buf:
             data, self._buf = self._buf, b""
-            return data
-        return self._read(CHUNK)
+        else:
+            data = self._read(CHUNK)
+        self.pos += len(data)
+        return data
 
     def exact(self, n: int) -> bytes:
         parts, have = [], 0
@@ -59,6 +63,7 @@ class Source:
     def unread(self, data: bytes) -> None:
         if data:
             self._buf = data + self._buf
+            self.pos -= len(data)
 
     def drain(self) -> int:
         """Read to the end; how many bytes were left."""
@@ -82,6 +87,8 @@ class Member:
         self._left = self._csize  # a stored member: bytes still to come
         self.compressed = 0
         self.done = False
+        #: where its local header starts in the stream
+        self.offset: int | None = None
 
     def read(self, n: int = CHUNK) -> bytes:
         while not self.done:
@@ -94,6 +101,16 @@ class Member:
                                       f"refused as a possible ZIP bomb")
                 return data
         return b""
+
+    def read_capped(self, cap: int) -> bytes:
+        """All of it, kept in memory: at most ``cap`` bytes (StreamError beyond)."""
+        parts, size = [], 0
+        while data := self.read():
+            size += len(data)
+            if size > cap:
+                raise StreamError(f"{self.name} is implausibly large")
+            parts.append(data)
+        return b"".join(parts)
 
     def skip(self) -> None:
         while self.read(CHUNK):
@@ -159,6 +176,38 @@ def _zip64_sizes(extra: bytes, csize: int, usize: int) -> tuple[tuple[int, int],
     return (csize, usize), False
 
 
+def layout_problem(path, infos: list, start_dir: int) -> str | None:
+    """Bytes of the file its central directory does not account for (None: none).
+
+    Our writer puts the members back to back from the first byte up to the
+    central directory: local header, data, data descriptor. Bytes before the
+    first member or between two (hidden local entries, which a reader going front
+    to back would meet) are refused. Reads the local headers and descriptors only,
+    trusting the directory's sizes: the one-pass restore checks each member's
+    real place as it streams (:meth:`ArchivePass.members`)."""
+    pos = 0
+    with open(path, "rb") as f:
+        for info in sorted(infos, key=lambda i: i.header_offset):
+            if info.header_offset != pos:
+                return (f"the ZIP holds bytes its central directory does not list (at offset "
+                        f"{min(pos, info.header_offset)})")
+            f.seek(pos)
+            head = f.read(_LOCAL.size)
+            if len(head) < _LOCAL.size or head[:4] != LOCAL_SIG:
+                return f"the ZIP's local header of {info.filename[:80]!r} is damaged"
+            fields = _LOCAL.unpack(head)
+            flags, (csize, usize, name_len, extra_len) = fields[2], fields[7:11]
+            f.seek(name_len, 1)
+            _, zip64 = _zip64_sizes(f.read(extra_len), csize, usize)
+            pos += _LOCAL.size + name_len + extra_len + info.compress_size
+            if flags & _DESCRIPTOR:
+                f.seek(pos)
+                pos += (4 if f.read(4) == DESCRIPTOR_SIG else 0) + 4 + (16 if zip64 else 8)
+    if pos != start_dir:
+        return f"the ZIP holds bytes its central directory does not list (at offset {pos})"
+    return None
+
+
 class ZipStream:
     """``members()`` in the order of their local headers (each must be read to
     its end, or skipped, before the next); then ``central`` holds the names the
@@ -172,11 +221,13 @@ class ZipStream:
 
     def members(self) -> Iterator[Member]:
         while True:
+            offset = self.source.pos
             sig = self.source.exact(4)
             if sig != LOCAL_SIG:
                 self.source.unread(sig)
                 break
             member = self._local()
+            member.offset = offset
             yield member
             if not member.done:
                 member.skip()
