@@ -7,6 +7,7 @@ from flask import Flask, abort, current_app, jsonify, render_template, request, 
 from flask_admin import helpers as admin_helpers
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import DataError
 from werkzeug.exceptions import ClientDisconnected
 
 from . import headers
@@ -44,9 +45,10 @@ def _admin_template_context() -> dict:
 def _refuse_odd_input():
     """Read the form body first, then 400 before any database work for what no form
     or link of ours sends: a NUL
-    byte in any parameter or form field (PostgreSQL cannot store one), a list page
-    number that is not a small whole number, and a token in the query string
-    (tokens go in the Authentication-Token header only: URLs end up in logs)."""
+    byte in any parameter or form field (PostgreSQL cannot store one), a JSON body
+    that is not an object, a list page number that is not a small whole number,
+    and a token in the query string (tokens go in the Authentication-Token header
+    only: URLs end up in logs)."""
     if TOKEN_QUERY_KEY in request.args:
         abort(400)
     fields = [request.args]
@@ -60,6 +62,10 @@ def _refuse_odd_input():
         for key, value in multi.items(multi=True):
             if "\x00" in key or "\x00" in value:
                 abort(400)
+    if request.method in ("POST", "PUT", "PATCH") and request.is_json:
+        body = request.get_json(silent=True)  # malformed: the view's own 400
+        if body is not None and not isinstance(body, dict):
+            abort(400)  # every JSON body taken here (Flask-Security's too) is an object
     if request.path.startswith("/admin/"):
         for key in ("page", "page_size"):
             value = request.args.get(key)
@@ -124,3 +130,14 @@ def init_app(app: Flask) -> None:
 
     for code in messages:
         app.register_error_handler(code, lambda exc, code=code: error_page(code))
+
+    @app.errorhandler(DataError)
+    def refused_value(exc: DataError):
+        """The database refused a value from the request (a record id PostgreSQL's
+        integer cannot hold, text where a number goes): 400, not 500."""
+        app.logger.warning("the database refused a value for %s: %s", request.path,
+                           type(exc.orig).__name__)
+        from .extensions import db
+
+        db.session.rollback()
+        return error_page(400)

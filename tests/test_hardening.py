@@ -22,6 +22,32 @@ def test_odd_admin_list_parameters_are_a_400(client, auth, query):
     assert "Traceback" not in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("view", ["trip", "registration", "guest", "user", "audit_log"])
+def test_record_ids_the_database_cannot_hold_are_not_a_500(app, client, auth, view):
+    """On PostgreSQL these reached the lookup and came back as DataError, a 500
+    (found by the review of 2026-12-05); SQLite answered "no such record"."""
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    auth.login()
+    for record in ("2147483648", "99999999999999999999", "abc"):
+        for page in ("details", "edit"):
+            response = client.get(f"/admin/{view}/{page}/?id={record}")
+            assert response.status_code in (302, 400, 404), (page, record, response.status_code)
+    assert client.get("/admin/trip/").status_code == 200  # the session is usable again
+
+
+@pytest.mark.parametrize("body", [[1, 2], "text", 5, True])
+def test_a_json_body_that_is_not_an_object_is_a_400(app, client, body):
+    """Anonymous: Flask-Security's JSON login turned a list into a 500."""
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    csrf = client.get("/login", headers={"Accept": "application/json"}).get_json()[
+        "response"]["csrf_token"]
+    response = client.post("/login", json=body, headers={"X-CSRF-Token": csrf})
+    assert response.status_code == 400
+    response = client.post("/login", json={"email": ADMIN, "password": "wrong"},
+                           headers={"X-CSRF-Token": csrf})
+    assert response.status_code == 400 and "Traceback" not in response.get_data(as_text=True)
+
+
 def test_a_nul_byte_in_a_registration_is_a_400_and_nothing_is_stored(app, client, trip_id):
     page = client.get(f"/trips/{trip_id}/register")
     response = client.post(f"/trips/{trip_id}/register", data={
