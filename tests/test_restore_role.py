@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from guest_backup.engines import postgresql as pg_engine
+from guest_backup.engines import pgscreen, postgresql as pg_engine
 from guest_backup.engines.pgrole import ROLE_ATTRIBUTES
 from guest_backup.ops.folders import restore_role_lines
 from guest_backup.ops.settings import BackupSettings
@@ -303,7 +303,7 @@ PAST_THE_SCREEN = {
 @pytest.mark.parametrize("kind", sorted(PAST_THE_SCREEN))
 def test_what_gets_past_a_disabled_screen_is_refused_by_postgresql_and_psql(
         app, runner, archive, backend, new_pg_database, tmp_path, monkeypatch, kind):
-    monkeypatch.setattr(pg_engine, "PgDumpScreen", AcceptAll)
+    monkeypatch.setattr(pgscreen, "PgDumpScreen", AcceptAll)
     flag = marker()
     payload, expected = PAST_THE_SCREEN[kind]
     forged = forge_signed(app, archive, tmp_path / "forged" / archive.name,

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-import guest_backup.engines.sqlite as sqlite_engine
+import guest_backup.engines.sqlitescreen as sqlitescreen
 from guest_backup.engines import DumpRefused, EngineSettings
 from guest_backup.engines.sqlite import SQLiteEngine
 from guest_backup.engines.sqlitescreen import SQLiteDumpScreen, _authorizer
@@ -75,7 +75,7 @@ def test_a_load_that_leaves_a_trigger_is_refused(tmp_path, monkeypatch):
     schema itself is checked before the new file replaces anything."""
     monkeypatch.setattr(SQLiteDumpScreen, "check", lambda self, statement: setattr(
         self, "committed", statement.strip().upper().startswith("COMMIT")))
-    monkeypatch.setattr(sqlite_engine, "_authorizer", lambda *args: sqlite3.SQLITE_OK)
+    monkeypatch.setattr(sqlitescreen, "_authorizer", lambda *args: sqlite3.SQLITE_OK)
     target = tmp_path / "app.db"
     url = f"sqlite:///{target}"
     dump = ("BEGIN TRANSACTION;\nCREATE TABLE guest (id INTEGER PRIMARY KEY, first_name TEXT);\n"

@@ -105,6 +105,19 @@ def test_backup_help_imports_no_operation(tmp_path):
     assert found["code"] in (0, None) and found["imported"] == []
 
 
+#: what only reading or signing an archive needs: the signing keys (cryptography)
+#: and the dump screens (their patterns take ~10 ms to compile)
+ON_ARCHIVE = ("cryptography", "guest_backup.archive.signing", "guest_backup.engines.pgscreen",
+              "guest_backup.engines.pgscreen_statements", "guest_backup.engines.sqlitescreen")
+
+
+@pytest.mark.parametrize("args", [("backup", "--help"), ("restore", "--help"),
+                                  ("browse", "--help")])
+def test_help_reads_no_archive_machinery(tmp_path, args):
+    found = probe(tmp_path, *args, watched=ON_ARCHIVE)
+    assert found["code"] in (0, None) and found["imported"] == []
+
+
 def test_help_needs_no_database(tmp_path):
     found = probe(tmp_path, "backup", "--help",
                   DATABASE_URL="postgresql://postgres:pw@127.0.0.1:1/nowhere")

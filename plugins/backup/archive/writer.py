@@ -18,12 +18,14 @@ import time
 import zipfile
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from guest_backup.archive.format import MAX_MEMBERS, MANIFEST_MEMBER, PARTIAL_SUFFIX, SIGNATURE_MEMBER, sidecar_path
 from guest_backup.archive.encryption import EncryptingWriter, HashingFile
 from guest_backup.errors import BackupError
-from guest_backup.archive.signing import Signer
+
+if TYPE_CHECKING:  # the signing module (cryptography) loads when a key is used
+    from guest_backup.archive.signing import Signer
 
 CHUNK = 1024 * 1024
 TAIL = 256

@@ -19,7 +19,6 @@ from guest_registration.maintenance import safe_url
 from guest_backup.cli.backup import _busy, _fail
 from guest_backup.wiring import backup_context
 from guest_backup.archive.encryption import load_identities
-from guest_backup.archive.signing import TrustedKeys
 from guest_backup.engines import parse_url
 from guest_backup.errors import BackupError
 from guest_backup.ops.fetch import is_url, local_copy
@@ -38,6 +37,8 @@ def _trust_and_identity(trusted_key: tuple[str, ...], identity: str | None):
 def _explicit(trusted_key: tuple[str, ...]) -> list[str]:
     """The keys given on the command line, as the signatures name them: archives
     they signed may come from another installation."""
+    from guest_backup.archive.signing import TrustedKeys  # cryptography: not for --help
+
     return list(TrustedKeys(trusted_key))
 
 

@@ -25,10 +25,11 @@ from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, mask, parse_u
                                    psql_restricts as _psql_restricts,
                                    sql, tool_version as _tool_version)
 from guest_backup.engines.pgrole import _connect_reason, _connected, prepare_restore_role
-from guest_backup.engines.pgscreen import PgDumpScreen
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Connection
+
+    from guest_backup.engines.pgscreen import PgDumpScreen
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,10 @@ class PostgresEngine:
                 log.warning("pg_dump exited with %s: %s", rc, detail.strip())
                 raise EngineError(_pg_reason(detail, "pg_dump"))
 
-    def screen(self) -> PgDumpScreen:
-        return PgDumpScreen()
+    def screen(self) -> "PgDumpScreen":
+        from guest_backup.engines import pgscreen  # its patterns: only when a dump is read
+
+        return pgscreen.PgDumpScreen()
 
     @contextlib.contextmanager
     def scratch(self, url: str) -> Iterator[str]:
@@ -232,7 +235,9 @@ def _load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, byte
 def _feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finishing) -> None:
     """Our script around the screened dump, the finishing SQL (still restricted)
     before the end; psql (and its transaction) killed on any error but its own."""
-    screen, (before, after, end) = PgDumpScreen(), script
+    from guest_backup.engines import pgscreen
+
+    screen, (before, after, end) = pgscreen.PgDumpScreen(), script
     try:
         proc.stdin.write(before)
         while chunk := stream.read(CHUNK):

@@ -17,12 +17,12 @@ from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from guest_backup.errors import EngineError
 from guest_backup.engines import CHUNK, DumpRefused, EngineSettings, ToolInfo, parse_url
-from guest_backup.engines.sqlitescreen import (SCHEMA_OBJECTS, SQLiteDumpScreen, _authorizer,
-                                              _sql_statements)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.sql import ColumnElement
+
+    from guest_backup.engines.sqlitescreen import SQLiteDumpScreen
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ class SQLiteEngine:
             raise EngineError(f"the target {path.name} is not an SQLite database") from None
 
     def screen(self) -> "SQLiteDumpScreen":
-        return SQLiteDumpScreen()
+        from guest_backup.engines import sqlitescreen  # only when a dump is read
+
+        return sqlitescreen.SQLiteDumpScreen()
 
     @contextlib.contextmanager
     def scratch(self, url: str) -> Iterator[str]:
@@ -209,9 +211,11 @@ def _load(tmp: Path, stream: IO[bytes], page_size: int) -> sqlite3.Connection:
     con = sqlite3.connect(tmp, isolation_level=None)
     try:
         con.execute(f"PRAGMA page_size = {int(page_size)}")
-        con.set_authorizer(_authorizer)
-        screen = SQLiteDumpScreen()
-        for statement in _sql_statements(stream):
+        from guest_backup.engines import sqlitescreen
+
+        con.set_authorizer(sqlitescreen._authorizer)
+        screen = sqlitescreen.SQLiteDumpScreen()
+        for statement in sqlitescreen._sql_statements(stream):
             screen.check(statement)
             try:
                 con.execute(statement)
@@ -222,7 +226,7 @@ def _load(tmp: Path, stream: IO[bytes], page_size: int) -> sqlite3.Connection:
             raise EngineError("the SQL dump is incomplete (no COMMIT); nothing was restored")
         con.set_authorizer(None)
         odd = con.execute("SELECT type, name FROM sqlite_master WHERE type NOT IN (?, ?, ?)",
-                          SCHEMA_OBJECTS).fetchall()
+                          sqlitescreen.SCHEMA_OBJECTS).fetchall()
         if odd:  # a trigger runs as the app on later writes: never from an archive
             raise DumpRefused(f"the SQL dump leaves a {odd[0][0][:20]} in the database, which "
                               f"an SQLite dump of this app never has; {NOTHING_RESTORED}")
