@@ -142,7 +142,7 @@ class ArchivePass:
         unless ``allow_unsigned``); a plain archive is then verified whole first."""
         sidecar = sidecar_path(self.path)
         try:
-            envelope = read_seal(sidecar)[:MAX_SIGNATURE_BYTES]
+            envelope = read_seal(sidecar)  # at most MAX_SIGNATURE_BYTES
         except OSError:
             if required and not self.allow_unsigned:
                 raise ArchiveRefused([f"{sidecar.name} (the seal of the encrypted archive) is "

@@ -18,22 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping, Protocol
 
-from guest_backup.archive.format import (DATABASE_MEMBER, FORMAT_VERSION, MANIFEST_MEMBER,
-                                        ENGINE_NAME_RE, MAX_MEMBERS, PHOTO_NAME_RE,
-                                        SIGNATURE_MEMBER,
-                                        UPLOADS_PREFIX, is_archive_name, name_time, read_seal,
-                                        sidecar_path)
+from guest_backup.archive.format import (DATABASE_MEMBER, ENGINE_NAME_RE, FORMAT_VERSION,
+                                        MANIFEST_MEMBER, MAX_MEMBERS, MAX_SEAL_BYTES,
+                                        PHOTO_NAME_RE, SIGNATURE_MEMBER, UPLOADS_PREFIX,
+                                        is_archive_name, name_time, read_seal, sidecar_path)
 from guest_backup.archive.encryption import is_age_file
 from guest_backup.errors import EngineError
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.writer import CHUNK, Digest
-from guest_backup.archive.zipstream import layout_problem
+from guest_backup.archive.zipstream import BOMB_MIN_BYTES, BOMB_RATIO, layout_problem
 
-#: a member inflating more than this ratio *and* beyond BOMB_MIN_BYTES is refused
-BOMB_RATIO = 200
-BOMB_MIN_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-MAX_SIGNATURE_BYTES = 64 * 1024
+MAX_SIGNATURE_BYTES = MAX_SEAL_BYTES  # a manifest's signature and a seal: one limit
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -213,7 +209,7 @@ def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport, bi
                       required: bool) -> None:
     sidecar = sidecar_path(path)
     try:
-        envelope = read_seal(sidecar)[:MAX_SIGNATURE_BYTES]
+        envelope = read_seal(sidecar)
     except OSError:
         if required:
             report.problems.append(f"{sidecar.name} (the seal of the encrypted archive) is "
