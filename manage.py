@@ -3,7 +3,7 @@
 
 from guest_registration.cli import GuestGroup
 
-cli = GuestGroup(help=__doc__)
+cli = GuestGroup(help=__doc__, program=__name__ == "__main__")
 
 if __name__ == "__main__":
     cli()

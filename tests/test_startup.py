@@ -171,6 +171,59 @@ def test_backup_help_starts_in_a_fraction_of_the_web_app(tmp_path):
     assert help_cost < 2.0, runs  # seconds of CPU: a gross regression on any machine
 
 
+FREEZE_PROBE = """
+import atexit, gc, runpy, sys
+atexit.register(lambda: print("frozen", gc.get_freeze_count()))
+"""
+#: manage.py run as the program, and a group a caller builds and runs (as a test does)
+RUNS = {"program": 'sys.argv = ["manage.py", "backup", "--help"]\n'
+                   'runpy.run_path("manage.py", run_name="__main__")',
+        "caller": "from click.testing import CliRunner\n"
+                  "from guest_registration.cli import GuestGroup\n"
+                  "print(CliRunner().invoke(GuestGroup(), ['backup', '--help']).output)"}
+
+
+@pytest.mark.parametrize("run,frozen", [("program", True), ("caller", False)])
+def test_the_program_freezes_its_start_up_and_exit(tmp_path, run, frozen):
+    """Run as the program, a command ends with everything frozen (the
+    interpreter's collections at exit walk none of it); a group built by a
+    caller (a test's ``CliRunner``) never freezes that caller's objects."""
+    out = subprocess.run([sys.executable, "-c", FREEZE_PROBE + RUNS[run]], cwd=ROOT,
+                         env=environment(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Usage:" in out.stdout
+    count = int(out.stdout.split("frozen")[-1])
+    assert (count > 10_000) if frozen else count == 0, count
+
+
+def test_a_commands_garbage_is_finalised_before_the_exit_freeze(tmp_path):
+    """Freezing at exit does not take away a finaliser: an object left in a
+    reference cycle by the command (a file to flush, a temporary to delete) is
+    collected first, as at any exit."""
+    marker = tmp_path / "finalised"
+    script = f"""
+import click
+from guest_registration.cli import GuestGroup
+
+class Cycle:
+    def __del__(self):
+        open({str(marker)!r}, "w").write("done")
+
+@click.command("leave-cycle")
+def leave_cycle():
+    cycle = Cycle()
+    cycle.me = cycle  # only the cycle collector frees it
+
+group = GuestGroup(program=True)
+group.add_command(leave_cycle)
+group(["leave-cycle"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert marker.read_text() == "done"
+
+
 # --- the choice of app, in process --------------------------------------------------------
 
 @click.command("lean-probe")
