@@ -108,7 +108,47 @@ def test_a_member_claiming_hidden_bytes_is_refused_by_the_restore(runner, archiv
     assert "central directory does not list (at offset" in output, output
 
 
-def test_an_untouched_archive_still_restores(runner, archive, tmp_path):
-    result = runner.invoke(args=["restore", str(archive), "--yes", "--replace",
-                                 "--uploads", str(tmp_path / "uploads-out")])
-    assert result.exit_code == 0, result.output
+def swallow(archive: Path, name: str, hidden: bytes) -> None:
+    """Put ``hidden`` right after member ``name``'s compressed data (before its
+    data descriptor, if it has one) and grow its compressed size in the central
+    directory over them: every offset and size the directory gives stays
+    consistent, only the member's real data ends sooner than claimed."""
+    data = archive.read_bytes()
+    with zipfile.ZipFile(archive) as zf:
+        info, start_dir = zf.getinfo(name), zf.start_dir
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    at = info.header_offset + 30 + name_len + extra_len + info.compress_size
+    eocd_at = data.rindex(b"PK\x05\x06")
+    central = bytearray(data[start_dir:eocd_at])
+    pos = 0
+    while pos < len(central):
+        fields = list(_CENTRAL.unpack_from(central, pos))
+        if fields[16] > info.header_offset:
+            fields[16] += len(hidden)
+        elif fields[16] == info.header_offset:
+            fields[8] += len(hidden)
+        _CENTRAL.pack_into(central, pos, *fields)
+        pos += _CENTRAL.size + fields[10] + fields[11] + fields[12]
+    eocd = list(_EOCD.unpack_from(data, eocd_at))
+    eocd[6] += len(hidden)
+    archive.write_bytes(data[:at] + hidden + data[at:start_dir] + bytes(central)
+                        + _EOCD.pack(*eocd) + data[eocd_at + _EOCD.size:])
+
+
+@pytest.mark.parametrize("swallower", ["database.sql", "manifest.json", "an upload"])
+def test_verify_refuses_a_member_claiming_hidden_bytes(runner, archive, swallower):
+    """A member's compressed size grown over bytes hidden after its data: the
+    directory stays contiguous and zipfile, reading by the directory, skips them
+    (``verify`` said OK until 2026-12-05 evening; the restore refused). Now verify
+    reads each member to the real end of its data, as the restore does."""
+    with zipfile.ZipFile(archive) as zf:
+        names = [i.filename for i in zf.infolist()]
+    name = next(n for n in names if n.startswith("uploads/")) if swallower == "an upload" \
+        else swallower
+    swallow(archive, name, hidden_entry("uploads/fill.bin", b"\0" * 4096))
+    with zipfile.ZipFile(archive) as zf:  # zipfile alone sees nothing wrong
+        assert zf.testzip() is None
+    verified = runner.invoke(args=["verify", str(archive)])
+    assert verified.exit_code == 1, verified.output
+    assert "the ZIP holds bytes" not in verified.output
+    assert f"{name}: " in verified.output and "differ from its data" in verified.output

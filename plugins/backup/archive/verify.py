@@ -26,7 +26,8 @@ from guest_backup.archive.encryption import is_age_file
 from guest_backup.errors import EngineError
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.writer import CHUNK, Digest
-from guest_backup.archive.zipstream import BOMB_MIN_BYTES, BOMB_RATIO, layout_problem
+from guest_backup.archive.zipstream import (BOMB_MIN_BYTES, BOMB_RATIO, StreamError,
+                                           layout_problem, member_at)
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_SIGNATURE_BYTES = MAX_SEAL_BYTES  # a manifest's signature and a seal: one limit
@@ -160,21 +161,25 @@ def _parse_manifest(data: bytes) -> dict:
     return manifest
 
 
-def _member_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int,
-                   screen=None) -> Digest:
-    """Read a member to its end, refusing to inflate past ``limit`` bytes; feed
-    ``screen`` (a dump screen) as it goes."""
-    digest = Digest()
-    with zf.open(info) as member:
-        while chunk := member.read(CHUNK):
-            if digest.size + len(chunk) > limit:
-                raise ValueError("member inflates beyond its declared size")
-            digest.update(chunk)
-            if screen is not None:
-                screen.feed(chunk)
+def _member_digest(f, info: zipfile.ZipInfo, end: int, limit: int, screen=None) -> Digest:
+    """Read a member of the open file ``f`` as the one-pass restore reads it (to the
+    real end of its data, never past ``end``), refusing to inflate past ``limit``
+    bytes; feed ``screen`` (a dump screen) as it goes. Its data must end where the
+    central directory says: bytes hidden inside a member's claimed compressed size
+    (the directory stays contiguous; zipfile would skip them) are refused."""
+    member = member_at(f, info.header_offset, end)
+    while chunk := member.read(CHUNK):
+        if member.digest.size > limit:
+            raise ValueError("member inflates beyond its declared size")
+        if screen is not None:
+            screen.feed(chunk)
+    if (member.name, member.compressed, member.digest.size) != (
+            info.filename, info.compress_size, info.file_size):
+        raise StreamError("its data does not end where the ZIP's central directory says "
+                          "(bytes hidden from verify)")
     if screen is not None:
         screen.finish()
-    return digest
+    return member.digest
 
 
 def verify_archive(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine] | None,
@@ -270,47 +275,49 @@ def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
                                    "or forged); --allow-unsigned accepts it anyway")
             return
         if members:
-            _check_members(zf, infos, manifest, engines, report)
+            _check_members(path, zf, infos, manifest, engines, report)
 
 
-def _check_members(zf: zipfile.ZipFile, infos, manifest: dict, engines,
+def _check_members(path, zf: zipfile.ZipFile, infos, manifest: dict, engines,
                    report: VerifyReport) -> None:
-    listed: dict = manifest["members"]
-    if manifest.get("format_version") != FORMAT_VERSION:
-        report.problems.append(f"unsupported archive format {str(manifest.get('format_version'))[:20]!r}")
-    names = {i.filename for i in infos}
-    report.problems += [f"{name} is listed in the manifest but missing"
-                        for name in listed if name not in names]
-    for info in infos:
-        if info.filename in (MANIFEST_MEMBER, SIGNATURE_MEMBER):
-            continue
-        expected = listed.get(info.filename)
-        if not isinstance(expected, dict):
-            report.problems.append(f"{info.filename} is not in the manifest")
-            continue
-        if info.file_size != expected.get("size"):
-            report.problems.append(f"{info.filename}: size differs from the manifest")
-            continue
-        screen = None
-        if info.filename == DATABASE_MEMBER:
-            engine = (engines or {}).get(manifest["database"]["engine"])
-            if engine is None:
-                report.problems.append(
-                    f"no database engine for the archive's {manifest['database']['engine']!r}")
-            else:
+    """Every member read in place (:func:`_member_digest`), then checked against the
+    signed manifest as a one-pass read's are (:func:`digest_problems`)."""
+    ordered = sorted(infos, key=lambda i: i.header_offset)  # back to back (layout_problem)
+    ends = dict(zip([i.filename for i in ordered],
+                    [i.header_offset for i in ordered[1:]] + [zf.start_dir]))
+    engine = (engines or {}).get(manifest["database"]["engine"])
+    digests: dict = {}
+    unread = {MANIFEST_MEMBER, SIGNATURE_MEMBER}  # read for their ends only
+    with open(path, "rb") as f:
+        for info in infos:
+            problem, screen = _unreadable(info, manifest, engine), None
+            if problem is None and info.filename == DATABASE_MEMBER:
                 screen = engine.screen()
-        try:
-            digest = _member_digest(zf, info, expected["size"], screen)
-        except EngineError as exc:
-            report.problems.append(f"{info.filename}: {exc}")
-            continue
-        except Exception as exc:  # zlib.error, BadZipFile, EOFError, our ValueError ...
-            report.problems.append(f"{info.filename}: damaged ({exc.__class__.__name__})")
-            continue
-        if digest.sha.hexdigest() != expected.get("sha256"):
-            report.problems.append(f"{info.filename}: checksum mismatch")
-        elif screen is not None and not engine.is_complete(digest.tail):
-            report.problems.append("database.sql is incomplete (no completion trailer)")
+            try:
+                if problem is None:
+                    digests[info.filename] = _member_digest(f, info, ends[info.filename],
+                                                            info.file_size, screen)
+                    continue
+            except EngineError as exc:
+                problem = f"{info.filename}: {exc}"
+            except StreamError as exc:  # its entry or data is not what the directory says
+                problem = f"{info.filename}: {shown(exc, 200)}"
+            except Exception as exc:  # zlib.error, EOFError, our ValueError ...
+                problem = f"{info.filename}: damaged ({exc.__class__.__name__})"
+            report.problems.append(problem)
+            digests[info.filename] = None
+            unread.add(info.filename)
+    report.problems += digest_problems(manifest, digests, engines, skip=unread)
+
+
+def _unreadable(info: zipfile.ZipInfo, manifest: dict, engine) -> str | None:
+    """Why a member is not read at all (None: it is)."""
+    expected = manifest["members"].get(info.filename)
+    if isinstance(expected, dict) and info.file_size != expected.get("size"):
+        return f"{info.filename}: size differs from the manifest"
+    if info.filename == DATABASE_MEMBER and engine is None:
+        return f"no database engine for the archive's {manifest['database']['engine']!r}"
+    return None
 
 
 def digest_problems(manifest: dict, digests: dict, engines: Mapping | None,

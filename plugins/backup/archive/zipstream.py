@@ -208,6 +208,21 @@ def layout_problem(path, infos: list, start_dir: int) -> str | None:
     return None
 
 
+def member_at(f, offset: int, end: int) -> "Member":
+    """The member whose local header is at ``offset`` of the open file ``f``, read
+    as a stream is read front to back (its real end found by its data), never
+    past ``end`` (where the next member starts: it cannot run on into it)."""
+    f.seek(offset)
+    left = end - offset
+
+    def read(n: int) -> bytes:
+        nonlocal left
+        data = f.read(min(n, left))
+        left -= len(data)
+        return data
+    return ZipStream(read).member()
+
+
 class ZipStream:
     """``members()`` in the order of their local headers (each must be read to
     its end, or skipped, before the next); then ``central`` holds the names the
@@ -232,6 +247,15 @@ class ZipStream:
             if not member.done:
                 member.skip()
         self._central()
+
+    def member(self) -> Member:
+        """The member whose local header comes next (StreamError if none does)."""
+        offset = self.source.pos
+        if self.source.exact(4) != LOCAL_SIG:
+            raise StreamError("no local header where the central directory puts a member")
+        member = self._local()
+        member.offset = offset
+        return member
 
     def _local(self) -> Member:
         (_, _, flags, method, _, _, _, csize, usize, name_len,
