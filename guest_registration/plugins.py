@@ -46,34 +46,37 @@ def _canonical(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, importlib.metadata.Distribution]]:
-    """Every entry point of our group with its distribution, in call order.
+def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, str, str]]:
+    """Every entry point of our group with its distribution's name and version, in
+    call order.
 
     ``entry_points`` reads each distribution's ``entry_points.txt`` only (and sees
     a distribution found twice on ``sys.path`` once, the first); the metadata is
-    read only for the few distributions that declare plugins: reading every
-    installed distribution's was a tenth of a command's start-up.
+    read only for the few distributions that declare plugins, once each (every
+    ``Distribution.metadata`` parses the file again): reading every installed
+    distribution's was a tenth of a command's start-up.
     """
-    found = [(ep, ep.dist) for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
-    found.sort(key=lambda pair: (
-        _canonical(pair[1].metadata["Name"] or "") != HOST_DISTRIBUTION,
-        _canonical(pair[1].metadata["Name"] or ""),
-        pair[0].name,
-    ))
+    found, known = [], {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if id(ep.dist) not in known:
+            metadata = ep.dist.metadata
+            known[id(ep.dist)] = (metadata["Name"] or "?", metadata["Version"] or "?")
+        found.append((ep, *known[id(ep.dist)]))
+    found.sort(key=lambda item: (_canonical(item[1]) != HOST_DISTRIBUTION,
+                                 _canonical(item[1]), item[0].name))
     return found
 
 
 def _installed_plugins(disabled: set[str], infos: dict[str, PluginInfo]) -> list[tuple[str, Any]]:
     """Load every installed plugin not in ``disabled``, recording each in ``infos``."""
     loaded: list[tuple[str, Any]] = []
-    for ep, dist in _entry_points():
-        dist_name = dist.metadata["Name"] or "?"
+    for ep, dist_name, version in _entry_points():
         if ep.name in infos:
             raise DuplicateNameError(
                 f"plugin name {ep.name!r} is declared by both {infos[ep.name].distribution!r} "
                 f"and {dist_name!r}; uninstall one of them"
             )
-        info = infos[ep.name] = PluginInfo(ep.name, ep.value, dist_name, dist.version or "?")
+        info = infos[ep.name] = PluginInfo(ep.name, ep.value, dist_name, version)
         if ep.name in disabled:
             info.disabled = True
             continue
