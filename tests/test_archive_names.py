@@ -196,8 +196,10 @@ def test_a_manifest_of_40000_members_is_refused_within_a_second(app, runner, tmp
             out.writestr(info, src.read(info))
         for i in range(40_000):
             out.writestr(f"uploads/f{i % 20_000}.txt", b"")  # half of them duplicates
-    started = time.monotonic()
+    # CPU seconds, not wall time: the same on a machine busy with other work (a
+    # clean-clone CI run once took 1.42 s of wall time for 0.29 s of work)
+    started = time.process_time()
     result = runner.invoke(args=["verify", str(big)])
-    elapsed = time.monotonic() - started
+    elapsed = time.process_time() - started
     assert result.exit_code == 1 and "an archive holds at most 10000" in result.output
     assert elapsed < 1.0, elapsed

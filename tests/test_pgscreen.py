@@ -456,9 +456,9 @@ def test_the_screen_is_fast():
     copy = HEADER.index("COPY public.trip")
     data = (HEADER[:copy] + "COPY public.trip (id, a, b, c, d, e, f) FROM stdin;\n"
             + row * 400_000 + "\\.\n" + TRAILER).encode()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: steady on a busy machine
     screen(data)
-    rate = len(data) / (time.perf_counter() - start) / 1e6
+    rate = len(data) / max(time.process_time() - start, 1e-6) / 1e6
     assert rate > 50, f"{rate:.0f} MB/s"
 
 

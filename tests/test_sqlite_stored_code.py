@@ -94,11 +94,11 @@ def test_a_load_that_leaves_a_trigger_is_refused(tmp_path, monkeypatch):
 def test_a_statement_over_many_lines_is_screened_in_linear_time(line):
     dump = ("BEGIN TRANSACTION;\nINSERT INTO \"t\" VALUES('" + line * 80_000
             + "');\nCOMMIT;\n").encode()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: steady on a busy machine
     screen = SQLiteDumpScreen()
     screen.feed(dump)
     screen.finish()
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
     assert screen.committed
 
 
