@@ -130,6 +130,31 @@ def test_concurrent_exports_are_limited_with_429(app_config, app, client, auth, 
     assert third.status_code == 200
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_pages_preview_takes_an_export_slot(app_config, app, client, auth, many_guests,
+                                                backend):
+    """A preview holds a connection and a snapshot as an export does: with every
+    slot taken it is answered 429 like the API (found by the review of 2026-12-05:
+    60 previews at once took both servers' pools, 15 of them ended in a 500), and
+    it gives its slot back when it ends."""
+    app.config["EXPORT_MAX_CONCURRENT"] = 1
+    headers = {"Authentication-Token": auth.token()}
+    auth.login()
+    month = {"year": 2025, "month": 3}
+    first = client.get(API, query_string=month, headers=headers, buffered=False)
+    assert first.status_code == 200
+    next(iter(first.response))  # streaming, holding the only slot
+    busy = client.get("/admin/backup/preview", query_string=month)
+    assert busy.status_code == 429 and int(busy.headers["Retry-After"]) > 0
+    assert "Too many exports" in busy.get_json()["error"]
+    first.close()
+    for _ in range(2):  # each preview gives the slot back
+        shown = client.get("/admin/backup/preview", query_string=month)
+        assert shown.status_code == 200 and shown.get_json()["rows"] > 0, shown.data[:300]
+    assert client.get(API, query_string=month, headers=headers,
+                      buffered=True).status_code == 200
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_session_idle_in_a_transaction_is_ended_but_a_slow_export_is_not(
         app_config, app, client, auth, many_guests, backend):

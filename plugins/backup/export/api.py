@@ -15,11 +15,11 @@ from guest_registration.admin import is_admin
 from guest_registration.availability import database_unavailable, unavailable_response
 from guest_registration.extensions import db
 
+from guest_backup.ops.slots import RETRY_BUSY
 from guest_backup.wiring import backup_context
 from guest_backup.export.stream import ExportRequestError, open_export, parse_request
 
 bp = Blueprint("backup_api", __name__, url_prefix="/api/backup")
-RETRY_BUSY = 10  # seconds a client told 429 should wait
 
 
 def json_error(status: int, message: str) -> Response:

@@ -21,11 +21,13 @@ class Preview:
 
 
 def preview(engine: Engine, req: ExportRequest, *, db_engine: DatabaseEngine | None,
-            actor: str | None, via: str, lines: int = 20, fetch_rows: int = 2000) -> Preview:
+            actor: str | None, via: str, lines: int = 20, fetch_rows: int = 2000,
+            on_close=None) -> Preview:
     """Read only the first ``lines`` lines of an export and stop; audited as a
-    ``preview`` (not as an export: nothing was downloaded)."""
+    ``preview`` (not as an export: nothing was downloaded). ``on_close`` as for
+    :func:`~.stream.open_export` (the caller's export slot is given back)."""
     stream = open_export(engine, req, db_engine=db_engine, actor=actor, via=via,
-                         action="preview", fetch_rows=fetch_rows)
+                         action="preview", fetch_rows=fetch_rows, on_close=on_close)
     body = bytearray()
     try:
         for chunk in stream.chunks:

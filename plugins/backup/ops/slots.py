@@ -21,6 +21,7 @@ from guest_backup.ops.locks import keep_renewing, try_flock
 from guest_backup.ops.metrics import slot_freed, slot_taken
 
 LEASE = 60  # seconds a Redis slot lives without renewal
+RETRY_BUSY = 10  # seconds a client told 429 (every slot taken) should wait
 RENEW_EVERY = LEASE / 4
 
 _TAKE = """

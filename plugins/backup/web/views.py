@@ -27,6 +27,7 @@ from guest_backup.ops.health import MESSAGES, health
 from guest_backup.ops.jobs import read_job
 from guest_backup.tasks import start_job
 from guest_backup.ops.listing import list_everywhere, storages_holding
+from guest_backup.ops.slots import RETRY_BUSY
 from guest_backup.storages import StorageError
 from guest_backup.ops.verify import verify
 from guest_backup.web.download import audit_download, send_archive
@@ -207,10 +208,18 @@ class BackupView(SecureBaseView):
         except ExportRequestError as exc:
             return jsonify(error=str(exc)), 400
         actor = current_user.email
+        ctx = backup_context()
+        # a preview holds a connection and a snapshot like an export: one of its slots
+        slot = ctx.export_slots.acquire(int(current_app.config["EXPORT_MAX_CONCURRENT"]))
+        if slot is None:
+            response = jsonify(error=_("Too many exports are running; try again in a few "
+                                       "seconds."))
+            response.status_code, response.headers["Retry-After"] = 429, str(RETRY_BUSY)
+            return response
         db.session.close()  # one connection for the preview, not two
         result = preview(db.engine, req,
-                         db_engine=backup_context().engine_for(db.engine.dialect.name, required=False),
-                         actor=actor, via="admin",
+                         db_engine=ctx.engine_for(db.engine.dialect.name, required=False),
+                         actor=actor, via="admin", on_close=slot.release,
                          fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
         return jsonify(rows=result.rows, media_type=result.media_type, lines=result.lines)
 
