@@ -50,8 +50,9 @@ from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.erasure_sql import (ERASED, R, anonymise_guests, anonymise_registrations,
                                           close_emptied, erased_email, guest_is_erased,
-                                          guest_rows, guests_of, overdue_query,
-                                          registration_rows, registrations_with_email)
+                                          guest_rows, guests_of, one_erasure_at_a_time,
+                                          overdue_query, registration_rows,
+                                          registrations_with_email)
 from guest_backup.ops.ledger import ErasureLedger, LedgerBroken, collect, publish
 from guest_backup.ops.reapply import Leftover, erased_present, reapply_erasures  # noqa: F401
 from guest_backup.storages import StorageError
@@ -250,6 +251,7 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
         raise kind(f"nothing was erased: {exc}") from None
     try:
         with engine.begin() as conn:
+            one_erasure_at_a_time(conn)
             plan = _plan(conn, target)
             if plan.empty:
                 raise NothingToErase(f"{target} holds no personal data any more")
