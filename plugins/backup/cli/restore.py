@@ -20,7 +20,7 @@ from guest_backup.cli.backup import _busy, _fail
 from guest_backup.wiring import backup_context
 from guest_backup.archive.encryption import load_identities
 from guest_backup.engines import parse_url
-from guest_backup.errors import BackupError
+from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.fetch import is_url, local_copy
 
 
@@ -159,6 +159,8 @@ def restore_command(archive: str, database_url: str | None, password_prompt: boo
                                      explicit_keys=_explicit(trusted_key),
                                      migrations=ctx.migrations() if ctx.migrations else None,
                                      erasures=erasures_for(ctx))
+    except BackupBusy as exc:  # another restore or an erasure holds the target: exit 75
+        _busy(exc)
     except BackupError as exc:
         _fail(str(exc))
     if result.unsigned:
@@ -190,7 +192,6 @@ def restore_test_command(identity: str | None, trusted_key: tuple[str, ...],
     manifest, and remove the scratch database. Exits 1 on any mismatch, 75 when a
     backup is running. With --pitr, the point-in-time drill."""
     from guest_backup.ops.drill import restore_drill
-    from guest_backup.errors import BackupBusy
 
     if pitr:
         from guest_backup.cli.pitr import drill_command

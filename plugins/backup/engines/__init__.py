@@ -11,13 +11,17 @@ the detail goes to the log with the password masked.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, ContextManager, Protocol
 
-from guest_backup.errors import EngineError
+from guest_backup.errors import BackupBusy, EngineError
 
 if TYPE_CHECKING:  # SQLAlchemy is imported by what connects, not by ``--help``
     from sqlalchemy.engine import URL, Connection
@@ -25,6 +29,9 @@ if TYPE_CHECKING:  # SQLAlchemy is imported by what connects, not by ``--help``
 
 #: size of the pieces streamed between a tool, the archive and the database
 CHUNK = 1024 * 1024
+#: what a restore or an erasure is told when another holds its database (``exclusive``)
+TARGET_BUSY = ("another restore or an erasure of this database is running; wait for it to "
+               "finish")
 
 
 @dataclass
@@ -68,6 +75,12 @@ class DatabaseEngine(Protocol):
 
     def server_version(self, conn: Connection) -> str:
         """The server's version, e.g. ``"15.4"``."""
+
+    def exclusive(self, url: str, wait: float = 0.0) -> ContextManager[None]:
+        """Optional. One restore or erasure at a time in the database at ``url``,
+        across processes: held while the block runs; BackupBusy (``TARGET_BUSY``)
+        when another holds it for longer than ``wait`` seconds (see
+        :func:`exclusive`)."""
 
     def timestamp_text(self, column: ColumnElement) -> ColumnElement:
         """``column`` rendered by the database as ``YYYY-MM-DD HH:MM:SS`` text."""
@@ -116,6 +129,57 @@ class DumpScreen(Protocol):
     def feed(self, chunk: bytes) -> bytes | None: ...
 
     def finish(self) -> bytes | None: ...
+
+
+def exclusive(db_engine, url: str, wait: float = 0.0) -> ContextManager[None]:
+    """``db_engine.exclusive(url, wait)``, or nothing held for an engine without it.
+    Two restores into one database at once each reported success, one's audit entry
+    lost and whichever loaded last left; an erasure committed while a restore
+    loaded was overwritten by it."""
+    method = getattr(db_engine, "exclusive", None)
+    return method(url, wait) if method is not None else contextlib.nullcontext()
+
+
+def retry_until(take: Callable[[], bool], wait: float) -> None:
+    """Call ``take`` (a try-lock) until it succeeds; BackupBusy after ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while not take():
+        if time.monotonic() >= deadline:
+            raise BackupBusy(TARGET_BUSY)
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, wait: float = 0.0):
+    """An exclusive ``flock`` on ``path`` (created 0600, removed when released)
+    while the block runs, for every process of this machine; BackupBusy after
+    ``wait`` seconds. A lock won on a file its holder removed meanwhile is tried
+    again on the new one."""
+    held: list[int] = []
+
+    def take() -> bool:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                held.append(fd)
+                return True
+            os.close(fd)
+    retry_until(take, wait)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still held: a waiter then locks a new file
+        os.close(held[0])
 
 
 def sql(statement: str):

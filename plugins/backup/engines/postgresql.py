@@ -20,7 +20,7 @@ import uuid
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from guest_backup.errors import EngineError
-from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, mask, parse_url,
+from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, mask, parse_url, retry_until,
                                    pg_environment, pg_major as _major, pg_reason as _pg_reason,
                                    psql_restricts as _psql_restricts,
                                    sql, tool_version as _tool_version)
@@ -37,6 +37,8 @@ PG_TRAILER = b"-- PostgreSQL database dump complete"
 COMMITTED = b"gr-restore-committed"
 XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
 #: what pg_export_snapshot() returns: hexadecimal numbers joined by dashes
+#: the advisory lock key of a database's restores and erasures ("erase")
+TARGET_LOCK = 0x6572617365
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]{1,16}(?:-[0-9A-F]{1,16}){1,3}")
 
 
@@ -88,6 +90,19 @@ class PostgresEngine:
             self.begin_snapshot(other)
             other.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
         return join
+
+    @contextlib.contextmanager
+    def exclusive(self, url: str, wait: float = 0.0) -> Iterator[None]:
+        """A session advisory lock in the database at ``url`` (so across servers
+        too), on a connection of its own held until the block ends."""
+        with _connected(url, autocommit=True) as conn:
+            retry_until(lambda: conn.exec_driver_sql(
+                f"SELECT pg_try_advisory_lock({TARGET_LOCK})").scalar_one(), wait)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):  # closing the connection frees it too
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({TARGET_LOCK})")
 
     def timestamp_text(self, column: ColumnElement) -> ColumnElement:
         from sqlalchemy import func

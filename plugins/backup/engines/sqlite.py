@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from guest_backup.errors import EngineError
-from guest_backup.engines import CHUNK, DumpRefused, EngineSettings, ToolInfo, parse_url
+from guest_backup.engines import (CHUNK, DumpRefused, EngineSettings, ToolInfo, file_lock,
+                                   parse_url)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -60,6 +61,11 @@ class SQLiteEngine:
         # pysqlite opens no transaction for reads: start one, and take its snapshot
         conn.exec_driver_sql("BEGIN")
         conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
+
+    def exclusive(self, url: str, wait: float = 0.0):
+        """An ``flock`` on ``<database file>.lock`` beside the database."""
+        path = sqlite_path(url)
+        return file_lock(path.with_name(path.name + ".lock"), wait)
 
     def timestamp_text(self, column: ColumnElement) -> ColumnElement:
         from sqlalchemy import func

@@ -45,14 +45,14 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from guest_backup.engines import exclusive
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.erasure_sql import (ERASED, R, anonymise_guests, anonymise_registrations,
                                           close_emptied, erased_email, guest_is_erased,
-                                          guest_rows, guests_of, one_erasure_at_a_time,
-                                          overdue_query, registration_rows,
-                                          registrations_with_email)
+                                          guest_rows, guests_of, overdue_query,
+                                          registration_rows, registrations_with_email)
 from guest_backup.ops.ledger import ErasureLedger, LedgerBroken, collect, publish
 from guest_backup.ops.reapply import Leftover, erased_present, reapply_erasures  # noqa: F401
 from guest_backup.storages import StorageError
@@ -60,6 +60,9 @@ from guest_backup.storages import StorageError
 __all__ = ["ERASED", "ErasureError", "ErasurePlan", "ErasureResult", "Leftover", "NotFound",
            "NothingToErase", "Target", "erase", "erased_present", "plan_erasure",
            "reapply_erasures"]
+
+#: seconds an erasure waits for another erasure (or a restore) of its database
+ERASE_WAIT = 10
 
 
 class ErasureError(BackupError):
@@ -249,9 +252,10 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
         _failed(ctx, engine, target, actor, via, f"the erasure ledger: {exc}")
         kind = LedgerBroken if isinstance(exc, LedgerBroken) else BackupError
         raise kind(f"nothing was erased: {exc}") from None
-    try:
-        with engine.begin() as conn:
-            one_erasure_at_a_time(conn)
+    try:  # one at a time, and never while a restore loads this database (exclusive)
+        with exclusive(ctx.engine_for(engine.dialect.name, required=False),
+                       engine.url.render_as_string(hide_password=False), ERASE_WAIT), \
+                engine.begin() as conn:
             plan = _plan(conn, target)
             if plan.empty:
                 raise NothingToErase(f"{target} holds no personal data any more")

@@ -106,23 +106,6 @@ def close_emptied(conn: Connection, registration_ids: Iterable[int]) -> int:
     return changed
 
 
-#: the PostgreSQL advisory lock an erasure's transaction holds ("erase")
-ERASURE_LOCK = 0x6572617365
-
-
-def one_erasure_at_a_time(conn: Connection) -> None:
-    """Wait, at the start of an erasure's transaction, until no other erasure's is
-    open, so that its plan reads what the other one committed: two erasures of the
-    same guest planned side by side both "succeeded", the second changing nothing
-    and still writing a ledger line and an audit entry. PostgreSQL: a transaction
-    advisory lock (across processes and servers); SQLite: the database's write
-    lock, taken by a write that changes nothing."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ERASURE_LOCK})
-    else:
-        conn.execute(sa.update(GUEST).where(sa.false()).values(first_name=G.first_name))
-
-
 def stream(conn: Connection, query: sa.Select, id_column: sa.ColumnElement,
            size: int = BATCH) -> Iterator[Sequence]:
     """The rows of ``query`` in batches of ``size``, by ascending ``id_column``

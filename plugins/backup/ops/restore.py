@@ -11,6 +11,7 @@ restore. No Flask request in here."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from guest_backup.archive.signing import TrustedKeys
 from guest_backup.archive.verify import Binding
 from guest_backup.archive.writer import CHUNK
 from guest_backup.archive.zipstream import StreamError
-from guest_backup.engines import DatabaseEngine, DumpRefused
+from guest_backup.engines import DatabaseEngine, DumpRefused, exclusive
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
 from guest_backup.ops.create import safe_message
@@ -64,6 +65,15 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
     the outcome is recorded (after the fact: it may be the one just replaced);
     ``explicit_keys`` are the keys given for this restore (--trusted-key), whose
     archives may come from another installation."""
+    with contextlib.ExitStack() as held:  # the target's lock, until the outcome is recorded
+        return _restore(held, path, engines, settings, target_url, uploads_dir, trusted,
+                        replace, engine, audit, actor, via, allow_unsigned, explicit_keys,
+                        identity, migrations, erasures)
+
+
+def _restore(held, path, engines, settings, target_url, uploads_dir, trusted, replace, engine,
+             audit, actor, via, allow_unsigned, explicit_keys, identity, migrations,
+             erasures) -> RestoreResult:
     name = Path(path).name
     stage, finish, staged = "refused", Finishers(), StagedUploads(uploads_dir)
     binding = Binding(name, settings.installation(), frozenset(explicit_keys))
@@ -73,6 +83,9 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
         with ArchivePass(path, trusted, binding, identities=identities,
                          allow_unsigned=allow_unsigned, engines=engines) as archive:
             db_engine, empty = _check(archive, engines, target_url, uploads_dir, replace)
+            # one restore or erasure at a time in the target, from before its audit
+            # trail is set aside until this restore's entry is written
+            held.enter_context(exclusive(db_engine, target_url))
             if upgrade is not None and archive.report.manifest is not None:
                 upgrade.settle(archive.report.manifest)  # a plain archive's: refused up front
             finish = _finishers(upgrade, None if empty else target_url, erasures)

@@ -1,0 +1,111 @@
+"""One restore or erasure at a time per database (found by the review of
+2026-12-05: two restores into one database at once both reported success, in 5
+of 30 rounds one's audit entry was lost, and the database held whichever archive
+loaded last; nothing stopped an erasure committed while a restore loaded from
+being overwritten by it). A restore holds its target's lock (PostgreSQL: an
+advisory lock, so across servers; SQLite: an flock beside the file) from before
+it sets the audit trail aside until its outcome is recorded; an erasure waits
+for it a while, then is refused with nothing changed."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from guest_registration.extensions import db
+from guest_registration.models import AuditEntry
+from guest_backup.engines import TARGET_BUSY, exclusive
+from guest_backup.errors import BackupBusy
+from guest_backup.ops import erasure as erasure_module
+from guest_backup.ops.erasure import Target, erase
+from guest_backup.ops.finishing import erasures_for
+from guest_backup.ops.restore import restore_archive
+from guest_backup.wiring import backup_context
+from tests.helpers import make_backup, restore_target
+from tests.test_erasure import add_people, guest
+
+
+def _guests(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM guest")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_a_restore_into_a_database_another_restore_holds_is_refused(app, runner, backend,
+                                                                    request, tmp_path):
+    add_people(app)
+    archive = make_backup(runner)
+    target = restore_target(request, backend, tmp_path)
+    args = ["restore", str(archive), "--database-url", target, "--replace", "--yes",
+            "--uploads", str(tmp_path / "uploads")]
+    db_engine = backup_context(app).engine_for(backend)
+    with exclusive(db_engine, target):  # a restore (or an erasure) of that database runs
+        refused = runner.invoke(args=args)
+    assert refused.exit_code == 75, refused.output
+    assert TARGET_BUSY in refused.output and "Traceback" not in refused.output
+    with app.app_context():
+        last = db.session.query(AuditEntry).filter_by(action="restore").order_by(
+            AuditEntry.id.desc()).first()
+    assert last.outcome == "failed" and TARGET_BUSY in last.message
+    restored = runner.invoke(args=args)  # once it ended, the same restore runs
+    assert restored.exit_code == 0, restored.output
+    assert _guests(target) == 4
+
+
+def test_two_restores_at_once_one_runs_the_other_is_told(app, runner, backend, request,
+                                                         tmp_path):
+    """Started together (threads, the operation the command calls): both restore
+    one after the other, or the second is told the database is busy; never both
+    at once (before: one of them failed or lost its audit entry)."""
+    add_people(app)
+    archive = make_backup(runner)
+    target = restore_target(request, backend, tmp_path)
+    start, outcomes = threading.Barrier(2), []
+
+    def run(i: int) -> None:
+        with app.app_context():
+            ctx = backup_context(app)
+            start.wait()
+            try:
+                restore_archive(archive, engines=ctx.engines, settings=ctx.settings,
+                                target_url=target, uploads_dir=str(tmp_path / f"uploads-{i}"),
+                                replace=True, trusted=ctx.settings.trusted(), engine=db.engine,
+                                audit=ctx.audit, actor=f"admin{i}", via="cli",
+                                migrations=ctx.migrations() if ctx.migrations else None,
+                                erasures=erasures_for(ctx))
+                outcomes.append("restored")
+            except BackupBusy:
+                outcomes.append("busy")
+            except Exception as exc:  # pragma: no cover - reported by the assertion
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(outcomes) in (["restored", "restored"], ["busy", "restored"]), outcomes
+    assert _guests(target) == 4
+    with app.app_context():
+        entries = db.session.query(AuditEntry).filter_by(action="restore").all()
+    assert sorted(e.outcome for e in entries) == sorted(
+        "ok" if o == "restored" else "failed" for o in outcomes)
+
+
+def test_an_erasure_waits_for_a_restore_of_its_database_then_is_refused(app, backend,
+                                                                       monkeypatch):
+    ids = add_people(app)
+    monkeypatch.setattr(erasure_module, "ERASE_WAIT", 0.3)
+    with app.app_context():
+        ctx = backup_context(app)
+        url = db.engine.url.render_as_string(hide_password=False)
+        with exclusive(ctx.engine_for(backend), url):  # a restore loads the app's database
+            with pytest.raises(BackupBusy, match=TARGET_BUSY):
+                erase(ctx, db.engine, Target.guest(ids["jana"]), actor="admin", via="cli")
+        assert guest(app, ids["jana"])["first_name"] == "Jana"  # nothing changed
+        erase(ctx, db.engine, Target.guest(ids["jana"]), actor="admin", via="cli")
+    assert guest(app, ids["jana"])["first_name"] != "Jana"
