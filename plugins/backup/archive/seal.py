@@ -19,6 +19,7 @@ from pathlib import Path
 
 from guest_backup.archive.format import MANIFEST_MEMBER, SIGNATURE_MEMBER, name_time
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
+from guest_backup.archive.zipstream import directory_problem
 from guest_backup.archive.verify import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
                                          parse_time)
 
@@ -70,6 +71,8 @@ def _from_sidecar(envelope: bytes, name: str, size: int, trusted: TrustedKeys,
 
 
 def _from_manifest(path: Path, trusted: TrustedKeys, binding: Binding) -> datetime | None:
+    if directory_problem(path):  # never handed to zipfile (every listing reads this)
+        return None
     with zipfile.ZipFile(path) as zf:
         manifest_info = zf.getinfo(MANIFEST_MEMBER)
         signature_info = zf.getinfo(SIGNATURE_MEMBER)

@@ -27,7 +27,7 @@ from guest_backup.errors import EngineError
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.writer import CHUNK, Digest
 from guest_backup.archive.zipstream import (BOMB_MIN_BYTES, BOMB_RATIO, StreamError,
-                                           layout_problem, member_at)
+                                           directory_problem, layout_problem, member_at)
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_SIGNATURE_BYTES = MAX_SEAL_BYTES  # a manifest's signature and a seal: one limit
@@ -83,8 +83,7 @@ def _structure_problems(infos: list[zipfile.ZipInfo]) -> list[str]:
     if dupes:
         problems.append(f"duplicate members: {', '.join(dupes)[:200]}")
     for info in infos:
-        problem = member_problem(info)
-        if problem:
+        if problem := member_problem(info):
             problems.append(problem)
         elif (info.file_size > BOMB_MIN_BYTES
               and info.file_size > BOMB_RATIO * max(info.compress_size, 1)):
@@ -240,6 +239,9 @@ def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
     with ``members`` every member read and checked too (a one-pass restore checks
     them as it loads them)."""
     try:
+        if problem := directory_problem(path):
+            report.problems.append(problem)
+            return
         zf = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
         report.problems.append(f"not a readable ZIP archive ({type(exc).__name__})")
