@@ -132,3 +132,19 @@ def test_an_oversized_ledger_object_in_s3_is_not_read_whole(app, s3, monkeypatch
     s3.put_object(Bucket=BUCKET, Key="site/erasure-ledger.jsonl", Body=b"x" * 1024)
     assert remote.get_extra("erasure-ledger.jsonl") == b"x" * 1024
 
+
+
+def test_the_drill_tests_the_newest_recognised_archive_not_a_planted_name(app, runner,
+                                                                          tmp_path):
+    """A planted file named newer than every archive was what the drill fetched and
+    restored (and failed on, every time: found by the review of 2026-12-05)."""
+    archive = make_backup(runner)
+    planted = archive.with_name("system_backup_20991231_235959.zip")
+    planted.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty ZIP, unsigned
+    drill = runner.invoke(args=["restore-test"])
+    assert drill.exit_code == 0, drill.output
+    assert f"OK restore drill of {archive.name}" in drill.output
+    planted.write_bytes(b"junk")
+    archive.unlink()
+    none = runner.invoke(args=["restore-test"])
+    assert none.exit_code == 1 and "1 file(s) there are not recognised archives" in none.output

@@ -16,6 +16,7 @@ from guest_backup.ops.context import BackupContext
 from guest_backup.archive.signing import TrustedKeys
 from guest_backup.errors import BackupError
 from guest_backup.ops.fetch import archive_file
+from guest_backup.ops.listing import recognised
 from guest_backup.ops.finishing import erasures_for
 from guest_backup.ops.notify import observed
 from guest_backup.ops.restore import restore_archive
@@ -56,9 +57,12 @@ def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_
 
 def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillResult:
     storage = ctx.remote() or ctx.local()
-    archives = storage.list()
+    # the newest archive the listing recognises (signed, bound to this installation):
+    # a planted file with a newer name would otherwise be fetched and fail every drill
+    archives, others = recognised(ctx, storage)
     if not archives:
-        raise BackupError(f"there is no archive in {storage.url} to test")
+        raise BackupError(f"there is no archive in {storage.url} to test" + (
+            f" ({len(others)} file(s) there are not recognised archives)" if others else ""))
     newest = archives[0].name
     result = DrillResult(newest, storage.url)
     settings = ctx.settings
