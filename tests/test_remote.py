@@ -228,3 +228,26 @@ def test_the_page_shows_locations_health_and_downloads_remote_only_archives(remo
     assert download.status_code == 200 and download.data == expected
     (row,) = entries(remote, "download")
     assert row.message == f"from s3://{BUCKET}/{PREFIX}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_remote_archive_is_copied_no_further_than_its_seal_or_the_disk_allows(
+        remote, s3, runner, backend, monkeypatch):
+    """Verify, restore and drills copy a remote archive to a temporary folder first;
+    a planted object of any size was copied whole before anything looked at it
+    (found by the review of 2026-12-05: 1 GiB written for one verify). Now the copy
+    stops past the size the seal states, or past the room the folder has."""
+    from guest_backup.ops import fetch as fetch_module
+
+    archive = make_backup(runner)
+    key = f"{PREFIX}/{archive.name}"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=archive.read_bytes() + b"\0" * (3 << 20))
+    url = f"s3://{BUCKET}/{PREFIX}/{archive.name}"
+    bigger = runner.invoke(args=["verify", url])
+    assert bigger.exit_code == 1 and "is larger than its seal says" in bigger.output, \
+        bigger.output
+    s3.put_object(Bucket=BUCKET, Key=key, Body=archive.read_bytes())  # as it was
+    assert runner.invoke(args=["verify", url]).exit_code == 0
+    monkeypatch.setattr(fetch_module, "FREE_RESERVE", 1 << 62)  # a full temporary disk
+    full = runner.invoke(args=["verify", url])
+    assert full.exit_code == 1 and "the temporary folder has room for" in full.output

@@ -7,6 +7,7 @@ ends. An archive may be named by a path or by a storage URL
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from guest_backup.archive.format import is_archive_name, sidecar_path
+from guest_backup.archive.signing import seal_claims
 from guest_backup.errors import BackupError
 from guest_backup.ops.context import BackupContext
 from guest_backup.storages import Storage, StorageError, fetch
@@ -52,12 +54,33 @@ def archive_file(storage: Storage, name: str) -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="gr-fetch-"))
     try:
         path = folder / name
+        sidecar = storage.read_sidecar(name)  # first: the size it states bounds the copy
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            fetch(storage, name, out)
-        sidecar = storage.read_sidecar(name)
+            fetch(storage, name, out, limit=copy_limit(sidecar, folder))
         if sidecar is not None:
             sidecar_path(path).write_bytes(sidecar)
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+#: room left free in the temporary folder when an archive is copied there
+FREE_RESERVE = 256 * 1024 * 1024
+
+
+def copy_limit(sidecar: bytes | None, folder: Path) -> tuple[int, str]:
+    """How much of a remote archive is copied before it is refused: the size its
+    seal states (signed or not yet checked: a false one can only make the copy
+    fail, which the seal's check would too), and never more than the temporary
+    folder holds with FREE_RESERVE to spare. A planted object of any size was
+    copied whole before anything looked at it (1 GiB written for a verify)."""
+    room = max(shutil.disk_usage(folder).free - FREE_RESERVE, 0)
+    claims = seal_claims(sidecar) if sidecar is not None else None
+    if claims is None and sidecar is not None:  # the first version's file signature
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            claims = json.loads(sidecar)
+    size = claims.get("size") if isinstance(claims, dict) else None
+    if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= room:
+        return size, "its seal says"
+    return room, "the temporary folder has room for"

@@ -123,13 +123,18 @@ class StorageType(Protocol):
         """The storage at ``url`` (raise StorageError for a malformed URL)."""
 
 
-def fetch(storage: Storage, name: str, dest: IO[bytes], chunk: int = 1024 * 1024) -> int:
-    """Stream one archive from ``storage`` into ``dest``; returns the bytes copied."""
+def fetch(storage: Storage, name: str, dest: IO[bytes], chunk: int = 1024 * 1024,
+          limit: tuple[int, str] | None = None) -> int:
+    """Stream one archive from ``storage`` into ``dest``; returns the bytes copied.
+    ``limit``: (bytes, why) beyond which it stops with StorageError."""
     total = 0
     with storage.open(name) as src:
         while data := src.read(chunk):
-            dest.write(data)
             total += len(data)
+            if limit is not None and total > limit[0]:
+                raise StorageError(f"{name} is larger than {limit[1]} ({limit[0]} bytes): "
+                                   f"not copied")
+            dest.write(data)
     return total
 
 
