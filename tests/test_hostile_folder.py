@@ -148,3 +148,30 @@ def test_the_drill_tests_the_newest_recognised_archive_not_a_planted_name(app, r
     archive.unlink()
     none = runner.invoke(args=["restore-test"])
     assert none.exit_code == 1 and "1 file(s) there are not recognised archives" in none.output
+
+
+def test_listing_many_planted_seals_keeps_none_of_them(app, share):
+    """Every listing reads every seal; it kept all of them until the last was read
+    (found by the review of 2026-12-05: 20,000 planted keys with 64 KiB seals in
+    a bucket took 1.3 GiB). Now each seal is checked as it is read and dropped."""
+    import tracemalloc
+
+    from guest_backup.ops.listing import recognised
+    from guest_backup.wiring import backup_context
+
+    junk = b"{" + b" " * (MAX_SEAL_BYTES - 2) + b"}"
+    for i in range(200):
+        name = f"system_backup_20250101_{i // 60:02d}{i % 60:02d}00.zip"
+        (share / name).write_bytes(b"PK\x05\x06" + b"\0" * 18)
+        (share / (name + ".sig")).write_bytes(junk)
+    with app.app_context():
+        ctx = backup_context(app)
+        storage = ctx.remote()
+        tracemalloc.start()
+        try:
+            good, bad = recognised(ctx, storage)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert good == [] and len(bad) == 200
+    assert peak < 4 * 1024 * 1024, peak  # 200 seals of 64 KiB held at once: 12.5 MiB
