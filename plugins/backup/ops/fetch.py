@@ -16,7 +16,6 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from guest_backup.archive.format import is_archive_name, sidecar_path
-from guest_backup.archive.signing import seal_claims
 from guest_backup.errors import BackupError
 from guest_backup.ops.context import BackupContext
 from guest_backup.storages import Storage, StorageError, fetch
@@ -75,6 +74,8 @@ def copy_limit(sidecar: bytes | None, folder: Path) -> tuple[int, str]:
     fail, which the seal's check would too), and never more than the temporary
     folder holds with FREE_RESERVE to spare. A planted object of any size was
     copied whole before anything looked at it (1 GiB written for a verify)."""
+    from guest_backup.archive.signing import seal_claims  # cryptography: not for --help
+
     room = max(shutil.disk_usage(folder).free - FREE_RESERVE, 0)
     claims = seal_claims(sidecar) if sidecar is not None else None
     if claims is None and sidecar is not None:  # the first version's file signature
