@@ -109,3 +109,15 @@ def test_an_erasure_waits_for_a_restore_of_its_database_then_is_refused(app, bac
         assert guest(app, ids["jana"])["first_name"] == "Jana"  # nothing changed
         erase(ctx, db.engine, Target.guest(ids["jana"]), actor="admin", via="cli")
     assert guest(app, ids["jana"])["first_name"] != "Jana"
+
+
+def test_an_in_memory_sqlite_database_needs_no_lock(tmp_path):
+    """No other process shares it: nothing is held, and no file is made."""
+    from guest_backup.engines.sqlite import SQLiteEngine
+
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        with SQLiteEngine().exclusive(url):
+            pass
+    with SQLiteEngine().exclusive(f"sqlite:///{tmp_path / 'app.db'}"):
+        assert (tmp_path / "app.db.lock").exists()
+    assert not (tmp_path / "app.db.lock").exists()  # removed once released

@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 PG_TRAILER = b"-- PostgreSQL database dump complete"
 COMMITTED = b"gr-restore-committed"
 XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
-#: what pg_export_snapshot() returns: hexadecimal numbers joined by dashes
 #: the advisory lock key of a database's restores and erasures ("erase")
 TARGET_LOCK = 0x6572617365
+#: what pg_export_snapshot() returns: hexadecimal numbers joined by dashes
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]{1,16}(?:-[0-9A-F]{1,16}){1,3}")
 
 

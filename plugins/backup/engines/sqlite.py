@@ -63,7 +63,10 @@ class SQLiteEngine:
         conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
 
     def exclusive(self, url: str, wait: float = 0.0):
-        """An ``flock`` on ``<database file>.lock`` beside the database."""
+        """An ``flock`` on ``<database file>.lock`` beside the database (nothing
+        for an in-memory one, which no other process shares)."""
+        if parse_url(url).database in (None, "", ":memory:"):
+            return contextlib.nullcontext()
         path = sqlite_path(url)
         return file_lock(path.with_name(path.name + ".lock"), wait)
 
