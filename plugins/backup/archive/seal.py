@@ -26,18 +26,29 @@ from guest_backup.archive.verify import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES
 SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
-def sealed_sha256(envelope: bytes) -> str | None:
-    """The file SHA-256 a seal (or the first encrypted archives' file signature)
-    claims, parsed, NOT checked: call it on an envelope :func:`recognise` or
-    ``TrustedKeys.check_file`` accepted."""
+def _claimed(envelope: bytes, key: str):
+    """One claim of a seal (or of the first encrypted archives' file signature),
+    parsed, NOT checked; None when it has none."""
     if len(envelope) > MAX_SIGNATURE_BYTES:
         return None
     try:
-        claims = seal_claims(envelope)
-        sha = (claims or json.loads(envelope))["sha256"]
+        return (seal_claims(envelope) or json.loads(envelope))[key]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def sealed_sha256(envelope: bytes) -> str | None:
+    """The file SHA-256 a seal claims, parsed, NOT checked: call it on an envelope
+    :func:`recognise` or ``TrustedKeys.check_file`` accepted."""
+    sha = _claimed(envelope, "sha256")
     return sha if isinstance(sha, str) and SHA256_RE.fullmatch(sha) else None
+
+
+def sealed_size(envelope: bytes) -> int | None:
+    """The file size a seal claims, parsed, NOT checked (enough to bound a copy:
+    a false one can only make it fail, which the seal's check would too)."""
+    size = _claimed(envelope, "size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
 
 
 def recognise(name: str, size: int, sidecar: bytes | None, trusted: TrustedKeys,

@@ -149,22 +149,35 @@ def retry_until(take: Callable[[], bool], wait: float) -> None:
         time.sleep(0.1)
 
 
+def try_flock(path: Path, create: bool = True) -> int | None:
+    """The one try-lock-or-skip on a file (the backup lock, the export slots, the
+    SQLite engine's :func:`file_lock`): an open descriptor holding an exclusive
+    ``flock`` on ``path`` (closing it releases the lock), or None when another
+    process or thread holds it (or, without ``create``, when there is no file)."""
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, wait: float = 0.0):
-    """An exclusive ``flock`` on ``path`` (created 0600, removed when released)
-    while the block runs, for every process of this machine; BackupBusy after
-    ``wait`` seconds. A lock won on a file its holder removed meanwhile is tried
-    again on the new one."""
+    """:func:`try_flock` on ``path`` held while the block runs (the file removed
+    when released), for every process of this machine; BackupBusy after ``wait``
+    seconds. A lock won on a file its holder removed meanwhile is tried again on
+    the new one."""
     held: list[int] = []
 
     def take() -> bool:
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
+        while (fd := try_flock(path)) is not None:
             try:
                 current = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -173,6 +186,7 @@ def file_lock(path: Path, wait: float = 0.0):
                 held.append(fd)
                 return True
             os.close(fd)
+        return False
     retry_until(take, wait)
     try:
         yield

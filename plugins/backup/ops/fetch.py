@@ -7,7 +7,6 @@ ends. An archive may be named by a path or by a storage URL
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -70,18 +69,14 @@ FREE_RESERVE = 256 * 1024 * 1024
 
 def copy_limit(sidecar: bytes | None, folder: Path) -> tuple[int, str]:
     """How much of a remote archive is copied before it is refused: the size its
-    seal states (signed or not yet checked: a false one can only make the copy
-    fail, which the seal's check would too), and never more than the temporary
-    folder holds with FREE_RESERVE to spare. A planted object of any size was
-    copied whole before anything looked at it (1 GiB written for a verify)."""
-    from guest_backup.archive.signing import seal_claims  # cryptography: not for --help
+    seal states (:func:`~guest_backup.archive.seal.sealed_size`), and never more
+    than the temporary folder holds with FREE_RESERVE to spare. A planted object
+    of any size was copied whole before anything looked at it (1 GiB written for
+    a verify)."""
+    from guest_backup.archive.seal import sealed_size  # cryptography: not for --help
 
     room = max(shutil.disk_usage(folder).free - FREE_RESERVE, 0)
-    claims = seal_claims(sidecar) if sidecar is not None else None
-    if claims is None and sidecar is not None:  # the first version's file signature
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            claims = json.loads(sidecar)
-    size = claims.get("size") if isinstance(claims, dict) else None
-    if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= room:
+    size = sealed_size(sidecar) if sidecar is not None else None
+    if size is not None and size <= room:
         return size, "its seal says"
     return room, "the temporary folder has room for"

@@ -14,13 +14,13 @@ may be called from another thread than ``acquire()``.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import uuid
 from pathlib import Path
 from typing import Callable
 
+from guest_backup.engines import try_flock
 from guest_backup.errors import BackupBusy, BackupError
 
 LOCK_NAME = ".backup.lock"
@@ -36,24 +36,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-def try_flock(path: Path, create: bool = True) -> int | None:
-    """The one try-lock-or-skip on a file: an open descriptor holding an exclusive
-    ``flock`` on ``path`` (closing it releases the lock), or None when another
-    process or thread holds it (or, without ``create``, when there is no file)."""
-    try:
-        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
-    except FileNotFoundError:
-        if create:
-            raise
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def keep_renewing(every: float, renew: Callable[[], object], name: str) -> threading.Event:

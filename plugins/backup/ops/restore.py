@@ -66,48 +66,40 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
     ``explicit_keys`` are the keys given for this restore (--trusted-key), whose
     archives may come from another installation."""
     with contextlib.ExitStack() as held:  # the target's lock, until the outcome is recorded
-        return _restore(held, path, engines, settings, target_url, uploads_dir, trusted,
-                        replace, engine, audit, actor, via, allow_unsigned, explicit_keys,
-                        identity, migrations, erasures)
-
-
-def _restore(held, path, engines, settings, target_url, uploads_dir, trusted, replace, engine,
-             audit, actor, via, allow_unsigned, explicit_keys, identity, migrations,
-             erasures) -> RestoreResult:
-    name = Path(path).name
-    stage, finish, staged = "refused", Finishers(), StagedUploads(uploads_dir)
-    binding = Binding(name, settings.installation(), frozenset(explicit_keys))
-    upgrade = PlannedUpgrade(migrations) if migrations is not None else None
-    try:
-        identities = _identities(path, identity)
-        with ArchivePass(path, trusted, binding, identities=identities,
-                         allow_unsigned=allow_unsigned, engines=engines) as archive:
-            db_engine, empty = _check(archive, engines, target_url, uploads_dir, replace)
-            # one restore or erasure at a time in the target, from before its audit
-            # trail is set aside until this restore's entry is written
-            held.enter_context(exclusive(db_engine, target_url))
-            if upgrade is not None and archive.report.manifest is not None:
-                upgrade.settle(archive.report.manifest)  # a plain archive's: refused up front
-            finish = _finishers(upgrade, None if empty else target_url, erasures)
-            stage = "failed"
-            manifest = _load(archive, engines, db_engine, settings, target_url, empty, finish,
-                             staged, upgrade)
-            report = archive.report
-        _after_load(db_engine, target_url, finish)
-        written, present, kept = staged.commit()
-    except BaseException as exc:
-        staged.discard()
-        raise _failed(exc, stage, lambda outcome, message: _log(
-            audit, engine, name, actor, via, outcome, message=message))
-    finally:
-        for part in finish.parts:
-            if isinstance(part, AuditCarry):
-                part.discard()
-    counts = manifest.get("row_counts", {})
-    notes = _notes(report, finish)
-    _log(audit, engine, name, actor, via, "ok", rows=sum(counts.values()),
-         message=f"{notes}into {uploads_dir}: {written} uploads written, {present} already "
-                 f"there, {kept} kept as they were")
+        name = Path(path).name
+        stage, finish, staged = "refused", Finishers(), StagedUploads(uploads_dir)
+        binding = Binding(name, settings.installation(), frozenset(explicit_keys))
+        upgrade = PlannedUpgrade(migrations) if migrations is not None else None
+        try:
+            identities = _identities(path, identity)
+            with ArchivePass(path, trusted, binding, identities=identities,
+                             allow_unsigned=allow_unsigned, engines=engines) as archive:
+                db_engine, empty = _check(archive, engines, target_url, uploads_dir, replace)
+                # one restore or erasure at a time in the target, from before its audit
+                # trail is set aside until this restore's entry is written
+                held.enter_context(exclusive(db_engine, target_url))
+                if upgrade is not None and archive.report.manifest is not None:
+                    upgrade.settle(archive.report.manifest)  # a plain archive's: refused up front
+                finish = _finishers(upgrade, None if empty else target_url, erasures)
+                stage = "failed"
+                manifest = _load(archive, engines, db_engine, settings, target_url, empty, finish,
+                                 staged, upgrade)
+                report = archive.report
+            _after_load(db_engine, target_url, finish)
+            written, present, kept = staged.commit()
+        except BaseException as exc:
+            staged.discard()
+            raise _failed(exc, stage, lambda outcome, message: _log(
+                audit, engine, name, actor, via, outcome, message=message))
+        finally:
+            for part in finish.parts:
+                if isinstance(part, AuditCarry):
+                    part.discard()
+        counts = manifest.get("row_counts", {})
+        notes = _notes(report, finish)
+        _log(audit, engine, name, actor, via, "ok", rows=sum(counts.values()),
+             message=f"{notes}into {uploads_dir}: {written} uploads written, {present} already "
+                     f"there, {kept} kept as they were")
     return RestoreResult(counts, written, present, kept, report.unsigned,
                          upgrade.describe() if upgrade is not None and upgrade.needed else None,
                          erasures.applied if erasures is not None else 0)

@@ -17,7 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
-from guest_backup.ops.locks import keep_renewing, try_flock
+from guest_backup.engines import try_flock
+from guest_backup.ops.locks import keep_renewing
 from guest_backup.ops.metrics import slot_freed, slot_taken
 
 LEASE = 60  # seconds a Redis slot lives without renewal
