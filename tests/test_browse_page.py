@@ -180,3 +180,25 @@ def test_overwrite_one_changed_guest_and_erased_guests_left_out(app, admin, runn
                     a=first, b=second))
     assert now == {first: names[first], second: "Today"}
     assert live(app, "SELECT first_name FROM guest WHERE id = :g", g=erased) == [("[erased]",)]
+
+
+def test_an_erasure_after_the_preview_stops_the_restore(app, admin, runner):
+    """The kept plan carries the erasure ledger's last line; an erasure recorded
+    after the preview makes the restore refuse it with nothing written."""
+    sid = open_session(admin, verified_archive(admin, runner))
+    reg = live(app, "SELECT min(id) FROM registration")[0][0]
+    other = live(app, "SELECT min(g.id) FROM guest g WHERE g.registration_id <> :r", r=reg)[0][0]
+    live(app, "DELETE FROM guest WHERE registration_id = :r", r=reg)
+    live(app, "DELETE FROM registration WHERE id = :r", r=reg)
+    token = csrf_token_from(html(admin.get(f"{BASE}/s/{sid}/")))
+    preview = html(admin.post(f"{BASE}/s/{sid}/preview",
+                              data={"csrf_token": token, "registration": str(reg)}))
+    plan_token = re.search(r'name="token" value="([0-9a-f]{32})"', preview).group(1)
+    assert runner.invoke(args=["erase", "--guest", str(other), "--yes"]).exit_code == 0
+
+    result = html(admin.post(f"{BASE}/s/{sid}/restore", data={"csrf_token": token,
+                                                              "token": plan_token},
+                             follow_redirects=True))
+    assert "an erasure was recorded since the preview" in result
+    assert live(app, "SELECT count(*) FROM registration WHERE id = :r", r=reg) == [(0,)]
+    assert any(e["action"] == "restore-select" and e["outcome"] == "failed" for e in audit(app))

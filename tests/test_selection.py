@@ -347,3 +347,62 @@ def test_a_missing_or_used_photo_is_noted_and_not_linked(demo_app, runner, reque
     assert after[gone]["document_photo"] is None and after[used]["document_photo"] is None
     assert all(after[g]["document_photo"] == before["guest"][g]["document_photo"]
                for g in notes if g not in (gone, used))
+
+
+def test_an_erasure_between_the_preview_and_the_restore_stops_it(demo_app, runner, request,
+                                                                  backend, tmp_path):
+    """The page restores the plan it showed. A person erased after the preview (by
+    e-mail: their other registration, still live) must not come back with the
+    registration the plan inserts: the restore refuses, nothing written."""
+    app = demo_app
+    trip = trip_named(app, "Alps Ski Week")
+    kept = add_registration(app, trip, "twice@example.org", guests=("Twice", "Here"))
+    lost = add_registration(app, trip, "twice@example.org", guests=("Lost", "One"))
+    archive = make_backup(runner)
+    delete_registrations(app, [lost])
+    source = source_of(app, runner, request, backend, tmp_path, archive)
+    preview = restore(app, source, archive, dry_run=True, registration_ids=(lost,))
+    assert [s.id for s in preview.plan.of("insert", "registration")] == [lost]
+
+    result = runner.invoke(args=["erase", "--email", "twice@example.org", "--yes"])
+    assert result.exit_code == 0, result.output
+    today = checksum(live(app))
+
+    with app.app_context(), pytest.raises(SelectionChanged, match="eras"):
+        restore_selection(backup_context(app), db.engine, source, preview.plan.selection,
+                          archive=archive.name, actor="tester", via="admin",
+                          plan=preview.plan)
+    assert checksum(live(app)) == today
+    rows = snapshot(live(app))
+    assert lost not in rows["registration"] and kept in rows["registration"]
+    assert "twice@example.org" not in repr(rows["registration"])
+
+
+def test_a_selective_restore_waits_for_a_restore_or_erasure_of_the_live_database(
+        demo_app, runner, request, backend, tmp_path, monkeypatch):
+    """It holds the live database's lock while it applies: behind a full restore or
+    an erasure it waits, then is refused with nothing written and audited; an
+    erasure cannot commit between its check and its commit."""
+    from guest_backup.engines import TARGET_BUSY, exclusive
+    from guest_backup.errors import BackupBusy
+    from guest_backup.ops import erasure as erasure_module
+
+    app = demo_app
+    trip = trip_named(app, "Alps Ski Week")
+    archive = make_backup(runner)
+    regs = [i for i, r in snapshot(live(app))["registration"].items() if r["trip_id"] == trip]
+    delete_registrations(app, regs)
+    source = source_of(app, runner, request, backend, tmp_path, archive)
+    today = checksum(live(app))
+    monkeypatch.setattr(erasure_module, "ERASE_WAIT", 0.3)
+    with app.app_context():
+        ctx = backup_context(app)
+        url = db.engine.url.render_as_string(hide_password=False)
+        with exclusive(ctx.engine_for(backend), url), pytest.raises(BackupBusy,
+                                                                     match=TARGET_BUSY):
+            restore(app, source, archive, trip_ids=(trip,))
+        assert checksum(live(app)) == today
+        last = ctx.audit.recent(db.engine, action="restore-select")[0]
+        assert last["outcome"] == "failed" and TARGET_BUSY in last["message"]
+    result = restore(app, source, archive, trip_ids=(trip,))
+    assert result.applied and set(regs) <= set(snapshot(live(app))["registration"])

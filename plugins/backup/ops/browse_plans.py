@@ -33,7 +33,8 @@ def _path(session: BrowseSession, token: str) -> Path:
 def save_plan(session: BrowseSession, plan: Plan) -> str:
     """Keep ``plan`` for the restore; its token."""
     token = secrets.token_hex(16)
-    data = {"selection": asdict(plan.selection), "steps": [asdict(s) for s in plan.steps]}
+    data = {"selection": asdict(plan.selection), "steps": [asdict(s) for s in plan.steps],
+            "ledger_seq": plan.ledger_seq}
     fd = os.open(_path(session, token), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(data, out)
@@ -49,7 +50,9 @@ def load_plan(session: BrowseSession, token: str) -> Plan | None:
     except (OSError, ValueError):
         return None
     selection = Selection(**{k: tuple(v) for k, v in data["selection"].items()})
-    return Plan(selection, [Step(**s) for s in data["steps"]], source=session.engine)
+    seq = data.get("ledger_seq")
+    return Plan(selection, [Step(**s) for s in data["steps"]], source=session.engine,
+                ledger_seq=seq if isinstance(seq, int) else None)
 
 
 def apply_saved(session: BrowseSession, live_engine: Engine, token: str, *, actor,

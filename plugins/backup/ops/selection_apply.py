@@ -157,19 +157,25 @@ def restore_selection(ctx, live_engine: Engine, source_engine: Engine, selection
     ``reapplied_at``: when the scratch copy was loaded with the ledger re-applied
     (its erased rows hold erased values: only later erasures are looked up). The
     restore is audited as ``restore-select`` (who, which archive, what came back,
-    by ids and counts: no personal data), a failure too."""
-    from guest_backup.ops.finishing import erasures_for
+    by ids and counts: no personal data), a failure too.
 
+    Applying holds the live database's :func:`~guest_backup.engines.exclusive`
+    lock (an erasure waits; a full restore or an erasure holding it refuses this
+    one after ``ERASE_WAIT``), and under it a previewed plan is refused when the
+    erasure ledger has a line the preview did not know: that person's rows could
+    be among the ones the plan brings back."""
     try:
-        if plan is None:
-            plan = plan_selection(source_engine, live_engine, selection,
-                                  erasures_after(erasures_for(ctx), reapplied_at),
-                                  photo_present=photo_check(ctx))
         if dry_run:
-            return SelectionResult(plan, applied=False)
-        started = time.monotonic()
-        apply_plan(live_engine, plan)
-        seconds = time.monotonic() - started
+            return SelectionResult(_planned(ctx, live_engine, source_engine, selection,
+                                            reapplied_at), applied=False)
+        with _exclusive(ctx, live_engine):
+            if plan is None:  # under the lock: no erasure can come between
+                plan = _planned(ctx, live_engine, source_engine, selection, reapplied_at)
+            else:
+                _no_erasure_since(plan, ctx)
+            started = time.monotonic()
+            apply_plan(live_engine, plan)
+            seconds = time.monotonic() - started
     except Exception as exc:
         if not dry_run:
             quietly("the selective restore", ctx.audit.record, live_engine, ACTION, "failed",
@@ -184,6 +190,42 @@ def restore_selection(ctx, live_engine: Engine, source_engine: Engine, selection
             via=via, target=archive, message=plan.summary(),
             rows=sum(counts["insert"].values()) + sum(counts["overwrite"].values()))
     return SelectionResult(plan, applied=True, seconds=seconds)
+
+
+def _planned(ctx, live_engine: Engine, source_engine: Engine, selection: Selection,
+             reapplied_at: datetime | None) -> Plan:
+    """The plan, with the ledger's last line it accounted for."""
+    from guest_backup.ops.finishing import erasures_for
+
+    erasures = erasures_for(ctx)
+    plan = plan_selection(source_engine, live_engine, selection,
+                          erasures_after(erasures, reapplied_at),
+                          photo_present=photo_check(ctx))
+    plan.ledger_seq = _last_seq(erasures.entries)
+    return plan
+
+
+def _last_seq(entries) -> int:
+    return max((int(e["seq"]) for e in entries), default=0)
+
+
+def _no_erasure_since(plan: Plan, ctx) -> None:
+    """SelectionChanged when the ledger went past the plan's last line."""
+    from guest_backup.ops.finishing import erasures_for
+
+    last = _last_seq(erasures_for(ctx).entries)
+    if plan.ledger_seq is None or last > plan.ledger_seq:
+        raise SelectionChanged("an erasure was recorded since the preview (the rows it "
+                               "brings back may hold that person's data): nothing was "
+                               "restored; preview again")
+
+
+def _exclusive(ctx, live_engine: Engine):
+    from guest_backup.engines import exclusive
+    from guest_backup.ops.erasure import ERASE_WAIT
+
+    return exclusive(ctx.engine_for(live_engine.dialect.name, required=False),
+                     live_engine.url.render_as_string(hide_password=False), ERASE_WAIT)
 
 
 __all__ = ["ACTION", "SelectionResult", "apply_plan", "photo_check", "restore_selection"]

@@ -100,6 +100,9 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     #: the scratch database of the archive (rows are read from it again at apply)
     source: Engine | None = field(default=None, repr=False)
+    #: the erasure ledger's last line when the plan was made (None: not known); the
+    #: restore refuses the plan once the ledger has gone past it
+    ledger_seq: int | None = None
 
     def of(self, action: str, table: str | None = None) -> list[Step]:
         return [s for s in self.steps if s.action == action and table in (None, s.table)]
