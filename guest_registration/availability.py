@@ -10,7 +10,7 @@ busy" from "this token is wrong".
 
 from __future__ import annotations
 
-from flask import g, jsonify, render_template, request
+from flask import current_app, g, jsonify, render_template, request
 from flask_babel import gettext
 from flask_security import SQLAlchemyUserDatastore
 from sqlalchemy.exc import OperationalError, SQLAlchemyError, TimeoutError
@@ -32,8 +32,20 @@ class UserDatastore(SQLAlchemyUserDatastore):
         except SQLAlchemyError as exc:
             if isinstance(exc, UNAVAILABLE):
                 g.database_unavailable = True
+                _anonymous_from_now_on()
             self.db.session.rollback()
             raise
+
+
+def _anonymous_from_now_on() -> None:
+    """The rest of the request (the 503 page's template context) sees an anonymous
+    user instead of asking the database again: Flask-Login keeps the user in
+    ``g._login_user`` only when its loader returned, so the page looked the user up
+    a second time, waited the pool timeout again and, still without a connection,
+    ended in a 500 (14 to 27 of 60 signed-in requests on a pool of 2)."""
+    manager = getattr(current_app, "login_manager", None)
+    if manager is not None:
+        g._login_user = manager.anonymous_user()
 
 
 def database_unavailable() -> bool:
