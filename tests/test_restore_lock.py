@@ -77,7 +77,7 @@ def test_two_restores_at_once_one_runs_the_other_is_told(app, runner, backend, r
                                 replace=True, trusted=ctx.settings.trusted(), engine=db.engine,
                                 audit=ctx.audit, actor=f"admin{i}", via="cli",
                                 migrations=ctx.migrations() if ctx.migrations else None,
-                                erasures=erasures_for(ctx))
+                                erasures=lambda: erasures_for(ctx))
                 outcomes.append("restored")
             except BackupBusy:
                 outcomes.append("busy")
@@ -121,3 +121,54 @@ def test_an_in_memory_sqlite_database_needs_no_lock(tmp_path):
     with SQLiteEngine().exclusive(f"sqlite:///{tmp_path / 'app.db'}"):
         assert (tmp_path / "app.db.lock").exists()
     assert not (tmp_path / "app.db.lock").exists()  # removed once released
+
+
+def test_an_erasure_just_before_a_restore_takes_the_lock_is_re_applied(app, runner, backend,
+                                                                       tmp_path, monkeypatch):
+    """The ledger is read under the target's lock: an erasure that commits after the
+    restore started but before it holds the lock (here: while it checks the target)
+    is re-applied, never overwritten by the archive's copy of the person (before:
+    the ledger was read first, and the restore put the erased guest back)."""
+    ids = add_people(app)
+    archive = make_backup(runner)
+    db_engine = type(backup_context(app).engine_for(backend))
+    prepare = db_engine.prepare_target
+
+    def erase_meanwhile(self, url):
+        with app.app_context():
+            erase(backup_context(app), db.engine, Target.guest(ids["jana"]), actor="dpo",
+                  via="cli")
+            db.session.remove()
+        return prepare(self, url)
+
+    monkeypatch.setattr(db_engine, "prepare_target", erase_meanwhile)
+    result = runner.invoke(args=["restore", str(archive), "--replace", "--yes",
+                                 "--uploads", str(tmp_path / "uploads")])
+    assert result.exit_code == 0, result.output
+    assert "1 erasure re-applied" in result.output
+    assert guest(app, ids["jana"])["first_name"] != "Jana"
+
+
+def test_an_erasure_holds_the_lock_until_its_audit_entry_is_written(app, backend, monkeypatch):
+    """Between an erasure's commit and its audit entry (publishing the ledger, maybe
+    to S3, and deleting photos) a restore replacing the database set its audit trail
+    aside without that entry, and the entry was lost with the old schema."""
+    ids = add_people(app)
+    seen = []
+
+    def publish_then_try(*args):
+        with app.app_context():
+            ctx = backup_context(app)
+            try:
+                with exclusive(ctx.engine_for(backend),
+                               db.engine.url.render_as_string(hide_password=False)):
+                    seen.append("free")
+            except BackupBusy:
+                seen.append("held")
+
+    monkeypatch.setattr(erasure_module, "_publish", publish_then_try)
+    with app.app_context():
+        erase(backup_context(app), db.engine, Target.guest(ids["jana"]), actor="dpo", via="cli")
+        entries = backup_context(app).audit.recent(db.engine, action="erase")
+    assert seen == ["held"]
+    assert entries[0]["outcome"] == "ok"

@@ -158,7 +158,7 @@ def restore_command(archive: str, database_url: str | None, password_prompt: boo
                                      allow_unsigned=allow_unsigned, identity=identity,
                                      explicit_keys=_explicit(trusted_key),
                                      migrations=ctx.migrations() if ctx.migrations else None,
-                                     erasures=erasures_for(ctx))
+                                     erasures=lambda: erasures_for(ctx))
     except BackupBusy as exc:  # another restore or an erasure holds the target: exit 75
         _busy(exc)
     except BackupError as exc:

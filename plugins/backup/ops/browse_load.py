@@ -37,7 +37,7 @@ def load_into(ctx: BackupContext, session: Any, archive: str, identity,
                 uploads_dir=uploads, trusted=settings.trusted(trusted_keys), engine=None,
                 identity=identity, explicit_keys=list(TrustedKeys(trusted_keys)),
                 migrations=ctx.migrations() if ctx.migrations else None,
-                erasures=erasures_for(ctx))
+                erasures=lambda: erasures_for(ctx))
     finally:
         shutil.rmtree(uploads, ignore_errors=True)
     session.open_seconds = round(time.perf_counter() - start, 2)

@@ -77,7 +77,7 @@ def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillR
                                        identity=identity,
                                        explicit_keys=list(TrustedKeys(trusted_keys)),
                                        migrations=ctx.migrations() if ctx.migrations else None,
-                                       erasures=erasures_for(ctx))
+                                       erasures=lambda: erasures_for(ctx))
             result.erasures = restored.erasures
             _compare(target, restored.row_counts, result)
     finally:

@@ -38,6 +38,7 @@ the photo files are deleted, then the audit entry is written (no personal data:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -252,23 +253,35 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
         _failed(ctx, engine, target, actor, via, f"the erasure ledger: {exc}")
         kind = LedgerBroken if isinstance(exc, LedgerBroken) else BackupError
         raise kind(f"nothing was erased: {exc}") from None
-    try:  # one at a time, and never while a restore loads this database (exclusive)
-        with exclusive(ctx.engine_for(engine.dialect.name, required=False),
-                       engine.url.render_as_string(hide_password=False), ERASE_WAIT), \
-                engine.begin() as conn:
-            plan = _plan(conn, target)
-            if plan.empty:
-                raise NothingToErase(f"{target} holds no personal data any more")
-            rows = apply_plan(conn, plan)
-            record = ledger.append(plan.kind, plan.guest_ids, plan.registration_ids,
-                                   plan.identifiers)
-    except ErasureError:
-        raise
-    except Exception as exc:
-        _failed(ctx, engine, target, actor, via, str(exc) if isinstance(exc, BackupError)
-                else f"{type(exc).__name__} (nothing was changed)")
-        raise
-    result = ErasureResult(plan, rows, record["seq"], warnings=warnings)
+    with contextlib.ExitStack() as held:
+        try:  # one at a time, and never while a restore loads this database (exclusive)
+            held.enter_context(exclusive(ctx.engine_for(engine.dialect.name, required=False),
+                                         engine.url.render_as_string(hide_password=False),
+                                         ERASE_WAIT))
+            with engine.begin() as conn:
+                plan = _plan(conn, target)
+                if plan.empty:
+                    raise NothingToErase(f"{target} holds no personal data any more")
+                rows = apply_plan(conn, plan)
+                record = ledger.append(plan.kind, plan.guest_ids, plan.registration_ids,
+                                       plan.identifiers)
+        except ErasureError:
+            raise
+        except Exception as exc:
+            _failed(ctx, engine, target, actor, via, str(exc) if isinstance(exc, BackupError)
+                    else f"{type(exc).__name__} (nothing was changed)")
+            raise
+        # still held until the audit entry is written: a restore replacing this
+        # database in between set its audit trail aside without that entry
+        return _committed(ctx, engine, ledger, storages, ErasureResult(
+            plan, rows, record["seq"], warnings=warnings), target, actor, via)
+
+
+def _committed(ctx: BackupContext, engine: Engine, ledger: ErasureLedger, storages: list[Any],
+               result: ErasureResult, target: Target, actor: str | None,
+               via: str) -> ErasureResult:
+    """After the commit: the ledger published, the photos deleted, the audit entry."""
+    plan = result.plan
     _publish(ledger, storages, result)
     notes, photo_problems = list(result.warnings), []
     result.photos_deleted = delete_photos(ctx.settings.upload_folder, plan.photos,
@@ -280,7 +293,7 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
     if photo_problems:  # photo names stay out of the audit log
         message.append(f"{len(photo_problems)} photo(s) to delete by hand")
     quietly("an erasure", ctx.audit.record, engine, "erase", "ok", actor=actor, via=via,
-            target=plan.label, rows=rows, message="; ".join(message + notes))
+            target=plan.label, rows=result.rows, message="; ".join(message + notes))
     return result
 
 

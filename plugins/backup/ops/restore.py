@@ -17,7 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from sqlalchemy.engine import Engine, make_url
 
@@ -58,13 +58,16 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                     allow_unsigned: bool = False, explicit_keys=(),
                     identity: str | os.PathLike | None = None,
                     migrations: MigrationPaths | None = None,
-                    erasures: ErasureReapply | None = None) -> RestoreResult:
+                    erasures: Callable[[], ErasureReapply] | None = None) -> RestoreResult:
     """Nothing is kept unless the whole archive verified (seal, signature, name, date
     and installation, checksums, dump screen) and the target database was found
     empty (or ``replace`` was given). ``engine`` is the app's own database, where
     the outcome is recorded (after the fact: it may be the one just replaced);
     ``explicit_keys`` are the keys given for this restore (--trusted-key), whose
-    archives may come from another installation."""
+    archives may come from another installation. ``erasures`` reads the erasure
+    ledger (:func:`~guest_backup.ops.finishing.erasures_for`): it is called once the
+    target's lock is held, so an erasure committed while this restore started is
+    in it (read before the lock, one was overwritten by the archive's copy)."""
     with contextlib.ExitStack() as held:  # the target's lock, until the outcome is recorded
         name = Path(path).name
         stage, finish, staged = "refused", Finishers(), StagedUploads(uploads_dir)
@@ -78,9 +81,10 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                 # one restore or erasure at a time in the target, from before its audit
                 # trail is set aside until this restore's entry is written
                 held.enter_context(exclusive(db_engine, target_url))
+                reapply = erasures() if erasures is not None else None
                 if upgrade is not None and archive.report.manifest is not None:
                     upgrade.settle(archive.report.manifest)  # a plain archive's: refused up front
-                finish = _finishers(upgrade, None if empty else target_url, erasures)
+                finish = _finishers(upgrade, None if empty else target_url, reapply)
                 stage = "failed"
                 manifest = _load(archive, engines, db_engine, settings, target_url, empty, finish,
                                  staged, upgrade)
@@ -102,7 +106,7 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                      f"there, {kept} kept as they were")
     return RestoreResult(counts, written, present, kept, report.unsigned,
                          upgrade.describe() if upgrade is not None and upgrade.needed else None,
-                         erasures.applied if erasures is not None else 0)
+                         reapply.applied if reapply is not None else 0)
 
 
 def _failed(exc: BaseException, stage: str, record) -> BaseException:
