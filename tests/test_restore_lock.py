@@ -172,3 +172,49 @@ def test_an_erasure_holds_the_lock_until_its_audit_entry_is_written(app, backend
         entries = backup_context(app).audit.recent(db.engine, action="erase")
     assert seen == ["held"]
     assert entries[0]["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_database_another_restore_created_first_is_not_a_permission_problem(
+        app, backend, new_pg_database):
+    """Two restores into one new database: the one whose CREATE DATABASE lost was
+    told that its role may not create databases (exit 1, in 12 of 26 races); now it
+    goes on to the lock, which decides."""
+    from guest_backup.engines.postgresql import PostgresEngine
+
+    url = new_pg_database()
+    drop = sa.create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with drop.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{url.rsplit("/", 1)[1]}"'))
+    drop.dispose()
+    engine = PostgresEngine()
+    assert engine.prepare_target(url) is True  # created
+    engine._create_database(url)  # the other restore's CREATE, which lost: no error
+    assert engine.prepare_target(url) is True
+
+
+def test_a_target_loaded_while_the_restore_waited_is_not_loaded_again(app, runner, backend,
+                                                                      request, tmp_path,
+                                                                      monkeypatch):
+    """Emptiness is looked at again once the lock is held: a restore racing another
+    into the same new database is refused as not empty (no --replace), never loaded
+    over the other's tables."""
+    add_people(app)
+    archive = make_backup(runner)
+    target = restore_target(request, backend, tmp_path)
+    engine_type = type(backup_context(app).engine_for(backend))
+    take = engine_type.exclusive
+
+    def loaded_meanwhile(self, url, wait=0.0):
+        other = sa.create_engine(url)
+        with other.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE loaded_first (id integer)"))
+        other.dispose()
+        return take(self, url, wait)
+
+    monkeypatch.setattr(engine_type, "exclusive", loaded_meanwhile)
+    result = runner.invoke(args=["restore", str(archive), "--database-url", target, "--yes",
+                                 "--uploads", str(tmp_path / "uploads")])
+    assert result.exit_code == 1, result.output
+    assert "another restore loaded it meanwhile" in result.output
+    assert "Traceback" not in result.output

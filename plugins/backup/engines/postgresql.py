@@ -38,6 +38,9 @@ COMMITTED = b"gr-restore-committed"
 XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
 #: the advisory lock key of a database's restores and erasures ("erase")
 TARGET_LOCK = 0x6572617365
+#: CREATE DATABASE lost to another one of the same name: duplicate_database, or
+#: the catalog's unique index when both ran at the same moment
+_CREATED_MEANWHILE = {"42P04", "23505"}
 #: what pg_export_snapshot() returns: hexadecimal numbers joined by dashes
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]{1,16}(?:-[0-9A-F]{1,16}){1,3}")
 
@@ -188,7 +191,11 @@ class PostgresEngine:
                 conn.exec_driver_sql('CREATE DATABASE "%s"' % name.replace('"', '""'))
             log.info("created the target database %s", name)
         except Exception as exc:
-            log.warning("cannot create database %s: %s", name, mask(str(exc), url))
+            code = getattr(getattr(exc, "orig", None), "pgcode", None)
+            if code in _CREATED_MEANWHILE:
+                return  # another restore created it first: the lock decides which goes on
+            log.warning("cannot create database %s (%s, SQLSTATE %s)", name,
+                        type(exc).__name__, code)
             raise EngineError(f"the target database {name!r} does not exist and this role may "
                               f"not create it; create it first") from None
 

@@ -81,6 +81,7 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                 # one restore or erasure at a time in the target, from before its audit
                 # trail is set aside until this restore's entry is written
                 held.enter_context(exclusive(db_engine, target_url))
+                empty = _still_empty(db_engine, target_url, empty, replace)
                 reapply = erasures() if erasures is not None else None
                 if upgrade is not None and archive.report.manifest is not None:
                     upgrade.settle(archive.report.manifest)  # a plain archive's: refused up front
@@ -256,6 +257,17 @@ def _check(archive: ArchivePass, engines, target_url: str, uploads_dir,
     if not empty and not replace:
         raise BackupError("the target database is not empty; use --replace to overwrite it")
     return db_engine, empty
+
+
+def _still_empty(db_engine: DatabaseEngine, target_url: str, empty: bool, replace: bool) -> bool:
+    """The target looked again once the lock is held: another restore into the
+    same new database may have loaded it while this one was checking."""
+    if not empty or db_engine.prepare_target(target_url):
+        return empty
+    if not replace:
+        raise BackupError("the target database is not empty (another restore loaded it "
+                          "meanwhile); use --replace to overwrite it")
+    return False
 
 
 def _log(audit: AuditLog | None, engine: Engine | None, name: str, actor, via: str,
