@@ -83,7 +83,11 @@ def parse_request(args: Mapping[str, Sequence[str]], formats: FormatRegistry) ->
     single = {k: (v[0] if v else None) for k, v in args.items()}
     year = _number("year", single.get("year"), MIN_YEAR, MAX_YEAR)
     month = _number("month", single.get("month"), 1, 12)
-    name = (single.get("format") or "csv").strip().lower()
+    # absent: CSV; given: a format's exact name, as the OpenAPI schema's enum says
+    # (an empty ``format=`` was taken for CSV, which a schema-driven client's test
+    # counts as invalid data accepted)
+    name = single.get("format") if "format" in single else "csv"
+    name = name if name is not None else ""
     try:
         fmt = formats.get(name)
     except UnknownFormatError as exc:
