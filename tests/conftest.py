@@ -85,11 +85,14 @@ def app_config(tmp_path, database_url) -> dict:
 
 
 def drop_everything() -> None:
-    """Every table of the models and Alembic's version table (the session's
-    PostgreSQL database is shared by the tests)."""
+    """Every table of the models, of the plugins' revisions and Alembic's version
+    table (the session's PostgreSQL database is shared by the tests)."""
+    import sqlalchemy as sa
+
     db.drop_all()
-    with db.engine.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    left = sa.MetaData()
+    left.reflect(db.engine)
+    left.drop_all(db.engine)
 
 
 @pytest.fixture

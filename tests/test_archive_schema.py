@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from guest_registration import create_app, hookimpl
 from guest_registration.extensions import db
 from tests.helpers import ADMIN, make_backup, make_config
-from tests.test_migrations import HOST_HEAD, _legacy_create_all
+from tests.test_migrations import BACKUP_HEAD, HOST_HEAD, _legacy_create_all
 
 THROWAWAY = '''"""A column added after the archive was taken (test only).
 
@@ -95,16 +95,16 @@ def test_an_older_archive_restores_at_the_new_head(app, runner, app_config, newe
     assert runner.invoke(args=["demo-data"]).exit_code == 0
     archive = make_backup(runner)
     manifest = json.loads(zipfile.ZipFile(archive).read("manifest.json"))
-    assert set(manifest["schema"]["revisions"]) == {HOST_HEAD, "backup_0000_branch"}
+    assert set(manifest["schema"]["revisions"]) == {HOST_HEAD, BACKUP_HEAD}
     assert "schema: " in runner.invoke(args=["verify", str(archive)]).output
     code = later_app(tmp_path, app_config, newer)
     target = f"sqlite:///{tmp_path / 'target.db'}"
     result = restore(code, archive, target)
     assert result.exit_code == 0, result.output
-    assert (f"schema upgraded from {HOST_HEAD}, backup_0000_branch to 9000_test_note, "
-            f"backup_0000_branch") in result.output
+    assert (f"schema upgraded from {HOST_HEAD}, {BACKUP_HEAD} to 9000_test_note, "
+            f"{BACKUP_HEAD}") in result.output
     assert "test_note" in columns(target, "guest")
-    assert versions(target) == {"9000_test_note", "backup_0000_branch"}
+    assert versions(target) == {"9000_test_note", BACKUP_HEAD}
     engine = sa.create_engine(target)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM guest")).scalar_one() == \
@@ -144,7 +144,7 @@ def test_an_archive_made_before_migrations_restores_into_head(tmp_path, database
     target = f"sqlite:///{tmp_path / 'target.db'}"
     result = restore(old, archive, target)
     assert result.exit_code == 0, result.output
-    assert versions(target) == {HOST_HEAD, "backup_0000_branch"}
+    assert versions(target) == {HOST_HEAD, BACKUP_HEAD}
     check = create_app(make_config(tmp_path, target), instance_path=str(tmp_path / "check"))
     with check.app_context():
         from alembic import command
@@ -168,7 +168,7 @@ def test_an_archive_at_the_heads_is_planned_without_alembic(app, tmp_path, newer
     from guest_backup.wiring import migration_paths
 
     paths = migration_paths(later_app(tmp_path, dict(app.config), newer))
-    at_heads = {"schema": {"revisions": ["9000_test_note", "backup_0000_branch"]}}
+    at_heads = {"schema": {"revisions": ["9000_test_note", BACKUP_HEAD]}}
     asked = []
     real = ScriptDirectory.from_config.__func__
 
@@ -188,12 +188,12 @@ def test_an_archive_at_the_heads_is_planned_without_alembic(app, tmp_path, newer
         .format(head="9000_test_note"))
     third = plan(paths, at_heads)
     assert len(asked) == 2 and third.needed
-    assert third.heads == {"9001_test_more", "backup_0000_branch"}
+    assert third.heads == {"9001_test_more", BACKUP_HEAD}
     assert third.starts["9001_test_more"] == "9000_test_note"
-    at_new_heads = {"schema": {"revisions": ["9001_test_more", "backup_0000_branch"]}}
+    at_new_heads = {"schema": {"revisions": ["9001_test_more", BACKUP_HEAD]}}
     assert not plan(paths, at_new_heads).needed and len(asked) == 2  # remembered
     Path(paths.heads_cache).write_text("{not json")
     assert not plan(paths, at_new_heads).needed and len(asked) == 3
     older = migration_paths(app)  # the host alone: other folders, other heads
-    assert plan(older, {"schema": {"revisions": [HOST_HEAD, "backup_0000_branch"]}}).needed \
+    assert plan(older, {"schema": {"revisions": [HOST_HEAD, BACKUP_HEAD]}}).needed \
         is False and len(asked) == 4

@@ -19,6 +19,7 @@ from tests.helpers import ADMIN, make_config
 
 NOTES = Path(__file__).resolve().parent / "migration_plugin" / "versions"
 HOST_HEAD = "0002_schema_location"
+BACKUP_HEAD = "backup_0001_erasure_mark"  # the backup plugin's branch
 
 
 class NotesPlugin:
@@ -68,9 +69,9 @@ def empty_db(backend, tmp_path, new_pg_database):
 def test_a_fresh_setup_builds_the_schema_through_migrations(tmp_path, empty_db):
     app = fresh_app(tmp_path, empty_db)
     out = setup(app)
-    assert f"database schema at {HOST_HEAD}, backup_0000_branch" in out
+    assert f"database schema at {HOST_HEAD}, {BACKUP_HEAD}" in out
     with app.app_context():
-        assert versions(app) == heads(app) == {HOST_HEAD, "backup_0000_branch"}
+        assert versions(app) == heads(app) == {HOST_HEAD, BACKUP_HEAD}
         assert {"trip", "registration", "guest", "audit_log", "user"} <= tables(app)
         db_check(app)
         assert state(app)[0] == "current"
@@ -105,7 +106,7 @@ def test_a_database_made_before_migrations_upgrades_in_place(tmp_path, empty_db,
     out = setup(app)
     assert "made before migrations recognised: stamped at 0000_create_all" in out
     with app.app_context():
-        assert versions(app) == {HOST_HEAD, "backup_0000_branch"}
+        assert versions(app) == {HOST_HEAD, BACKUP_HEAD}
         with db.engine.connect() as conn:
             counts = [conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
                       for t in ("trip", "registration", "guest")]

@@ -127,7 +127,9 @@ def restore_command(to: str, into: str, port: int | None) -> None:
     click.echo(f"The recovered cluster runs on port {result.cluster.port} ({data}); archiving "
                f"is off in it.")
     click.echo(f"To switch the app to it: DATABASE_URL={shlex.quote(safe_url(result.database_url))}"
-               f" (and restart the app); to make it the protected cluster, set PITR_PG_DATA="
+               f" (and restart the app), then run `manage.py erasure-ledger apply`: erasures "
+               f"recorded in the running cluster from now on are not in it; to make it the "
+               f"protected cluster, set PITR_PG_DATA="
                f"{data} and PITR_PG_PORT={result.cluster.port}, then run `pitr setup --apply`.")
     click.echo(f"To stop it: runuser -u {owner} -- {result.cluster.tool('pg_ctl')} -D {data} stop")
 

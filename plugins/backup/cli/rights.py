@@ -142,6 +142,25 @@ def ledger_publish_command() -> None:
     click.echo(f"the erasure ledger ({lines} erasure(s)) is in every storage")
 
 
+@erasure_ledger_group.command("apply")
+@with_appcontext
+def ledger_apply_command() -> None:
+    """Re-apply to the app's database the erasures it does not reflect yet (the
+    lines past its erasure mark; every line, once, when the mark is not known), then
+    mark it. Run it after switching the app to a recovered cluster (pitr restore)
+    or when backup-health says the database misses erasures. Exit 75 while a
+    restore or an erasure of the database runs."""
+    from guest_backup.ops.erasure_mark import apply_missing
+
+    try:
+        done = apply_missing(backup_context(), database_engine(), actor=cli_actor(), via="cli")
+    except BackupBusy as exc:
+        _busy(exc)
+    except BackupError as exc:
+        _fail(str(exc))
+    click.echo(done.describe())
+
+
 @click.command("retention-enforce")
 @click.option("--dry-run", is_flag=True, help="Only count what would be erased and pruned.")
 @with_appcontext

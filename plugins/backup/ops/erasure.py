@@ -50,6 +50,7 @@ from guest_backup.engines import exclusive
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.erasure_mark import ERASE_WAIT, advance_mark
 from guest_backup.ops.erasure_sql import (ERASED, R, anonymise_guests, anonymise_registrations,
                                           close_emptied, erased_email, guest_is_erased,
                                           guest_rows, guests_of, overdue_query,
@@ -58,12 +59,10 @@ from guest_backup.ops.ledger import ErasureLedger, LedgerBroken, collect, publis
 from guest_backup.ops.reapply import Leftover, erased_present, reapply_erasures  # noqa: F401
 from guest_backup.storages import StorageError
 
-__all__ = ["ERASED", "ErasureError", "ErasurePlan", "ErasureResult", "Leftover", "NotFound",
+__all__ = ["ERASE_WAIT", "ERASED", "ErasureError", "ErasurePlan", "ErasureResult", "Leftover", "NotFound",
            "NothingToErase", "Target", "erase", "erased_present", "plan_erasure",
            "reapply_erasures"]
 
-#: seconds an erasure waits for another erasure (or a restore) of its database
-ERASE_WAIT = 10
 
 
 class ErasureError(BackupError):
@@ -265,6 +264,7 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
                 rows = apply_plan(conn, plan)
                 record = ledger.append(plan.kind, plan.guest_ids, plan.registration_ids,
                                        plan.identifiers)
+                advance_mark(conn, record["seq"])
         except ErasureError:
             raise
         except Exception as exc:

@@ -184,6 +184,7 @@ class ErasureReapply:
 
     def apply(self, connection) -> None:
         from guest_backup.errors import BackupError
+        from guest_backup.ops.erasure_mark import last_seq, set_mark
         from guest_backup.ops.reapply import erased_present, reapply_erasures
 
         self.applied = reapply_erasures(connection, self.entries, self.ledger)
@@ -191,6 +192,7 @@ class ErasureReapply:
         if left:
             raise BackupError(f"erased records are still present after re-applying the "
                               f"ledger ({', '.join(str(x) for x in left[:5])})")
+        set_mark(connection, last_seq(self.entries))
 
 
 def erasures_for(ctx) -> ErasureReapply:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.engine import Engine
 
+from guest_backup.errors import BackupError
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.listing import list_everywhere, recognised
 from guest_backup.ops.pitr import status as pitr_status
@@ -68,6 +69,12 @@ MESSAGES = {
     "object_lock_missing": N_("%(storage)s: BACKUP_S3_OBJECT_LOCK_DAYS is %(days)s, but "
                               "%(reason)s: its archives can be deleted by anyone holding the "
                               "storage's keys"),
+    #: the database misses erasures of the ledger (guest_backup.ops.erasure_mark)
+    "erasures_missing": N_("the database misses %(count)s erasure(s) of the erasure ledger (it "
+                           "reflects line %(mark)s of %(last)s): run manage.py erasure-ledger "
+                           "apply"),
+    "erasures_unknown": N_("the database's place in the erasure ledger (%(last)s lines) is not "
+                           "known: run manage.py erasure-ledger apply once"),
     #: point-in-time recovery (only when PITR_PG_DATA is set; see guest_backup.ops.pitr)
     "pitr_unavailable": N_("point-in-time recovery: %(message)s"),
     "pitr_wal_stalled": N_("WAL archiving is stalled: %(count)s segment(s) waiting, the oldest "
@@ -201,6 +208,24 @@ def _retention_problems(ctx: BackupContext, engine: Engine, results,
     return problems
 
 
+def _erasure_problems(ctx: BackupContext, engine: Engine) -> list[Problem]:
+    """A database switched in (a recovered cluster) or restored that misses erasures
+    recorded meanwhile; the ledger's own soundness is ``erasure-ledger check``'s."""
+    from guest_backup.ops.erasure_mark import behind
+    from guest_backup.ops.ledger import ErasureLedger
+
+    try:
+        gap = behind(engine, ErasureLedger.in_folder(ctx.instance_path))
+    except BackupError:
+        return []
+    if gap is None:
+        return []
+    mark, last = gap
+    if mark is None:
+        return [Problem("erasures_unknown", {"last": last})]
+    return [Problem("erasures_missing", {"count": last - mark, "mark": mark, "last": last})]
+
+
 def pitr_section(ctx: BackupContext, engine: Engine | None, now: datetime,
                 max_drill_age: timedelta) -> tuple[dict | None, list]:
     """The PITR part of ``health``: its section and its problems (none while PITR is
@@ -263,6 +288,7 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
     problems += _activity_problems(last_backup, last_upload, last_drill, now, max_drill_age)
     problems += _retention_problems(ctx, engine, results, now)
     problems += _lock_problems(results)
+    problems += _erasure_problems(ctx, engine)
     pitr, pitr_problems = pitr_section(ctx, engine, now, max_drill_age)
     problems += pitr_problems
     if problems and code == HEALTHY:

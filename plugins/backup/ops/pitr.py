@@ -8,7 +8,6 @@ Everything PITR does is off until PITR_PG_DATA names the cluster's data director
 
 from __future__ import annotations
 
-import inspect
 import random
 import tempfile
 import time
@@ -199,19 +198,21 @@ def _check(ctx: BackupContext, result: Recovered) -> None:
 
 
 def _reapply(ctx: BackupContext, engine: Engine, notes: list[str]) -> int | None:
-    """The erasure ledger on the recovered database (None: not in this version)."""
+    """The erasure ledger on the recovered database, checked (nobody it names left)
+    and marked (None: not in this version). Erasures recorded after this, in the
+    cluster it is to replace, show as missing in ``backup-health`` once the app is
+    switched to it (``erasure-ledger apply`` re-applies them)."""
     try:
-        from guest_backup.ops.erasure import reapply_erasures
+        from guest_backup.ops.finishing import ErasureReapply
         from guest_backup.ops.ledger import ErasureLedger, collect
     except ImportError:
         notes.append("the erasure ledger is not part of this version: nothing re-applied")
         return None
     ledger = ErasureLedger.in_folder(ctx.instance_path)
-    entries = collect(ledger, ctx.storages(), warn=notes.append)
-    wants_ledger = len(inspect.signature(reapply_erasures).parameters) > 2
+    erasures = ErasureReapply(collect(ledger, ctx.storages(), warn=notes.append), ledger)
     with engine.begin() as conn:
-        args = (conn, entries, ledger) if wants_ledger else (conn, entries)
-        return reapply_erasures(*args)
+        erasures.apply(conn)
+    return erasures.applied
 
 
 def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,

@@ -197,8 +197,9 @@ def _after_load(db_engine, target_url: str, finish: Finishers) -> None:
                 with engine.begin() as conn:
                     part.apply(conn)
             except BackupError as exc:
-                raise BackupError(f"the database was restored, but {exc}: erase them again "
-                                  f"(manage.py erase) before serving it") from None
+                raise BackupError(f"the database was restored, but {exc}: run manage.py "
+                                  f"erasure-ledger apply (or erase them again) before serving "
+                                  f"it") from None
             finally:
                 engine.dispose()
 

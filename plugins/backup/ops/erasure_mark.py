@@ -1,0 +1,147 @@
+"""How far a database is in the erasure ledger: ``erasure_mark`` (one row, made by
+the backup plugin's revision ``backup_0001_erasure_mark``) holds the last ledger
+line it reflects.
+
+- An erasure moves the mark in its own transaction, only from the line before its
+  own: a database already behind stays behind (its missing lines are not skipped).
+- A restore that re-applies the ledger sets it to the ledger's last line (and a
+  point-in-time recovery does the same on the recovered cluster).
+- :func:`apply_missing` (``manage.py erasure-ledger apply``) re-applies the lines
+  past the mark, checks that nobody they name is left, and moves the mark.
+- ``backup-health`` reports a database whose mark is behind the ledger: a cluster
+  recovered to a point in time and switched in after erasures were recorded in
+  the one it replaced, or a restore whose re-apply failed after its load.
+
+No row (a database made before the table, or never marked): not known, nothing
+reported; ``erasure-ledger apply`` re-applies every line once and marks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from guest_backup.errors import BackupError
+
+TABLE = "erasure_mark"
+ACTION = "erasure-apply"  # the audit log's action
+#: seconds an erasure (or a selective restore, or ``erasure-ledger apply``) waits for
+#: another erasure or a restore of its database
+ERASE_WAIT = 10
+_MARK = sa.table(TABLE, sa.column("id"), sa.column("seq"), sa.column("marked_at"))
+
+
+def _has_table(conn: Connection) -> bool:
+    return sa.inspect(conn).has_table(TABLE)
+
+
+def read_mark(conn: Connection) -> int | None:
+    """The last ledger line this database reflects; None when not known."""
+    if not _has_table(conn):
+        return None
+    return conn.execute(sa.select(_MARK.c.seq).where(_MARK.c.id == 1)).scalar_one_or_none()
+
+
+def set_mark(conn: Connection, seq: int) -> None:
+    """The database reflects every line up to ``seq`` (nothing without the table)."""
+    if not _has_table(conn):
+        return
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    if not conn.execute(sa.update(_MARK).where(_MARK.c.id == 1)
+                        .values(seq=seq, marked_at=now)).rowcount:
+        conn.execute(sa.insert(_MARK).values(id=1, seq=seq, marked_at=now))
+
+
+def advance_mark(conn: Connection, seq: int) -> None:
+    """An erasure's own line: the mark moves from ``seq - 1`` (or from nothing, the
+    first line of a database never marked) to ``seq``; a mark further behind stays."""
+    if not _has_table(conn):
+        return
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    if conn.execute(sa.update(_MARK).where(_MARK.c.id == 1, _MARK.c.seq == seq - 1)
+                    .values(seq=seq, marked_at=now)).rowcount:
+        return
+    if seq == 1 and read_mark(conn) is None:
+        conn.execute(sa.insert(_MARK).values(id=1, seq=seq, marked_at=now))
+
+
+def last_seq(entries) -> int:
+    """The ledger's last line (0: no erasure yet)."""
+    return max((int(e["seq"]) for e in entries), default=0)
+
+
+def behind(engine: Engine, ledger) -> tuple[int | None, int] | None:
+    """``(mark, last line)`` when the database may miss ledger lines (the instance
+    folder's copy, which every erasure writes first): its mark is behind, or not
+    known while the ledger has lines; None when it is up to date."""
+    last = last_seq(ledger.entries())
+    if not last:
+        return None
+    with engine.connect() as conn:
+        if not _has_table(conn):
+            return None  # a schema before the mark (setup brings it)
+        mark = read_mark(conn)
+    return (mark, last) if mark is None or mark < last else None
+
+
+@dataclass
+class Applied:
+    """What :func:`apply_missing` did."""
+
+    mark: int | None  # the mark before (None: not known)
+    last: int  # the ledger's last line, the mark now
+    lines: int  # ledger lines re-applied
+    changed: int  # of them, erasures that changed rows
+
+    def describe(self) -> str:
+        since = "every line (the mark was not known)" if self.mark is None else (
+            f"lines {self.mark + 1} to {self.last}" if self.lines else "no line")
+        return (f"{since} re-applied: {self.changed} of {self.lines} erasure(s) changed "
+                f"rows; the database reflects the ledger up to line {self.last}")
+
+
+def apply_missing(ctx, engine: Engine, *, actor: str | None, via: str) -> Applied:
+    """Re-apply the ledger lines past the database's mark (every line when it is not
+    known), check that nobody they name is left, and move the mark to the last
+    line, in one transaction under the database's exclusive lock (the ledger is
+    read once the lock is held: no erasure can come between). Audited as
+    ``erasure-apply``; a leftover or a broken ledger changes nothing."""
+    from guest_backup.engines import exclusive
+    from guest_backup.ops.audit import quietly
+    from guest_backup.ops.ledger import ErasureLedger, collect
+    from guest_backup.ops.reapply import erased_present, reapply_erasures
+
+    ledger = ErasureLedger.in_folder(ctx.instance_path)
+    try:
+        with exclusive(ctx.engine_for(engine.dialect.name, required=False),
+                       engine.url.render_as_string(hide_password=False), ERASE_WAIT):
+            entries = collect(ledger, ctx.storages())
+            with engine.begin() as conn:
+                if not _has_table(conn):
+                    raise BackupError("the database has no erasure_mark table yet: run "
+                                      "manage.py setup first")
+                mark = read_mark(conn)
+                pending = [e for e in entries if mark is None or int(e["seq"]) > mark]
+                changed = reapply_erasures(conn, pending, ledger)
+                left = erased_present(conn, pending, ledger)
+                if left:
+                    raise BackupError(f"erased records are still present after re-applying "
+                                      f"the ledger ({', '.join(str(x) for x in left[:5])}): "
+                                      f"nothing was changed; erase them again")
+                set_mark(conn, last_seq(entries))
+            result = Applied(mark, last_seq(entries), len(pending), changed)
+            # inside the lock, as an erasure's: a restore cannot set the trail aside first
+            quietly("an erasure apply", ctx.audit.record, engine, ACTION, "ok", actor=actor,
+                    via=via, rows=changed, message=result.describe())
+    except BackupError as exc:
+        quietly("an erasure apply", ctx.audit.record, engine, ACTION, "failed", actor=actor,
+                via=via, message=str(exc)[:500])
+        raise
+    return result
+
+
+__all__ = ["ACTION", "Applied", "ERASE_WAIT", "TABLE", "advance_mark", "apply_missing", "behind",
+           "last_seq", "read_mark", "set_mark"]

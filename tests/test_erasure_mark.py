@@ -1,0 +1,135 @@
+"""The database's place in the erasure ledger (``erasure_mark``), on SQLite and
+PostgreSQL: erasures move it, a restore marks the database it loads, a database
+switched in that missed erasures recorded meanwhile is reported by health and
+brought up to date by ``erasure-ledger apply`` (the review of 2026-12-05: a
+cluster recovered to a point in time never got the erasures recorded after it
+read the ledger)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from guest_registration import create_app
+from guest_registration.extensions import db
+from guest_backup.ops.erasure_mark import behind, read_mark, set_mark
+from guest_backup.ops.health import _erasure_problems
+from guest_backup.ops.ledger import ErasureLedger
+from guest_backup.wiring import backup_context
+from tests.helpers import make_backup, restore_target
+from tests.test_erasure import add_people
+
+
+def mark(url_or_engine) -> int | None:
+    engine = sa.create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    try:
+        with engine.connect() as conn:
+            return read_mark(conn)
+    finally:
+        if isinstance(url_or_engine, str):
+            engine.dispose()
+
+
+def first_name(url: str, guest_id: int) -> str:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT first_name FROM guest WHERE id = :i"),
+                                {"i": guest_id}).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def problems(app, url: str) -> list[tuple[str, dict]]:
+    engine = sa.create_engine(url)
+    try:
+        with app.app_context():
+            return [(p.id, p.params) for p in _erasure_problems(backup_context(app), engine)]
+    finally:
+        engine.dispose()
+
+
+def test_erasures_move_the_mark_and_health_is_quiet(app, runner):
+    ids = add_people(app)
+    with app.app_context():
+        assert mark(db.engine) is None  # never marked, and no line yet: nothing to say
+        url = db.engine.url.render_as_string(hide_password=False)
+    for n, who in enumerate(("jana", "other"), start=1):
+        result = runner.invoke(args=["erase", "--guest", str(ids[who]), "--yes"])
+        assert result.exit_code == 0, result.output
+        assert mark(url) == n
+    assert problems(app, url) == []
+
+
+def test_a_database_switched_in_that_missed_erasures_is_reported_and_brought_up_to_date(
+        app, app_config, runner, backend, request, tmp_path):
+    """The switch-over of a recovered cluster, with a restored copy standing in for
+    it: restored with the ledger's line 1 re-applied (marked 1), then a guest erased
+    in the running database (line 2); the copy misses that line until
+    ``erasure-ledger apply``. An erasure made in the copy meanwhile (line 3) does
+    not hide the line it misses."""
+    ids = add_people(app)
+    archive = make_backup(runner)
+    assert runner.invoke(args=["erase", "--guest", str(ids["petr"]), "--yes"]).exit_code == 0
+    copy = restore_target(request, backend, tmp_path)
+    result = runner.invoke(args=["restore", str(archive), "--database-url", copy, "--yes",
+                                 "--uploads", str(tmp_path / "copy-uploads")])
+    assert result.exit_code == 0, result.output
+    assert mark(copy) == 1
+    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
+
+    assert problems(app, copy) == [("erasures_missing", {"count": 1, "mark": 1, "last": 2})]
+    switched = create_app({**app_config, "DATABASE_URL": copy}, instance_path=app.instance_path)
+    cli = switched.test_cli_runner()  # the app switched to the copy, same instance folder
+    try:
+        assert cli.invoke(args=["erase", "--guest", str(ids["other"]), "--yes"]).exit_code == 0
+        assert mark(copy) == 1 and first_name(copy, ids["jana"]) == "Jana"  # still missing
+        assert "misses 2 erasure(s)" in cli.invoke(args=["backup-health"]).output
+
+        applied = cli.invoke(args=["erasure-ledger", "apply"])
+        assert applied.exit_code == 0, applied.output
+        assert "lines 2 to 3 re-applied: 1 of 2 erasure(s) changed rows" in applied.output
+        assert first_name(copy, ids["jana"]) == "[erased]" and mark(copy) == 3
+        assert problems(switched, copy) == []
+        again = cli.invoke(args=["erasure-ledger", "apply"])
+        assert "no line re-applied" in again.output and mark(copy) == 3
+        with switched.app_context():
+            entries = backup_context(switched).audit.recent(db.engine, action="erasure-apply")
+        assert [e["outcome"] for e in entries] == ["ok", "ok"]
+    finally:
+        with switched.app_context():
+            db.engine.dispose()
+
+
+def test_an_unknown_mark_is_reported_once_the_ledger_has_lines(app, runner):
+    ids = add_people(app)
+    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
+    with app.app_context():
+        url = db.engine.url.render_as_string(hide_password=False)
+        with db.engine.begin() as conn:  # a database upgraded to the table: no row yet
+            conn.execute(sa.text("DELETE FROM erasure_mark"))
+    assert problems(app, url) == [("erasures_unknown", {"last": 1})]
+    applied = runner.invoke(args=["erasure-ledger", "apply"])
+    assert "every line (the mark was not known) re-applied" in applied.output
+    assert mark(url) == 1 and problems(app, url) == []
+
+
+def test_a_restore_marks_the_database_it_loads_at_the_ledgers_last_line(app, runner, backend,
+                                                                        request, tmp_path):
+    ids = add_people(app)
+    archive = make_backup(runner)  # marked nowhere yet
+    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
+    target = restore_target(request, backend, tmp_path)
+    result = runner.invoke(args=["restore", str(archive), "--database-url", target, "--yes",
+                                 "--uploads", str(tmp_path / "uploads")])
+    assert result.exit_code == 0, result.output
+    assert mark(target) == 1 and first_name(target, ids["jana"]) == "[erased]"
+    with app.app_context():
+        ledger = ErasureLedger.in_folder(backup_context(app).instance_path)
+        engine = sa.create_engine(target)
+        try:
+            assert behind(engine, ledger) is None
+            with engine.begin() as conn:
+                set_mark(conn, 0)
+            assert behind(engine, ledger) == (0, 1)
+        finally:
+            engine.dispose()
