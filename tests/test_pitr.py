@@ -168,11 +168,12 @@ def _erased_meanwhile_then_applied(c: TestCluster, app, port: int) -> None:
         with app.app_context():
             ctx = backup_context(app)
             ledger = ErasureLedger.in_folder(ctx.instance_path)
-            assert behind(recovered, ledger) == (1, 2)
+            assert behind(recovered, list(ledger.entries())) == (1, 2)
             assert [p.id for p in _erasure_problems(ctx, recovered)] == ["erasures_missing"]
             done = apply_missing(ctx, recovered, actor="dpo", via="cli")
             assert (done.mark, done.last, done.lines, done.changed) == (1, 2, 1, 1)
-            assert behind(recovered, ledger) is None and not _erasure_problems(ctx, recovered)
+            assert behind(recovered, list(ledger.entries())) is None
+            assert not _erasure_problems(ctx, recovered)
             with recovered.connect() as conn:
                 assert read_mark(conn) == 2
             db.engine.dispose()

@@ -102,6 +102,16 @@ def add_registration(app, trip_id: int, email: str, guests=("New", "Guest"), **i
         return reg.id
 
 
+def lost_trip(app, runner, request, backend, tmp_path):
+    """The Alps trip archived, then its registrations deleted live: the trip's id,
+    the registrations' ids, the archive and its scratch copy's engine."""
+    trip = trip_named(app, "Alps Ski Week")
+    archive = make_backup(runner)
+    regs = [i for i, r in snapshot(live(app))["registration"].items() if r["trip_id"] == trip]
+    delete_registrations(app, regs)
+    return trip, regs, archive, source_of(app, runner, request, backend, tmp_path, archive)
+
+
 def test_a_trip_comes_back_exactly_and_later_rows_stay(demo_app, runner, request, backend,
                                                        tmp_path):
     app = demo_app
@@ -262,11 +272,7 @@ def test_an_erased_guest_is_left_out_and_the_preview_says_so(demo_app, runner, r
 
 def test_a_dry_run_changes_nothing(demo_app, runner, request, backend, tmp_path):
     app = demo_app
-    trip = trip_named(app, "Alps Ski Week")
-    archive = make_backup(runner)
-    regs = [i for i, r in snapshot(live(app))["registration"].items() if r["trip_id"] == trip]
-    delete_registrations(app, regs)
-    source = source_of(app, runner, request, backend, tmp_path, archive)
+    trip, regs, archive, source = lost_trip(app, runner, request, backend, tmp_path)
     sums = checksum(live(app)), checksum(source)
 
     result = restore(app, source, archive, dry_run=True, trip_ids=(trip,))
@@ -388,11 +394,7 @@ def test_a_selective_restore_waits_for_a_restore_or_erasure_of_the_live_database
     from guest_backup.ops import erasure as erasure_module
 
     app = demo_app
-    trip = trip_named(app, "Alps Ski Week")
-    archive = make_backup(runner)
-    regs = [i for i, r in snapshot(live(app))["registration"].items() if r["trip_id"] == trip]
-    delete_registrations(app, regs)
-    source = source_of(app, runner, request, backend, tmp_path, archive)
+    trip, regs, archive, source = lost_trip(app, runner, request, backend, tmp_path)
     today = checksum(live(app))
     monkeypatch.setattr(erasure_module, "ERASE_WAIT", 0.3)
     with app.app_context():
@@ -406,3 +408,19 @@ def test_a_selective_restore_waits_for_a_restore_or_erasure_of_the_live_database
         assert last["outcome"] == "failed" and TARGET_BUSY in last["message"]
     result = restore(app, source, archive, trip_ids=(trip,))
     assert result.applied and set(regs) <= set(snapshot(live(app))["registration"])
+
+
+@pytest.mark.parametrize("seen", [10 ** 18, True, None, "1"])
+def test_a_plan_whose_ledger_line_is_not_todays_is_refused(demo_app, runner, request,
+                                                           backend, tmp_path, seen):
+    """The plan's ledger line must be the ledger's last line exactly: a plan file
+    claiming a line the ledger never reached (or a boolean) is refused too."""
+    app = demo_app
+    trip, regs, archive, source = lost_trip(app, runner, request, backend, tmp_path)
+    preview = restore(app, source, archive, dry_run=True, trip_ids=(trip,))
+    preview.plan.ledger_seq = seen
+    today = checksum(live(app))
+    with app.app_context(), pytest.raises(SelectionChanged, match="erasure"):
+        restore_selection(backup_context(app), db.engine, source, preview.plan.selection,
+                          archive=archive.name, actor="tester", via="admin", plan=preview.plan)
+    assert checksum(live(app)) == today

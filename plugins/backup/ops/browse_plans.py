@@ -47,12 +47,13 @@ def load_plan(session: BrowseSession, token: str) -> Plan | None:
         return None
     try:
         data = json.loads(_path(session, token).read_text())
-    except (OSError, ValueError):
-        return None
-    selection = Selection(**{k: tuple(v) for k, v in data["selection"].items()})
+        selection = Selection(**{k: tuple(v) for k, v in data["selection"].items()})
+        steps = [Step(**s) for s in data["steps"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, BackupError):
+        return None  # unreadable or not a plan: "preview again"
     seq = data.get("ledger_seq")
-    return Plan(selection, [Step(**s) for s in data["steps"]], source=session.engine,
-                ledger_seq=seq if isinstance(seq, int) else None)
+    return Plan(selection, steps, source=session.engine,
+                ledger_seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
 
 
 def apply_saved(session: BrowseSession, live_engine: Engine, token: str, *, actor,

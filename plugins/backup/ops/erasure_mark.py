@@ -4,16 +4,19 @@ line it reflects.
 
 - An erasure moves the mark in its own transaction, only from the line before its
   own: a database already behind stays behind (its missing lines are not skipped).
-- A restore that re-applies the ledger sets it to the ledger's last line (and a
-  point-in-time recovery does the same on the recovered cluster).
+- A restore drops the archive's mark inside its load (an archive's word on this
+  ledger is worth nothing: another installation's, or forged), re-applies the
+  ledger and sets the mark to its last line; a point-in-time recovery does the
+  same on the recovered cluster.
 - :func:`apply_missing` (``manage.py erasure-ledger apply``) re-applies the lines
-  past the mark, checks that nobody they name is left, and moves the mark.
-- ``backup-health`` reports a database whose mark is behind the ledger: a cluster
-  recovered to a point in time and switched in after erasures were recorded in
-  the one it replaced, or a restore whose re-apply failed after its load.
+  past the mark, checks that nobody the ledger names is left, and moves the mark.
+- ``backup-health`` reports a database whose mark is behind the ledger (every
+  copy's, merged): a cluster recovered to a point in time and switched in after
+  erasures were recorded in the one it replaced, or a restore whose re-apply
+  failed after its load.
 
-No row (a database made before the table, or never marked): not known, nothing
-reported; ``erasure-ledger apply`` re-applies every line once and marks it.
+No row, or a mark ahead of the ledger: not known; health reports it once the
+ledger has a line, and ``erasure-ledger apply`` re-applies every line and marks it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ def set_mark(conn: Connection, seq: int) -> None:
         conn.execute(sa.insert(_MARK).values(id=1, seq=seq, marked_at=now))
 
 
+def clear_mark(conn: Connection) -> None:
+    """Not known (a loaded archive's mark never stands for this ledger)."""
+    if _has_table(conn):
+        conn.execute(sa.delete(_MARK))
+
+
 def advance_mark(conn: Connection, seq: int) -> None:
     """An erasure's own line: the mark moves from ``seq - 1`` (or from nothing, the
     first line of a database never marked) to ``seq``; a mark further behind stays."""
@@ -73,18 +82,19 @@ def last_seq(entries) -> int:
     return max((int(e["seq"]) for e in entries), default=0)
 
 
-def behind(engine: Engine, ledger) -> tuple[int | None, int] | None:
-    """``(mark, last line)`` when the database may miss ledger lines (the instance
-    folder's copy, which every erasure writes first): its mark is behind, or not
-    known while the ledger has lines; None when it is up to date."""
-    last = last_seq(ledger.entries())
-    if not last:
-        return None
+def behind(engine: Engine, entries) -> tuple[int | None, int] | None:
+    """``(mark, last line)`` when the database may miss lines of the ledger
+    ``entries`` (every copy's, merged): its mark is behind, or not known while the
+    ledger has lines (none, or ahead of the ledger's last line: not this ledger's);
+    None when it is up to date."""
+    last = last_seq(entries)
     with engine.connect() as conn:
         if not _has_table(conn):
             return None  # a schema before the mark (setup brings it)
         mark = read_mark(conn)
-    return (mark, last) if mark is None or mark < last else None
+    if mark == last or (mark is None and not last):
+        return None
+    return (mark if mark is not None and mark < last else None), last
 
 
 @dataclass
@@ -105,14 +115,13 @@ class Applied:
 
 def apply_missing(ctx, engine: Engine, *, actor: str | None, via: str) -> Applied:
     """Re-apply the ledger lines past the database's mark (every line when it is not
-    known), check that nobody they name is left, and move the mark to the last
-    line, in one transaction under the database's exclusive lock (the ledger is
-    read once the lock is held: no erasure can come between). Audited as
-    ``erasure-apply``; a leftover or a broken ledger changes nothing."""
+    known, or ahead of the ledger), check that nobody the ledger names is left, and
+    move the mark to the last line, in one transaction under the database's
+    exclusive lock (the ledger is read once the lock is held: no erasure can come
+    between). Audited as ``erasure-apply``; a failure changes nothing."""
     from guest_backup.engines import exclusive
     from guest_backup.ops.audit import quietly
     from guest_backup.ops.ledger import ErasureLedger, collect
-    from guest_backup.ops.reapply import erased_present, reapply_erasures
 
     ledger = ErasureLedger.in_folder(ctx.instance_path)
     try:
@@ -120,28 +129,39 @@ def apply_missing(ctx, engine: Engine, *, actor: str | None, via: str) -> Applie
                        engine.url.render_as_string(hide_password=False), ERASE_WAIT):
             entries = collect(ledger, ctx.storages())
             with engine.begin() as conn:
-                if not _has_table(conn):
-                    raise BackupError("the database has no erasure_mark table yet: run "
-                                      "manage.py setup first")
-                mark = read_mark(conn)
-                pending = [e for e in entries if mark is None or int(e["seq"]) > mark]
-                changed = reapply_erasures(conn, pending, ledger)
-                left = erased_present(conn, pending, ledger)
-                if left:
-                    raise BackupError(f"erased records are still present after re-applying "
-                                      f"the ledger ({', '.join(str(x) for x in left[:5])}): "
-                                      f"nothing was changed; erase them again")
-                set_mark(conn, last_seq(entries))
-            result = Applied(mark, last_seq(entries), len(pending), changed)
+                result = _apply(conn, entries, ledger)
             # inside the lock, as an erasure's: a restore cannot set the trail aside first
             quietly("an erasure apply", ctx.audit.record, engine, ACTION, "ok", actor=actor,
-                    via=via, rows=changed, message=result.describe())
-    except BackupError as exc:
+                    via=via, rows=result.changed, message=result.describe())
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, BackupError) else (
+            f"{type(exc).__name__} (nothing was changed)")
         quietly("an erasure apply", ctx.audit.record, engine, ACTION, "failed", actor=actor,
-                via=via, message=str(exc)[:500])
-        raise
+                via=via, message=message[:500])
+        if isinstance(exc, BackupError):
+            raise
+        raise BackupError(f"the erasures could not be re-applied: {message}") from None
     return result
 
 
+def _apply(conn: Connection, entries: list, ledger) -> Applied:
+    from guest_backup.ops.reapply import erased_present, reapply_erasures
+
+    if not _has_table(conn):
+        raise BackupError("the database has no erasure_mark table yet: run manage.py setup "
+                          "first")
+    mark, last = read_mark(conn), last_seq(entries)
+    known = mark is not None and mark <= last
+    pending = [e for e in entries if not known or int(e["seq"]) > mark]
+    changed = reapply_erasures(conn, pending, ledger)
+    left = erased_present(conn, entries, ledger)
+    if left:
+        raise BackupError(f"erased records are still present after re-applying the ledger "
+                          f"({', '.join(str(x) for x in left[:5])}): nothing was changed; "
+                          f"erase them again")
+    set_mark(conn, last)
+    return Applied(mark if known else None, last, len(pending), changed)
+
+
 __all__ = ["ACTION", "Applied", "ERASE_WAIT", "TABLE", "advance_mark", "apply_missing", "behind",
-           "last_seq", "read_mark", "set_mark"]
+           "clear_mark", "last_seq", "read_mark", "set_mark"]

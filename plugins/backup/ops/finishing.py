@@ -178,21 +178,31 @@ class ErasureReapply:
     applied: int = 0
 
     def sql(self, url: str) -> Iterator[str]:
-        """Nothing as SQL text: matching by keyed hash needs Python; PostgreSQL
-        restores call :meth:`apply` on the loaded database right after the load."""
-        return iter(())
+        """PostgreSQL: only the archive's erasure mark dropped inside the load's
+        transaction (the archive's word on this ledger is worth nothing), so that the
+        database reads "not known" until :meth:`apply`, which matching by keyed hash
+        needs Python for, runs on it right after the load and marks it."""
+        yield FORGET_MARK_SQL
 
     def apply(self, connection) -> None:
         from guest_backup.errors import BackupError
-        from guest_backup.ops.erasure_mark import last_seq, set_mark
+        from guest_backup.ops.erasure_mark import clear_mark, last_seq, set_mark
         from guest_backup.ops.reapply import erased_present, reapply_erasures
 
+        if not self.entries:
+            clear_mark(connection)
+            return
         self.applied = reapply_erasures(connection, self.entries, self.ledger)
         left = erased_present(connection, self.entries, self.ledger)
         if left:
             raise BackupError(f"erased records are still present after re-applying the "
                               f"ledger ({', '.join(str(x) for x in left[:5])})")
         set_mark(connection, last_seq(self.entries))
+
+
+#: the archive's erasure mark dropped (a schema before the table has none)
+FORGET_MARK_SQL = ("DO $$BEGIN IF to_regclass('erasure_mark') IS NOT NULL THEN "
+                   "DELETE FROM erasure_mark; END IF; END$$;\n")
 
 
 def erasures_for(ctx) -> ErasureReapply:

@@ -73,6 +73,8 @@ MESSAGES = {
     "erasures_missing": N_("the database misses %(count)s erasure(s) of the erasure ledger (it "
                            "reflects line %(mark)s of %(last)s): run manage.py erasure-ledger "
                            "apply"),
+    "erasures_unchecked": N_("the erasure ledger cannot be checked (%(message)s): run "
+                             "manage.py erasure-ledger check"),
     "erasures_unknown": N_("the database's place in the erasure ledger (%(last)s lines) is not "
                            "known: run manage.py erasure-ledger apply once"),
     #: point-in-time recovery (only when PITR_PG_DATA is set; see guest_backup.ops.pitr)
@@ -210,14 +212,18 @@ def _retention_problems(ctx: BackupContext, engine: Engine, results,
 
 def _erasure_problems(ctx: BackupContext, engine: Engine) -> list[Problem]:
     """A database switched in (a recovered cluster) or restored that misses erasures
-    recorded meanwhile; the ledger's own soundness is ``erasure-ledger check``'s."""
+    recorded meanwhile, against every copy of the ledger merged; a ledger that
+    cannot be read or checked is a problem too (its copies: ``erasure-ledger
+    check``)."""
     from guest_backup.ops.erasure_mark import behind
-    from guest_backup.ops.ledger import ErasureLedger
+    from guest_backup.ops.ledger import ErasureLedger, collect
 
     try:
-        gap = behind(engine, ErasureLedger.in_folder(ctx.instance_path))
-    except BackupError:
-        return []
+        entries = collect(ErasureLedger.in_folder(ctx.instance_path), ctx.storages(),
+                          warn=lambda message: None)
+        gap = behind(engine, entries)
+    except BackupError as exc:
+        return [Problem("erasures_unchecked", {"message": str(exc)})]
     if gap is None:
         return []
     mark, last = gap

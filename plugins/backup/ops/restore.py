@@ -196,10 +196,11 @@ def _after_load(db_engine, target_url: str, finish: Finishers) -> None:
             try:
                 with engine.begin() as conn:
                     part.apply(conn)
-            except BackupError as exc:
-                raise BackupError(f"the database was restored, but {exc}: run manage.py "
-                                  f"erasure-ledger apply (or erase them again) before serving "
-                                  f"it") from None
+            except Exception as exc:  # an archive's constraint may refuse the anonymising
+                reason = str(exc) if isinstance(exc, BackupError) else type(exc).__name__
+                raise BackupError(f"the database was restored, but the erasure ledger could "
+                                  f"not be re-applied ({reason}): run manage.py erasure-ledger "
+                                  f"apply (or erase them again) before serving it") from None
             finally:
                 engine.dispose()
 
@@ -212,7 +213,7 @@ def _notes(report, finish: Finishers) -> str:
             note += part.describe() + "; "
         elif isinstance(part, AuditCarry):
             note += f"{part.count} audit entries of the replaced database kept; "
-        elif isinstance(part, ErasureReapply):
+        elif isinstance(part, ErasureReapply) and part.entries:
             note += f"{part.applied} erasure{'s' if part.applied != 1 else ''} re-applied; "
     return note
 
@@ -228,7 +229,7 @@ def _finishers(upgrade: PlannedUpgrade | None, replaced_url: str | None,
         carry = AuditCarry.set_aside(replaced_url)
         if carry is not None:
             finish.parts.append(carry)
-    if erasures is not None and erasures.entries:
+    if erasures is not None:  # with no line, it still drops the archive's mark
         finish.parts.append(erasures)
     return finish
 

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.create import safe_message
+from guest_backup.ops.erasure_mark import last_seq
 from guest_backup.ops.erasure_sql import CHUNK
 from guest_backup.ops.selection_plan import plan_selection
 from guest_backup.ops.selection_steps import Plan, Selection, SelectionChanged, Step
@@ -201,20 +202,16 @@ def _planned(ctx, live_engine: Engine, source_engine: Engine, selection: Selecti
     plan = plan_selection(source_engine, live_engine, selection,
                           erasures_after(erasures, reapplied_at),
                           photo_present=photo_check(ctx))
-    plan.ledger_seq = _last_seq(erasures.entries)
+    plan.ledger_seq = last_seq(erasures.entries)
     return plan
-
-
-def _last_seq(entries) -> int:
-    return max((int(e["seq"]) for e in entries), default=0)
 
 
 def _no_erasure_since(plan: Plan, ctx) -> None:
     """SelectionChanged when the ledger went past the plan's last line."""
     from guest_backup.ops.finishing import erasures_for
 
-    last = _last_seq(erasures_for(ctx).entries)
-    if plan.ledger_seq is None or last > plan.ledger_seq:
+    last, seen = last_seq(erasures_for(ctx).entries), plan.ledger_seq
+    if not isinstance(seen, int) or isinstance(seen, bool) or seen != last:
         raise SelectionChanged("an erasure was recorded since the preview (the rows it "
                                "brings back may hold that person's data): nothing was "
                                "restored; preview again")
