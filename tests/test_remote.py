@@ -251,3 +251,23 @@ def test_a_remote_archive_is_copied_no_further_than_its_seal_or_the_disk_allows(
     monkeypatch.setattr(fetch_module, "FREE_RESERVE", 1 << 62)  # a full temporary disk
     full = runner.invoke(args=["verify", url])
     assert full.exit_code == 1 and "the temporary folder has room for" in full.output
+
+
+def test_finding_a_remote_archive_asks_for_its_key_not_the_whole_listing(remote, runner,
+                                                                        client, auth, backend,
+                                                                        monkeypatch):
+    """A download, a verify and every poll of a job ask whether the remote holds an
+    archive: one HeadObject, not every page of the bucket's keys."""
+    from guest_backup.storages.s3 import S3Storage
+
+    archive = make_backup(runner)
+    archive.unlink()  # on the remote only
+    listed = []
+    real = S3Storage.list
+    monkeypatch.setattr(S3Storage, "list", lambda self: listed.append(1) or real(self))
+    auth.login()
+    download = client.get(f"/admin/backup/download/{archive.name}")
+    assert download.status_code == 200
+    missing = archive.name.replace("_20", "_19", 1)
+    assert client.get(f"/admin/backup/download/{missing}").status_code == 404
+    assert listed == []

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from guest_backup.archive.format import ArchiveInfo
 from guest_backup.archive.seal import recognise, sealed_sha256
 from guest_backup.ops.context import BackupContext
-from guest_backup.storages import Storage, StorageError
+from guest_backup.storages import Storage, StorageError, size_of
 
 
 @dataclass
@@ -105,7 +105,7 @@ def storages_holding(ctx: BackupContext, name: str, everywhere: bool = False) ->
         return found
     try:
         remote = ctx.remote()
-        if remote is not None and any(a.name == name for a in remote.list()):
+        if remote is not None and size_of(remote, name) is not None:
             found.append(remote)
     except StorageError:
         pass

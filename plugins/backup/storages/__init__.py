@@ -90,6 +90,10 @@ class Storage(Protocol):
     def read_sidecar(self, name: str) -> bytes | None:
         """The ``.sig`` beside an archive, if any."""
 
+    # Optional: ``size_of(name) -> int | None``, the archive's size (None: not
+    # there), cheaper than :meth:`list` (S3: one HeadObject); StorageError when the
+    # storage cannot say. Without it, the list is read.
+
     def delete(self, name: str) -> None:
         """Remove an archive and its sidecar (every version of them: never a delete
         marker that only hides them); :class:`ArchiveHeld` while :meth:`held` says
@@ -136,6 +140,15 @@ def fetch(storage: Storage, name: str, dest: IO[bytes], chunk: int = 1024 * 1024
                                    f"not copied")
             dest.write(data)
     return total
+
+
+def size_of(storage: Storage, name: str) -> int | None:
+    """Archive ``name``'s size in ``storage``, None when it is not there: the
+    storage's own look-up when it has one, else its list."""
+    look = getattr(storage, "size_of", None)
+    if look is not None:
+        return look(name)
+    return next((a.size for a in storage.list() if a.name == name), None)
 
 
 def upload_file(sink: Sink, path: Path, chunk: int = 1024 * 1024) -> None:

@@ -107,6 +107,20 @@ class S3Storage(ObjectLock):
             raise self._fail("listing", exc, unreachable=True) from None
         return sorted(found, key=lambda a: a.name, reverse=True)
 
+    def size_of(self, name: str) -> int | None:
+        """Archive ``name``'s size, None when it is not here: one HeadObject, where
+        :meth:`list` pages through every key (a download, a verify and every poll
+        of a job ask)."""
+        if not is_archive_name(name):
+            return None
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except Exception as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail(f"looking for {name} in", exc, unreachable=True) from None
+        return int(head["ContentLength"])
+
     def upload(self, path: Path) -> None:
         """A finished archive file copied here (its seal first, see begin_upload)."""
         try:

@@ -30,7 +30,7 @@ from guest_registration.extensions import db
 
 from guest_backup.archive.seal import sealed_sha256
 from guest_backup.archive.signing import SignatureError, TrustedKeys
-from guest_backup.storages import Storage, StorageError
+from guest_backup.storages import Storage, StorageError, size_of
 
 CHUNK = 1024 * 1024
 MAX_RANGES = 32  # more parts than this: the header is ignored (the whole archive)
@@ -112,8 +112,7 @@ def archive_size(storage: Storage, name: str) -> int:
     """The size of archive ``name``: its file's here, its listed size elsewhere."""
     path = storage.local_path(name)
     try:
-        size = path.stat().st_size if path is not None else next(
-            (a.size for a in storage.list() if a.name == name), None)
+        size = path.stat().st_size if path is not None else size_of(storage, name)
     except OSError:
         size = None
     if size is None:
