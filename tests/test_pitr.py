@@ -256,6 +256,7 @@ def test_diff_and_incr_backups_and_info_as_pgbackrest_says(cluster, pitr_app):
         assert (f'data-label="{label}" data-type="{kind}" data-size="{size}" '
                 f'data-repo-size="{delta}"') in page
     assert "You can recover to any moment from" in page
+    assert 'id="pitr-after-switch"' in page and "erasure-ledger apply" in page
 
 
 def _pitr_health(app) -> dict:
