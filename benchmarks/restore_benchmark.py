@@ -189,7 +189,8 @@ def ops_main(argv: list[str]) -> None:
             trusted=ctx.settings.trusted([pubkey]), engine=db.engine, audit=ctx.audit,
             actor="benchmark", explicit_keys=list(TrustedKeys([pubkey])),
             identity=identity[0] if identity else None,
-            migrations=ctx.migrations() if ctx.migrations else None, erasures=erasures_for(ctx))
+            migrations=ctx.migrations() if ctx.migrations else None,
+            erasures=lambda: erasures_for(ctx))
         seconds = time.perf_counter() - start
     print(f"restored {sum(result.row_counts.values())} rows; ops-seconds {seconds:.3f}")
 

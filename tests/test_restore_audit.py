@@ -55,3 +55,24 @@ def test_a_failed_restore_loses_no_audit_entry(app, runner, tmp_path):
     assert result.exit_code == 1
     after = entries(app)
     assert after[:len(before)] == before and after[-1][1:3] == ("restore", "failed")
+
+
+def test_an_unexpected_restore_failure_is_called_a_restore_failure(app, runner, monkeypatch):
+    """The safe message of an unexpected error named the backup ("the backup failed
+    (TypeError)") in a restore's output and audit entry."""
+    from guest_backup.ops import restore as restore_module
+
+    archive = make_backup(runner)
+
+    def broken(*args, **kwargs):
+        raise TypeError("an internal detail")
+
+    monkeypatch.setattr(restore_module, "_load", broken)
+    result = restore_replace(runner, archive)
+    assert result.exit_code == 1
+    assert "the restore failed (TypeError)" in result.output
+    assert "backup failed" not in result.output and "internal detail" not in result.output
+    with app.app_context(), db.engine.connect() as conn:
+        last = conn.execute(sa.text("SELECT message FROM audit_log WHERE action = 'restore' "
+                                    "ORDER BY id DESC LIMIT 1")).scalar_one()
+    assert "the restore failed (TypeError)" in last

@@ -201,7 +201,7 @@ def finish_open(ctx: BackupContext, live_engine: Engine, session: BrowseSession,
     try:
         load_into(ctx, session, archive, identity, trusted_keys)
     except BaseException as exc:
-        message = safe_message(exc)
+        message = safe_message(exc, "opening of the archive")
         _drop(session)
         _save(ctx, session, state="failed", error=message)
         quietly("a browse session", ctx.audit.record, live_engine, "browse", "failed",

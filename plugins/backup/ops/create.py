@@ -269,21 +269,24 @@ def _as_backup_error(exc: BaseException) -> BaseException:
     return BackupError(message)
 
 
-def safe_message(exc: BaseException) -> str:
-    """What a user may read about a failure: never a tool's stderr or a password."""
+def safe_message(exc: BaseException, action: str = "backup") -> str:
+    """What a user may read about a failure of ``action`` (``backup``, ``restore``,
+    …): never a tool's stderr or a password."""
     if isinstance(exc, BackupError):
         return str(exc)
+    backup = action == "backup"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "the disk is full; no archive was written"
+        return "the disk is full; no archive was written" if backup else "the disk is full"
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
-        return "the archive grew beyond the allowed file size; no archive was written"
+        return ("the archive grew beyond the allowed file size; no archive was written"
+                if backup else "a file grew beyond the allowed file size")
     if isinstance(exc, PermissionError):
-        return "permission denied while writing the archive"
+        return "permission denied while writing the archive" if backup else "permission denied"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if type(exc).__module__.startswith(("sqlalchemy", "psycopg2")):
         return "the database could not be read (details are in the server log)"
-    return f"the backup failed ({type(exc).__name__}); details are in the server log"
+    return f"the {action} failed ({type(exc).__name__}); details are in the server log"
 
 
 def _photo_names_in_db(conn, names: list[str]) -> set[str]:

@@ -117,7 +117,7 @@ def _failed(exc: BaseException, stage: str, record) -> BaseException:
         exc = ArchiveRefused([f"{DATABASE_MEMBER}: {exc}" if isinstance(exc, DumpRefused)
                               else str(exc)])
     refused = stage == "refused" or isinstance(exc, ArchiveRefused)
-    message = safe_message(exc)
+    message = safe_message(exc, "restore")
     if isinstance(exc, ArchiveRefused) and "nothing was restored" not in message:
         message += "; nothing was restored"
     record("failed" if isinstance(exc, Exception) else "aborted",

@@ -181,11 +181,11 @@ def restore_selection(ctx, live_engine: Engine, source_engine: Engine, selection
         if not dry_run:
             quietly("the selective restore", ctx.audit.record, live_engine, ACTION, "failed",
                     actor=actor, via=via, target=archive,
-                    message=f"{selection.describe()}: {safe_message(exc)}")
+                    message=f"{selection.describe()}: {safe_message(exc, 'selective restore')}")
         if isinstance(exc, BackupError):
             raise
         log.warning("selective restore failed (%s)", type(exc).__name__, exc_info=True)
-        raise BackupError(safe_message(exc)) from None
+        raise BackupError(safe_message(exc, "selective restore")) from None
     counts = plan.counts()
     quietly("the selective restore", ctx.audit.record, live_engine, ACTION, "ok", actor=actor,
             via=via, target=archive, message=plan.summary(),
