@@ -158,13 +158,14 @@ def test_a_restore_corrects_a_mark_the_archive_brought(app, runner, backend, req
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
-def test_a_forged_archive_that_refuses_the_anonymising_is_loud(app, runner, backend, tmp_path):
+def test_a_forged_archive_whose_schema_refuses_erasures_is_not_restored(app, runner, backend,
+                                                                        tmp_path):
     """An archive signed with a stolen key carries a mark of 10**9 and a CHECK
-    constraint that refuses ``[erased]``: PostgreSQL commits the load before the
-    ledger is re-applied (keyed hashes need Python), so the restore must say the
-    database was restored without its erasures, and the archive's mark must not
-    survive: health reports the database's place as not known. Before: exit 1 with
-    "the database could not be read", the mark at 10**9 and health silent."""
+    constraint that refuses ``[erased]``: nobody could be erased from such a
+    database, and PostgreSQL commits a load before the ledger is re-applied (keyed
+    hashes need Python). An erasure is tried and undone before the COMMIT, so the
+    load stops and the database stays as it was. Before: the load committed, the
+    restore said "the database could not be read" and health was silent."""
     from tests.test_pgscreen import forge_signed
 
     ids = add_people(app)
@@ -185,12 +186,53 @@ def test_a_forged_archive_that_refuses_the_anonymising_is_loud(app, runner, back
     result = runner.invoke(args=["restore", str(forged), "--replace", "--yes",
                                  "--uploads", str(tmp_path / "uploads")])
     assert result.exit_code == 1, result.output
-    assert "restored, but the erasure ledger could not be re-applied" in result.output
+    assert "refuses an erasure" in result.output and "nothing was restored" in result.output
     assert "Traceback" not in result.output
     with app.app_context():
         url = db.engine.url.render_as_string(hide_password=False)
-    assert mark(url) is None
-    assert problems(app, url) == [("erasures_unknown", {"last": 1})]
+    assert mark(url) == 1 and first_name(url, ids["jana"]) == "[erased]"
+    assert problems(app, url) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_forged_sqlite_archive_whose_schema_refuses_erasures_is_not_restored(
+        app, runner, backend, tmp_path, request):
+    """The same on SQLite, where the erasure is tried on the loaded copy before it
+    is swapped in; the probe's changes are undone in a restore that goes on."""
+    from tests.test_pgscreen import forge_signed
+
+    add_people(app)
+    archive = make_backup(runner)
+    target = restore_target(request, "sqlite", tmp_path)
+    fine = runner.invoke(args=["restore", str(archive), "--database-url", target, "--yes",
+                               "--uploads", str(tmp_path / "fine-uploads")])
+    assert fine.exit_code == 0, fine.output
+    assert "[erased]" not in repr(table_rows(target, "guest") + table_rows(target, "registration"))
+
+    def change(dump: bytes) -> bytes:
+        table = re.search(rb"CREATE TABLE guest \(.*?\n\);", dump, re.S)
+        assert table, dump[:2000]
+        return (dump[:table.end() - 3] + b", CHECK (first_name <> '[erased]')"
+                + dump[table.end() - 3:])
+
+    forged = forge_signed(app, archive, tmp_path / "forged" / archive.name, change)
+    other = tmp_path / "other.db"
+    result = runner.invoke(args=["restore", str(forged), "--database-url", f"sqlite:///{other}",
+                                 "--yes", "--uploads", str(tmp_path / "uploads")])
+    assert result.exit_code == 1, result.output
+    assert "refuses an erasure" in result.output and "nothing was restored" in result.output
+    assert "Traceback" not in result.output and not table_rows(f"sqlite:///{other}", "guest")
+
+
+def table_rows(url: str, table: str) -> list[tuple]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table):
+                return []
+            return [tuple(r) for r in conn.execute(sa.text(f'SELECT * FROM "{table}"'))]
+    finally:
+        engine.dispose()
 
 
 def test_a_mark_ahead_of_the_ledger_is_not_known_and_apply_re_applies_every_line(

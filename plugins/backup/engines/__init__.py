@@ -290,6 +290,9 @@ def pg_reason(stderr: str, tool: str) -> str:
         return f"{tool} is older than the database server"
     if "permission denied" in lowered or "must be superuser" in lowered:
         return f"{tool}: permission denied in the database"
+    if "gr-erasure-refused" in lowered:  # ops.erasure_sql.probe_erasure_sql
+        return ("the archive's database refuses an erasure (a constraint or column type "
+                "of its own)")
     if "backslash commands are restricted" in lowered or "unrestrict" in lowered:
         return f"{tool} refused a meta-command in the dump (it was restricted)"
     return f"{tool} failed (details are in the server log)"

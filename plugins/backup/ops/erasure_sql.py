@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from guest_backup.errors import BackupError
 from guest_backup.ops.ledger_format import normalise
 
 ERASED = "[erased]"
@@ -61,6 +62,45 @@ def guest_is_erased(row) -> bool:
     """Whether a row with the guest's columns holds no personal data any more."""
     return (row.first_name == ERASED and row.last_name == ERASED
             and row.document_number == ERASED and row.document_photo is None)
+
+
+def _probe_statements() -> tuple:
+    """An erasure of the first two guests and the first two registrations."""
+    return (sa.update(GUEST).where(G.id.in_(sa.select(G.id).order_by(G.id).limit(2)))
+            .values(first_name=ERASED, last_name=ERASED, document_number=ERASED,
+                    document_photo=None),
+            sa.update(REGISTRATION).where(R.id.in_(sa.select(R.id).order_by(R.id).limit(2)))
+            .values(email=erased_email_sql()))
+
+
+def probe_erasure(conn: Connection) -> None:
+    """Erase two guests and two registrations inside a savepoint, then undo it:
+    BackupError when the database refuses (a constraint or a column type that an
+    archive signed with a stolen key brought, e.g. ``CHECK (first_name <>
+    '[erased]')``): nobody could ever be erased from it."""
+    try:
+        with conn.begin_nested() as probe:
+            for statement in _probe_statements():
+                conn.execute(statement)
+            probe.rollback()
+    except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+        raise BackupError(f"the archive's database refuses an erasure "
+                          f"({type(exc.orig).__name__})") from None
+
+
+def probe_erasure_sql() -> str:
+    """:func:`probe_erasure` as PostgreSQL text for the end of a load's transaction
+    (psql stops there: nothing is committed); a schema the statements do not fit
+    (an older one, not upgraded) is not probed."""
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    body = " ".join(f"{st.compile(dialect=dialect, compile_kwargs={'literal_binds': True})};"
+                    for st in _probe_statements())
+    return ("DO $$BEGIN BEGIN " + body + " RAISE EXCEPTION 'gr-erasure-probe-ok'; "
+            "EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN "
+            "RAISE EXCEPTION 'gr-erasure-refused %', SQLSTATE; WHEN OTHERS THEN NULL; "
+            "END; END$$;\n")
 
 
 def chunks(ids: Iterable[int], size: int = CHUNK) -> Iterator[list[int]]:

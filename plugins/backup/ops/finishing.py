@@ -181,14 +181,21 @@ class ErasureReapply:
         """PostgreSQL: only the archive's erasure mark dropped inside the load's
         transaction (the archive's word on this ledger is worth nothing), so that the
         database reads "not known" until :meth:`apply`, which matching by keyed hash
-        needs Python for, runs on it right after the load and marks it."""
+        needs Python for, runs on it right after the load and marks it. Before the
+        COMMIT, an erasure is tried and undone (:func:`probe_erasure_sql`): a schema
+        that refuses one stops the load."""
+        from guest_backup.ops.erasure_sql import probe_erasure_sql
+
         yield FORGET_MARK_SQL
+        yield probe_erasure_sql()
 
     def apply(self, connection) -> None:
         from guest_backup.errors import BackupError
         from guest_backup.ops.erasure_mark import clear_mark, last_seq, set_mark
+        from guest_backup.ops.erasure_sql import probe_erasure
         from guest_backup.ops.reapply import erased_present, reapply_erasures
 
+        probe_erasure(connection)  # SQLite: before the loaded copy is swapped in
         if not self.entries:
             clear_mark(connection)
             return
