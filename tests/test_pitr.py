@@ -384,3 +384,27 @@ def test_pitr_is_off_until_configured(tmp_path):
     assert "set PITR_PG_DATA" in pitr(app, "backup", code=1)
     with app.app_context():
         assert pitr_section(backup_context(app), None, None, None) == (None, [])
+
+
+def test_an_unexpected_failure_of_a_recovery_is_audited_and_named(cluster, pitr_app,
+                                                                  monkeypatch):
+    """Before, only a BackupError was audited: any other failure of ``pitr restore``
+    or ``pitr drill`` left no audit entry (and its text to the command's caller)."""
+    from guest_backup.ops import pitr as pitr_ops
+
+    def broken(*args, **kwargs):
+        raise TypeError("an internal detail")
+
+    monkeypatch.setattr(pitr_ops, "_recover", broken)
+    monkeypatch.setattr(pitr_ops, "_random_moment", broken)  # the drill's first step
+    out = pitr(pitr_app, "restore", "--to", "latest", "--into",
+               str(cluster.base / "never"), code=1)
+    assert "the point-in-time recovery failed (TypeError)" in out
+    assert "internal detail" not in out and "Traceback" not in out
+    drill = pitr(pitr_app, "drill", code=1)
+    assert "the point-in-time recovery failed (TypeError)" in drill
+    assert "internal detail" not in drill
+    rows = cluster.sql("SELECT action, outcome, message FROM audit_log "
+                       "WHERE action LIKE 'pitr-%' ORDER BY id", "guests")
+    assert [r[:2] for r in rows][-2:] == [["pitr-restore", "failed"], ["pitr-drill", "failed"]]
+    assert all("internal detail" not in r[2] for r in rows)

@@ -8,6 +8,7 @@ Everything PITR does is off until PITR_PG_DATA names the cluster's data director
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 import time
@@ -32,6 +33,7 @@ from guest_backup.physical.state import (PitrStatus, Recovered, counts_text, loa
                                          parse_target, pg_time, retarget, save_snapshot,
                                          target_text)
 
+log = logging.getLogger(__name__)
 TABLES = ("trip", "registration", "guest")
 _READY_SQL = ("SELECT count(*), extract(epoch FROM min(modification)) "
               "FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")
@@ -230,9 +232,8 @@ def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,
         if p.cluster.running():
             _flush(p)
         result = _recover(ctx, p, folder, port, target)
-    except BackupError as exc:
-        _audit(ctx, engine, "pitr-restore", "failed", actor, via, str(into), str(exc))
-        raise
+    except Exception as exc:
+        raise _failed(ctx, engine, "pitr-restore", actor, via, str(into), exc) from None
     _audit(ctx, engine, "pitr-restore", "ok", actor, via, str(folder),
            f"{target_text(target)} from {result.backup.label} on port {port}: "
            f"{counts_text(result.counts)}", rows=sum(result.counts.values()))
@@ -256,9 +257,8 @@ def drill(ctx: BackupContext, engine: Engine | None, *, actor: str | None, via: 
         result = _recover(ctx, p, scratch, port, target)
         if not result.revisions:
             raise PitrError("the recovered database has no Alembic revision")
-    except BackupError as exc:
-        _audit(ctx, engine, "pitr-drill", "failed", actor, via, None, str(exc))
-        raise
+    except Exception as exc:
+        raise _failed(ctx, engine, "pitr-drill", actor, via, None, exc) from None
     finally:
         recovery.remove(Cluster(scratch, port, p.cluster.socket, p.cluster.owner,
                                 p.cluster.bindir))
@@ -279,6 +279,20 @@ def _random_moment(p: Pitr, until: datetime, rng: random.Random | None) -> datet
         until = _flush(p)
     start = max(window[0], until - timedelta(days=1))
     return start + (until - start) * (rng or random.Random()).random()
+
+
+def _failed(ctx: BackupContext, engine: Engine | None, action: str, actor: str | None,
+            via: str, target: str | None, exc: Exception) -> BackupError:
+    """A failure audited (before: only a BackupError was, anything else left no
+    entry); the error to raise, with a message safe for users."""
+    from guest_backup.ops.create import safe_message
+
+    message = safe_message(exc, "point-in-time recovery")
+    _audit(ctx, engine, action, "failed", actor, via, target, message)
+    if isinstance(exc, BackupError):
+        return exc
+    log.warning("%s failed (%s)", action, type(exc).__name__, exc_info=exc)
+    return PitrError(message)
 
 
 def _audit(ctx: BackupContext, engine: Engine | None, action: str, outcome: str,
