@@ -424,3 +424,31 @@ def test_a_plan_whose_ledger_line_is_not_todays_is_refused(demo_app, runner, req
         restore_selection(backup_context(app), db.engine, source, preview.plan.selection,
                           archive=archive.name, actor="tester", via="admin", plan=preview.plan)
     assert checksum(live(app)) == today
+
+
+def test_a_selective_restore_holds_the_lock_until_its_audit_entry_is_written(
+        demo_app, runner, request, backend, tmp_path, monkeypatch):
+    """As an erasure's: a restore replacing the database between the commit and the
+    entry would set the audit trail aside without it."""
+    from guest_backup.engines import exclusive
+    from guest_backup.errors import BackupBusy
+    from guest_backup.ops import selection_apply
+
+    app = demo_app
+    trip, regs, archive, source = lost_trip(app, runner, request, backend, tmp_path)
+    seen, record = [], selection_apply.quietly
+
+    def audit_then_try(what, call, engine, action, outcome, **fields):
+        if outcome == "ok":
+            with app.app_context():
+                try:
+                    with exclusive(backup_context(app).engine_for(backend),
+                                   db.engine.url.render_as_string(hide_password=False)):
+                        seen.append("free")
+                except BackupBusy:
+                    seen.append("held")
+        return record(what, call, engine, action, outcome, **fields)
+
+    monkeypatch.setattr(selection_apply, "quietly", audit_then_try)
+    assert restore(app, source, archive, trip_ids=(trip,)).applied
+    assert seen == ["held"]

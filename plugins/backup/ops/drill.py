@@ -17,8 +17,8 @@ from guest_backup.archive.signing import TrustedKeys
 from guest_backup.errors import BackupError
 from guest_backup.ops.erasure_mark import TABLE as MARK_TABLE
 from guest_backup.ops.fetch import archive_file
-from guest_backup.ops.listing import recognised
 from guest_backup.ops.finishing import erasures_for
+from guest_backup.ops.listing import recognised
 from guest_backup.ops.notify import observed
 from guest_backup.ops.restore import restore_archive
 

@@ -46,11 +46,10 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from guest_backup.engines import exclusive
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
-from guest_backup.ops.erasure_mark import ERASE_WAIT, advance_mark
+from guest_backup.ops.erasure_mark import ERASE_WAIT, advance_mark, database_lock
 from guest_backup.ops.erasure_sql import (ERASED, R, anonymise_guests, anonymise_registrations,
                                           close_emptied, erased_email, guest_is_erased,
                                           guest_rows, guests_of, overdue_query,
@@ -59,10 +58,9 @@ from guest_backup.ops.ledger import ErasureLedger, LedgerBroken, collect, publis
 from guest_backup.ops.reapply import Leftover, erased_present, reapply_erasures  # noqa: F401
 from guest_backup.storages import StorageError
 
-__all__ = ["ERASE_WAIT", "ERASED", "ErasureError", "ErasurePlan", "ErasureResult", "Leftover", "NotFound",
-           "NothingToErase", "Target", "erase", "erased_present", "plan_erasure",
+__all__ = ["ERASE_WAIT", "ERASED", "ErasureError", "ErasurePlan", "ErasureResult", "Leftover",
+           "NotFound", "NothingToErase", "Target", "erase", "erased_present", "plan_erasure",
            "reapply_erasures"]
-
 
 
 class ErasureError(BackupError):
@@ -254,9 +252,7 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
         raise kind(f"nothing was erased: {exc}") from None
     with contextlib.ExitStack() as held:
         try:  # one at a time, and never while a restore loads this database (exclusive)
-            held.enter_context(exclusive(ctx.engine_for(engine.dialect.name, required=False),
-                                         engine.url.render_as_string(hide_password=False),
-                                         ERASE_WAIT))
+            held.enter_context(database_lock(ctx, engine, ERASE_WAIT))
             with engine.begin() as conn:
                 plan = _plan(conn, target)
                 if plan.empty:

@@ -37,6 +37,16 @@ ERASE_WAIT = 10
 _MARK = sa.table(TABLE, sa.column("id"), sa.column("seq"), sa.column("marked_at"))
 
 
+def database_lock(ctx, engine: Engine, wait: float):
+    """The database's :func:`~guest_backup.engines.exclusive` lock (one restore,
+    erasure, selective restore or ``erasure-ledger apply`` at a time), waiting up
+    to ``wait`` seconds: what an erasure and the others beside it take."""
+    from guest_backup.engines import exclusive
+
+    return exclusive(ctx.engine_for(engine.dialect.name, required=False),
+                     engine.url.render_as_string(hide_password=False), wait)
+
+
 def _has_table(conn: Connection) -> bool:
     return sa.inspect(conn).has_table(TABLE)
 
@@ -119,14 +129,12 @@ def apply_missing(ctx, engine: Engine, *, actor: str | None, via: str) -> Applie
     move the mark to the last line, in one transaction under the database's
     exclusive lock (the ledger is read once the lock is held: no erasure can come
     between). Audited as ``erasure-apply``; a failure changes nothing."""
-    from guest_backup.engines import exclusive
     from guest_backup.ops.audit import quietly
     from guest_backup.ops.ledger import ErasureLedger, collect
 
     ledger = ErasureLedger.in_folder(ctx.instance_path)
     try:
-        with exclusive(ctx.engine_for(engine.dialect.name, required=False),
-                       engine.url.render_as_string(hide_password=False), ERASE_WAIT):
+        with database_lock(ctx, engine, ERASE_WAIT):
             entries = collect(ledger, ctx.storages())
             with engine.begin() as conn:
                 result = _apply(conn, entries, ledger)
@@ -164,4 +172,4 @@ def _apply(conn: Connection, entries: list, ledger) -> Applied:
 
 
 __all__ = ["ACTION", "Applied", "ERASE_WAIT", "TABLE", "advance_mark", "apply_missing", "behind",
-           "clear_mark", "last_seq", "read_mark", "set_mark"]
+           "clear_mark", "database_lock", "last_seq", "read_mark", "set_mark"]

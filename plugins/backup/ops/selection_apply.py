@@ -177,6 +177,12 @@ def restore_selection(ctx, live_engine: Engine, source_engine: Engine, selection
             started = time.monotonic()
             apply_plan(live_engine, plan)
             seconds = time.monotonic() - started
+            # audited inside the lock, as an erasure: a restore replacing the database
+            # cannot set its audit trail aside before this entry is written
+            counts = plan.counts()
+            quietly("the selective restore", ctx.audit.record, live_engine, ACTION, "ok",
+                    actor=actor, via=via, target=archive, message=plan.summary(),
+                    rows=sum(counts["insert"].values()) + sum(counts["overwrite"].values()))
     except Exception as exc:
         if not dry_run:
             quietly("the selective restore", ctx.audit.record, live_engine, ACTION, "failed",
@@ -186,10 +192,6 @@ def restore_selection(ctx, live_engine: Engine, source_engine: Engine, selection
             raise
         log.warning("selective restore failed (%s)", type(exc).__name__, exc_info=True)
         raise BackupError(safe_message(exc, "selective restore")) from None
-    counts = plan.counts()
-    quietly("the selective restore", ctx.audit.record, live_engine, ACTION, "ok", actor=actor,
-            via=via, target=archive, message=plan.summary(),
-            rows=sum(counts["insert"].values()) + sum(counts["overwrite"].values()))
     return SelectionResult(plan, applied=True, seconds=seconds)
 
 
@@ -218,11 +220,10 @@ def _no_erasure_since(plan: Plan, ctx) -> None:
 
 
 def _exclusive(ctx, live_engine: Engine):
-    from guest_backup.engines import exclusive
-    from guest_backup.ops.erasure import ERASE_WAIT
+    from guest_backup.ops.erasure import ERASE_WAIT  # (read here: tests shorten it)
+    from guest_backup.ops.erasure_mark import database_lock
 
-    return exclusive(ctx.engine_for(live_engine.dialect.name, required=False),
-                     live_engine.url.render_as_string(hide_password=False), ERASE_WAIT)
+    return database_lock(ctx, live_engine, ERASE_WAIT)
 
 
 __all__ = ["ACTION", "SelectionResult", "apply_plan", "photo_check", "restore_selection"]
