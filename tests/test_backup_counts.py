@@ -13,9 +13,10 @@ import zipfile
 import pytest
 import sqlalchemy as sa
 
-import guest_backup.ops.create as create
+import guest_backup.ops.row_counts as row_counts
 from guest_backup.archive.format import DATABASE_MEMBER
 from guest_backup.engines.postgresql import PostgresEngine
+from guest_backup.errors import BackupError
 from tests.helpers import make_backup
 
 
@@ -56,7 +57,7 @@ def add_guest_after_the_snapshot(app) -> None:
 def test_the_counts_run_beside_the_dump_in_its_snapshot(app, runner, monkeypatch):
     assert runner.invoke(args=["demo-data"]).exit_code == 0
     events: list[tuple[str, str]] = []
-    real_count, real_dump = create._count, PostgresEngine.dump
+    real_count, real_dump = row_counts._count, PostgresEngine.dump
 
     def slow_count(conn, tables):
         events.append(("counting", threading.current_thread().name))
@@ -70,7 +71,7 @@ def test_the_counts_run_beside_the_dump_in_its_snapshot(app, runner, monkeypatch
         add_guest_after_the_snapshot(app)
         return real_dump(self, settings, conn, write)
 
-    monkeypatch.setattr(create, "_count", slow_count)
+    monkeypatch.setattr(row_counts, "_count", slow_count)
     monkeypatch.setattr(PostgresEngine, "dump", dump)
     archive = make_backup(runner)
     kinds = [kind for kind, _ in events]
@@ -102,7 +103,7 @@ def test_the_counts_fall_back_to_the_dumps_connection(app, runner, monkeypatch, 
 
     monkeypatch.setattr(PostgresEngine, "share_snapshot", share_snapshot)
     monkeypatch.setattr(PostgresEngine, "dump", dump)
-    with caplog.at_level(logging.WARNING, logger="guest_backup.ops.create"):
+    with caplog.at_level(logging.WARNING, logger="guest_backup.ops.row_counts"):
         archive = make_backup(runner)
     manifest = json.loads(zipfile.ZipFile(archive).read("manifest.json"))
     assert manifest["row_counts"]["guest"] == guests_in_dump(archive) == guests_now(app) - 1
@@ -125,3 +126,31 @@ def test_a_snapshot_id_is_checked_before_it_goes_into_sql(app, monkeypatch):
     for bad in ("x'; DROP TABLE guest; --", "", "00000003-0000001B-1'"):
         with pytest.raises(EngineError, match="unexpected snapshot id"):
             PostgresEngine().share_snapshot(Conn(bad))
+
+
+def test_a_failed_dump_waits_for_the_counts(app, runner, monkeypatch):
+    """A dump failing while the counts still run beside it: the command ends only
+    once the counting connection is given back (before, it went on counting in its
+    transaction after the command had returned: a CI run caught it at teardown)."""
+    from tests.helpers import terminate_open_transactions
+
+    assert runner.invoke(args=["demo-data"]).exit_code == 0
+    real_count = row_counts._count
+
+    def slow_count(conn, tables):
+        time.sleep(0.5)
+        return real_count(conn, tables)
+
+    def dump(self, settings, conn, write):
+        raise BackupError("pg_dump not found")
+
+    monkeypatch.setattr(row_counts, "_count", slow_count)
+    monkeypatch.setattr(PostgresEngine, "dump", dump)
+    result = runner.invoke(args=["backup"])
+    assert result.exit_code == 1 and "pg_dump not found" in result.output
+    assert not [t for t in threading.enumerate() if t.name.startswith("row-counts")]
+    engine = sa.create_engine(app.config["DATABASE_URL"])
+    try:
+        assert terminate_open_transactions(engine) == []
+    finally:
+        engine.dispose()

