@@ -13,7 +13,7 @@ import pytest
 
 from guest_backup.archive.format import sidecar_path
 from guest_backup.archive.signing import seal_claims
-from guest_backup.archive.verify import Binding
+from guest_backup.archive.manifest import Binding
 from guest_backup.wiring import backup_context
 from tests.helpers import make_backup
 

@@ -25,9 +25,9 @@ from guest_backup.archive.encryption import DecryptingReader, is_age_file
 from guest_backup.archive.format import (DATABASE_MEMBER, MANIFEST_MEMBER, MAX_MEMBERS,
                                         SIGNATURE_MEMBER, read_seal, sidecar_path)
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
-from guest_backup.archive.verify import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
-                                        VerifyReport, _check_zip, _parse_manifest,
-                                        digest_problems, member_problem, shown)
+from guest_backup.archive.manifest import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
+                                          member_problem, parse_manifest, shown)
+from guest_backup.archive.verify import VerifyReport, _check_zip, digest_problems
 from guest_backup.archive.writer import Digest
 from guest_backup.archive.zipstream import Member, StreamError, ZipStream
 from guest_backup.errors import BackupError, EngineError
@@ -272,7 +272,7 @@ class ArchivePass:
         if data is None:
             raise ArchiveRefused(["manifest.json is missing"])
         try:
-            manifest = _parse_manifest(data)
+            manifest = parse_manifest(data)
         except ValueError as exc:
             raise ArchiveRefused([str(exc)]) from None
         if self._file is not None and manifest != self.report.manifest:

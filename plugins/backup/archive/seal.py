@@ -20,8 +20,8 @@ from pathlib import Path
 from guest_backup.archive.format import MANIFEST_MEMBER, SIGNATURE_MEMBER, name_time
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.zipstream import directory_problem
-from guest_backup.archive.verify import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
-                                         parse_time)
+from guest_backup.archive.manifest import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
+                                          parse_time)
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 

@@ -7,31 +7,23 @@ holds nothing but what the engine's dump tool writes (the screen)."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import stat
 import zipfile
 from collections import Counter
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Mapping, Protocol
 
-from guest_backup.archive.format import (DATABASE_MEMBER, ENGINE_NAME_RE, FORMAT_VERSION,
-                                        MANIFEST_MEMBER, MAX_MEMBERS, MAX_SEAL_BYTES,
-                                        PHOTO_NAME_RE, SIGNATURE_MEMBER, UPLOADS_PREFIX,
-                                        is_archive_name, name_time, read_seal, sidecar_path)
 from guest_backup.archive.encryption import is_age_file
-from guest_backup.errors import EngineError
+from guest_backup.archive.format import (DATABASE_MEMBER, FORMAT_VERSION, MANIFEST_MEMBER,
+                                        MAX_MEMBERS, SIGNATURE_MEMBER, read_seal, sidecar_path)
+from guest_backup.archive.manifest import (MAX_SIGNATURE_BYTES, Binding, member_problem,
+                                          parse_manifest, read_manifest_bytes, shown)
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.writer import CHUNK, Digest
 from guest_backup.archive.zipstream import (BOMB_MIN_BYTES, BOMB_RATIO, StreamError,
                                            directory_problem, layout_problem, member_at)
-
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-MAX_SIGNATURE_BYTES = MAX_SEAL_BYTES  # a manifest's signature and a seal: one limit
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from guest_backup.errors import EngineError
 
 
 class ScreeningEngine(Protocol):
@@ -55,25 +47,6 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
 
 
-def member_problem(info: zipfile.ZipInfo) -> str | None:
-    """Why a ZIP member name or type is unsafe to extract (None if it is fine)."""
-    name = info.filename
-    mode = (info.external_attr >> 16) & 0o170000
-    if mode and stat.S_ISLNK(mode):
-        return f"{name!r} is a symbolic link"
-    if name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name):
-        return f"{name!r} is an absolute or non-portable path"
-    parts = PurePosixPath(name).parts
-    if ".." in parts or "." in parts or "" in name.split("/")[:-1]:
-        return f"{name!r} leaves the archive's folder"
-    if not (name in (DATABASE_MEMBER, MANIFEST_MEMBER, SIGNATURE_MEMBER)
-            or name.startswith(UPLOADS_PREFIX)):
-        return f"{name!r} is not a member a system backup has"
-    if name.startswith(UPLOADS_PREFIX) and PHOTO_NAME_RE.match(PurePosixPath(name).name):
-        return f"{name!r} has a guest-photo name: photos are never in an archive"
-    return None
-
-
 def _structure_problems(infos: list[zipfile.ZipInfo]) -> list[str]:
     if len(infos) > MAX_MEMBERS:
         return [f"{len(infos)} members: an archive holds at most {MAX_MEMBERS}"]
@@ -94,70 +67,6 @@ def _structure_problems(infos: list[zipfile.ZipInfo]) -> list[str]:
     if not problems and MANIFEST_MEMBER not in counts:
         problems.append("manifest.json is missing")
     return problems
-
-
-@dataclass(frozen=True)
-class Binding:
-    """What an archive must say about itself to be accepted here: its file name,
-    this installation's id, and the keys given explicitly for this check (an
-    archive of another installation is accepted only when signed by one of them)."""
-
-    name: str
-    installation: str | None = None
-    explicit_keys: frozenset = frozenset()
-
-    def problems(self, signed: dict, signer: str | None) -> list[str]:
-        """What is wrong with the signed ``name``, ``created_at`` and ``installation``
-        (absent in the first archives' manifests: then only the date is checked)."""
-        found = []
-        if signed.get("name") not in (None, self.name):
-            found.append(f"the file is named {self.name} but was signed as "
-                         f"{shown(signed['name'], 80)}: renamed archives are refused")
-        claimed, created = name_time(self.name), parse_time(signed.get("created_at"))
-        if is_archive_name(self.name) and (created is None or claimed != created):
-            found.append(f"the date in the name {self.name} differs from the signed creation "
-                         f"time {shown(signed.get('created_at'), 40)}")
-        theirs = signed.get("installation")
-        if (theirs and self.installation and theirs != self.installation
-                and signer not in self.explicit_keys):
-            found.append(f"the archive comes from another installation ({shown(theirs, 40)}); "
-                         f"give its signing key with --trusted-key to restore it here")
-        return found
-
-
-def shown(value, limit: int) -> str:
-    """Signed (so possibly hostile) text as a message may show it: one short line."""
-    return _CONTROL.sub("?", str(value)[:limit])
-
-
-def parse_time(text) -> datetime | None:
-    """A signed ``2025-06-01T02:00:00Z`` as an aware UTC datetime (None if malformed)."""
-    try:
-        return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-
-
-def _read_manifest_bytes(zf: zipfile.ZipFile) -> bytes:
-    if zf.getinfo(MANIFEST_MEMBER).file_size > MAX_MANIFEST_BYTES:
-        raise ValueError("manifest.json is implausibly large")
-    try:
-        return zf.read(MANIFEST_MEMBER)
-    except Exception:
-        raise ValueError("manifest.json is damaged") from None
-
-
-def _parse_manifest(data: bytes) -> dict:
-    try:
-        manifest = json.loads(data)
-        engine = manifest["database"]["engine"]
-        if not isinstance(manifest["members"], dict) or not ENGINE_NAME_RE.fullmatch(engine):
-            raise TypeError
-        if len(manifest["members"]) > MAX_MEMBERS:
-            raise TypeError
-    except Exception:
-        raise ValueError("manifest.json is not a valid manifest") from None
-    return manifest
 
 
 def _member_digest(f, info: zipfile.ZipInfo, end: int, limit: int, screen=None) -> Digest:
@@ -254,8 +163,8 @@ def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
         if report.problems:
             return
         try:
-            manifest_bytes = _read_manifest_bytes(zf)
-            manifest = report.manifest = _parse_manifest(manifest_bytes)
+            manifest_bytes = read_manifest_bytes(zf)
+            manifest = report.manifest = parse_manifest(manifest_bytes)
         except ValueError as exc:
             report.problems.append(str(exc))
             return

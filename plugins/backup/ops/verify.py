@@ -8,7 +8,8 @@ from typing import Mapping
 
 from guest_backup.archive.signing import TrustedKeys
 from guest_backup.archive.onepass import is_encrypted, verify_stream
-from guest_backup.archive.verify import Binding, ScreeningEngine, VerifyReport, verify_archive
+from guest_backup.archive.manifest import Binding
+from guest_backup.archive.verify import ScreeningEngine, VerifyReport, verify_archive
 from guest_backup.ops.audit import AuditLog
 
 
