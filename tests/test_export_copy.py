@@ -12,7 +12,6 @@ from datetime import datetime
 import psycopg2
 import pytest
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
 from guest_backup.export.stream import open_export, parse_request
 from guest_formats.csv_format import pg_csv, write_csv
@@ -165,8 +164,7 @@ def test_count_does_not_join_on_postgresql(app):
             statements.append(statement)
 
     with app.app_context():
-        # every engine: the count runs on a second one when it can (count_beside)
-        event.listen(Engine, "before_cursor_execute", seen)
+        event.listen(db.engine, "before_cursor_execute", seen)
         try:
             req = parse_request({"year": ["2025"], "month": ["5"], "format": ["csv"]},
                                 app.extensions["export_formats"])
@@ -174,7 +172,7 @@ def test_count_does_not_join_on_postgresql(app):
                                  via="cli")
             body = b"".join(stream.chunks)
         finally:
-            event.remove(Engine, "before_cursor_execute", seen)
+            event.remove(db.engine, "before_cursor_execute", seen)
     assert stream.rows == 2 == body.count(b"\r\n") - 1
     assert len(statements) == 1 and "join" not in statements[0].lower()
 

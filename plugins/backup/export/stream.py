@@ -5,9 +5,7 @@ No Flask request in here: the API, the admin page (download and preview, see
 
 Flow: one connection, one read-only snapshot opened by the database engine
 (``REPEATABLE READ`` on PostgreSQL) → ``COUNT(*)`` (sent as ``X-Export-Rows`` so
-a client can check it got everything; on PostgreSQL on a second connection in the
-same snapshot when one is free at once, see :mod:`.count_beside`, while the rows'
-query already runs) → the rows through a server-side cursor →
+a client can check it got everything) → the rows through a server-side cursor →
 the format's writer (or its engine fast path, which renders each row inside the
 database) → bytes. Memory does not grow with the month. The query is the same
 on every engine; only the timestamp's rendering comes from the engine.
@@ -15,7 +13,6 @@ on every engine; only the timestamp's rendering comes from the engine.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,8 +26,7 @@ from guest_registration.exports import ExportFormat, FormatRegistry, UnknownForm
 from guest_registration.models import Guest, Registration, Trip
 
 from guest_backup.engines import DatabaseEngine
-from guest_backup.export.body import ExportBody, release
-from guest_backup.export.count_beside import count_beside
+from guest_backup.ops.metrics import record_export
 
 #: The export's columns, in order, named as in the backup-system document.
 FIELDS = (
@@ -194,29 +190,19 @@ def open_export(engine: Engine, req: ExportRequest, *, db_engine: DatabaseEngine
     ``failed`` or ``aborted``; ``on_close`` is called once, whichever way it ends
     (also when opening fails).
     """
-    on_close = _once(on_close)
     try:
         return _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path,
                      on_error, on_close)
     except BaseException:
-        on_close()
+        if on_close:
+            on_close()
         raise
-
-
-def _once(call: Callable[[], None] | None) -> Callable[[], None]:
-    done: list[bool] = []
-
-    def once() -> None:
-        if call is not None and not done:
-            done.append(True)
-            call()
-    return once
 
 
 def _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path, on_error,
           on_close) -> ExportStream:
     start, end = month_range(req.year, req.month)
-    conn = engine.connect()  # the export's connection, for its whole life
+    conn = engine.connect()  # the export's one connection, for its whole life
     try:
         # the entry goes in first, on this connection and outside the snapshot
         entry = audit.start(conn, action, actor=actor, via=via, year=req.year,
@@ -224,17 +210,13 @@ def _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path,
     except BaseException:
         conn.close()
         raise
-    counting = count_query(start, end, joins=conn.dialect.name != "postgresql")
     try:
-        share = None
         if db_engine is not None:
             db_engine.begin_snapshot(conn)
-            share = getattr(db_engine, "share_snapshot", None)
-        # PostgreSQL: counted beside the rows' query when a second connection is free
-        beside = count_beside(engine, share(conn), counting) if share else None
-        rows = conn.execute(counting).scalar_one() if beside is None else None
+        rows = conn.execute(count_query(start, end, joins=conn.dialect.name != "postgresql")
+                            ).scalar_one()
     except BaseException as exc:
-        release(conn, engine, entry, "failed", message=type(exc).__name__)
+        _release(conn, engine, entry, "failed", message=type(exc).__name__)
         raise
     fast = (req.format.fast_paths.get(conn.dialect.name)
             if use_fast_path and db_engine is not None else None)
@@ -246,21 +228,85 @@ def _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path,
     else:
         produce = lambda: req.format.write(  # noqa: E731
             _generic_rows(conn, export_query(start, end), fetch_rows), FIELDS)
-    body = ExportBody(produce, conn, engine, entry, rows, on_error, on_close)
+    body = _Body(produce, conn, engine, entry, rows, on_error, on_close)
     body.label = (action, req.format.name)  # counted by format when it ends (ops.metrics)
-    if beside is not None:
+    return ExportStream(req, rows, body)
+
+
+class _Body:
+    """The export body: iterates the format's chunks; closing it at any point
+    (finished, failed, client gone, or never started) releases the connection
+    and records the outcome exactly once."""
+
+    def __init__(self, produce, conn: Connection, engine: Engine, entry: int, rows: int,
+                 on_error: Callable[[BaseException], None] | None,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self._produce, self._conn, self._engine = produce, conn, engine
+        self._entry, self._rows, self._on_error = entry, rows, on_error
+        self._on_close = on_close
+        self._chunks: Iterator[bytes] | None = None
+        self._done = False
+        self.label: tuple[str, str] | None = None  # (action, format), for the metrics
+        self.sent = 0
+
+    def __iter__(self) -> "_Body":
+        return self
+
+    def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
         try:
-            body.prime()  # the rows' query runs while the count does
-        except BaseException:
-            with contextlib.suppress(Exception):  # its connection given back first
-                beside()
+            if self._chunks is None:
+                self._chunks = iter(self._produce())
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._finish("ok", None, self._rows)
             raise
-        try:
-            body.rows = beside()
         except BaseException as exc:
-            body.close("failed", type(exc).__name__)
+            self._finish("failed", type(exc).__name__)
+            if self._on_error:
+                self._on_error(exc)
             raise
-    return ExportStream(req, body.rows, body)
+        self.sent += len(chunk)
+        return chunk
+
+    def close(self, outcome: str = "aborted",
+              message: str | None = "the export was closed before its end",
+              rows: int | None = None) -> None:
+        """Release everything; a WSGI server calls this when the client is gone."""
+        if not self._done:
+            self._finish(outcome, message, rows)
+
+    def _finish(self, outcome: str, message: str | None, rows: int | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        record_export(self.label, outcome, rows)  # never raises
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close:
+                close()
+        finally:
+            try:
+                _release(self._conn, self._engine, self._entry, outcome, rows=rows,
+                         bytes=self.sent, message=message)
+            finally:
+                if self._on_close:
+                    self._on_close()
+
+
+def _release(conn: Connection, engine: Engine, entry: int, outcome: str, **fields) -> None:
+    """End the snapshot, record the outcome on the same connection, and give the
+    connection back. A broken connection (the database went away) is closed first
+    and the outcome is then written on a fresh one: never two held at once."""
+    try:
+        conn.rollback()
+        audit.finish(conn, entry, outcome, **fields)
+    except Exception:
+        conn.close()
+        audit.finish(engine, entry, outcome, **fields)
+    else:
+        conn.close()
 
 
 __all__ = ["FIELDS", "ExportRequest", "ExportRequestError", "ExportStream", "parse_request",
