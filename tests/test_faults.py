@@ -70,6 +70,37 @@ def test_database_dying_mid_export_breaks_the_stream(app, backend, fmt, fast, er
         assert body.count(b"\n") >= 150_000
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_export_failing_before_its_body_gives_its_connection_back(app, backend):
+    """A database engine whose timestamp rendering raises (a plugin's bug) while the
+    export's query is built, after the count: the export's connection is given back
+    out of its snapshot and its audit entry finished as failed. Before, both were
+    left: the connection stayed checked out inside the snapshot's transaction."""
+    add_many_guests(app, 10)
+
+    class Broken(type(db_engine_of(app))):
+        def timestamp_text(self, column):
+            raise RuntimeError("a plugin engine's bug")
+
+    closed: list[int] = []
+    with app.app_context():
+        req = parse_request({"year": ["2025"], "month": ["3"], "format": ["csv"]},
+                            app.extensions["export_formats"])
+        with pytest.raises(RuntimeError):
+            open_export(db.engine, req, db_engine=Broken(), actor="t", via="api",
+                        on_close=lambda: closed.append(1))
+        assert db.engine.pool.checkedout() == 0 and closed == [1]
+        entry = db.session.query(AuditEntry).order_by(AuditEntry.id.desc()).first()
+        assert entry.action == "export" and entry.outcome == "failed"
+        assert entry.message == "RuntimeError"
+        db.session.remove()  # the session's own transaction (the query above)
+        with db.engine.connect() as conn:
+            busy = conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL")).scalar_one()
+        assert busy == 0
+
+
 def manage_env(app, **extra) -> dict:
     env = {**os.environ, "DATABASE_URL": app.config["DATABASE_URL"],
            "UPLOAD_FOLDER": app.config["UPLOAD_FOLDER"], "BACKUP_FOLDER": app.config["BACKUP_FOLDER"],

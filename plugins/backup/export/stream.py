@@ -215,22 +215,29 @@ def _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path,
             db_engine.begin_snapshot(conn)
         rows = conn.execute(count_query(start, end, joins=conn.dialect.name != "postgresql")
                             ).scalar_one()
-    except BaseException as exc:
+        produce = _producer(conn, req, db_engine, start, end, fetch_rows, use_fast_path)
+    except BaseException as exc:  # the connection given back, the entry finished
         _release(conn, engine, entry, "failed", message=type(exc).__name__)
         raise
-    fast = (req.format.fast_paths.get(conn.dialect.name)
-            if use_fast_path and db_engine is not None else None)
-    if fast is not None:
-        query = export_query(start, end, timestamp=db_engine.timestamp_text)
-        compiled = query.compile(dialect=conn.dialect)
-        produce = lambda: fast(conn.connection.dbapi_connection, str(compiled),  # noqa: E731
-                               compiled.params, FIELDS, fetch_rows)
-    else:
-        produce = lambda: req.format.write(  # noqa: E731
-            _generic_rows(conn, export_query(start, end), fetch_rows), FIELDS)
     body = _Body(produce, conn, engine, entry, rows, on_error, on_close)
     body.label = (action, req.format.name)  # counted by format when it ends (ops.metrics)
     return ExportStream(req, rows, body)
+
+
+def _producer(conn: Connection, req: ExportRequest, db_engine: DatabaseEngine | None,
+              start: datetime, end: datetime | None, fetch_rows: int,
+              use_fast_path: bool) -> Callable[[], Iterator[bytes]]:
+    """What makes the body's chunks: the format's fast path for this database
+    (the query compiled here, timestamps rendered by the engine), else its writer."""
+    fast = (req.format.fast_paths.get(conn.dialect.name)
+            if use_fast_path and db_engine is not None else None)
+    if fast is None:
+        return lambda: req.format.write(
+            _generic_rows(conn, export_query(start, end), fetch_rows), FIELDS)
+    compiled = export_query(start, end, timestamp=db_engine.timestamp_text).compile(
+        dialect=conn.dialect)
+    return lambda: fast(conn.connection.dbapi_connection, str(compiled), compiled.params,
+                        FIELDS, fetch_rows)
 
 
 class _Body:
