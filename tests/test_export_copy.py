@@ -98,8 +98,9 @@ def test_copy_json_equals_generic_over_many_chunks_fast_and_careful(app):
     chunks = _chunks(app, 2025, 4, "json", True)
     fast = b"".join(chunks)
     assert len(fast) > 1_000_000 and fast == _export(app, 2025, 4, "json", False)
-    # COPY chunks of about 256 KiB of text, about 3 times that as JSON
-    assert len(chunks) >= 5 and max(len(c) for c in chunks) < 1_000_000
+    # COPY text rendered in chunks of about 64 KiB (json_format.RENDER_CHUNK_BYTES:
+    # the render's passes stay in the CPU's cache), about 3 times that as JSON
+    assert len(chunks) >= 10 and max(len(c) for c in chunks) < 300_000
     # each chunk starts with what comes before its first row ("[" or ",")
     assert chunks[0].startswith(b'[\n{"id":') and chunks[-1] == b"\n]"
     assert all(c.startswith(b',\n{"id":') and c.endswith(b'"}') for c in chunks[1:-1])
