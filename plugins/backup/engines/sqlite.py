@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
-from guest_backup.errors import BackupError, EngineError
+from guest_backup.errors import EngineError, shown_reason
 from guest_backup.engines import (CHUNK, DumpRefused, EngineSettings, ToolInfo, file_lock,
                                    parse_url)
 
@@ -161,7 +161,7 @@ def _finish_loaded(tmp: Path, finish) -> None:
             finish.apply(conn)
     except Exception as exc:
         log.warning("SQLite restore: finishing the loaded copy failed: %s", exc)
-        why = str(exc) if isinstance(exc, BackupError) else type(exc).__name__
+        why = shown_reason(exc)
         raise EngineError(f"the loaded archive could not be brought up to date (schema "
                           f"upgrade, audit trail, erasures: {why}); {NOTHING_RESTORED}") from None
     finally:

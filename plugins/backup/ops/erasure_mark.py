@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from guest_backup.errors import BackupError
+from guest_backup.errors import BackupError, shown_reason
 
 TABLE = "erasure_mark"
 ACTION = "erasure-apply"  # the audit log's action
@@ -142,8 +142,8 @@ def apply_missing(ctx, engine: Engine, *, actor: str | None, via: str) -> Applie
             quietly("an erasure apply", ctx.audit.record, engine, ACTION, "ok", actor=actor,
                     via=via, rows=result.changed, message=result.describe())
     except Exception as exc:
-        message = str(exc) if isinstance(exc, BackupError) else (
-            f"{type(exc).__name__} (nothing was changed)")
+        message = shown_reason(exc) + (
+            "" if isinstance(exc, BackupError) else " (nothing was changed)")
         quietly("an erasure apply", ctx.audit.record, engine, ACTION, "failed", actor=actor,
                 via=via, message=message[:500])
         if isinstance(exc, BackupError):

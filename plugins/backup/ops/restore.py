@@ -29,7 +29,7 @@ from guest_backup.archive.manifest import Binding
 from guest_backup.archive.writer import CHUNK
 from guest_backup.archive.zipstream import StreamError
 from guest_backup.engines import DatabaseEngine, DumpRefused, exclusive
-from guest_backup.errors import BackupError
+from guest_backup.errors import BackupError, shown_reason
 from guest_backup.ops.audit import AuditLog, quietly
 from guest_backup.ops.create import safe_message
 from guest_backup.ops.finishing import AuditCarry, ErasureReapply, Finishers, PlannedUpgrade
@@ -197,7 +197,7 @@ def _after_load(db_engine, target_url: str, finish: Finishers) -> None:
                 with engine.begin() as conn:
                     part.apply(conn)
             except Exception as exc:  # an archive's constraint may refuse the anonymising
-                reason = str(exc) if isinstance(exc, BackupError) else type(exc).__name__
+                reason = shown_reason(exc)
                 raise BackupError(f"the database was restored, but the erasure ledger could "
                                   f"not be re-applied ({reason}): run manage.py erasure-ledger "
                                   f"apply (or erase them again) before serving it") from None
