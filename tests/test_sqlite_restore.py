@@ -24,6 +24,7 @@ import pytest
 
 from guest_backup.engines import EngineSettings
 from guest_backup.engines import sqlite as engine
+from guest_backup.engines import sqlite_swap as swap
 from guest_backup.errors import EngineError
 from guest_registration import create_app
 from guest_registration.extensions import db
@@ -298,8 +299,8 @@ def test_sqlite_restore_engine_replaces_an_open_wal_database(tmp_path):
 
 
 def test_sqlite_restore_failing_check_puts_the_old_database_back(tmp_path, monkeypatch):
-    real = engine._verdict
-    monkeypatch.setattr(engine, "_verdict", lambda problems, counts, loaded: (
+    real = swap.verdict
+    monkeypatch.setattr(swap, "verdict", lambda problems, counts, loaded: (
         "failed SQLite's integrity check" if loaded else real(problems, counts, loaded)))
     target = tmp_path / "app.db"
     holder = wal_database(target, 3)
@@ -315,9 +316,9 @@ def test_sqlite_restore_failing_check_puts_the_old_database_back(tmp_path, monke
 
 def test_sqlite_restore_says_so_when_the_old_database_cannot_be_put_back(tmp_path,
                                                                          monkeypatch):
-    monkeypatch.setattr(engine, "_verdict", lambda problems, counts, loaded: (
+    monkeypatch.setattr(swap, "verdict", lambda problems, counts, loaded: (
         "failed SQLite's integrity check" if loaded else None))
-    monkeypatch.setattr(engine, "_put_back", lambda keep, dst: False)
+    monkeypatch.setattr(swap, "put_back", lambda keep, dst: False)
     target = tmp_path / "app.db"
     wal_database(target, 3).close()
     with pytest.raises(EngineError) as failed:
@@ -330,7 +331,7 @@ def test_sqlite_restore_says_so_when_the_old_database_cannot_be_put_back(tmp_pat
 
 def test_sqlite_restore_gives_up_on_a_locked_database_and_changes_nothing(tmp_path,
                                                                           monkeypatch):
-    monkeypatch.setattr(engine, "BUSY_SECONDS", 0.5)
+    monkeypatch.setattr(swap, "BUSY_SECONDS", 0.5)
     target = tmp_path / "app.db"
     writer = wal_database(target, 3)
     writer.execute("BEGIN IMMEDIATE")  # a writer that does not let go

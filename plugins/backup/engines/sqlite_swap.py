@@ -1,0 +1,151 @@
+"""The SQLite restore's swap: the loaded copy copied INTO the live database with
+SQLite's backup API through the target's own connection (its WAL and its other
+connections stay consistent), the old contents kept aside in a private file until
+the result checked out, and put back if it does not; and the checks both sides
+share (integrity, row counts)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from guest_backup.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+#: how long a restore waits for other connections' locks on the target (seconds)
+BUSY_SECONDS = 30.0
+NOTHING_RESTORED = "nothing was restored"
+_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: the backup step is retried
+
+
+class _GaveUp(Exception):
+    """The target stayed locked past BUSY_SECONDS: abandon the backup step."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection without implicit transactions that waits for other locks."""
+    return sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (SQLite uses the umask)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+
+
+def private(path: Path) -> None:
+    """Mode 0600 for the database and its ``-wal``/``-shm``: guest data."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
+def remove(path: Path) -> None:
+    """``path`` and the journal files SQLite may have left beside it."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def inspect(con: sqlite3.Connection) -> tuple[list[str], dict[str, int]]:
+    """What ``PRAGMA integrity_check`` says and every table's row count, read in
+    one transaction (a database SQLite cannot read gives the error as problem)."""
+    try:
+        con.execute("BEGIN")
+        problems = [str(row[0]) for row in con.execute("PRAGMA integrity_check")]
+        names = [row[0] for row in con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        counts = {name: con.execute('SELECT count(*) FROM "{}"'.format(
+            name.replace('"', '""'))).fetchone()[0] for name in names}
+        con.execute("COMMIT")
+        return problems, counts
+    except sqlite3.Error as exc:
+        if con.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+        return [f"{type(exc).__name__}: {exc}"], {}
+
+
+def verdict(problems: list[str], counts: dict[str, int],
+             loaded: dict[str, int] | None) -> str | None:
+    """Why a database is not sound (or not what was loaded), or None."""
+    if problems != ["ok"]:
+        log.warning("SQLite integrity check: %s", "; ".join(problems[:5]))
+        return "failed SQLite's integrity check"
+    if loaded is not None and counts != loaded:
+        differ = sorted(t for t in set(counts) | set(loaded) if counts.get(t) != loaded.get(t))
+        log.warning("SQLite restore: row counts (loaded, now): %s",
+                    {t: (loaded.get(t), counts.get(t)) for t in differ})
+        return f"holds other row counts than the dump loaded ({', '.join(differ[:5])})"
+    return None
+
+
+def _backup(src: sqlite3.Connection, dst: sqlite3.Connection, consequence: str) -> None:
+    """Every page of ``src`` into ``dst`` in one step: one write transaction of
+    ``dst``, through its own pager (its WAL and its other connections stay
+    consistent; a failed step leaves it as it was). Waits up to BUSY_SECONDS."""
+    deadline = time.monotonic() + BUSY_SECONDS
+
+    def progress(status: int, remaining: int, total: int) -> None:
+        if status in _BUSY_CODES and time.monotonic() > deadline:
+            raise _GaveUp
+
+    try:
+        src.backup(dst, pages=-1, progress=progress, sleep=0.05)
+    except _GaveUp:
+        raise EngineError(f"the database stayed locked by other connections for "
+                          f"{BUSY_SECONDS:.0f} s; {consequence}") from None
+    except sqlite3.Error as exc:
+        log.warning("SQLite backup API failed: %s", exc)
+        raise EngineError(f"SQLite could not copy the database ({exc}); {consequence}") from None
+
+
+def _copy_aside(dst: sqlite3.Connection, keep: Path) -> None:
+    """The target's current contents into the new private file ``keep``."""
+    remove(keep)
+    create_private(keep)
+    with contextlib.closing(sqlite3.connect(keep, isolation_level=None)) as out:
+        _backup(dst, out, f"its current contents could not be copied aside; {NOTHING_RESTORED}")
+
+
+def put_back(keep: Path, dst: sqlite3.Connection) -> bool:
+    """Copy the contents kept aside back into the target; whether that worked."""
+    try:
+        with contextlib.closing(sqlite3.connect(keep, isolation_level=None)) as old:
+            _backup(old, dst, "")
+        return verdict(*inspect(dst), None) is None
+    except (EngineError, sqlite3.Error) as exc:
+        log.warning("SQLite restore: putting the previous database back failed: %s", exc)
+        return False
+
+
+def swap_in(src: sqlite3.Connection, target: Path, loaded: dict[str, int]) -> None:
+    """Copy ``src`` into ``target`` through the target's own connection, the old
+    contents kept in a private file beside it until the result checked out (and
+    put back if it does not); then checkpoint the WAL into the database file."""
+    keep = target.with_name(f".{target.name}.before-restore")
+    create_private(target)
+    dst = connect(target)
+    kept = False
+    try:
+        _copy_aside(dst, keep)
+        _backup(src, dst, f"{NOTHING_RESTORED}; the database is as it was")
+        why = verdict(*inspect(dst), loaded)
+        if why and put_back(keep, dst):
+            raise EngineError(f"the restored database {why}; the previous contents were put "
+                              f"back, {NOTHING_RESTORED}")
+        if why:
+            kept = True
+            raise EngineError(f"the restored database {why}, and the previous contents could "
+                              f"not be put back: the database WAS changed; its previous "
+                              f"contents are kept in {keep}")
+        with contextlib.suppress(sqlite3.Error):
+            dst.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        dst.close()
+        if not kept:
+            remove(keep)
