@@ -182,7 +182,13 @@ def test_a_forged_archive_whose_schema_refuses_erasures_is_not_restored(app, run
         return (dump[:end] + b"ALTER TABLE ONLY public.guest\n    ADD CONSTRAINT ck_guest_kept "
                 b"CHECK ((first_name <> '[erased]'));\n\n\n" + dump[end:])
 
-    forged = forge_signed(app, archive, tmp_path / "forged" / archive.name, change)
+    refused_and_kept(app, runner, forge_signed(app, archive, tmp_path / "forged" / archive.name,
+                                               change), tmp_path, ids["jana"])
+
+
+def refused_and_kept(app, runner, forged, tmp_path, erased: int) -> None:
+    """The forged archive's restore over the app's database is refused before its
+    COMMIT: the erased guest stays erased, the mark stays at line 1."""
     result = runner.invoke(args=["restore", str(forged), "--replace", "--yes",
                                  "--uploads", str(tmp_path / "uploads")])
     assert result.exit_code == 1, result.output
@@ -190,8 +196,34 @@ def test_a_forged_archive_whose_schema_refuses_erasures_is_not_restored(app, run
     assert "Traceback" not in result.output
     with app.app_context():
         url = db.engine.url.render_as_string(hide_password=False)
-    assert mark(url) == 1 and first_name(url, ids["jana"]) == "[erased]"
+    assert mark(url) == 1 and first_name(url, erased) == "[erased]"
     assert problems(app, url) == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_constraint_that_refuses_only_the_erased_guests_erasure_is_caught_before_commit(
+        app, runner, backend, tmp_path):
+    """The same attack aimed at one person: a CHECK that refuses ``[erased]`` only
+    in the row of a guest the ledger names (not one of the first two rows, which
+    an erasure is always tried on). The erasure tried before the COMMIT covers
+    every row the ledger names, so the load stops and the database stays as it
+    was. Before: the load committed, the re-apply failed after it, and the erased
+    guest's name, document and e-mail were back in the database."""
+    from tests.test_pgscreen import forge_signed
+
+    ids = add_people(app)
+    archive = make_backup(runner)
+    assert runner.invoke(args=["erase", "--guest", str(ids["other"]), "--yes"]).exit_code == 0
+    assert ids["other"] not in sorted(ids[k] for k in ("jana", "petr", "other", "again"))[:2]
+
+    def change(dump: bytes) -> bytes:
+        end = dump.index(b"--\n-- PostgreSQL database dump complete")
+        return (dump[:end] + b"ALTER TABLE ONLY public.guest\n    ADD CONSTRAINT ck_guest_kept "
+                b"CHECK (((id <> %d) OR (first_name <> '[erased]')));\n\n\n" % ids["other"]
+                + dump[end:])
+
+    refused_and_kept(app, runner, forge_signed(app, archive, tmp_path / "forged" / archive.name,
+                                               change), tmp_path, ids["other"])
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

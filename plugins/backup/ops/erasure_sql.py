@@ -64,13 +64,31 @@ def guest_is_erased(row) -> bool:
             and row.document_number == ERASED and row.document_photo is None)
 
 
-def _probe_statements() -> tuple:
-    """An erasure of the first two guests and the first two registrations."""
-    return (sa.update(GUEST).where(G.id.in_(sa.select(G.id).order_by(G.id).limit(2)))
-            .values(first_name=ERASED, last_name=ERASED, document_number=ERASED,
-                    document_photo=None),
-            sa.update(REGISTRATION).where(R.id.in_(sa.select(R.id).order_by(R.id).limit(2)))
-            .values(email=erased_email_sql()))
+def _probe_statements(guest_ids: Iterable[int] = (),
+                      registration_ids: Iterable[int] = ()) -> list:
+    """An erasure of the first two guests and the first two registrations, and of
+    every guest and registration named here (with the registrations of those
+    guests and the guests of those registrations, as an erasure touches them):
+    one statement per condition, so that each finds its rows by an index."""
+    guest_ids, registration_ids = _ids(guest_ids), _ids(registration_ids)
+    guests = [G.id.in_(sa.select(G.id).order_by(G.id).limit(2))]
+    registrations = [R.id.in_(sa.select(R.id).order_by(R.id).limit(2))]
+    if guest_ids:
+        guests.append(G.id.in_(guest_ids))
+        registrations.append(R.id.in_(sa.select(G.registration_id).where(G.id.in_(guest_ids))))
+    if registration_ids:
+        guests.append(G.registration_id.in_(registration_ids))
+        registrations.append(R.id.in_(registration_ids))
+    erase_guests = sa.update(GUEST).values(first_name=ERASED, last_name=ERASED,
+                                           document_number=ERASED, document_photo=None)
+    erase_registrations = sa.update(REGISTRATION).values(email=erased_email_sql())
+    return ([erase_guests.where(c) for c in guests]
+            + [erase_registrations.where(c) for c in registrations])
+
+
+def _ids(values: Iterable[int]) -> list[int]:
+    """Whole numbers only (they come from a ledger file and go into SQL text)."""
+    return sorted({v for v in values if isinstance(v, int) and not isinstance(v, bool)})
 
 
 def probe_erasure(conn: Connection) -> None:
@@ -88,15 +106,18 @@ def probe_erasure(conn: Connection) -> None:
                           f"({type(exc.orig).__name__})") from None
 
 
-def probe_erasure_sql() -> str:
+def probe_erasure_sql(guest_ids: Iterable[int] = (), registration_ids: Iterable[int] = ()) -> str:
     """:func:`probe_erasure` as PostgreSQL text for the end of a load's transaction
-    (psql stops there: nothing is committed); a schema the statements do not fit
-    (an older one, not upgraded) is not probed."""
+    (psql stops there: nothing is committed), also over the rows the ledger names
+    (``guest_ids``, ``registration_ids``): a constraint aimed at one erased
+    person's row (``CHECK (id <> 7 OR first_name <> '[erased]')``) refuses the
+    load instead of the re-apply after its COMMIT. A schema the statements do not
+    fit (an older one, not upgraded) is not probed."""
     from sqlalchemy.dialects import postgresql
 
     dialect = postgresql.dialect()
     body = " ".join(f"{st.compile(dialect=dialect, compile_kwargs={'literal_binds': True})};"
-                    for st in _probe_statements())
+                    for st in _probe_statements(guest_ids, registration_ids))
     return ("DO $$BEGIN BEGIN " + body + " RAISE EXCEPTION 'gr-erasure-probe-ok'; "
             "EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN "
             "RAISE EXCEPTION 'gr-erasure-refused %', SQLSTATE; WHEN OTHERS THEN NULL; "

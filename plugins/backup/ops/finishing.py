@@ -182,12 +182,16 @@ class ErasureReapply:
         transaction (the archive's word on this ledger is worth nothing), so that the
         database reads "not known" until :meth:`apply`, which matching by keyed hash
         needs Python for, runs on it right after the load and marks it. Before the
-        COMMIT, an erasure is tried and undone (:func:`probe_erasure_sql`): a schema
-        that refuses one stops the load."""
+        COMMIT, an erasure is tried and undone (:func:`probe_erasure_sql`), on the
+        first rows and on every row the ledger names: a schema that refuses one
+        stops the load."""
         from guest_backup.ops.erasure_sql import probe_erasure_sql
 
         yield FORGET_MARK_SQL
-        yield probe_erasure_sql()
+        kinds = [(e.get("kind"), e) for e in self.entries if isinstance(e, dict)]
+        yield probe_erasure_sql(
+            [i for kind, e in kinds if kind == "guest" for i in e.get("guest_ids", ())],
+            [i for kind, e in kinds if kind != "guest" for i in e.get("registration_ids", ())])
 
     def apply(self, connection) -> None:
         from guest_backup.errors import BackupError
