@@ -27,7 +27,7 @@ from guest_backup.archive.format import (DATABASE_MEMBER, MANIFEST_MEMBER, MAX_M
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.manifest import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
                                           member_problem, parse_manifest, shown)
-from guest_backup.archive.verify import VerifyReport, _check_zip, digest_problems
+from guest_backup.archive.verify import VerifyReport, check_zip, digest_problems
 from guest_backup.archive.writer import Digest
 from guest_backup.archive.zipstream import Member, StreamError, ZipStream
 from guest_backup.errors import BackupError, EngineError
@@ -97,8 +97,8 @@ class ArchivePass:
             raise
 
     def _open_plain(self) -> None:
-        _check_zip(self.path, None, self.trusted, self.allow_unsigned, self.report,
-                   self.binding, members=False)
+        check_zip(self.path, None, self.trusted, self.allow_unsigned, self.report,
+                  self.binding, members=False)
         if self.report.problems or not self._check_seal(required=False):
             self._verify_first()  # every member before the load (every reason if refused)
         self.engine = self.report.manifest["database"]["engine"]
@@ -116,8 +116,8 @@ class ArchivePass:
                                    self.identities, self.allow_unsigned)
         else:
             report = VerifyReport(ok=False)
-            _check_zip(self.path, self.engines, self.trusted, self.allow_unsigned, report,
-                       self.binding)
+            check_zip(self.path, self.engines, self.trusted, self.allow_unsigned, report,
+                      self.binding)
         if report.problems:
             raise ArchiveRefused(report.problems)
         self.report.notes += [n for n in report.notes if n not in self.report.notes]

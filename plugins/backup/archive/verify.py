@@ -113,7 +113,7 @@ def verify_archive(path: str | os.PathLike, engines: Mapping[str, ScreeningEngin
         report.ok = not report.problems
         return report
     else:
-        _check_zip(path, engines, trusted, allow_unsigned, report, binding)
+        check_zip(path, engines, trusted, allow_unsigned, report, binding)
     report.ok = not report.problems
     return report
 
@@ -142,8 +142,8 @@ def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport, bi
         report.problems += binding.problems(claims, report.signed_by)
 
 
-def _check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
-               report: VerifyReport, binding: Binding, members: bool = True) -> None:
+def check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,
+              report: VerifyReport, binding: Binding, members: bool = True) -> None:
     """The ZIP's structure, signed manifest and binding from its central directory;
     with ``members`` every member read and checked too (a one-pass restore checks
     them as it loads them)."""

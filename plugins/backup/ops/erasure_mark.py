@@ -74,6 +74,12 @@ def clear_mark(conn: Connection) -> None:
         conn.execute(sa.delete(_MARK))
 
 
+#: :func:`clear_mark` as PostgreSQL text, for the end of a load that psql runs
+#: (a schema from before the table has no mark to drop)
+FORGET_MARK_SQL = (f"DO $$BEGIN IF to_regclass('{TABLE}') IS NOT NULL THEN "
+                   f"DELETE FROM {TABLE}; END IF; END$$;\n")
+
+
 def advance_mark(conn: Connection, seq: int) -> None:
     """An erasure's own line: the mark moves from ``seq - 1`` (or from nothing, the
     first line of a database never marked) to ``seq``; a mark further behind stays."""

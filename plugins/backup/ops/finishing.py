@@ -185,6 +185,7 @@ class ErasureReapply:
         COMMIT, an erasure is tried and undone (:func:`probe_erasure_sql`), on the
         first rows and on every row the ledger names: a schema that refuses one
         stops the load."""
+        from guest_backup.ops.erasure_mark import FORGET_MARK_SQL
         from guest_backup.ops.erasure_sql import probe_erasure_sql
 
         yield FORGET_MARK_SQL
@@ -209,11 +210,6 @@ class ErasureReapply:
             raise BackupError(f"erased records are still present after re-applying the "
                               f"ledger ({', '.join(str(x) for x in left[:5])})")
         set_mark(connection, last_seq(self.entries))
-
-
-#: the archive's erasure mark dropped (a schema before the table has none)
-FORGET_MARK_SQL = ("DO $$BEGIN IF to_regclass('erasure_mark') IS NOT NULL THEN "
-                   "DELETE FROM erasure_mark; END IF; END$$;\n")
 
 
 def erasures_for(ctx) -> ErasureReapply:
