@@ -201,29 +201,37 @@ def refused_and_kept(app, runner, forged, tmp_path, erased: int) -> None:
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
-def test_a_constraint_that_refuses_only_the_erased_guests_erasure_is_caught_before_commit(
-        app, runner, backend, tmp_path):
-    """The same attack aimed at one person: a CHECK that refuses ``[erased]`` only
-    in the row of a guest the ledger names (not one of the first two rows, which
-    an erasure is always tried on). The erasure tried before the COMMIT covers
-    every row the ledger names, so the load stops and the database stays as it
-    was. Before: the load committed, the re-apply failed after it, and the erased
-    guest's name, document and e-mail were back in the database."""
+@pytest.mark.parametrize("kind", ["guest", "registration"])
+def test_a_constraint_that_refuses_only_one_persons_erasure_is_caught_before_commit(
+        app, runner, backend, tmp_path, kind):
+    """The same attack aimed at one person: a CHECK that refuses the erasure only
+    in the row of a guest (or registration) the ledger names, not one of the first
+    two rows, which an erasure is always tried on. The erasure tried before the
+    COMMIT covers every row the ledger names, so the load stops and the database
+    stays as it was. Before: the load committed, the re-apply failed after it, and
+    the erased person's name, document and e-mail were back in the database."""
     from tests.test_pgscreen import forge_signed
 
     ids = add_people(app)
     archive = make_backup(runner)
-    assert runner.invoke(args=["erase", "--guest", str(ids["other"]), "--yes"]).exit_code == 0
-    assert ids["other"] not in sorted(ids[k] for k in ("jana", "petr", "other", "again"))[:2]
+    if kind == "guest":  # Jana Other, the third guest
+        erased, erase = ids["other"], ["--guest", str(ids["other"])]
+        check = (b"ALTER TABLE ONLY public.guest\n    ADD CONSTRAINT ck_kept "
+                 b"CHECK (((id <> %d) OR ((first_name)::text <> '[erased]'::text)));" % erased)
+        assert erased not in sorted(ids[k] for k in ("jana", "petr", "other", "again"))[:2]
+    else:  # registration c (and its one guest), the third registration
+        erased, erase = ids["again"], ["--registration", str(ids["c"])]
+        check = (b"ALTER TABLE ONLY public.registration\n    ADD CONSTRAINT ck_kept "
+                 b"CHECK (((email)::text <> 'erased-%d@invalid'::text));" % ids["c"])
+        assert ids["c"] not in sorted(ids[k] for k in ("a", "b", "c"))[:2]
+    assert runner.invoke(args=["erase", *erase, "--yes"]).exit_code == 0
 
     def change(dump: bytes) -> bytes:
         end = dump.index(b"--\n-- PostgreSQL database dump complete")
-        return (dump[:end] + b"ALTER TABLE ONLY public.guest\n    ADD CONSTRAINT ck_guest_kept "
-                b"CHECK (((id <> %d) OR (first_name <> '[erased]')));\n\n\n" % ids["other"]
-                + dump[end:])
+        return dump[:end] + check + b"\n\n\n" + dump[end:]
 
     refused_and_kept(app, runner, forge_signed(app, archive, tmp_path / "forged" / archive.name,
-                                               change), tmp_path, ids["other"])
+                                               change), tmp_path, erased)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
