@@ -186,13 +186,14 @@ def test_a_forged_archive_whose_schema_refuses_erasures_is_not_restored(app, run
                                                change), tmp_path, ids["jana"])
 
 
-def refused_and_kept(app, runner, forged, tmp_path, erased: int) -> None:
+def refused_and_kept(app, runner, forged, tmp_path, erased: int,
+                     said: str = "refuses an erasure") -> None:
     """The forged archive's restore over the app's database is refused before its
     COMMIT: the erased guest stays erased, the mark stays at line 1."""
     result = runner.invoke(args=["restore", str(forged), "--replace", "--yes",
                                  "--uploads", str(tmp_path / "uploads")])
     assert result.exit_code == 1, result.output
-    assert "refuses an erasure" in result.output and "nothing was restored" in result.output
+    assert said in result.output and "nothing was restored" in result.output
     assert "Traceback" not in result.output
     with app.app_context():
         url = db.engine.url.render_as_string(hide_password=False)
@@ -232,6 +233,69 @@ def test_a_constraint_that_refuses_only_one_persons_erasure_is_caught_before_com
 
     refused_and_kept(app, runner, forge_signed(app, archive, tmp_path / "forged" / archive.name,
                                                change), tmp_path, erased)
+
+
+MOVED = 9003  # the erased guest's id in an archive that moved her
+
+
+def moved_guest(dump: bytes, guest_id: int) -> bytes:
+    """The dump with guest ``guest_id``'s row under id :data:`MOVED`: only her
+    keyed hashes lead to her now."""
+    copy = dump.index(b"COPY public.guest (")
+    row = dump.index(b"\n%d\t" % guest_id, copy) + 1
+    return dump[:row] + b"%d" % MOVED + dump[row + len(b"%d" % guest_id):]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_constraint_on_a_row_found_only_by_keyed_hash_stops_the_load(app, runner, backend,
+                                                                        tmp_path):
+    """An archive signed with a stolen key moves the erased guest to another id, so
+    the ledger finds her only by keyed hash (in Python), past the erasure tried on
+    the ledger's ids before the COMMIT, and adds a CHECK that refuses erasing that
+    row. The ledger is re-applied on the load's own transaction, so the refusal
+    stops the load and nothing is restored. Before: the load committed, the
+    re-apply failed after it, and Jana was back in the database under id 9003."""
+    from tests.test_pgscreen import forge_signed
+
+    ids = add_people(app)
+    archive = make_backup(runner)
+    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
+
+    def change(dump: bytes) -> bytes:
+        dump = moved_guest(dump, ids["jana"])
+        end = dump.index(b"--\n-- PostgreSQL database dump complete")
+        return (dump[:end] + b"ALTER TABLE ONLY public.guest\n    ADD CONSTRAINT ck_kept CHECK "
+                b"(((id <> %d) OR ((first_name)::text <> '[erased]'::text)));\n\n\n" % MOVED
+                + dump[end:])
+
+    forged = forge_signed(app, archive, tmp_path / "forged" / archive.name, change)
+    refused_and_kept(app, runner, forged, tmp_path, ids["jana"],
+                     said="refused a row while re-applying the erasure ledger")
+    with app.app_context():
+        url = db.engine.url.render_as_string(hide_password=False)
+    assert table_rows(url, "guest") and MOVED not in [row[0] for row in table_rows(url, "guest")]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_guest_found_only_by_keyed_hash_is_erased_before_the_load_commits(
+        app, runner, backend, tmp_path, request):
+    """The same archive without the CHECK: the guest it moved is found by keyed hash
+    and erased on psql's open transaction, and the mark set there, so the
+    database is committed already erased and marked."""
+    from tests.test_pgscreen import forge_signed
+
+    ids = add_people(app)
+    archive = make_backup(runner)
+    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
+    forged = forge_signed(app, archive, tmp_path / "forged" / archive.name,
+                          lambda dump: moved_guest(dump, ids["jana"]))
+    target = restore_target(request, backend, tmp_path)
+    result = runner.invoke(args=["restore", str(forged), "--database-url", target, "--yes",
+                                 "--uploads", str(tmp_path / "uploads")])
+    assert result.exit_code == 0, result.output
+    assert "1 erasure re-applied" in result.output
+    assert first_name(target, MOVED) == "[erased]" and mark(target) == 1
+    assert first_name(target, ids["petr"]) == "Petr"
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

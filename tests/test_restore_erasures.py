@@ -5,13 +5,16 @@ the restore before it touches the target."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from guest_backup.ops.erasure import ERASED
 from guest_backup.ops.ledger import LEDGER_NAME
 from tests.helpers import make_backup
+from guest_registration.extensions import db
 from tests.test_erasure import PHOTO, add_people, guest
 from tests.test_remote import BUCKET, PREFIX, s3  # noqa: F401 (fixture)
 
@@ -40,6 +43,46 @@ def test_a_whole_restore_reapplies_the_erasure(app, runner):
     result = restore_replace(runner, archive)
     assert result.exit_code == 0, result.output
     assert "1 erasure re-applied" in result.output
+    assert_erased(app, ids)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_nobody_sees_the_erased_guest_while_a_restore_runs(app, runner):
+    """A reader polling the database all through a PostgreSQL restore never sees
+    Jana's name: the ledger is re-applied on the load's own transaction. Before,
+    the load committed first and the re-apply ran after it on a new connection,
+    and the reader saw "Jana" in that window (a reader blocked by the load's locks
+    reads as soon as the COMMIT releases them)."""
+    ids = add_people(app)
+    archive = make_backup(runner)  # Jana is in it
+    erase_jana(runner, ids)
+    with app.app_context():
+        url = db.engine.url.render_as_string(hide_password=False)
+    seen: list = []
+    done = threading.Event()
+
+    def watch() -> None:
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                while not done.is_set():
+                    try:
+                        seen.append(conn.execute(sa.text("SELECT first_name FROM guest WHERE "
+                                                         "id = :i"), {"i": ids["jana"]}).scalar())
+                    except sa.exc.DBAPIError:
+                        seen.append("error")  # the table dropped and made again meanwhile
+        finally:
+            engine.dispose()
+
+    reader = threading.Thread(target=watch)
+    reader.start()
+    try:
+        result = restore_replace(runner, archive)
+    finally:
+        done.set()
+        reader.join()
+    assert result.exit_code == 0 and "1 erasure re-applied" in result.output, result.output
+    assert "Jana" not in seen and seen.count(ERASED) > 10
     assert_erased(app, ids)
 
 

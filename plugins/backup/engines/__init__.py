@@ -293,6 +293,8 @@ def pg_reason(stderr: str, tool: str) -> str:
     if "gr-erasure-refused" in lowered:  # ops.erasure_sql.probe_erasure_sql
         return ("the archive's database refuses an erasure (a constraint or column type "
                 "of its own)")
+    if "violates" in lowered and "constraint" in lowered:
+        return f"{tool}: a constraint of the loaded database refused a row"
     if "backslash commands are restricted" in lowered or "unrestrict" in lowered:
         return f"{tool} refused a meta-command in the dump (it was restricted)"
     return f"{tool} failed (details are in the server log)"

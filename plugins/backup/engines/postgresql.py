@@ -25,6 +25,7 @@ from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, mask, parse_u
                                    psql_restricts as _psql_restricts,
                                    sql, tool_version as _tool_version)
 from guest_backup.engines.pgrole import _connect_reason, _connected, prepare_restore_role
+from guest_backup.engines.psqlsession import PsqlEnded, PsqlOutput, PsqlSession
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Connection
@@ -205,7 +206,9 @@ class PostgresEngine:
         every chunk screened before psql sees it, ``COMMIT`` only once the whole
         member was read and checked (``stream`` raises at its end if it changed since
         it was verified); ``replace`` drops the old schema, ``finish`` (its SQL, as
-        the connecting user) brings the loaded one up to date, in that transaction."""
+        the connecting user, then its statements on psql's open transaction: see
+        :mod:`~guest_backup.engines.psqlsession`) brings the loaded one up to date
+        and re-applies the erasure ledger, in that transaction."""
         path = shutil.which(settings.psql)
         if path is None:
             raise EngineError(f"psql not found (PATH or PSQL={settings.psql!r})")
@@ -213,19 +216,26 @@ class PostgresEngine:
         key = secrets.token_hex(24) if _psql_restricts(path) else None
         script = _load_script(settings.restore_role, replace, key)
         env = {**pg_environment(url), "PGCLIENTENCODING": "UTF8"}
-        with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
+        with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen([path, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"],
-                                    stdin=subprocess.PIPE, stdout=out, stderr=err, env=env)
-            _feed_psql(proc, stream, script, finish.sql(url) if finish else ())
-            rc = proc.wait()
-            out.seek(0)
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                    env=env)
+            output = PsqlOutput(proc.stdout, _marks)
+            try:
+                doing = _feed_psql(proc, stream, script, finish, url, output)
+            finally:
+                rc = proc.wait()
+                printed = output.printed()
+                proc.stdout.close()
             err.seek(0)
-            printed, detail = out.read(), mask(err.read(4000).decode("utf-8", "replace"), url)
+            detail = mask(err.read(4000).decode("utf-8", "replace"), url)
         status = _outcome(url, printed, detail)
         if rc == 0 and status == "committed":
             return
         log.warning("psql exited with %s (transaction: %s): %s", rc, status, detail.strip())
         reason = _pg_reason(detail, "psql") if rc else "psql ended before the commit"
+        if doing and status != "committed":
+            reason += f" while {doing}"
         if status == "committed":
             done = "replaced with the archive's database" if replace else "restored"
             raise EngineError(f"{reason} after the load was committed: the target database "
@@ -236,11 +246,13 @@ class PostgresEngine:
                           "the target database before using it")
 
 
-def _load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, bytes, bytes]:
+def _load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
     """psql's input before the dump (our transaction, its xid, the restore role,
     psql restricted by our key), after it (the objects handed to the connecting
     user: the role keeps nothing; the session's search_path back for the finishing
-    SQL) and at the end (the marker printed only once the COMMIT succeeded)."""
+    SQL), once the finishing SQL ran (psql unrestricted, for the finishers'
+    statements: the dump is behind it) and at the end (the marker printed only once
+    the COMMIT succeeded)."""
     r = f'"{role}"'
     before = ["SET standard_conforming_strings = on;", "BEGIN;",
               "SELECT pg_catalog.txid_current() AS gr_restore_xid \\gset",
@@ -250,32 +262,49 @@ def _load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, byte
               *([f"\\restrict {key}"] if key else [])]
     after = ["RESET ROLE;", "RESET search_path;", f"REASSIGN OWNED BY {r} TO CURRENT_USER;",
              f"DROP OWNED BY {r};"]
-    end = ["COMMIT;", *([f"\\unrestrict {key}"] if key else []), "\\echo " + COMMITTED.decode()]
-    return tuple(("\n" + "\n".join(lines) + "\n").encode() for lines in (before, after, end))
+    unrestrict = [f"\\unrestrict {key}"] if key else []
+    end = ["COMMIT;", "\\echo " + COMMITTED.decode()]
+    return tuple(("\n" + "\n".join(lines) + "\n").encode()
+                 for lines in (before, after, unrestrict, end))
 
 
-def _feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finishing) -> None:
-    """Our script around the screened dump, the finishing SQL (still restricted)
-    before the end; psql (and its transaction) killed on any error but its own."""
+def _marks(line: bytes) -> bool:
+    """The lines of psql's output a restore keeps (:func:`_outcome` reads them)."""
+    return line.startswith((COMMITTED, b"gr-restore-xid "))
+
+
+def _feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish, url: str,
+               output: PsqlOutput) -> str | None:
+    """Our script around the screened dump; the finishing SQL (still restricted)
+    and the finishers' statements on psql's open transaction (unrestricted: the
+    dump is behind us) before the COMMIT; psql (and its transaction) killed on
+    any error but its own. Returns what the finishers' session was doing (for the
+    reason, when psql stopped there)."""
     from guest_backup.engines import pgscreen
 
-    screen, (before, after, end) = pgscreen.PgDumpScreen(), script
+    screen, (before, after, unrestrict, end) = pgscreen.PgDumpScreen(), script
+    session = None
     try:
         proc.stdin.write(before)
         while chunk := stream.read(CHUNK):
             proc.stdin.write(screen.feed(chunk))
         proc.stdin.write(screen.finish() + after)
-        for sql in finishing:
-            proc.stdin.write(sql.encode())
+        for text in (finish.sql(url) if finish else ()):
+            proc.stdin.write(text.encode())
+        proc.stdin.write(unrestrict)
+        if finish and getattr(finish, "in_session", False):
+            session = PsqlSession.open(proc.stdin, output)
+            finish.run(session)
         proc.stdin.write(end)
         proc.stdin.close()
-    except BrokenPipeError:
+    except (BrokenPipeError, PsqlEnded):
         with contextlib.suppress(OSError):
             proc.stdin.close()  # psql stopped at an error; its exit code says so
     except BaseException:
         proc.kill()
         proc.wait()
         raise
+    return session.doing if session is not None else None
 
 
 def _outcome(url: str, printed: bytes, stderr: str) -> str | None:

@@ -80,6 +80,14 @@ FORGET_MARK_SQL = (f"DO $$BEGIN IF to_regclass('{TABLE}') IS NOT NULL THEN "
                    f"DELETE FROM {TABLE}; END IF; END$$;\n")
 
 
+def mark_sql(seq: int) -> str:
+    """:func:`set_mark` as PostgreSQL text, for the end of a load after
+    :data:`FORGET_MARK_SQL` (a schema without the table is not marked)."""
+    return (f"DO $$BEGIN IF to_regclass('{TABLE}') IS NOT NULL THEN "
+            f"INSERT INTO {TABLE} (id, seq, marked_at) VALUES "
+            f"(1, {int(seq)}, timezone('UTC', clock_timestamp())); END IF; END$$")
+
+
 def advance_mark(conn: Connection, seq: int) -> None:
     """An erasure's own line: the mark moves from ``seq - 1`` (or from nothing, the
     first line of a database never marked) to ``seq``; a mark further behind stays."""
@@ -178,4 +186,4 @@ def _apply(conn: Connection, entries: list, ledger) -> Applied:
 
 
 __all__ = ["ACTION", "Applied", "ERASE_WAIT", "TABLE", "advance_mark", "apply_missing", "behind",
-           "clear_mark", "database_lock", "last_seq", "read_mark", "set_mark"]
+           "clear_mark", "database_lock", "last_seq", "mark_sql", "read_mark", "set_mark"]

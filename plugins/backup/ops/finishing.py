@@ -11,7 +11,10 @@ before it is swapped in), so that all of it happens or none of it:
   comes back with its id), so that a restore loses nothing of the audit;
 - the erasure ledger re-applied (``guest_backup.ops.erasure``).
 
-A finisher has ``sql(url) -> Iterator[str]`` and ``apply(connection)``.
+A finisher has ``sql(url) -> Iterator[str]`` and ``apply(connection)``; one that
+needs Python on PostgreSQL's loaded rows before the COMMIT also has
+``in_session`` (true when it has work) and ``run(session)``, which gets psql's
+open transaction (:mod:`guest_backup.engines.psqlsession`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ class Finishers:
     def apply(self, connection) -> None:
         for part in self.parts:
             part.apply(connection)
+
+    @property
+    def in_session(self) -> bool:
+        return any(getattr(part, "in_session", False) for part in self.parts)
+
+    def run(self, session) -> None:
+        for part in self.parts:
+            if getattr(part, "in_session", False):
+                part.run(session)
 
 
 def _jsonable(value):
@@ -170,21 +182,21 @@ class PlannedUpgrade:
 
 @dataclass
 class ErasureReapply:
-    """The erasure ledger re-applied to the loaded database; a restore never ends
-    with a guest present that the ledger says was erased."""
+    """The erasure ledger re-applied to the loaded database before it commits
+    (PostgreSQL: on psql's open transaction; SQLite: on the loaded copy before it
+    is swapped in); a restore never ends with a guest present that the ledger says
+    was erased, and nobody sees one while it runs."""
 
     entries: list
     ledger: object
     applied: int = 0
 
     def sql(self, url: str) -> Iterator[str]:
-        """PostgreSQL: only the archive's erasure mark dropped inside the load's
-        transaction (the archive's word on this ledger is worth nothing), so that the
-        database reads "not known" until :meth:`apply`, which matching by keyed hash
-        needs Python for, runs on it right after the load and marks it. Before the
-        COMMIT, an erasure is tried and undone (:func:`probe_erasure_sql`), on the
-        first rows and on every row the ledger names: a schema that refuses one
-        stops the load."""
+        """PostgreSQL, before :meth:`run`: the archive's erasure mark dropped (the
+        archive's word on this ledger is worth nothing: with no ledger line, the
+        database reads "not known"), and an erasure tried and undone
+        (:func:`probe_erasure_sql`) on the first rows and on every row the ledger
+        names: a schema that refuses one stops the load."""
         from guest_backup.ops.erasure_mark import FORGET_MARK_SQL
         from guest_backup.ops.erasure_sql import probe_erasure_sql
 
@@ -194,22 +206,41 @@ class ErasureReapply:
             [i for kind, e in kinds if kind == "guest" for i in e.get("guest_ids", ())],
             [i for kind, e in kinds if kind != "guest" for i in e.get("registration_ids", ())])
 
+    @property
+    def in_session(self) -> bool:
+        return bool(self.entries)
+
+    def run(self, session) -> None:
+        """PostgreSQL: the ledger re-applied (matching by keyed hash in Python) on
+        the load's own transaction, which psql commits only after this; raising
+        here, or psql stopping at a statement of it, commits nothing."""
+        from guest_backup.ops.erasure_mark import last_seq, mark_sql
+
+        session.doing = "re-applying the erasure ledger"
+        self._reapply(session, "; nothing was restored")
+        session.execute(mark_sql(last_seq(self.entries)))
+
     def apply(self, connection) -> None:
-        from guest_backup.errors import BackupError
+        """SQLite (and a recovered cluster): the same on ``connection``."""
         from guest_backup.ops.erasure_mark import clear_mark, last_seq, set_mark
         from guest_backup.ops.erasure_sql import probe_erasure
-        from guest_backup.ops.reapply import erased_present, reapply_erasures
 
         probe_erasure(connection)  # SQLite: before the loaded copy is swapped in
         if not self.entries:
             clear_mark(connection)
             return
+        self._reapply(connection)
+        set_mark(connection, last_seq(self.entries))
+
+    def _reapply(self, connection, outcome: str = "") -> None:
+        from guest_backup.errors import BackupError
+        from guest_backup.ops.reapply import erased_present, reapply_erasures
+
         self.applied = reapply_erasures(connection, self.entries, self.ledger)
         left = erased_present(connection, self.entries, self.ledger)
         if left:
             raise BackupError(f"erased records are still present after re-applying the "
-                              f"ledger ({', '.join(str(x) for x in left[:5])})")
-        set_mark(connection, last_seq(self.entries))
+                              f"ledger ({', '.join(str(x) for x in left[:5])}){outcome}")
 
 
 def erasures_for(ctx) -> ErasureReapply:

@@ -29,7 +29,7 @@ from guest_backup.archive.manifest import Binding
 from guest_backup.archive.writer import CHUNK
 from guest_backup.archive.zipstream import StreamError
 from guest_backup.engines import DatabaseEngine, DumpRefused, exclusive
-from guest_backup.errors import BackupError, shown_reason
+from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
 from guest_backup.ops.create import safe_message
 from guest_backup.ops.finishing import AuditCarry, ErasureReapply, Finishers, PlannedUpgrade
@@ -90,7 +90,6 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                 manifest = _load(archive, engines, db_engine, settings, target_url, empty, finish,
                                  staged, upgrade)
                 report = archive.report
-            _after_load(db_engine, target_url, finish)
             written, present, kept = staged.commit()
         except BaseException as exc:
             staged.discard()
@@ -181,28 +180,6 @@ def _load(archive: ArchivePass, engines, db_engine, settings, target_url: str, e
                           f"to its end, so the archive was not verified: check the target "
                           f"database before using it")
     return verdict["manifest"]
-
-
-def _after_load(db_engine, target_url: str, finish: Finishers) -> None:
-    """PostgreSQL: the erasures re-applied on the loaded database at once (matching
-    by keyed hash needs Python, not SQL inside psql's transaction)."""
-    if db_engine.dialect != "postgresql":
-        return
-    for part in finish.parts:
-        if isinstance(part, ErasureReapply):
-            from sqlalchemy import create_engine
-
-            engine = create_engine(target_url)
-            try:
-                with engine.begin() as conn:
-                    part.apply(conn)
-            except Exception as exc:  # an archive's constraint may refuse the anonymising
-                reason = shown_reason(exc)
-                raise BackupError(f"the database was restored, but the erasure ledger could "
-                                  f"not be re-applied ({reason}): run manage.py erasure-ledger "
-                                  f"apply (or erase them again) before serving it") from None
-            finally:
-                engine.dispose()
 
 
 def _notes(report, finish: Finishers) -> str:
