@@ -48,7 +48,7 @@ def rows_of(url: str) -> list:
 def test_rows_come_back_typed_with_any_character_and_updates_count(psql):
     proc, output, url = psql
     session = PsqlSession.open(proc.stdin, output)
-    nasty = "tab\there\nnew line \\N back\\slash ž \r\x0b end"
+    nasty = "tab\there\nnew line \\N back\\slash 50% ž \r\x0b end"
     insert = sa.insert(T).values([
         {"id": 1, "name": nasty, "at": datetime(2026, 12, 5, 17, 38, 45, 123456), "ok": True},
         {"id": 2, "name": None, "at": None, "ok": False}])

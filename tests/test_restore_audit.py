@@ -28,7 +28,7 @@ def test_the_weeks_audit_entries_survive_a_whole_restore(app, runner):
     with app.app_context():  # the week after the archive: exports, a verify, a download
         for i in range(5):
             audit.record(db.engine, "export", "ok", actor=f"clerk{i}@example.com", via="api",
-                         target=f"2026-{i + 1:02d}")
+                         target=f"2026-{i + 1:02d} 100% \\ 'x'")  # psql text written in
         running = audit.start(db.engine, "export", actor="late@example.com", via="api")
         audit.finish(db.engine, running, "ok", rows=7)
     assert runner.invoke(args=["verify", str(archive)]).exit_code == 0

@@ -27,6 +27,7 @@ import threading
 from datetime import date, datetime
 from typing import IO, Iterator
 
+from guest_backup.engines import psql_text
 from guest_backup.errors import EngineError
 
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
@@ -102,7 +103,6 @@ class PsqlSession:
     def __init__(self, stdin: IO[bytes], output: PsqlOutput) -> None:
         self._stdin, self._output = stdin, output
         self._nonce = f"gr-result-{secrets.token_hex(16)}"
-        self.dialect = _postgresql()
         #: what the statements are for ("re-applying the erasure ledger"): the
         #: restore's reason says it when psql stops at one of them
         self.doing: str | None = None
@@ -125,8 +125,7 @@ class PsqlSession:
     def execute(self, statement) -> "Result":
         """Run ``statement`` (SQLAlchemy Core, or PostgreSQL text for statements that
         return no rows) and wait for its result."""
-        text = statement if isinstance(statement, str) else str(statement.compile(
-            dialect=self.dialect, compile_kwargs={"literal_binds": True}))
+        text = statement if isinstance(statement, str) else psql_text(statement)
         select = not isinstance(statement, str) and getattr(statement, "is_select", False)
         self._write((f"COPY ({text}) TO STDOUT;" if select else f"{text.rstrip().rstrip(';')};")
                     + f"\n\\echo {self._nonce} :ROW_COUNT\n")
@@ -197,9 +196,3 @@ def _text(field: str) -> str:
 
 def _bad():
     raise ValueError("not a boolean")
-
-
-def _postgresql():
-    from sqlalchemy.dialects import postgresql
-
-    return postgresql.dialect()

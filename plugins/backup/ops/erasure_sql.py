@@ -113,11 +113,9 @@ def probe_erasure_sql(guest_ids: Iterable[int] = (), registration_ids: Iterable[
     person's row (``CHECK (id <> 7 OR first_name <> '[erased]')``) refuses the
     load instead of the re-apply after its COMMIT. A schema the statements do not
     fit (an older one, not upgraded) is not probed."""
-    from sqlalchemy.dialects import postgresql
+    from guest_backup.engines import psql_text
 
-    dialect = postgresql.dialect()
-    body = " ".join(f"{st.compile(dialect=dialect, compile_kwargs={'literal_binds': True})};"
-                    for st in _probe_statements(guest_ids, registration_ids))
+    body = " ".join(f"{psql_text(st)};" for st in _probe_statements(guest_ids, registration_ids))
     return ("DO $$BEGIN BEGIN " + body + " RAISE EXCEPTION 'gr-erasure-probe-ok'; "
             "EXCEPTION WHEN integrity_constraint_violation OR data_exception THEN "
             "RAISE EXCEPTION 'gr-erasure-refused %', SQLSTATE; WHEN OTHERS THEN NULL; "

@@ -130,13 +130,10 @@ class AuditCarry:
             set_={c: statement.excluded[c] for c in self.columns if c != "id"})
 
     def sql(self, url: str) -> Iterator[str]:
-        from sqlalchemy.dialects import postgresql
+        from guest_backup.engines import psql_text
 
-        dialect = postgresql.dialect()
         for rows in self._batches():
-            compiled = self._statement("postgresql", rows).compile(
-                dialect=dialect, compile_kwargs={"literal_binds": True})
-            yield f"{compiled};\n"
+            yield f"{psql_text(self._statement('postgresql', rows))};\n"
         yield (f"SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('{AUDIT_TABLE}', "
                f"'id'), (SELECT COALESCE(max(id), 1) FROM {AUDIT_TABLE}));\n")
 
