@@ -5,6 +5,7 @@ count, and psql stopping at an error is PsqlEnded with nothing committed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from datetime import datetime
 
@@ -88,3 +89,16 @@ def test_psql_stopping_at_an_error_is_psql_ended_and_nothing_commits(psql):
         session.execute(sa.select(T))
     assert proc.wait() == 3 and b"division by zero" in proc.stderr.read()
     assert rows_of(url) == []
+
+
+def test_what_psql_printed_after_the_session_is_whole_lines_only():
+    """What the restore reads its COMMIT's marker from: the lines kept before the
+    session and the whole lines nobody read after it, never the line psql was cut
+    off in (a row's value that happens to read ``gr-restore-committed``)."""
+    read, write = os.pipe()
+    output = PsqlOutput(os.fdopen(read, "rb"), lambda line: line.startswith(b"gr-"))
+    output.expect(b"START")
+    os.write(write, b"gr-restore-xid 5\nnoise\nSTART\nread\nunread\tx\ngr-restore-committed")
+    assert output.line() == b"read"
+    os.close(write)
+    assert output.printed() == b"gr-restore-xid 5\nunread\tx\n"

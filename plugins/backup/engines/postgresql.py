@@ -310,7 +310,7 @@ def _feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish,
 def _outcome(url: str, printed: bytes, stderr: str) -> str | None:
     """``committed`` (our marker, or the server's word on the xid psql printed),
     ``aborted``, ``not started`` (psql could not connect) or None (nobody knows)."""
-    if COMMITTED in printed:
+    if b"\n" + COMMITTED + b"\n" in b"\n" + printed:  # our \echo's whole line
         return "committed"
     m = XID_MARK.search(printed)
     if m is None:

@@ -86,15 +86,15 @@ class PsqlOutput:
         return self._lines.popleft()
 
     def printed(self) -> bytes:
-        """The kept lines and what the session left unread, once psql's stdout is
-        closed."""
+        """The kept lines and the whole lines the session left unread (the COMMIT's
+        marker), once psql's stdout is closed; not a line psql was cut off in."""
         self._thread.join()
-        rest = []
+        rest = [self._partial]
         while (chunk := self._chunks.get()) is not None:
             rest.append(chunk)
         self._chunks.put(None)
-        return b"".join([*self.kept, *(line + b"\n" for line in self._lines), self._partial,
-                         *rest])
+        whole = b"".join(rest).split(b"\n")[:-1]
+        return b"".join([*self.kept, *(line + b"\n" for line in [*self._lines, *whole])])
 
 
 class PsqlSession:
