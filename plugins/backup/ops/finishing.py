@@ -231,10 +231,9 @@ class ErasureReapply:
 
     def _reapply(self, connection, outcome: str = "") -> None:
         from guest_backup.errors import BackupError
-        from guest_backup.ops.reapply import erased_present, reapply_erasures
+        from guest_backup.ops.reapply import reapply_checked
 
-        self.applied = reapply_erasures(connection, self.entries, self.ledger)
-        left = erased_present(connection, self.entries, self.ledger)
+        self.applied, left = reapply_checked(connection, self.entries, self.ledger)
         if left:
             raise BackupError(f"erased records are still present after re-applying the "
                               f"ledger ({', '.join(str(x) for x in left[:5])}){outcome}")

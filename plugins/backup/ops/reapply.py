@@ -68,13 +68,7 @@ def reapply_erasures(conn: Connection, entries: Sequence[dict], ledger) -> int:
     key). Returns how many erasures changed rows."""
     if not entries:
         return 0
-    count = 0
-    for found in _resolve(conn, entries, _key_of(ledger)):
-        changed = anonymise_registrations(conn, found.registrations)
-        changed += anonymise_guests(conn, found.guests)
-        changed += close_emptied(conn, found.touched)
-        count += changed > 0
-    return count
+    return sum(_erase(conn, found) for found in _resolve(conn, entries, _key_of(ledger)))
 
 
 def erased_present(conn: Connection, entries: Sequence[dict], ledger) -> list[Leftover]:
@@ -82,8 +76,33 @@ def erased_present(conn: Connection, entries: Sequence[dict], ledger) -> list[Le
     the ledger says were erased (empty: nothing to re-apply)."""
     if not entries:
         return []
+    return _left(conn, _resolve(conn, entries, _key_of(ledger)))
+
+
+def reapply_checked(conn: Connection, entries: Sequence[dict],
+                    ledger) -> tuple[int, list[Leftover]]:
+    """:func:`reapply_erasures`, then what :func:`erased_present` would find, on the
+    rows found once: a restore whose ids differ matches by keyed hash, streaming the
+    tables, and the rows it found are the ones to check (erasing only erases, so
+    no other row can match afterwards)."""
+    if not entries:
+        return 0, []
+    founds = _resolve(conn, entries, _key_of(ledger))
+    changed = sum(_erase(conn, found) for found in founds)
+    return changed, _left(conn, founds)
+
+
+def _erase(conn: Connection, found: "_Found") -> bool:
+    """Anonymise one entry's rows; whether any changed."""
+    changed = anonymise_registrations(conn, found.registrations)
+    changed += anonymise_guests(conn, found.guests)
+    changed += close_emptied(conn, found.touched)
+    return changed > 0
+
+
+def _left(conn: Connection, founds: Sequence["_Found"]) -> list[Leftover]:
     left: set[Leftover] = set()
-    for found in _resolve(conn, entries, _key_of(ledger)):
+    for found in founds:
         for g in guests_of(conn, found.registrations) + guest_rows(conn, found.guests):
             if not guest_is_erased(g):
                 left.add(Leftover("guest", g.id))
