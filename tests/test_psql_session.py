@@ -27,7 +27,8 @@ def psql(new_pg_database):
                             stderr=subprocess.PIPE, env=pg_environment(url))
     output = PsqlOutput(proc.stdout, lambda line: line.startswith(b"kept"))
     proc.stdin.write(b"BEGIN;\nCREATE TABLE t (id int, name text, at timestamp, ok boolean);\n"
-                     b"SELECT 1 AS dropped;\n\\echo kept\n")
+                     b"SELECT 1 AS dropped;\n\\echo kept\n"
+                     b"SET DateStyle = 'German';\n")  # a server whose default is not ISO
     yield proc, output, url
     if proc.poll() is None:
         proc.kill()

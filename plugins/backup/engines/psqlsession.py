@@ -112,7 +112,8 @@ class PsqlSession:
         session = cls(stdin, output)
         start = f"gr-session-{secrets.token_hex(16)}"
         output.expect(start.encode())
-        session._write(f"\\echo {start}\n")
+        # the rows' dates as ISO whatever the server's default (psycopg2 does the same)
+        session._write(f"SET LOCAL DateStyle = 'ISO, YMD';\n\\echo {start}\n")
         return session
 
     def _write(self, text: str) -> None:
