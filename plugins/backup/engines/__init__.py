@@ -276,16 +276,6 @@ def psql_restricts(path: str) -> bool:
     return major >= 18 or minor >= PSQL_RESTRICT_SINCE.get(major, 10**6)
 
 
-def psql_text(statement) -> str:
-    """A SQLAlchemy statement as PostgreSQL text for psql, its values written in
-    (``literal_binds``) by a dialect without a driver's paramstyle: psycopg2's
-    doubles every ``%`` (an audit message's ``50%`` would arrive as ``50%%``)."""
-    from sqlalchemy.dialects.postgresql.base import PGDialect
-
-    return str(statement.compile(dialect=PGDialect(paramstyle="named"),
-                                 compile_kwargs={"literal_binds": True}))
-
-
 def pg_reason(stderr: str, tool: str) -> str:
     """A short, safe reason from a libpq tool's stderr (never the text itself)."""
     lowered = stderr.lower()

@@ -27,11 +27,21 @@ import threading
 from datetime import date, datetime
 from typing import IO, Iterator
 
-from guest_backup.engines import psql_text
 from guest_backup.errors import EngineError
 
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 _ESCAPE = re.compile(r"\\(.)")
+_BOOLEANS = {"t": True, "f": False}
+
+
+def psql_text(statement) -> str:
+    """A SQLAlchemy statement as PostgreSQL text for psql, its values written in
+    (``literal_binds``) by a dialect without a driver's paramstyle: psycopg2's
+    doubles every ``%`` (an audit message's ``50%`` would arrive as ``50%%``)."""
+    from sqlalchemy.dialects.postgresql.base import PGDialect
+
+    return str(statement.compile(dialect=PGDialect(paramstyle="named"),
+                                 compile_kwargs={"literal_binds": True}))
 
 
 class PsqlEnded(Exception):
@@ -158,7 +168,7 @@ class Result:
                     raise ValueError("not the statement's columns")
                 rows.append(make([None if f == "\\N" else read(_unescape(f) if "\\" in f else f)
                                   for read, f in zip(readers, fields)]))
-        except ValueError:  # UnicodeDecodeError too
+        except (ValueError, KeyError):  # UnicodeDecodeError too; KeyError: not t/f
             raise EngineError("the restored database holds a value the erasure re-apply "
                               "cannot read; nothing was restored") from None
         return rows
@@ -181,7 +191,7 @@ def _reader(type_):
     import sqlalchemy as sa
 
     if isinstance(type_, sa.Boolean):
-        return lambda text: {"t": True, "f": False}[text] if text in ("t", "f") else _bad()
+        return _BOOLEANS.__getitem__
     if isinstance(type_, sa.Integer):
         return int
     if isinstance(type_, sa.DateTime):
@@ -193,7 +203,3 @@ def _reader(type_):
 
 def _text(field: str) -> str:
     return field
-
-
-def _bad():
-    raise ValueError("not a boolean")

@@ -74,18 +74,21 @@ def clear_mark(conn: Connection) -> None:
         conn.execute(sa.delete(_MARK))
 
 
+def _if_marked(statement: str) -> str:
+    """PostgreSQL text running ``statement`` only where the table exists (a schema
+    from before it has no mark)."""
+    return f"DO $$BEGIN IF to_regclass('{TABLE}') IS NOT NULL THEN {statement}; END IF; END$$;\n"
+
+
 #: :func:`clear_mark` as PostgreSQL text, for the end of a load that psql runs
-#: (a schema from before the table has no mark to drop)
-FORGET_MARK_SQL = (f"DO $$BEGIN IF to_regclass('{TABLE}') IS NOT NULL THEN "
-                   f"DELETE FROM {TABLE}; END IF; END$$;\n")
+FORGET_MARK_SQL = _if_marked(f"DELETE FROM {TABLE}")
 
 
 def mark_sql(seq: int) -> str:
     """:func:`set_mark` as PostgreSQL text, for the end of a load after
-    :data:`FORGET_MARK_SQL` (a schema without the table is not marked)."""
-    return (f"DO $$BEGIN IF to_regclass('{TABLE}') IS NOT NULL THEN "
-            f"INSERT INTO {TABLE} (id, seq, marked_at) VALUES "
-            f"(1, {int(seq)}, timezone('UTC', clock_timestamp())); END IF; END$$")
+    :data:`FORGET_MARK_SQL`."""
+    return _if_marked(f"INSERT INTO {TABLE} (id, seq, marked_at) VALUES "
+                      f"(1, {int(seq)}, timezone('UTC', clock_timestamp()))")
 
 
 def advance_mark(conn: Connection, seq: int) -> None:

@@ -115,7 +115,7 @@ def probe_erasure_sql(guest_ids: Iterable[int] = (), registration_ids: Iterable[
     person's row (``CHECK (id <> 7 OR first_name <> '[erased]')``) refuses the
     load instead of the re-apply after its COMMIT. A schema the statements do not
     fit (an older one, not upgraded) is not probed."""
-    from guest_backup.engines import psql_text
+    from guest_backup.engines.psqlsession import psql_text
 
     body = " ".join(f"{psql_text(st)};" for st in _probe_statements(guest_ids, registration_ids))
     return ("DO $$BEGIN BEGIN " + body + " RAISE EXCEPTION 'gr-erasure-probe-ok'; "

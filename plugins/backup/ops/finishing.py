@@ -130,7 +130,7 @@ class AuditCarry:
             set_={c: statement.excluded[c] for c in self.columns if c != "id"})
 
     def sql(self, url: str) -> Iterator[str]:
-        from guest_backup.engines import psql_text
+        from guest_backup.engines.psqlsession import psql_text
 
         for rows in self._batches():
             yield f"{psql_text(self._statement('postgresql', rows))};\n"
