@@ -148,6 +148,51 @@ def test_the_client_is_built_in_a_thread_once_the_archive_streams(s3):  # noqa: 
     assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}")["Body"].read() == b"x" * 1000
 
 
+
+def test_every_part_carries_a_crc32_that_s3_keeps_as_the_archives_checksum(s3):  # noqa: F811
+    """The upload declares CRC32 when it starts: S3 checks each part's CRC32 on
+    receipt and keeps their composite for the archive (``CRC32-N``), and completing
+    combines the parts' checksums instead of reading the whole object again (moto
+    took 0.45 s for 52 MB without, 0.15 s with)."""
+    storage = S3StorageType().open(f"s3://{BUCKET}/{PREFIX}", {"BACKUP_S3_PART_MB": 5})
+    name = "system_backup_20250101_120000.zip"
+    upload = storage.begin_upload(name)
+    data = os.urandom(11 * MiB)
+    for start in range(0, len(data), 1 << 20):
+        upload.write(data[start:start + (1 << 20)])
+    upload.finish(None)
+    kept = s3.get_object_attributes(Bucket=BUCKET, Key=f"{PREFIX}/{name}",
+                                    ObjectAttributes=["Checksum"])["Checksum"]
+    assert kept.get("ChecksumType") == "COMPOSITE" and kept.get("ChecksumCRC32"), kept
+    assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}")["Body"].read() == data
+
+
+def test_a_storage_that_answers_no_part_checksum_still_completes(s3):  # noqa: F811
+    """An S3-compatible storage that ignores the declared checksum answers parts
+    without one; completing then lists the parts by number and ETag alone."""
+    storage = S3StorageType().open(f"s3://{BUCKET}/{PREFIX}", {"BACKUP_S3_PART_MB": 5})
+    real, completed = storage.client, []
+
+    class Plain:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def upload_part(self, **kwargs):
+            answer = real.upload_part(**kwargs)
+            return {"ETag": answer["ETag"]}
+
+        def complete_multipart_upload(self, **kwargs):
+            completed.append(kwargs["MultipartUpload"]["Parts"])
+            return real.complete_multipart_upload(**kwargs)
+
+    storage.client = Plain()
+    name = "system_backup_20250101_120000.zip"
+    upload = storage.begin_upload(name)
+    upload.write(b"y" * (6 * MiB))
+    upload.finish(None)
+    assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}")["Body"].read() == b"y" * (6 * MiB)
+    assert [sorted(part) for part in completed[0]] == [["ETag", "PartNumber"]] * 2
+
 def failing_dump(after: int, then=None):
     """A dump that writes ``after`` bytes of noise, calls ``then``, and fails (or,
     with ``then`` given, writes as much again and the real dump)."""

@@ -34,6 +34,12 @@ MiB = 1024 * 1024
 #: the most part bytes one upload holds in memory (the part being filled included)
 PART_BUDGET = 16 * MiB
 MAX_PARTS = 10_000  # S3's limit
+#: every part carries its CRC32, which S3 checks on receipt and keeps as the
+#: object's composite checksum (``CRC32-N``); declared when the upload is created,
+#: so completing it combines the parts' checksums instead of reading the whole
+#: object again for a full-object one (moto: 0.15 s instead of 0.45 s for 52 MB)
+CHECKSUM = "CRC32"
+_CHECKSUM_FIELD = "ChecksumCRC32"
 
 
 def parts_in_flight(part_size: int) -> int:
@@ -100,7 +106,7 @@ class MultipartUpload:
         self._upload_id: str | None = None
         self._number = 0
         self._pending: deque[Future] = deque()
-        self._etags: dict[int, str] = {}
+        self._parts: dict[int, dict[str, Any]] = {}  # number -> its entry for completing
         self._pool: ThreadPoolExecutor | None = None
         self._completed = False
         self._warming = False
@@ -163,8 +169,8 @@ class MultipartUpload:
 
     def _start(self) -> None:
         try:
-            answer = self.storage.client.create_multipart_upload(Bucket=self.storage.bucket,
-                                                                 Key=self.key)
+            answer = self.storage.client.create_multipart_upload(
+                Bucket=self.storage.bucket, Key=self.key, ChecksumAlgorithm=CHECKSUM)
         except Exception as exc:
             raise self._failed(exc) from None
         self._upload_id = answer["UploadId"]
@@ -173,8 +179,11 @@ class MultipartUpload:
     def _put_part(self, number: int, body: bytearray) -> None:
         answer = self.storage.client.upload_part(
             Bucket=self.storage.bucket, Key=self.key, PartNumber=number,
-            UploadId=self._upload_id, Body=PartBody(body))
-        self._etags[number] = answer["ETag"]
+            UploadId=self._upload_id, Body=PartBody(body), ChecksumAlgorithm=CHECKSUM)
+        part = {"PartNumber": number, "ETag": answer["ETag"]}
+        if answer.get(_CHECKSUM_FIELD):  # a storage without checksums answers none
+            part[_CHECKSUM_FIELD] = answer[_CHECKSUM_FIELD]
+        self._parts[number] = part
 
     def _wait(self, future: Future) -> None:
         try:
@@ -215,7 +224,7 @@ class MultipartUpload:
         if self._upload_id is None:
             data, self._buffer = bytes(memoryview(self._buffer)[:self._filled]), None
             return self.storage.put(self.key, data)
-        parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
+        parts = [self._parts[n] for n in sorted(self._parts)]
         answer = self.storage.client.complete_multipart_upload(
             Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id,
             MultipartUpload={"Parts": parts})
