@@ -375,3 +375,36 @@ def test_a_ledger_that_cannot_be_checked_is_a_health_problem(app, runner):
     ledger.path.write_bytes(ledger.path.read_bytes().replace(b'"guest"', b'"email"', 1))
     found = problems(app, url)
     assert [p[0] for p in found] == ["erasures_unchecked"], found
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_apply_reports_a_row_found_only_by_keyed_hash_that_the_erasure_did_not_change(
+        app, runner):
+    """``erasure-ledger apply`` finds the rows once and checks those same rows: a
+    guest matched only by keyed hash whose UPDATE a trigger partly undoes ("Jana"
+    put back) stops the apply, and nothing moves. A second scan by hash, as it ran
+    before, missed her: her document number is erased, so no hash leads to her."""
+    from guest_backup.errors import BackupError
+    from guest_backup.ops.erasure_mark import _apply
+    from guest_backup.ops.ledger import collect
+
+    ids = add_people(app)
+    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
+    with app.app_context():
+        ctx = backup_context(app)
+        ledger = ErasureLedger.in_folder(ctx.instance_path)
+        entries = collect(ledger, ctx.storages())
+        entries[0]["guest_ids"] = [999999]  # not in this database: by keyed hash
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM erasure_mark"))
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER keep AFTER UPDATE ON guest WHEN NEW.id = {ids['again']} "
+                f"BEGIN UPDATE guest SET first_name = 'Jana' WHERE id = NEW.id; END")
+        with pytest.raises(BackupError, match=rf"still present .*guest {ids['again']}"):
+            with db.engine.begin() as conn:
+                _apply(conn, entries, ledger)
+        with db.engine.connect() as conn:
+            assert read_mark(conn) is None
+            row = conn.execute(sa.text("SELECT document_number FROM guest WHERE id = :i"),
+                               {"i": ids["again"]}).scalar_one()
+        assert row == "AB 123 456"  # rolled back with the rest

@@ -170,16 +170,19 @@ def apply_missing(ctx, engine: Engine, *, actor: str | None, via: str) -> Applie
 
 
 def _apply(conn: Connection, entries: list, ledger) -> Applied:
-    from guest_backup.ops.reapply import erased_present, reapply_erasures
+    from guest_backup.ops.reapply import reapply_checked
 
     if not _has_table(conn):
         raise BackupError("the database has no erasure_mark table yet: run manage.py setup "
                           "first")
     mark, last = read_mark(conn), last_seq(entries)
     known = mark is not None and mark <= last
-    pending = [e for e in entries if not known or int(e["seq"]) > mark]
-    changed = reapply_erasures(conn, pending, ledger)
-    left = erased_present(conn, entries, ledger)
+    def is_pending(entry: dict) -> bool:
+        return not known or int(entry["seq"]) > mark
+
+    # one resolution: the pending entries' rows erased, every entry's rows checked
+    changed, left = reapply_checked(conn, entries, ledger, erase=is_pending)
+    pending = [e for e in entries if is_pending(e)]
     if left:
         raise BackupError(f"erased records are still present after re-applying the ledger "
                           f"({', '.join(str(x) for x in left[:5])}): nothing was changed; "

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -79,16 +79,20 @@ def erased_present(conn: Connection, entries: Sequence[dict], ledger) -> list[Le
     return _left(conn, _resolve(conn, entries, _key_of(ledger)))
 
 
-def reapply_checked(conn: Connection, entries: Sequence[dict],
-                    ledger) -> tuple[int, list[Leftover]]:
+def reapply_checked(conn: Connection, entries: Sequence[dict], ledger, *,
+                    erase: Callable[[dict], bool] | None = None
+                    ) -> tuple[int, list[Leftover]]:
     """:func:`reapply_erasures`, then what :func:`erased_present` would find, on the
     rows found once: a restore whose ids differ matches by keyed hash, streaming the
     tables, and the rows it found are the ones to check (erasing only erases, so
-    no other row can match afterwards)."""
+    no other row can match afterwards; a second scan would miss a row whose erased
+    values no longer lead to it but which still holds personal data). ``erase``:
+    which entries to erase again (default: all); every entry's rows are checked."""
     if not entries:
         return 0, []
     founds = _resolve(conn, entries, _key_of(ledger))
-    changed = sum(_erase(conn, found) for found in founds)
+    changed = sum(_erase(conn, found) for entry, found in zip(entries, founds)
+                  if erase is None or erase(entry))
     return changed, _left(conn, founds)
 
 
