@@ -193,6 +193,47 @@ def test_a_storage_that_answers_no_part_checksum_still_completes(s3):  # noqa: F
     assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}")["Body"].read() == b"y" * (6 * MiB)
     assert [sorted(part) for part in completed[0]] == [["ETag", "PartNumber"]] * 2
 
+@pytest.mark.parametrize("versioned,failing", [(False, "complete"), (True, "complete"),
+                                               (False, "last part")])
+def test_a_completion_that_fails_takes_the_seal_back(s3, versioned, failing):  # noqa: F811
+    """The seal is put beside the last parts, before the upload is completed; when
+    completing or the last part fails the seal is taken back, so no seal is left
+    without its archive, on a bucket without versioning (PutObject answers no
+    version id: the seal stayed there before) as on one with it."""
+    if versioned:
+        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    storage = S3StorageType().open(f"s3://{BUCKET}/{PREFIX}", {"BACKUP_S3_PART_MB": 5})
+    real = storage.client
+
+    class Refusing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def complete_multipart_upload(self, **kwargs):
+            if failing == "complete":
+                raise ConnectionError("the storage went away")
+            return real.complete_multipart_upload(**kwargs)
+
+        def upload_part(self, **kwargs):
+            if failing == "last part" and kwargs["PartNumber"] == 2:
+                time.sleep(0.2)  # the seal is put meanwhile
+                raise ConnectionError("the storage went away")
+            return real.upload_part(**kwargs)
+
+    storage.client = Refusing()
+    name = "system_backup_20250101_120000.zip"
+    upload = storage.begin_upload(name)
+    upload.write(b"z" * (6 * MiB))
+    with pytest.raises(Exception, match="failed"):
+        upload.finish(b"seal")
+    upload.abort()
+    assert objects(s3) == []
+    if versioned:
+        left = s3.list_object_versions(Bucket=BUCKET)
+        assert left.get("Versions", []) == [] and left.get("DeleteMarkers", []) == [], left
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
 def failing_dump(after: int, then=None):
     """A dump that writes ``after`` bytes of noise, calls ``then``, and fails (or,
     with ``then`` given, writes as much again and the real dump)."""

@@ -149,8 +149,9 @@ class MultipartUpload:
         threading.Thread(target=_build_client, args=(self.storage,), name="s3-client",
                          daemon=True).start()
 
-    def _send(self, body: bytearray) -> None:
-        """Hand one part to the pool, first waiting while too many are on their way."""
+    def _send(self, body: bytearray, last: bool = False) -> None:
+        """Hand one part to the pool, first waiting while too many are on their way
+        (the last part may go beside them: no part is filling any more)."""
         if self.failure is not None:
             raise self.failure
         for future in self._pending:  # a part that failed already stops the upload now
@@ -158,7 +159,7 @@ class MultipartUpload:
                 self._wait(future)
         if self._upload_id is None:
             self._start()
-        while len(self._pending) >= self.in_flight:
+        while len(self._pending) >= self.in_flight + last:
             self._wait(self._pending.popleft())
         self._number += 1
         if self._number > MAX_PARTS:
@@ -174,7 +175,9 @@ class MultipartUpload:
         except Exception as exc:
             raise self._failed(exc) from None
         self._upload_id = answer["UploadId"]
-        self._pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="s3-part")
+        # the parts on their way, the last one beside them, and the seal
+        self._pool = ThreadPoolExecutor(max_workers=self.in_flight + 2,
+                                        thread_name_prefix="s3-part")
 
     def _put_part(self, number: int, body: bytearray) -> None:
         answer = self.storage.client.upload_part(
@@ -192,24 +195,35 @@ class MultipartUpload:
             raise self._failed(exc) from None
 
     def finish(self, sidecar: bytes | None) -> None:
-        """The last part, the seal, then the archive made visible, then locked."""
+        """The last part and the seal, both sent beside the parts still on their
+        way; then the archive made visible (the seal is there by then), then locked.
+        A failure takes back a seal that was put, versioned bucket or not."""
         if self.failure is not None:
             raise self.failure
         seal_key = self.key + SIDECAR_SUFFIX
-        seal_version = None
+        seal: Future | None = None
+        seal_version, sealed = None, False
         try:
             if self._upload_id is not None:
+                if sidecar is not None:
+                    seal = self._pool.submit(self.storage.put, seal_key, sidecar)
                 if self._filled:
                     del self._buffer[self._filled:]
-                    self._send(self._buffer)
+                    self._send(self._buffer, last=True)
                 self._buffer = None
                 while self._pending:
                     self._wait(self._pending.popleft())
             if sidecar is not None:
-                seal_version = self.storage.put(seal_key, sidecar)
+                seal_version = seal.result() if seal else self.storage.put(seal_key, sidecar)
+                sealed = True
             version = self._complete()
         except Exception as exc:
-            if seal_version is not None:
+            if seal is not None and not sealed:  # it may still be on its way: let it end
+                try:
+                    seal_version, sealed = seal.result(), True
+                except Exception:
+                    pass
+            if sealed:
                 self.storage.remove_quietly(seal_key, seal_version)
             raise self._failed(exc) from None
         self._completed = True
