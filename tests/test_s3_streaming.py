@@ -167,6 +167,35 @@ def test_every_part_carries_a_crc32_that_s3_keeps_as_the_archives_checksum(s3): 
     assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}")["Body"].read() == data
 
 
+def test_checksums_only_where_required_declare_none(s3, monkeypatch):  # noqa: F811
+    """A storage that cannot take checksums is configured with botocore's
+    ``when_required``: the upload then declares no algorithm (an explicit one would
+    make botocore send a CRC32 with every part all the same) and still completes."""
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    storage = S3StorageType().open(f"s3://{BUCKET}/{PREFIX}", {"BACKUP_S3_PART_MB": 5})
+    real, sent = storage.client, []
+
+    class Watching:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def create_multipart_upload(self, **kwargs):
+            sent.append(kwargs)
+            return real.create_multipart_upload(**kwargs)
+
+        def upload_part(self, **kwargs):
+            sent.append({k: v for k, v in kwargs.items() if k != "Body"})
+            return real.upload_part(**kwargs)
+
+    storage.client = Watching()
+    name = "system_backup_20250101_120000.zip"
+    upload = storage.begin_upload(name)
+    upload.write(b"w" * (6 * MiB))
+    upload.finish(None)
+    assert len(sent) == 3 and not any("ChecksumAlgorithm" in k for k in sent), sent
+    assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}")["Body"].read() == b"w" * (6 * MiB)
+
+
 def test_a_storage_that_answers_no_part_checksum_still_completes(s3):  # noqa: F811
     """An S3-compatible storage that ignores the declared checksum answers parts
     without one; completing then lists the parts by number and ETag alone."""
