@@ -19,9 +19,11 @@ left (:meth:`S3Storage.abort_leftovers`), and a bucket lifecycle rule
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import threading
+import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -45,6 +47,16 @@ CHECKSUM = "CRC32"
 _CHECKSUM_FIELD = "ChecksumCRC32"
 
 
+def part_checksum(body: bytearray) -> str:
+    """A part's CRC32 as S3 wants it (base64 of 4 bytes, big-endian). Given with the
+    request, botocore sends it as the ``x-amz-checksum-crc32`` header before the
+    body instead of as a trailer after an ``aws-chunked`` body, which it uses over
+    HTTPS when it computes the checksum itself: one plain body with its length,
+    which every S3-compatible storage takes (several refused trailers), and less
+    work for the storage (moto: 32 instead of 49 CPU ms per 8 MiB part)."""
+    return base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode("ascii")
+
+
 def declared_checksum(client: Any) -> dict[str, str]:
     """``ChecksumAlgorithm`` for the upload's requests, or nothing when botocore is
     told to send checksums only where required (or is too old to say)."""
@@ -62,9 +74,10 @@ class PartBody(io.RawIOBase):
     """A part's bytes as a seekable file, read piece by piece as it is sent.
 
     Not the ``bytearray`` itself: botocore wraps a ``bytes``/``bytearray`` body in
-    a ``BytesIO`` when it adds a trailing checksum (as it does over HTTPS), which
-    for a ``bytearray`` is a copy of the whole part (8 MiB more per part on its
-    way). A file is read in pieces instead, and sought back for a retry."""
+    a ``BytesIO`` when it adds a trailing checksum (over HTTPS, when it computes
+    the checksum itself: see :func:`part_checksum`), which for a ``bytearray`` is
+    a copy of the whole part (8 MiB more per part on its way). A file is read in
+    pieces instead, and sought back for a retry."""
 
     def __init__(self, data: bytearray) -> None:
         self._view = memoryview(data)
@@ -193,9 +206,12 @@ class MultipartUpload:
                                         thread_name_prefix="s3-part")
 
     def _put_part(self, number: int, body: bytearray) -> None:
+        checksum = dict(self._checksum)
+        if checksum:  # computed here and sent as a header, see part_checksum
+            checksum[_CHECKSUM_FIELD] = part_checksum(body)
         answer = self.storage.client.upload_part(
             Bucket=self.storage.bucket, Key=self.key, PartNumber=number,
-            UploadId=self._upload_id, Body=PartBody(body), **self._checksum)
+            UploadId=self._upload_id, Body=PartBody(body), **checksum)
         part = {"PartNumber": number, "ETag": answer["ETag"]}
         if answer.get(_CHECKSUM_FIELD):  # a storage without checksums answers none
             part[_CHECKSUM_FIELD] = answer[_CHECKSUM_FIELD]
