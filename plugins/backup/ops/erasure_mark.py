@@ -177,6 +177,7 @@ def _apply(conn: Connection, entries: list, ledger) -> Applied:
                           "first")
     mark, last = read_mark(conn), last_seq(entries)
     known = mark is not None and mark <= last
+
     def is_pending(entry: dict) -> bool:
         return not known or int(entry["seq"]) > mark
 

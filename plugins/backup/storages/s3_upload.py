@@ -243,7 +243,8 @@ class MultipartUpload:
                 while self._pending:
                     self._wait(self._pending.popleft())
             if sidecar is not None:
-                seal_version = seal.result() if seal else self.storage.put(seal_key, sidecar)
+                seal_version = (seal.result() if seal is not None
+                                else self.storage.put(seal_key, sidecar))
                 sealed = True
             version = self._complete()
         except Exception as exc:
