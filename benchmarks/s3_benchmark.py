@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -193,6 +194,11 @@ def measure(envs: dict, work: Path, s3, moto_pid: int, url: str, runs: int, smal
     return series
 
 
+def round_ratio(runs: list, local: list) -> float:
+    """The median of the rounds' ratios (each run against the local run of its round)."""
+    return statistics.median(r["s"] / b["s"] for r, b in zip(runs, local))
+
+
 def table(info: dict, series: dict) -> str:
     loc = series["local"]
     base_s, base_rss = med(loc, "s"), med(loc, "rss")
@@ -203,11 +209,16 @@ def table(info: dict, series: dict) -> str:
     na = lambda k, fn: "" if k == "local" else fn()  # noqa: E731
     goals = []
     for k in kinds[1:]:
-        ratio = med(series[k], "s") / base_s
         extra = (max(r["rss"] for r in series[k]) - base_rss) / 1024
         p = info["probe"][k]
         spread = [r["s"] / b["s"] for r, b in zip(series[k], loc)]
-        goals.append(f"{k}: time ratio **{ratio:.2f}** (per round "
+        # the verdict takes the larger of the two medians: the ratio of the median
+        # times and the median of the rounds' ratios (what the restore and export
+        # benchmarks print) can differ by a few hundredths on a noisy machine
+        ratio = max(med(series[k], "s") / base_s, round_ratio(series[k], loc))
+        goals.append(f"{k}: time ratio **{ratio:.2f}** (the larger of the ratio of the "
+                     f"median times, {med(series[k], 's') / base_s:.2f}, and the median of the "
+                     f"rounds, {round_ratio(series[k], loc):.2f}; per round "
                      f"{', '.join(f'{x:.2f}' for x in spread)}; "
                      f"{'meets' if ratio <= TIME_GOAL else 'misses'} <= {TIME_GOAL}), peak RSS "
                      f"+{extra:.1f} MiB over local-only (largest run; "
@@ -233,6 +244,8 @@ def table(info: dict, series: dict) -> str:
         "| wall time, each run (s) | " + cell(lambda k, rs: secs(rs)) + " |",
         f"| **ratio vs local-only** (goal <= {TIME_GOAL}) | " + cell(
             lambda k, rs: f"**{med(rs, 's') / base_s:.2f}**") + " |",
+        "| ratio, median of the rounds' ratios | " + cell(
+            lambda k, rs: f"{round_ratio(rs, loc):.2f}") + " |",
         "| upload phase (audit log), median (s) | " + cell(
             lambda k, rs: na(k, lambda: f"{med(rs, 'upload_s'):.2f}")) + " |",
         "| archive (MB) / parts | " + cell(lambda k, rs: f"{med(rs, 'bytes') / 1e6:.1f}" + na(
