@@ -7,6 +7,7 @@ in subprocesses on a few hundred thousand guests (PostgreSQL)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -92,6 +93,19 @@ class Watch(threading.Thread):
         self.join()
 
 
+class Replaced:
+    """An S3 client whose named calls go through ``calls[name](real_call, **kwargs)``
+    (a storage that answers, fails or watches differently); every other attribute
+    is the real client's."""
+
+    def __init__(self, real, **calls) -> None:
+        self._real, self._calls = real, calls
+
+    def __getattr__(self, name):
+        call = getattr(self._real, name)
+        return functools.partial(self._calls[name], call) if name in self._calls else call
+
+
 def archives_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*system_backup_*")) if folder.is_dir() else []
 
@@ -173,21 +187,13 @@ def test_checksums_only_where_required_declare_none(s3, monkeypatch):  # noqa: F
     make botocore send a CRC32 with every part all the same) and still completes."""
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
     storage = S3StorageType().open(f"s3://{BUCKET}/{PREFIX}", {"BACKUP_S3_PART_MB": 5})
-    real, sent = storage.client, []
+    sent = []
 
-    class Watching:
-        def __getattr__(self, name):
-            return getattr(real, name)
+    def watch(call, **kwargs):
+        sent.append({k: v for k, v in kwargs.items() if k != "Body"})
+        return call(**kwargs)
 
-        def create_multipart_upload(self, **kwargs):
-            sent.append(kwargs)
-            return real.create_multipart_upload(**kwargs)
-
-        def upload_part(self, **kwargs):
-            sent.append({k: v for k, v in kwargs.items() if k != "Body"})
-            return real.upload_part(**kwargs)
-
-    storage.client = Watching()
+    storage.client = Replaced(storage.client, create_multipart_upload=watch, upload_part=watch)
     name = "system_backup_20250101_120000.zip"
     upload = storage.begin_upload(name)
     upload.write(b"w" * (6 * MiB))
@@ -200,27 +206,24 @@ def test_a_storage_that_answers_no_part_checksum_still_completes(s3):  # noqa: F
     """An S3-compatible storage that ignores the declared checksum answers parts
     without one; completing then lists the parts by number and ETag alone."""
     storage = S3StorageType().open(f"s3://{BUCKET}/{PREFIX}", {"BACKUP_S3_PART_MB": 5})
-    real, completed = storage.client, []
+    completed = []
 
-    class Plain:
-        def __getattr__(self, name):
-            return getattr(real, name)
+    def no_checksum(call, **kwargs):
+        return {"ETag": call(**kwargs)["ETag"]}
 
-        def upload_part(self, **kwargs):
-            answer = real.upload_part(**kwargs)
-            return {"ETag": answer["ETag"]}
+    def complete(call, **kwargs):
+        completed.append(kwargs["MultipartUpload"]["Parts"])
+        return call(**kwargs)
 
-        def complete_multipart_upload(self, **kwargs):
-            completed.append(kwargs["MultipartUpload"]["Parts"])
-            return real.complete_multipart_upload(**kwargs)
-
-    storage.client = Plain()
+    storage.client = Replaced(storage.client, upload_part=no_checksum,
+                              complete_multipart_upload=complete)
     name = "system_backup_20250101_120000.zip"
     upload = storage.begin_upload(name)
     upload.write(b"y" * (6 * MiB))
     upload.finish(None)
     assert s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}")["Body"].read() == b"y" * (6 * MiB)
     assert [sorted(part) for part in completed[0]] == [["ETag", "PartNumber"]] * 2
+
 
 @pytest.mark.parametrize("versioned,failing", [(False, "complete"), (True, "complete"),
                                                (False, "last part")])
@@ -232,24 +235,20 @@ def test_a_completion_that_fails_takes_the_seal_back(s3, versioned, failing):  #
     if versioned:
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     storage = S3StorageType().open(f"s3://{BUCKET}/{PREFIX}", {"BACKUP_S3_PART_MB": 5})
-    real = storage.client
 
-    class Refusing:
-        def __getattr__(self, name):
-            return getattr(real, name)
+    def complete(call, **kwargs):
+        if failing == "complete":
+            raise ConnectionError("the storage went away")
+        return call(**kwargs)
 
-        def complete_multipart_upload(self, **kwargs):
-            if failing == "complete":
-                raise ConnectionError("the storage went away")
-            return real.complete_multipart_upload(**kwargs)
+    def part(call, **kwargs):
+        if failing == "last part" and kwargs["PartNumber"] == 2:
+            time.sleep(0.2)  # the seal is put meanwhile
+            raise ConnectionError("the storage went away")
+        return call(**kwargs)
 
-        def upload_part(self, **kwargs):
-            if failing == "last part" and kwargs["PartNumber"] == 2:
-                time.sleep(0.2)  # the seal is put meanwhile
-                raise ConnectionError("the storage went away")
-            return real.upload_part(**kwargs)
-
-    storage.client = Refusing()
+    storage.client = Replaced(storage.client, complete_multipart_upload=complete,
+                              upload_part=part)
     name = "system_backup_20250101_120000.zip"
     upload = storage.begin_upload(name)
     upload.write(b"z" * (6 * MiB))

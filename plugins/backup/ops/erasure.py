@@ -32,7 +32,7 @@ published to every storage (a failure is reported; the erasure stands), then
 the photo files are deleted, then the audit entry is written (no personal data:
 ``guest 7``, ``registration 3``, ``3 registrations``).
 
-:func:`reapply_erasures` and :func:`erased_present` (in
+:func:`reapply_checked` and :func:`erased_present` (in
 :mod:`guest_backup.ops.reapply`) run the same statements on a restored database.
 """
 
@@ -55,12 +55,12 @@ from guest_backup.ops.erasure_sql import (ERASED, R, anonymise_guests, anonymise
                                           guest_rows, guests_of, overdue_query,
                                           registration_rows, registrations_with_email)
 from guest_backup.ops.ledger import ErasureLedger, LedgerBroken, collect, publish
-from guest_backup.ops.reapply import Leftover, erased_present, reapply_erasures  # noqa: F401
+from guest_backup.ops.reapply import Leftover, erased_present, reapply_checked  # noqa: F401
 from guest_backup.storages import StorageError
 
 __all__ = ["ERASE_WAIT", "ERASED", "ErasureError", "ErasurePlan", "ErasureResult", "Leftover",
            "NotFound", "NothingToErase", "Target", "erase", "erased_present", "plan_erasure",
-           "reapply_erasures"]
+           "reapply_checked"]
 
 
 class ErasureError(BackupError):

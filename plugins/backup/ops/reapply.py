@@ -62,15 +62,6 @@ def _key_of(ledger) -> bytes:
     return ledger if isinstance(ledger, bytes) else ledger.key(create=False)
 
 
-def reapply_erasures(conn: Connection, entries: Sequence[dict], ledger) -> int:
-    """Erase again, on ``conn`` (inside the caller's transaction), the rows of every
-    ledger entry (``collect()``'s list); ``ledger`` is the ErasureLedger (or its
-    key). Returns how many erasures changed rows."""
-    if not entries:
-        return 0
-    return sum(_erase(conn, found) for found in _resolve(conn, entries, _key_of(ledger)))
-
-
 def erased_present(conn: Connection, entries: Sequence[dict], ledger) -> list[Leftover]:
     """The guests and registrations on ``conn`` still holding personal data that
     the ledger says were erased (empty: nothing to re-apply)."""
@@ -82,8 +73,10 @@ def erased_present(conn: Connection, entries: Sequence[dict], ledger) -> list[Le
 def reapply_checked(conn: Connection, entries: Sequence[dict], ledger, *,
                     erase: Callable[[dict], bool] | None = None
                     ) -> tuple[int, list[Leftover]]:
-    """:func:`reapply_erasures`, then what :func:`erased_present` would find, on the
-    rows found once: a restore whose ids differ matches by keyed hash, streaming the
+    """Erase again, on ``conn`` (inside the caller's transaction), the rows of every
+    ledger entry (``collect()``'s list; ``ledger`` is the ErasureLedger or its key),
+    and return how many erasures changed rows with what :func:`erased_present`
+    would then find, on the rows found once: a restore whose ids differ matches by keyed hash, streaming the
     tables, and the rows it found are the ones to check (erasing only erases, so
     no other row can match afterwards; a second scan would miss a row whose erased
     values no longer lead to it but which still holds personal data). ``erase``:
