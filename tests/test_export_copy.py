@@ -29,6 +29,8 @@ TRICKY = [
     "line\nfeed", "cr\rreturn", "crlf\r\nend", "\n", "tab\there", "=1+2", "+41 79", "-3",
     "@SUM(A1)", "=HYPERLINK(\"x\")", "Nováková", "Žluťoučký kůň", "😀", "\\N", '"\\N"',
     "a\\Nb", "\\N,\\N", "\\", "\\.", "%s", "%(x)s", "{}", "ctl\x01\x1f", "\x7f", "ä\nö",
+    # what the forced-quoted booleans look like in COPY's CSV, inside values
+    "t", "f", '"t"', '"f"', ',"t",', ',"f",', 't",', ',"t', "a,t,", '"t","f"',
 ]
 
 
@@ -152,6 +154,41 @@ def test_csv_columns_copy_cannot_render_take_the_writer(database_url, sql):
     fields = ["f", "s"] if "float8" in sql else ["d", "x"] if "DATE" in sql else ["only_one"]
     copied, generic = _direct(pg_csv, write_csv, sql, {}, fields, database_url)
     assert copied == generic and copied.startswith(",".join(fields).encode())
+
+
+BOOLS_SQL = """SELECT * FROM (VALUES
+    (%(a)s, true, false, NULL::boolean, %(b)s, true, %(c)s, false),
+    (%(c)s, false, false, true, %(a)s, NULL, %(b)s, true),
+    (%(b)s, true, true, true, '\\N', false, %(a)s, NULL),
+    (NULL, NULL, false, false, %(c)s, true, '"t"', false)
+    ) AS v(a, b1, b2, b3, s, b4, t, b5)"""
+
+
+def test_booleans_between_columns_are_forced_quoted_and_replaced(database_url):
+    """Booleans side by side, first, last and NULL, next to text that looks like
+    COPY's forced-quoted ``"t"``: the same bytes as csv.writer; the COPY statement
+    force-quotes every boolean between two other columns (no ``CASE`` for them:
+    it made the process writing the COPY project every row again) and keeps a
+    ``CASE`` only where a boolean touches the row's end or another such boolean."""
+    statements: list[str] = []
+
+    class Spy(psycopg2.extensions.cursor):
+        def copy_expert(self, sql, file, *args):
+            statements.append(sql)
+            return super().copy_expert(sql, file, *args)
+
+    params = {"a": ',"t",', "b": 't","f', "c": '"f"'}
+    fields = ["a", "b1", "b2", "b3", "s", "b4", "t", "b5"]
+    conn = psycopg2.connect(database_url.replace("+psycopg2", ""), cursor_factory=Spy)
+    try:
+        copied = b"".join(pg_csv(conn, BOOLS_SQL, params, fields, 10))
+    finally:
+        conn.close()
+    _, generic = _direct(pg_csv, write_csv, BOOLS_SQL, params, fields, database_url)
+    assert copied == generic
+    assert copied.split(b"\r\n")[1] == b'",""t"",",true,false,,"t"",""f",true,"""f""",false'
+    assert statements[0].endswith("""WITH (FORMAT csv, NULL '\\N', FORCE_QUOTE ("b1", "b3", "b4"))""")
+    assert statements[0].count("CASE") == 2  # b2 (after b1) and b5 (last)
 
 
 def test_count_does_not_join_on_postgresql(app):

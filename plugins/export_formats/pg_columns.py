@@ -24,17 +24,25 @@ def column_kinds(dbapi_connection: Any, sql: str, params: Mapping[str, Any]) -> 
                 for d in cur.description]
 
 
-_BOOL_TEXT = 'CASE WHEN r."{0}" THEN \'true\' WHEN NOT r."{0}" THEN \'false\' END AS "{0}"'
+_BOOL_TEXT = 'CASE WHEN r.{0} THEN \'true\' WHEN NOT r.{0} THEN \'false\' END AS {0}'
 
 
-def select_columns(fields, kinds) -> str:
+def identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def select_columns(fields, kinds, raw_bools=()) -> str:
     """The select list over ``(sql) AS r``: every column as it is (COPY renders
     integers and strings as Python does), booleans as ``true``/``false`` (NULL
-    stays NULL). A ``CASE`` over the bare boolean returns one of two constants:
-    the server does no per-row work for it, where ``::text`` calls a cast
-    function and makes a new string per row (0.03 s more per 500,000 rows)."""
-    return ", ".join(_BOOL_TEXT.format(f) if kind == "bool" else f'r."{f}"'
-                     for f, kind in zip(fields, kinds))
+    stays NULL) except those named in ``raw_bools`` (left as they are, for a
+    format that renders them itself). A ``CASE`` over the bare boolean returns
+    one of two constants: the server does no per-row work for it, where
+    ``::text`` calls a cast function and makes a new string per row (0.03 s more
+    per 500,000 rows); but it makes the process that writes the COPY project
+    every row again (about 0.08 s per 500,000 rows, docs/performance.md)."""
+    return ", ".join(_BOOL_TEXT.format(identifier(f)) if kind == "bool" and f not in raw_bools
+                     else f"r.{identifier(f)}" for f, kind in zip(fields, kinds))
 
 
 def cursor_rows(dbapi_connection: Any, sql: str, params: Mapping[str, Any],
@@ -47,4 +55,4 @@ def cursor_rows(dbapi_connection: Any, sql: str, params: Mapping[str, Any],
         yield from cur
 
 
-__all__ = ["column_kinds", "select_columns", "cursor_rows"]
+__all__ = ["column_kinds", "identifier", "select_columns", "cursor_rows"]
