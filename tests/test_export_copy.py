@@ -191,6 +191,41 @@ def test_booleans_between_columns_are_forced_quoted_and_replaced(database_url):
     assert statements[0].count("CASE") == 2  # b2 (after b1) and b5 (last)
 
 
+BOOLS_PLAIN_SQL = """SELECT * FROM (VALUES
+    (%(a)s, true, false, true, %(b)s, true, %(c)s, false),
+    (%(c)s, false, false, true, %(a)s, false, %(b)s, true)
+    ) AS v(a, b1, b2, b3, s, b4, t, b5)"""
+
+
+@pytest.mark.parametrize("sql", [BOOLS_PLAIN_SQL, BOOLS_SQL], ids=["whole-chunk", "careful"])
+def test_json_maps_booleans_between_columns_itself(database_url, sql):
+    """The same kind of rows through the JSON fast path: booleans between two
+    columns come as COPY's t/f (no ``CASE``) and are mapped in Python, on the
+    whole-chunk path and on the careful one (rows holding NULL or ``\\N``); the
+    last column keeps its ``CASE``, its value being joined to the text between
+    rows."""
+    statements: list[str] = []
+
+    class Spy(psycopg2.extensions.cursor):
+        def copy_expert(self, sql, file, *args):
+            statements.append(sql)
+            return super().copy_expert(sql, file, *args)
+
+    params = {"a": ',"t",', "b": 't","f', "c": '"f"'}
+    fields = ["a", "b1", "b2", "b3", "s", "b4", "t", "b5"]
+    conn = psycopg2.connect(database_url.replace("+psycopg2", ""), cursor_factory=Spy)
+    try:
+        copied = b"".join(pg_json(conn, sql, params, fields, 10))
+    finally:
+        conn.close()
+    _, generic = _direct(pg_json, write_json, sql, params, fields, database_url)
+    assert copied == generic
+    assert json.loads(copied)[1] == {
+        "a": '"f"', "b1": False, "b2": False, "b3": True, "s": ',"t",',
+        "b4": None if sql is BOOLS_SQL else False, "t": 't","f', "b5": True}
+    assert statements[0].count("CASE") == 1 and 'END AS "b5"' in statements[0]
+
+
 def test_count_does_not_join_on_postgresql(app):
     """``X-Export-Rows`` comes from the guests alone (NOT NULL foreign keys make it
     equal to the joined rows): the joined count cost a tenth of a large export."""

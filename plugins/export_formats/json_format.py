@@ -43,6 +43,8 @@ _RAW_CONTROL = bytes(range(0x00, 0x09)) + bytes(range(0x0B, 0x20))
 #: every byte to 1, a raw control character to 0: ``b"\0" in chunk.translate(...)``
 #: finds one faster than deleting them and comparing lengths
 _CONTROL_TABLE = bytes(0 if b in _RAW_CONTROL else 1 for b in range(256))
+#: COPY's text for a boolean, as JSON writes it
+_JSON_BOOL = {b"t": b"true", b"f": b"false"}
 _COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t",
                  b"v": b"\v", b"\\": b"\\"}
 
@@ -61,6 +63,8 @@ def _careful(row: bytes, kinds: Sequence[str], template: bytes) -> bytes:
             values.append(_encode(_unescape_copy_text(raw).decode("utf-8")).encode("utf-8"))
         elif kind == "float":
             values.append(_encode(float(raw)).encode())
+        elif kind == "bool":  # COPY's t/f (see pg_json)
+            values.append(_JSON_BOOL[raw])
         else:
             values.append(raw)
     return template % tuple(values)
@@ -98,14 +102,24 @@ def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
     before its first row (``[`` or ``,``), so no chunk is copied again on its way
     out. Other chunks are decoded and encoded row by row with the same encoder as
     :func:`write_json`. Produces exactly the bytes of :func:`write_json` (tested).
+    Booleans between two other columns come as COPY's ``t``/``f`` and are mapped
+    in Python, value by value but only those (a ``CASE`` in the query made the
+    process writing the COPY project every row again); the first or last
+    column's value is joined to the text between rows, so there the server
+    writes ``true``/``false``.
     Building the objects inside PostgreSQL measured slower: ``row_to_json``,
     ``json_build_object`` or ``concat`` of the values and keys two to three times
     the plain COPY's time, even in parallel workers.
     """
     kinds = [kind if kind in ("number", "bool", "float") else "string"
              for kind in column_kinds(dbapi_connection, sql, params)]
+    raw_bools = [i for i, kind in enumerate(kinds) if kind == "bool" and 0 < i < len(kinds) - 1]
+    columns = select_columns(fields, kinds, [fields[i] for i in raw_bools])
+    # the others come as true/false, written as they are, like numbers
+    kinds = [("number" if kind == "bool" and i not in raw_bools else kind)
+             for i, kind in enumerate(kinds)]
     careful_template, first_open, inner, boundary, tail = _row_text(fields, kinds)
-    columns = select_columns(fields, kinds)  # booleans as true/false
+    step = len(fields) - 1  # a chunk's values per row: its last and the next's first are one
     all_careful = "float" in kinds
     lead = [b"[\n"]  # before the next chunk's first row: "[" once, then ","
 
@@ -122,6 +136,8 @@ def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
             chunk = chunk.replace(b'"', b'\\"')
         values = chunk.replace(b"\n", boundary).split(b"\t")
         values[-1] = values[-1][:-len(boundary)]  # the last row's is the chunk's end
+        for i in raw_bools:
+            values[i::step] = [_JSON_BOOL[value] for value in values[i::step]]
         pieces = [b""] * (2 * len(values) + 1)
         pieces[0] = start + first_open
         pieces[1::2] = values
