@@ -88,6 +88,20 @@ def _row_text(fields: Sequence[str], kinds: Sequence[str]):
     return careful_template, opens[0], inner, tail + b",\n" + opens[0], tail
 
 
+def _columns(dbapi_connection, sql: str, params, fields: Sequence[str]):
+    """Each column's kind for the render (``number``, ``bool``: COPY's t/f,
+    ``float`` or ``string``), the positions of the booleans mapped in Python
+    (between two other columns) and the COPY's select list (the other booleans
+    as true/false, written as they are, like numbers)."""
+    kinds = [kind if kind in ("number", "bool", "float") else "string"
+             for kind in column_kinds(dbapi_connection, sql, params)]
+    raw_bools = [i for i, kind in enumerate(kinds) if kind == "bool" and 0 < i < len(kinds) - 1]
+    columns = select_columns(fields, kinds, [fields[i] for i in raw_bools])
+    kinds = [("number" if kind == "bool" and i not in raw_bools else kind)
+             for i, kind in enumerate(kinds)]
+    return kinds, raw_bools, columns
+
+
 def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
             fetch_rows: int) -> Iterator[bytes]:
     """PostgreSQL fast path: plain ``COPY ... TO STDOUT`` (text format, the
@@ -111,13 +125,7 @@ def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
     ``json_build_object`` or ``concat`` of the values and keys two to three times
     the plain COPY's time, even in parallel workers.
     """
-    kinds = [kind if kind in ("number", "bool", "float") else "string"
-             for kind in column_kinds(dbapi_connection, sql, params)]
-    raw_bools = [i for i, kind in enumerate(kinds) if kind == "bool" and 0 < i < len(kinds) - 1]
-    columns = select_columns(fields, kinds, [fields[i] for i in raw_bools])
-    # the others come as true/false, written as they are, like numbers
-    kinds = [("number" if kind == "bool" and i not in raw_bools else kind)
-             for i, kind in enumerate(kinds)]
+    kinds, raw_bools, columns = _columns(dbapi_connection, sql, params, fields)
     careful_template, first_open, inner, boundary, tail = _row_text(fields, kinds)
     step = len(fields) - 1  # a chunk's values per row: its last and the next's first are one
     all_careful = "float" in kinds
