@@ -234,7 +234,11 @@ def mib(kib: float) -> str:
 
 def table(info: dict, pipe: list[dict], back: list[dict], spipe: list[dict],
           sback: list[dict]) -> str:
-    ratio = med(back, "s") / med(pipe, "s")
+    # judged by the larger of the ratio of the median times and the median of the
+    # rounds' ratios, as s3_benchmark.py does (a few rounds can read either way)
+    of_medians = med(back, "s") / med(pipe, "s")
+    of_rounds = statistics.median(b["s"] / p["s"] for p, b in zip(pipe, back))
+    ratio = max(of_medians, of_rounds)
     per_run = ", ".join(f"{b['s'] / p['s']:.2f}" for p, b in zip(pipe, back))
     dump = f"{info['dump_bytes'] / 1e6:.0f} MB" if info["dump_bytes"] else "(encrypted: n/a)"
     secs = lambda rs: ", ".join(f"{r['s']:.2f}" for r in rs)  # noqa: E731
@@ -265,8 +269,9 @@ def table(info: dict, pipe: list[dict], back: list[dict], spipe: list[dict],
         "|---|---:|---:|",
         *(f"| {a} | {b} | {c} |" for a, b, c in rows),
         "",
-        f"**Ratio backup / pipeline (median wall time): {ratio:.2f}** "
-        f"(per run: {per_run}; "
+        f"**Ratio backup / pipeline: {ratio:.2f}** (the larger of the ratio of the median "
+        f"times, {of_medians:.2f}, and the median of the rounds' ratios, {of_rounds:.2f}; "
+        f"per run: {per_run}; "
         f"{'meets' if ratio <= GOAL else 'misses'} the goal of <= {GOAL}). "
         f"Peak RSS of the backup process, large vs small DB: "
         f"{mib(med(back, 'rss'))} vs {mib(med(sback, 'rss'))} MiB.",
