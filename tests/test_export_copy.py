@@ -273,3 +273,31 @@ def test_copy_queries_have_no_per_value_expressions(database_url):
     assert ('r."id", r."name", '
             'CASE WHEN r."ok" THEN \'true\' WHEN NOT r."ok" THEN \'false\' END AS "ok"'
             ) in statements[0]
+
+
+@pytest.mark.parametrize("fast,write", [(pg_csv, write_csv), (pg_json, write_json)],
+                         ids=["csv", "json"])
+def test_random_rows_of_text_and_booleans_give_the_writers_bytes(database_url, fast, write):
+    """Random rows (fixed seed) of short texts made of the bytes that matter to
+    the fast paths (comma, quote, t, f, CR, LF, tab, backslash, N) around
+    booleans, NULLs among both, chunked small: the same bytes as the writers."""
+    import random
+
+    rng = random.Random(26)
+    alphabet = [",", '"', "t", "f", "\n", "\r", "\t", "\\", "N", " ", "é"]
+    columns = ["a", "b1", "b2", "s", "b3", "z"]
+    rows, params = [], []
+    for _ in range(400):
+        values = []
+        for name in columns:
+            if name.startswith("b"):
+                params.append(rng.choice([True, False, True, False, None]))
+                values.append("%s::boolean")
+            else:
+                params.append(None if rng.random() < 0.05 else
+                              "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))))
+                values.append("%s::text")
+        rows.append("(" + ", ".join(values) + ")")
+    sql = f"SELECT * FROM (VALUES {', '.join(rows)}) AS v({', '.join(columns)})"
+    copied, generic = _direct(fast, write, sql, tuple(params), columns, database_url)
+    assert copied == generic
