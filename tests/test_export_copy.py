@@ -111,10 +111,19 @@ def test_copy_json_equals_generic_over_many_chunks_fast_and_careful(app):
     assert parsed[9]["document_number"] == "\\9"
 
 
-def _direct(fast, write, sql: str, params, fields, database_url: str) -> tuple[bytes, bytes]:
+def _direct(fast, write, sql: str, params, fields, database_url: str,
+            statements: list[str] | None = None) -> tuple[bytes, bytes]:
     """A format's fast path and its generic writer over any SELECT (not only the
-    export's NOT NULL columns), each in its own transaction."""
-    conn = psycopg2.connect(database_url.replace("+psycopg2", ""))
+    export's NOT NULL columns), each in its own transaction; the fast path's COPY
+    statements are added to ``statements`` when it is given."""
+
+    class Spy(psycopg2.extensions.cursor):
+        def copy_expert(self, sql, file, *args):
+            if statements is not None:
+                statements.append(sql)
+            return super().copy_expert(sql, file, *args)
+
+    conn = psycopg2.connect(database_url.replace("+psycopg2", ""), cursor_factory=Spy)
     try:
         copied = b"".join(fast(conn, sql, params, fields, 3))
         conn.rollback()
@@ -162,6 +171,8 @@ BOOLS_SQL = """SELECT * FROM (VALUES
     (%(b)s, true, true, true, '\\N', false, %(a)s, NULL),
     (NULL, NULL, false, false, %(c)s, true, '"t"', false)
     ) AS v(a, b1, b2, b3, s, b4, t, b5)"""
+BOOLS_PARAMS = {"a": ',"t",', "b": 't","f', "c": '"f"'}
+BOOLS_FIELDS = ["a", "b1", "b2", "b3", "s", "b4", "t", "b5"]
 
 
 def test_booleans_between_columns_are_forced_quoted_and_replaced(database_url):
@@ -171,20 +182,8 @@ def test_booleans_between_columns_are_forced_quoted_and_replaced(database_url):
     it made the process writing the COPY project every row again) and keeps a
     ``CASE`` only where a boolean touches the row's end or another such boolean."""
     statements: list[str] = []
-
-    class Spy(psycopg2.extensions.cursor):
-        def copy_expert(self, sql, file, *args):
-            statements.append(sql)
-            return super().copy_expert(sql, file, *args)
-
-    params = {"a": ',"t",', "b": 't","f', "c": '"f"'}
-    fields = ["a", "b1", "b2", "b3", "s", "b4", "t", "b5"]
-    conn = psycopg2.connect(database_url.replace("+psycopg2", ""), cursor_factory=Spy)
-    try:
-        copied = b"".join(pg_csv(conn, BOOLS_SQL, params, fields, 10))
-    finally:
-        conn.close()
-    _, generic = _direct(pg_csv, write_csv, BOOLS_SQL, params, fields, database_url)
+    copied, generic = _direct(pg_csv, write_csv, BOOLS_SQL, BOOLS_PARAMS, BOOLS_FIELDS,
+                              database_url, statements)
     assert copied == generic
     assert copied.split(b"\r\n")[1] == b'",""t"",",true,false,,"t"",""f",true,"""f""",false'
     assert statements[0].endswith("""WITH (FORMAT csv, NULL '\\N', FORCE_QUOTE ("b1", "b3", "b4"))""")
@@ -205,20 +204,8 @@ def test_json_maps_booleans_between_columns_itself(database_url, sql):
     last column keeps its ``CASE``, its value being joined to the text between
     rows."""
     statements: list[str] = []
-
-    class Spy(psycopg2.extensions.cursor):
-        def copy_expert(self, sql, file, *args):
-            statements.append(sql)
-            return super().copy_expert(sql, file, *args)
-
-    params = {"a": ',"t",', "b": 't","f', "c": '"f"'}
-    fields = ["a", "b1", "b2", "b3", "s", "b4", "t", "b5"]
-    conn = psycopg2.connect(database_url.replace("+psycopg2", ""), cursor_factory=Spy)
-    try:
-        copied = b"".join(pg_json(conn, sql, params, fields, 10))
-    finally:
-        conn.close()
-    _, generic = _direct(pg_json, write_json, sql, params, fields, database_url)
+    copied, generic = _direct(pg_json, write_json, sql, BOOLS_PARAMS, BOOLS_FIELDS,
+                              database_url, statements)
     assert copied == generic
     assert json.loads(copied)[1] == {
         "a": '"f"', "b1": False, "b2": False, "b3": True, "s": ',"t",',
@@ -255,19 +242,10 @@ def test_copy_queries_have_no_per_value_expressions(database_url):
     and sets ``\\N`` as the NULL marker, so the server does what a plain
     ``COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`` does."""
     statements: list[str] = []
-
-    class Spy(psycopg2.extensions.cursor):
-        def copy_expert(self, sql, file, *args):
-            statements.append(sql)
-            return super().copy_expert(sql, file, *args)
-
-    conn = psycopg2.connect(database_url.replace("+psycopg2", ""), cursor_factory=Spy)
-    try:
-        sql = "SELECT 1 AS id, 'x'::varchar AS name, true AS ok"
-        assert b"".join(pg_csv(conn, sql, {}, ["id", "name", "ok"], 10)) == \
-            b"id,name,ok\r\n1,x,true\r\n"
-    finally:
-        conn.close()
+    sql = "SELECT 1 AS id, 'x'::varchar AS name, true AS ok"
+    copied, _ = _direct(pg_csv, write_csv, sql, {}, ["id", "name", "ok"], database_url,
+                        statements)
+    assert copied == b"id,name,ok\r\n1,x,true\r\n"
     assert len(statements) == 1 and "NULLIF" not in statements[0]
     assert statements[0].endswith("WITH (FORMAT csv, NULL '\\N')")
     assert ('r."id", r."name", '
