@@ -50,22 +50,26 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def start_moto(log_path: Path, tls: tuple[Path, Path] | None = None
+def start_moto(log_path: Path, tls: tuple[Path, Path] | None = None, stub: bool = False
                ) -> tuple[subprocess.Popen, str]:
     """moto's S3 server in its own process (its CPU and memory are not the backup's);
-    over HTTPS with ``tls`` (certificate, key), as S3 itself is served."""
+    over HTTPS with ``tls`` (certificate, key), as S3 itself is served. ``stub``:
+    benchmarks/stub_s3.py instead, the in-memory S3 that costs almost nothing."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    if tls:
-        cmd += ["-c", str(tls[0]), "-k", str(tls[1])]
+    if stub:
+        cmd = [sys.executable, str(Path(__file__).with_name("stub_s3.py")), str(port)]
+        cmd += [str(tls[0]), str(tls[1])] if tls else []
+    else:
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        cmd += ["-c", str(tls[0]), "-k", str(tls[1])] if tls else []
     with open(log_path, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"moto server exited ({proc.returncode}); see {log_path}")
+            raise BenchError(f"the S3 server exited ({proc.returncode}); see {log_path}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return proc, f"{'https' if tls else 'http'}://127.0.0.1:{port}"
@@ -73,7 +77,7 @@ def start_moto(log_path: Path, tls: tuple[Path, Path] | None = None
             time.sleep(0.2)
     proc.kill()
     proc.wait()
-    raise BenchError("moto server did not start within 60 s")
+    raise BenchError("the S3 server did not start within 60 s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -228,8 +232,8 @@ def table(info: dict, series: dict) -> str:
         f"{info['rows']:,} guests, pg_database_size {info['db_bytes'] / 1e6:.0f} MB; uploads "
         f"{info['files']} files ({info['upload_bytes'] / 1e6:.1f} MB) + {info['photos']} guest "
         f"photos (left out). `manage.py backup` into BACKUP_FOLDER, local-only vs with "
-        f"`BACKUP_REMOTE_URL=s3://{BUCKET}/{PREFIX}` against moto {info['moto']} (`python -m "
-        f"moto.server`, a separate process on 127.0.0.1, over {info['scheme'].upper()}). One untimed warm-up of each, then "
+        f"`BACKUP_REMOTE_URL=s3://{BUCKET}/{PREFIX}` against {info['server']}, a separate "
+        f"process on 127.0.0.1, over {info['scheme'].upper()}. One untimed warm-up of each, then "
         f"{info['runs']} alternating rounds; medians. Archives "
         f"{'signed + age-encrypted' if info['encrypted'] else 'signed'}; S3 backups with "
         f"BACKUP_KEEP_LOCAL={info['keep_local']}. {os.cpu_count()} CPUs; 1-min load average "
@@ -258,7 +262,7 @@ def table(info: dict, series: dict) -> str:
             lambda k, rs: mib(med(rs, "rss_child"))) + " |",
         "| backup process CPU (user + system, with pg_dump), median (s) | " + cell(
             lambda k, rs: f"{med(rs, 'cpu'):.2f}") + " |",
-        "| moto server CPU per backup, median (s) | " + cell(
+        "| S3 server CPU per backup, median (s) | " + cell(
             lambda k, rs: f"{med(rs, 'moto_cpu'):.2f}") + " |",
         "| probe: RSS of building the S3 client / upload peak above that (MiB) | | " + " | ".join(
             f"+{mib(p['client'])} / +{mib(p['upload'])}" for p in info["probe"].values()) + " |",
@@ -286,6 +290,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls", action="store_true",
                         help="moto over HTTPS (a new self-signed certificate, trusted through "
                              "AWS_CA_BUNDLE), as S3 is reached in production")
+    parser.add_argument("--stub", action="store_true",
+                        help="benchmarks/stub_s3.py instead of moto: an in-memory S3 that checks "
+                             "nothing, so the ratio shows what the backup's own S3 client costs "
+                             "(a diagnostic: issue 26's goal is measured against moto); the "
+                             "table goes to benchmarks/results/s3-stub.md")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rows < 1 or args.small_part_runs < 0:
         parser.error("--runs and --rows must be positive")
@@ -310,8 +319,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         RESULTS.mkdir(exist_ok=True)
         tls = self_signed(work) if args.tls else None
-        moto_proc, endpoint = start_moto(RESULTS / "moto.log", tls)
-        log(f"moto {moto.__version__} S3 server at {endpoint} (pid {moto_proc.pid})")
+        moto_proc, endpoint = start_moto(RESULTS / ("stub-s3.log" if args.stub else "moto.log"),
+                                         tls, stub=args.stub)
+        server = ("the in-memory stub S3 (`benchmarks/stub_s3.py`: checks nothing, costs almost "
+                  "nothing; a diagnostic, not the goal's stand)" if args.stub else
+                  f"moto {moto.__version__} (`python -m moto.server`)")
+        log(f"S3 server at {endpoint} (pid {moto_proc.pid}): {server}")
         ca = {"AWS_CA_BUNDLE": str(tls[0])} if tls else {}
         s3_env = {**env, **CREDS, **ca, "AWS_ENDPOINT_URL": endpoint,
                   "BACKUP_REMOTE_URL": f"s3://{BUCKET}/{PREFIX}",
@@ -332,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         info = {"rows": args.rows, "runs": args.runs, "files": args.files, "photos": args.photos,
                 "scheme": endpoint.split(":")[0],
                 "encrypted": args.encrypted, "keep_local": args.keep_local,
-                "db_bytes": database_size(url), "moto": moto.__version__,
+                "db_bytes": database_size(url), "server": server,
                 "upload_bytes": make_uploads(work / "uploads", args.files, args.photos)}
         log(f"pg_database_size: {info['db_bytes'] / 1e6:.1f} MB ({args.rows:,} guests)")
         info["load"] = [os.getloadavg()[0]]
@@ -348,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         info["probe"] = {k: probe(envs[k], work, archive, s3, int(envs[k]["BACKUP_S3_PART_MB"]))
                          for k in series if k != "local" and series[k]}
         result = table(info, series)
-        (RESULTS / "s3.md").write_text(result)
+        (RESULTS / ("s3-stub.md" if args.stub else "s3.md")).write_text(result)
         print("\n" + result)
     finally:
         signal.alarm(0)
