@@ -159,8 +159,8 @@ def _record_failure(ctx: BackupContext, engine: Engine, actor, via, message: str
 def _remote_for(ctx: BackupContext, settings, output) -> tuple[Storage | None,
                                                               StorageError | None]:
     """The remote the archive is streamed to (none with ``output``), or why it
-    cannot be used. Its client is built by the upload while the dump streams
-    (:meth:`~guest_backup.storages.s3_upload.MultipartUpload.write`)."""
+    cannot be used. Its client is built by the upload as it begins, just before
+    the snapshot (:meth:`~guest_backup.storages.s3_upload.MultipartUpload._warm`)."""
     if output is not None or not settings.remote_url:
         return None, None
     try:

@@ -82,7 +82,8 @@ class Storage(Protocol):
         """Archive ``name`` written straight here while it is produced (an
         :class:`~guest_backup.archive.writer.Sink`): nothing is visible before its
         ``finish``; ``abort`` (or any failure) leaves nothing behind. Cheap: no
-        network until the first bytes must go."""
+        network until the first bytes must go (a storage may prepare its client
+        meanwhile)."""
 
     def open(self, name: str) -> IO[bytes]:
         """A readable stream of one archive (StorageError if it is not there)."""

@@ -71,7 +71,7 @@ class S3Storage(ObjectLock):
     @property
     def client(self) -> Any:
         """The S3 client, built on first use (importing botocore and loading the S3
-        model take ~0.2 s: an upload builds it in a thread while the dump streams)."""
+        model take ~0.2 s: an upload builds it in a thread as it begins)."""
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
