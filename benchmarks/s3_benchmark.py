@@ -50,8 +50,8 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def start_moto(log_path: Path, tls: tuple[Path, Path] | None = None, stub: bool = False
-               ) -> tuple[subprocess.Popen, str]:
+def start_s3_server(log_path: Path, tls: tuple[Path, Path] | None = None, stub: bool = False
+                    ) -> tuple[subprocess.Popen, str]:
     """moto's S3 server in its own process (its CPU and memory are not the backup's);
     over HTTPS with ``tls`` (certificate, key), as S3 itself is served. ``stub``:
     benchmarks/stub_s3.py instead, the in-memory S3 that costs almost nothing."""
@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         RESULTS.mkdir(exist_ok=True)
         tls = self_signed(work) if args.tls else None
-        moto_proc, endpoint = start_moto(RESULTS / ("stub-s3.log" if args.stub else "moto.log"),
-                                         tls, stub=args.stub)
+        moto_proc, endpoint = start_s3_server(
+            RESULTS / ("stub-s3.log" if args.stub else "moto.log"), tls, stub=args.stub)
         server = ("the in-memory stub S3 (`benchmarks/stub_s3.py`: checks nothing, costs almost "
                   "nothing; a diagnostic, not the goal's stand)" if args.stub else
                   f"moto {moto.__version__} (`python -m moto.server`)")
