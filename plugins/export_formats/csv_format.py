@@ -139,11 +139,11 @@ def pg_csv(dbapi_connection, sql: str, params, fields: Sequence[str],
     # a CASE makes the one process writing the COPY project every row again (9 %
     # of its time); FORCE_QUOTE costs the server nothing (docs/performance.md)
     bools = _forced_bools(kinds)
-    forced = [fields[i] for i in sorted(bools)]
     options = "FORMAT csv, NULL '\\N'" + (
-        f", FORCE_QUOTE ({', '.join(identifier(f) for f in forced)})" if forced else "")
+        f", FORCE_QUOTE ({', '.join(identifier(fields[i]) for i in sorted(bools))})"
+        if bools else "")
     yield from pg_copy_chunks(
-        dbapi_connection, f"SELECT {select_columns(fields, kinds, forced)} FROM ({sql}) AS r",
+        dbapi_connection, f"SELECT {select_columns(fields, kinds, bools)} FROM ({sql}) AS r",
         params, options=options, transform=lambda rows: _to_rfc4180(rows, bools))
 
 

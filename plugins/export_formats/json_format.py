@@ -96,7 +96,7 @@ def _columns(dbapi_connection, sql: str, params, fields: Sequence[str]):
     kinds = [kind if kind in ("number", "bool", "float") else "string"
              for kind in column_kinds(dbapi_connection, sql, params)]
     raw_bools = [i for i, kind in enumerate(kinds) if kind == "bool" and 0 < i < len(kinds) - 1]
-    columns = select_columns(fields, kinds, [fields[i] for i in raw_bools])
+    columns = select_columns(fields, kinds, raw_bools)
     kinds = [("number" if kind == "bool" and i not in raw_bools else kind)
              for i, kind in enumerate(kinds)]
     return kinds, raw_bools, columns

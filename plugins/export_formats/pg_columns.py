@@ -4,7 +4,7 @@ plain server-side cursor for the cases COPY cannot render byte for byte."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 # PostgreSQL type OIDs
 _INTEGERS = {20, 21, 23, 26}  # int8, int2, int4, oid: same digits in PostgreSQL and Python
@@ -32,17 +32,17 @@ def identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def select_columns(fields, kinds, raw_bools=()) -> str:
+def select_columns(fields, kinds, raw_bools: Collection[int] = ()) -> str:
     """The select list over ``(sql) AS r``: every column as it is (COPY renders
     integers and strings as Python does), booleans as ``true``/``false`` (NULL
-    stays NULL) except those named in ``raw_bools`` (left as they are, for a
+    stays NULL) except those at the positions ``raw_bools`` (left as they are, for a
     format that renders them itself). A ``CASE`` over the bare boolean returns
     one of two constants: the server does no per-row work for it, where
     ``::text`` calls a cast function and makes a new string per row (0.03 s more
     per 500,000 rows); but it makes the process that writes the COPY project
     every row again (about 0.08 s per 500,000 rows, docs/performance.md)."""
-    return ", ".join(_BOOL_TEXT.format(identifier(f)) if kind == "bool" and f not in raw_bools
-                     else f"r.{identifier(f)}" for f, kind in zip(fields, kinds))
+    return ", ".join(_BOOL_TEXT.format(identifier(f)) if kind == "bool" and i not in raw_bools
+                     else f"r.{identifier(f)}" for i, (f, kind) in enumerate(zip(fields, kinds)))
 
 
 def cursor_rows(dbapi_connection: Any, sql: str, params: Mapping[str, Any],
