@@ -42,6 +42,15 @@ def missing(variable: str, reason: str) -> None:
     pytest.skip(reason)
 
 
+def reset_moto() -> None:
+    """Empty moto's buckets. Its servers keep them in this process, shared by every
+    server a test starts; resetting here, not over HTTP, needs no server's answer
+    (a first request on a loaded machine once took longer than its timeout)."""
+    from moto.moto_api._internal.models import moto_api_backend
+
+    moto_api_backend.reset()
+
+
 def make_config(tmp_path: Path, database_url: str, **extra) -> dict:
     cfg = {
         "TESTING": True,

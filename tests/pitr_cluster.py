@@ -13,17 +13,15 @@ import contextlib
 import json
 import os
 import pwd
-import ssl
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from tests.helpers import missing
+from tests.helpers import missing, reset_moto
 from tests.live_server import free_port
 
 BINDIR = Path(os.environ.get("PITR_TEST_BINDIR", "/usr/lib/postgresql/15/bin"))
@@ -207,11 +205,8 @@ def moto_over_tls(folder: Path) -> Iterator[str]:
                          threaded=True, request_handler=Handler,
                          ssl_context=(str(cert), str(key)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    unverified = ssl.create_default_context()
-    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
-    try:  # moto keeps its buckets in this process: start empty
-        urllib.request.urlopen(urllib.request.Request(f"https://127.0.0.1:{port}/moto-api/reset",
-                                                      method="POST"), context=unverified).read()
+    try:
+        reset_moto()
         yield f"https://127.0.0.1:{port}"
     finally:
         server.shutdown()

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from guest_registration.extensions import db
 from guest_registration.models import AuditEntry
-from tests.helpers import make_backup, restore_target, table_contents
+from tests.helpers import make_backup, reset_moto, restore_target, table_contents
 from tests.live_server import free_port
 
 BUCKET, PREFIX = "guest-backups", "site-a"
@@ -30,11 +30,7 @@ def s3(monkeypatch):
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    # moto keeps its buckets in this process, shared by every server it starts: reset
-    import urllib.request
-
-    urllib.request.urlopen(urllib.request.Request(
-        f"http://127.0.0.1:{port}/moto-api/reset", method="POST"), timeout=10).read()
+    reset_moto()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-access-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
