@@ -193,6 +193,44 @@ def test_the_worker_needs_redis(runner):
     assert result.exit_code != 0 and "REDIS_URL is not set" in result.output
 
 
+def test_an_idle_worker_stops_listening_at_once_on_a_busy_machine(redis_url):
+    """A stopping worker unsubscribes from RQ's command channel and ends the thread
+    listening on it. On a busy machine that thread used to read the reply before the
+    stop came, then wait a minute for a new subscription: SIGTERM took 60 s."""
+    import threading
+
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from guest_registration.tasks import _worker_class
+
+    connection = redis.Redis.from_url(redis_url)
+    worker = _worker_class(frozenset())([Queue("q", connection=connection, serializer=JSONSerializer)],
+                                        connection=connection, serializer=JSONSerializer)
+    worker.subscribe()
+    listening = worker.pubsub_thread
+    deadline = time.monotonic() + 10
+    while not worker.pubsub.subscribed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the thread is reading, as an idle worker's is
+    sent = worker.pubsub.unsubscribe
+
+    def slow_unsubscribe(*args):  # the busy machine: the stop comes after the reply is read
+        result = sent(*args)
+        time.sleep(0.5)
+        return result
+
+    worker.pubsub.unsubscribe = slow_unsubscribe
+    started = time.monotonic()
+    stopping = threading.Thread(target=worker.unsubscribe, daemon=True)
+    stopping.start()
+    stopping.join(10)
+    took = time.monotonic() - started
+    listening.join(60)  # so that a failure leaves no thread behind
+    assert not stopping.is_alive() and took < 5, f"unsubscribing took {took:.1f} s"
+    assert not listening.is_alive()
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_queued_restore_drill_runs_on_the_worker(app, runner, redis_url, backend):
     app.config["REDIS_URL"] = redis_url
