@@ -110,7 +110,7 @@ def main() -> None:
         dist = tmp / "dist"
         source = tmp / "source"  # a copy: building leaves build/ and *.egg-info behind
         shutil.copytree(CHECKOUT, source, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "*.egg-info", "__pycache__", "instance", "tests"))
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", "instance", "tests", "*.so"))
         run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist),
              str(source)], tmp, env)
         wheel = next(dist.glob("guest_registration-*.whl"))

@@ -18,7 +18,8 @@ from guest_formats.csv_format import pg_csv, write_csv
 from guest_formats.json_format import pg_json, write_json
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Trip
-from tests.helpers import db_engine_of
+from guest_formats import json_format
+from tests.helpers import db_engine_of, missing
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])  # COPY is PostgreSQL's
 
@@ -32,6 +33,17 @@ TRICKY = [
     # what the forced-quoted booleans look like in COPY's CSV, inside values
     "t", "f", '"t"', '"f"', ',"t",', ',"f",', 't",', ',"t', "a,t,", '"t","f"',
 ]
+
+
+@pytest.fixture(params=["c", "python"])
+def json_render(request, monkeypatch):
+    """JSON's whole-chunk render in C (``_copyjson``) and the one in Python, used
+    where the C one was not built."""
+    if request.param == "python":
+        monkeypatch.setattr(json_format, "native_render", None)
+    elif json_format.native_render is None:
+        missing("REQUIRE_NATIVE", "guest_formats._copyjson was not built")
+    return request.param
 
 
 def _month(app, year: int, month: int, names: list[tuple[str, str, str]],
@@ -62,7 +74,7 @@ def _export(app, year: int, month: int, fmt: str, fast: bool) -> bytes:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
-def test_copy_path_equals_generic_path_on_tricky_values(app, fmt):
+def test_copy_path_equals_generic_path_on_tricky_values(app, fmt, json_render):
     """Every tricky value as first name, last name and document number, alone and
     next to each other, through the whole export: the same bytes both ways."""
     names = [(a, b, a + b) for a in TRICKY for b in (a, "x", "", '"', "\\N")]
@@ -91,7 +103,7 @@ def test_copy_csv_equals_generic_over_many_chunks_with_line_breaks(app):
     assert fast.count(b"\r\n") == 6001 and fast.count(b"a\nb") == 7
 
 
-def test_copy_json_equals_generic_over_many_chunks_fast_and_careful(app):
+def test_copy_json_equals_generic_over_many_chunks_fast_and_careful(app, json_render):
     """JSON over many COPY chunks: plain chunks (rendered whole), chunks holding a
     raw control character (rendered row by row) and the joins between them."""
     names = [(("ctl\x01" if i % 4500 == 2300 else f"n{i}"), 'x "y"', f"\\{i}")
@@ -142,7 +154,7 @@ NULLS_SQL = """SELECT * FROM (VALUES
 
 
 @pytest.mark.parametrize("fast,write", [(pg_csv, write_csv), (pg_json, write_json)])
-def test_nulls_and_the_null_marker(database_url, fast, write):
+def test_nulls_and_the_null_marker(database_url, fast, write, json_render):
     """NULLs (which the export's columns never hold) next to empty strings and
     values that look like COPY's NULL marker."""
     params = {"a": "\\N", "b": 'q,"\\N"\n', "c": "\\N\\N"}
@@ -197,7 +209,7 @@ BOOLS_PLAIN_SQL = """SELECT * FROM (VALUES
 
 
 @pytest.mark.parametrize("sql", [BOOLS_PLAIN_SQL, BOOLS_SQL], ids=["whole-chunk", "careful"])
-def test_json_maps_booleans_between_columns_itself(database_url, sql):
+def test_json_maps_booleans_between_columns_itself(database_url, sql, json_render):
     """The same kind of rows through the JSON fast path: booleans between two
     columns come as COPY's t/f (no ``CASE``) and are mapped in Python, on the
     whole-chunk path and on the careful one (rows holding NULL or ``\\N``); the
@@ -255,7 +267,8 @@ def test_copy_queries_have_no_per_value_expressions(database_url):
 
 @pytest.mark.parametrize("fast,write", [(pg_csv, write_csv), (pg_json, write_json)],
                          ids=["csv", "json"])
-def test_random_rows_of_text_and_booleans_give_the_writers_bytes(database_url, fast, write):
+def test_random_rows_of_text_and_booleans_give_the_writers_bytes(database_url, fast, write,
+                                                                 json_render):
     """Random rows (fixed seed) of short texts made of the bytes that matter to
     the fast paths (comma, quote, t, f, CR, LF, tab, backslash, N) around
     booleans, NULLs among both, chunked small: the same bytes as the writers."""

@@ -21,6 +21,11 @@ CHUNK_ROWS = 500
 RENDER_CHUNK_BYTES = 64 * 1024
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
+try:  # the render in C (_copyjson.c), built at install where a compiler is found
+    from ._copyjson import render as native_render
+except ImportError:  # pragma: no cover - the same bytes, rendered in Python
+    native_render = None
+
 
 def write_json(rows: Iterable[Row], fields: Sequence[str]) -> Iterator[bytes]:
     """Yield ``[\\n{...},\\n{...}\\n]`` in chunks of a few hundred rows."""
@@ -102,10 +107,62 @@ def _columns(dbapi_connection, sql: str, params, fields: Sequence[str]):
     return kinds, raw_bools, columns
 
 
+class ChunkRender:
+    """COPY text rows in chunks as JSON: in C where ``_copyjson`` was built, else by
+    whole-chunk operations in Python, and value by value where a chunk holds what
+    neither renders whole (a NULL, ``\\v``, a raw control character, any float)."""
+
+    def __init__(self, fields: Sequence[str], kinds: Sequence[str], raw_bools: Sequence[int]):
+        self.kinds, self.raw_bools, self.step = kinds, raw_bools, len(fields) - 1
+        self.template, self.first_open, self.inner, self.boundary, self.tail = \
+            _row_text(fields, kinds)
+        self.all_careful = "float" in kinds
+        self.native = native_render if len(fields) > 1 else None
+        self.native_args = (self.first_open, tuple(self.inner), self.boundary, self.tail,
+                            bytes(i in raw_bools for i in range(len(fields))))
+        self.lead = b"[\n"  # before the next chunk's first row: "[" once, then ","
+
+    def next_chunk(self, rows: list[bytes]) -> bytes:
+        start, self.lead = self.lead, b",\n"
+        if self.all_careful:
+            return self.careful(start, rows)
+        if self.native is not None:
+            rendered = self.native(start, b"".join(rows), *self.native_args)
+            return self.careful(start, rows) if rendered is None else rendered
+        return self.python(start, rows)
+
+    def careful(self, start: bytes, rows: list[bytes]) -> bytes:
+        return start + b",\n".join([_careful(row, self.kinds, self.template) for row in rows])
+
+    def python(self, start: bytes, rows: list[bytes]) -> bytes:
+        chunk = b"".join(rows)
+        # one-byte searches first (memchr): two-byte ones scan 500 times slower
+        if ((b"\\" in chunk and (b"\\N" in chunk or b"\\v" in chunk))
+                or b"\0" in chunk.translate(_CONTROL_TABLE)):
+            return self.careful(start, rows)
+        # every row has len(fields) tab-separated values and ends in a line feed
+        # (raw tabs and line feeds are never inside a value in COPY's text format)
+        if b'"' in chunk:
+            chunk = chunk.replace(b'"', b'\\"')
+        values = chunk.replace(b"\n", self.boundary).split(b"\t")
+        values[-1] = values[-1][:-len(self.boundary)]  # the last row's is the chunk's end
+        for i in self.raw_bools:
+            values[i::self.step] = [_JSON_BOOL[value] for value in values[i::self.step]]
+        pieces = [b""] * (2 * len(values) + 1)
+        pieces[0] = start + self.first_open
+        pieces[1::2] = values
+        separators = self.inner * len(rows)
+        separators.append(self.tail)
+        pieces[2::2] = separators
+        return b"".join(pieces)
+
+
 def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
             fetch_rows: int) -> Iterator[bytes]:
     """PostgreSQL fast path: plain ``COPY ... TO STDOUT`` (text format, the
-    cheapest output PostgreSQL has) and the JSON around its values in Python.
+    cheapest output PostgreSQL has) and the JSON around its values, by
+    :class:`ChunkRender`: one pass in C (``_copyjson.c``) where it was built,
+    else whole-chunk operations in Python, described here.
 
     COPY's text escapes coincide with JSON's for backslash, ``\\b \\f \\n \\r
     \\t``; a quote only needs a backslash. So a chunk without NULLs, ``\\v`` or raw
@@ -126,37 +183,10 @@ def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
     the plain COPY's time, even in parallel workers.
     """
     kinds, raw_bools, columns = _columns(dbapi_connection, sql, params, fields)
-    careful_template, first_open, inner, boundary, tail = _row_text(fields, kinds)
-    step = len(fields) - 1  # a chunk's values per row: its last and the next's first are one
-    all_careful = "float" in kinds
-    lead = [b"[\n"]  # before the next chunk's first row: "[" once, then ","
-
-    def render(rows: list[bytes]) -> bytes:
-        chunk = b"".join(rows)
-        start, lead[0] = lead[0], b",\n"
-        # one-byte searches first (memchr): two-byte ones scan 500 times slower
-        if (all_careful or (b"\\" in chunk and (b"\\N" in chunk or b"\\v" in chunk))
-                or b"\0" in chunk.translate(_CONTROL_TABLE)):
-            return start + b",\n".join([_careful(row, kinds, careful_template) for row in rows])
-        # every row has len(fields) tab-separated values and ends in a line feed
-        # (raw tabs and line feeds are never inside a value in COPY's text format)
-        if b'"' in chunk:
-            chunk = chunk.replace(b'"', b'\\"')
-        values = chunk.replace(b"\n", boundary).split(b"\t")
-        values[-1] = values[-1][:-len(boundary)]  # the last row's is the chunk's end
-        for i in raw_bools:
-            values[i::step] = [_JSON_BOOL[value] for value in values[i::step]]
-        pieces = [b""] * (2 * len(values) + 1)
-        pieces[0] = start + first_open
-        pieces[1::2] = values
-        separators = inner * len(rows)
-        separators.append(tail)
-        pieces[2::2] = separators
-        return b"".join(pieces)
-
+    render = ChunkRender(fields, kinds, raw_bools)
     opened = False
     for chunk in pg_copy_chunks(dbapi_connection, f"SELECT {columns} FROM ({sql}) AS r", params,
-                                transform=render, chunk_bytes=RENDER_CHUNK_BYTES):
+                                transform=render.next_chunk, chunk_bytes=RENDER_CHUNK_BYTES):
         yield chunk
         opened = True
     yield b"\n]" if opened else b"[]"
