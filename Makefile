@@ -26,7 +26,7 @@ CATALOGUES := guest_registration/translations:messages:babel.cfg \
 
 .PHONY: run serve test test-fast install clean translations bench
 
-$(VENV)/.installed: setup.cfg pyproject.toml setup.py plugins/export_formats/_copyjson.c
+$(VENV)/.installed: setup.cfg pyproject.toml setup.py plugins/export_formats/_copyrender.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -74,7 +74,7 @@ translations: install
 	$(PYBABEL) compile -d guest_registration/translations -D flask_security --statistics
 
 clean:
-	rm -rf $(VENV) .pytest_cache plugins/export_formats/_copyjson.*.so
+	rm -rf $(VENV) .pytest_cache plugins/export_formats/_copyrender.*.so
 
 # make bench: one command per row of issue 26's table, each printing its ratio (baseline
 # and ours alternated BENCH_RUNS times, medians and spread); tables in benchmarks/results/

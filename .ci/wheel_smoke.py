@@ -5,7 +5,7 @@ virtualenvs outside the checkout and run it from a folder that holds no checkout
 2. ``pip install 'WHEEL[age,s3,redis]'``: ``setup``, ``backup``, ``verify``, then
    ``serve`` answering ``/``, the login page, ``/admin/backup/`` (logged in) and
    ``/?lang=cs`` in Czech; the console script and ``python -m guest_registration``;
-   the JSON export's compiled render (``guest_formats._copyjson``) is installed.
+   the exports' compiled render (``guest_formats._copyrender``) is installed.
 
 The instance folder is left to its default (HOME points into the temporary
 folder), so the run also shows it lands outside the virtualenv.
@@ -130,9 +130,9 @@ def main() -> None:
         instance = Path(env["HOME"]) / ".local" / "share" / "guest-registration"
         assert Path(archive).is_relative_to(instance), (archive, instance)
         print(run([str(full / "guest-registration"), "verify", archive], site, env).strip())
-        # the JSON export's render in C came with the wheel (gcc is on CI's machine)
-        print(run([str(full / "python"), "-c", "import guest_formats._copyjson as m; "
-                   "print('native JSON render:', m.__file__)"], site, env).strip())
+        # the exports' render in C came with the wheel (gcc is on CI's machine)
+        print(run([str(full / "python"), "-c", "import guest_formats._copyrender as m; "
+                   "print('exports rendered in C:', m.__file__)"], site, env).strip())
         serve(full, site, env)
         print("wheel smoke test: OK", flush=True)
     finally:

@@ -18,7 +18,7 @@ from guest_formats.csv_format import pg_csv, write_csv
 from guest_formats.json_format import pg_json, write_json
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Trip
-from guest_formats import json_format
+from guest_formats import csv_format, json_format
 from tests.helpers import db_engine_of, missing
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])  # COPY is PostgreSQL's
@@ -36,13 +36,14 @@ TRICKY = [
 
 
 @pytest.fixture(params=["c", "python"])
-def json_render(request, monkeypatch):
-    """JSON's whole-chunk render in C (``_copyjson``) and the one in Python, used
-    where the C one was not built."""
+def native(request, monkeypatch):
+    """The formats' whole-chunk render in C (``_copyrender``) and the one in
+    Python, used where the C one was not built."""
     if request.param == "python":
         monkeypatch.setattr(json_format, "native_render", None)
-    elif json_format.native_render is None:
-        missing("REQUIRE_NATIVE", "guest_formats._copyjson was not built")
+        monkeypatch.setattr(csv_format, "native_csv", None)
+    elif json_format.native_render is None or csv_format.native_csv is None:
+        missing("REQUIRE_NATIVE", "guest_formats._copyrender was not built")
     return request.param
 
 
@@ -74,7 +75,7 @@ def _export(app, year: int, month: int, fmt: str, fast: bool) -> bytes:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
-def test_copy_path_equals_generic_path_on_tricky_values(app, fmt, json_render):
+def test_copy_path_equals_generic_path_on_tricky_values(app, fmt, native):
     """Every tricky value as first name, last name and document number, alone and
     next to each other, through the whole export: the same bytes both ways."""
     names = [(a, b, a + b) for a in TRICKY for b in (a, "x", "", '"', "\\N")]
@@ -90,7 +91,7 @@ def test_copy_path_equals_generic_path_on_tricky_values(app, fmt, json_render):
         assert [r["document_number"] for r in json.loads(fast)] == [n for _, _, n in names]
 
 
-def test_copy_csv_equals_generic_over_many_chunks_with_line_breaks(app):
+def test_copy_csv_equals_generic_over_many_chunks_with_line_breaks(app, native):
     """Chunks with and without a line break inside a value (the two ways the row
     ends become CRLF), and a month of plain rows, over many COPY chunks."""
     names = [(("a\nb" if i % 997 == 0 else f"n{i}"), 'x "y"', str(i)) for i in range(6000)]
@@ -103,7 +104,7 @@ def test_copy_csv_equals_generic_over_many_chunks_with_line_breaks(app):
     assert fast.count(b"\r\n") == 6001 and fast.count(b"a\nb") == 7
 
 
-def test_copy_json_equals_generic_over_many_chunks_fast_and_careful(app, json_render):
+def test_copy_json_equals_generic_over_many_chunks_fast_and_careful(app, native):
     """JSON over many COPY chunks: plain chunks (rendered whole), chunks holding a
     raw control character (rendered row by row) and the joins between them."""
     names = [(("ctl\x01" if i % 4500 == 2300 else f"n{i}"), 'x "y"', f"\\{i}")
@@ -154,7 +155,7 @@ NULLS_SQL = """SELECT * FROM (VALUES
 
 
 @pytest.mark.parametrize("fast,write", [(pg_csv, write_csv), (pg_json, write_json)])
-def test_nulls_and_the_null_marker(database_url, fast, write, json_render):
+def test_nulls_and_the_null_marker(database_url, fast, write, native):
     """NULLs (which the export's columns never hold) next to empty strings and
     values that look like COPY's NULL marker."""
     params = {"a": "\\N", "b": 'q,"\\N"\n', "c": "\\N\\N"}
@@ -187,7 +188,7 @@ BOOLS_PARAMS = {"a": ',"t",', "b": 't","f', "c": '"f"'}
 BOOLS_FIELDS = ["a", "b1", "b2", "b3", "s", "b4", "t", "b5"]
 
 
-def test_booleans_between_columns_are_forced_quoted_and_replaced(database_url):
+def test_booleans_between_columns_are_forced_quoted_and_replaced(database_url, native):
     """Booleans side by side, first, last and NULL, next to text that looks like
     COPY's forced-quoted ``"t"``: the same bytes as csv.writer; the COPY statement
     force-quotes every boolean between two other columns (no ``CASE`` for them:
@@ -209,7 +210,7 @@ BOOLS_PLAIN_SQL = """SELECT * FROM (VALUES
 
 
 @pytest.mark.parametrize("sql", [BOOLS_PLAIN_SQL, BOOLS_SQL], ids=["whole-chunk", "careful"])
-def test_json_maps_booleans_between_columns_itself(database_url, sql, json_render):
+def test_json_maps_booleans_between_columns_itself(database_url, sql, native):
     """The same kind of rows through the JSON fast path: booleans between two
     columns come as COPY's t/f (no ``CASE``) and are mapped in Python, on the
     whole-chunk path and on the careful one (rows holding NULL or ``\\N``); the
@@ -268,7 +269,7 @@ def test_copy_queries_have_no_per_value_expressions(database_url):
 @pytest.mark.parametrize("fast,write", [(pg_csv, write_csv), (pg_json, write_json)],
                          ids=["csv", "json"])
 def test_random_rows_of_text_and_booleans_give_the_writers_bytes(database_url, fast, write,
-                                                                 json_render):
+                                                                 native):
     """Random rows (fixed seed) of short texts made of the bytes that matter to
     the fast paths (comma, quote, t, f, CR, LF, tab, backslash, N) around
     booleans, NULLs among both, chunked small: the same bytes as the writers."""

@@ -19,6 +19,11 @@ from guest_registration.exports import ExportFormat, Row, pg_copy_chunks
 from .pg_columns import column_kinds, cursor_rows, identifier, select_columns
 
 CHUNK_CHARS = 64 * 1024
+
+try:  # the rows' fix-up in C (_copyrender.c), built at install where a compiler is found
+    from ._copyrender import csv_rows as native_csv
+except ImportError:  # pragma: no cover - the same bytes, by whole-chunk passes in Python
+    native_csv = None
 _DIALECT = {"lineterminator": "\r\n", "quoting": csv.QUOTE_MINIMAL}
 
 
@@ -125,7 +130,8 @@ def pg_csv(dbapi_connection, sql: str, params, fields: Sequence[str],
     holding ``\N`` is rewritten in Python), booleans become ``true``/``false``
     (forced-quoted by COPY and replaced in Python where they stand between two
     other columns, else by a ``CASE``), and each row's ``\n`` terminator
-    becomes ``\r\n``.
+    becomes ``\r\n``: in one pass in C (``_copyrender.c``) where it was built,
+    else by :func:`_to_rfc4180`'s whole-chunk passes.
     Columns whose text COPY writes differently from Python (floats, other
     types) and one-column exports go through :func:`write_csv` over a
     server-side cursor instead. Produces exactly the bytes of :func:`write_csv`
@@ -142,9 +148,18 @@ def pg_csv(dbapi_connection, sql: str, params, fields: Sequence[str],
     options = "FORMAT csv, NULL '\\N'" + (
         f", FORCE_QUOTE ({', '.join(identifier(fields[i]) for i in sorted(bools))})"
         if bools else "")
+    flags = bytes(i in bools for i in range(len(fields)))
+
+    def transform(rows: list[bytes]) -> bytes:
+        if native_csv is not None:  # one pass in C; None where a row holds \N
+            rendered = native_csv(b"".join(rows), flags)
+            if rendered is not None:
+                return rendered
+        return _to_rfc4180(rows, bools)
+
     yield from pg_copy_chunks(
         dbapi_connection, f"SELECT {select_columns(fields, kinds, bools)} FROM ({sql}) AS r",
-        params, options=options, transform=lambda rows: _to_rfc4180(rows, bools))
+        params, options=options, transform=transform)
 
 
 CSV_FORMAT = ExportFormat(

@@ -21,8 +21,8 @@ CHUNK_ROWS = 500
 RENDER_CHUNK_BYTES = 64 * 1024
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
-try:  # the render in C (_copyjson.c), built at install where a compiler is found
-    from ._copyjson import render as native_render
+try:  # the render in C (_copyrender.c), built at install where a compiler is found
+    from ._copyrender import json_rows as native_render
 except ImportError:  # pragma: no cover - the same bytes, rendered in Python
     native_render = None
 
@@ -108,7 +108,7 @@ def _columns(dbapi_connection, sql: str, params, fields: Sequence[str]):
 
 
 class ChunkRender:
-    """COPY text rows in chunks as JSON: in C where ``_copyjson`` was built, else by
+    """COPY text rows in chunks as JSON: in C where ``_copyrender`` was built, else by
     whole-chunk operations in Python, and value by value where a chunk holds what
     neither renders whole (a NULL, ``\\v``, a raw control character, any float)."""
 
@@ -161,7 +161,7 @@ def pg_json(dbapi_connection, sql: str, params, fields: Sequence[str],
             fetch_rows: int) -> Iterator[bytes]:
     """PostgreSQL fast path: plain ``COPY ... TO STDOUT`` (text format, the
     cheapest output PostgreSQL has) and the JSON around its values, by
-    :class:`ChunkRender`: one pass in C (``_copyjson.c``) where it was built,
+    :class:`ChunkRender`: one pass in C (``_copyrender.c``) where it was built,
     else whole-chunk operations in Python, described here.
 
     COPY's text escapes coincide with JSON's for backslash, ``\\b \\f \\n \\r
