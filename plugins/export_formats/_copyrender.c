@@ -25,8 +25,8 @@
    at the columns where bools[i] is 1, forced-quoted "t" or "f", as true or
    false. None where the chunk holds a backslash followed by N (a NULL, or a
    value holding \N: the caller parses those rows), a row with the wrong number
-   of values, such a boolean that is not "t" or "f", an unclosed quote or a chunk
-   that does not end in a line feed. */
+   of values, such a boolean that is not "t" or "f", an unclosed quote, a quote
+   or CR in an unquoted value, or a chunk that does not end in a line feed. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -175,7 +175,7 @@ static int csv_pass(const unsigned char *p, const unsigned char *end, Py_ssize_t
             put(out, (const char *)run, (size_t)(p - run));
         } else {
             const unsigned char *run = p;
-            while (p < end && *p != ',' && *p != '\n' && *p != '"')
+            while (p < end && *p != ',' && *p != '\n' && *p != '"' && *p != '\r')
                 p++;
             put(out, (const char *)run, (size_t)(p - run));
         }
@@ -192,7 +192,7 @@ static int csv_pass(const unsigned char *p, const unsigned char *end, Py_ssize_t
             put(out, "\r\n", 2);
             column = 0;
         } else {
-            return CAREFUL; /* a quote inside an unquoted value */
+            return CAREFUL; /* a quote or a CR in an unquoted value: COPY quotes those */
         }
         p++;
     }
