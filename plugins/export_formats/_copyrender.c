@@ -210,6 +210,21 @@ static int as_text(PyObject *object, Text *text, const char *what)
     return 1;
 }
 
+/* the pass's outcome as the function's result: the bytes, None or MemoryError;
+   the buffer freed either way */
+static PyObject *finish(int outcome, Out *out)
+{
+    PyObject *result = NULL;
+    if (outcome == DONE)
+        result = PyBytes_FromStringAndSize(out->data, (Py_ssize_t)out->used);
+    else if (outcome == CAREFUL)
+        result = Py_NewRef(Py_None);
+    else
+        PyErr_NoMemory();
+    PyMem_RawFree(out->data);
+    return result;
+}
+
 static PyObject *json_rows(PyObject *module, PyObject *args)
 {
     PyObject *start, *chunk, *first_open, *inner_tuple, *boundary_object, *tail_object, *bools;
@@ -258,15 +273,7 @@ static PyObject *json_rows(PyObject *module, PyObject *args)
         Py_END_ALLOW_THREADS
     }
     PyMem_Free(inner);
-    PyObject *result = NULL;
-    if (outcome == DONE)
-        result = PyBytes_FromStringAndSize(out.data, (Py_ssize_t)out.used);
-    else if (outcome == CAREFUL)
-        result = Py_NewRef(Py_None);
-    else
-        PyErr_NoMemory();
-    PyMem_RawFree(out.data);
-    return result;
+    return finish(outcome, &out);
 }
 
 static PyObject *csv_rows(PyObject *module, PyObject *args)
@@ -288,15 +295,7 @@ static PyObject *csv_rows(PyObject *module, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     outcome = csv_pass(p, end, columns, forced, &out);
     Py_END_ALLOW_THREADS
-    PyObject *result = NULL;
-    if (outcome == DONE)
-        result = PyBytes_FromStringAndSize(out.data, (Py_ssize_t)out.used);
-    else if (outcome == CAREFUL)
-        result = Py_NewRef(Py_None);
-    else
-        PyErr_NoMemory();
-    PyMem_RawFree(out.data);
-    return result;
+    return finish(outcome, &out);
 }
 
 static PyMethodDef methods[] = {
