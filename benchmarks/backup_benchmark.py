@@ -100,11 +100,15 @@ def wait_bounded(procs: list[subprocess.Popen]) -> list[int]:
 
 class ChildHwm(threading.Thread):
     """Largest ``VmHWM`` of the ``comm`` (pg_dump) processes under ``root``, sampled every
-    20 ms (VmHWM only grows: the last sample before the child exits is close to its peak)."""
+    20 ms (VmHWM only grows: the last sample before the child exits is close to its peak),
+    and when such a process (not a ``--version`` run) was first and last seen, in
+    ``time.perf_counter()`` seconds (None if never): where a command's time goes."""
 
     def __init__(self, root: int, comm: str = "pg_dump"):
         super().__init__(daemon=True)
         self.root, self.comm, self.peak_kb, self.stop = root, comm, 0, threading.Event()
+        self.first: float | None = None
+        self.last: float | None = None
 
     def run(self) -> None:
         while not self.stop.wait(0.02):
@@ -112,8 +116,16 @@ class ChildHwm(threading.Thread):
                 try:
                     if Path(f"/proc/{pid}/comm").read_text().strip() == self.comm:
                         self.peak_kb = max(self.peak_kb, status_kb(pid, "VmHWM"))
+                        self._seen(pid)
                 except OSError:
                     pass  # already gone
+
+    def _seen(self, pid: int) -> None:
+        if b"--version" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+            return
+        now = time.perf_counter()
+        self.first = now if self.first is None else self.first
+        self.last = now
 
 
 def run_pipeline(url: str, out: Path, work: Path) -> dict:
