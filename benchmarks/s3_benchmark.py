@@ -203,6 +203,13 @@ def round_ratio(runs: list, local: list) -> float:
     return statistics.median(r["s"] / b["s"] for r, b in zip(runs, local))
 
 
+def phases(runs: list) -> str:
+    """Where a backup's time went: when its pg_dump was first seen, for how long, and
+    the time after it (the end of the upload, retention, the exit); 20 ms samples."""
+    tail = statistics.median(r["s"] - r["child_from"] - r["child_for"] for r in runs)
+    return f"{med(runs, 'child_from'):.2f} / {med(runs, 'child_for'):.2f} / {tail:.2f}"
+
+
 def table(info: dict, series: dict) -> str:
     loc = series["local"]
     base_s, base_rss = med(loc, "s"), med(loc, "rss")
@@ -258,6 +265,8 @@ def table(info: dict, series: dict) -> str:
             lambda k, rs: f"{mib(med(rs, 'rss'))} ({mib(max(r['rss'] for r in rs))})") + " |",
         f"| **peak RSS over local-only** (goal <= +{RSS_GOAL} MiB) | " + cell(lambda k, rs: na(
             k, lambda: f"**+{(max(r['rss'] for r in rs) - base_rss) / 1024:.1f}**")) + " |",
+        "| pg_dump seen from / ran for / the backup's end after it (s), medians | " + cell(
+            lambda k, rs: phases(rs)) + " |",
         "| its pg_dump child, median (MiB) | " + cell(
             lambda k, rs: mib(med(rs, "rss_child"))) + " |",
         "| backup process CPU (user + system, with pg_dump), median (s) | " + cell(
