@@ -26,10 +26,11 @@ CATALOGUES := guest_registration/translations:messages:babel.cfg \
 
 .PHONY: run serve test test-fast install clean translations bench
 
-$(VENV)/.installed: setup.cfg pyproject.toml setup.py plugins/export_formats/_copyrender.c
+# constraints.txt: the versions CI tested (docs/testing.md, "Pinned versions")
+$(VENV)/.installed: setup.cfg pyproject.toml setup.py plugins/export_formats/_copyrender.c constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --upgrade -c constraints.txt pip setuptools wheel
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	$(PY) -m compileall -q guest_registration plugins manage.py  # as a wheel install has it
 	touch $@
 
