@@ -12,7 +12,7 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
-from guest_backup.engines import pg_environment
+from guest_backup.engines.libpq import pg_environment
 from guest_backup.engines.psqlsession import PsqlEnded, PsqlOutput, PsqlSession
 
 T = sa.table("t", sa.column("id", sa.Integer), sa.column("name", sa.String),

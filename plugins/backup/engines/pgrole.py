@@ -10,7 +10,8 @@ import logging
 import re
 from typing import TYPE_CHECKING, Iterator
 
-from guest_backup.engines import mask, pg_reason as _pg_reason, sql
+from guest_backup.engines import mask, sql
+from guest_backup.engines.libpq import pg_reason as _pg_reason
 from guest_backup.errors import EngineError
 
 if TYPE_CHECKING:

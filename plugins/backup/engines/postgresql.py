@@ -21,9 +21,11 @@ from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from guest_backup.errors import EngineError
 from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, mask, parse_url, retry_until,
-                                   pg_environment, pg_major as _major, pg_reason as _pg_reason,
-                                   psql_restricts as _psql_restricts,
-                                   sql, tool_version as _tool_version)
+                                   sql)
+from guest_backup.engines.libpq import (pg_environment, pg_major as _major,
+                                         pg_reason as _pg_reason,
+                                         psql_restricts as _psql_restricts,
+                                         tool_version as _tool_version)
 from guest_backup.engines.pgrole import _connect_reason, _connected, prepare_restore_role
 from guest_backup.engines.psqlsession import PsqlEnded, PsqlOutput, PsqlSession
 
