@@ -20,12 +20,8 @@ import uuid
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from guest_backup.errors import EngineError
-from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, mask, parse_url, retry_until,
-                                   sql)
-from guest_backup.engines.libpq import (pg_environment, pg_major as _major,
-                                         pg_reason as _pg_reason,
-                                         psql_restricts as _psql_restricts,
-                                         tool_version as _tool_version)
+from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, libpq, mask, parse_url,
+                                   retry_until, sql)
 from guest_backup.engines.pgrole import _connect_reason, _connected, prepare_restore_role
 from guest_backup.engines.psqlsession import PsqlEnded, PsqlOutput, PsqlSession
 
@@ -61,16 +57,16 @@ class PostgresEngine:
         if path is None:
             return ToolInfo("pg_dump", None, None, False,
                             f"pg_dump not found (PATH or PG_DUMP={settings.pg_dump!r})")
-        version = _tool_version(path)
+        version = libpq.tool_version(path)
         if version is None:
             return ToolInfo("pg_dump", None, path, False, f"{path} did not report a version")
         if conn is None:
             return ToolInfo("pg_dump", version, path, True, f"pg_dump {version} at {path}")
         server = self.server_version(conn)
-        if _major(version) < _major(server):
+        if libpq.pg_major(version) < libpq.pg_major(server):
             return ToolInfo("pg_dump", version, path, False,
                             f"pg_dump {version} at {path} cannot dump server {server}: "
-                            f"install pg_dump {_major(server)} or newer")
+                            f"install pg_dump {libpq.pg_major(server)} or newer")
         return ToolInfo("pg_dump", version, path, True,
                         f"pg_dump {version} at {path}, can dump server {server}")
 
@@ -122,7 +118,7 @@ class PostgresEngine:
         snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
         args = [tool.path, "--format=plain", "--no-owner", "--no-privileges", "--encoding=UTF8",
                 f"--snapshot={snapshot}"]
-        env = pg_environment(settings.database_url)
+        env = libpq.pg_environment(settings.database_url)
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=env,
                                     stdin=subprocess.DEVNULL)
@@ -140,7 +136,7 @@ class PostgresEngine:
                 err.seek(0)
                 detail = mask(err.read(4000).decode("utf-8", "replace"), settings.database_url)
                 log.warning("pg_dump exited with %s: %s", rc, detail.strip())
-                raise EngineError(_pg_reason(detail, "pg_dump"))
+                raise EngineError(libpq.pg_reason(detail, "pg_dump"))
 
     def screen(self) -> "PgDumpScreen":
         from guest_backup.engines import pgscreen  # its patterns: only when a dump is read
@@ -215,9 +211,9 @@ class PostgresEngine:
         if path is None:
             raise EngineError(f"psql not found (PATH or PSQL={settings.psql!r})")
         prepare_restore_role(url, settings.restore_role)
-        key = secrets.token_hex(24) if _psql_restricts(path) else None
+        key = secrets.token_hex(24) if libpq.psql_restricts(path) else None
         script = _load_script(settings.restore_role, replace, key)
-        env = {**pg_environment(url), "PGCLIENTENCODING": "UTF8"}
+        env = {**libpq.pg_environment(url), "PGCLIENTENCODING": "UTF8"}
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen([path, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
@@ -235,7 +231,7 @@ class PostgresEngine:
         if rc == 0 and status == "committed":
             return
         log.warning("psql exited with %s (transaction: %s): %s", rc, status, detail.strip())
-        reason = _pg_reason(detail, "psql") if rc else "psql ended before the commit"
+        reason = libpq.pg_reason(detail, "psql") if rc else "psql ended before the commit"
         if doing and status != "committed":
             reason += f" while {doing}"
         if status == "committed":
