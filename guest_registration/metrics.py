@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from flask import Flask, Response, abort, current_app, g, request
+from flask import Flask, Response, abort, current_app, g, has_app_context, request
 
 log = logging.getLogger(__name__)
 #: app.extensions key: collectors (objects with ``collect()``) plugins add for /metrics
@@ -99,7 +99,10 @@ def _prometheus():
 def metric(define: Callable[[Any], Any]):
     """The metric ``define(prometheus_client)`` makes, made once per process (the
     one cache of the host's and the plugins' metrics: wiring hands it to the
-    backup plugin); None without prometheus_client."""
+    backup plugin); None without prometheus_client, and where no scrape could read
+    what is counted (:func:`_counts_reach_a_scrape`)."""
+    if not _counts_reach_a_scrape():
+        return None
     made = _made.get(define)
     if made is None:
         client = _prometheus()
@@ -110,6 +113,17 @@ def metric(define: Callable[[Any], Any]):
             if made is None:
                 made = _made[define] = define(client)
     return made
+
+
+def _counts_reach_a_scrape() -> bool:
+    """Whether what this process counts can be scraped: it counts into the shared
+    folder (``PROMETHEUS_MULTIPROC_DIR``), or it is the web app with ``/metrics``
+    on. Not so: a command run without that folder (its counts died with it) or a
+    web app with metrics off; nothing is counted there, and prometheus_client is
+    not imported (about 10 ms at the end of a backup). Outside an app: counted."""
+    if os.environ.get(MULTIPROC_ENV) or not has_app_context():
+        return True
+    return bool(current_app.extensions.get("guest_web", True)) and enabled(current_app)
 
 
 def _metric(name: str):

@@ -121,6 +121,34 @@ def test_a_wrong_allow_list_entry_stops_start_up(tmp_path):
         create_app(config, instance_path=str(tmp_path / "instance"))
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_nothing_is_counted_where_no_scrape_reads_it(app_config, backend, monkeypatch, tmp_path):
+    """A web app with metrics off, and a command (the command-line app) without
+    PROMETHEUS_MULTIPROC_DIR, count nothing: their counts could never be scraped.
+    The web app with a token counts in memory; a command counts into the folder."""
+    made = []
+
+    def define(client):
+        made.append(client.__name__)
+        return SimpleNamespace(client=client)
+
+    monkeypatch.delenv(host_metrics.MULTIPROC_ENV, raising=False)
+    web_off = create_app(app_config)
+    command = create_app({**app_config, "METRICS_TOKEN": TOKEN}, web=False)
+    web_on = create_app({**app_config, "METRICS_TOKEN": TOKEN})
+    for app in (web_off, command):
+        with app.app_context():
+            assert host_metrics.metric(define) is None
+    assert made == []
+    with web_on.app_context():
+        assert host_metrics.metric(define) is not None
+    assert made == ["prometheus_client"]
+    monkeypatch.setenv(host_metrics.MULTIPROC_ENV, str(tmp_path))
+    with command.app_context():
+        assert host_metrics.metric(define) is not None  # the one made, shared
+    assert made == ["prometheus_client"]
+
+
 def test_a_cli_backup_shows_in_the_scrape(metrics_config, request, tmp_path):
     app = request.getfixturevalue("app")
     client = app.test_client()

@@ -100,6 +100,24 @@ def test_listing_real_archives_imports_no_sqlalchemy(tmp_path):
     assert found["code"] in (0, None) and "flask_sqlalchemy" in found["imported"]
 
 
+def test_a_backup_counts_only_where_a_scrape_reads_it(tmp_path):
+    """Without PROMETHEUS_MULTIPROC_DIR a command's counts die with it: a backup
+    imports no prometheus_client (about 10 ms at its end); with the folder it counts
+    there, for serve's workers to add up."""
+    done = subprocess.run([sys.executable, "manage.py", "setup"], cwd=ROOT, timeout=120,
+                          env=environment(tmp_path), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    found = probe(tmp_path, "backup", watched=("prometheus_client",),
+                  PROMETHEUS_MULTIPROC_DIR="")
+    assert found["code"] in (0, None) and found["imported"] == []
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    found = probe(tmp_path, "backup", watched=("prometheus_client",),
+                  PROMETHEUS_MULTIPROC_DIR=str(folder))
+    assert found["code"] in (0, None) and "prometheus_client" in found["imported"]
+    assert [p.name for p in folder.glob("counter_*.db")] != []
+
+
 def test_backup_help_imports_no_operation(tmp_path):
     found = probe(tmp_path, "backup", "--help", watched=OPERATIONS)
     assert found["code"] in (0, None) and found["imported"] == []
