@@ -53,8 +53,10 @@ print(json.dumps({"code": code, "imported": sorted(
 
 
 def environment(tmp_path, **extra) -> dict:
-    return {**os.environ, "INSTANCE_PATH": str(tmp_path / "instance"),
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", **extra}
+    """The test's environment for a command; an ``extra`` of None removes that variable."""
+    env = {**os.environ, "INSTANCE_PATH": str(tmp_path / "instance"),
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", **extra}
+    return {name: value for name, value in env.items() if value is not None}
 
 
 def probe(tmp_path, *args: str, watched: tuple[str, ...] = WEB_ONLY + ON_USE, **env) -> dict:
@@ -108,7 +110,7 @@ def test_a_backup_counts_only_where_a_scrape_reads_it(tmp_path):
                           env=environment(tmp_path), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     found = probe(tmp_path, "backup", watched=("prometheus_client",),
-                  PROMETHEUS_MULTIPROC_DIR="")
+                  PROMETHEUS_MULTIPROC_DIR=None)
     assert found["code"] in (0, None) and found["imported"] == []
     folder = tmp_path / "prometheus"
     folder.mkdir()
