@@ -322,6 +322,38 @@ def test_storage_stopped_mid_upload_fails_and_the_next_run_aborts_the_leftover(
     assert len(objects(s3)) == 2
 
 
+def test_an_upload_aborts_what_a_killed_one_left_as_it_starts_and_spares_its_own(
+        streaming, s3, runner, monkeypatch):  # noqa: F811
+    """Beside its first part, not at its end: a backup that then fails has still
+    cleaned up; a key that is not an archive's is not touched."""
+    left = s3.create_multipart_upload(
+        Bucket=BUCKET, Key=f"{PREFIX}/system_backup_20250101_000000.zip")["UploadId"]
+    other = s3.create_multipart_upload(Bucket=BUCKET, Key=f"{PREFIX}/notes.zip")["UploadId"]
+    seen = []
+    real = S3StorageType.open
+
+    def spy(self, url, config):
+        storage = real(self, url, config)
+        sparing = storage.abort_leftovers
+
+        def abort_leftovers(spare=None):
+            uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+            seen.append((spare, sorted(u["UploadId"] for u in uploads)))
+            sparing(spare)
+        storage.abort_leftovers = abort_leftovers
+        return storage
+
+    monkeypatch.setattr(S3StorageType, "open", spy)
+    monkeypatch.setattr(SQLiteEngine, "dump", failing_dump(11 * MiB))
+    result = runner.invoke(args=["backup"])
+    assert result.exit_code == 1 and "RuntimeError" in result.output
+    ((spare, uploads),) = seen  # once, with this backup's own upload under way
+    assert spare is not None and sorted([left, other, spare]) == uploads
+    remaining = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=BUCKET)["Uploads"]]
+    assert remaining == [other]  # the leftover aborted; its own aborted as it failed
+    assert objects(s3) == []
+
+
 def test_an_encrypted_archive_streams_and_a_failed_part_names_the_storage(
         streaming, s3, runner, tmp_path, monkeypatch):  # noqa: F811
     from pyrage import x25519

@@ -133,16 +133,16 @@ class S3Storage(ObjectLock):
             raise StorageError("no such archive")
         return MultipartUpload(self, name)
 
-    def abort_leftovers(self) -> None:
+    def abort_leftovers(self, spare: str | None = None) -> None:
         """Abort the multipart uploads of archives under our prefix that a killed
-        process (or an abort that could not reach the storage) left; called once an
-        upload is complete, under the backup lock, so none of them is still being
-        written. Never raises."""
+        process (or an abort that could not reach the storage) left, but the upload
+        ``spare`` (the one being written); called by an upload, under the backup
+        lock, so no other one is still being written. Never raises."""
         prefix = f"{self.prefix}/" if self.prefix else ""
         try:
             answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
             for upload in answer.get("Uploads", []):
-                if is_archive_name(upload["Key"][len(prefix):]):
+                if upload["UploadId"] != spare and is_archive_name(upload["Key"][len(prefix):]):
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
                                                        UploadId=upload["UploadId"])
                     log.warning("aborted an unfinished upload of %s", upload["Key"])

@@ -13,8 +13,8 @@ again if completing fails); an archive smaller than one part is one PutObject.
 Any failure, or :meth:`MultipartUpload.abort`, aborts the multipart upload
 (AbortMultipartUpload): no half object, no parts left to pay for. A process
 killed outright cannot abort: the next upload to the storage aborts what it
-left (:meth:`S3Storage.abort_leftovers`), and a bucket lifecycle rule
-``AbortIncompleteMultipartUpload`` is the safety net (docs/s3.md).
+left (:meth:`S3Storage.abort_leftovers`, beside its first part), and a bucket
+lifecycle rule ``AbortIncompleteMultipartUpload`` is the safety net (docs/s3.md).
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ class MultipartUpload:
         self._pending: deque[Future] = deque()
         self._parts: dict[int, dict[str, Any]] = {}  # number -> its entry for completing
         self._pool: ThreadPoolExecutor | None = None
+        self._leftovers: Future | None = None  # abort_leftovers, beside the parts
         self._completed = False
         self._warm()
 
@@ -204,6 +205,9 @@ class MultipartUpload:
         # the parts on their way, the last one beside them, and the seal
         self._pool = ThreadPoolExecutor(max_workers=self.in_flight + 2,
                                         thread_name_prefix="s3-part")
+        # what a killed process left, aborted while this archive is written (not at
+        # its end, where each request adds to the backup's time; and even if it fails)
+        self._leftovers = self._pool.submit(self.storage.abort_leftovers, self._upload_id)
 
     def _put_part(self, number: int, body: bytearray) -> None:
         checksum = dict(self._checksum)
@@ -258,7 +262,8 @@ class MultipartUpload:
             raise self._failed(exc) from None
         self._completed = True
         self._close_pool()
-        self.storage.abort_leftovers()
+        if self._leftovers is None:  # one PutObject: not looked for yet
+            self.storage.abort_leftovers()
         self.storage.lock(self.key, version)
         if sidecar is not None:
             self.storage.lock(seal_key, seal_version)
