@@ -202,11 +202,11 @@ class MultipartUpload:
         except Exception as exc:
             raise self._failed(exc) from None
         self._upload_id = answer["UploadId"]
-        # the parts on their way, the last one beside them, and the seal
-        self._pool = ThreadPoolExecutor(max_workers=self.in_flight + 2,
+        # the parts on their way, the last one beside them, the seal, and the look for
+        # what a killed process left, aborted while this archive is written (not at its
+        # end, where each request adds to the backup's time; and even if it fails)
+        self._pool = ThreadPoolExecutor(max_workers=self.in_flight + 3,
                                         thread_name_prefix="s3-part")
-        # what a killed process left, aborted while this archive is written (not at
-        # its end, where each request adds to the backup's time; and even if it fails)
         self._leftovers = self._pool.submit(self.storage.abort_leftovers, self._upload_id)
 
     def _put_part(self, number: int, body: bytearray) -> None:
