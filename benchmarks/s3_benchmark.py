@@ -50,11 +50,20 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def start_s3_server(log_path: Path, tls: tuple[Path, Path] | None = None, stub: bool = False
-                    ) -> tuple[subprocess.Popen, str]:
+#: ``python -m moto.server`` with Nagle's algorithm off on the connections it accepts
+#: (werkzeug's server leaves it on: over TLS, where an answer's headers and body are
+#: two records, the body waits for the client's delayed ACK of the headers)
+MOTO_NODELAY = ("import sys; from werkzeug.serving import WSGIRequestHandler; "
+                "WSGIRequestHandler.disable_nagle_algorithm = True; "
+                "from moto.server import main; main(sys.argv[1:])")
+
+
+def start_s3_server(log_path: Path, tls: tuple[Path, Path] | None = None, stub: bool = False,
+                    nodelay: bool = False) -> tuple[subprocess.Popen, str]:
     """moto's S3 server in its own process (its CPU and memory are not the backup's);
     over HTTPS with ``tls`` (certificate, key), as S3 itself is served. ``stub``:
-    benchmarks/stub_s3.py instead, the in-memory S3 that costs almost nothing."""
+    benchmarks/stub_s3.py instead, the in-memory S3 that costs almost nothing.
+    ``nodelay``: moto with TCP_NODELAY on its connections (:data:`MOTO_NODELAY`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -62,7 +71,8 @@ def start_s3_server(log_path: Path, tls: tuple[Path, Path] | None = None, stub: 
         cmd = [sys.executable, str(Path(__file__).with_name("stub_s3.py")), str(port)]
         cmd += [str(tls[0]), str(tls[1])] if tls else []
     else:
-        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        cmd = [sys.executable] + (["-c", MOTO_NODELAY] if nodelay else ["-m", "moto.server"])
+        cmd += ["-H", "127.0.0.1", "-p", str(port)]
         cmd += ["-c", str(tls[0]), "-k", str(tls[1])] if tls else []
     with open(log_path, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -304,9 +314,17 @@ def main(argv: list[str] | None = None) -> None:
                              "nothing, so the ratio shows what the backup's own S3 client costs "
                              "(a diagnostic: issue 26's goal is measured against moto); the "
                              "table goes to benchmarks/results/s3-stub.md")
+    parser.add_argument("--moto-nodelay", action="store_true",
+                        help="moto with Nagle's algorithm off on its connections (werkzeug's "
+                             "server leaves it on, which over TLS holds each answer's body "
+                             "for the client's delayed ACK): a diagnostic of how much of the "
+                             "HTTPS row is that stall; the table goes to "
+                             "benchmarks/results/s3-nodelay.md")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rows < 1 or args.small_part_runs < 0:
         parser.error("--runs and --rows must be positive")
+    if args.stub and args.moto_nodelay:
+        parser.error("--moto-nodelay is a moto setting; --stub runs no moto")
     url = gen.libpq_url(args.database_url)
     if not os.access(TIME, os.X_OK):
         raise SystemExit(f"{TIME} (GNU time) is needed for the peak memory; apt-get install time")
@@ -329,9 +347,12 @@ def main(argv: list[str] | None = None) -> None:
         RESULTS.mkdir(exist_ok=True)
         tls = self_signed(work) if args.tls else None
         moto_proc, endpoint = start_s3_server(
-            RESULTS / ("stub-s3.log" if args.stub else "moto.log"), tls, stub=args.stub)
+            RESULTS / ("stub-s3.log" if args.stub else "moto.log"), tls, stub=args.stub,
+            nodelay=args.moto_nodelay)
         server = ("the in-memory stub S3 (`benchmarks/stub_s3.py`: checks nothing, costs almost "
                   "nothing; a diagnostic, not the goal's stand)" if args.stub else
+                  f"moto {moto.__version__} (`python -m moto.server` with TCP_NODELAY on its "
+                  "connections; a diagnostic, not the goal's stand)" if args.moto_nodelay else
                   f"moto {moto.__version__} (`python -m moto.server`)")
         log(f"S3 server at {endpoint} (pid {moto_proc.pid}): {server}")
         ca = {"AWS_CA_BUNDLE": str(tls[0])} if tls else {}
@@ -370,7 +391,8 @@ def main(argv: list[str] | None = None) -> None:
         info["probe"] = {k: probe(envs[k], work, archive, s3, int(envs[k]["BACKUP_S3_PART_MB"]))
                          for k in series if k != "local" and series[k]}
         result = table(info, series)
-        (RESULTS / ("s3-stub.md" if args.stub else "s3.md")).write_text(result)
+        (RESULTS / ("s3-stub.md" if args.stub else "s3-nodelay.md" if args.moto_nodelay
+                    else "s3.md")).write_text(result)
         print("\n" + result)
     finally:
         signal.alarm(0)
