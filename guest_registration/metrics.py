@@ -10,7 +10,7 @@ Off (404) unless ``METRICS_TOKEN`` or ``METRICS_ALLOW`` is set:
 
 ``serve`` runs several processes: every one of them (and ``manage.py worker``)
 counts in files of ``PROMETHEUS_MULTIPROC_DIR`` (default ``<instance>/prometheus``),
-which ``serve`` prepares at start (:func:`prepare_for_serve`); a scrape adds
+which ``serve`` prepares at start (:mod:`.metrics_folder`); a scrape adds
 them up. Plugins add collectors of their own to ``app.extensions[COLLECTORS]``
 (values computed at scrape time). The host counts HTTP requests (by endpoint
 name, never the raw path) and failed logins.
@@ -25,7 +25,6 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from flask import Flask, Response, abort, current_app, g, has_app_context, request
@@ -222,77 +221,3 @@ def init_app(app: Flask) -> None:
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
     app.before_request(_started)
     app.after_request(_counted)
-
-
-# --------------------------------------------------------------------------- processes
-
-def _pid_of(path: Path) -> int | None:
-    try:
-        return int(path.stem.rsplit("_", 1)[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _private_folder(app: Flask) -> Path:
-    folder = Path(app.config[MULTIPROC_ENV])
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        os.chmod(folder, 0o700)
-    except PermissionError:  # not ours: left as it is
-        pass
-    return folder
-
-
-def prepare_folder(app: Flask) -> str | None:
-    """``serve`` at start: create PROMETHEUS_MULTIPROC_DIR (0700), remove the files
-    of processes no longer running (a job worker's stay), and name it in the
-    environment its workers inherit. None (nothing done) when metrics are off."""
-    if not enabled(app):
-        return None
-    folder = _private_folder(app)
-    for found in folder.glob("*.db"):
-        if not _alive(_pid_of(found)):
-            found.unlink(missing_ok=True)
-    os.environ[MULTIPROC_ENV] = str(folder)
-    return str(folder)
-
-
-def prepare_for_serve(load_app: Callable[[], Flask]) -> str | None:
-    """:func:`prepare_folder` for the app ``manage.py serve`` was started for (the
-    command line's own, else a new one from ``load_app``)."""
-    import click
-    from flask.cli import ScriptInfo
-
-    context = click.get_current_context(silent=True)
-    info = context.find_object(ScriptInfo) if context is not None else None
-    return prepare_folder(info.load_app() if info is not None else load_app())
-
-
-def use_folder(app: Flask) -> None:
-    """``manage.py worker``: count in the same folder as the server's workers."""
-    if enabled(app) and not os.environ.get(MULTIPROC_ENV):
-        os.environ[MULTIPROC_ENV] = str(_private_folder(app))
-
-
-def child_exit(server, worker) -> None:
-    """gunicorn's ``child_exit`` hook: a dead worker's live gauges stop counting."""
-    folder = os.environ.get(MULTIPROC_ENV)
-    if folder:
-        try:
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(worker.pid, folder)
-        except Exception as exc:
-            log.warning("marking worker %s dead failed (%s)", worker.pid, type(exc).__name__)

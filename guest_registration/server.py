@@ -120,7 +120,7 @@ def serve(host: str, port: int, workers: int, threads: int, *,
     """Run gunicorn until it is stopped; each worker calls ``load_app()`` for its app.
     With metrics on, PROMETHEUS_MULTIPROC_DIR is prepared first and a worker that
     exits is marked dead (:mod:`.metrics`)."""
-    from .metrics import child_exit, prepare_for_serve
+    from .metrics_folder import child_exit, prepare_for_serve
 
     if prepare_for_serve(load_app):
         extra.setdefault("child_exit", child_exit)

@@ -115,7 +115,7 @@ def worker_command(burst: bool) -> None:
     if not (app.config.get("REDIS_URL") or "").strip():
         raise click.ClickException("REDIS_URL is not set: jobs run inside the web process "
                                    "and no worker is needed")
-    from .metrics import use_folder
+    from .metrics_folder import use_folder
 
     use_folder(app)  # its jobs count in serve's PROMETHEUS_MULTIPROC_DIR
     import redis

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from guest_registration import create_app
 from guest_registration import metrics as host_metrics
+from guest_registration import metrics_folder
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Trip
 from tests.helpers import ADMIN, API, ROOT, csrf_token_from, make_config
@@ -255,7 +256,7 @@ def test_serve_prepares_the_folder_and_marks_dead_workers(tmp_path, monkeypatch)
     app = create_app(make_config(tmp_path, f"sqlite:///{tmp_path / 'x.db'}"),
                      instance_path=str(tmp_path / "instance"))
     assert app.config["PROMETHEUS_MULTIPROC_DIR"] == str(folder)
-    assert host_metrics.prepare_folder(app) is None and not folder.exists()  # metrics off
+    assert metrics_folder.prepare_folder(app) is None and not folder.exists()  # metrics off
 
     app.config["METRICS_TOKEN"] = TOKEN
     folder.mkdir(parents=True)
@@ -263,12 +264,12 @@ def test_serve_prepares_the_folder_and_marks_dead_workers(tmp_path, monkeypatch)
     for name in (f"counter_{gone}.db", f"gauge_livesum_{gone}.db", f"counter_{mine}.db",
                  f"gauge_livesum_{mine}.db", "notes.txt"):
         (folder / name).write_bytes(b"")
-    assert host_metrics.prepare_folder(app) == str(folder)
+    assert metrics_folder.prepare_folder(app) == str(folder)
     assert os.environ[host_metrics.MULTIPROC_ENV] == str(folder)
     assert sorted(p.name for p in folder.iterdir()) == [
         f"counter_{mine}.db", f"gauge_livesum_{mine}.db", "notes.txt"]
     assert folder.stat().st_mode & 0o777 == 0o700
-    host_metrics.child_exit(None, SimpleNamespace(pid=mine))  # a live gauge stops counting
+    metrics_folder.child_exit(None, SimpleNamespace(pid=mine))  # a live gauge stops counting
     assert sorted(p.name for p in folder.iterdir()) == [f"counter_{mine}.db", "notes.txt"]
 
 
