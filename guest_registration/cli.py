@@ -43,9 +43,11 @@ _LISTED = "guest_registration.listed"
 def load_app(web: bool = True) -> Flask:
     """``create_app`` for ``manage.py``: a plugin that stops start-up is reported
     in one line naming it (and the command exits non-zero), not as a traceback."""
+    from .config import SharedFolderError  # create_app's own import: no cost here
+
     try:
         return create_app(web=web)
-    except PluginLoadError as exc:
+    except (PluginLoadError, SharedFolderError) as exc:
         raise NoAppException(f"the app cannot start: {exc}") from None
 
 

@@ -55,7 +55,7 @@ def setup_command(admin_email: str | None, admin_password: str | None,
             click.echo(line)
     except OperationalError as exc:  # one line naming the database, never a traceback
         raise click.ClickException(maintenance.unreachable(current_app, exc)) from None
-    except SchemaError as exc:
+    except (SchemaError, ValueError) as exc:  # a wrong option or folder (a plugin's too)
         raise click.ClickException(str(exc)) from None
 
 

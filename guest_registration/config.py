@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import secrets
+import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
@@ -99,11 +100,27 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def ensure_private_folder(path: Path) -> Path:
+class SharedFolderError(ValueError):
+    """A setting names a shared folder (sticky, as ``/tmp``) for the app's own."""
+
+
+def refuse_shared_folder(path: Path, setting: str) -> None:
+    """:class:`SharedFolderError` when ``path`` is a sticky folder (``/tmp``,
+    ``/var/tmp``: everyone's), which making it private would take from everyone."""
+    if path.is_dir() and path.stat().st_mode & stat.S_ISVTX:
+        raise SharedFolderError(
+            f"{setting} {path} is a shared folder (sticky, as /tmp): the app makes its "
+            f"folders private to its user, which would take this one from everyone; "
+            f"give {setting} a folder of its own")
+
+
+def ensure_private_folder(path: Path, setting: str = "INSTANCE_PATH") -> Path:
     """Create ``path`` (and parents) 0700 whatever the umask; an existing folder loses
     every read and write bit of group and others, but keeps their execute bits: a
     traverse-only folder (0711, as ``pitr setup`` makes the instance folder so that
-    ``postgres`` reaches its pgBackRest folder) lets nobody list or read it."""
+    ``postgres`` reaches its pgBackRest folder) lets nobody list or read it. A
+    shared folder is refused (:func:`refuse_shared_folder`), named by ``setting``."""
+    refuse_shared_folder(path, setting)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         current = path.stat().st_mode & 0o7777

@@ -186,7 +186,8 @@ def setup_app(app: "Flask") -> "Iterable[str] | None":
 
     Called inside an app context after the host created the tables (every model
     imported by a loaded plugin included). Must be idempotent. Return (or yield)
-    one line per thing done, for the command to print.
+    one line per thing done, for the command to print. Raise ``ValueError`` to
+    stop ``setup`` with its message, in one line (a setting it cannot work with).
 
     :param app: the running application.
     """

@@ -41,7 +41,7 @@ def setup(app: Flask, admin_email: str | None = None, admin_password: str | None
     datastore.find_or_create_role(ADMIN_ROLE, description="Full access to the admin panel")
     db.session.commit()
     yield f"role ready: {ADMIN_ROLE}"
-    uploads = ensure_private_folder(Path(app.config["UPLOAD_FOLDER"]))
+    uploads = ensure_private_folder(Path(app.config["UPLOAD_FOLDER"]), "UPLOAD_FOLDER")
     yield f"folder ready: {uploads}"
     if admin_email:
         if not admin_password:
