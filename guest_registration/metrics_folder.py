@@ -8,9 +8,9 @@ existing one must belong to this user, be no shared folder (writable by
 everyone, or sticky, as ``/tmp``: anyone could plant metrics there) and hold no
 other ``*.db`` file. ``serve`` and ``worker`` refuse to start otherwise
 (:class:`MetricsFolderError`), naming the problem. At start ``serve`` removes
-the metric files of processes no longer running, and only those: the folder
-set to the instance folder once cost a SQLite deployment its database
-(``guest_registration.db``, a ``*.db`` file of no process).
+the metric files of processes no longer running, and only those (it removed
+every ``*.db`` file whose name ended in no live pid: with the folder set to the
+instance folder, the default SQLite database ``guest_registration.db``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def private_folder(app: Flask) -> Path:
         return folder
     except FileExistsError:
         pass
+    except OSError:  # no permission, a file on the way
+        raise _refuse(folder, "cannot be created") from None
     try:
         info = folder.stat()
     except OSError:

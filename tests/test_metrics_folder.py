@@ -129,9 +129,11 @@ def test_a_folder_that_is_not_the_metrics_own_is_refused_as_it_is(tmp_path, monk
     assert MULTIPROC_ENV not in os.environ
 
 
-def test_a_file_in_its_place_is_refused(tmp_path):
+def test_a_file_in_its_place_or_on_its_way_is_refused(tmp_path):
     path = tmp_path / "metrics"
     path.write_bytes(b"not a folder")
     with pytest.raises(MetricsFolderError, match="is not a folder"):
         prepare_folder(_app(tmp_path, path))
+    with pytest.raises(MetricsFolderError, match="metrics/inside cannot be created"):
+        prepare_folder(_app(tmp_path, path / "inside"))
     assert path.read_bytes() == b"not a folder"
