@@ -125,10 +125,15 @@ def register_job_functions():
 
 @hookimpl
 def setup_app(app):
+    from pathlib import Path
+
     from guest_backup.ops.folders import prepare_backup_folder
     from guest_backup.wiring import backup_context
+    from guest_registration.config import refuse_shared_folder
 
-    return prepare_backup_folder(backup_context(app).settings)
+    settings = backup_context(app).settings
+    refuse_shared_folder(Path(settings.backup_folder), "BACKUP_FOLDER")  # /tmp: not ours
+    return prepare_backup_folder(settings)
 
 
 @hookimpl

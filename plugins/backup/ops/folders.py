@@ -5,7 +5,6 @@ archives left by a killed process."""
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,13 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
 def prepare_backup_folder(settings: BackupSettings) -> list[str]:
     """Create the backup folder, readable by this user only (archives hold guest
     data), and the signing key, whose public half the operator should note; on
-    PostgreSQL create or check the restore role."""
+    PostgreSQL create or check the restore role. (``setup`` refuses a shared
+    BACKUP_FOLDER before this, with the host's check: see ``setup_app``.)"""
     folder = Path(settings.backup_folder)
-    if folder.is_dir() and folder.stat().st_mode & stat.S_ISVTX:  # /tmp: not ours to close
-        raise ValueError(f"BACKUP_FOLDER {folder} is a shared folder (sticky, as /tmp): "
-                         f"archives hold guest data and their folder is made private to "
-                         f"this user, which would take this one from everyone; give "
-                         f"BACKUP_FOLDER a folder of its own")
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     return [f"folder ready: {folder}",
