@@ -18,7 +18,8 @@ from guest_backup.errors import BackupError
 from guest_backup.ops import erasure as erasure_module
 from guest_backup.ops.erasure import ERASED, Target, erase, erased_present
 from guest_backup.ops.reapply import reapply_checked
-from guest_backup.ops.ledger import LEDGER_NAME, ErasureLedger, collect
+from guest_backup.ops.ledger import LEDGER_NAME, ErasureLedger
+from guest_backup.ops.ledger_copies import collect
 from guest_backup.wiring import backup_context
 from tests.helpers import csrf_token_from, make_backup, restore_target
 

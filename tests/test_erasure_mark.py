@@ -386,7 +386,7 @@ def test_apply_reports_a_row_found_only_by_keyed_hash_that_the_erasure_did_not_c
     before, missed her: her document number is erased, so no hash leads to her."""
     from guest_backup.errors import BackupError
     from guest_backup.ops.erasure_mark import _apply
-    from guest_backup.ops.ledger import collect
+    from guest_backup.ops.ledger_copies import collect
 
     ids = add_people(app)
     assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from guest_backup.errors import BackupError
-from guest_backup.ops.ledger import (GENESIS, LEDGER_NAME, ErasureLedger, LedgerBroken, collect,
-                                     keyed_hash, merge, publish, verify_lines)
+from guest_backup.ops.ledger import (GENESIS, LEDGER_NAME, ErasureLedger, LedgerBroken, keyed_hash,
+                                     merge, verify_lines)
+from guest_backup.ops.ledger_copies import collect, publish
 from guest_backup.storages import StorageError, StorageUnreachable
 from guest_backup.storages.local import LocalStorage
 from tests.test_remote import s3, BUCKET, PREFIX  # noqa: F401

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from guest_backup.ops import notify
+from guest_backup.ops.notify_state import STATE_FILE
 from guest_backup.wiring import backup_context
 from tests.helpers import ADMIN, USER
 from tests.live_server import free_port
@@ -105,7 +106,7 @@ def test_a_failure_is_told_once_and_the_recovery_once(notified_config, request, 
         assert ADMIN[0] not in json.dumps(message) and USER[0] not in json.dumps(message)
         assert "cli:" not in message["message"]
 
-    state = Path(app.instance_path) / notify.STATE_FILE
+    state = Path(app.instance_path) / STATE_FILE
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
     assert json.loads(state.read_text())["backup"]["state"] == "ok"
 
@@ -130,7 +131,7 @@ def test_an_undelivered_message_is_sent_after_the_next_run(app_config, backend, 
     good = _break_backup_folder(app, tmp_path)
     result = app.test_cli_runner().invoke(args=["backup"])
     assert result.exit_code == 1 and "cannot be created" in result.output  # its own error
-    assert not (Path(app.instance_path) / notify.STATE_FILE).exists()  # not told: not stored
+    assert not (Path(app.instance_path) / STATE_FILE).exists()  # not told: not stored
 
     app.config["BACKUP_NOTIFY_URLS"] = receiver.url()
     assert _backup(app) == 1
@@ -200,7 +201,7 @@ def test_the_state_lives_in_redis_when_configured(notified_config, backend, requ
     assert receiver.titles == ["Backup failed", "Backup recovered"]
     stored = redis.Redis.from_url(redis_url).hget("guest-registration:notify-state", "backup")
     assert json.loads(stored)["state"] == "ok"
-    assert not (Path(app.instance_path) / notify.STATE_FILE).exists()
+    assert not (Path(app.instance_path) / STATE_FILE).exists()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -10,7 +10,8 @@ from __future__ import annotations
 from guest_backup.ops.browse import BrowseSession
 from guest_backup.ops.browse_registry import Registry
 from guest_backup.ops.finishing import ErasureReapply
-from guest_backup.ops.ledger import ErasureLedger, collect
+from guest_backup.ops.ledger import ErasureLedger
+from guest_backup.ops.ledger_copies import collect
 
 
 def _stamp(ledger: ErasureLedger) -> int:

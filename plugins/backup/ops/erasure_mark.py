@@ -147,7 +147,8 @@ def apply_missing(ctx, engine: Engine, *, actor: str | None, via: str) -> Applie
     exclusive lock (the ledger is read once the lock is held: no erasure can come
     between). Audited as ``erasure-apply``; a failure changes nothing."""
     from guest_backup.ops.audit import quietly
-    from guest_backup.ops.ledger import ErasureLedger, collect
+    from guest_backup.ops.ledger import ErasureLedger
+    from guest_backup.ops.ledger_copies import collect
 
     ledger = ErasureLedger.in_folder(ctx.instance_path)
     try:

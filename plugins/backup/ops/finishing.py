@@ -242,7 +242,8 @@ class ErasureReapply:
 def erasures_for(ctx) -> ErasureReapply:
     """The ledger's erasures (every copy checked and merged: a broken copy stops the
     restore before it touches anything), ready to re-apply."""
-    from guest_backup.ops.ledger import ErasureLedger, collect
+    from guest_backup.ops.ledger import ErasureLedger
+    from guest_backup.ops.ledger_copies import collect
 
     ledger = ErasureLedger.in_folder(ctx.instance_path)
     return ErasureReapply(collect(ledger, ctx.storages()), ledger)

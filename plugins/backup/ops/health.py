@@ -216,7 +216,8 @@ def _erasure_problems(ctx: BackupContext, engine: Engine) -> list[Problem]:
     cannot be read or checked is a problem too (its copies: ``erasure-ledger
     check``)."""
     from guest_backup.ops.erasure_mark import behind
-    from guest_backup.ops.ledger import ErasureLedger, collect
+    from guest_backup.ops.ledger import ErasureLedger
+    from guest_backup.ops.ledger_copies import collect
 
     try:
         entries = collect(ErasureLedger.in_folder(ctx.instance_path), ctx.storages(),

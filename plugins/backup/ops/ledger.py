@@ -18,9 +18,9 @@ created on first use). **The operator keeps a copy of it with the recovery
 notes** (beside the backup signing key): without it a new server cannot check
 the ledger's copies, and a restore there stops rather than trust them.
 
-After each erasure :func:`publish` copies the file beside the archives of every
+After each erasure :func:`~guest_backup.ops.ledger_copies.publish` copies the file beside the archives of every
 storage (``erasure-ledger.jsonl``); before a restore touches anything,
-:func:`collect` reads the local file and every copy, checks them all, and puts
+:func:`~guest_backup.ops.ledger_copies.collect` reads the local file and every copy, checks them all, and puts
 the longest back in the instance folder when that one was lost or is behind.
 
 Appends take an ``fcntl.flock`` on ``erasure-ledger.jsonl.lock`` (one machine;
@@ -36,10 +36,9 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from guest_backup.errors import BackupError
-from guest_backup.storages import Storage, StorageError, StorageUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +118,10 @@ class ErasureLedger:
     def read_bytes(self) -> bytes | None:
         """The whole file as it is between two appends (None if there is none)."""
         with self.locked(shared=True):
-            return self._read()
+            return self.read_held()
 
-    def _read(self) -> bytes | None:
+    def read_held(self) -> bytes | None:
+        """The whole file, for a caller that holds :meth:`locked`."""
         try:
             return self.path.read_bytes()
         except FileNotFoundError:
@@ -233,79 +233,3 @@ def _new_record(key: bytes, kind: str, guest_ids: Iterable[int], registration_id
     if not (record["guest_ids"] or record["registration_ids"] or hashes):
         raise ValueError("an erasure names at least one record id or identifying value")
     return record
-
-
-# -- copies beside the archives -----------------------------------------------------
-
-def storage_label(storage: Storage) -> str:
-    return f"the {storage.name} storage ({storage.url})"
-
-
-def publish(ledger: ErasureLedger, storages: Iterable[Storage]) -> None:
-    """Copy the local ledger beside the archives of every storage. A copy that has
-    lines the local file lacks (or forks from it) is never overwritten. Every
-    storage is tried; then LedgerBroken if a copy disagrees, else StorageError."""
-    data = ledger.read_bytes()
-    if not data:
-        return
-    key = ledger.key(create=False)
-    mine = verify_lines(_split(data), key, ledger.label)
-    failures: list[BackupError] = []
-    for storage in storages:
-        try:
-            _publish_one(storage, data, mine, key)
-        except BackupError as exc:
-            failures.append(exc)
-    broken = [exc for exc in failures if isinstance(exc, LedgerBroken)]
-    if broken:
-        raise LedgerBroken("; ".join(str(exc) for exc in failures))
-    if failures:
-        raise StorageError("; ".join(str(exc) for exc in failures))
-
-
-def _publish_one(storage: Storage, data: bytes, mine: list[dict], key: bytes) -> None:
-    label = storage_label(storage)
-    current = storage.get_extra(LEDGER_NAME)
-    if current == data:
-        return
-    if current:
-        theirs = verify_lines(_split(current), key, label)
-        merged = merge_verified({"the instance folder": mine, label: theirs})
-        if len(merged) > len(mine):
-            raise LedgerBroken(f"the erasure ledger in {label} has lines the instance folder "
-                               f"lacks: collect the ledger before publishing it")
-    storage.put_extra(LEDGER_NAME, data)
-
-
-def collect(ledger: ErasureLedger, storages: Iterable[Storage],
-            warn: Callable[[str], None] = log.warning) -> list[dict]:
-    """Every erasure known to the instance folder or any storage, checked and merged
-    (what a restore re-applies); the local file is brought up to date when it is
-    missing or behind.
-
-    A storage that cannot be read is skipped (``warn``) when some copy could be read
-    (the local file is where every line is written first); when none could, that
-    is StorageUnreachable: a restore must not go on without its ledger."""
-    copies: dict[str, bytes | None] = {}
-    unreadable: list[str] = []
-    for storage in storages:
-        try:
-            copies[storage_label(storage)] = storage.get_extra(LEDGER_NAME)
-        except StorageError as exc:
-            unreadable.append(str(exc))
-    with ledger.locked():
-        here = ledger._read()
-        if not here and not any(copies.values()):
-            if unreadable:
-                raise StorageUnreachable("no copy of the erasure ledger could be read: "
-                                         + "; ".join(unreadable))
-            return []
-        for message in unreadable:
-            warn(f"{message}; the erasure ledger was read from the other copies")
-        key = ledger.key(create=False)
-        checked = {name: verify_lines(_split(data), key, name)
-                   for name, data in {ledger.label: here, **copies}.items() if data}
-        merged = merge_verified(checked)
-        if len(merged) > len(checked.get(ledger.label, ())):
-            ledger.replace(merged)
-    return merged

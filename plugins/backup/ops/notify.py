@@ -4,7 +4,8 @@ degraded or recovered, a storage unreachable or back, a retention run removed
 more than ``BACKUP_NOTIFY_MAX_PRUNE`` archives from one storage.
 
 Once per change of state, never per run: the last known state of each kind is
-kept in ``<instance>/notify-state.json`` (0600, replaced atomically, under an
+kept in ``<instance>/notify-state.json`` (:mod:`guest_backup.ops.notify_state`: 0600,
+replaced atomically, under an
 flock), or in Redis when ``REDIS_URL`` is set. A new state is stored once at
 least one URL accepted the message about it (or when no URL is set), so a
 message nobody received is tried again at the next run. Texts name the event,
@@ -13,25 +14,19 @@ the machine and archive names, never a person; URLs are only ever shown masked.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import inspect
-import json
 import logging
-import os
 import re
 import socket
-from contextlib import contextmanager
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from guest_backup.errors import BackupBusy
 from guest_backup.ops import metrics
-from guest_backup.ops.context import BackupContext, shared
+from guest_backup.ops.context import BackupContext
+from guest_backup.ops.notify_state import now_text, state_store
 
 log = logging.getLogger(__name__)
-STATE_FILE = "notify-state.json"
 #: states worth a message when they begin
 BAD = frozenset({"failed", "degraded", "unreachable", "excess"})
 #: (kind, new state) -> title; a kind back to "ok" after a bad state has its own
@@ -48,82 +43,6 @@ TITLES = {
 }
 MAX_DETAIL = 600
 _ADDRESS = re.compile(r"[^\s@<>()\"',;:]+@[^\s@<>()\"',;:]+")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class FileStates:
-    """The last state of each kind in one JSON file (0600, replaced whole)."""
-
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.path = Path(folder) / STATE_FILE
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path.with_name(f".{STATE_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing frees the flock
-
-    def read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def get(self, kind: str) -> str | None:
-        entry = self.read().get(kind)
-        return entry.get("state") if isinstance(entry, dict) else None
-
-    def set(self, kind: str, state: str) -> None:
-        data = self.read()
-        data[kind] = {"state": state, "since": _now()}
-        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(data, indent=1, sort_keys=True))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
-
-
-class RedisStates:
-    """The same in a Redis hash, shared by every machine of the installation."""
-
-    def __init__(self, client, key: str) -> None:
-        self.client, self.key = client, key
-
-    def locked(self):
-        return self.client.lock(self.key + ":lock", timeout=120, blocking_timeout=60)
-
-    def read(self) -> dict:
-        found = {}
-        for kind, raw in self.client.hgetall(self.key).items():
-            try:
-                found[kind.decode() if isinstance(kind, bytes) else kind] = json.loads(raw)
-            except ValueError:
-                continue
-        return found
-
-    def get(self, kind: str) -> str | None:
-        raw = self.client.hget(self.key, kind)
-        try:
-            return json.loads(raw).get("state") if raw else None
-        except (ValueError, AttributeError):
-            return None
-
-    def set(self, kind: str, state: str) -> None:
-        self.client.hset(self.key, kind, json.dumps({"state": state, "since": _now()}))
-
-
-def state_store(ctx: BackupContext) -> FileStates | RedisStates:
-    return shared(ctx, lambda c: RedisStates(c, ctx.redis_key("notify-state")),
-                  lambda: FileStates(ctx.instance_path))
 
 
 def notify_urls(ctx: BackupContext) -> list[str]:
@@ -176,7 +95,7 @@ def clean(text: str) -> str:
 
 
 def message(title: str, detail: str) -> str:
-    return clean(f"{title} on {socket.gethostname()} at {_now()}. {detail}".strip())
+    return clean(f"{title} on {socket.gethostname()} at {now_text()}. {detail}".strip())
 
 
 def change(ctx: BackupContext, kind: str, state: str, detail: str = "") -> str | None:

@@ -206,7 +206,8 @@ def _reapply(ctx: BackupContext, engine: Engine, notes: list[str]) -> int | None
     switched to it (``erasure-ledger apply`` re-applies them)."""
     try:
         from guest_backup.ops.finishing import ErasureReapply
-        from guest_backup.ops.ledger import ErasureLedger, collect
+        from guest_backup.ops.ledger import ErasureLedger
+        from guest_backup.ops.ledger_copies import collect
     except ImportError:
         notes.append("the erasure ledger is not part of this version: nothing re-applied")
         return None

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Connection, Engine
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.erasure import NothingToErase, Target, erase
 from guest_backup.ops.erasure_sql import G, guest_not_erased, overdue_query
-from guest_backup.ops.ledger import (ErasureLedger, LedgerBroken, collect, publish,
-                                     storage_label)
+from guest_backup.ops.ledger import ErasureLedger, LedgerBroken
+from guest_backup.ops.ledger_copies import collect, publish, storage_label
 from guest_backup.ops.ledger_format import LEDGER_NAME, _split, merge_verified, verify_lines
 from guest_backup.ops.retention import Decision, Policy, legal_horizon, prune_archives, \
     years_before

@@ -1,0 +1,93 @@
+"""Where notifications keep the last known state of each kind: one JSON file in
+the instance folder (0600, replaced atomically, under an flock), or a Redis hash
+shared by every machine of the installation when ``REDIS_URL`` is set."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from guest_backup.ops.context import BackupContext, shared
+
+STATE_FILE = "notify-state.json"
+
+
+def now_text() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FileStates:
+    """The last state of each kind in one JSON file (0600, replaced whole)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / STATE_FILE
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path.with_name(f".{STATE_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing frees the flock
+
+    def read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, kind: str) -> str | None:
+        entry = self.read().get(kind)
+        return entry.get("state") if isinstance(entry, dict) else None
+
+    def set(self, kind: str, state: str) -> None:
+        data = self.read()
+        data[kind] = {"state": state, "since": now_text()}
+        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(data, indent=1, sort_keys=True))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+
+class RedisStates:
+    """The same in a Redis hash, shared by every machine of the installation."""
+
+    def __init__(self, client, key: str) -> None:
+        self.client, self.key = client, key
+
+    def locked(self):
+        return self.client.lock(self.key + ":lock", timeout=120, blocking_timeout=60)
+
+    def read(self) -> dict:
+        found = {}
+        for kind, raw in self.client.hgetall(self.key).items():
+            try:
+                found[kind.decode() if isinstance(kind, bytes) else kind] = json.loads(raw)
+            except ValueError:
+                continue
+        return found
+
+    def get(self, kind: str) -> str | None:
+        raw = self.client.hget(self.key, kind)
+        try:
+            return json.loads(raw).get("state") if raw else None
+        except (ValueError, AttributeError):
+            return None
+
+    def set(self, kind: str, state: str) -> None:
+        self.client.hset(self.key, kind, json.dumps({"state": state, "since": now_text()}))
+
+
+def state_store(ctx: BackupContext) -> FileStates | RedisStates:
+    return shared(ctx, lambda c: RedisStates(c, ctx.redis_key("notify-state")),
+                  lambda: FileStates(ctx.instance_path))
