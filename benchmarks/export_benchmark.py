@@ -52,7 +52,8 @@ def copy_sql(year: int, month: int) -> str:
     from sqlalchemy.dialects import postgresql
 
     from guest_backup.engines.postgresql import PostgresEngine
-    from guest_backup.export.stream import export_query, month_range
+    from guest_backup.export.request import month_range
+    from guest_backup.export.stream import export_query
 
     query = export_query(*month_range(year, month), timestamp=PostgresEngine().timestamp_text)
     return str(query.compile(dialect=postgresql.dialect(),

@@ -13,7 +13,8 @@ import pytest
 from guest_registration.extensions import db
 from guest_registration.models import Guest, Registration, Trip
 from guest_registration.models import AuditEntry
-from guest_backup.export.stream import FIELDS, open_export, parse_request
+from guest_backup.export.request import parse_request
+from guest_backup.export.stream import FIELDS, open_export
 from tests.helpers import ADMIN, API, USER, db_engine_of
 
 GUESTS = [

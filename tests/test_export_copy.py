@@ -13,7 +13,8 @@ import psycopg2
 import pytest
 from sqlalchemy import event
 
-from guest_backup.export.stream import open_export, parse_request
+from guest_backup.export.request import parse_request
+from guest_backup.export.stream import open_export
 from guest_formats.csv_format import pg_csv, write_csv
 from guest_formats.json_format import pg_json, write_json
 from guest_registration.extensions import db

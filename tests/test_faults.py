@@ -19,7 +19,8 @@ import sqlalchemy.exc
 
 from guest_registration.extensions import db
 from guest_registration.models import AuditEntry
-from guest_backup.export.stream import open_export, parse_request
+from guest_backup.export.request import parse_request
+from guest_backup.export.stream import open_export
 from tests.helpers import ROOT, db_engine_of
 
 

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from guest_backup.archive.format import MAX_MEMBERS
-from guest_backup.archive.zipstream import StreamError, ZipStream, directory_problem
+from guest_backup.archive.zipcheck import directory_problem
+from guest_backup.archive.zipstream import StreamError, ZipStream
 from tests.helpers import make_backup
 
 _CENTRAL = struct.Struct("<4sHHHHHHLLLHHHHHLL")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from guest_backup.archive.format import MANIFEST_MEMBER, SIGNATURE_MEMBER, name_time
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
-from guest_backup.archive.zipstream import directory_problem
+from guest_backup.archive.zipcheck import directory_problem
 from guest_backup.archive.manifest import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
                                           parse_time)
 

@@ -21,8 +21,8 @@ from guest_backup.archive.manifest import (MAX_SIGNATURE_BYTES, Binding, member_
                                           parse_manifest, read_manifest_bytes, shown)
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.writer import CHUNK, Digest
-from guest_backup.archive.zipstream import (BOMB_MIN_BYTES, BOMB_RATIO, StreamError,
-                                           directory_problem, layout_problem, member_at)
+from guest_backup.archive.zipcheck import directory_problem, layout_problem
+from guest_backup.archive.zipstream import BOMB_MIN_BYTES, BOMB_RATIO, StreamError, member_at
 from guest_backup.errors import EngineError
 
 

@@ -3,7 +3,8 @@ stream of an encrypted archive, or the plain file): local headers in order,
 each member inflated as it is read, its end found by the deflate stream itself
 (our writer streams, so sizes and CRC come after the data, in a data
 descriptor). The central directory at the end is read only to check that it
-names the same members in the same order. Nothing is trusted here: names,
+names the same members in the same order. A ZIP file at rest is checked in
+:mod:`guest_backup.archive.zipcheck`. Nothing is trusted here: names,
 hashes and sizes are checked against the signed manifest by the caller."""
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from guest_backup.archive.writer import CHUNK, Digest
 LOCAL_SIG, CENTRAL_SIG = b"PK\x03\x04", b"PK\x01\x02"
 DESCRIPTOR_SIG = b"PK\x07\x08"
 END_SIGS = (b"PK\x06\x06", b"PK\x06\x07", b"PK\x05\x06")
-_LOCAL = struct.Struct("<4sHHHHHLLLHH")
-_EOCD = struct.Struct("<4sHHHHLLH")
-_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+LOCAL_HEADER = struct.Struct("<4sHHHHHLLLHH")
 _CENTRAL = struct.Struct("<4sHHHHHHLLLHHHHHLL")
 DEFLATED, STORED = 8, 0
-_ENCRYPTED, _DESCRIPTOR, _UTF8 = 0x1, 0x8, 0x800
+_ENCRYPTED, _UTF8 = 0x1, 0x800
+FLAG_DESCRIPTOR = 0x8  # sizes and CRC in a data descriptor after the data
 _ZIP64_EXTRA = 0x0001
 #: a member inflating more than this ratio *and* beyond BOMB_MIN_BYTES is refused
 BOMB_RATIO = 200
@@ -158,7 +158,7 @@ class Member:
     def _end(self) -> None:
         """The sizes after the data (or in the header) must be what was read."""
         self.done = True
-        if self._flags & _DESCRIPTOR:
+        if self._flags & FLAG_DESCRIPTOR:
             size = 8 if self._zip64 else 4
             head = self._src.exact(4)
             if head != DESCRIPTOR_SIG:
@@ -171,7 +171,7 @@ class Member:
             raise StreamError(f"{self.name!r}: its sizes in the ZIP differ from its data")
 
 
-def _zip64_sizes(extra: bytes, csize: int, usize: int) -> tuple[tuple[int, int], bool]:
+def zip64_sizes(extra: bytes, csize: int, usize: int) -> tuple[tuple[int, int], bool]:
     """The sizes from a local header's ZIP64 extra field, and whether it has one."""
     i = 0
     while i + 4 <= len(extra):
@@ -186,65 +186,6 @@ def _zip64_sizes(extra: bytes, csize: int, usize: int) -> tuple[tuple[int, int],
             return (csize, usize), True
         i += 4 + length
     return (csize, usize), False
-
-
-def layout_problem(path, infos: list, start_dir: int) -> str | None:
-    """Bytes of the file its central directory does not account for (None: none).
-
-    Our writer puts the members back to back from the first byte up to the
-    central directory: local header, data, data descriptor. Bytes before the
-    first member or between two (hidden local entries, which a reader going front
-    to back would meet) are refused. Reads the local headers and descriptors only,
-    trusting the directory's sizes: the one-pass restore checks each member's
-    real place as it streams (:meth:`ArchivePass.members`)."""
-    pos = 0
-    with open(path, "rb") as f:
-        for info in sorted(infos, key=lambda i: i.header_offset):
-            if info.header_offset != pos:
-                return (f"the ZIP holds bytes its central directory does not list (at offset "
-                        f"{min(pos, info.header_offset)})")
-            f.seek(pos)
-            head = f.read(_LOCAL.size)
-            if len(head) < _LOCAL.size or head[:4] != LOCAL_SIG:
-                return f"the ZIP's local header of {info.filename[:80]!r} is damaged"
-            fields = _LOCAL.unpack(head)
-            flags, (csize, usize, name_len, extra_len) = fields[2], fields[7:11]
-            f.seek(name_len, 1)
-            _, zip64 = _zip64_sizes(f.read(extra_len), csize, usize)
-            pos += _LOCAL.size + name_len + extra_len + info.compress_size
-            if flags & _DESCRIPTOR:
-                f.seek(pos)
-                pos += (4 if f.read(4) == DESCRIPTOR_SIG else 0) + 4 + (16 if zip64 else 8)
-    if pos != start_dir:
-        return f"the ZIP holds bytes its central directory does not list (at offset {pos})"
-    return None
-
-
-def directory_problem(path) -> str | None:
-    """Why the ZIP at ``path`` is refused from its end records alone (None: it is
-    not), before zipfile reads its central directory: more than MAX_MEMBERS
-    entries, or a directory over MAX_DIRECTORY_BYTES. zipfile parses a whole
-    directory into objects first (a planted 128 MiB file of 2.9 million entries
-    took every listing 20 s and 1.1 GiB); a file with no end record is left to
-    zipfile to refuse."""
-    with open(path, "rb") as f:
-        size = f.seek(0, 2)
-        f.seek(size - min(size, _EOCD.size + 0xFFFF + _ZIP64_LOCATOR.size))
-        tail = f.read()
-        at = tail.rfind(END_SIGS[2])
-        if at < 0 or len(tail) - at < _EOCD.size:
-            return None
-        entries, directory = _EOCD.unpack_from(tail, at)[4:6]
-        if at >= _ZIP64_LOCATOR.size and tail[at - _ZIP64_LOCATOR.size:][:4] == END_SIGS[1]:
-            f.seek(_ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)[2])
-            record = f.read(56)
-            if record[:4] == END_SIGS[0] and len(record) == 56:
-                entries, directory = struct.unpack_from("<QQ", record, 32)
-    if entries > MAX_MEMBERS:
-        return f"{entries} members: an archive holds at most {MAX_MEMBERS}"
-    if directory > MAX_DIRECTORY_BYTES:
-        return "the ZIP's central directory is implausibly large"
-    return None
 
 
 def member_at(f, offset: int, end: int) -> "Member":
@@ -298,14 +239,14 @@ class ZipStream:
 
     def _local(self) -> Member:
         (_, _, flags, method, _, _, _, csize, usize, name_len,
-         extra_len) = _LOCAL.unpack(LOCAL_SIG + self.source.exact(_LOCAL.size - 4))
+         extra_len) = LOCAL_HEADER.unpack(LOCAL_SIG + self.source.exact(LOCAL_HEADER.size - 4))
         raw_name, extra = self.source.exact(name_len), self.source.exact(extra_len)
         name = raw_name.decode("utf-8" if flags & _UTF8 else "cp437", "replace")
         if flags & _ENCRYPTED:
             raise StreamError(f"{name!r} is encrypted inside the ZIP")
-        if method not in (DEFLATED, STORED) or (method == STORED and flags & _DESCRIPTOR):
+        if method not in (DEFLATED, STORED) or (method == STORED and flags & FLAG_DESCRIPTOR):
             raise StreamError(f"{name!r} is stored in a way this archive format never uses")
-        sizes, zip64 = _zip64_sizes(extra, csize, usize)
+        sizes, zip64 = zip64_sizes(extra, csize, usize)
         return Member(self.source, name, flags, method, sizes, zip64)
 
     def _central(self) -> None:

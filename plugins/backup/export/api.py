@@ -17,7 +17,8 @@ from guest_registration.extensions import db
 
 from guest_backup.ops.slots import RETRY_BUSY
 from guest_backup.wiring import backup_context
-from guest_backup.export.stream import ExportRequestError, open_export, parse_request
+from guest_backup.export.request import ExportRequestError, parse_request
+from guest_backup.export.stream import open_export
 
 bp = Blueprint("backup_api", __name__, url_prefix="/api/backup")
 

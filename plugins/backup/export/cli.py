@@ -28,7 +28,8 @@ from guest_backup.wiring import backup_context
 @with_appcontext
 def export_guests_command(year: str, month: str, format_name: str, output: str | None) -> None:
     """Export one month of guests: the same bytes as GET /api/backup/guests."""
-    from guest_backup.export.stream import ExportRequestError, open_export, parse_request
+    from guest_backup.export.request import ExportRequestError, parse_request
+    from guest_backup.export.stream import open_export
 
     try:
         req = parse_request({"year": [year], "month": [month], "format": [format_name]},

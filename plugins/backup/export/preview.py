@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from guest_backup.engines import DatabaseEngine
-from guest_backup.export.stream import ExportRequest, open_export
+from guest_backup.export.request import ExportRequest
+from guest_backup.export.stream import open_export
 
 
 @dataclass

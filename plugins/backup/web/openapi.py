@@ -13,7 +13,8 @@ from flask import Blueprint, current_app, jsonify
 from guest_registration import __version__
 
 from guest_backup.archive.format import ARCHIVE_RE
-from guest_backup.export.stream import FIELDS, MAX_YEAR, MIN_YEAR
+from guest_backup.export.request import MAX_YEAR, MIN_YEAR
+from guest_backup.export.stream import FIELDS
 
 bp = Blueprint("openapi", __name__)
 

@@ -21,7 +21,7 @@ from guest_backup.ops.folders import clean_partials
 from guest_backup.wiring import backup_context
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.fetch import archive_file
-from guest_backup.export.stream import ExportRequestError, parse_request
+from guest_backup.export.request import ExportRequestError, parse_request
 from guest_backup.export.preview import preview
 from guest_backup.ops.health import MESSAGES, health
 from guest_backup.ops.jobs import read_job
