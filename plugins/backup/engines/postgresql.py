@@ -15,7 +15,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
@@ -23,7 +22,8 @@ from guest_backup.errors import EngineError
 from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, libpq, mask, parse_url,
                                    retry_until, sql)
 from guest_backup.engines.pgrole import _connect_reason, _connected, prepare_restore_role
-from guest_backup.engines.psqlsession import PsqlEnded, PsqlOutput, PsqlSession
+from guest_backup.engines.pgload import feed_psql, load_script, marks, outcome
+from guest_backup.engines.psqlsession import PsqlOutput
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Connection
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PG_TRAILER = b"-- PostgreSQL database dump complete"
-COMMITTED = b"gr-restore-committed"
-XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
 #: the advisory lock key of a database's restores and erasures ("erase")
 TARGET_LOCK = 0x6572617365
 #: CREATE DATABASE lost to another one of the same name: duplicate_database, or
@@ -212,22 +210,22 @@ class PostgresEngine:
             raise EngineError(f"psql not found (PATH or PSQL={settings.psql!r})")
         prepare_restore_role(url, settings.restore_role)
         key = secrets.token_hex(24) if libpq.psql_restricts(path) else None
-        script = _load_script(settings.restore_role, replace, key)
+        script = load_script(settings.restore_role, replace, key)
         env = {**libpq.pg_environment(url), "PGCLIENTENCODING": "UTF8"}
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen([path, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                     env=env)
-            output = PsqlOutput(proc.stdout, _marks)
+            output = PsqlOutput(proc.stdout, marks)
             try:
-                doing = _feed_psql(proc, stream, script, finish, url, output)
+                doing = feed_psql(proc, stream, script, finish, url, output)
             finally:
                 rc = proc.wait()
                 printed = output.printed()
                 proc.stdout.close()
             err.seek(0)
             detail = mask(err.read(4000).decode("utf-8", "replace"), url)
-        status = _outcome(url, printed, detail)
+        status = outcome(url, printed, detail)
         if rc == 0 and status == "committed":
             return
         log.warning("psql exited with %s (transaction: %s): %s", rc, status, detail.strip())
@@ -242,87 +240,3 @@ class PostgresEngine:
             raise EngineError(reason + "; nothing was restored, the target database is as it was")
         raise EngineError(reason + "; it is not known whether the load was committed: check "
                           "the target database before using it")
-
-
-def _load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
-    """psql's input before the dump (our transaction, its xid, the restore role,
-    psql restricted by our key), after it (the objects handed to the connecting
-    user: the role keeps nothing; the session's search_path back for the finishing
-    SQL), once the finishing SQL ran (psql unrestricted, for the finishers'
-    statements: the dump is behind it) and at the end (the marker printed only once
-    the COMMIT succeeded)."""
-    r = f'"{role}"'
-    before = ["SET standard_conforming_strings = on;", "BEGIN;",
-              "SELECT pg_catalog.txid_current() AS gr_restore_xid \\gset",
-              "\\echo gr-restore-xid :gr_restore_xid",
-              *(["DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public;"] * replace),
-              f"GRANT USAGE, CREATE ON SCHEMA public TO {r};", f"SET LOCAL ROLE {r};",
-              *([f"\\restrict {key}"] if key else [])]
-    after = ["RESET ROLE;", "RESET search_path;", f"REASSIGN OWNED BY {r} TO CURRENT_USER;",
-             f"DROP OWNED BY {r};"]
-    unrestrict = [f"\\unrestrict {key}"] if key else []
-    end = ["COMMIT;", "\\echo " + COMMITTED.decode()]
-    return tuple(("\n" + "\n".join(lines) + "\n").encode()
-                 for lines in (before, after, unrestrict, end))
-
-
-def _marks(line: bytes) -> bool:
-    """The lines of psql's output a restore keeps (:func:`_outcome` reads them)."""
-    return line.startswith((COMMITTED, b"gr-restore-xid "))
-
-
-def _feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish, url: str,
-               output: PsqlOutput) -> str | None:
-    """Our script around the screened dump; the finishing SQL (still restricted)
-    and the finishers' statements on psql's open transaction (unrestricted: the
-    dump is behind us) before the COMMIT; psql (and its transaction) killed on
-    any error but its own. Returns what the finishers' session was doing (for the
-    reason, when psql stopped there)."""
-    from guest_backup.engines import pgscreen
-
-    screen, (before, after, unrestrict, end) = pgscreen.PgDumpScreen(), script
-    session = None
-    try:
-        proc.stdin.write(before)
-        while chunk := stream.read(CHUNK):
-            proc.stdin.write(screen.feed(chunk))
-        proc.stdin.write(screen.finish() + after)
-        for text in (finish.sql(url) if finish else ()):
-            proc.stdin.write(text.encode())
-        proc.stdin.write(unrestrict)
-        if finish and getattr(finish, "in_session", False):
-            session = PsqlSession.open(proc.stdin, output)
-            finish.run(session)
-        proc.stdin.write(end)
-        proc.stdin.close()
-    except (BrokenPipeError, PsqlEnded):
-        with contextlib.suppress(OSError):
-            proc.stdin.close()  # psql stopped at an error; its exit code says so
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return session.doing if session is not None else None
-
-
-def _outcome(url: str, printed: bytes, stderr: str) -> str | None:
-    """``committed`` (our marker, or the server's word on the xid psql printed),
-    ``aborted``, ``not started`` (psql could not connect) or None (nobody knows)."""
-    if b"\n" + COMMITTED + b"\n" in b"\n" + printed:  # our \echo's whole line
-        return "committed"
-    m = XID_MARK.search(printed)
-    if m is None:
-        never = ("could not connect", "connection refused", "connection to server",
-                 "password authentication failed", "no password supplied", "does not exist")
-        return "not started" if any(w in stderr.lower() for w in never) else None
-    try:
-        with _connected(url, autocommit=True) as conn:
-            for _ in range(100):  # the server soon ends a dead client's transaction
-                status = conn.execute(sql("SELECT pg_catalog.txid_status(:x)"),
-                                      {"x": int(m.group(1))}).scalar()
-                if status != "in progress":
-                    return status
-                time.sleep(0.1)
-    except Exception as exc:
-        log.warning("cannot ask about the restore's transaction: %s", mask(str(exc), url))
-    return None

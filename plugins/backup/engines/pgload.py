@@ -1,0 +1,106 @@
+"""A PostgreSQL restore's psql session: our script around the screened dump (one
+transaction, the restore role, psql restricted by our key), the finishing SQL
+before the COMMIT, and what became of the transaction when psql stopped (see
+:meth:`guest_backup.engines.postgresql.PostgresEngine.restore`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import subprocess
+import time
+from typing import IO
+
+from guest_backup.engines import CHUNK, mask, sql
+from guest_backup.engines.pgrole import _connected
+from guest_backup.engines.psqlsession import PsqlEnded, PsqlOutput, PsqlSession
+
+log = logging.getLogger(__name__)
+
+COMMITTED = b"gr-restore-committed"
+XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
+
+
+def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
+    """psql's input before the dump (our transaction, its xid, the restore role,
+    psql restricted by our key), after it (the objects handed to the connecting
+    user: the role keeps nothing; the session's search_path back for the finishing
+    SQL), once the finishing SQL ran (psql unrestricted, for the finishers'
+    statements: the dump is behind it) and at the end (the marker printed only once
+    the COMMIT succeeded)."""
+    r = f'"{role}"'
+    before = ["SET standard_conforming_strings = on;", "BEGIN;",
+              "SELECT pg_catalog.txid_current() AS gr_restore_xid \\gset",
+              "\\echo gr-restore-xid :gr_restore_xid",
+              *(["DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public;"] * replace),
+              f"GRANT USAGE, CREATE ON SCHEMA public TO {r};", f"SET LOCAL ROLE {r};",
+              *([f"\\restrict {key}"] if key else [])]
+    after = ["RESET ROLE;", "RESET search_path;", f"REASSIGN OWNED BY {r} TO CURRENT_USER;",
+             f"DROP OWNED BY {r};"]
+    unrestrict = [f"\\unrestrict {key}"] if key else []
+    end = ["COMMIT;", "\\echo " + COMMITTED.decode()]
+    return tuple(("\n" + "\n".join(lines) + "\n").encode()
+                 for lines in (before, after, unrestrict, end))
+
+
+def marks(line: bytes) -> bool:
+    """The lines of psql's output a restore keeps (:func:`outcome` reads them)."""
+    return line.startswith((COMMITTED, b"gr-restore-xid "))
+
+
+def feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish, url: str,
+               output: PsqlOutput) -> str | None:
+    """Our script around the screened dump; the finishing SQL (still restricted)
+    and the finishers' statements on psql's open transaction (unrestricted: the
+    dump is behind us) before the COMMIT; psql (and its transaction) killed on
+    any error but its own. Returns what the finishers' session was doing (for the
+    reason, when psql stopped there)."""
+    from guest_backup.engines import pgscreen
+
+    screen, (before, after, unrestrict, end) = pgscreen.PgDumpScreen(), script
+    session = None
+    try:
+        proc.stdin.write(before)
+        while chunk := stream.read(CHUNK):
+            proc.stdin.write(screen.feed(chunk))
+        proc.stdin.write(screen.finish() + after)
+        for text in (finish.sql(url) if finish else ()):
+            proc.stdin.write(text.encode())
+        proc.stdin.write(unrestrict)
+        if finish and getattr(finish, "in_session", False):
+            session = PsqlSession.open(proc.stdin, output)
+            finish.run(session)
+        proc.stdin.write(end)
+        proc.stdin.close()
+    except (BrokenPipeError, PsqlEnded):
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # psql stopped at an error; its exit code says so
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return session.doing if session is not None else None
+
+
+def outcome(url: str, printed: bytes, stderr: str) -> str | None:
+    """``committed`` (our marker, or the server's word on the xid psql printed),
+    ``aborted``, ``not started`` (psql could not connect) or None (nobody knows)."""
+    if b"\n" + COMMITTED + b"\n" in b"\n" + printed:  # our \echo's whole line
+        return "committed"
+    m = XID_MARK.search(printed)
+    if m is None:
+        never = ("could not connect", "connection refused", "connection to server",
+                 "password authentication failed", "no password supplied", "does not exist")
+        return "not started" if any(w in stderr.lower() for w in never) else None
+    try:
+        with _connected(url, autocommit=True) as conn:
+            for _ in range(100):  # the server soon ends a dead client's transaction
+                status = conn.execute(sql("SELECT pg_catalog.txid_status(:x)"),
+                                      {"x": int(m.group(1))}).scalar()
+                if status != "in progress":
+                    return status
+                time.sleep(0.1)
+    except Exception as exc:
+        log.warning("cannot ask about the restore's transaction: %s", mask(str(exc), url))
+    return None
