@@ -269,7 +269,7 @@ def test_format_labels_translate_on_pages_only(client, auth, runner):
 def test_every_health_problem_has_its_translation(app):
     """Health problems travel as an id and parameters and are translated where shown
     (never parsed back out of English)."""
-    from guest_backup.ops.health import MESSAGES, Problem
+    from guest_backup.ops.health_problems import MESSAGES, Problem
     from guest_backup.web.views import problem_text
 
     values = {"storage": "s3", "age": "3d", "limit": "26h", "at": "2025-06-01T02:00:00Z",

@@ -41,7 +41,8 @@ def notify_test_command() -> None:
 def notify_check_command(max_age: str, max_drill_age: str) -> None:
     """Check the backups' health and each storage now; notify BACKUP_NOTIFY_URLS
     once when either changes (degraded, unreachable, recovered). Prints the status."""
-    from guest_backup.ops.health import health, parse_duration
+    from guest_backup.ops.health import health
+    from guest_backup.ops.health_problems import parse_duration
 
     try:
         limits = parse_duration(max_age), parse_duration(max_drill_age)

@@ -237,7 +237,8 @@ def backup_health_command(max_age: str, max_drill_age: str) -> None:
     storage cannot be reached."""
     import json
 
-    from guest_backup.ops.health import health, parse_duration
+    from guest_backup.ops.health import health
+    from guest_backup.ops.health_problems import parse_duration
 
     try:
         limits = parse_duration(max_age), parse_duration(max_drill_age)

@@ -2,18 +2,18 @@
 backup (and its upload) succeed, and was a restore drill passed recently?
 
 Exit codes, for monitoring: 0 healthy, 1 unhealthy, 2 a storage can't be reached.
+The problems and their wording: :mod:`guest_backup.ops.health_problems`.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.engine import Engine
 
 from guest_backup.errors import BackupError
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.health_problems import Problem, human_age, iso_time, parse_duration
 from guest_backup.ops.listing import list_everywhere, recognised
 from guest_backup.ops.pitr import status as pitr_status
 from guest_backup.ops.retention import legal_horizon
@@ -21,90 +21,6 @@ from guest_backup.ops.rights import overdue_registrations
 from guest_backup.storages import StorageError
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``26h``, ``35d``, ``90m``, ``2w`` or plain seconds."""
-    m = _DURATION.match(text or "")
-    if not m:
-        raise ValueError(f"{text!r} is not a duration (e.g. 26h, 35d, 90m)")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
-
-
-def _iso(when: datetime | None) -> str | None:
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def N_(message: str) -> str:
-    """Marks a message for the catalogue (Babel's default keyword); translated where shown."""
-    return message
-
-
-#: the problems ``health`` reports, by id, worded once: the report (and
-#: ``backup-health``) gives them in English, the Backup page in its language
-MESSAGES = {
-    "old_archive": N_("%(storage)s: the newest archive is %(age)s old (more than %(limit)s)"),
-    "no_archive": N_("%(storage)s: no archive yet"),
-    "backup_failed": N_("the last backup failed at %(at)s: %(message)s"),
-    "upload_failed": N_("the last upload failed at %(at)s: %(message)s"),
-    "no_drill": N_("no restore drill yet (run: manage.py restore-test)"),
-    "drill_failed": N_("the last restore drill failed at %(at)s: %(message)s"),
-    "old_drill": N_("the last restore drill is %(age)s old (more than %(limit)s)"),
-    "unrecognised": N_("%(storage)s: %(count)s unrecognised files (not counted as backups, "
-                       "never deleted by retention): %(names)s"),
-    #: ``limit``: GUEST_RETENTION_YEARS
-    "overdue_records": N_("%(count)s registrations past the legal retention of %(limit)s years "
-                          "(run: manage.py retention-enforce)"),
-    "overdue_archives": N_("%(storage)s: %(count)s archives older than the legal retention of "
-                           "%(limit)s years (run: manage.py retention-enforce)"),
-    #: a storage's own error message, shown as it is
-    "storage": "%(message)s",
-    #: BACKUP_S3_OBJECT_LOCK_DAYS is set; ``reason``: the storage's own words
-    "object_lock_missing": N_("%(storage)s: BACKUP_S3_OBJECT_LOCK_DAYS is %(days)s, but "
-                              "%(reason)s: its archives can be deleted by anyone holding the "
-                              "storage's keys"),
-    #: the database misses erasures of the ledger (guest_backup.ops.erasure_mark)
-    "erasures_missing": N_("the database misses %(count)s erasure(s) of the erasure ledger (it "
-                           "reflects line %(mark)s of %(last)s): run manage.py erasure-ledger "
-                           "apply"),
-    "erasures_unchecked": N_("the erasure ledger cannot be checked (%(message)s): run "
-                             "manage.py erasure-ledger check"),
-    "erasures_unknown": N_("the database's place in the erasure ledger (%(last)s lines) is not "
-                           "known: run manage.py erasure-ledger apply once"),
-    #: point-in-time recovery (only when PITR_PG_DATA is set; see guest_backup.ops.pitr)
-    "pitr_unavailable": N_("point-in-time recovery: %(message)s"),
-    "pitr_wal_stalled": N_("WAL archiving is stalled: %(count)s segment(s) waiting, the oldest "
-                           "for %(age)s (more than %(limit)s)"),
-    "pitr_wal_failing": N_("WAL archiving is failing (last failure at %(at)s): %(count)s "
-                           "segment(s) waiting, the oldest for %(age)s (more than %(limit)s)"),
-    "pitr_no_full": N_("no full PITR backup yet (run: manage.py pitr backup --type full)"),
-    "pitr_old_full": N_("the newest full PITR backup is %(age)s old (more than %(limit)s)"),
-    "pitr_no_drill": N_("no PITR drill yet (run: manage.py pitr drill)"),
-    "pitr_drill_failed": N_("the last PITR drill failed at %(at)s: %(message)s"),
-    "pitr_old_drill": N_("the last PITR drill is %(age)s old (more than %(limit)s)"),
-}
-
-
-@dataclass
-class Problem:
-    """One problem: a message id and its parameters (never parsed back from text)."""
-
-    id: str
-    params: dict = field(default_factory=dict)
-
-    def english(self) -> str:
-        return MESSAGES[self.id] % self.params
-
-    def as_dict(self) -> dict:
-        return {"id": self.id, "params": dict(self.params), "text": self.english()}
-
-
 def _latest(ctx: BackupContext, engine: Engine, action: str,
             outcomes=("ok", "failed", "aborted")) -> dict | None:
     """The newest finished audit entry of ``action`` with one of ``outcomes``."""
@@ -114,7 +30,7 @@ def _latest(ctx: BackupContext, engine: Engine, action: str,
         return None
     row = max(rows, key=lambda r: r["id"])
     when = row["finished_at"] or row["created_at"]
-    return {"outcome": row["outcome"], "at": _iso(when), "target": row["target"],
+    return {"outcome": row["outcome"], "at": iso_time(when), "target": row["target"],
             "message": row["message"], "_when": when.replace(tzinfo=timezone.utc)}
 
 
@@ -153,11 +69,11 @@ def _storage_entries(results, now: datetime, max_age: timedelta, problems: list[
             continue
         newest = archives[0]
         age = now - newest.created
-        entry["newest"] = {"name": newest.name, "created": _iso(newest.created),
+        entry["newest"] = {"name": newest.name, "created": iso_time(newest.created),
                            "age_seconds": int(age.total_seconds())}
         if age > max_age:
-            problems.append(Problem("old_archive", {"storage": storage.name, "age": _human(age),
-                                                    "limit": _human(max_age)}))
+            problems.append(Problem("old_archive", {"storage": storage.name, "age": human_age(age),
+                                                    "limit": human_age(max_age)}))
     return storages, unreachable
 
 
@@ -173,8 +89,8 @@ def _activity_problems(last_backup, last_upload, last_drill, now: datetime,
         problems.append(Problem("drill_failed", {"at": last_drill["at"],
                                                  "message": last_drill["message"]}))
     elif now - last_drill["_when"] > max_drill_age:
-        problems.append(Problem("old_drill", {"age": _human(now - last_drill["_when"]),
-                                              "limit": _human(max_drill_age)}))
+        problems.append(Problem("old_drill", {"age": human_age(now - last_drill["_when"]),
+                                              "limit": human_age(max_drill_age)}))
     return problems
 
 
@@ -251,14 +167,14 @@ def pitr_section(ctx: BackupContext, engine: Engine | None, now: datetime,
                   now - (a.last_archived_time or now) if a.failing and a.ready is None else None)
         if waited is not None and waited > delay:
             problems.append(Problem("pitr_wal_failing" if a.failing else "pitr_wal_stalled", {
-                "count": a.ready if a.ready is not None else "?", "age": _human(waited),
-                "limit": _human(delay), "at": _iso(a.last_failed_time)}))
+                "count": a.ready if a.ready is not None else "?", "age": human_age(waited),
+                "limit": human_age(delay), "at": iso_time(a.last_failed_time)}))
     full = st.repo.newest_full if st.repo else None
     if st.repo is not None and full is None:
         problems.append(Problem("pitr_no_full"))
     elif full is not None and now - full.stop > max_full:
-        problems.append(Problem("pitr_old_full", {"age": _human(now - full.stop),
-                                                  "limit": _human(max_full)}))
+        problems.append(Problem("pitr_old_full", {"age": human_age(now - full.stop),
+                                                  "limit": human_age(max_full)}))
     drill = _latest(ctx, engine, "pitr-drill") if engine is not None else None
     drill_age = now - drill.pop("_when") if drill else None
     if drill is None:
@@ -267,8 +183,8 @@ def pitr_section(ctx: BackupContext, engine: Engine | None, now: datetime,
         problems.append(Problem("pitr_drill_failed", {"at": drill["at"],
                                                       "message": drill["message"]}))
     elif drill_age > max_drill_age:
-        problems.append(Problem("pitr_old_drill", {"age": _human(drill_age),
-                                                   "limit": _human(max_drill_age)}))
+        problems.append(Problem("pitr_old_drill", {"age": human_age(drill_age),
+                                                   "limit": human_age(max_drill_age)}))
     section = {**st.as_dict(), "status": "unhealthy" if problems else "healthy",
                "last_drill": drill, "problems": [p.english() for p in problems]}
     if a is not None and a.last_archived_time is not None:
@@ -308,7 +224,7 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
             entry.pop("_when", None)
     return {
         "status": {HEALTHY: "healthy", UNHEALTHY: "unhealthy", UNREACHABLE: "unreachable"}[code],
-        "checked_at": _iso(now),
+        "checked_at": iso_time(now),
         "storages": storages,
         "last_backup": last_backup,
         "last_upload": last_upload,
@@ -318,11 +234,3 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
         "problems": [p.english() for p in problems],
         "problem_ids": [p.as_dict() for p in problems],
     }, code
-
-
-def _human(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

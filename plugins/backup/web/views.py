@@ -23,7 +23,8 @@ from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.fetch import archive_file
 from guest_backup.export.request import ExportRequestError, parse_request
 from guest_backup.export.preview import preview
-from guest_backup.ops.health import MESSAGES, health
+from guest_backup.ops.health import health
+from guest_backup.ops.health_problems import MESSAGES
 from guest_backup.ops.jobs import read_job
 from guest_backup.tasks import start_job
 from guest_backup.ops.listing import list_everywhere, storages_holding
