@@ -395,8 +395,8 @@ def test_an_unexpected_failure_of_a_recovery_is_audited_and_named(cluster, pitr_
     def broken(*args, **kwargs):
         raise TypeError("an internal detail")
 
-    monkeypatch.setattr(pitr_ops, "_recover", broken)
-    monkeypatch.setattr(pitr_ops, "_random_moment", broken)  # the drill's first step
+    monkeypatch.setattr(pitr_ops, "recover", broken)
+    monkeypatch.setattr(pitr_ops, "random_moment", broken)  # the drill's first step
     out = pitr(pitr_app, "restore", "--to", "latest", "--into",
                str(cluster.base / "never"), code=1)
     assert "the point-in-time recovery failed (TypeError)" in out

@@ -12,7 +12,8 @@ the database. An archive without a valid seal (older, or plain and re-signed)
 is verified whole first, as before. At the end (:meth:`ArchivePass.verdict`),
 against a file changed meanwhile: the ciphertext's hash against the seal, the
 streamed manifest and its signature, every member's size and SHA-256, the
-dump's completion trailer, and the central directory against the members read."""
+dump's completion trailer, and the central directory against the members read
+(``verify`` of an encrypted archive too: :mod:`guest_backup.archive.verify_pass`)."""
 
 from __future__ import annotations
 
@@ -22,15 +23,15 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from guest_backup.archive.encryption import DecryptingReader, is_age_file
-from guest_backup.archive.format import (DATABASE_MEMBER, MANIFEST_MEMBER, MAX_MEMBERS,
-                                        SIGNATURE_MEMBER, read_seal, sidecar_path)
+from guest_backup.archive.format import (MANIFEST_MEMBER, MAX_MEMBERS, SIGNATURE_MEMBER,
+                                        read_seal, sidecar_path)
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
 from guest_backup.archive.manifest import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
                                           member_problem, parse_manifest, shown)
 from guest_backup.archive.verify import VerifyReport, check_zip, digest_problems
 from guest_backup.archive.writer import Digest
 from guest_backup.archive.zipstream import Member, StreamError, ZipStream
-from guest_backup.errors import BackupError, EngineError
+from guest_backup.errors import BackupError
 
 _KEPT = {MANIFEST_MEMBER: MAX_MANIFEST_BYTES, SIGNATURE_MEMBER: MAX_SIGNATURE_BYTES}
 
@@ -112,6 +113,8 @@ class ArchivePass:
         """No valid seal: the whole archive verified before the pass that loads it
         (for an encrypted one a pass of its own, decrypted as it is read)."""
         if self.report.encrypted:
+            from guest_backup.archive.verify_pass import verify_stream  # it reads with a pass
+
             report = verify_stream(self.path, self.engines, self.trusted, self.binding,
                                    self.identities, self.allow_unsigned)
         else:
@@ -295,49 +298,3 @@ class ArchivePass:
             raise ArchiveRefused(["the archive is unsigned (made before archives were signed, "
                                   "or forged); --allow-unsigned accepts it anyway"])
         return manifest
-
-
-def verify_stream(path: str | os.PathLike, engines: Mapping | None, trusted: TrustedKeys,
-                  binding: Binding, identities: list, allow_unsigned: bool) -> VerifyReport:
-    """``verify`` of an encrypted archive with an identity: one pass, decrypted as it
-    is read (no copy on disk), the dump screened, every problem reported."""
-    problems: list[str] = []
-    archive = ArchivePass(path, trusted, binding, identities=identities,
-                          allow_unsigned=allow_unsigned, engines=engines, verify_first=False)
-    try:
-        with archive:
-            for member in archive.members():
-                if member.name == DATABASE_MEMBER:
-                    problems += _screened(member, engines, archive)
-            archive.report.manifest = archive.verdict(engines, archive.engine)
-    except ArchiveRefused as exc:
-        problems += exc.problems
-    except BackupError as exc:
-        problems.append(str(exc))
-    report = archive.report
-    report.problems = problems
-    report.ok = not problems
-    return report
-
-
-def _screened(member: Member, engines: Mapping | None, archive: ArchivePass) -> list[str]:
-    """Feed the dump to its engine's screen: the engine the seal names, or (a
-    first-version archive, whose manifest comes after the dump) the one its first
-    bytes show, checked against the manifest afterwards."""
-    first = member.read()
-    name = archive.engine or ("postgresql" if b"PostgreSQL database dump" in first[:4096]
-                              else "sqlite")
-    archive.engine = name
-    engine = (engines or {}).get(name)
-    if engine is None:
-        return []
-    screen, chunk = engine.screen(), first
-    try:
-        while chunk:
-            screen.feed(chunk)
-            chunk = member.read()
-        screen.finish()
-    except EngineError as exc:
-        member.skip()
-        return [f"{DATABASE_MEMBER}: {exc}"]
-    return []

@@ -98,7 +98,7 @@ def verify_archive(path: str | os.PathLike, engines: Mapping[str, ScreeningEngin
 
     An encrypted archive (``.zip.age``) is checked against its seal (the ``.sig``
     beside it, required unless ``allow_unsigned``); its contents need an identity
-    (:func:`guest_backup.archive.onepass.verify_stream`: one pass, decrypted as
+    (:func:`guest_backup.archive.verify_pass.verify_stream`: one pass, decrypted as
     it is read, no copy on disk).
     The signed name, date and installation must match the file's name and
     ``installation`` (see :class:`Binding`); ``name`` is the archive's name when

@@ -1,7 +1,7 @@
 """Point-in-time recovery over the pgBackRest driver (:mod:`guest_backup.physical`):
 setup, backups (audited), the state (``info``, the archiver, the recoverable
-window), recovery into a new cluster with its checks and the erasure ledger
-re-applied, the drill (audited), and the PITR part of ``health``.
+window), recovery into a new cluster (audited; its steps and checks, the erasure
+ledger re-applied, in :mod:`guest_backup.ops.pitr_recover`), the drill (audited).
 
 Everything PITR does is off until PITR_PG_DATA names the cluster's data directory.
 """
@@ -11,18 +11,17 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
-import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
 
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.pitr_recover import flush, random_moment, recover, short_error
 from guest_backup.physical import PitrError, recovery
 from guest_backup.physical.cluster import ARCHIVER_SQL, Archiver, Cluster, epoch_time
 from guest_backup.physical.config import PitrConfig
@@ -30,11 +29,9 @@ from guest_backup.physical.info import BackupSet, RepoInfo
 from guest_backup.physical.pgbackrest import PgBackRest
 from guest_backup.physical.setup import SetupReport, run_setup
 from guest_backup.physical.state import (PitrStatus, Recovered, counts_text, load_snapshot,
-                                         parse_target, pg_time, retarget, save_snapshot,
-                                         target_text)
+                                         parse_target, save_snapshot, target_text)
 
 log = logging.getLogger(__name__)
-TABLES = ("trip", "registration", "guest")
 _READY_SQL = ("SELECT count(*), extract(epoch FROM min(modification)) "
               "FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")
 
@@ -123,7 +120,7 @@ def status(ctx: BackupContext, engine: Engine | None = None) -> PitrStatus:
     try:
         result.archiver = read_archiver(p, engine)
     except (PitrError, sa.exc.SQLAlchemyError) as exc:
-        result.errors.append(f"the archiver's state cannot be read: {_short(exc)}")
+        result.errors.append(f"the archiver's state cannot be read: {short_error(exc)}")
     return result
 
 
@@ -146,78 +143,6 @@ def read_archiver(p: Pitr, engine: Engine | None) -> Archiver | None:
     return Archiver.from_row(tuple(row), ready)
 
 
-def _flush(p: Pitr) -> datetime:
-    """Make "now" recoverable: a commit, then pgBackRest's check (switches the WAL and
-    waits until the segment is in the repository). Any moment before the returned
-    one (the commit's transaction start) can be recovered to."""
-    started = p.cluster.psql("SELECT extract(epoch FROM now()), txid_current()")[0][0]
-    p.backrest.check()
-    return epoch_time(started)
-
-
-def _recover(ctx: BackupContext, p: Pitr, into: Path, port: int,
-             target: datetime | None) -> Recovered:
-    repo = RepoInfo.from_json(p.backrest.info())
-    chosen = repo.for_target(target)
-    if chosen is None:
-        window = repo.window(None)
-        first = f"{window[0]:%Y-%m-%d %H:%M:%S} UTC" if window else None
-        raise PitrError("there is no backup to recover from" if first is None else
-                        f"no backup ended before {target:%Y-%m-%d %H:%M:%S} UTC: the earliest "
-                        f"moment you can recover to is {first}")
-    cluster = recovery.recover(p.backrest, p.cluster, into, port, label=chosen.label,
-                               target=pg_time(target) if target else None)
-    url = retarget(ctx.settings.database_url, port)
-    result = Recovered(cluster, chosen, target, url)
-    try:
-        _check(ctx, result)
-    except BackupError as exc:
-        raise PitrError(f"{exc} (the recovered cluster runs in {into} on port {port})") from None
-    return result
-
-
-def _check(ctx: BackupContext, result: Recovered) -> None:
-    """Row counts, the Alembic revision, and the erasure ledger re-applied."""
-    engine = sa.create_engine(result.database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            for table in TABLES:
-                try:
-                    result.counts[table] = conn.execute(
-                        sa.text(f'SELECT count(*) FROM "{table}"')).scalar_one()
-                except sa.exc.SQLAlchemyError:
-                    raise PitrError(f"the recovered database has no table {table}") from None
-            try:
-                result.revisions = list(conn.execute(
-                    sa.text("SELECT version_num FROM alembic_version")).scalars())
-            except sa.exc.SQLAlchemyError:
-                conn.rollback()
-        result.erasures = _reapply(ctx, engine, result.notes)
-    except sa.exc.SQLAlchemyError as exc:
-        raise PitrError(f"the recovered cluster cannot be checked: {_short(exc)}") from None
-    finally:
-        engine.dispose()
-
-
-def _reapply(ctx: BackupContext, engine: Engine, notes: list[str]) -> int | None:
-    """The erasure ledger on the recovered database, checked (nobody it names left)
-    and marked (None: not in this version). Erasures recorded after this, in the
-    cluster it is to replace, show as missing in ``backup-health`` once the app is
-    switched to it (``erasure-ledger apply`` re-applies them)."""
-    try:
-        from guest_backup.ops.finishing import ErasureReapply
-        from guest_backup.ops.ledger import ErasureLedger
-        from guest_backup.ops.ledger_copies import collect
-    except ImportError:
-        notes.append("the erasure ledger is not part of this version: nothing re-applied")
-        return None
-    ledger = ErasureLedger.in_folder(ctx.instance_path)
-    erasures = ErasureReapply(collect(ledger, ctx.storages(), warn=notes.append), ledger)
-    with engine.begin() as conn:
-        erasures.apply(conn)
-    return erasures.applied
-
-
 def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,
             port: int | None, actor: str | None, via: str) -> Recovered:
     """Recover into a new cluster in ``into`` on ``port`` and check it; it keeps
@@ -231,8 +156,8 @@ def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,
     recovery.check_port(port, p.cluster.socket)
     try:
         if p.cluster.running():
-            _flush(p)
-        result = _recover(ctx, p, folder, port, target)
+            flush(p)
+        result = recover(ctx, p, folder, port, target)
     except Exception as exc:
         raise _failed(ctx, engine, "pitr-restore", actor, via, str(into), exc) from None
     _audit(ctx, engine, "pitr-restore", "ok", actor, via, str(folder),
@@ -254,8 +179,8 @@ def drill(ctx: BackupContext, engine: Engine | None, *, actor: str | None, via: 
     try:
         if not p.cluster.running():
             raise PitrError(f"the cluster in {p.config.pg_data} is not running")
-        target = _random_moment(p, _flush(p), rng)
-        result = _recover(ctx, p, scratch, port, target)
+        target = random_moment(p, flush(p), rng)
+        result = recover(ctx, p, scratch, port, target)
         if not result.revisions:
             raise PitrError("the recovered database has no Alembic revision")
     except Exception as exc:
@@ -267,19 +192,6 @@ def drill(ctx: BackupContext, engine: Engine | None, *, actor: str | None, via: 
            f"{target_text(target)}: {counts_text(result.counts)}",
            rows=sum(result.counts.values()))
     return result
-
-
-def _random_moment(p: Pitr, until: datetime, rng: random.Random | None) -> datetime:
-    """A moment of the last day inside the window (waiting a moment, and making "now"
-    recoverable again, when the only backup has just ended)."""
-    window = RepoInfo.from_json(p.backrest.info()).window(None)
-    if window is None:
-        raise PitrError("there is no backup to recover from yet (run: pitr backup --type full)")
-    if until <= window[0]:
-        time.sleep(min(5.0, (window[0] - until).total_seconds() + 0.5))
-        until = _flush(p)
-    start = max(window[0], until - timedelta(days=1))
-    return start + (until - start) * (rng or random.Random()).random()
 
 
 def _failed(ctx: BackupContext, engine: Engine | None, action: str, actor: str | None,
@@ -309,8 +221,3 @@ def _now() -> datetime:
 
 def _iso(when: datetime | None) -> str | None:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
-
-
-def _short(exc: Exception) -> str:
-    text = str(getattr(exc, "orig", exc)).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
