@@ -227,3 +227,7 @@ def is_age_file(path: str | os.PathLike) -> bool:
             return fh.read(len(AGE_MAGIC)) == AGE_MAGIC
     except OSError:
         return False
+
+
+def is_encrypted(path: str | os.PathLike) -> bool:
+    return str(path).endswith(".age") or is_age_file(path)

@@ -12,8 +12,7 @@ the database. An archive without a valid seal (older, or plain and re-signed)
 is verified whole first, as before. At the end (:meth:`ArchivePass.verdict`),
 against a file changed meanwhile: the ciphertext's hash against the seal, the
 streamed manifest and its signature, every member's size and SHA-256, the
-dump's completion trailer, and the central directory against the members read
-(``verify`` of an encrypted archive too: :mod:`guest_backup.archive.verify_pass`)."""
+dump's completion trailer, and the central directory against the members read."""
 
 from __future__ import annotations
 
@@ -22,30 +21,20 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from guest_backup.archive.encryption import DecryptingReader, is_age_file
-from guest_backup.archive.format import (MANIFEST_MEMBER, MAX_MEMBERS, SIGNATURE_MEMBER,
-                                        read_seal, sidecar_path)
-from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
+from guest_backup.archive.encryption import DecryptingReader, is_encrypted
+from guest_backup.archive.format import (DATABASE_MEMBER, MANIFEST_MEMBER, MAX_MEMBERS,
+                                        SIGNATURE_MEMBER, read_seal, sidecar_path)
 from guest_backup.archive.manifest import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
-                                          member_problem, parse_manifest, shown)
-from guest_backup.archive.verify import VerifyReport, check_zip, digest_problems
+                                          member_problem, parse_manifest)
+from guest_backup.archive.seal import SealCheck, check_seal
+from guest_backup.archive.signing import SignatureError, TrustedKeys
+from guest_backup.archive.screening import screen_dump
+from guest_backup.archive.verify import ArchiveRefused, VerifyReport, check_zip, digest_problems
 from guest_backup.archive.writer import Digest
 from guest_backup.archive.zipstream import Member, StreamError, ZipStream
 from guest_backup.errors import BackupError
 
 _KEPT = {MANIFEST_MEMBER: MAX_MANIFEST_BYTES, SIGNATURE_MEMBER: MAX_SIGNATURE_BYTES}
-
-
-class ArchiveRefused(BackupError):
-    """The archive did not verify (before the pass, or at its end)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("the archive did not verify: " + "; ".join(problems[:5]))
-        self.problems = problems
-
-
-def is_encrypted(path: str | os.PathLike) -> bool:
-    return str(path).endswith(".age") or is_age_file(path)
 
 
 class ArchivePass:
@@ -113,8 +102,6 @@ class ArchivePass:
         """No valid seal: the whole archive verified before the pass that loads it
         (for an encrypted one a pass of its own, decrypted as it is read)."""
         if self.report.encrypted:
-            from guest_backup.archive.verify_pass import verify_stream  # it reads with a pass
-
             report = verify_stream(self.path, self.engines, self.trusted, self.binding,
                                    self.identities, self.allow_unsigned)
         else:
@@ -154,33 +141,20 @@ class ArchivePass:
                 self.report.notes.append(f"{sidecar.name} is missing: only the contents were "
                                          f"checked")
             return False
+        digest = Digest.of_file(self.path)
         try:
-            problems = self._seal_problems(envelope, Digest.of_file(self.path))
+            check = check_seal(envelope, digest.size, digest.sha.hexdigest(), self.trusted,
+                               self.binding, self.report.encrypted)
         except SignatureError as exc:
-            problems = [str(exc)]
-        if problems and required:
-            raise ArchiveRefused(problems)
-        return not problems
-
-    def _seal_problems(self, envelope: bytes, digest: Digest) -> list[str]:
-        size, sha = digest.size, digest.sha.hexdigest()
-        if seal_claims(envelope) is None:  # the first encrypted archives' file signature
-            if not self.report.encrypted:
-                return ["not a seal"]
-            self.report.signed_by = self.trusted.check_file(envelope, self.binding.name, size, sha)
-            self._legacy = envelope
-            return []
-        signer, claims = self.trusted.check_seal(envelope)
-        problems = self.binding.problems(claims, signer)
-        if claims["name"] != self.binding.name:
-            problems.insert(0, f"the archive was renamed: its seal is for "
-                               f"{shown(claims['name'], 80)}")
-        elif (claims["size"], claims["sha256"]) != (size, sha):
-            problems.insert(0, "the signature does not match the file: it was changed after it "
-                               "was signed")
-        if not problems:
-            self.report.signed_by, self._seal, self.engine = signer, claims, claims["engine"]
-        return problems
+            check = SealCheck([str(exc)])
+        if check.problems and required:
+            raise ArchiveRefused(check.problems)
+        if not check.problems:
+            self.report.signed_by, self._seal, self._legacy = check.signer, check.claims, \
+                check.legacy
+            if check.claims:
+                self.engine = check.claims["engine"]
+        return not check.problems
 
     # ------------------------------------------------------------------ during
 
@@ -298,3 +272,27 @@ class ArchivePass:
             raise ArchiveRefused(["the archive is unsigned (made before archives were signed, "
                                   "or forged); --allow-unsigned accepts it anyway"])
         return manifest
+
+
+def verify_stream(path: str | os.PathLike, engines: Mapping | None, trusted: TrustedKeys,
+                  binding: Binding, identities: list, allow_unsigned: bool) -> VerifyReport:
+    """``verify`` of an encrypted archive with an identity: one pass, decrypted as it
+    is read (no copy on disk), the dump screened, every problem reported."""
+    problems: list[str] = []
+    archive = ArchivePass(path, trusted, binding, identities=identities,
+                          allow_unsigned=allow_unsigned, engines=engines, verify_first=False)
+    try:
+        with archive:
+            for member in archive.members():
+                if member.name == DATABASE_MEMBER:
+                    archive.engine, found = screen_dump(member, engines, archive.engine)
+                    problems += found
+            archive.report.manifest = archive.verdict(engines, archive.engine)
+    except ArchiveRefused as exc:
+        problems += exc.problems
+    except BackupError as exc:
+        problems.append(str(exc))
+    report = archive.report
+    report.problems = problems
+    report.ok = not problems
+    return report

@@ -7,6 +7,9 @@ else is "unrecognised": never counted as a backup, never deleted by retention.
 Archives made before seals existed are recognised too: an encrypted one by the
 file signature it carried (name and size checked here, the hash by ``verify``),
 a plain one on this machine by its signed manifest.
+
+:func:`check_seal` is the full check, against the file's SHA-256, that a restore
+makes before it reads an archive (:class:`~guest_backup.archive.onepass.ArchivePass`).
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from guest_backup.archive.format import MANIFEST_MEMBER, SIGNATURE_MEMBER, name_time
 from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claims
-from guest_backup.archive.zipcheck import directory_problem
 from guest_backup.archive.manifest import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Binding,
-                                          parse_time)
+                                          parse_time, shown)
+from guest_backup.archive.zipcheck import directory_problem
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
@@ -96,3 +100,35 @@ def _from_manifest(path: Path, trusted: TrustedKeys, binding: Binding) -> dateti
     if binding.problems(manifest, signer):
         return None
     return parse_time(manifest["created_at"])
+
+
+@dataclass
+class SealCheck:
+    """What :func:`check_seal` found: problems, or who signed and what."""
+
+    problems: list[str] = field(default_factory=list)
+    signer: str | None = None
+    #: a seal's claims (name, size, sha256, engine, ...), when it checked out
+    claims: dict | None = None
+    #: the first encrypted archives' file signature (the caller checks its hash
+    #: against the ciphertext it reads)
+    legacy: bytes | None = None
+
+
+def check_seal(envelope: bytes, size: int, sha256: str, trusted: TrustedKeys, binding: Binding,
+               encrypted: bool) -> SealCheck:
+    """The seal against the file it sits beside (``size`` bytes, ``sha256``):
+    a trusted signature, the name and the binding; raises SignatureError."""
+    if seal_claims(envelope) is None:  # the first encrypted archives' file signature
+        if not encrypted:
+            return SealCheck(["not a seal"])
+        return SealCheck(signer=trusted.check_file(envelope, binding.name, size, sha256),
+                         legacy=envelope)
+    signer, claims = trusted.check_seal(envelope)
+    problems = binding.problems(claims, signer)
+    if claims["name"] != binding.name:
+        problems.insert(0, f"the archive was renamed: its seal is for {shown(claims['name'], 80)}")
+    elif (claims["size"], claims["sha256"]) != (size, sha256):
+        problems.insert(0, "the signature does not match the file: it was changed after it was "
+                           "signed")
+    return SealCheck(problems, signer, None if problems else claims)

@@ -23,7 +23,7 @@ from guest_backup.archive.signing import SignatureError, TrustedKeys, seal_claim
 from guest_backup.archive.writer import CHUNK, Digest
 from guest_backup.archive.zipcheck import directory_problem, layout_problem
 from guest_backup.archive.zipstream import BOMB_MIN_BYTES, BOMB_RATIO, StreamError, member_at
-from guest_backup.errors import EngineError
+from guest_backup.errors import BackupError, EngineError
 
 
 class ScreeningEngine(Protocol):
@@ -33,6 +33,14 @@ class ScreeningEngine(Protocol):
     def screen(self): ...
 
     def is_complete(self, tail: bytes) -> bool: ...
+
+
+class ArchiveRefused(BackupError):
+    """The archive did not verify (before the pass, or at its end)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("the archive did not verify: " + "; ".join(problems[:5]))
+        self.problems = problems
 
 
 @dataclass
@@ -98,7 +106,7 @@ def verify_archive(path: str | os.PathLike, engines: Mapping[str, ScreeningEngin
 
     An encrypted archive (``.zip.age``) is checked against its seal (the ``.sig``
     beside it, required unless ``allow_unsigned``); its contents need an identity
-    (:func:`guest_backup.archive.verify_pass.verify_stream`: one pass, decrypted as
+    (:func:`guest_backup.archive.onepass.verify_stream`: one pass, decrypted as
     it is read, no copy on disk).
     The signed name, date and installation must match the file's name and
     ``installation`` (see :class:`Binding`); ``name`` is the archive's name when

@@ -13,7 +13,6 @@ page, the command and the app's start call.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import secrets
@@ -28,18 +27,15 @@ from sqlalchemy.pool import NullPool
 
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
-from guest_backup.ops.browse_load import load_into
+from guest_backup.ops.browse_load import PREFIX, drop_scratch, load_into
 from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, now_text, parse_time,
                                               pid_alive)
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.create import safe_message
 
-log = logging.getLogger(__name__)
-
 MAX_SESSIONS = 3  # scratch copies open at once (each is a whole database)
 WAIT_SECONDS = 1800  # how long open_archive waits for another process opening the archive
 SESSION_ID = re.compile(r"^[0-9a-f]{16}$")
-PREFIX = "guest_browse_"
 
 _engines: dict[str, Engine] = {}  # this process's engine of each session
 
@@ -274,28 +270,8 @@ def _save(ctx: BackupContext, session: BrowseSession, **changes) -> None:
 
 
 def _drop(session: BrowseSession) -> None:
-    """The scratch database gone (whatever state it was left in); never raises."""
-    if (engine := _engines.pop(session.id, None)) is not None:
-        engine.dispose()
-    try:
-        for plan in Registry(session.ctx.instance_path).folder.glob(f"{session.id}.*.plan.json"):
-            plan.unlink(missing_ok=True)  # previews kept for the page (browse_plans)
-        if session.dialect == "sqlite":
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(session.database + suffix).unlink(missing_ok=True)
-            return
-        if not session.database.startswith(PREFIX):
-            return  # never drop anything but our own scratch databases
-        server = make_url(session.url).set(database="postgres")
-        admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        try:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{session.database}" WITH (FORCE)')
-        finally:
-            admin.dispose()
-    except Exception as exc:
-        log.warning("could not drop the browse database %s (%s)", session.database,
-                    type(exc).__name__)
+    """The scratch database gone, and this process's engine on it; never raises."""
+    drop_scratch(session, _engines.pop(session.id, None))
 
 
 __all__ = ["BrowseSession", "begin_open", "find_session", "finish_open", "get_session",

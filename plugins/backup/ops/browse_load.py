@@ -1,15 +1,21 @@
 """Loading an archive into a browse session's scratch database: the restore path
 itself (seal, signature, decryption, dump screen, schema upgrade, erasure ledger
-re-applied; nothing of the uploads is kept), then the search indexes."""
+re-applied; nothing of the uploads is kept), then the search indexes; and dropping
+it."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
 
 from guest_backup.archive.format import is_archive_name
 from guest_backup.archive.signing import TrustedKeys
@@ -19,7 +25,12 @@ from guest_backup.ops.context import BackupContext
 from guest_backup.ops.fetch import archive_file, local_copy
 from guest_backup.ops.finishing import erasures_for
 from guest_backup.ops.listing import storages_holding
+from guest_backup.ops.browse_registry import Registry
 from guest_backup.ops.restore import restore_archive
+
+log = logging.getLogger(__name__)
+#: every scratch database's name begins so (nothing else is ever dropped)
+PREFIX = "guest_browse_"
 
 
 def load_into(ctx: BackupContext, session: Any, archive: str, identity,
@@ -61,4 +72,30 @@ def _archive_path(ctx: BackupContext, archive: str) -> Iterator[Path]:
         yield path
 
 
-__all__ = ["load_into"]
+def drop_scratch(session: Any, engine: Engine | None) -> None:
+    """The scratch database of ``session`` gone (whatever state it was left in), after
+    ``engine`` (a process's engine on it) is disposed of; never raises."""
+    if engine is not None:
+        engine.dispose()
+    try:
+        for plan in Registry(session.ctx.instance_path).folder.glob(f"{session.id}.*.plan.json"):
+            plan.unlink(missing_ok=True)  # previews kept for the page (browse_plans)
+        if session.dialect == "sqlite":
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(session.database + suffix).unlink(missing_ok=True)
+            return
+        if not session.database.startswith(PREFIX):
+            return  # never drop anything but our own scratch databases
+        server = make_url(session.url).set(database="postgres")
+        admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{session.database}" WITH (FORCE)')
+        finally:
+            admin.dispose()
+    except Exception as exc:
+        log.warning("could not drop the browse database %s (%s)", session.database,
+                    type(exc).__name__)
+
+
+__all__ = ["PREFIX", "drop_scratch", "load_into"]

@@ -5,7 +5,7 @@ token the preview's form carries, so that the restore applies exactly the plan
 that was shown (whichever worker process serves the click; today's rows are
 checked against it by :func:`~guest_backup.ops.selection_apply.apply_plan`). A
 plan is used once; every plan of a session goes with the session
-(``browse._drop``)."""
+(``browse_load.drop_scratch``)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Recovery into a new cluster, for ``pitr restore`` and ``pitr drill``
 (:mod:`guest_backup.ops.pitr`): "now" made recoverable, the backup chosen for the
 target, pgBackRest's restore, and the recovered database checked (row counts,
-the Alembic revision) with the erasure ledger re-applied."""
+the Alembic revision) with the erasure ledger re-applied. ``p`` is always a
+:class:`~guest_backup.ops.pitr.Pitr` (config, cluster, pgBackRest)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import random
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -22,13 +23,10 @@ from guest_backup.physical.cluster import epoch_time
 from guest_backup.physical.info import RepoInfo
 from guest_backup.physical.state import Recovered, pg_time, retarget
 
-if TYPE_CHECKING:
-    from guest_backup.ops.pitr import Pitr
-
 TABLES = ("trip", "registration", "guest")
 
 
-def flush(p: "Pitr") -> datetime:
+def flush(p: Any) -> datetime:
     """Make "now" recoverable: a commit, then pgBackRest's check (switches the WAL and
     waits until the segment is in the repository). Any moment before the returned
     one (the commit's transaction start) can be recovered to."""
@@ -37,7 +35,7 @@ def flush(p: "Pitr") -> datetime:
     return epoch_time(started)
 
 
-def recover(ctx: BackupContext, p: "Pitr", into: Path, port: int,
+def recover(ctx: BackupContext, p: Any, into: Path, port: int,
              target: datetime | None) -> Recovered:
     repo = RepoInfo.from_json(p.backrest.info())
     chosen = repo.for_target(target)
@@ -100,7 +98,7 @@ def reapply_ledger(ctx: BackupContext, engine: Engine, notes: list[str]) -> int 
     return erasures.applied
 
 
-def random_moment(p: "Pitr", until: datetime, rng: random.Random | None) -> datetime:
+def random_moment(p: Any, until: datetime, rng: random.Random | None) -> datetime:
     """A moment of the last day inside the window (waiting a moment, and making "now"
     recoverable again, when the only backup has just ended)."""
     window = RepoInfo.from_json(p.backrest.info()).window(None)

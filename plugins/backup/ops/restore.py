@@ -21,11 +21,12 @@ from typing import Callable, Mapping
 
 from sqlalchemy.engine import Engine, make_url
 
-from guest_backup.archive.encryption import load_identities
+from guest_backup.archive.encryption import is_encrypted, load_identities
 from guest_backup.archive.format import DATABASE_MEMBER, UPLOADS_PREFIX
-from guest_backup.archive.onepass import ArchivePass, ArchiveRefused, is_encrypted
-from guest_backup.archive.signing import TrustedKeys
 from guest_backup.archive.manifest import Binding
+from guest_backup.archive.onepass import ArchivePass
+from guest_backup.archive.signing import TrustedKeys
+from guest_backup.archive.verify import ArchiveRefused
 from guest_backup.archive.writer import CHUNK
 from guest_backup.archive.zipstream import StreamError
 from guest_backup.engines import DatabaseEngine, DumpRefused, exclusive

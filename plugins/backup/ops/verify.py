@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from guest_backup.archive.encryption import is_encrypted
 from guest_backup.archive.manifest import Binding
-from guest_backup.archive.onepass import is_encrypted
+from guest_backup.archive.onepass import verify_stream
 from guest_backup.archive.signing import TrustedKeys
 from guest_backup.archive.verify import ScreeningEngine, VerifyReport, verify_archive
-from guest_backup.archive.verify_pass import verify_stream
 from guest_backup.ops.audit import AuditLog
 
 
