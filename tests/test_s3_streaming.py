@@ -407,6 +407,7 @@ def test_a_listing_reads_the_seals_in_parallel_in_order(streaming, s3, runner): 
     """Listing (retention, backup-list, health) reads every archive's seal, a round
     trip each on S3: several at once, and the same answer as one by one."""
     from guest_backup.ops.listing import recognised
+    from guest_backup.ops.seal_verdicts import FILE
     from guest_backup.wiring import backup_context
 
     made = runner.invoke(args=["backup"]).output.strip().splitlines()[-1].rsplit("/", 1)[1]
@@ -433,10 +434,13 @@ def test_a_listing_reads_the_seals_in_parallel_in_order(streaming, s3, runner): 
                     running[0] -= 1
 
         storage.read_sidecar = slow_read
+        kept = Path(streaming.instance_path) / FILE  # the verdicts of the backup's retention
+        kept.unlink()
         good, bad = recognised(ctx, storage)
         assert most[0] == 7  # all seven at once (up to parallel_reads = 8)
         storage.parallel_reads = 1
         most[0] = 0
+        kept.unlink()
         assert recognised(ctx, storage) == (good, bad) and most[0] == 1
     assert [a.name for a in good] == [made] and bad == copies
 

@@ -43,6 +43,10 @@ PHOTO_NAME_RE = re.compile(rf"^(?:\.tmp-)?{UUID}(?:\.[A-Za-z0-9]+|_.*)?$")
 EXPECTED_ERRNOS = (errno.EACCES, errno.EFBIG, errno.ENOSPC)
 
 
+#: the end of a listed archive's fingerprint when the listing saw no seal beside it
+NO_SEAL = "no seal"
+
+
 @dataclass
 class ArchiveInfo:
     """One archive as a listing shows it (the one archive-row type): its name, size,
@@ -55,6 +59,10 @@ class ArchiveInfo:
     locations: list[str] = field(default_factory=list)
     #: the file's SHA-256 its trusted seal claims (None: no seal, e.g. an old plain archive)
     sha256: str | None = None
+    #: which version of the file and of its seal a listing saw (a remote's ETags, times
+    #: and sizes; None: not known), so that a verdict on them can be kept
+    #: (:mod:`guest_backup.ops.seal_verdicts`)
+    fingerprint: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def encrypted(self) -> bool:

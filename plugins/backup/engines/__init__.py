@@ -167,6 +167,19 @@ def try_flock(path: Path, create: bool = True) -> int | None:
 
 
 @contextlib.contextmanager
+def held_flock(path: Path, shared: bool = False):
+    """The one waiting lock on a file (a JSON state file's lock beside it: notify
+    states, browse sessions, a listing's kept verdicts): an ``flock`` on ``path``
+    (created 0600), exclusive unless ``shared``, held while the block runs."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing frees the flock
+
+
+@contextlib.contextmanager
 def file_lock(path: Path, wait: float = 0.0):
     """:func:`try_flock` on ``path`` held while the block runs (the file removed
     when released), for every process of this machine; BackupBusy after ``wait``

@@ -8,12 +8,13 @@ app's DATABASE_URL)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
+
+from guest_backup.engines import held_flock
 
 FOLDER = "browse"
 FILE = "sessions.json"
@@ -68,14 +69,8 @@ class Registry:
             return {}
         return data if isinstance(data, dict) else {}
 
-    @contextlib.contextmanager
-    def _locked(self, shared: bool) -> Iterator[None]:
-        fd = os.open(self.folder / f"{FILE}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self, shared: bool):
+        return held_flock(self.folder / f"{FILE}.lock", shared)
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from guest_backup.archive.format import ArchiveInfo
 from guest_backup.archive.seal import recognise, sealed_sha256
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.seal_verdicts import MISS, SealVerdicts
 from guest_backup.storages import Storage, StorageError, size_of
 
 
@@ -33,18 +34,22 @@ def recognised(ctx: BackupContext, storage: Storage) -> tuple[list[ArchiveInfo],
     """``storage``'s recognised archives (newest first, dated by their signed
     creation time) and the names of the files it holds that are not."""
     trusted, installation = ctx.settings.trusted(), ctx.settings.installation()
+    kept = SealVerdicts(ctx.instance_path, storage.url, trusted, installation)
 
     def judge(found: ArchiveInfo) -> tuple[ArchiveInfo, object, str | None]:
-        """The archive's date (None: not recognised) and sealed SHA-256, from its
-        seal read and checked here: only these are kept, never the seals, so the
-        listing's memory does not grow with what a storage holds (20,000 planted
-        keys with 64 KiB seals each took 1.3 GiB)."""
+        """The archive's date (None: not recognised) and sealed SHA-256: kept from an
+        earlier listing of the same objects, or from its seal read and checked here.
+        Only these are kept, never the seals, so the listing's memory does not grow
+        with what a storage holds (20,000 planted keys with 64 KiB seals took 1.3 GiB)."""
+        if (verdict := kept.get(found)) is not MISS:
+            return found, *verdict
         try:
             local, sidecar = storage.local_path(found.name), storage.read_sidecar(found.name)
         except StorageError:
             local, sidecar = None, None
         when = recognise(found.name, found.size, sidecar, trusted, installation, local)
         sha = sealed_sha256(sidecar) if when is not None and sidecar is not None else None
+        kept.put(found, when, sha, seal_read=sidecar is not None)
         return found, when, sha  # the sha was checked just now
 
     good, bad = [], []
@@ -53,6 +58,7 @@ def recognised(ctx: BackupContext, storage: Storage) -> tuple[list[ArchiveInfo],
             bad.append(found.name)
         else:
             good.append(ArchiveInfo(found.name, found.size, when, list(found.locations), sha))
+    kept.save()
     return newest_first(good), sorted(bad)
 
 

@@ -4,14 +4,12 @@ shared by every machine of the installation when ``REDIS_URL`` is set."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
+from guest_backup.engines import held_flock
 from guest_backup.ops.context import BackupContext, shared
 
 STATE_FILE = "notify-state.json"
@@ -27,15 +25,9 @@ class FileStates:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.path = Path(folder) / STATE_FILE
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self):
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path.with_name(f".{STATE_FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing frees the flock
+        return held_flock(self.path.with_name(f".{STATE_FILE}.lock"))
 
     def read(self) -> dict:
         try:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import urlparse
 
-from guest_backup.archive.format import (MAX_SEAL_BYTES, SIDECAR_SUFFIX, ArchiveInfo,
+from guest_backup.archive.format import (MAX_SEAL_BYTES, NO_SEAL, SIDECAR_SUFFIX, ArchiveInfo,
                                         is_archive_name)
 from guest_backup.storages import (MAX_EXTRA_BYTES, ArchiveHeld, StorageError,
                                     StorageUnreachable, check_extra_name, checked_extra,
@@ -48,6 +48,12 @@ def _boto():
     except ImportError:  # pragma: no cover - the extra is part of every test install
         raise StorageError("S3 storage needs boto3: pip install 'guest-registration[s3]'") from None
     return botocore.session, Config
+
+
+def _version(obj: Mapping[str, Any]) -> str | None:
+    """One listed object's ETag, time and size (None without an ETag)."""
+    etag = obj.get("ETag")
+    return f"{etag}/{obj['LastModified'].timestamp()!r}/{obj['Size']}" if etag else None
 
 
 def _md5(data: bytes) -> str:
@@ -91,7 +97,10 @@ class S3Storage(ObjectLock):
         return cls(f"{what} {self.url} failed: {error_reason(exc)}")
 
     def list(self) -> list[ArchiveInfo]:
-        found = []
+        """Every archive-named key, with the version of it and of its seal the listing
+        saw (:attr:`ArchiveInfo.fingerprint`: ETag, time and size of each; any new
+        upload of either changes it)."""
+        found, seals = [], {}
         prefix = f"{self.prefix}/" if self.prefix else ""
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -99,12 +108,20 @@ class S3Storage(ObjectLock):
             for page in pages:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(prefix):]
-                    if "/" not in name and is_archive_name(name):
+                    if "/" in name:
+                        continue
+                    if is_archive_name(name):
                         found.append(ArchiveInfo(name, obj["Size"],
                                                  obj["LastModified"].astimezone(timezone.utc),
-                                                 [self.name]))
+                                                 [self.name], fingerprint=_version(obj)))
+                    elif name.endswith(SIDECAR_SUFFIX):
+                        seals[name[:-len(SIDECAR_SUFFIX)]] = _version(obj)
         except Exception as exc:
             raise self._fail("listing", exc, unreachable=True) from None
+        for archive in found:
+            seal = seals.get(archive.name, NO_SEAL)
+            archive.fingerprint = (f"{archive.fingerprint} {seal}"
+                                   if archive.fingerprint and seal else None)
         return sorted(found, key=lambda a: a.name, reverse=True)
 
     def size_of(self, name: str) -> int | None:
