@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from guest_backup.engines import held_flock
+from guest_backup.files import write_private
 
 FOLDER = "browse"
 FILE = "sessions.json"
@@ -54,11 +55,7 @@ class Registry:
         with self._locked(shared=False):
             entries = self._load()
             yield entries
-            tmp = self.path.with_name(f".{FILE}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(entries, out, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            write_private(self.path, json.dumps(entries, indent=1, sort_keys=True).encode())
 
     def _load(self) -> dict[str, dict]:
         try:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from guest_backup.files import write_private
 from guest_backup.ops.context import BackupContext, shared
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.locks import BackupLock, RedisBackupLock
@@ -59,12 +59,7 @@ class FileState:
     def write(self, state: dict) -> None:
         """Written whole (a reader never sees half of it), readable by this user
         only: the state names the admin who started the job."""
-        tmp = self.folder / f".{STATE_FILE}.{os.getpid()}.{threading.get_ident()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(state))
-        os.chmod(tmp, 0o600)  # an older file of the same name may have had other bits
-        os.replace(tmp, self.folder / STATE_FILE)
+        write_private(self.folder / STATE_FILE, json.dumps(state).encode())
 
     def read(self) -> dict | None:
         try:

@@ -33,12 +33,12 @@ import contextlib
 import fcntl
 import logging
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from guest_backup.errors import BackupError
+from guest_backup.files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -179,24 +179,12 @@ class ErasureLedger:
     def replace(self, records: Sequence[dict]) -> None:
         """Write ``records`` as the whole file (temporary name, fsync, rename; 0600).
         The caller holds :meth:`locked`."""
-        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".writing",
-                                       dir=self.path.parent)
-            with os.fdopen(fd, "wb") as out:
-                out.write(serialise(records))
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-            tmp = None
+            write_private(self.path, serialise(records), sync=True)
         except OSError as exc:
             raise BackupError(f"the erasure ledger {self.path} cannot be written "
                               f"({exc.strerror})") from None
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
 
 def _upto(fh, size: int) -> Iterator[bytes]:

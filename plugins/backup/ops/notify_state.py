@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from guest_backup.engines import held_flock
+from guest_backup.files import write_private
 from guest_backup.ops.context import BackupContext, shared
 
 STATE_FILE = "notify-state.json"
@@ -43,12 +44,7 @@ class FileStates:
     def set(self, kind: str, state: str) -> None:
         data = self.read()
         data[kind] = {"state": state, "since": now_text()}
-        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(data, indent=1, sort_keys=True))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 class RedisStates:

@@ -35,6 +35,7 @@ from typing import Iterable
 from guest_backup.archive.format import NO_SEAL, ArchiveInfo
 from guest_backup.archive.seal import SHA256_RE
 from guest_backup.engines import held_flock
+from guest_backup.files import write_private
 
 log = logging.getLogger(__name__)
 FILE = "seal-verdicts.json"
@@ -97,7 +98,8 @@ class SealVerdicts:
             with held_flock(self.path.with_name(f".{FILE}.lock")):
                 data = self._read()
                 data[self.url] = self._seen
-                self._write({"version": VERSION, "storages": data})
+                write_private(self.path, json.dumps({"version": VERSION, "storages": data},
+                                                    separators=(",", ":")).encode())
         except OSError as exc:
             log.warning("the listing's verdicts could not be kept in %s (%s)", self.path,
                         exc.strerror)
@@ -118,17 +120,6 @@ class SealVerdicts:
             return {}
         return {url: entries for url, entries in storages.items()
                 if isinstance(url, str) and isinstance(entries, dict)}
-
-    def _write(self, data: dict) -> None:
-        tmp = self.path.with_name(f".{FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(data, out, separators=(",", ":"))
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
 
 def _valid(entry) -> bool:

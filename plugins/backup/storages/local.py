@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import IO, Any, Mapping
 from urllib.parse import unquote, urlparse
@@ -13,6 +12,7 @@ from urllib.parse import unquote, urlparse
 from guest_backup.archive.format import (is_archive_name, ArchiveInfo, delete_archive,
                                         list_archives, read_seal, sidecar_path)
 from guest_backup.archive.writer import FileSink
+from guest_backup.files import write_private
 from guest_backup.storages import (MAX_EXTRA_BYTES, StorageError, StorageUnreachable,
                                     check_extra_name, checked_extra, upload_file)
 
@@ -78,22 +78,11 @@ class LocalStorage:
     def put_extra(self, name: str, data: bytes) -> None:
         """Write under a hidden temporary name (0600), then rename."""
         check_extra_name(name)
-        tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".writing", dir=self.folder)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.folder / name)
-            tmp = None
+            write_private(self.folder / name, data, sync=True)
         except OSError as exc:
             raise StorageError(f"writing {name} to {self.url} failed ({exc.strerror})") from None
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
     def get_extra(self, name: str) -> bytes | None:
         check_extra_name(name)
