@@ -125,13 +125,13 @@ def test_a_deleted_archive_is_forgotten_and_a_broken_file_is_rebuilt(app, remote
 
 
 def test_a_tampered_entry_is_judged_again(app, remote_archives, reads):
-    """An entry that is not what the listing writes (a naive time, a SHA-256 that is
-    not one) is no verdict: the seal is read and checked again."""
+    """An entry that is not what the listing writes (a time not in the signed form, a
+    SHA-256 that is not one) is no verdict: the seal is read and checked again."""
     first = listed(app)
     data = json.loads(kept_file(app).read_text())
     (entries,) = data["storages"].values()
     for key, (created, sha) in list(entries.items()):
-        entries[key] = [created.replace("+00:00", ""), sha]  # no time zone
+        entries[key] = [created.replace("T", " ").rstrip("Z"), sha]  # not a signed time
         break
     for key in list(entries)[1:]:
         entries[key] = [entries[key][0], "<script>"]

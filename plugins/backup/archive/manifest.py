@@ -76,6 +76,14 @@ def shown(value, limit: int) -> str:
     return _CONTROL.sub("?", str(value)[:limit])
 
 
+def format_time(when: datetime) -> str:
+    """``when`` as the archives sign times: ``2025-06-01T02:00:00Z`` (UTC; a naive
+    time is taken as UTC). :func:`parse_time` reads it back."""
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_time(text) -> datetime | None:
     """A signed ``2025-06-01T02:00:00Z`` as an aware UTC datetime (None if malformed)."""
     try:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
+
+from guest_backup.archive.manifest import format_time
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -22,11 +24,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def iso_time(when: datetime | None) -> str | None:
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(when) if when is not None else None
 
 
 def N_(message: str) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable
 
 from guest_backup.archive.format import NO_SEAL, ArchiveInfo
+from guest_backup.archive.manifest import format_time, parse_time
 from guest_backup.archive.seal import SHA256_RE
 from guest_backup.engines import held_flock
 from guest_backup.files import write_private
@@ -55,7 +56,6 @@ class SealVerdicts:
         self._scope = json.dumps([sorted(trusted), installation])
         self._kept: dict | None = None  # read when first asked (a local folder never is)
         self._seen: dict[str, list] = {}
-        self._changed = False
         self._lock = threading.Lock()  # a listing judges archives from several threads
 
     def _key(self, archive: ArchiveInfo) -> str:
@@ -76,7 +76,7 @@ class SealVerdicts:
                 return MISS
             self._seen[key] = entry
         created, sha = entry
-        return (datetime.fromisoformat(created) if created else None), sha
+        return (parse_time(created) if created else None), sha
 
     def put(self, archive: ArchiveInfo, created: datetime | None, sha: str | None, *,
             seal_read: bool) -> None:
@@ -86,13 +86,12 @@ class SealVerdicts:
                 " " + NO_SEAL)):
             return
         with self._lock:
-            self._seen[self._key(archive)] = [created.isoformat() if created else None, sha]
-            self._changed = True
+            self._seen[self._key(archive)] = [format_time(created) if created else None, sha]
 
     def save(self) -> None:
         """Keep what this listing saw (and nothing else of this storage: archives
         gone from it are forgotten); never raises."""
-        if self._kept is None or (not self._changed and set(self._seen) == set(self._kept)):
+        if self._kept is None or self._seen == self._kept:
             return  # nothing asked (no fingerprints), or nothing new and nothing gone
         try:
             with held_flock(self.path.with_name(f".{FILE}.lock")):
@@ -123,14 +122,10 @@ class SealVerdicts:
 
 
 def _valid(entry) -> bool:
-    """A kept entry as written: ``[created ISO time or None, sha256 or None]``."""
+    """A kept entry as written: ``[signed time or None, sha256 or None]``."""
     if not (isinstance(entry, list) and len(entry) == 2):
         return False
     created, sha = entry
-    if created is not None:
-        try:
-            if datetime.fromisoformat(created).tzinfo is None:
-                return False
-        except (TypeError, ValueError):
-            return False
+    if created is not None and (not isinstance(created, str) or parse_time(created) is None):
+        return False
     return sha is None or (isinstance(sha, str) and SHA256_RE.fullmatch(sha) is not None)
