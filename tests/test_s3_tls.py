@@ -143,3 +143,47 @@ def test_the_s3_client_comes_without_boto3s_transfer_manager():
                           timeout=60, env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "['botocore']"
+
+
+def test_the_client_acks_at_once_so_a_nagle_server_does_not_stall_each_answer(s3_https):
+    """moto, like any Werkzeug server, leaves Nagle's algorithm on: an answer's second
+    write waits for the ACK of its first, which Linux delays (40 ms) on a connection
+    that looks interactive. A small PutObject took 48 ms every time; with the ACKs
+    sent at once, 4.5 ms. The 40 ms are the delayed-ACK timer's floor, not load."""
+    from guest_backup.storages.s3_acks import QUICKACK
+
+    if QUICKACK is None:  # pragma: no cover - Linux has it, and the tests run there
+        pytest.fail("this system has no TCP_QUICKACK")
+    storage = S3StorageType().open("s3://tls-bucket/site", {})
+    storage.put_extra("erasure-ledger.jsonl", b"{}")  # the client built, the bucket warm
+    times = []
+    for _ in range(9):
+        started = time.perf_counter()
+        storage.put_extra("erasure-ledger.jsonl", b"{}")
+        times.append(time.perf_counter() - started)
+    assert sorted(times)[4] < 0.030, times  # 40 ms and more when each answer stalls
+    assert storage.get_extra("erasure-ledger.jsonl") == b"{}"
+
+
+def test_prompt_acks_change_only_this_client_and_leave_it_alone_without_the_option(
+        monkeypatch):
+    """Other botocore clients in the process keep botocore's own connections; a system
+    without TCP_QUICKACK (or a botocore laid out otherwise) keeps its client as it was."""
+    import botocore.session
+    from botocore.awsrequest import AWSHTTPSConnectionPool
+
+    from guest_backup.storages import s3_acks
+
+    def pools(client):
+        return client._endpoint.http_session._manager.pool_classes_by_scheme
+
+    session = botocore.session.get_session()
+    ours = session.create_client("s3", region_name="us-east-1")
+    other = session.create_client("s3", region_name="us-east-1")
+    assert s3_acks.prompt_acks(ours) is True
+    assert issubclass(pools(ours)["https"].ConnectionCls, s3_acks._PromptAcks)
+    assert pools(other)["https"] is AWSHTTPSConnectionPool
+    assert s3_acks.prompt_acks(object()) is False
+    monkeypatch.setattr(s3_acks, "QUICKACK", None)
+    assert s3_acks.prompt_acks(other) is False
+    assert pools(other)["https"] is AWSHTTPSConnectionPool

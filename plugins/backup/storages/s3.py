@@ -30,6 +30,7 @@ from guest_backup.archive.format import (MAX_SEAL_BYTES, NO_SEAL, SIDECAR_SUFFIX
 from guest_backup.storages import (MAX_EXTRA_BYTES, ArchiveHeld, StorageError,
                                     StorageUnreachable, check_extra_name, checked_extra,
                                     upload_file)
+from guest_backup.storages.s3_acks import prompt_acks
 from guest_backup.storages.s3_errors import error_code, error_reason
 from guest_backup.storages.s3_lock import ObjectLock, object_lock
 from guest_backup.storages.s3_upload import MultipartUpload
@@ -260,9 +261,11 @@ class S3StorageType:
 
         def make_client() -> Any:
             session, Config = _boto()
-            return session.get_session().create_client("s3", config=Config(
+            client = session.get_session().create_client("s3", config=Config(
                 connect_timeout=5, read_timeout=60,
                 retries={"max_attempts": 2, "mode": "standard"}))
+            prompt_acks(client)
+            return client
 
         return S3Storage(parsed.netloc, parsed.path.strip("/"), part_mb * 1024 * 1024,
                          lock_days=days, lock_mode=mode, make_client=make_client)
