@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from guest_backup.errors import BackupError
+from guest_backup.files import write_private
 
 #: the host's first revision: what an archive without revisions holds
 FIRST_REVISION = "0000_create_all"
@@ -152,15 +153,9 @@ def _cached_heads(paths: MigrationPaths) -> set[str] | None:
 def _remember_heads(paths: MigrationPaths, heads: set[str]) -> None:
     if not paths.heads_cache:
         return
-    tmp = f"{paths.heads_cache}.{os.getpid()}.tmp"
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
-                  encoding="utf-8") as f:
-            json.dump({"files": _fingerprint(paths), "heads": sorted(heads)}, f)
-        os.replace(tmp, paths.heads_cache)
-    except OSError:  # only a cache: the next restore asks Alembic again
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    data = json.dumps({"files": _fingerprint(paths), "heads": sorted(heads)})
+    with contextlib.suppress(OSError):  # only a cache: the next restore asks Alembic again
+        write_private(paths.heads_cache, data.encode())
 
 
 def plan(paths: MigrationPaths, manifest: dict) -> SchemaUpgrade:
