@@ -76,18 +76,31 @@ def shown(value, limit: int) -> str:
     return _CONTROL.sub("?", str(value)[:limit])
 
 
-def format_time(when: datetime) -> str:
+#: how archives (and everything beside them) write a time: ``2025-06-01T02:00:00Z``
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def format_time(when: datetime | None) -> str | None:
     """``when`` as the archives sign times: ``2025-06-01T02:00:00Z`` (UTC; a naive
-    time is taken as UTC). :func:`parse_time` reads it back."""
+    time is taken as UTC; None stays None). :func:`parse_time` reads it back. The
+    one writer of this form: job states, the ledger, browse sessions, health, the
+    API and pgBackRest's times all use it."""
+    if when is None:
+        return None
     if when.tzinfo is not None:
         when = when.astimezone(timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.strftime(TIME_FORMAT)
+
+
+def now_text() -> str:
+    """Now, as :func:`format_time` writes it."""
+    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
 
 
 def parse_time(text) -> datetime | None:
     """A signed ``2025-06-01T02:00:00Z`` as an aware UTC datetime (None if malformed)."""
     try:
-        return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        return datetime.strptime(str(text), TIME_FORMAT).replace(tzinfo=timezone.utc)
     except ValueError:
         return None
 

@@ -25,10 +25,11 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from guest_backup.archive.manifest import format_time, now_text
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.browse_load import PREFIX, drop_scratch, load_into
-from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, now_text, parse_time,
+from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, parse_time,
                                               pid_alive)
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.create import safe_message
@@ -98,7 +99,7 @@ class BrowseSession:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "archive": self.archive, "state": self.state,
-                "opened_at": self.opened_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "opened_at": format_time(self.opened_at),
                 "open_seconds": self.open_seconds, "index_seconds": self.index_seconds,
                 "erasures": self.erasures, "schema": self.schema, "error": self.error}
 

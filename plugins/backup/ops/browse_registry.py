@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from guest_backup.archive.manifest import TIME_FORMAT
 from guest_backup.engines import held_flock
 from guest_backup.files import write_private
 
@@ -21,14 +22,10 @@ FOLDER = "browse"
 FILE = "sessions.json"
 
 
-def now_text() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_time(text: str | None) -> datetime:
     if not text:
         return datetime.min.replace(tzinfo=timezone.utc)
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
 
 
 def browse_folder(instance_path: str) -> Path:

@@ -24,6 +24,7 @@ from guest_backup.archive.format import (DATABASE_MEMBER, EXPECTED_ERRNOS, FORMA
                                         PHOTO_NAME_RE, UPLOADS_PREFIX, new_archive_name,
                                         remove_partials)
 from guest_backup.archive.encryption import parse_recipients
+from guest_backup.archive.manifest import format_time
 from guest_backup.engines import DatabaseEngine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
@@ -65,10 +66,6 @@ class BackupResult:
     @property
     def copied(self) -> bool:
         return self.remote_url is not None and self.copy_failure is None
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _writable_folder(folder: Path) -> None:
@@ -163,7 +160,7 @@ def _write(engine, db_engine, settings, target_dir: Path, target_name: str | Non
     """Write the archive from one snapshot; ``started(name)`` once the snapshot exists."""
     signer = settings.signer()
     recipients = parse_recipients(settings.age_recipients)
-    when = _now()
+    when = datetime.now(timezone.utc)
     name = target_name or _free_name(target_dir, when, bool(recipients), taken)
     if recipients and not name.endswith(".zip.age"):
         raise BackupError(f"{name}: an encrypted archive's name must end in .zip.age")
@@ -191,7 +188,7 @@ def _write(engine, db_engine, settings, target_dir: Path, target_name: str | Non
             "app_version": settings.app_version,
             "name": name,
             "installation": settings.installation(),
-            "created_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created_at": format_time(when),
             "database": {"engine": db_engine.dialect, "server_version": server_version,
                          "dump_tool": tool.name, "dump_tool_version": tool.version},
             "row_counts": counts,

@@ -11,9 +11,10 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.engine import Engine
 
+from guest_backup.archive.manifest import format_time
 from guest_backup.errors import BackupError
 from guest_backup.ops.context import BackupContext
-from guest_backup.ops.health_problems import Problem, human_age, iso_time, parse_duration
+from guest_backup.ops.health_problems import Problem, human_age, parse_duration
 from guest_backup.ops.listing import list_everywhere, recognised
 from guest_backup.ops.pitr import status as pitr_status
 from guest_backup.ops.retention import legal_horizon
@@ -30,7 +31,7 @@ def _latest(ctx: BackupContext, engine: Engine, action: str,
         return None
     row = max(rows, key=lambda r: r["id"])
     when = row["finished_at"] or row["created_at"]
-    return {"outcome": row["outcome"], "at": iso_time(when), "target": row["target"],
+    return {"outcome": row["outcome"], "at": format_time(when), "target": row["target"],
             "message": row["message"], "_when": when.replace(tzinfo=timezone.utc)}
 
 
@@ -69,7 +70,7 @@ def _storage_entries(results, now: datetime, max_age: timedelta, problems: list[
             continue
         newest = archives[0]
         age = now - newest.created
-        entry["newest"] = {"name": newest.name, "created": iso_time(newest.created),
+        entry["newest"] = {"name": newest.name, "created": format_time(newest.created),
                            "age_seconds": int(age.total_seconds())}
         if age > max_age:
             problems.append(Problem("old_archive", {"storage": storage.name, "age": human_age(age),
@@ -168,7 +169,7 @@ def pitr_section(ctx: BackupContext, engine: Engine | None, now: datetime,
         if waited is not None and waited > delay:
             problems.append(Problem("pitr_wal_failing" if a.failing else "pitr_wal_stalled", {
                 "count": a.ready if a.ready is not None else "?", "age": human_age(waited),
-                "limit": human_age(delay), "at": iso_time(a.last_failed_time)}))
+                "limit": human_age(delay), "at": format_time(a.last_failed_time)}))
     full = st.repo.newest_full if st.repo else None
     if st.repo is not None and full is None:
         problems.append(Problem("pitr_no_full"))
@@ -224,7 +225,7 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
             entry.pop("_when", None)
     return {
         "status": {HEALTHY: "healthy", UNHEALTHY: "unhealthy", UNREACHABLE: "unreachable"}[code],
-        "checked_at": iso_time(now),
+        "checked_at": format_time(now),
         "storages": storages,
         "last_backup": last_backup,
         "last_upload": last_upload,

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from guest_backup.archive.manifest import format_time
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -21,10 +20,6 @@ def parse_duration(text: str) -> timedelta:
     if not m:
         raise ValueError(f"{text!r} is not a duration (e.g. 26h, 35d, 90m)")
     return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
-
-
-def iso_time(when: datetime | None) -> str | None:
-    return format_time(when) if when is not None else None
 
 
 def N_(message: str) -> str:

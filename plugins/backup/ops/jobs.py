@@ -31,10 +31,10 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from guest_backup.archive.manifest import now_text
 from guest_backup.files import write_private
 from guest_backup.ops.context import BackupContext, shared
 from guest_backup.errors import BackupBusy, BackupError
@@ -46,10 +46,6 @@ WRITE_EVERY = 0.3  # seconds between progress updates
 #: how long a queued backup keeps the lock while it waits for a worker (seconds)
 QUEUED_LOCK_TTL = 15 * 60
 STATE_TTL = 30 * 24 * 3600  # a finished job's state in Redis is forgotten after this
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FileState:
@@ -144,7 +140,7 @@ def claim(ctx: BackupContext, actor: str | None, queued: bool, kind: JobKind = L
         raise BackupError(f"the backup folder {folder} is not writable") from None
     job = {"id": uuid.uuid4().hex, "state": "queued" if queued else "running",
            "stage": "waiting for a worker" if queued else "starting", "bytes": 0,
-           "started_at": _now(), "finished_at": None, "archive": None, "error": None,
+           "started_at": now_text(), "finished_at": None, "archive": None, "error": None,
            "actor": actor, **fields}
     try:
         job_state(ctx, kind).write(job)
@@ -161,7 +157,7 @@ def adopt(ctx: BackupContext, job: dict, token: str, kind: JobKind = LOGICAL):
         lock = kind.lock(ctx).adopt(token)
     except BackupBusy:
         job.update(state="failed", error="another backup is running; wait for it to finish",
-                   finished_at=_now())
+                   finished_at=now_text())
         job_state(ctx, kind).write(job)
         return None
     job.update(state="running", stage="starting")
@@ -204,7 +200,7 @@ def _ending(state, job: dict, lock, log, what: str) -> Iterator[None]:
         log.exception(f"{what} failed")
         job.update(state="failed", error="the backup failed; details are in the server log")
     finally:
-        job["finished_at"] = _now()
+        job["finished_at"] = now_text()
         try:
             state.write(job)
         finally:

@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from guest_backup.archive.manifest import now_text
 from guest_backup.errors import BackupError
 from guest_backup.files import write_private
 
@@ -217,7 +218,7 @@ def _new_record(key: bytes, kind: str, guest_ids: Iterable[int], registration_id
             hashes[field] = sorted(found)
     record = {"v": VERSION, "kind": kind, "guest_ids": _ids(guest_ids, "guest_ids"),
               "registration_ids": _ids(registration_ids, "registration_ids"), "hashes": hashes,
-              "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+              "time": now_text()}
     if not (record["guest_ids"] or record["registration_ids"] or hashes):
         raise ValueError("an erasure names at least one record id or identifying value")
     return record

@@ -21,10 +21,11 @@ import re
 import socket
 from typing import Any
 
+from guest_backup.archive.manifest import now_text
 from guest_backup.errors import BackupBusy
 from guest_backup.ops import metrics
 from guest_backup.ops.context import BackupContext
-from guest_backup.ops.notify_state import now_text, state_store
+from guest_backup.ops.notify_state import state_store
 
 log = logging.getLogger(__name__)
 #: states worth a message when they begin

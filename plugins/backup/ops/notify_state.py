@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
+from guest_backup.archive.manifest import now_text
 from guest_backup.engines import held_flock
 from guest_backup.files import write_private
 from guest_backup.ops.context import BackupContext, shared
 
 STATE_FILE = "notify-state.json"
-
-
-def now_text() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FileStates:

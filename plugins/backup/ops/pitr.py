@@ -217,7 +217,3 @@ def _audit(ctx: BackupContext, engine: Engine | None, action: str, outcome: str,
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None

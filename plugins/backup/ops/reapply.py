@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from guest_backup.archive.manifest import TIME_FORMAT
 from guest_backup.ops.erasure_sql import (G, GUEST, R, REGISTRATION, anonymise_guests,
                                           anonymise_registrations, close_emptied, erased_email,
                                           guest_is_erased, guest_not_erased, guest_rows,
@@ -122,7 +123,7 @@ def _emptied(conn: Connection, registration_ids: Iterable[int]) -> list[int]:
 
 
 def _until(entry: dict) -> datetime:
-    return datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%SZ") + LEEWAY
+    return datetime.strptime(entry["time"], TIME_FORMAT) + LEEWAY
 
 
 def _before(when: datetime | None, until: datetime) -> bool:

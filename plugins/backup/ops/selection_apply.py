@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from guest_backup.archive.manifest import TIME_FORMAT
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.create import safe_message
@@ -134,7 +135,7 @@ def erasures_after(erasures, when: datetime | None):
         return erasures
     since = (when.astimezone(timezone.utc).replace(tzinfo=None) if when.tzinfo else when) - LEEWAY
     later = [e for e in erasures.entries
-             if datetime.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ") >= since]
+             if datetime.strptime(e["time"], TIME_FORMAT) >= since]
     return ErasureReapply(later, erasures.ledger)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from guest_backup.archive.manifest import format_time, now_text
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
@@ -120,7 +121,7 @@ def archives_since(ctx: BackupContext, since: datetime | None) -> tuple[list[dic
             problems.append(str(exc))
             continue
         found += [{"name": a.name, "storage": storage.name, "url": storage.url,
-                   "created_at": a.created.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                   "created_at": format_time(a.created)}
                   for a in archives if a.created >= since]
     return found, problems
 
@@ -168,7 +169,7 @@ def subject_access(ctx: BackupContext, engine: Engine, *, output_dir: str | os.P
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         json_path, csv_path = _paths(folder)
         document_json = {
-            "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "generated_at": now_text(),
             "request": {"email": email} if email is not None else {"document_number": document},
             "registrations": [_public(r) for r in registrations],
             "archives": archives,

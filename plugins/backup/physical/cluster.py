@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from guest_backup.archive.manifest import format_time
 from guest_backup.physical import PitrError
 from guest_backup.physical.owner import Owner
 
@@ -62,7 +63,7 @@ class Archiver:
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
         for key in ("last_archived_time", "last_failed_time", "oldest_ready"):
-            data[key] = data[key].strftime("%Y-%m-%dT%H:%M:%SZ") if data[key] else None
+            data[key] = format_time(data[key])
         return {**data, "failing": self.failing}
 
     @property

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from guest_backup.archive.manifest import format_time
+
 
 #: pgBackRest's times are whole seconds: a backup is consistent within the second after
 MARGIN = timedelta(seconds=1)
@@ -50,7 +52,7 @@ class BackupSet:
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        data.update(start=_iso(self.start), stop=_iso(self.stop),
+        data.update(start=format_time(self.start), stop=format_time(self.stop),
                     duration_seconds=int(self.duration.total_seconds()))
         return data
 
@@ -106,8 +108,5 @@ class RepoInfo:
         return {"stanza": self.stanza, "repo_status": self.status, "status_code": self.status_code,
                 "cipher": self.cipher, "wal_min": self.wal_min, "wal_max": self.wal_max,
                 "backups": [b.as_dict() for b in self.backups],
-                "window": ({"from": _iso(window[0]), "to": _iso(window[1])} if window else None)}
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+                "window": ({"from": format_time(window[0]), "to": format_time(window[1])}
+                           if window else None)}

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from guest_backup.archive.manifest import format_time
 from guest_backup.physical import PitrError
 from guest_backup.physical.cluster import Archiver, Cluster
 from guest_backup.physical.config import PitrConfig
@@ -93,7 +94,7 @@ class PitrStatus:
     def as_dict(self) -> dict:
         until = self.archiver.last_archived_time if self.archiver else None
         return {"configured": self.config is not None or bool(self.errors), "live": self.live,
-                "read_at": _iso(self.read_at), "errors": list(self.errors),
+                "read_at": format_time(self.read_at), "errors": list(self.errors),
                 "repository": self.config.repository if self.config else None,
                 "archiver": self.archiver.as_dict() if self.archiver else None,
                 **(self.repo.as_dict(until) if self.repo else {"backups": [], "window": None})}
@@ -129,7 +130,3 @@ def target_text(target: datetime | None) -> str:
 def counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {table}" for table, n in counts.items())
 
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None

@@ -24,6 +24,7 @@ from flask_security import current_user
 from guest_registration.availability import database_unavailable, unavailable_response
 
 from guest_backup.archive.format import is_archive_name
+from guest_backup.archive.manifest import format_time
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.export.api import json_error
 from guest_backup.ops.jobs import read_job
@@ -38,10 +39,6 @@ bp = Blueprint("archive_api", __name__, url_prefix="/api/backup")
 JOB_ID_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
 JOB_FIELDS = ("id", "state", "stage", "bytes", "started_at", "finished_at", "archive", "error",
               "warning")
-
-
-def _iso(when) -> str | None:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when is not None else None
 
 
 def token_admin(view):
@@ -73,9 +70,9 @@ def token_admin(view):
 def _archive_json(archive, sha256: str | None, verified: dict | None) -> dict:
     check = None
     if verified is not None:
-        check = {"ok": verified["ok"], "at": _iso(verified["at"]),
+        check = {"ok": verified["ok"], "at": format_time(verified["at"]),
                  "message": verified["message"]}
-    return {"name": archive.name, "size": archive.size, "created": _iso(archive.created),
+    return {"name": archive.name, "size": archive.size, "created": format_time(archive.created),
             "storages": list(archive.locations), "sha256": sha256, "signed": True,
             "encrypted": archive.encrypted, "verified": check,
             "url": url_for(".archive", name=archive.name, _external=True)}

@@ -19,6 +19,7 @@ from guest_registration.admin import SecureBaseView
 from guest_registration.extensions import csrf, db
 from guest_registration.i18n import page_size, page_timestamp
 
+from guest_backup.archive.manifest import TIME_FORMAT
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.health import pitr_section
 from guest_backup.ops.jobs import PITR, read_job
@@ -31,7 +32,7 @@ def _when(text: str | None) -> str:
     """A report's ``2026-12-04T17:39:00Z`` in the page's language."""
     if not text:
         return ""
-    return page_timestamp(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    return page_timestamp(datetime.strptime(text, TIME_FORMAT))
 
 
 def _restore_command(until: str | None) -> str:

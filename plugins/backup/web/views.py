@@ -17,6 +17,7 @@ from guest_registration.i18n import page_size, page_timestamp
 from guest_registration.models import AuditEntry
 
 from guest_backup.archive.format import is_archive_name
+from guest_backup.archive.manifest import TIME_FORMAT
 from guest_backup.ops.folders import clean_partials
 from guest_backup.wiring import backup_context
 from guest_backup.errors import BackupBusy, BackupError
@@ -69,7 +70,7 @@ def _iso_timestamp(text: str | None) -> str:
     """A report's ``2025-06-01T02:00:00Z`` in the page's language."""
     if not text:
         return ""
-    return page_timestamp(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    return page_timestamp(datetime.strptime(text, TIME_FORMAT))
 
 
 def problem_text(problem: dict) -> str:
