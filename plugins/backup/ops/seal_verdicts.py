@@ -86,7 +86,7 @@ class SealVerdicts:
                 " " + NO_SEAL)):
             return
         with self._lock:
-            self._seen[self._key(archive)] = [format_time(created) if created else None, sha]
+            self._seen[self._key(archive)] = [format_time(created), sha]
 
     def save(self) -> None:
         """Keep what this listing saw (and nothing else of this storage: archives
