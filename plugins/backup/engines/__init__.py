@@ -64,12 +64,14 @@ class DatabaseEngine(Protocol):
         """Start the read-only transaction whose snapshot a backup (dump and row
         counts) or an export (count and rows) reads from, start to end."""
 
-    def share_snapshot(self, conn: Connection) -> "Callable[[Connection], None] | None":
-        """Optional. A function that begins ``conn``'s snapshot (already begun by
-        :meth:`begin_snapshot`) on another connection, so that work in that
-        snapshot can run beside the dump (the backup's row counts); valid while
-        ``conn``'s transaction is open. None, or no such method: the engine cannot
-        share a snapshot, and that work runs on ``conn`` before the dump."""
+    def share_snapshot(self, conn: Connection) -> "Callable[[Connection, list[str]], None] | None":
+        """Optional. A function ``join(other, tables)`` that begins ``conn``'s
+        snapshot (already begun by :meth:`begin_snapshot`) on another connection
+        and takes the dump's own locks on ``tables`` there, so that work in that
+        snapshot can run beside the dump (the backup's row counts) and no table is
+        rewritten under it; valid while ``conn``'s transaction is open. None, or no
+        such method: the engine cannot share a snapshot, and that work runs on
+        ``conn`` before the dump."""
 
     def server_version(self, conn: Connection) -> str:
         """The server's version, e.g. ``"15.4"``."""

@@ -79,16 +79,22 @@ class PostgresEngine:
         # idle-in-transaction timeout is for stalled requests, not for this one
         conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
 
-    def share_snapshot(self, conn: Connection) -> Callable[[Connection], None]:
+    def share_snapshot(self, conn: Connection) -> Callable[[Connection, list[str]], None]:
         """``pg_export_snapshot()``, imported by ``SET TRANSACTION SNAPSHOT`` (as
-        ``pg_dump --snapshot`` does) on the other connection."""
+        ``pg_dump --snapshot`` does) on the other connection, which then locks the
+        tables ``IN ACCESS SHARE MODE`` as pg_dump does: a rewrite of one (``ALTER
+        TABLE … TYPE``, not MVCC-safe) waits for it instead of showing it empty."""
         snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
         if not _SNAPSHOT_ID.fullmatch(snapshot):  # it goes into a statement as a literal
             raise EngineError("PostgreSQL returned an unexpected snapshot id")
 
-        def join(other: Connection) -> None:
+        def join(other: Connection, tables: list[str]) -> None:
             self.begin_snapshot(other)
             other.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            if tables:
+                quote = other.dialect.identifier_preparer.quote
+                other.exec_driver_sql(f"LOCK TABLE {', '.join(map(quote, tables))} "
+                                      "IN ACCESS SHARE MODE")
         return join
 
     @contextlib.contextmanager
