@@ -6,8 +6,10 @@
 
 It answers only what a backup and the benchmark's checks ask (buckets, PutObject,
 multipart uploads, ranged GetObject, HeadObject, ListObjectsV2,
-ListMultipartUploads, DeleteObject; no object lock) and checks no signature or
-checksum: the point is to cost almost nothing, so that a backup to it shows what
+ListMultipartUploads, DeleteObject; no object lock, no versions: ``?versions`` is
+answered as a plain listing, as some minimal stores do) and checks no signature or
+checksum; a PUT without a ``Content-Length`` (a chunked body) is refused, as S3
+refuses it: the point is to cost almost nothing, so that a backup to it shows what
 the backup's own S3 client costs, apart from moto's work on the same cores
 (docs/performance.md). Each part's ``x-amz-checksum-*`` header is answered back, as
 S3 does; the completed object's ETag is S3's ``MD5-of-part-MD5s-N``. One request
@@ -66,6 +68,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         bucket, key, query = self._target()
+        if "Content-Length" not in self.headers:  # chunked (an aws-chunked trailer): S3 says
+            self.close_connection = True
+            return self._error(411, "MissingContentLength")
         data = self._body()
         if not key:  # CreateBucket
             return self._answer()

@@ -187,3 +187,37 @@ def test_prompt_acks_change_only_this_client_and_leave_it_alone_without_the_opti
     monkeypatch.setattr(s3_acks, "QUICKACK", None)
     assert s3_acks.prompt_acks(other) is False
     assert pools(other)["https"] is AWSHTTPSConnectionPool
+
+
+def test_single_puts_carry_their_crc32_as_a_header_not_an_aws_chunked_trailer(s3_https):
+    """The seal, an archive smaller than one part and the ledger's copy are single
+    PutObjects: left to botocore, over HTTPS their checksum followed an
+    ``aws-chunked`` body as a trailer, without a Content-Length (a storage that
+    refuses trailers took the parts and then refused the seal)."""
+    import base64
+    import zlib
+
+    storage = S3StorageType().open("s3://tls-bucket/site", {})
+    sent = []
+    storage.client.meta.events.register(
+        "before-send.s3.PutObject",
+        lambda request, **_: sent.append((request.url, dict(request.headers))))
+    small = os.urandom(1000)
+    upload = storage.begin_upload(NAME)
+    upload.write(small)
+    upload.finish(b"the seal")
+    storage.put_extra("erasure-ledger.jsonl", b"{}\n")
+    bodies = {f"site/{NAME}": small, f"site/{NAME}.sig": b"the seal",
+              "site/erasure-ledger.jsonl": b"{}\n"}
+    assert sorted(url.rsplit("tls-bucket/", 1)[1] for url, _ in sent) == sorted(bodies)
+    for url, headers in sent:
+        headers = {k.lower(): v.decode() if isinstance(v, bytes) else v
+                   for k, v in headers.items()}
+        body = bodies[url.rsplit("tls-bucket/", 1)[1]]
+        assert "aws-chunked" not in headers.get("content-encoding", ""), headers
+        assert "x-amz-trailer" not in headers, headers
+        assert int(headers["content-length"]) == len(body)
+        assert headers["x-amz-checksum-crc32"] == base64.b64encode(
+            zlib.crc32(body).to_bytes(4, "big")).decode()
+    assert storage.read_sidecar(NAME) == b"the seal"
+    assert storage.get_extra("erasure-ledger.jsonl") == b"{}\n"

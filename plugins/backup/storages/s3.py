@@ -33,7 +33,8 @@ from guest_backup.storages import (MAX_EXTRA_BYTES, ArchiveHeld, StorageError,
 from guest_backup.storages.s3_acks import prompt_acks
 from guest_backup.storages.s3_errors import error_code, error_reason
 from guest_backup.storages.s3_lock import ObjectLock, object_lock
-from guest_backup.storages.s3_upload import MultipartUpload
+from guest_backup.storages.s3_upload import (CHECKSUM_FIELD, MultipartUpload, declared_checksum,
+                                           part_checksum)
 
 log = logging.getLogger(__name__)
 MIN_PART_MB = 5  # S3 refuses smaller non-final parts
@@ -169,9 +170,16 @@ class S3Storage(ObjectLock):
                         type(exc).__name__)
 
     def put(self, key: str, data: bytes) -> str | None:
-        """One PutObject with Content-MD5; the new version's id (None: unversioned)."""
+        """One PutObject with Content-MD5; the new version's id (None: unversioned).
+        Its CRC32, where botocore sends one, goes as a header before a plain body
+        (:func:`~guest_backup.storages.s3_upload.part_checksum`), never as an
+        ``aws-chunked`` trailer: the seal, a small archive and the ledger's copy
+        reach every storage that takes the parts."""
+        checksum = declared_checksum(self.client)
+        if checksum:
+            checksum[CHECKSUM_FIELD] = part_checksum(data)
         answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                        ContentMD5=_md5(data))
+                                        ContentMD5=_md5(data), **checksum)
         return answer.get("VersionId")
 
     def open(self, name: str, **extra: str) -> IO[bytes]:
@@ -204,12 +212,23 @@ class S3Storage(ObjectLock):
             raise ArchiveHeld(name, self.url, reason)
         try:
             for key, versions in versions_of.items():
-                if versions is None:  # no versioning API (some S3-compatible stores)
+                if versions is None or (versions == [] and self._exists(key)):
+                    # no versioning API, or one that lists nothing for a key that is
+                    # there (a store ignoring ?versions): a plain delete, else none
                     self.client.delete_object(Bucket=self.bucket, Key=key)
                 for version_id, _ in versions or ():
                     self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
         except Exception as exc:
             raise self._fail(f"deleting {name} from", exc) from None
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     def remove_quietly(self, key: str, version: str | None) -> None:
         """Take back a just-put seal whose archive failed (never raises)."""

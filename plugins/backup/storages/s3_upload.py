@@ -44,10 +44,10 @@ MAX_PARTS = 10_000  # S3's limit
 #: storage that cannot take them is configured ``when_required``
 #: (``AWS_REQUEST_CHECKSUM_CALCULATION``), and an explicit algorithm would override it
 CHECKSUM = "CRC32"
-_CHECKSUM_FIELD = "ChecksumCRC32"
+CHECKSUM_FIELD = "ChecksumCRC32"
 
 
-def part_checksum(body: bytearray) -> str:
+def part_checksum(body: bytes | bytearray) -> str:
     """A part's CRC32 as S3 wants it (base64 of 4 bytes, big-endian). Given with the
     request, botocore sends it as the ``x-amz-checksum-crc32`` header before the
     body instead of as a trailer after an ``aws-chunked`` body, which it uses over
@@ -212,13 +212,13 @@ class MultipartUpload:
     def _put_part(self, number: int, body: bytearray) -> None:
         checksum = dict(self._checksum)
         if checksum:  # computed here and sent as a header, see part_checksum
-            checksum[_CHECKSUM_FIELD] = part_checksum(body)
+            checksum[CHECKSUM_FIELD] = part_checksum(body)
         answer = self.storage.client.upload_part(
             Bucket=self.storage.bucket, Key=self.key, PartNumber=number,
             UploadId=self._upload_id, Body=PartBody(body), **checksum)
         part = {"PartNumber": number, "ETag": answer["ETag"]}
-        if answer.get(_CHECKSUM_FIELD):  # a storage without checksums answers none
-            part[_CHECKSUM_FIELD] = answer[_CHECKSUM_FIELD]
+        if answer.get(CHECKSUM_FIELD):  # a storage without checksums answers none
+            part[CHECKSUM_FIELD] = answer[CHECKSUM_FIELD]
         self._parts[number] = part
 
     def _wait(self, future: Future) -> None:
