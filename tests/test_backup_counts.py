@@ -54,6 +54,20 @@ def add_guest_after_the_snapshot(app) -> None:
         engine.dispose()
 
 
+def backup_with_a_late_guest(app, runner, monkeypatch, caplog):
+    """A backup whose dump adds a guest after the snapshot: its archive and manifest."""
+    real_dump = PostgresEngine.dump
+
+    def dump(self, settings, conn, write):
+        add_guest_after_the_snapshot(app)
+        return real_dump(self, settings, conn, write)
+
+    monkeypatch.setattr(PostgresEngine, "dump", dump)
+    with caplog.at_level(logging.WARNING, logger="guest_backup.ops.row_counts"):
+        archive = make_backup(runner)
+    return archive, json.loads(zipfile.ZipFile(archive).read("manifest.json"))
+
+
 def test_the_counts_run_beside_the_dump_in_its_snapshot(app, runner, monkeypatch):
     assert runner.invoke(args=["demo-data"]).exit_code == 0
     events: list[tuple[str, str]] = []
@@ -88,7 +102,7 @@ def test_the_counts_fall_back_to_the_dumps_connection(app, runner, monkeypatch, 
     """No second connection (a pool of one, say): counted on the dump's own
     connection before the dump, still in its snapshot."""
     assert runner.invoke(args=["demo-data"]).exit_code == 0
-    real_share, real_dump = PostgresEngine.share_snapshot, PostgresEngine.dump
+    real_share = PostgresEngine.share_snapshot
 
     def share_snapshot(self, conn):
         real_share(self, conn)
@@ -97,15 +111,8 @@ def test_the_counts_fall_back_to_the_dumps_connection(app, runner, monkeypatch, 
             raise sa.exc.TimeoutError("QueuePool limit of size 1 overflow 0 reached")
         return join
 
-    def dump(self, settings, conn, write):
-        add_guest_after_the_snapshot(app)
-        return real_dump(self, settings, conn, write)
-
     monkeypatch.setattr(PostgresEngine, "share_snapshot", share_snapshot)
-    monkeypatch.setattr(PostgresEngine, "dump", dump)
-    with caplog.at_level(logging.WARNING, logger="guest_backup.ops.row_counts"):
-        archive = make_backup(runner)
-    manifest = json.loads(zipfile.ZipFile(archive).read("manifest.json"))
+    archive, manifest = backup_with_a_late_guest(app, runner, monkeypatch, caplog)
     assert manifest["row_counts"]["guest"] == guests_in_dump(archive) == guests_now(app) - 1
     assert "row counts beside the dump failed (TimeoutError); counted before it" in caplog.text
 
@@ -115,22 +122,15 @@ def test_counts_that_fail_beside_the_dump_are_taken_after_it(app, runner, monkey
     """The second connection joined, then counting on it failed (the connection
     lost, say): counted on the dump's own connection after the dump, in its snapshot."""
     assert runner.invoke(args=["demo-data"]).exit_code == 0
-    real_count, real_dump = row_counts._count, PostgresEngine.dump
+    real_count = row_counts._count
 
     def count(conn, tables):
         if threading.current_thread().name.startswith("row-counts"):
             raise sa.exc.OperationalError("SELECT count(*)", {}, Exception("connection lost"))
         return real_count(conn, tables)
 
-    def dump(self, settings, conn, write):
-        add_guest_after_the_snapshot(app)
-        return real_dump(self, settings, conn, write)
-
     monkeypatch.setattr(row_counts, "_count", count)
-    monkeypatch.setattr(PostgresEngine, "dump", dump)
-    with caplog.at_level(logging.WARNING, logger="guest_backup.ops.row_counts"):
-        archive = make_backup(runner)
-    manifest = json.loads(zipfile.ZipFile(archive).read("manifest.json"))
+    archive, manifest = backup_with_a_late_guest(app, runner, monkeypatch, caplog)
     assert manifest["row_counts"]["guest"] == guests_in_dump(archive) == guests_now(app) - 1
     assert "row counts beside the dump failed (OperationalError); counted after it" in caplog.text
 

@@ -133,12 +133,19 @@ class S3Storage(ObjectLock):
         if not is_archive_name(name):
             return None
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+            head = self._head(self._key(name))
+        except Exception as exc:
+            raise self._fail(f"looking for {name} in", exc, unreachable=True) from None
+        return int(head["ContentLength"]) if head is not None else None
+
+    def _head(self, key: str) -> dict | None:
+        """HeadObject's answer for ``key``, None when it is not there."""
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise self._fail(f"looking for {name} in", exc, unreachable=True) from None
-        return int(head["ContentLength"])
+            raise
 
     def upload(self, path: Path) -> None:
         """A finished archive file copied here (its seal first, see begin_upload)."""
@@ -212,7 +219,7 @@ class S3Storage(ObjectLock):
             raise ArchiveHeld(name, self.url, reason)
         try:
             for key, versions in versions_of.items():
-                if versions is None or (versions == [] and self._exists(key)):
+                if versions is None or (versions == [] and self._head(key) is not None):
                     # no versioning API, or one that lists nothing for a key that is
                     # there (a store ignoring ?versions): a plain delete, else none
                     self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -220,15 +227,6 @@ class S3Storage(ObjectLock):
                     self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
         except Exception as exc:
             raise self._fail(f"deleting {name} from", exc) from None
-
-    def _exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
 
     def remove_quietly(self, key: str, version: str | None) -> None:
         """Take back a just-put seal whose archive failed (never raises)."""
