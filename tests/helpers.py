@@ -92,6 +92,20 @@ def drop_pg_database(server_url: str, url: str) -> None:
     engine.dispose()
 
 
+def waiting_exclusive(url: str, table: str = "guest") -> bool:
+    """Whether a session is waiting for an ACCESS EXCLUSIVE lock on ``table`` (a
+    rewrite queued behind someone's lock)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(sa.text(
+                "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' "
+                "AND NOT granted AND relation = to_regclass(:table)"), {"table": table}
+            ).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def terminate_open_transactions(engine) -> list[str]:
     """End (and report) other sessions of this database still inside a transaction,
     so a leaked connection fails its test instead of hanging the suite."""

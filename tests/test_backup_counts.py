@@ -17,7 +17,7 @@ import guest_backup.ops.row_counts as row_counts
 from guest_backup.archive.format import DATABASE_MEMBER
 from guest_backup.engines.postgresql import PostgresEngine
 from guest_backup.errors import BackupError
-from tests.helpers import make_backup
+from tests.helpers import make_backup, waiting_exclusive
 
 
 @pytest.fixture
@@ -206,16 +206,6 @@ def test_a_table_rewritten_during_the_dump_is_counted_as_the_dump_has_it(app, ru
         finally:
             engine.dispose()
 
-    def waiting_exclusive() -> bool:
-        engine = sa.create_engine(url)
-        try:
-            with engine.connect() as conn:
-                return bool(conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' "
-                    "AND NOT granted AND relation = 'guest'::regclass")).scalar_one())
-        finally:
-            engine.dispose()
-
     def late_count(conn, tables):
         assert queued.wait(30)  # the rewrite is waiting before anything is counted
         return real_count(conn, tables)
@@ -228,7 +218,7 @@ def test_a_table_rewritten_during_the_dump_is_counted_as_the_dump_has_it(app, ru
                 started.append(threading.Thread(target=rewrite))
                 started[0].start()
                 deadline = time.monotonic() + 30
-                while started[0].is_alive() and not waiting_exclusive():  # done, or waiting
+                while started[0].is_alive() and not waiting_exclusive(url):  # done, or waiting
                     assert time.monotonic() < deadline, "the rewrite neither ran nor waited"
                     time.sleep(0.05)
                 queued.set()
@@ -242,7 +232,7 @@ def test_a_table_rewritten_during_the_dump_is_counted_as_the_dump_has_it(app, ru
     monkeypatch.setattr(PostgresEngine, "dump", dump)
     archive = make_backup(runner)
     deadline = time.monotonic() + 30
-    while waiting_exclusive() and time.monotonic() < deadline:
+    while waiting_exclusive(url) and time.monotonic() < deadline:
         time.sleep(0.05)
     manifest = json.loads(zipfile.ZipFile(archive).read("manifest.json"))
     assert manifest["row_counts"]["guest"] == guests_in_dump(archive) == guests_now(app) > 50

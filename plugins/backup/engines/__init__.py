@@ -30,6 +30,11 @@ CHUNK = 1024 * 1024
 #: what a restore or an erasure is told when another holds its database (``exclusive``)
 TARGET_BUSY = ("another restore or an erasure of this database is running; wait for it to "
                "finish")
+#: what a backup is told when a table stayed locked by another session (``hold_tables``,
+#: the dump tool's own locks) for longer than BACKUP_LOCK_WAIT
+TABLES_LOCKED = ("a table stayed locked by another session (a schema migration, say) for "
+                 "longer than BACKUP_LOCK_WAIT allows; no archive was made: try again once "
+                 "that session has finished")
 
 
 @dataclass
@@ -52,6 +57,9 @@ class EngineSettings:
     psql: str = "psql"
     #: the role a PostgreSQL restore loads the dump as (RESTORE_DATABASE_ROLE)
     restore_role: str = "guest_restore"
+    #: how long a backup waits for a table another session holds, seconds
+    #: (BACKUP_LOCK_WAIT; 0: without limit)
+    lock_wait: float = 0.0
 
 
 class DatabaseEngine(Protocol):
@@ -64,14 +72,23 @@ class DatabaseEngine(Protocol):
         """Start the read-only transaction whose snapshot a backup (dump and row
         counts) or an export (count and rows) reads from, start to end."""
 
+    def hold_tables(self, conn: Connection, tables: list[str], wait: float) -> None:
+        """Optional. Lock ``tables`` against a rewrite in ``conn``'s snapshot
+        transaction (begun by :meth:`begin_snapshot`), to its end: a table rewritten
+        after the snapshot reads as empty in it. Wait at most ``wait`` seconds (0:
+        without limit) for a table another session holds, then raise
+        :class:`EngineError` (:data:`TABLES_LOCKED`); the dump honours the same
+        wait (``EngineSettings.lock_wait``)."""
+
     def share_snapshot(self, conn: Connection) -> "Callable[[Connection, list[str]], None] | None":
         """Optional. A function ``join(other, tables)`` that begins ``conn``'s
         snapshot (already begun by :meth:`begin_snapshot`) on another connection
-        and takes the dump's own locks on ``tables`` there, so that work in that
-        snapshot can run beside the dump (the backup's row counts) and no table is
-        rewritten under it; valid while ``conn``'s transaction is open. None, or no
-        such method: the engine cannot share a snapshot, and that work runs on
-        ``conn`` before the dump."""
+        and takes the dump's own locks on ``tables`` there without waiting (``conn``
+        holds them: a wait could only be behind a rewrite waiting for ``conn``), so
+        that work in that snapshot can run beside the dump (the backup's row counts);
+        valid while ``conn``'s transaction is open. None, or no such method: the
+        engine cannot share a snapshot, and that work runs on ``conn`` before the
+        dump."""
 
     def server_version(self, conn: Connection) -> str:
         """The server's version, e.g. ``"15.4"``."""

@@ -10,7 +10,7 @@ import re
 import subprocess
 import time
 
-from guest_backup.engines import parse_url
+from guest_backup.engines import TABLES_LOCKED, parse_url
 
 _versions: dict[tuple, tuple[float, str]] = {}  # (path, inode, size, mtime) -> (when, version)
 
@@ -101,6 +101,8 @@ def pg_reason(stderr: str, tool: str) -> str:
     if "gr-erasure-refused" in lowered:  # ops.erasure_sql.probe_erasure_sql
         return ("the archive's database refuses an erasure (a constraint or column type "
                 "of its own)")
+    if "statement timeout" in lowered and "lock table" in lowered:  # --lock-wait-timeout
+        return TABLES_LOCKED
     if "violates" in lowered and "constraint" in lowered:
         return f"{tool}: a constraint of the loaded database refused a row"
     if "backslash commands are restricted" in lowered or "unrestrict" in lowered:

@@ -19,8 +19,8 @@ import uuid
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from guest_backup.errors import EngineError
-from guest_backup.engines import (CHUNK, EngineSettings, ToolInfo, libpq, mask, parse_url,
-                                   retry_until, sql)
+from guest_backup.engines import (CHUNK, TABLES_LOCKED, EngineSettings, ToolInfo, libpq, mask,
+                                   parse_url, retry_until, sql)
 from guest_backup.engines.pgrole import _connect_reason, _connected, prepare_restore_role
 from guest_backup.engines.pgload import feed_psql, load_script, marks, outcome
 from guest_backup.engines.psqlsession import PsqlOutput
@@ -40,6 +40,16 @@ TARGET_LOCK = 0x6572617365
 _CREATED_MEANWHILE = {"42P04", "23505"}
 #: what pg_export_snapshot() returns: hexadecimal numbers joined by dashes
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]{1,16}(?:-[0-9A-F]{1,16}){1,3}")
+
+
+def _milliseconds(seconds: float) -> int:
+    """A wait in seconds as PostgreSQL's milliseconds (0: without limit)."""
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
+
+
+def _quoted(conn: Connection, tables: list[str]) -> str:
+    quote = conn.dialect.identifier_preparer.quote
+    return ", ".join(map(quote, tables))
 
 
 class PostgresEngine:
@@ -79,11 +89,30 @@ class PostgresEngine:
         # idle-in-transaction timeout is for stalled requests, not for this one
         conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
 
+    def hold_tables(self, conn: Connection, tables: list[str], wait: float) -> None:
+        """``LOCK TABLE … IN ACCESS SHARE MODE``, as pg_dump does, but held by the
+        snapshot's own transaction: a rewrite (``ALTER TABLE … TYPE``, not
+        MVCC-safe) waits for the whole backup (dump, counts, the photo names read
+        after them) instead of showing a table empty to the snapshot. The wait is
+        ``lock_timeout``, left in force for the transaction."""
+        from sqlalchemy.exc import DBAPIError
+
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {_milliseconds(wait)}")
+        if not tables:
+            return
+        try:
+            conn.exec_driver_sql(f"LOCK TABLE {_quoted(conn, tables)} IN ACCESS SHARE MODE")
+        except DBAPIError as exc:
+            if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
+                raise
+            log.warning("backup: a table stayed locked for %s s", wait)
+            raise EngineError(TABLES_LOCKED) from None
+
     def share_snapshot(self, conn: Connection) -> Callable[[Connection, list[str]], None]:
         """``pg_export_snapshot()``, imported by ``SET TRANSACTION SNAPSHOT`` (as
         ``pg_dump --snapshot`` does) on the other connection, which then locks the
-        tables ``IN ACCESS SHARE MODE`` as pg_dump does: a rewrite of one (``ALTER
-        TABLE … TYPE``, not MVCC-safe) waits for it instead of showing it empty."""
+        tables ``IN ACCESS SHARE MODE`` as pg_dump does, ``NOWAIT``: a rewrite of one
+        queued behind ``conn``'s locks would wait for it, and it for the rewrite."""
         snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
         if not _SNAPSHOT_ID.fullmatch(snapshot):  # it goes into a statement as a literal
             raise EngineError("PostgreSQL returned an unexpected snapshot id")
@@ -92,9 +121,8 @@ class PostgresEngine:
             self.begin_snapshot(other)
             other.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
             if tables:
-                quote = other.dialect.identifier_preparer.quote
-                other.exec_driver_sql(f"LOCK TABLE {', '.join(map(quote, tables))} "
-                                      "IN ACCESS SHARE MODE")
+                other.exec_driver_sql(f"LOCK TABLE {_quoted(other, tables)} "
+                                      "IN ACCESS SHARE MODE NOWAIT")
         return join
 
     @contextlib.contextmanager
@@ -122,6 +150,8 @@ class PostgresEngine:
         snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
         args = [tool.path, "--format=plain", "--no-owner", "--no-privileges", "--encoding=UTF8",
                 f"--snapshot={snapshot}"]
+        if settings.lock_wait > 0:  # pg_dump waits for its own locks without limit
+            args.append(f"--lock-wait-timeout={_milliseconds(settings.lock_wait)}")
         env = libpq.pg_environment(settings.database_url)
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=env,

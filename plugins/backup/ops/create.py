@@ -15,14 +15,12 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
-from sqlalchemy import column, select, table
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from guest_backup.archive.format import (DATABASE_MEMBER, EXPECTED_ERRNOS, FORMAT_VERSION,
-                                        PHOTO_NAME_RE, UPLOADS_PREFIX, new_archive_name,
-                                        remove_partials)
+                                        new_archive_name, remove_partials)
 from guest_backup.archive.encryption import parse_recipients
 from guest_backup.archive.manifest import format_time
 from guest_backup.engines import DatabaseEngine
@@ -33,12 +31,10 @@ from guest_backup.ops.locks import BackupLock, RedisBackupLock
 from guest_backup.ops.schema import current_revisions
 from guest_backup.ops.row_counts import row_counts
 from guest_backup.ops.settings import BackupSettings
+from guest_backup.ops.uploads import add_uploads
 from guest_backup.archive.writer import ArchiveWriter, FileSink, Progress
 
 log = logging.getLogger(__name__)
-PHOTO_QUERY_BATCH = 500
-#: where the host keeps a guest's document photo file name (the model Guest.document_photo)
-PHOTO_TABLE, PHOTO_COLUMN = "guest", "document_photo"
 
 
 @dataclass(frozen=True)
@@ -169,11 +165,15 @@ def _write(engine, db_engine, settings, target_dir: Path, target_name: str | Non
     with ArchiveWriter(target_dir, name, when, signer=signer, recipients=recipients,
                        level=settings.compresslevel, progress=progress, sink=sink) as writer:
         with engine.connect() as conn:
+            tables = sorted(inspect(conn).get_table_names())
+            conn.rollback()  # PostgreSQL takes the snapshot at the first query after the locks
             db_engine.begin_snapshot(conn)
+            if (hold := getattr(db_engine, "hold_tables", None)) is not None:
+                hold(conn, tables, settings.lock_wait)  # to the end: uploads read guest too
             tool = db_engine.tool(settings.engine_settings, conn)
             server_version = db_engine.server_version(conn)
             revisions = current_revisions(conn)
-            with row_counts(engine, db_engine, conn) as counted:
+            with row_counts(engine, db_engine, conn, tables) as counted:
                 started(name)
                 dump = writer.add_stream(
                     DATABASE_MEMBER, stage="database",
@@ -181,7 +181,7 @@ def _write(engine, db_engine, settings, target_dir: Path, target_name: str | Non
                 if not db_engine.is_complete(dump.tail):
                     raise BackupError("the database dump is incomplete")
                 counts = counted()
-            excluded = _add_uploads(writer, conn, Path(settings.upload_folder))
+            excluded = add_uploads(writer, conn, Path(settings.upload_folder))
         manifest = {
             "format_version": FORMAT_VERSION,
             "app": "guest-registration",
@@ -244,54 +244,3 @@ def safe_message(exc: BaseException, action: str = "backup") -> str:
     if type(exc).__module__.startswith(("sqlalchemy", "psycopg2")):
         return "the database could not be read (details are in the server log)"
     return f"the {action} failed ({type(exc).__name__}); details are in the server log"
-
-
-def _photo_names_in_db(conn, names: list[str]) -> set[str]:
-    """Which of ``names`` are some guest's ``document_photo``."""
-    photo = column(PHOTO_COLUMN)
-    return set(conn.execute(select(photo).select_from(table(PHOTO_TABLE, photo))
-                            .where(photo.in_(names))).scalars())
-
-
-def _upload_files(folder: Path) -> Iterator[tuple[Path, str]]:
-    """Regular files under the upload folder as (path, posix relative name); links skipped."""
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
-        for name in sorted(files):
-            path = Path(root) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            yield path, path.relative_to(folder).as_posix()
-
-
-def _add_uploads(writer: ArchiveWriter, conn, folder: Path) -> int:
-    """Add every upload that is not a guest photo; return how many photos were left out.
-
-    A photo is a file named like one, or any file a guest row names (checked in
-    batches, in the dump's snapshot)."""
-    if not folder.is_dir():
-        return 0
-    excluded = 0
-    pending: list[tuple[Path, str]] = []
-
-    def flush() -> None:
-        nonlocal excluded
-        if not pending:
-            return
-        db_photos = _photo_names_in_db(conn, [rel for _, rel in pending])
-        for path, rel in pending:
-            if rel in db_photos:
-                excluded += 1
-            else:
-                writer.add_file(UPLOADS_PREFIX + rel, path, stage="uploads")
-        pending.clear()
-
-    for path, rel in _upload_files(folder):
-        if PHOTO_NAME_RE.match(path.name):
-            excluded += 1
-            continue
-        pending.append((path, rel))
-        if len(pending) >= PHOTO_QUERY_BATCH:
-            flush()
-    flush()
-    return excluded

@@ -27,12 +27,9 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BACKUP_KEEP_MONTHLY": 0,
         #: deflate level of archives: 3 is 2.4x faster than 6 for ~10% more bytes
         "BACKUP_COMPRESSLEVEL": 3,
-        #: rows fetched per round trip by a streaming export
-        "EXPORT_FETCH_ROWS": 2000,
-        #: API exports streaming at once per process (0 = no limit); keep it below the
-        #: server's threads per process (gunicorn --threads) and DATABASE_POOL_SIZE,
-        #: so that pages always find a thread and a connection. More: 429.
-        "EXPORT_MAX_CONCURRENT": 2,
+        #: seconds a backup waits for a table another session holds (a migration, say)
+        #: before it fails, as pg_dump --lock-wait-timeout (0: without limit)
+        "BACKUP_LOCK_WAIT": 60,
         #: the PostgreSQL client tools (at least the server's major version)
         "PG_DUMP": "pg_dump",
         "PSQL": "psql",
@@ -72,7 +69,19 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BACKUP_NOTIFY_URLS": [],
         #: a retention run removing more archives than this from one storage notifies (0: off)
         "BACKUP_NOTIFY_MAX_PRUNE": 5,
-        **pitr_defaults(instance_path), **browse_defaults(),
+        **pitr_defaults(instance_path), **browse_defaults(), **export_defaults(),
+    }
+
+
+def export_defaults() -> dict[str, Any]:
+    """The monthly guest export (docs/api.md)."""
+    return {
+        #: rows fetched per round trip by a streaming export
+        "EXPORT_FETCH_ROWS": 2000,
+        #: API exports streaming at once per process (0 = no limit); keep it below the
+        #: server's threads per process (gunicorn --threads) and DATABASE_POOL_SIZE,
+        #: so that pages always find a thread and a connection. More: 429.
+        "EXPORT_MAX_CONCURRENT": 2,
     }
 
 
@@ -133,6 +142,8 @@ class BackupSettings:
     keep_weekly: int = 0
     keep_monthly: int = 0
     compresslevel: int = 3
+    #: BACKUP_LOCK_WAIT, seconds (0: without limit)
+    lock_wait: float = 60.0
     signing_key: str = ""
     installation_file: str = ""
     trusted_keys: list[str] = field(default_factory=list)
@@ -156,6 +167,7 @@ class BackupSettings:
             keep_weekly=int(config["BACKUP_KEEP_WEEKLY"] or 0),
             keep_monthly=int(config["BACKUP_KEEP_MONTHLY"] or 0),
             compresslevel=int(config["BACKUP_COMPRESSLEVEL"]),
+            lock_wait=max(0.0, float(config.get("BACKUP_LOCK_WAIT", 60) or 0)),
             signing_key=config["BACKUP_SIGNING_KEY"],
             installation_file=config["BACKUP_INSTALLATION_FILE"],
             trusted_keys=_as_list(config["BACKUP_TRUSTED_KEYS"]),
@@ -190,7 +202,8 @@ class BackupSettings:
 
     @property
     def engine_settings(self) -> EngineSettings:
-        return EngineSettings(self.database_url, self.pg_dump, self.psql, self.restore_role)
+        return EngineSettings(self.database_url, self.pg_dump, self.psql, self.restore_role,
+                              self.lock_wait)
 
 
 def _as_list(value: Any) -> list[str]:
