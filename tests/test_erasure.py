@@ -244,18 +244,15 @@ def test_reapply_on_a_copy_restored_from_before_the_erasure(app, runner, backend
     assert rows[ids["petr"]].first_name == "Petr" and rows[ids["again"]].first_name == "Jana"
 
 
-def test_reapply_finds_rows_by_keyed_hash_when_the_ids_differ(app, runner):
-    """A copy whose ids differ: matched by document number and e-mail, only rows
-    made before the erasure (a person who registered again afterwards keeps it)."""
-    ids = add_people(app)
-    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
-    ledger = ledger_of(app)
-    entries = list(ledger.entries())
+def jana_elsewhere(app, ids, jana_created) -> dict:
+    """Jana's records at other ids: her erased guest record as a selective restore
+    brings it back (same creation time, a new id), her own older registration, and
+    one made after the erasure."""
     old = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=3)
     later = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=1)
+    copies = {}
     with app.app_context():
-        copies = {}
-        for name, created in (("copy", old), ("new", later)):
+        for name, created in (("same", jana_created), ("copy", old), ("new", later)):
             reg = Registration(trip_id=db.session.get(Registration, ids["a"]).trip_id,
                                email=EMAIL.lower(), created_at=created)
             g = Guest(registration=reg, first_name="Jana", last_name="Nováková",
@@ -264,19 +261,77 @@ def test_reapply_finds_rows_by_keyed_hash_when_the_ids_differ(app, runner):
             db.session.add_all([reg, g])
             db.session.commit()
             copies[name] = g.id
-        entries[0]["guest_ids"] = [999999]  # the recorded id is not in this database
-        with db.engine.begin() as conn:
-            # by hash, the same person's other registration made before the erasure
-            # (same document, same e-mail) cannot be told apart: it goes too
-            assert [str(x) for x in erased_present(conn, entries, ledger)] == [
-                f"guest {ids['again']}", f"guest {copies['copy']}"]
-            assert reapply_checked(conn, entries, ledger)[0] == 1
-            assert erased_present(conn, entries, ledger) == []
+    return copies
+
+
+def test_reapply_finds_the_erased_record_at_another_id_by_its_creation_time(app, runner):
+    """A copy whose ids differ: the erased guest is the row created when she was
+    (the ledger keeps that time's keyed hash), and only that one. Before, the
+    document number and e-mail led there too, and also to the same person's other
+    registrations, which no erasure had touched: a restore erased them."""
+    ids = add_people(app)
+    jana_created = guest(app, ids["jana"])["created_at"]
+    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
+    ledger = ledger_of(app)
+    entries = list(ledger.entries())
+    assert len(entries[0]["hashes"]["guest_created"]) == 1
+    copies = jana_elsewhere(app, ids, jana_created)
+    entries[0]["guest_ids"] = [999999]  # the recorded id is not in this database
+    with app.app_context(), db.engine.begin() as conn:
+        assert [str(x) for x in erased_present(conn, entries, ledger)] == [
+            f"guest {copies['same']}"]
+        assert reapply_checked(conn, entries, ledger)[0] == 1
+        assert erased_present(conn, entries, ledger) == []
+    assert guest(app, copies["same"])["document_number"] == ERASED
+    for kept in ("copy", "new"):
+        assert guest(app, copies[kept])["document_number"] == "ab123456", kept
+    assert guest(app, ids["again"])["document_number"] == "AB 123 456"
+    assert guest(app, ids["other"])["document_number"] == "ZZ 1"
+    assert guest(app, ids["petr"])["document_number"] == "CD 777"
+
+
+def test_an_older_line_finds_rows_by_keyed_hash_when_the_ids_differ(app, runner):
+    """A line written before creation times were kept: matched by document number
+    and e-mail, only rows made before the erasure (a person who registered again
+    afterwards keeps it)."""
+    ids = add_people(app)
+    jana_created = guest(app, ids["jana"])["created_at"]
+    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
+    ledger = ledger_of(app)
+    entries = list(ledger.entries())
+    del entries[0]["hashes"]["guest_created"]
+    copies = jana_elsewhere(app, ids, jana_created)
+    entries[0]["guest_ids"] = [999999]
+    with app.app_context(), db.engine.begin() as conn:
+        # by hash, the same person's other registration made before the erasure
+        # (same document, same e-mail) cannot be told apart: it goes too
+        assert [str(x) for x in erased_present(conn, entries, ledger)] == [
+            f"guest {ids['again']}", f"guest {copies['same']}", f"guest {copies['copy']}"]
+        assert reapply_checked(conn, entries, ledger)[0] == 1
+        assert erased_present(conn, entries, ledger) == []
     assert guest(app, copies["copy"])["document_number"] == ERASED
     assert guest(app, ids["again"])["document_number"] == ERASED
     assert guest(app, copies["new"])["document_number"] == "ab123456"  # registered later
     assert guest(app, ids["other"])["document_number"] == "ZZ 1"
-    assert guest(app, ids["petr"])["document_number"] == "CD 777"
+
+
+def test_an_erased_row_at_the_id_is_not_taken_for_the_erased_record(app, runner):
+    """The id an erasure names holds another erased record in the restored database
+    (ids reused after a restore of an older archive): it used to count as found,
+    so the erased person, at another id there, kept every detail."""
+    ids = add_people(app)
+    jana_created = guest(app, ids["jana"])["created_at"]
+    assert runner.invoke(args=["erase", "--guest", str(ids["jana"]), "--yes"]).exit_code == 0
+    assert runner.invoke(args=["erase", "--guest", str(ids["other"]), "--yes"]).exit_code == 0
+    ledger = ledger_of(app)
+    entries = list(ledger.entries())
+    copies = jana_elsewhere(app, ids, jana_created)
+    entries[0]["guest_ids"] = [ids["other"]]  # Jana's id now holds erased "Other"
+    with app.app_context(), db.engine.begin() as conn:
+        assert [str(x) for x in erased_present(conn, entries, ledger)] == [
+            f"guest {copies['same']}"]
+        assert reapply_checked(conn, entries, ledger) == (1, [])
+    assert guest(app, copies["same"])["document_number"] == ERASED
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -291,6 +346,7 @@ def test_one_resolution_still_reports_a_row_the_erasure_did_not_change(app, runn
     ledger = ledger_of(app)
     entries = list(ledger.entries())
     entries[0]["guest_ids"] = [999999]  # not in this database: by keyed hash
+    del entries[0]["hashes"]["guest_created"]  # an older line: by document and e-mail
     with app.app_context(), db.engine.begin() as conn:
         conn.exec_driver_sql(
             f"CREATE TRIGGER keep AFTER UPDATE ON guest WHEN NEW.id = {ids['again']} BEGIN "

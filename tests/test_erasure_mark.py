@@ -395,6 +395,7 @@ def test_apply_reports_a_row_found_only_by_keyed_hash_that_the_erasure_did_not_c
         ledger = ErasureLedger.in_folder(ctx.instance_path)
         entries = collect(ledger, ctx.storages())
         entries[0]["guest_ids"] = [999999]  # not in this database: by keyed hash
+        del entries[0]["hashes"]["guest_created"]  # an older line: by document and e-mail
         with db.engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM erasure_mark"))
             conn.exec_driver_sql(

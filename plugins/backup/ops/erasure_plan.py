@@ -11,6 +11,7 @@ from datetime import date, datetime
 from sqlalchemy.engine import Connection, Engine
 
 from guest_backup.errors import BackupError
+from guest_backup.ops.ledger_format import RECORD_FIELDS, created_text
 from guest_backup.ops.erasure_sql import (R, erased_email, guest_is_erased, guest_rows, guests_of,
                                           overdue_query, registration_rows,
                                           registrations_with_email)
@@ -131,6 +132,7 @@ def plan_erasure(bind: Engine | Connection, target: Target) -> ErasurePlan:
 
 
 def _plan(conn: Connection, target: Target) -> ErasurePlan:
+    record = "guest" if target.kind == "guest" else "registration"  # what the entry names
     if target.kind == "guest":
         rows = guest_rows(conn, [target.id])
         if not rows:
@@ -151,7 +153,10 @@ def _plan(conn: Connection, target: Target) -> ErasurePlan:
     identifiers = {
         "email": sorted({r.email for r in registrations if r.email != erased_email(r.id)}),
         "document_number": [g.document_number for g in guests],
-        "name": [f"{g.first_name} {g.last_name}" for g in guests]}
+        "name": [f"{g.first_name} {g.last_name}" for g in guests],
+        # the records themselves, by creation time (see ledger_format.RECORD_FIELDS)
+        RECORD_FIELDS[record]: [created_text(r.created_at) for r in
+                                (guests if record == "guest" else registrations)]}
     return ErasurePlan(target, planned, registrations,
                        [g.document_photo for g in guests if g.document_photo], identifiers)
 

@@ -13,6 +13,7 @@ import re
 import secrets
 import tempfile
 import unicodedata
+from datetime import timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -98,6 +99,22 @@ def keyed_hash(key: bytes, field: str, value: str) -> str:
     inner.update(f"{field}\0{normalise(field, value)}".encode())
     outer.update(inner.digest())
     return outer.hexdigest()
+
+
+#: the keyed hashes of the erased records' own creation times ("guest_created",
+#: "registration_created"): what says that a row, at whatever id, is that record
+#: (a restore keeps ``created_at``; a selective restore takes it as a row's identity)
+RECORD_FIELDS = {"guest": "guest_created", "registration": "registration_created"}
+
+
+def created_text(when) -> str:
+    """A record's ``created_at`` as its keyed hash takes it: naive UTC, microseconds
+    (as PostgreSQL and SQLite hand it back alike); empty for none."""
+    if when is None:
+        return ""
+    if getattr(when, "tzinfo", None) is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when.isoformat(sep=" ", timespec="microseconds")
 
 
 @functools.lru_cache(maxsize=4)

@@ -2,22 +2,27 @@
 anonymised with the statements of :mod:`guest_backup.ops.erasure_sql`, inside the
 caller's transaction (PostgreSQL or SQLite).
 
-Finding an entry's rows:
+Finding an entry's rows: the ledger line keeps the keyed hash of each erased
+record's creation time (``created_at``: restores keep it; a selective restore
+takes it as a row's identity), so a record is found at whatever id it has.
 
-1. By the ids it names. A row with that id is the erased one when it was created
-   before the erasure (ids are never the erased person's when made later: a
-   sequence set back by an older restore) and it is already erased, or one of its
-   identifiers (e-mail, a guest's document number or name) has a keyed hash the
-   entry holds. A ``guest`` entry names one guest (its registration loses its
-   e-mail when no guest with personal data is left); the other kinds name whole
-   registrations (all their guests and their e-mail).
-2. When an id is missing or holds someone else (a database whose ids differ), by
-   keyed hash, streaming the table in batches: a guest entry's guests whose
-   document number (and registration e-mail) match; an ``email`` entry's
-   registrations of that e-mail; a ``registration`` or ``retention`` entry's
-   registrations of that e-mail with a guest of a matching document number. Only
-   rows created before the erasure (10 minutes' leeway for clocks), so a person
-   who registered again afterwards keeps the new registration.
+1. By the ids it names: a row there created before the erasure (ids are never the
+   erased person's when made later: a sequence set back by an older restore)
+   whose creation time is one the line keeps. A row that is merely erased proves
+   nothing: another erased record may hold the id now (a restore of an older
+   archive let ids be reused), with the erased person at another id.
+2. When an id is missing or holds another record, streaming the table in
+   batches: rows whose creation time's hash the line keeps. An ``email`` entry
+   (a person, not records) also takes, at its ids and by hash, every
+   registration of that e-mail made before the erasure (10 minutes' leeway for
+   clocks), so a person who registered again afterwards keeps the new one.
+
+A line written before creation times were kept: at its ids, a row created
+before the erasure with one of the line's identifiers (e-mail, a guest's
+document number or name); else by hash, a guest entry's guests whose document
+number (and registration e-mail) match, a ``registration`` or ``retention``
+entry's registrations of that e-mail with a guest of a matching document
+number, made before the erasure.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from guest_backup.ops.erasure_sql import (G, GUEST, R, REGISTRATION, anonymise_g
                                           guest_is_erased, guest_not_erased, guest_rows,
                                           guests_of, registration_not_erased, registration_rows,
                                           stream)
-from guest_backup.ops.ledger_format import keyed_hash
+from guest_backup.ops.ledger_format import RECORD_FIELDS, created_text, keyed_hash
 
 #: clocks of the app and the database server may differ a little
 LEEWAY = timedelta(minutes=10)
@@ -150,13 +155,41 @@ def _resolve(conn: Connection, entries: Sequence[dict], key: bytes) -> list[_Fou
     return found
 
 
+def _prints(entry: dict) -> tuple[str, set[str]]:
+    """The field and keyed hashes of the creation times of the records the entry
+    names (none in a line written before they were kept)."""
+    field = RECORD_FIELDS["guest" if entry["kind"] == "guest" else "registration"]
+    return field, _wanted(entry, field)
+
+
+def _by_print(entry: dict) -> bool:
+    """Whether the entry's records are found by their creation times alone: every
+    kind but ``email`` (every registration of an address), in newer lines."""
+    return entry["kind"] != "email" and bool(_prints(entry)[1])
+
+
+def _is_record(key: bytes, entry: dict, row, mine: Callable[[], set[str]]) -> bool:
+    """Whether ``row``, at one of the ids the entry names, is a record it erased:
+    created before the erasure, with the creation time the line keeps (an e-mail
+    entry: or that e-mail); in an older line, with one of its identifiers. A row
+    already erased proves nothing: another erased record may hold the id now."""
+    if not _before(row.created_at, _until(entry)):
+        return False
+    field, prints = _prints(entry)
+    if prints and keyed_hash(key, field, created_text(row.created_at)) in prints:
+        return True
+    if _by_print(entry):
+        return False
+    wanted = set().union(*(values for name, values in entry["hashes"].items()
+                           if name not in RECORD_FIELDS.values()))
+    return not wanted or bool(mine() & wanted)
+
+
 def _by_ids(conn: Connection, entry: dict, key: bytes, found: _Found) -> bool:
     """Fill ``found`` from the ids the entry names; whether all were its rows."""
-    until, wanted = _until(entry), set().union(*entry["hashes"].values())
     if entry["kind"] == "guest":
         for g in guest_rows(conn, entry["guest_ids"]):
-            if _before(g.created_at, until) and (
-                    not wanted or guest_is_erased(g) or _guest_hashes(key, g) & wanted):
+            if _is_record(key, entry, g, lambda g=g: _guest_hashes(key, g)):
                 found.guests.add(g.id)
                 found.touched.add(g.registration_id)
         return len(found.guests) == len(set(entry["guest_ids"]))
@@ -164,38 +197,50 @@ def _by_ids(conn: Connection, entry: dict, key: bytes, found: _Found) -> bool:
     for g in guests_of(conn, entry["registration_ids"]):
         guests.setdefault(g.registration_id, []).append(g)
     for r in registration_rows(conn, entry["registration_ids"]):
-        mine = {keyed_hash(key, "email", r.email)}.union(
-            *(_guest_hashes(key, g) for g in guests.get(r.id, ())))
-        erased = r.email == erased_email(r.id)
-        if _before(r.created_at, until) and (not wanted or erased or mine & wanted):
+        if _is_record(key, entry, r, lambda r=r: {keyed_hash(key, "email", r.email)}.union(
+                *(_guest_hashes(key, g) for g in guests.get(r.id, ())))):
             found.registrations.add(r.id)
     return len(found.registrations) == len(set(entry["registration_ids"]))
 
 
 def _by_hashes(conn: Connection, entries: Sequence[dict], key: bytes,
                found: Sequence[_Found]) -> None:
-    """The rows of these entries found by keyed hash, streaming the tables."""
+    """The rows of these entries found by keyed hash, streaming the tables: by
+    creation time (:func:`_by_print`), else by document number or e-mail."""
     by_document: dict[str, list[int]] = {}
     by_email: dict[str, list[int]] = {}
+    by_print: dict[str, list[int]] = {}
     for i, entry in enumerate(entries):
-        if entry["kind"] == "guest":
-            for value in _wanted(entry, "document_number"):
-                by_document.setdefault(value, []).append(i)
-        else:
-            for value in _wanted(entry, "email"):
-                by_email.setdefault(value, []).append(i)
-    if by_document:
-        _guests_by_hash(conn, entries, key, found, by_document)
-    if by_email:
-        _registrations_by_hash(conn, entries, key, found, by_email)
+        for value in _prints(entry)[1]:
+            by_print.setdefault(value, []).append(i)
+        if _by_print(entry):
+            continue
+        index, field_name = ((by_document, "document_number") if entry["kind"] == "guest"
+                             else (by_email, "email"))
+        for value in _wanted(entry, field_name):
+            index.setdefault(value, []).append(i)
+    if by_document or any(entries[i]["kind"] == "guest" for ids in by_print.values()
+                          for i in ids):
+        _guests_by_hash(conn, entries, key, found, by_document, by_print)
+    if by_email or any(entries[i]["kind"] != "guest" for ids in by_print.values()
+                       for i in ids):
+        _registrations_by_hash(conn, entries, key, found, by_email, by_print)
 
 
-def _guests_by_hash(conn, entries, key, found, by_document) -> None:
+def _guests_by_hash(conn, entries, key, found, by_document, by_print) -> None:
     query = (sa.select(G.id, G.registration_id, G.document_number, G.created_at, R.email)
              .select_from(GUEST.join(REGISTRATION, R.id == G.registration_id))
              .where(guest_not_erased()))
+    field = RECORD_FIELDS["guest"]
     for rows in stream(conn, query, G.id):
         for g in rows:
+            printed = keyed_hash(key, field, created_text(g.created_at)) if by_print else ""
+            for i in by_print.get(printed, ()):
+                if entries[i]["kind"] == "guest":
+                    found[i].guests.add(g.id)
+                    found[i].touched.add(g.registration_id)
+            if not by_document:
+                continue
             for i in by_document.get(keyed_hash(key, "document_number", g.document_number), ()):
                 emails = _wanted(entries[i], "email")
                 if _before(g.created_at, _until(entries[i])) and (
@@ -204,11 +249,18 @@ def _guests_by_hash(conn, entries, key, found, by_document) -> None:
                     found[i].touched.add(g.registration_id)
 
 
-def _registrations_by_hash(conn, entries, key, found, by_email) -> None:
+def _registrations_by_hash(conn, entries, key, found, by_email, by_print) -> None:
     candidates: dict[int, set[int]] = {}
     query = sa.select(R.id, R.email, R.created_at).where(registration_not_erased())
+    field = RECORD_FIELDS["registration"]
     for rows in stream(conn, query, R.id):
         for r in rows:
+            printed = keyed_hash(key, field, created_text(r.created_at)) if by_print else ""
+            for i in by_print.get(printed, ()):
+                if entries[i]["kind"] != "guest":
+                    found[i].registrations.add(r.id)
+            if not by_email:
+                continue
             for i in by_email.get(keyed_hash(key, "email", r.email), ()):
                 if _before(r.created_at, _until(entries[i])):
                     candidates.setdefault(i, set()).add(r.id)
