@@ -201,7 +201,16 @@ def emoji_domain(data: bytes, flag: Path) -> str:
             "SELECT ''';\n")
 
 
+def field_call_read_file(data: bytes, flag: Path) -> str:
+    """Load time, later: ``(x).f`` is ``f(x)`` with no ``f(`` for the screen to see;
+    a default reading a server file into every row inserted afterwards (by the
+    restore's carried audit entries, after RESET ROLE, then by the app)."""
+    return "CREATE TABLE public.evil (a text DEFAULT ('/etc/passwd'::text).pg_read_file);\n"
+
+
 BYPASSES = {
+    "field-call-read-file": (field_call_read_file,
+                             "a name selected from an expression ((…).pg_read_file)"),
     "paren-semicolon": (paren_semicolon, "a ';' inside parentheses"),
     "emoji-identifier": (emoji_identifier, "non-ASCII or control character (U+1F600)"),
     "scs-set-config": (scs_set_config, "a SELECT other than pg_dump's set_config and setval"),
@@ -354,6 +363,18 @@ REFUSED = {
                          "a call of pg_sleep"),
     "typmod-not-numbers": ("CREATE TABLE public.t (a numeric(pg_catalog.pg_sleep(1)));\n",
                            "a call of numeric"),
+    # (x).f is f(x): a call without "f(" (the default runs as whoever inserts later)
+    "field-call-default": ("ALTER TABLE ONLY public.trip ALTER COLUMN title SET DEFAULT "
+                           "('/etc/passwd'::text).pg_read_file;\n",
+                           "a name selected from an expression ((…).pg_read_file)"),
+    "field-call-check": ("CREATE TABLE public.t (a integer CHECK ((a).pg_sleep IS NULL));\n",
+                         "((…).pg_sleep)"),
+    "field-call-number": ("ALTER TABLE ONLY public.trip ADD CONSTRAINT c CHECK "
+                          "((0.1::double precision).pg_sleep IS NULL);\n", "((…).pg_sleep)"),
+    "field-call-subscript": ("CREATE TABLE public.t (a integer[] CHECK (a[1].pg_sleep IS "
+                             "NULL));\n", "((…).pg_sleep)"),
+    "field-call-index": ("CREATE INDEX i ON public.trip USING btree (((title)::text).length);\n",
+                         "((…).length)"),
     "constraint-function": ("ALTER TABLE ONLY public.trip ADD CONSTRAINT c CHECK "
                             "(pg_catalog.lo_import('/etc/passwd') > 0);\n", "a call of lo_import"),
 }

@@ -85,9 +85,15 @@ def statement_problem(statement: str) -> tuple[str | None, str]:
 
 def _calls_problem(tokens: list[tuple[str, str]]) -> str | None:
     """A ``name(`` in a definition that is not syntax, a table name, a type
-    modifier or one of the few harmless functions this schema's defaults use."""
+    modifier or one of the few harmless functions this schema's defaults use; or a
+    name selected from an expression, ``('/etc/passwd'::text).pg_read_file``, which
+    PostgreSQL reads as a call of that function (pg_dump writes ``(…).field`` only
+    for composite columns, which this schema has none of)."""
     for k in range(1, len(tokens)):
         kind, prev = tokens[k - 1]
+        if tokens[k][1] == "." and (kind in ("s", "n") or prev in (")", "]")):
+            name = tokens[k + 1][1] if k + 1 < len(tokens) else ""
+            return f"a name selected from an expression ((…).{_safe(name)})"
         if tokens[k][1] != "(" or kind not in ("w", "q"):
             continue
         name = prev.lower() if kind == "w" else prev[1:-1].replace('""', '"')
