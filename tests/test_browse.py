@@ -225,3 +225,39 @@ def test_another_process_reuses_the_open_copy(app, archive, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["session"]["id"] == session.id
     assert [s.id for s in sessions(backup_context(app))] == [session.id]
+
+
+def test_closed_while_opening_its_copy_goes_and_nothing_half_stays(app, archive):
+    """Close on the page while the archive still loads: the opener then made the
+    entry again without its id, archive or database, so every later look at the
+    registry (the page, ``browse``, the reap at start-up) failed with KeyError and
+    the app did not start; the scratch copy, guests' data, was tracked by nobody."""
+    from guest_backup.ops.browse import begin_open, find_session, finish_open
+
+    with app.app_context():
+        ctx = backup_context()
+        session, mine = begin_open(ctx, db.engine, str(archive), actor="a", via="admin")
+        assert mine and session.state == "opening"
+        session.close(db.engine, actor="a", via="admin")
+        with pytest.raises(BackupError, match="closed while it was being opened"):
+            finish_open(ctx, db.engine, session, str(archive), actor="a", via="admin")
+        assert Registry(ctx.instance_path).read() == {}
+        assert not scratch_exists(app, session)
+        assert sessions(ctx) == [] and reap(ctx, db.engine) == []
+        assert find_session(ctx, archive.name) is None
+        assert opened(app, archive).state == "open"  # and it opens again
+
+
+def test_a_broken_registry_entry_is_removed_and_the_app_starts(app, app_config, archive,
+                                                               tmp_path):
+    from guest_registration import create_app
+
+    with app.app_context():
+        ctx = backup_context()
+        session = opened(app, archive)
+        with Registry(ctx.instance_path).edit() as entries:
+            entries["0123456789abcdef"] = {"state": "open", "used_at": "2020-01-01T00:00:00Z"}
+        assert [s.id for s in sessions(ctx)] == [session.id]
+    create_app(app_config, instance_path=app.instance_path)  # reaps at start
+    with app.app_context():
+        assert list(Registry(backup_context().instance_path).read()) == [session.id]

@@ -202,3 +202,24 @@ def test_an_erasure_after_the_preview_stops_the_restore(app, admin, runner):
     assert "an erasure was recorded since the preview" in result
     assert live(app, "SELECT count(*) FROM registration WHERE id = :r", r=reg) == [(0,)]
     assert any(e["action"] == "restore-select" and e["outcome"] == "failed" for e in audit(app))
+
+
+def test_a_copy_the_ledger_could_not_be_applied_to_is_not_shown(app, admin, runner,
+                                                                 monkeypatch):
+    """Before, the page said so and showed the copy all the same, which may hold a
+    guest erased since it was opened."""
+    import guest_backup.web.browse as browse_view
+    from guest_backup.errors import BackupError
+
+    sid = open_session(admin, verified_archive(admin, runner))
+
+    def broken(session):
+        raise BackupError("the erasure ledger is broken")
+
+    monkeypatch.setattr(browse_view, "refresh_erasures", broken)
+    for path in (f"{BASE}/s/{sid}/", f"{BASE}/s/{sid}/?q=Nov"):
+        resp = admin.get(path)
+        assert resp.status_code == 302 and resp.headers["Location"].endswith(f"{BASE}/")
+        assert 'id="browse-session"' not in resp.get_data(as_text=True)
+    page = html(admin.get(f"{BASE}/"))
+    assert "The erasure ledger could not be applied" in page

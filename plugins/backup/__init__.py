@@ -9,6 +9,8 @@ Hook implementations only; the work is in the sibling modules.
 
 from __future__ import annotations
 
+import logging
+
 from guest_registration import hookimpl
 
 
@@ -80,7 +82,11 @@ def register_admin_views(app):
     from guest_backup.web.views import BackupView
     from guest_backup.wiring import backup_context
 
-    reap(backup_context(app))  # scratch copies left idle while the app was down
+    try:  # scratch copies left idle while the app was down
+        reap(backup_context(app))
+    except Exception as exc:  # the pages must come up all the same; the next open reaps
+        logging.getLogger(__name__).warning(
+            "browse sessions could not be reaped at start (%s)", type(exc).__name__)
     return [BackupView(name=_l("System Backup"), category=_l("Backup"), endpoint="backup",
                        url="backup"),
             BrowseView(name=_l("Restore a selection"), category=_l("Backup"),

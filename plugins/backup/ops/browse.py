@@ -13,6 +13,7 @@ page, the command and the app's start call.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -33,6 +34,8 @@ from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, parse_time
                                               pid_alive)
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.create import safe_message
+
+log = logging.getLogger(__name__)
 
 MAX_SESSIONS = 3  # scratch copies open at once (each is a whole database)
 WAIT_SECONDS = 1800  # how long open_archive waits for another process opening the archive
@@ -108,7 +111,12 @@ def idle_limit(ctx: BackupContext) -> timedelta:
     return timedelta(minutes=max(1, int(ctx.config.get("BACKUP_BROWSE_IDLE_MINUTES") or 30)))
 
 
-def _session(ctx: BackupContext, entry: dict) -> BrowseSession:
+def _session(ctx: BackupContext, entry: dict) -> BrowseSession | None:
+    """The session an entry of the registry holds; None for one that is not whole
+    (edited by hand, say), which :func:`reap` removes."""
+    if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(k), str) for k in ("id", "archive", "dialect", "database")):
+        return None
     return BrowseSession(
         id=entry["id"], archive=entry["archive"], dialect=entry["dialect"],
         database=entry["database"], opened_at=parse_time(entry.get("opened_at")),
@@ -122,7 +130,8 @@ def _session(ctx: BackupContext, entry: dict) -> BrowseSession:
 def sessions(ctx: BackupContext) -> list[BrowseSession]:
     """Every session of the registry (any state), newest first."""
     found = [_session(ctx, e) for e in Registry(ctx.instance_path).read().values()]
-    return sorted(found, key=lambda s: s.opened_at, reverse=True)
+    return sorted((s for s in found if s is not None), key=lambda s: s.opened_at,
+                  reverse=True)
 
 
 def get_session(ctx: BackupContext, session_id: str) -> BrowseSession | None:
@@ -152,7 +161,10 @@ def reap(ctx: BackupContext, live_engine: Engine | None = None, via: str = "cli"
     dropped: list[BrowseSession] = []
     with Registry(ctx.instance_path).edit() as entries:
         for key, entry in list(entries.items()):
-            session = _session(ctx, entry)
+            if (session := _session(ctx, entry)) is None:
+                log.warning("browse: a broken entry of the registry was removed")
+                entries.pop(key)
+                continue
             idle = now - session.used_at > limit
             orphan = session.state == "opening" and not pid_alive(session.pid)
             if (idle and session.state != "opening") or orphan:
@@ -206,7 +218,9 @@ def finish_open(ctx: BackupContext, live_engine: Engine, session: BrowseSession,
         if isinstance(exc, BackupError) or not isinstance(exc, Exception):
             raise
         raise BackupError(message) from None
-    _save(ctx, session, state="open")
+    if not _save(ctx, session, state="open"):
+        _drop(session)  # closed while it was loading: its copy goes too
+        raise BackupError("the archive was closed while it was being opened")
     quietly("a browse session", ctx.audit.record, live_engine, "browse", "ok", actor=actor,
             via=via, target=session.archive,
             message=f"opened in a scratch database: load {session.open_seconds:.1f} s, search "
@@ -226,7 +240,9 @@ def _claim(ctx: BackupContext, name: str, dialect: str, actor) -> tuple[BrowseSe
         for key, entry in list(entries.items()):
             if entry.get("archive") != name:
                 continue
-            current = _session(ctx, entry)
+            if (current := _session(ctx, entry)) is None:
+                entries.pop(key)
+                continue
             if current.state == "open" or (current.state == "opening"
                                            and pid_alive(current.pid)):
                 return current, False
@@ -259,15 +275,20 @@ def _wait_for(ctx: BackupContext, session_id: str) -> BrowseSession:
     raise BackupError("the archive is still being opened by another process")
 
 
-def _save(ctx: BackupContext, session: BrowseSession, **changes) -> None:
+def _save(ctx: BackupContext, session: BrowseSession, **changes) -> bool:
+    """The session's entry brought up to date; False when it is gone (closed while
+    it was opening): it is not made again, half, to hold a copy nobody tracks."""
     for key, value in changes.items():
         setattr(session, key, value)
     with Registry(ctx.instance_path).edit() as entries:
-        entries[session.id] = {**entries.get(session.id, {}), **changes,
+        if session.id not in entries:
+            return False
+        entries[session.id] = {**entries[session.id], **changes,
                                "open_seconds": session.open_seconds,
                                "index_seconds": session.index_seconds,
                                "erasures": session.erasures, "schema": session.schema,
                                "used_at": now_text()}
+        return True
 
 
 def _drop(session: BrowseSession) -> None:
