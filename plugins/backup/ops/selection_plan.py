@@ -14,10 +14,11 @@ from guest_backup.archive.format import PHOTO_NAME_RE
 from guest_backup.ops.erasure_sql import BATCH, erased_email, guest_is_erased, stream
 from guest_backup.ops.reapply import erased_present
 from guest_backup.ops.selection_steps import Plan, Selection, SelectionError, Step
-from guest_backup.ops.selection_rows import (Tables, changed_fields, fingerprint, new_ids,
-                                             same_record)
+from guest_backup.ops.selection_rows import (Tables, changed_fields, fingerprint,
+                                             issued_up_to, new_ids, same_record)
 
 PENDING = -1  # the target id of a row whose new id is drawn at the end
+NEW_ID = ("id-taken", "id-ahead")  # the reasons a row comes back with a new id
 
 
 def plan_selection(source_engine: Engine, live_engine: Engine, selection: Selection,
@@ -65,6 +66,8 @@ class _Planner:
         self.target: dict[str, dict[int, int | None]] = {"trip": {}, "registration": {}}
         self.seen_guests: set[int] = set()
         self.names: dict[int, str] = {}  # photo names of the batch's inserted guests
+        self.linked: set[str] = set()  # photo names a restored guest links (the whole plan)
+        self.issued: dict[str, int | None] = {}  # issued_up_to, per table
 
     def run(self) -> None:
         sel = self.plan.selection
@@ -97,16 +100,24 @@ class _Planner:
         return step
 
     def _place(self, name: str, row, live_row, parent_target: int | None) -> tuple[str, str]:
-        """(action, reason) for a row that is not erased."""
+        """(action, reason) for a row that is not erased. A missing row keeps its id
+        only if this database's sequence has handed it out: an id beyond (an archive
+        of a later timeline, or a forged 2147483647) would move the sequence there
+        and sign-ups would draw the ids being restored, or none at all."""
         if parent_target != PENDING and same_record(name, row, live_row, parent_target):
             return "leave", "exists"
-        return "insert", "missing" if live_row is None else "id-taken"
+        if live_row is not None:
+            return "insert", "id-taken"
+        if name not in self.issued:
+            self.issued[name] = issued_up_to(self.dst, name)
+        ahead = self.issued[name] is not None and row.id > self.issued[name]
+        return "insert", "id-ahead" if ahead else "missing"
 
     def _trip(self, row) -> None:
         live_row = self.tables.rows_by_id(self.dst, "trip", [row.id]).get(row.id)
         action, reason = self._place("trip", row, live_row, None)
         step = Step("trip", row.id, action, "trip-exists" if action == "leave" else reason)
-        self.target["trip"][row.id] = PENDING if reason == "id-taken" else row.id
+        self.target["trip"][row.id] = PENDING if reason in NEW_ID else row.id
         self._add(step, str(getattr(row, "title", "")), live_row)
 
     def _batch(self, rows: list) -> None:
@@ -145,7 +156,7 @@ class _Planner:
         step.action, step.reason = action, reason
         if action == "leave":
             self._changed(step, row, live_row, self.plan.selection.overwrite_registration_ids)
-        self.target["registration"][row.id] = PENDING if reason == "id-taken" else row.id
+        self.target["registration"][row.id] = PENDING if reason in NEW_ID else row.id
         return self._add(step, row.email, live_row)
 
     def _guest(self, row, live_row) -> Step:
@@ -178,7 +189,10 @@ class _Planner:
             step.reason = "changed"
 
     def _photos_in_use(self, steps: list[Step]) -> None:
-        """A photo file another guest of today links is never linked to a restored one."""
+        """A photo file another guest of today links, or another restored guest of
+        this plan (an archive naming one file twice), is never linked to a restored
+        one: one person's document photo on another's record, and erasing either
+        deleting the file the other links."""
         if not steps:
             self.names.clear()
             return
@@ -187,8 +201,11 @@ class _Planner:
         used = set(self.dst.execute(sa.select(table.c.document_photo).where(
             table.c.document_photo.in_(names))).scalars())
         for step in steps:
-            if self.names[step.id] in used:
+            name = self.names[step.id]
+            if name in used or name in self.linked:
                 step.photo = "missing"
+            else:
+                self.linked.add(name)
         self.names.clear()
 
     def _photo_there(self, name: str) -> bool:
@@ -208,7 +225,7 @@ class _Planner:
     def _draw_new_ids(self) -> None:
         """New ids for the rows whose id is taken, then every child's parent."""
         for name in ("trip", "registration", "guest"):
-            wanted = [s for s in self.plan.steps if s.table == name and s.reason == "id-taken"]
+            wanted = [s for s in self.plan.steps if s.table == name and s.reason in NEW_ID]
             avoid = {s.id for s in self.plan.steps if s.table == name and s.action == "insert"}
             for step, new in zip(wanted, new_ids(self.dst, self.tables, name, len(wanted), avoid)):
                 step.new_id, step.live = new, None  # the new id must still be free

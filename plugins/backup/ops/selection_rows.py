@@ -142,6 +142,18 @@ def _drawn(conn, tables: Tables, name: str, sequence: str, count: int,
     return found
 
 
+def issued_up_to(conn: Connection, name: str) -> int | None:
+    """PostgreSQL: the highest id the table's sequence has handed out (0: none);
+    None where ids come from no sequence (SQLite: above the highest id, which a
+    huge id cannot exhaust)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    return conn.execute(sa.text(
+        "SELECT COALESCE(pg_sequence_last_value(CAST(s.seq AS regclass)), 0) FROM "
+        "(SELECT pg_get_serial_sequence(:t, 'id') AS seq) AS s WHERE s.seq IS NOT NULL"),
+        {"t": name}).scalar()
+
+
 def advance_sequence(conn: Connection, name: str, highest: int) -> None:
     """PostgreSQL: move the table's sequence past an id inserted explicitly (only
     forward, never back under a sign-up that just drew a value)."""

@@ -18,6 +18,7 @@ ACTIONS = ("insert", "overwrite", "leave", "erased")
 REASONS = {
     "missing": "not in today's database: comes back with its id",
     "id-taken": "its id holds another record today: comes back with a new id",
+    "id-ahead": "its id is beyond those this database has handed out: comes back with a new id",
     "unchanged": "exists today as in the archive",
     "changed": "exists today, changed since the archive (overwrite not chosen)",
     "overwrite": "exists today, changed since the archive: overwrite chosen",

@@ -24,6 +24,8 @@ KIND_TEXT = {"archive_only": _l("deleted since"), "live_only": _l("added since")
 REASON_TEXT = {
     "missing": _l("not in today's database: comes back with its id"),
     "id-taken": _l("its id holds another record today: comes back with a new id"),
+    "id-ahead": _l("its id is beyond those this database has handed out: comes back with a "
+                   "new id"),
     "unchanged": _l("exists today as in the archive"),
     "changed": _l("exists today, changed since the archive (overwrite not chosen)"),
     "overwrite": _l("exists today, changed since the archive: overwrite chosen"),
