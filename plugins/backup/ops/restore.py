@@ -79,6 +79,7 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
             with ArchivePass(path, trusted, binding, identities=identities,
                              allow_unsigned=allow_unsigned, engines=engines) as archive:
                 db_engine, empty = _check(archive, engines, target_url, uploads_dir, replace)
+                staged.expect(archive.report.manifest)  # a plain archive's, up front
                 # one restore or erasure at a time in the target, from before its audit
                 # trail is set aside until this restore's entry is written
                 held.enter_context(exclusive(db_engine, target_url))

@@ -8,11 +8,14 @@ files and the folders made for them."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path, PurePosixPath
 
 from guest_backup.archive.format import PHOTO_NAME_RE, UPLOADS_PREFIX
 from guest_backup.archive.writer import CHUNK, Digest
+from guest_backup.archive.zipstream import StreamError
 from guest_backup.errors import BackupError
+from guest_backup.ops.fetch import FREE_RESERVE
 
 
 class StagedUploads:
@@ -23,6 +26,15 @@ class StagedUploads:
         self._staged: list[tuple[Path, Path]] = []     # (hidden file, destination)
         self._existing: list[tuple[Path, object]] = []  # (destination, member digest)
         self._made: list[Path] = []                     # folders made here, outermost first
+        self._declared: dict[str, int] = {}  # member -> size, when the manifest is known
+        self._room: int | None = None  # bytes that may be staged (free space, less a reserve)
+
+    def expect(self, manifest: dict | None) -> None:
+        """The sizes a plain archive's manifest declares (known before its members):
+        a member inflating past its own is refused as it is written, not after."""
+        for name, entry in ((manifest or {}).get("members") or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("size"), int):
+                self._declared[name] = entry["size"]
 
     def add(self, member) -> None:
         """Stage one ``uploads/…`` member (read to its end here)."""
@@ -49,8 +61,19 @@ class StagedUploads:
         tmp = dest.with_name(f".{dest.name}.restoring")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self._staged.append((tmp, dest))
+        if self._room is None:
+            self._room = max(shutil.disk_usage(root).free - FREE_RESERVE, 0)
+        declared, size = self._declared.get(member.name), 0
         with os.fdopen(fd, "wb") as out:
             while chunk := member.read(CHUNK):
+                size += len(chunk)
+                if declared is not None and size > declared:
+                    raise StreamError(f"{member.name}: larger than the manifest says")
+                self._room -= len(chunk)
+                if self._room < 0:  # before the verdict: an archive's word is not enough
+                    raise BackupError(f"the uploads would leave less than "
+                                      f"{FREE_RESERVE >> 20} MiB free on the upload folder's "
+                                      f"disk; nothing was restored")
                 out.write(chunk)
 
     def _root(self) -> Path:
