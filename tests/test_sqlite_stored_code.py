@@ -127,3 +127,22 @@ def test_a_statement_longer_than_the_cap_is_refused():
             + "');\nCOMMIT;\n")
     with pytest.raises(DumpRefused, match="longer than 4 MiB"):
         SQLiteDumpScreen().feed(dump.encode())
+
+
+@pytest.mark.parametrize("line", [
+    "CREATE TABLE t(a); CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END;\n",
+    "INSERT INTO t VALUES(1); INSERT INTO sqlite_master VALUES('trigger','x','t',0,'x');\n",
+    "CREATE TABLE t(a /* ; */); DROP TABLE guest;\n",
+])
+def test_several_statements_on_one_line_are_refused(line):
+    """The screen matched the line's first statement only: verify called such a dump
+    clean, and only the load (one statement per execute) refused it."""
+    with pytest.raises(DumpRefused, match="several statements in one"):
+        SQLiteDumpScreen().feed(f"BEGIN TRANSACTION;\n{line}COMMIT;\n".encode())
+
+
+def test_semicolons_in_values_names_and_comments_are_not_statements():
+    SQLiteDumpScreen().feed(
+        b"BEGIN TRANSACTION;\nCREATE TABLE \"a;b\" (\"c;\" TEXT, [d;] TEXT); -- a note; here\n"
+        b"INSERT INTO \"a;b\" VALUES('x;y','it''s; fine');\n"
+        b"INSERT INTO \"a;b\" VALUES('multi\nline; text','');\nCOMMIT;\n")

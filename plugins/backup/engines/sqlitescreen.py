@@ -103,6 +103,33 @@ class _Statements:
         return bool("".join(self.pending).strip())
 
 
+def _semicolons(text: str) -> int:
+    """How many ``;`` end a statement in ``text`` (outside quotes and comments)."""
+    count, pos, end = 0, 0, len(text)
+    while pos < end:
+        stop = _PLAIN.match(text, pos).end()
+        count += text.count(";", pos, stop)
+        if stop >= end:
+            break
+        if text.startswith("--", stop):
+            newline = text.find("\n", stop)
+            pos = end if newline < 0 else newline + 1
+            continue
+        opener = "/*" if text.startswith("/*", stop) else text[stop]
+        close, doubled = _CLOSE[opener]
+        pos = stop + len(opener)
+        while True:
+            found = text.find(close, pos)
+            if found < 0:
+                return count
+            if doubled is not None and text.startswith(doubled, found):
+                pos = found + len(doubled)
+                continue
+            pos = found + len(close)
+            break
+    return count
+
+
 class SQLiteDumpScreen:
     """Checks an SQLite dump statement by statement: only iterdump's statements,
     and INSERTs of literal values only (no function calls, no subqueries)."""
@@ -114,6 +141,9 @@ class SQLiteDumpScreen:
 
     def check(self, statement: str) -> None:
         m = _STATEMENT.match(statement)
+        if m and statement.count(";") > 1 and _semicolons(statement) > 1:  # one per line
+            raise DumpRefused("the SQL dump holds several statements in one (a CREATE "
+                              "TABLE …; CREATE TRIGGER … line, say); nothing was restored")
         if not m:
             words = " ".join(statement.split()[:2])[:30]
             raise DumpRefused(f"the SQL dump holds a statement an SQLite dump does not have "
