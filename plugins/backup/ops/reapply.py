@@ -17,12 +17,12 @@ takes it as a row's identity), so a record is found at whatever id it has.
    registration of that e-mail made before the erasure (10 minutes' leeway for
    clocks), so a person who registered again afterwards keeps the new one.
 
-A line written before creation times were kept: at its ids, a row created
-before the erasure with one of the line's identifiers (e-mail, a guest's
-document number or name); else by hash, a guest entry's guests whose document
-number (and registration e-mail) match, a ``registration`` or ``retention``
-entry's registrations of that e-mail with a guest of a matching document
-number, made before the erasure.
+A line written before creation times were kept, as before: at its ids, a row
+created before the erasure that is already erased or has one of the line's
+identifiers (e-mail, a guest's document number or name); else by hash, a guest
+entry's guests whose document number (and registration e-mail) match, a
+``registration`` or ``retention`` entry's registrations of that e-mail with a
+guest of a matching document number, made before the erasure.
 """
 
 from __future__ import annotations
@@ -168,11 +168,14 @@ def _by_print(entry: dict) -> bool:
     return entry["kind"] != "email" and bool(_prints(entry)[1])
 
 
-def _is_record(key: bytes, entry: dict, row, mine: Callable[[], set[str]]) -> bool:
+def _is_record(key: bytes, entry: dict, row, erased: bool,
+               mine: Callable[[], set[str]]) -> bool:
     """Whether ``row``, at one of the ids the entry names, is a record it erased:
     created before the erasure, with the creation time the line keeps (an e-mail
-    entry: or that e-mail); in an older line, with one of its identifiers. A row
-    already erased proves nothing: another erased record may hold the id now."""
+    entry: or that e-mail; a row already erased proves nothing, another erased
+    record may hold the id now). In an older line, as before: already erased, or
+    with one of its identifiers (else the scan by identifiers would take the same
+    person's other records on every restore)."""
     if not _before(row.created_at, _until(entry)):
         return False
     field, prints = _prints(entry)
@@ -182,14 +185,14 @@ def _is_record(key: bytes, entry: dict, row, mine: Callable[[], set[str]]) -> bo
         return False
     wanted = set().union(*(values for name, values in entry["hashes"].items()
                            if name not in RECORD_FIELDS.values()))
-    return not wanted or bool(mine() & wanted)
+    return not wanted or (erased and not prints) or bool(mine() & wanted)
 
 
 def _by_ids(conn: Connection, entry: dict, key: bytes, found: _Found) -> bool:
     """Fill ``found`` from the ids the entry names; whether all were its rows."""
     if entry["kind"] == "guest":
         for g in guest_rows(conn, entry["guest_ids"]):
-            if _is_record(key, entry, g, lambda g=g: _guest_hashes(key, g)):
+            if _is_record(key, entry, g, guest_is_erased(g), lambda g=g: _guest_hashes(key, g)):
                 found.guests.add(g.id)
                 found.touched.add(g.registration_id)
         return len(found.guests) == len(set(entry["guest_ids"]))
@@ -197,8 +200,9 @@ def _by_ids(conn: Connection, entry: dict, key: bytes, found: _Found) -> bool:
     for g in guests_of(conn, entry["registration_ids"]):
         guests.setdefault(g.registration_id, []).append(g)
     for r in registration_rows(conn, entry["registration_ids"]):
-        if _is_record(key, entry, r, lambda r=r: {keyed_hash(key, "email", r.email)}.union(
-                *(_guest_hashes(key, g) for g in guests.get(r.id, ())))):
+        if _is_record(key, entry, r, r.email == erased_email(r.id),
+                      lambda r=r: {keyed_hash(key, "email", r.email)}.union(
+                          *(_guest_hashes(key, g) for g in guests.get(r.id, ())))):
             found.registrations.add(r.id)
     return len(found.registrations) == len(set(entry["registration_ids"]))
 
