@@ -431,3 +431,34 @@ def test_an_older_archive_is_upgraded_in_the_same_transaction(app, runner, app_c
     engine.dispose()
     assert owners(target) == {"postgres"}
     assert not holds_anything(target, backup_context(app).settings.restore_role)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize("spelling", [
+    "ALTER TABLE ONLY public.trip ALTER COLUMN title SET DEFAULT "
+    "('/etc/passwd'::text).pg_read_file;",
+    "ALTER TABLE ONLY public.trip ADD CONSTRAINT gr_md5 CHECK "
+    "(((title)::text).md5 <> '');",
+    "CREATE INDEX gr_ix ON public.trip USING btree ((((title)::text).md5));",
+])
+def test_a_call_the_screen_missed_is_refused_by_what_the_server_made_of_it(
+        app, runner, archive, backend, new_pg_database, monkeypatch, spelling):
+    """Behind the screen: right after the dump, still as the restore role, every
+    default, check and index expression of what the load made is read back as
+    PostgreSQL renders it (``(x).f`` reads ``f(x)``) and a call outside the
+    screen's few harmless functions stops the load. Here the screen is made to
+    pass everything, as a misreading of it would."""
+    from guest_backup.errors import EngineError
+
+    target = new_pg_database()
+    with zipfile.ZipFile(archive) as zf:
+        data = zf.read("database.sql")
+    marker_line = b"-- PostgreSQL database dump complete"
+    data = data.replace(marker_line, spelling.encode() + b"\n\n" + marker_line, 1)
+    monkeypatch.setattr(pgscreen, "statement_problem",
+                        lambda statement: (None, statement.split()[0].upper()))
+    settings = backup_context(app).settings.engine_settings
+    with pytest.raises(EngineError, match="calls a function a dump of this application "
+                                          "does not"):
+        pg_engine.PostgresEngine().restore(settings, target, io.BytesIO(data))
+    assert table_contents(target) == {}

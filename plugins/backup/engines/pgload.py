@@ -14,12 +14,35 @@ from typing import IO
 
 from guest_backup.engines import CHUNK, mask, sql
 from guest_backup.engines.pgrole import _connected
+from guest_backup.engines.pgscreen_statements import ALLOWED_CALLS
 from guest_backup.engines.psqlsession import PsqlEnded, PsqlOutput, PsqlSession
 
 log = logging.getLogger(__name__)
 
 COMMITTED = b"gr-restore-committed"
 XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
+
+
+#: right after the dump, still as the restore role (which owns what the dump made):
+#: every default, check and index expression of its tables as PostgreSQL renders
+#: them back, where ``(x).f`` or any other spelling of a call reads ``f(x)``; a call
+#: of anything but the screen's few harmless functions stops the load. The screen
+#: reads the dump's text; this reads what the server made of it.
+CALLS_CHECK = r"""DO $gr$ DECLARE found text; BEGIN
+SELECT pg_catalog.string_agg(DISTINCT pg_catalog.lower(m[1]), ', ') INTO found
+FROM (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) AS mine, LATERAL (
+ SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS e FROM pg_catalog.pg_attrdef d
+  JOIN pg_catalog.pg_class c ON c.oid = d.adrelid WHERE c.relowner = mine.oid
+ UNION ALL SELECT pg_catalog.pg_get_constraintdef(k.oid) FROM pg_catalog.pg_constraint k
+  JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+  WHERE k.contype IN ('c', 'x') AND c.relowner = mine.oid
+ UNION ALL SELECT pg_catalog.pg_get_indexdef(i.indexrelid) FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class c ON c.oid = i.indrelid WHERE c.relowner = mine.oid
+  AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)
+) AS x, LATERAL pg_catalog.regexp_matches(x.e, '([A-Za-z_][A-Za-z0-9_$]*)\(', 'g') AS m
+WHERE pg_catalog.lower(m[1]) <> ALL (%s::text[]);
+IF found IS NOT NULL THEN RAISE EXCEPTION 'gr-function-refused: %%', found; END IF;
+END $gr$;""" % ("'{" + ",".join(sorted(ALLOWED_CALLS)) + "}'")
 
 
 def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
@@ -36,7 +59,7 @@ def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
               *(["DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public;"] * replace),
               f"GRANT USAGE, CREATE ON SCHEMA public TO {r};", f"SET LOCAL ROLE {r};",
               *([f"\\restrict {key}"] if key else [])]
-    after = ["RESET ROLE;", "RESET search_path;", f"REASSIGN OWNED BY {r} TO CURRENT_USER;",
+    after = [CALLS_CHECK, "RESET ROLE;", "RESET search_path;", f"REASSIGN OWNED BY {r} TO CURRENT_USER;",
              f"DROP OWNED BY {r};"]
     unrestrict = [f"\\unrestrict {key}"] if key else []
     end = ["COMMIT;", "\\echo " + COMMITTED.decode()]
