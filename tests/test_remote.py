@@ -267,3 +267,33 @@ def test_finding_a_remote_archive_asks_for_its_key_not_the_whole_listing(remote,
     missing = archive.name.replace("_20", "_19", 1)
     assert client.get(f"/admin/backup/download/{missing}").status_code == 404
     assert listed == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_deleting_while_the_remote_is_down_says_its_copy_stays(remote, s3, runner, client,
+                                                               auth, backend):
+    """The page asked every storage which held the archive, and took a remote it
+    could not reach for one that did not: the local copy went, the page said
+    "deleted (local)", the audit said ok, and the copy stayed in the bucket."""
+    import re
+
+    from tests.helpers import csrf_token_from
+
+    make_backup(runner)
+    name = next(Path(remote.config["BACKUP_FOLDER"]).glob("system_backup_*.zip")).name
+    auth.login()
+    token = csrf_token_from(client.get("/admin/backup/").get_data(as_text=True))
+    s3.server.stop()
+    try:
+        page = client.post(f"/admin/backup/delete/{name}", data={"csrf_token": token},
+                           follow_redirects=True).get_data(as_text=True)
+    finally:
+        s3.server.start()
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert f"{name} could not be deleted from remote" in text
+    assert SECRET not in page
+    (entry,) = entries(remote, "delete")
+    assert entry.outcome == "failed"
+    assert entry.message.startswith("from local; not from remote: ")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert f"{PREFIX}/{name}" in keys  # still there, and now the page says so

@@ -97,10 +97,12 @@ def list_everywhere(ctx: BackupContext) -> Listing:
     return listing
 
 
-def storages_holding(ctx: BackupContext, name: str, everywhere: bool = False) -> list[Storage]:
+def storages_holding(ctx: BackupContext, name: str, everywhere: bool = False,
+                     unreachable: list | None = None) -> list[Storage]:
     """The storages that hold archive ``name``, local first. Unless ``everywhere``,
     a copy on this machine is enough and the remote is not asked; a remote that
-    cannot be reached holds nothing."""
+    cannot be reached holds nothing, and goes into ``unreachable`` as (storage
+    name, error) when one is given (a deletion must not take it for "not there")."""
     found: list[Storage] = []
     try:
         if ctx.local().local_path(name) is not None:
@@ -109,10 +111,12 @@ def storages_holding(ctx: BackupContext, name: str, everywhere: bool = False) ->
         pass
     if found and not everywhere:
         return found
+    remote = None
     try:
         remote = ctx.remote()
         if remote is not None and size_of(remote, name) is not None:
             found.append(remote)
-    except StorageError:
-        pass
+    except StorageError as exc:
+        if unreachable is not None:
+            unreachable.append((getattr(remote, "name", "remote"), exc))
     return found

@@ -55,13 +55,15 @@ def _verifications(names: list[str]) -> dict[str, dict]:
             for r in rows}
 
 
-def _where(name: str, everywhere: bool = False):
-    """The storages holding archive ``name``, local first (404 when none). Unless
-    ``everywhere``, a local copy is enough and the remote is not asked."""
+def _where(name: str, everywhere: bool = False, unreachable: list | None = None):
+    """The storages holding archive ``name``, local first (404 when none, and no
+    storage that could not be asked). Unless ``everywhere``, a local copy is
+    enough and the remote is not asked."""
     if not is_archive_name(name):
         abort(404)
-    found = storages_holding(backup_context(), name, everywhere=everywhere)
-    if not found:
+    found = storages_holding(backup_context(), name, everywhere=everywhere,
+                             unreachable=unreachable)
+    if not found and not unreachable:
         abort(404)
     return found
 
@@ -185,17 +187,20 @@ class BackupView(SecureBaseView):
     @expose("/delete/<archive>", methods=["POST"])
     def delete(self, archive: str):
         csrf.protect()
-        removed = []
-        for storage in _where(archive, everywhere=True):
+        removed, failed = [], []  # a storage that could not be asked may still hold it
+        for storage in _where(archive, everywhere=True, unreachable=failed):
             try:
                 storage.delete(archive)
                 removed.append(storage.name)
             except StorageError as exc:
-                flash(_("%(archive)s could not be deleted from %(storage)s: %(error)s.",
-                        archive=archive, storage=storage.name, error=exc), "error")
-        audit.record(db.engine, "delete", "ok" if removed else "failed",
+                failed.append((storage.name, exc))
+        for name, exc in failed:
+            flash(_("%(archive)s could not be deleted from %(storage)s: %(error)s.",
+                    archive=archive, storage=name, error=exc), "error")
+        audit.record(db.engine, "delete", "failed" if failed or not removed else "ok",
                      actor=current_user.email, via="admin", target=archive,
-                     message=f"from {', '.join(removed) or 'nowhere'}")
+                     message=f"from {', '.join(removed) or 'nowhere'}" + "".join(
+                         f"; not from {name}: {exc}" for name, exc in failed))
         if removed:
             flash(_("%(archive)s was deleted (%(storages)s).", archive=archive,
                     storages=", ".join(removed)), "success")
