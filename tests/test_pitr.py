@@ -408,3 +408,38 @@ def test_an_unexpected_failure_of_a_recovery_is_audited_and_named(cluster, pitr_
                        "WHERE action LIKE 'pitr-%' ORDER BY id", "guests")
     assert [r[:2] for r in rows][-2:] == [["pitr-restore", "failed"], ["pitr-drill", "failed"]]
     assert all("internal detail" not in r[2] for r in rows)
+
+
+def test_a_recovery_keeps_the_apps_secrets_and_leaves_nothing_when_it_fails(
+        cluster, pitr_app, monkeypatch):
+    """Three findings of a review, on a real cluster and pgBackRest:
+    - the app's whole environment (its SECRET_KEY, passwords, keys) went to every
+      tool run as the owner, and stayed in the recovered postmaster's, readable by
+      its owner in /proc for as long as it runs;
+    - a recovery that failed left its folder full: a copy of the database whose
+      erasures were never re-applied, and a retry into it was refused;
+    - the live cluster's own port was accepted while it was down."""
+    import os
+
+    c = cluster
+    pitr(pitr_app, "backup", "--type", "full")
+    add_registrations(c, 2, "kept")
+    monkeypatch.setenv("GR_APP_SECRET", "never-in-postgres-4711")
+    out, port = restore(pitr_app, c, "latest", "r1")
+    pid = (c.base / "r1" / "postmaster.pid").read_text().split()[0]
+    assert b"never-in-postgres-4711" not in Path(f"/proc/{pid}/environ").read_bytes()
+    c.stop_other(c.base / "r1")
+
+    c.kill()
+    time.sleep(1)
+    late = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(time.time() - 1))
+    out = pitr(pitr_app, "restore", "--to", late, "--into", str(c.base / "r2"), code=1)
+    assert "was emptied" in out, out
+    assert not (c.base / "r2").exists()
+    out = pitr(pitr_app, "restore", "--to", "latest", "--into", str(c.base / "r3"),
+               "--port", str(c.port), code=1)
+    assert "the running cluster's own" in out and not (c.base / "r3").exists()
+    out, port = restore(pitr_app, c, "latest", "r2")  # the retry goes in
+    assert c.value("SELECT count(*) FROM registration WHERE email LIKE '%-kept@%'",
+                   "guests", port) == "2"
+    c.stop_other(c.base / "r2")

@@ -153,7 +153,7 @@ def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,
         raise PitrError(f"{target:%Y-%m-%d %H:%M:%S} UTC is in the future: recover to latest")
     folder = recovery.check_target(Path(into), p.config.pg_data)
     port = port or recovery.free_port()
-    recovery.check_port(port, p.cluster.socket)
+    recovery.check_port(port, p.cluster.socket, live=p.cluster.port)
     try:
         if p.cluster.running():
             flush(p)

@@ -106,7 +106,7 @@ class Cluster:
         argv = [self.tool("psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", _SEP,
                 "-h", self.socket, "-p", str(self.port), "-d", db, "-c", sql]
         proc = self.owner.run(argv, timeout=timeout,
-                              env={**os.environ, "PGCONNECT_TIMEOUT": "10",
+                              env={"PGCONNECT_TIMEOUT": "10",
                                    "PGAPPNAME": "guest-registration-pitr"})
         if proc.returncode != 0:
             raise PitrError(f"the cluster on port {self.port} did not answer: "

@@ -18,6 +18,20 @@ from typing import Sequence
 from guest_backup.physical import PitrError
 
 
+#: what of this process's environment the owner's tools get: the app's own (its
+#: SECRET_KEY, the database password, S3 keys, passphrases) stays here. A server
+#: started this way (a recovered cluster) keeps its environment, readable by its
+#: owner in /proc, for as long as it runs. pgBackRest reads its keys from its file.
+_TOOL_ENVIRONMENT = ("PATH", "LANG", "LANGUAGE", "TZ", "HOME", "TMPDIR")
+
+
+def tool_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k in _TOOL_ENVIRONMENT or k.startswith("LC_")}
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
 @dataclass(frozen=True)
 class Owner:
     """A user of this machine, by name and ids."""
@@ -65,10 +79,12 @@ class Owner:
 
     def run(self, command: Sequence[str], *, timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """Run ``command`` as the owner (in ``/``, a folder every user may enter)."""
+        """Run ``command`` as the owner (in ``/``, a folder every user may enter), with
+        only the environment a tool needs (:func:`tool_environment`) and ``env``."""
         try:
             return subprocess.run(self.argv(command), capture_output=True, text=True, cwd="/",
-                                  timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+                                  timeout=timeout, env={**tool_environment(), **(env or {})},
+                                  stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise PitrError(f"{command[0]} is not installed (or not on PATH)") from None
         except subprocess.TimeoutExpired:

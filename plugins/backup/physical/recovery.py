@@ -34,10 +34,16 @@ def check_target(into: Path, running: Path) -> Path:
     return target
 
 
-def check_port(port: int, socket_dir: str) -> None:
-    """Refuse a port some server already uses (its socket file, or a TCP listener)."""
+def check_port(port: int, socket_dir: str, live: int | None = None) -> None:
+    """Refuse a port some server already uses (its socket file, or a TCP listener),
+    and the running cluster's own even while it is down (when recovering is most
+    likely): the app would reach the recovered cluster, and the live one could not
+    start again."""
     if not 1 <= port <= 65535:
         raise PitrError(f"port {port} is not a port number")
+    if port == live:
+        raise PitrError(f"port {port} is the running cluster's own (PITR_PG_PORT), even "
+                        f"while it is down: recover on another port")
     if (Path(socket_dir) / f".s.PGSQL.{port}").exists():
         raise PitrError(f"port {port} is in use by another PostgreSQL server")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -56,14 +62,35 @@ def recover(backrest: PgBackRest, source: Cluster, into: Path, port: int, *, lab
     """Restore backup ``label`` into ``into``, recover to ``target`` (None: the end
     of the archive), start it on ``port`` and wait until it is promoted."""
     owner = source.owner
+    made = not into.exists()
     owner.make_dir(into, 0o700)
-    backrest.restore(into, label=label, target=target)
-    _configure(source, into, port)
     new = Cluster(into, port, source.socket, owner, source.bindir)
-    log = into / LOG_NAME
-    new.start(log, timeout=int(min(timeout, 3600)))
-    new.wait_promoted(log, timeout)
+    try:
+        backrest.restore(into, label=label, target=target)
+        _configure(source, into, port)
+        log = into / LOG_NAME
+        new.start(log, timeout=int(min(timeout, 3600)))
+        new.wait_promoted(log, timeout)
+    except BaseException as exc:  # a copy of the database, erasures not re-applied: gone
+        _discard(new, made)
+        if isinstance(exc, PitrError):
+            raise PitrError(f"{exc} (the folder {into} was emptied)") from None
+        raise
     return new
+
+
+def _discard(cluster: Cluster, made: bool) -> None:
+    """A recovery that did not finish: its server stopped, its files removed (the
+    folder too when this recovery made it); never raises."""
+    try:
+        remove(cluster)
+    except Exception:
+        pass
+    if not made:
+        try:
+            cluster.owner.make_dir(cluster.data, 0o700)
+        except Exception:
+            pass
 
 
 def _configure(source: Cluster, into: Path, port: int) -> None:
