@@ -210,3 +210,27 @@ def moto_over_tls(folder: Path) -> Iterator[str]:
         yield f"https://127.0.0.1:{port}"
     finally:
         server.shutdown()
+
+
+class EtcCluster(TestCluster):
+    """A cluster laid out as Debian's: its configuration in ``base/etc``, outside the
+    data directory (``config_file`` given at start)."""
+
+    __test__ = False
+
+    def init(self, **settings: str) -> None:
+        super().init(**settings)
+        user = pwd.getpwnam(OWNER)
+        etc = self.base / "etc"
+        etc.mkdir(mode=0o755)
+        for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf"):
+            shutil.move(self.data / name, etc / name)
+        with open(etc / "postgresql.conf", "a") as out:
+            out.write(f"data_directory = '{self.data}'\nhba_file = '{etc}/pg_hba.conf'\n"
+                      f"ident_file = '{etc}/pg_ident.conf'\n")
+        for path in (etc, *etc.iterdir()):
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+    def start(self) -> None:
+        as_owner(str(BINDIR / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log),
+                 "-o", f"-c config_file={self.base / 'etc' / 'postgresql.conf'}", "-w", "-t", "60")

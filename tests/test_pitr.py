@@ -443,3 +443,30 @@ def test_a_recovery_keeps_the_apps_secrets_and_leaves_nothing_when_it_fails(
     assert c.value("SELECT count(*) FROM registration WHERE email LIKE '%-kept@%'",
                    "guests", port) == "2"
     c.stop_other(c.base / "r2")
+
+
+def test_a_cluster_configured_outside_its_data_directory_with_more_connections(tmp_path):
+    """Debian's layout (configuration in /etc) and max_connections raised to 150:
+    the recovered cluster got a minimal configuration with PostgreSQL's default
+    100, and PostgreSQL refused to replay ("max_connections = 100 is a lower
+    setting than on the primary server"): every recovery and drill failed."""
+    from tests.pitr_cluster import EtcCluster
+
+    require()
+    c = EtcCluster.create(max_connections="150")
+    try:
+        c.start()
+        c.sql("CREATE DATABASE guests")
+        app = make_app(c, tmp_path)
+        set_up(c, app)
+        add_registrations(c, 3, "etc")
+        pitr(app, "backup", "--type", "full")
+        out, port = restore(app, c, "latest", "r1")
+        assert c.value("SHOW max_connections", port=port) == "150"
+        assert c.value("SELECT count(*) FROM registration WHERE email LIKE '%-etc@%'",
+                       "guests", port) == "3"
+        c.stop_other(c.base / "r1")
+        with app.app_context():
+            db.engine.dispose()
+    finally:
+        c.cleanup()

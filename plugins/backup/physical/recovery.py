@@ -105,10 +105,37 @@ def _configure(source: Cluster, into: Path, port: int) -> None:
     owner.write_file(auto, text, 0o600)
     if not (into / "postgresql.conf").exists():
         owner.write_file(into / "postgresql.conf", "# written by manage.py pitr restore\n"
-                         "listen_addresses = 'localhost'\n", 0o600)
+                         "listen_addresses = 'localhost'\n" + _replay_settings(source, into),
+                         0o600)
     for name, fallback in (("pg_hba.conf", _MINIMAL_HBA), ("pg_ident.conf", "")):
         if not (into / name).exists():
             owner.write_file(into / name, _source_file(source, name) or fallback, 0o600)
+
+
+#: pg_controldata's names of the settings a cluster replaying WAL needs at least as
+#: high as where the WAL was written (else: "recovery aborted because of
+#: insufficient parameter settings")
+_REPLAY_SETTINGS = {"max_connections": "max_connections",
+                    "max_worker_processes": "max_worker_processes",
+                    "max_wal_senders": "max_wal_senders",
+                    "max_prepared_xacts": "max_prepared_transactions",
+                    "max_locks_per_xact": "max_locks_per_transaction"}
+
+
+def _replay_settings(source: Cluster, into: Path) -> str:
+    """Those settings as the restored backup's control file has them (a minimal
+    configuration would have PostgreSQL's defaults, and a source that raised one
+    could never be recovered); empty when pg_controldata cannot tell."""
+    try:
+        proc = source.owner.run([source.tool("pg_controldata"), "-D", str(into)], timeout=60)
+    except PitrError:
+        return ""
+    lines = []
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else ():
+        name, _, value = line.partition(" setting:")
+        if name.strip() in _REPLAY_SETTINGS and value.strip().isdigit():
+            lines.append(f"{_REPLAY_SETTINGS[name.strip()]} = {value.strip()}\n")
+    return "".join(lines)
 
 
 def _source_file(source: Cluster, name: str) -> str | None:
