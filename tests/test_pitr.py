@@ -470,3 +470,30 @@ def test_a_cluster_configured_outside_its_data_directory_with_more_connections(t
             db.engine.dispose()
     finally:
         c.cleanup()
+
+
+def test_a_moment_already_archived_is_recovered_while_archiving_is_broken(cluster, pitr_app):
+    """The running cluster's archiving broken (when recovering is likely): a moment
+    the archive already holds was refused until production was stopped, because
+    making "now" recoverable came first and failed. Now it goes on, and says so;
+    ``latest`` (which means now) is still refused."""
+    c = cluster
+    pitr(pitr_app, "backup", "--type", "full")
+    add_registrations(c, 2, "before")
+    time.sleep(1.2)
+    moment = c.now()
+    time.sleep(1.2)
+    add_registrations(c, 2, "after")
+    c.sql("SELECT pg_switch_wal()")
+    c.wait_archived()
+    c.sql("ALTER SYSTEM SET archive_command = '/bin/false'")
+    c.sql("SELECT pg_reload_conf()")
+    out, port = restore(pitr_app, c, moment, "r1")
+    assert "note: the running cluster's latest writes could not be archived" in out, out
+    assert c.value("SELECT count(*) FROM registration WHERE email LIKE '%-before@%'",
+                   "guests", port) == "2"
+    assert c.value("SELECT count(*) FROM registration WHERE email LIKE '%-after@%'",
+                   "guests", port) == "0"
+    c.stop_other(c.base / "r1")
+    out = pitr(pitr_app, "restore", "--to", "latest", "--into", str(c.base / "r2"), code=1)
+    assert "Error:" in out and not (c.base / "r2").exists()

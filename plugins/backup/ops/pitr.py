@@ -155,15 +155,32 @@ def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,
     port = port or recovery.free_port()
     recovery.check_port(port, p.cluster.socket, live=p.cluster.port)
     try:
-        if p.cluster.running():
-            flush(p)
+        unflushed = _flush_for(p, target)
         result = recover(ctx, p, folder, port, target)
+        if unflushed:
+            result.notes.insert(0, unflushed)
     except Exception as exc:
         raise _failed(ctx, engine, "pitr-restore", actor, via, str(into), exc) from None
     _audit(ctx, engine, "pitr-restore", "ok", actor, via, str(folder),
            f"{target_text(target)} from {result.backup.label} on port {port}: "
            f"{counts_text(result.counts)}", rows=sum(result.counts.values()))
     return result
+
+
+def _flush_for(p, target) -> str | None:
+    """Make "now" recoverable while the cluster runs. Failing that (its archiving
+    broken: when recovering is likely), a moment may still be in the archive: go
+    on from what it holds, and say so; ``latest`` means now, and is refused."""
+    if not p.cluster.running():
+        return None
+    try:
+        flush(p)
+        return None
+    except PitrError as exc:
+        if target is None:
+            raise
+        return (f"the running cluster's latest writes could not be archived ({exc}); "
+                f"recovered from what the archive already held")
 
 
 def drill(ctx: BackupContext, engine: Engine | None, *, actor: str | None, via: str,
