@@ -419,8 +419,6 @@ def test_a_recovery_keeps_the_apps_secrets_and_leaves_nothing_when_it_fails(
     - a recovery that failed left its folder full: a copy of the database whose
       erasures were never re-applied, and a retry into it was refused;
     - the live cluster's own port was accepted while it was down."""
-    import os
-
     c = cluster
     pitr(pitr_app, "backup", "--type", "full")
     add_registrations(c, 2, "kept")

@@ -101,7 +101,7 @@ def pg_reason(stderr: str, tool: str) -> str:
     if "gr-erasure-refused" in lowered:  # ops.erasure_sql.probe_erasure_sql
         return ("the archive's database refuses an erasure (a constraint or column type "
                 "of its own)")
-    if "gr-function-refused" in lowered:  # engines.pgload.CALLS_CHECK
+    if "gr-function-refused" in lowered:  # engines.pgload.calls_check
         return ("the archive's database calls a function a dump of this application "
                 "does not (in a column default, check or index)")
     if "statement timeout" in lowered and "lock table" in lowered:  # --lock-wait-timeout

@@ -14,7 +14,6 @@ from typing import IO
 
 from guest_backup.engines import CHUNK, mask, sql
 from guest_backup.engines.pgrole import _connected
-from guest_backup.engines.pgscreen_statements import ALLOWED_CALLS
 from guest_backup.engines.psqlsession import PsqlEnded, PsqlOutput, PsqlSession
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,7 @@ XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
 #: them back, where ``(x).f`` or any other spelling of a call reads ``f(x)``; a call
 #: of anything but the screen's few harmless functions stops the load. The screen
 #: reads the dump's text; this reads what the server made of it.
-CALLS_CHECK = r"""DO $gr$ DECLARE found text; BEGIN
+_CALLS_CHECK = r"""DO $gr$ DECLARE found text; BEGIN
 SELECT pg_catalog.string_agg(DISTINCT pg_catalog.lower(m[1]), ', ') INTO found
 FROM (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) AS mine, LATERAL (
  SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS e FROM pg_catalog.pg_attrdef d
@@ -42,7 +41,15 @@ FROM (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) AS mine,
 ) AS x, LATERAL pg_catalog.regexp_matches(x.e, '([A-Za-z_][A-Za-z0-9_$]*)\(', 'g') AS m
 WHERE pg_catalog.lower(m[1]) <> ALL (%s::text[]);
 IF found IS NOT NULL THEN RAISE EXCEPTION 'gr-function-refused: %%', found; END IF;
-END $gr$;""" % ("'{" + ",".join(sorted(ALLOWED_CALLS)) + "}'")
+END $gr$;"""
+
+
+def calls_check() -> str:
+    """:data:`_CALLS_CHECK` with the screen's allow-list (imported here: the screen
+    is read only when a dump is, not by ``--help``)."""
+    from guest_backup.engines.pgscreen_statements import ALLOWED_CALLS
+
+    return _CALLS_CHECK % ("'{" + ",".join(sorted(ALLOWED_CALLS)) + "}'")
 
 
 def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
@@ -59,8 +66,8 @@ def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
               *(["DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public;"] * replace),
               f"GRANT USAGE, CREATE ON SCHEMA public TO {r};", f"SET LOCAL ROLE {r};",
               *([f"\\restrict {key}"] if key else [])]
-    after = [CALLS_CHECK, "RESET ROLE;", "RESET search_path;", f"REASSIGN OWNED BY {r} TO CURRENT_USER;",
-             f"DROP OWNED BY {r};"]
+    after = [calls_check(), "RESET ROLE;", "RESET search_path;",
+             f"REASSIGN OWNED BY {r} TO CURRENT_USER;", f"DROP OWNED BY {r};"]
     unrestrict = [f"\\unrestrict {key}"] if key else []
     end = ["COMMIT;", "\\echo " + COMMITTED.decode()]
     return tuple(("\n" + "\n".join(lines) + "\n").encode()

@@ -57,7 +57,7 @@ _FUNCTIONS = frozenset(
     "cardinality current_timestamp localtimestamp current_time localtime".split())
 _INDEX_METHODS = frozenset("btree hash gin gist brin spgist".split())
 #: what may stand before "(" in PostgreSQL's own rendering of the loaded defaults,
-#: checks and index expressions (``pgload.CALLS_CHECK``: the same rule, read back)
+#: checks and index expressions (``pgload.calls_check``: the same rule, read back)
 ALLOWED_CALLS = _FUNCTIONS | _TYPMODS | {w.lower() for w in _PAREN_WORDS}
 
 
