@@ -495,3 +495,29 @@ def test_a_moment_already_archived_is_recovered_while_archiving_is_broken(cluste
     c.stop_other(c.base / "r1")
     out = pitr(pitr_app, "restore", "--to", "latest", "--into", str(c.base / "r2"), code=1)
     assert "Error:" in out and not (c.base / "r2").exists()
+
+
+def test_a_drill_whose_scratch_cluster_cannot_be_removed_still_reports_and_audits(
+        cluster, pitr_app, monkeypatch):
+    """The removal ran in ``finally``: its failure replaced the drill's outcome, so a
+    good drill was reported failed with the removal's words and left no audit entry."""
+    from guest_backup.physical import PitrError, recovery
+
+    real, left = recovery.remove, []
+
+    def stuck(scratch):
+        left.append(scratch)
+        raise PitrError("pg_ctl stop did not finish within 60 s")
+
+    pitr(pitr_app, "backup", "--type", "full")
+    monkeypatch.setattr(recovery, "remove", stuck)
+    try:
+        out = pitr(pitr_app, "drill")
+    finally:
+        for scratch in left:
+            real(scratch)
+    assert out.startswith("OK PITR drill; WARNING the scratch cluster in "), out
+    assert "could not be stopped and removed (pg_ctl stop did not finish" in out
+    rows = cluster.sql("SELECT action, outcome, message FROM audit_log "
+                       "WHERE action = 'pitr-drill' ORDER BY id", "guests")
+    assert rows[-1][1] == "ok" and "could not be stopped and removed" in rows[-1][2]

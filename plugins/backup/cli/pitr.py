@@ -143,7 +143,10 @@ def drill_command() -> None:
         result = _pitr().drill(backup_context(), _engine(), actor=cli_actor(), via="cli")
     except BackupError as exc:
         _fail(f"PITR drill failed: {exc}")
-    click.echo("OK PITR drill (the scratch cluster is removed):")
+    if result.scratch_left:
+        click.echo(f"OK PITR drill; WARNING {result.scratch_left}:")
+    else:
+        click.echo("OK PITR drill (the scratch cluster is removed):")
     _print_recovered(result)
 
 

@@ -192,7 +192,7 @@ def drill(ctx: BackupContext, engine: Engine | None, *, actor: str | None, via: 
         scratch = Path(tempfile.mkdtemp(prefix="drill-", dir=p.config.folder))
     except OSError:
         raise PitrError(f"no scratch folder can be made in {p.config.folder} (run pitr setup)")
-    port = recovery.free_port()
+    port, left = recovery.free_port(), []
     try:
         if not p.cluster.running():
             raise PitrError(f"the cluster in {p.config.pg_data} is not running")
@@ -202,13 +202,25 @@ def drill(ctx: BackupContext, engine: Engine | None, *, actor: str | None, via: 
             raise PitrError("the recovered database has no Alembic revision")
     except Exception as exc:
         raise _failed(ctx, engine, "pitr-drill", actor, via, None, exc) from None
-    finally:
-        recovery.remove(Cluster(scratch, port, p.cluster.socket, p.cluster.owner,
-                                p.cluster.bindir))
+    finally:  # its own failure no longer replaces the drill's outcome (nor its audit)
+        left.append(_scrap(Cluster(scratch, port, p.cluster.socket, p.cluster.owner,
+                                   p.cluster.bindir)))
+    result.scratch_left = left[0]
     _audit(ctx, engine, "pitr-drill", "ok", actor, via, result.backup.label,
-           f"{target_text(target)}: {counts_text(result.counts)}",
-           rows=sum(result.counts.values()))
+           f"{target_text(target)}: {counts_text(result.counts)}"
+           + (f"; {left[0]}" if left[0] else ""), rows=sum(result.counts.values()))
     return result
+
+
+def _scrap(cluster: Cluster) -> str | None:
+    """The drill's scratch cluster stopped and removed; what is left, if anything."""
+    try:
+        recovery.remove(cluster)
+        return None
+    except PitrError as exc:
+        log.warning("the PITR drill's scratch cluster could not be removed: %s", exc)
+        return (f"the scratch cluster in {cluster.data} could not be stopped and removed "
+                f"({exc}): stop it and delete the folder")
 
 
 def _failed(ctx: BackupContext, engine: Engine | None, action: str, actor: str | None,

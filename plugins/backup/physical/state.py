@@ -112,6 +112,8 @@ class Recovered:
     revisions: list[str] = field(default_factory=list)
     erasures: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: a drill's scratch cluster that could not be removed: what to do (None: removed)
+    scratch_left: str | None = None
 
 
 def retarget(url: str, port: int) -> str:
