@@ -282,3 +282,37 @@ def test_a_big_trip_comes_back_while_the_site_serves(pg_server, tmp_path):
         assert not seen["errors"] and seen["requests"] > 20, seen
         assert seen["signups"] > 5 and seen["slowest_signup"] < 5, seen
         assert _table_rows(srv.engine, trip) == before  # every field of every row
+
+
+def test_a_ledger_line_older_than_the_open_copy_is_applied_too(app, runner, monkeypatch):
+    """A line that reaches the ledger after the copy was opened but carries an
+    older time (merged in from another storage's copy, a clock behind): the page
+    and ``browse`` re-apply the grown ledger to the copy; ``restore-select`` only
+    looked at lines from the copy's opening on, and brought the guest back."""
+    import guest_backup.ops.ledger as ledger_module
+    from guest_backup.archive.manifest import format_time
+    from datetime import datetime, timedelta, timezone
+
+    with app.app_context():
+        demo.load(app)
+        reg, first = db.session.query(Guest.registration_id, Guest.id).order_by(Guest.id).first()
+    archive = make_backup(runner)
+    opened = runner.invoke(args=["restore-select", str(archive), "--registration", str(reg),
+                                 "--dry-run", "--keep-open"])
+    assert opened.exit_code == 0, opened.output
+    earlier = format_time(datetime.now(timezone.utc) - timedelta(hours=1))
+    monkeypatch.setattr(ledger_module, "now_text", lambda: earlier)
+    erased = runner.invoke(args=["erase", "--guest", str(first), "--yes"])
+    assert erased.exit_code == 0, erased.output
+    monkeypatch.undo()
+    lose_registration(app, reg)
+
+    dry = runner.invoke(args=["restore-select", str(archive), "--registration", str(reg),
+                              "--dry-run", "--json"], catch_exceptions=False)
+
+    data = json.loads(dry.stdout)
+    assert first not in [s["id"] for s in data["insert"] if s["table"] == "guest"]
+    assert (first, "erased") in [(s["id"], s["reason"]) for s in data["erased"]]
+    with app.app_context():
+        for session in sessions(backup_context()):
+            session.close()

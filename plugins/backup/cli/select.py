@@ -86,6 +86,7 @@ def restore_select_command(archive: str, trip, registration, overwrite, overwrit
     back (with new ids when theirs are taken), existing rows are left alone unless
     --overwrite, erased guests never come back. Shows the preview first."""
     from guest_backup.ops.browse import find_session, open_archive
+    from guest_backup.ops.browse_erasures import refresh_erasures
     from guest_backup.ops.selection_apply import restore_selection
 
     selection = _selection(trip, registration, overwrite, overwrite_registration)
@@ -97,6 +98,10 @@ def restore_select_command(archive: str, trip, registration, overwrite, overwrit
     except BackupError as exc:
         _fail(str(exc))
     try:
+        try:  # the ledger grown since the copy was opened, older lines too (as the page)
+            refresh_erasures(session)
+        except BackupError as exc:
+            _fail(str(exc))
         _run(ctx, session, selection, actor, dry_run=dry_run, yes=yes, as_json=as_json,
              restore=restore_selection)
     finally:
