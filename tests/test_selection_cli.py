@@ -138,9 +138,9 @@ def test_an_erased_registration_stays_out(app, runner):
         assert db.session.get(Registration, reg) is None
 
 
-def test_an_erasure_after_the_archive_was_opened_is_applied(app, runner):
-    """The scratch copy, opened before the erasure, still holds the guest: the
-    ledger's later entry finds it."""
+def opened_copy(app, runner):
+    """Demo data archived, and the archive's copy opened (kept open) by a dry run of
+    its first guest's registration: (registration, that guest, the archive)."""
     with app.app_context():
         demo.load(app)
         reg, first = db.session.query(Guest.registration_id, Guest.id).order_by(Guest.id).first()
@@ -148,6 +148,13 @@ def test_an_erasure_after_the_archive_was_opened_is_applied(app, runner):
     opened = runner.invoke(args=["restore-select", str(archive), "--registration", str(reg),
                                  "--dry-run", "--keep-open"])
     assert opened.exit_code == 0 and "ERASED" not in opened.output, opened.output
+    return reg, first, archive
+
+
+def test_an_erasure_after_the_archive_was_opened_is_applied(app, runner):
+    """The scratch copy, opened before the erasure, still holds the guest: the
+    ledger's later entry finds it."""
+    reg, first, archive = opened_copy(app, runner)
     erased = runner.invoke(args=["erase", "--guest", str(first), "--yes"])
     assert erased.exit_code == 0, erased.output
     lose_registration(app, reg)
@@ -293,13 +300,7 @@ def test_a_ledger_line_older_than_the_open_copy_is_applied_too(app, runner, monk
     from guest_backup.archive.manifest import format_time
     from datetime import datetime, timedelta, timezone
 
-    with app.app_context():
-        demo.load(app)
-        reg, first = db.session.query(Guest.registration_id, Guest.id).order_by(Guest.id).first()
-    archive = make_backup(runner)
-    opened = runner.invoke(args=["restore-select", str(archive), "--registration", str(reg),
-                                 "--dry-run", "--keep-open"])
-    assert opened.exit_code == 0, opened.output
+    reg, first, archive = opened_copy(app, runner)
     earlier = format_time(datetime.now(timezone.utc) - timedelta(hours=1))
     monkeypatch.setattr(ledger_module, "now_text", lambda: earlier)
     erased = runner.invoke(args=["erase", "--guest", str(first), "--yes"])
