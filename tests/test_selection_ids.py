@@ -82,26 +82,15 @@ def test_a_sign_up_during_the_restore_draws_none_of_its_ids(demo_app, runner, re
         finally:
             engine.dispose()
 
-    real_insert, real_advance, threads = (selection_apply._insert,
-                                          selection_apply.advance_sequence, [])
+    real_insert, threads = selection_apply._insert, []
 
-    def arrive():  # a sign-up while the restore is still open
-        if not threads:
+    def insert(src, dst, tables, steps):  # a sign-up while the restore is still open
+        real_insert(src, dst, tables, steps)
+        if steps and steps[0].table == "registration" and not threads:
             threads.append(threading.Thread(target=sign_up))
             threads[0].start()
             time.sleep(1.0)
 
-    def advance(conn, name, highest):  # (before: ids inserted, the sequence not yet moved)
-        if name == "registration":
-            arrive()
-        return real_advance(conn, name, highest)
-
-    def insert(src, dst, tables, steps):
-        real_insert(src, dst, tables, steps)
-        if steps and steps[0].table == "registration":
-            arrive()
-
-    monkeypatch.setattr(selection_apply, "advance_sequence", advance)
     monkeypatch.setattr(selection_apply, "_insert", insert)
     result = restore(app, source, archive, registration_ids=tuple(regs))
     threads[0].join(20)

@@ -57,6 +57,7 @@ class _Statements:
         self.size = 0
         self.inside: str | None = None  # the quote or comment a line ended in
         self.last = ""  # the statement's last character outside quotes and comments
+        self.ends = 0  # the ';' outside quotes and comments scanned so far
 
     def add(self, line: str) -> str | None:
         """The statement ``line`` completes, if it does."""
@@ -82,6 +83,7 @@ class _Statements:
         while pos < end:
             if self.inside is None:
                 stop = _PLAIN.match(line, pos).end()
+                self.ends += line.count(";", pos, stop)
                 if line[pos:stop].strip():
                     self.last = line[pos:stop].rstrip()[-1]
                 if stop >= end or line.startswith("--", stop):
@@ -105,29 +107,10 @@ class _Statements:
 
 def _semicolons(text: str) -> int:
     """How many ``;`` end a statement in ``text`` (outside quotes and comments)."""
-    count, pos, end = 0, 0, len(text)
-    while pos < end:
-        stop = _PLAIN.match(text, pos).end()
-        count += text.count(";", pos, stop)
-        if stop >= end:
-            break
-        if text.startswith("--", stop):
-            newline = text.find("\n", stop)
-            pos = end if newline < 0 else newline + 1
-            continue
-        opener = "/*" if text.startswith("/*", stop) else text[stop]
-        close, doubled = _CLOSE[opener]
-        pos = stop + len(opener)
-        while True:
-            found = text.find(close, pos)
-            if found < 0:
-                return count
-            if doubled is not None and text.startswith(doubled, found):
-                pos = found + len(doubled)
-                continue
-            pos = found + len(close)
-            break
-    return count
+    scan = _Statements()
+    for line in text.splitlines(keepends=True):
+        scan._scan(line)
+    return scan.ends
 
 
 class SQLiteDumpScreen:

@@ -26,7 +26,7 @@ from guest_backup.ops.erasure_mark import last_seq
 from guest_backup.ops.erasure_sql import CHUNK
 from guest_backup.ops.selection_plan import plan_selection
 from guest_backup.ops.selection_steps import Plan, Selection, SelectionChanged, Step
-from guest_backup.ops.selection_rows import (PARENT, TABLES, Tables, advance_sequence,
+from guest_backup.ops.selection_rows import (PARENT, TABLES, Tables,
                                              fingerprint)
 
 ACTION = "restore-select"  # the audit log's action
@@ -96,9 +96,8 @@ def _insert(src: Connection, dst: Connection, tables: Tables, steps: list[Step])
                 row["document_photo"] = None
             values.append(row)
         dst.execute(sa.insert(table), values)
-    own = [s.id for s in steps if s.new_id is None]
-    if own:
-        advance_sequence(dst, name, max(own))
+    # no sequence to move: an id is kept only if its sequence handed it out already
+    # (selection_plan: "id-ahead"), and sequences only grow
 
 
 def _overwrite(src: Connection, dst: Connection, tables: Tables, steps: list[Step]) -> None:

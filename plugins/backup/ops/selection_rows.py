@@ -152,15 +152,3 @@ def issued_up_to(conn: Connection, name: str) -> int | None:
         "SELECT COALESCE(pg_sequence_last_value(CAST(s.seq AS regclass)), 0) FROM "
         "(SELECT pg_get_serial_sequence(:t, 'id') AS seq) AS s WHERE s.seq IS NOT NULL"),
         {"t": name}).scalar()
-
-
-def advance_sequence(conn: Connection, name: str, highest: int) -> None:
-    """PostgreSQL: move the table's sequence past an id inserted explicitly (only
-    forward, never back under a sign-up that just drew a value)."""
-    if conn.dialect.name != "postgresql":
-        return
-    conn.execute(sa.text(
-        "SELECT setval(CAST(s.seq AS regclass), :m) FROM "
-        "(SELECT pg_get_serial_sequence(:t, 'id') AS seq) AS s WHERE s.seq IS NOT NULL "
-        "AND :m > COALESCE(pg_sequence_last_value(CAST(s.seq AS regclass)), 0)"),
-        {"t": name, "m": highest})
