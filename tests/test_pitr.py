@@ -521,3 +521,39 @@ def test_a_drill_whose_scratch_cluster_cannot_be_removed_still_reports_and_audit
     rows = cluster.sql("SELECT action, outcome, message FROM audit_log "
                        "WHERE action = 'pitr-drill' ORDER BY id", "guests")
     assert rows[-1][1] == "ok" and "could not be stopped and removed" in rows[-1][2]
+
+
+def test_a_recovery_whose_erasures_cannot_be_re_applied_leaves_no_copy(cluster, pitr_app):
+    """Before, a recovered cluster whose erasure ledger could not be re-applied (its
+    key missing, here) kept running with the error: a copy of the database in which
+    a guest the ledger says was erased was back, name and document number, on a
+    port the app could be switched to. Now it goes as a recovery that did not finish
+    does; with the key put back, the same folder takes the recovery."""
+    c = cluster
+    add_registrations(c, 3, "before")
+    pitr(pitr_app, "backup", "--type", "full")
+    time.sleep(1.2)
+    moment = c.now()  # before the erasure: the copy holds the guest whole
+    time.sleep(1.2)
+    erased = c.value("SELECT min(id) FROM guest", "guests")
+    out = pitr_app.test_cli_runner().invoke(args=["erase", "--guest", erased, "--yes"])
+    assert out.exit_code == 0, out.output
+    key = c.base / "instance" / "erasure_ledger_key"
+    kept = key.read_bytes()
+    key.unlink()
+
+    out = pitr(pitr_app, "restore", "--to", moment, "--into", str(c.base / "r1"), code=1)
+    assert "the erasure ledger key" in out and "is missing" in out, out
+    assert "was emptied" in out, out
+    assert not (c.base / "r1").exists()
+    sockets = sorted(p.name for p in c.sock.glob(".s.PGSQL.*") if not p.name.endswith(".lock"))
+    assert sockets == [f".s.PGSQL.{c.port}"]  # nothing but the live cluster listens
+    rows = c.sql("SELECT action, outcome FROM audit_log WHERE action = 'pitr-restore'", "guests")
+    assert rows == [["pitr-restore", "failed"]]
+
+    key.write_bytes(kept)
+    out, port = restore(pitr_app, c, moment, "r1")
+    assert "1 erasures re-applied" in out
+    assert c.value(f"SELECT first_name || document_number FROM guest WHERE id = {erased}",
+                   "guests", port) == "[erased][erased]"
+    c.stop_other(c.base / "r1")

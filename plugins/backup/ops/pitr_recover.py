@@ -45,15 +45,22 @@ def recover(ctx: BackupContext, p: Any, into: Path, port: int,
         raise PitrError("there is no backup to recover from" if first is None else
                         f"no backup ended before {target:%Y-%m-%d %H:%M:%S} UTC: the earliest "
                         f"moment you can recover to is {first}")
-    cluster = recovery.recover(p.backrest, p.cluster, into, port, label=chosen.label,
-                               target=pg_time(target) if target else None)
     url = retarget(ctx.settings.database_url, port)
-    result = Recovered(cluster, chosen, target, url)
-    try:
-        check_recovered(ctx, result)
-    except BackupError as exc:
-        raise PitrError(f"{exc} (the recovered cluster runs in {into} on port {port})") from None
-    return result
+    checked: list[Recovered] = []
+
+    def check(cluster: Any) -> None:
+        """Counted, revision read, ledger re-applied; else the copy goes (it may hold
+        a guest the ledger says was erased), as any recovery that did not finish."""
+        result = Recovered(cluster, chosen, target, url)
+        try:
+            check_recovered(ctx, result)
+        except BackupError as exc:
+            raise PitrError(str(exc)) from None
+        checked.append(result)
+
+    recovery.recover(p.backrest, p.cluster, into, port, label=chosen.label,
+                     target=pg_time(target) if target else None, check=check)
+    return checked[0]
 
 
 def check_recovered(ctx: BackupContext, result: Recovered) -> None:

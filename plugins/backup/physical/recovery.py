@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
+from typing import Callable
 
 from guest_backup.physical import PitrError
 from guest_backup.physical.cluster import Cluster, sql_literal
@@ -58,9 +59,12 @@ def free_port() -> int:
 
 
 def recover(backrest: PgBackRest, source: Cluster, into: Path, port: int, *, label: str,
-            target: str | None, timeout: float = 3600) -> Cluster:
+            target: str | None, timeout: float = 3600,
+            check: Callable[[Cluster], None] | None = None) -> Cluster:
     """Restore backup ``label`` into ``into``, recover to ``target`` (None: the end
-    of the archive), start it on ``port`` and wait until it is promoted."""
+    of the archive), start it on ``port``, wait until it is promoted and ``check``
+    it (the erasure ledger re-applied): a failure of any step, the check's
+    included, stops the cluster and empties the folder."""
     owner = source.owner
     made = not into.exists()
     owner.make_dir(into, 0o700)
@@ -71,6 +75,8 @@ def recover(backrest: PgBackRest, source: Cluster, into: Path, port: int, *, lab
         log = into / LOG_NAME
         new.start(log, timeout=int(min(timeout, 3600)))
         new.wait_promoted(log, timeout)
+        if check is not None:
+            check(new)
     except BaseException as exc:  # a copy of the database, erasures not re-applied: gone
         _discard(new, made)
         if isinstance(exc, PitrError):
