@@ -15,6 +15,7 @@ revisions inside its package and naming their folder through the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -32,6 +33,8 @@ HOST_VERSIONS = MIGRATIONS / "versions"
 #: the revision that describes what ``create_all`` made before migrations existed
 FIRST_REVISION = "0000_create_all"
 RECHECK_SECONDS = 10
+#: the instance folder's list of plugin revision folders that upgraded its database
+LOCATIONS_FILE = "schema-locations.json"
 
 
 class SchemaError(RuntimeError):
@@ -47,37 +50,57 @@ def plugin_locations(app: Flask) -> list[str]:
     return found
 
 
-def remembered_locations() -> list[str]:
-    """Folders of plugins that upgraded this database before (still on disk)."""
-    from sqlalchemy import inspect, text
+def remembered_locations(app: Flask) -> list[str]:
+    """Folders of plugins that upgraded this instance's database before (still on
+    disk), from the instance folder: never from the database, which a restore
+    brings from an archive (a row of it naming a folder of the archive's uploads
+    made Alembic import a file of the archive)."""
+    return [f for f in _listed(app) if Path(f).is_dir()]
 
+
+def _listed(app: Flask) -> list[str]:
+    path = Path(app.instance_path) / LOCATIONS_FILE
     try:
-        with db.engine.connect() as conn:
-            if "schema_location" not in inspect(conn).get_table_names():
-                return []
-            rows = conn.execute(text("SELECT folder FROM schema_location ORDER BY folder"))
-            return [r[0] for r in rows if Path(r[0]).is_dir()]
-    except Exception:  # no database yet: nothing remembered
+        folders = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return []
+    except (OSError, ValueError) as exc:
+        log.warning("%s cannot be read (%s): only the loaded plugins' migrations are known",
+                    path, type(exc).__name__)
+        return []
+    return [f for f in folders if isinstance(f, str)] if isinstance(folders, list) else []
 
 
 def version_locations(app: Flask) -> list[str]:
     """The host's revisions, every loaded plugin's, and those of plugins disabled
     since they upgraded this database (their tables and branches are kept)."""
     found = [str(HOST_VERSIONS)]
-    for folder in plugin_locations(app) + remembered_locations():
+    for folder in plugin_locations(app) + remembered_locations(app):
         if folder not in found:
             found.append(folder)
     return found
 
 
 def _remember(app: Flask, conn) -> None:
+    """The loaded plugins' folders, added to the instance folder's list (what
+    :func:`remembered_locations` reads) and to ``schema_location`` (kept for the
+    record: nothing reads it to find code)."""
     from sqlalchemy import text
 
+    loaded = plugin_locations(app)
     known = {r[0] for r in conn.execute(text("SELECT folder FROM schema_location"))}
-    for folder in plugin_locations(app):
+    for folder in loaded:
         if folder not in known:
             conn.execute(text("INSERT INTO schema_location (folder) VALUES (:f)"), {"f": folder})
+    path = Path(app.instance_path) / LOCATIONS_FILE
+    folders = _listed(app)
+    if all(folder in folders for folder in loaded):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(folders + [f for f in loaded if f not in folders], indent=1),
+                       encoding="utf-8")
+    os.replace(partial, path)
 
 
 def alembic_config(app: Flask, url: str | None = None):

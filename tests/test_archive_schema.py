@@ -6,6 +6,7 @@ refused before anything is touched, naming both; verify shows the revisions."""
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -114,12 +115,14 @@ def test_an_older_archive_restores_at_the_new_head(app, runner, app_config, newe
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_newer_archive_is_refused_by_older_code(app, runner, app_config, newer, tmp_path):
-    # the newer code on a database of its own (the older code never saw its revisions)
+    # the newer code on a database of its own; then the older code put back (the
+    # newer revisions gone from the disk, as an older release does not have them)
     code = later_app(tmp_path, dict(app_config, DATABASE_URL=f"sqlite:///{tmp_path / 'n.db'}"),
                      newer)
     setup = code.test_cli_runner().invoke(args=["setup"])
     assert setup.exit_code == 0, setup.output  # the database is now at 9000_test_note
     archive = make_backup(code.test_cli_runner())
+    shutil.rmtree(newer.folder)
     target_file = tmp_path / "old-target.db"
     target_file.write_bytes(b"")
     before = target_file.read_bytes()

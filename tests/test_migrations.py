@@ -157,7 +157,7 @@ def test_a_plugin_branch_is_added_and_kept_while_disabled(tmp_path, empty_db):
         assert "notes_0000_branch" in versions(with_notes)
         with db.engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO gr_note (id, text) VALUES (1, 'kept')"))
-    without = fresh_app(tmp_path, empty_db, name="instance-2")  # the plugin disabled
+    without = fresh_app(tmp_path, empty_db)  # the plugin disabled, on the same instance
     setup(without)
     with without.app_context():
         assert state(without)[0] == "current"

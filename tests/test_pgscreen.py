@@ -525,13 +525,15 @@ def archive(app, runner) -> Path:
     return make_backup(runner)
 
 
-def forge_signed(app, source: Path, dest: Path, change) -> Path:
-    """What an attacker holding a trusted signing key does: change ``database.sql``,
-    recompute the manifest, sign it again (and the archive's seal, if it has one).
-    ``dest`` keeps the archive's name, which the signature names."""
+def forge_signed(app, source: Path, dest: Path, change, extra: dict | None = None) -> Path:
+    """What an attacker holding a trusted signing key does: change ``database.sql``
+    (and add the members ``extra``), recompute the manifest, sign it again (and the
+    archive's seal, if it has one). ``dest`` keeps the archive's name, which the
+    signature names."""
     with zipfile.ZipFile(source) as src:
         members = {i.filename: src.read(i) for i in src.infolist()}
     members["database.sql"] = change(members["database.sql"])
+    members.update(extra or {})
     manifest = json.loads(members["manifest.json"])
     manifest["members"] = {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                            for name, data in members.items()
