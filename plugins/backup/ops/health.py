@@ -48,6 +48,10 @@ def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list,
         problems.append(Problem("unrecognised", {"storage": storage, "count": len(names),
                                                  "names": ", ".join(names[:5])
                                                  + (", …" if len(names) > 5 else "")}))
+    for storage, ahead in listing.future.items():
+        problems.append(Problem("future_archive", {
+            "storage": storage, "count": len(ahead), "name": ahead[0].name,
+            "created": format_time(ahead[0].created)}))
     return listing.by_storage, HEALTHY
 
 

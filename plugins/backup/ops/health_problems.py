@@ -39,6 +39,10 @@ MESSAGES = {
     "old_drill": N_("the last restore drill is %(age)s old (more than %(limit)s)"),
     "unrecognised": N_("%(storage)s: %(count)s unrecognised files (not counted as backups, "
                        "never deleted by retention): %(names)s"),
+    #: ``name``/``created``: the one dated furthest ahead
+    "future_archive": N_("%(storage)s: %(count)s archives signed with a creation time in the "
+                         "future (%(name)s: %(created)s): check this machine's clock; not "
+                         "counted as backups, never deleted by retention"),
     #: ``limit``: GUEST_RETENTION_YEARS
     "overdue_records": N_("%(count)s registrations past the legal retention of %(limit)s years "
                           "(run: manage.py retention-enforce)"),

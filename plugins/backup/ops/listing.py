@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from guest_backup.archive.format import ArchiveInfo
 from guest_backup.archive.seal import recognise, sealed_sha256
@@ -24,15 +25,29 @@ class Listing:
     by_storage: list[tuple[object, list | StorageError]] = field(default_factory=list)
     #: storage name -> names of files that look like archives but are not recognised
     unrecognised: dict[str, list[str]] = field(default_factory=dict)
+    #: storage name -> archives signed with a creation time in the future (not counted)
+    future: dict[str, list[ArchiveInfo]] = field(default_factory=dict)
+
+
+#: how far an archive's signed creation time may be ahead of this machine's clock
+FUTURE_SKEW = timedelta(minutes=5)
 
 
 def newest_first(archives: list[ArchiveInfo]) -> list[ArchiveInfo]:
     return sorted(archives, key=lambda a: (a.created, a.name), reverse=True)
 
 
-def recognised(ctx: BackupContext, storage: Storage) -> tuple[list[ArchiveInfo], list[str]]:
+def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] | None = None
+               ) -> tuple[list[ArchiveInfo], list[str]]:
     """``storage``'s recognised archives (newest first, dated by their signed
-    creation time) and the names of the files it holds that are not."""
+    creation time) and the names of the files it holds that are not.
+
+    An archive signed with a creation time more than :data:`FUTURE_SKEW` ahead of
+    this machine's clock (made while a clock ran ahead, or forged) is not counted:
+    it would be "the newest" until then, and freshness, the restore drill and
+    retention's "last N" were judged by it (a backup made on time was pruned as the
+    second newest). It goes to ``future`` when given, else with the names of the
+    files not recognised; never deleted by retention either way."""
     trusted, installation = ctx.settings.trusted(), ctx.settings.installation()
     kept = SealVerdicts(ctx.instance_path, storage.url, trusted, installation)
 
@@ -53,11 +68,18 @@ def recognised(ctx: BackupContext, storage: Storage) -> tuple[list[ArchiveInfo],
         return found, when, sha  # the sha was checked just now
 
     good, bad = [], []
+    limit = datetime.now(timezone.utc) + FUTURE_SKEW
     for found, when, sha in _each(storage, storage.list(), judge):
         if when is None:
             bad.append(found.name)
+            continue
+        archive = ArchiveInfo(found.name, found.size, when, list(found.locations), sha)
+        if when <= limit:
+            good.append(archive)
+        elif future is not None:
+            future.append(archive)
         else:
-            good.append(ArchiveInfo(found.name, found.size, when, list(found.locations), sha))
+            bad.append(found.name)
     kept.save()
     return newest_first(good), sorted(bad)
 
@@ -80,8 +102,9 @@ def list_everywhere(ctx: BackupContext) -> Listing:
     listing = Listing([], [], [])
     for storage in ctx.storages():
         listing.urls.append(storage.url)
+        ahead: list[ArchiveInfo] = []
         try:
-            found, unknown = recognised(ctx, storage)
+            found, unknown = recognised(ctx, storage, ahead)
         except StorageError as exc:
             listing.problems.append(str(exc))
             listing.by_storage.append((storage, exc))
@@ -89,6 +112,8 @@ def list_everywhere(ctx: BackupContext) -> Listing:
         listing.by_storage.append((storage, found))
         if unknown:
             listing.unrecognised[storage.name] = unknown
+        if ahead:
+            listing.future[storage.name] = newest_first(ahead)
         for a in found:
             entry = merged.setdefault(a.name, ArchiveInfo(a.name, a.size, a.created,
                                                           sha256=a.sha256))

@@ -97,12 +97,17 @@ _BUCKETS: dict[str, Callable[[datetime], tuple]] = {
 
 
 def plan(archives: Iterable[tuple[str, datetime]], policy: Policy,
-         unrecognised: Iterable[str] = ()) -> list[Decision]:
+         unrecognised: Iterable[str] = (),
+         future: Iterable[tuple[str, datetime]] = ()) -> list[Decision]:
     """One decision per recognised archive (name and signed creation time), newest
-    first, then the unrecognised files, which are always kept."""
+    first, then those signed with a creation time in the future and the
+    unrecognised files, which are always kept and never counted."""
     decisions = [Decision(name, when) for name, when in archives]
-    undated = [Decision(name, datetime.min, ["unrecognised: never deleted by retention"])
-               for name in unrecognised]
+    undated = [Decision(name, when, ["signed with a creation time in the future (check the "
+                                     "clock): never deleted by retention"])
+               for name, when in future]
+    undated += [Decision(name, datetime.min, ["unrecognised: never deleted by retention"])
+                for name in unrecognised]
     decisions.sort(key=lambda d: (d.when, d.name), reverse=True)
     if policy.keeps_everything:
         for d in decisions:
@@ -151,8 +156,10 @@ def prune_storage(ctx, storage, policy: Policy, *, protect: str | None = None,
     decision, newest first."""
     from guest_backup.ops.listing import recognised
 
-    good, bad = recognised(ctx, storage)
-    decisions = plan([(a.name, a.created) for a in good], policy, bad)
+    ahead: list = []
+    good, bad = recognised(ctx, storage, ahead)
+    decisions = plan([(a.name, a.created) for a in good], policy, bad,
+                     [(a.name, a.created) for a in ahead])
     held = getattr(storage, "held", None)
     for d in decisions:
         if d.name == protect and not d.keep:

@@ -115,8 +115,9 @@ def archives_since(ctx: BackupContext, since: datetime | None) -> tuple[list[dic
     except StorageError as exc:
         storages, problems = [ctx.local()], [str(exc)]
     for storage in storages:
+        ahead: list = []  # dated in the future: they may hold the person all the same
         try:
-            archives = recognised(ctx, storage)[0]
+            archives = recognised(ctx, storage, ahead)[0] + ahead
         except StorageError as exc:
             problems.append(str(exc))
             continue
