@@ -16,6 +16,9 @@ from flask import Flask, current_app, jsonify, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_security import current_user
+from flask_security.utils import get_identity_attribute
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.datastructures import MultiDict
 
 from . import limit_store  # noqa: F401  (registers the gr-sqlite:// store)
 from .metrics import count_login_failure
@@ -24,28 +27,61 @@ from .metrics import count_login_failure
 STORE_DOWN_RETRY = 30
 
 
-def _normalised(email: str) -> str:
-    """The address as Flask-Security looks it up (its own normalisation: a Unicode
-    variant such as a fullwidth letter in the domain is the same account)."""
-    text = email.strip()[:255]
+def _login_email() -> object:
+    """The ``email`` field as Flask-Security's login form reads it: the first value
+    in the form, or in the JSON object (a JSON list gives its first item too)."""
+    if request.is_json:
+        data = request.get_json(silent=True)  # malformed: the view's own 400
+        try:
+            fields = MultiDict(data)
+        except (TypeError, ValueError):
+            return None
+    else:
+        fields = request.form
+    values = fields.getlist("email")
+    return values[0] if values else None
+
+
+def _login_user(value: object):
+    """The user the login form finds for ``value``, by the same one query:
+    Flask-Security's e-mail normalisation, then ``lower(email) = lower(value)``
+    when the identity attribute is case-insensitive (PostgreSQL's lower() maps more
+    than Python's casefold() does, e.g. U+0130 'İ' to 'i')."""
+    details = get_identity_attribute("email")
+    if not details or not isinstance(value, str) or not value:
+        return None
+    security = current_app.extensions["security"]
     try:
-        text = current_app.extensions["security"]._mail_util.normalize(text)
-    except Exception:  # not an address at all: still one key per spelling
+        email = security.mail_util.normalize(value)
+    except ValueError:  # not an address: the form finds no one
+        return None
+    return security.datastore.find_user(
+        case_insensitive=details.get("case_insensitive", False), email=email)
+
+
+def _address_key(value: object) -> str:
+    """An address that names no account: normalised (Flask-Security's e-mail
+    normalisation, NFKC, case-folded, 'İ' as SQL lower() has it) so its spellings
+    share one key."""
+    text = str(value if value is not None else "").strip()[:255]
+    try:
+        text = current_app.extensions["security"].mail_util.normalize(text)
+    except ValueError:  # not an address at all: still one key per spelling
         pass
-    return unicodedata.normalize("NFKC", text).casefold()
+    text = unicodedata.normalize("NFKC", text.replace("\u0130", "I")).casefold()
+    return unicodedata.normalize("NFKC", text)
 
 
 def _account() -> str:
-    """The key of the per-account limit: the user's id when the address names an
-    account, else the normalised address."""
-    data = request.get_json(silent=True) if request.is_json else None
-    email = (data or {}).get("email") if isinstance(data, dict) else request.form.get("email")
-    normal = _normalised(str(email or ""))
+    """The key of the per-account limit: the id of the user the login form would
+    log in (every spelling that logs in as a user is counted as that user), else
+    the normalised address."""
+    value = _login_email()
     try:
-        user = current_app.extensions["security"].datastore.find_user(email=normal)
-    except Exception:  # the database is busy: the address is the key
+        user = _login_user(value)
+    except SQLAlchemyError:  # the database is busy: the address is the key
         user = None
-    return f"user:{user.id}" if user is not None else f"account:{normal}"
+    return f"user:{user.id}" if user is not None else f"account:{_address_key(value)}"
 
 
 def _verifying_user() -> str:
