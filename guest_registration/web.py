@@ -3,6 +3,8 @@ error pages that never show a stack trace, and the site's icon."""
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask, abort, current_app, jsonify, render_template, request, url_for
 from flask_admin import helpers as admin_helpers
 from flask_babel import gettext as _
@@ -17,6 +19,8 @@ from .i18n import N_
 
 API_PREFIX = "/api/"
 MAX_LIST_PAGE = 1_000_000
+#: a list page number: ASCII digits only (``str.isdigit`` also takes "²", "①", "٣")
+LIST_PAGE = re.compile(r"[0-9]{1,9}")
 #: Flask-Security's query-string name for tokens, refused here
 TOKEN_QUERY_KEY = "auth_token"
 #: WSGI environ key: the client stalled mid-body; its connection is not kept alive
@@ -69,7 +73,8 @@ def _refuse_odd_input():
     if request.path.startswith("/admin/"):
         for key in ("page", "page_size"):
             value = request.args.get(key)
-            if value is not None and not (value.isdigit() and int(value) <= MAX_LIST_PAGE):
+            if value is not None and not (LIST_PAGE.fullmatch(value)
+                                          and int(value) <= MAX_LIST_PAGE):
                 abort(400)
 
 

@@ -81,6 +81,16 @@ class BrowseView(SecureBaseView):
                 abort(redirect(url_for(".index")))
         return session
 
+    def _open_session(self, sid: str):
+        """The session (as :meth:`_session`) once it is open; else the session page,
+        which shows how the opening goes. Its scratch copy is not touched before:
+        while opening, the erasure ledger is not re-applied yet; once failed, there is
+        none (its engine would make an empty SQLite file again)."""
+        session = self._session(sid)
+        if session.state != "open":
+            abort(redirect(url_for(".session", sid=sid)))
+        return session
+
     def _render(self, template: str, **values):
         return self.render(f"admin/backup/{template}", when=when, timestamp=page_timestamp,
                            kind_text=KIND_TEXT, reason_text=REASON_TEXT, photo_text=PHOTO_TEXT,
@@ -148,7 +158,7 @@ class BrowseView(SecureBaseView):
 
     @expose("/s/<sid>/trip/<int:trip_id>")
     def trip(self, sid: str, trip_id: int):
-        session = self._session(sid)
+        session = self._open_session(sid)
         row = trip(session.engine, trip_id) if trip_id <= MAX_ID else None
         if row is None:
             abort(404)
@@ -157,7 +167,7 @@ class BrowseView(SecureBaseView):
 
     @expose("/s/<sid>/registration/<int:registration_id>")
     def registration(self, sid: str, registration_id: int):
-        session = self._session(sid)
+        session = self._open_session(sid)
         row = registration(session.engine, registration_id) if registration_id <= MAX_ID else None
         if row is None:
             abort(404)
@@ -170,7 +180,7 @@ class BrowseView(SecureBaseView):
         csrf.protect()
         from guest_backup.ops.selection_apply import restore_selection
 
-        session = self._session(sid)
+        session = self._open_session(sid)
         selection, error = parse_selection(request.form)
         if error is not None:
             flash(error, "error")
@@ -191,7 +201,7 @@ class BrowseView(SecureBaseView):
     @expose("/s/<sid>/restore", methods=["POST"])
     def restore(self, sid: str):
         csrf.protect()
-        session = self._session(sid)
+        session = self._open_session(sid)
         actor = current_user.email
         db.session.close()  # the restore writes on its own connection
         try:

@@ -55,7 +55,7 @@ def _int(text: str | None) -> int | None:
     text = (text or "").strip()
     if not text:
         return None
-    if not text.isdigit() or len(text) > 10 or int(text) > MAX_ID:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) > MAX_ID:
         raise ValueError(text)
     return int(text)
 

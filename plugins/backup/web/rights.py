@@ -4,6 +4,8 @@ Thin over :mod:`guest_backup.ops.erasure`."""
 
 from __future__ import annotations
 
+import re
+
 from flask import flash, redirect, request, url_for
 from flask_admin import expose
 from flask_babel import gettext as _
@@ -20,6 +22,8 @@ from guest_backup.ops.rights import overdue_registrations
 from guest_backup.wiring import backup_context
 
 KINDS = ("guest", "registration", "email")
+#: an id: ASCII digits only (``str.isdigit`` also takes "²", which ``int`` refuses, and "٣")
+ID = re.compile(r"[0-9]{1,11}")
 
 
 def _target(kind: str, value: str) -> Target | None:
@@ -27,7 +31,7 @@ def _target(kind: str, value: str) -> Target | None:
     value = (value or "").strip()
     if kind == "email" and "@" in value:
         return Target.of_email(value)
-    if kind in ("guest", "registration") and value.isdigit() and len(value) < 12:
+    if kind in ("guest", "registration") and ID.fullmatch(value):
         return Target.guest(int(value)) if kind == "guest" else Target.registration(int(value))
     return None
 
