@@ -82,7 +82,7 @@ def test_the_rights_page_takes_a_number_with_spaces_around_and_an_empty_search(
     assert "Nothing to erase" in erased.get_data(as_text=True)  # no such record: looked up
 
 
-def test_the_browse_forms_take_ascii_digits_only():
+def test_the_browse_forms_take_ascii_digits_only(backend):
     """``browse_forms._int`` read '٣' (an Arabic-Indic digit) as 3."""
     from guest_backup.web.browse_forms import _int
 
