@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from flask import Flask, current_app, g, request
@@ -139,6 +140,8 @@ def upgrade(app: Flask):
     with nothing changed, for a database ahead of the code or one it cannot
     recognise."""
     from alembic import command
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
 
     kind, detail = state(app)
     if kind == "ahead":
@@ -150,18 +153,36 @@ def upgrade(app: Flask):
         if differences:
             raise SchemaError("the database has tables this application's earlier setup did "
                               f"not make ({'; '.join(differences[:5])}): nothing was changed")
-        with db.engine.begin() as conn:
+        with _transaction() as conn:
             config.attributes["connection"] = conn
             command.stamp(config, FIRST_REVISION)
         yield f"database made before migrations recognised: stamped at {FIRST_REVISION}"
-    with db.engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "heads")
-        _remember(app, conn)
+    try:
+        with _transaction() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "heads")
+            _remember(app, conn)
+    except (SQLAlchemyError, CommandError) as exc:
+        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise SchemaError(f"the schema upgrade failed ({type(exc).__name__}: "
+                          f"{text[0][:200] if text else ''}); nothing was changed") from None
     current_app_state = app.extensions.get("schema_state")
     if current_app_state is not None:
         current_app_state.update(ok=False, at=0.0)
     yield f"database schema at {', '.join(sorted(heads(app)))}"
+
+
+@contextmanager
+def _transaction():
+    """The app's database in one transaction, schema changes included: pysqlite
+    begins one only before INSERT/UPDATE/DELETE, so on SQLite each CREATE, ALTER
+    and DROP of a migration committed on its own (one failing halfway left its
+    first steps and Alembic's ``_alembic_tmp_*`` table behind, and ``setup``
+    could not run again)."""
+    with db.engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN")
+        yield conn
 
 
 def legacy_differences() -> list[str]:
