@@ -4,6 +4,7 @@ count with the manifest. A backup nobody has restored is a hope, not a backup.""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -14,13 +15,17 @@ from sqlalchemy.engine import Engine
 
 from guest_backup.ops.context import BackupContext
 from guest_backup.archive.signing import TrustedKeys
-from guest_backup.errors import BackupError
+from guest_backup.errors import BackupBusy, BackupError
+from guest_backup.ops.audit import quietly
+from guest_backup.ops.create import safe_message
 from guest_backup.ops.erasure_mark import TABLE as MARK_TABLE
 from guest_backup.ops.fetch import archive_file
 from guest_backup.ops.finishing import erasures_for
 from guest_backup.ops.listing import recognised
 from guest_backup.ops.notify import observed
 from guest_backup.ops.restore import restore_archive
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,20 +45,35 @@ class DrillResult:
 @observed("drill")  # metrics and notifications when it ends; never raises
 def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_keys=(),
                   actor: str | None, via: str) -> DrillResult:
-    """Run one drill under the backup lock; audited as ``restore-test``."""
-    result: DrillResult | None = None
+    """Run one drill under the backup lock; audited as ``restore-test``. A drill
+    the lock refused (BackupBusy: a backup runs) is skipped, not failed: no
+    entry, as for a backup or a pruning. Anything else that breaks it is audited
+    as failed and raised as a BackupError (the traceback goes to the log)."""
     try:
         with ctx.lock():
             result = _drill(ctx, engine, identity, trusted_keys)
-    except BackupError as exc:
-        ctx.audit.record(engine, "restore-test", "failed", actor=actor, via=via,
-                     target=result.archive if result else None, message=str(exc))
+    except BackupBusy:
         raise
+    except Exception as exc:
+        raise _failed(ctx, engine, actor, via, exc) from None
     ctx.audit.record(engine, "restore-test", "ok" if result.ok else "failed", actor=actor, via=via,
                  target=result.archive, rows=result.rows,
                  message=(f"{result.tables} tables, {result.rows} rows match the manifest, "
                           f"{result.erasures} erasures re-applied ({result.storage})" if result.ok else "; ".join(result.mismatches)))
     return result
+
+
+def _failed(ctx: BackupContext, engine: Engine, actor: str | None, via: str,
+            exc: Exception) -> BackupError:
+    """A drill that broke, audited (before, only a BackupError was: an S3 read
+    timing out left the last passed drill standing); the error to raise, with a
+    message safe for users (only the type name of anything but a BackupError)."""
+    message = safe_message(exc, "restore")
+    if not isinstance(exc, BackupError):
+        log.warning("the restore drill failed (%s)", type(exc).__name__, exc_info=exc)
+    quietly("the failed restore drill", ctx.audit.record, engine, "restore-test", "failed",
+            actor=actor, via=via, message=message)
+    return exc if isinstance(exc, BackupError) else BackupError(message)
 
 
 def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillResult:

@@ -9,20 +9,26 @@
   the worker *adopts* it.
 
 Both raise :class:`BackupBusy` at once when the lock is taken, and ``release()``
-may be called from another thread than ``acquire()``.
+may be called from another thread than ``acquire()``. A Redis that cannot be
+reached is a :class:`BackupError` naming it (password masked), so the run is
+audited and reported like any failed one; a release it prevents is a warning
+(the lock lapses by itself), never the end of a run that went well.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from guest_backup.engines import try_flock
 from guest_backup.errors import BackupBusy, BackupError
 
+log = logging.getLogger(__name__)
 LOCK_NAME = ".backup.lock"
 BUSY = "another backup is running; wait for it to finish"
 
@@ -48,8 +54,9 @@ def keep_renewing(every: float, renew: Callable[[], object], name: str) -> threa
         while not stop.wait(every):
             try:
                 renew()
-            except Exception:
-                pass
+            except Exception as exc:
+                log.warning("%s failed (%s); tried again in %g s", name, type(exc).__name__,
+                            every)
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return stop
@@ -111,6 +118,23 @@ class BackupLock:
         return False
 
 
+def _params(client) -> dict:
+    return getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
+
+
+def redis_shown(client) -> str:
+    """Which Redis ``client`` talks to, as a URL with any password masked."""
+    kw = _params(client)
+    user = kw.get("username") or ""
+    auth = f"{user}:***@" if kw.get("password") else (f"{user}@" if user else "")
+    if kw.get("path"):
+        return f"unix://{auth}{kw['path']}?db={kw.get('db', 0)}"
+    kind = getattr(getattr(client, "connection_pool", None), "connection_class", None)
+    scheme = "rediss" if "SSL" in getattr(kind, "__name__", "") else "redis"
+    where = f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+    return f"{scheme}://{auth}{where}"
+
+
 class RedisBackupLock:
     TTL = 30  # seconds without renewal before a dead holder's lock is free
 
@@ -118,18 +142,39 @@ class RedisBackupLock:
         self.client, self.key = client, key
         self.token: str | None = None
         self._stop: threading.Event | None = None
+        self._ttl: float = self.TTL
 
     @property
     def held(self) -> bool:
         return self.token is not None
 
+    @contextlib.contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """A Redis error (down, timing out, refusing the login) as a BackupError
+        naming the Redis, password masked, and the driver's one line of why."""
+        from redis.exceptions import ConnectionError, RedisError, TimeoutError
+
+        try:
+            yield
+        except RedisError as exc:
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            password = _params(self.client).get("password")
+            if password:
+                why = why.replace(str(password), "***")
+            state = ("cannot be reached" if isinstance(exc, (ConnectionError, TimeoutError))
+                     else f"failed ({type(exc).__name__})")
+            raise BackupError(f"the backup lock in Redis ({redis_shown(self.client)}) "
+                              f"{state}: {why}") from None
+
     def acquire(self, ttl: float | None = None, renew: bool = True) -> "RedisBackupLock":
         """Take the lock; held ``ttl`` seconds unless renewed (``renew``: by a
         thread of this process until :meth:`release`)."""
         token = uuid.uuid4().hex
-        if not self.client.set(self.key, token, nx=True, px=int((ttl or self.TTL) * 1000)):
+        with self._reaching():
+            taken = self.client.set(self.key, token, nx=True, px=int((ttl or self.TTL) * 1000))
+        if not taken:
             raise BackupBusy(BUSY)
-        self.token = token
+        self.token, self._ttl = token, ttl or self.TTL
         if renew:
             self._renew()
         return self
@@ -137,11 +182,12 @@ class RedisBackupLock:
     def adopt(self, token: str) -> "RedisBackupLock":
         """Hold the lock ``token`` was given for (a queued job's), or take it if it
         lapsed meanwhile; BackupBusy if someone else holds it now."""
-        if self.client.get(self.key) == token.encode():
-            self.token = token
-            self.client.pexpire(self.key, self.TTL * 1000)
-            self._renew()
-            return self
+        with self._reaching():
+            if self.client.get(self.key) == token.encode():
+                self.client.pexpire(self.key, self.TTL * 1000)
+                self.token, self._ttl = token, self.TTL
+                self._renew()
+                return self
         return self.acquire()
 
     def _renew(self) -> None:
@@ -152,11 +198,19 @@ class RedisBackupLock:
                                    "backup-lock-renewal")
 
     def release(self) -> None:
+        """Free the lock; when Redis cannot be reached, a warning: the lock lapses
+        by itself (its renewal stops here), and the run keeps its own outcome."""
         token, self.token = self.token, None
         if self._stop is not None:
             self._stop.set()
-        if token is not None:
-            self.client.register_script(_RELEASE)(keys=[self.key], args=[token])
+        if token is None:
+            return
+        try:
+            with self._reaching():
+                self.client.register_script(_RELEASE)(keys=[self.key], args=[token])
+        except BackupError as exc:
+            log.warning("%s; the lock was not released and lapses by itself within %g s",
+                        exc, self._ttl)
 
     def __enter__(self) -> "RedisBackupLock":
         return self.acquire()
@@ -165,4 +219,7 @@ class RedisBackupLock:
         self.release()
 
     def taken_elsewhere(self) -> bool:
-        return self.held or bool(self.client.exists(self.key))
+        if self.held:
+            return True
+        with self._reaching():
+            return bool(self.client.exists(self.key))
