@@ -230,3 +230,22 @@ def test_notify_test_without_urls(app, backend):
 def test_messages_carry_no_address():
     text = notify.message("Backup failed", "role admin@example.com cannot log in")
     assert "admin@example.com" not in text and "<address>" in text
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_failure_is_told_even_when_the_state_in_redis_cannot_be_reached(
+        notified_config, backend, request, receiver):
+    """Before, with REDIS_URL set and Redis down, the backup failed (its lock is in
+    Redis) and its notification failed too ("the backup's notification failed
+    (ConnectionError)"): nobody was told. A bad state is now sent without the
+    check whether it was told already; a good one is not sent."""
+    notified_config["REDIS_URL"] = f"redis://:pw-never-told@127.0.0.1:{free_port()}/12"
+    app = request.getfixturevalue("app")
+    assert _backup(app) == 1
+    assert receiver.titles == ["Backup failed"]
+    text = receiver.messages[0]["message"]
+    assert "notification state cannot be reached" in text
+    assert "the backup lock in Redis" in text and "pw-never-told" not in text
+    ctx = backup_context(app)
+    assert notify.change(ctx, "backup", "ok", "fine") is None
+    assert receiver.titles == ["Backup failed"]

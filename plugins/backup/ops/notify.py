@@ -102,21 +102,49 @@ def message(title: str, detail: str) -> str:
 def change(ctx: BackupContext, kind: str, state: str, detail: str = "") -> str | None:
     """Record that ``kind`` (``backup``, ``drill``, ``health``, ``storage:<name>``,
     ``prune:<name>``) is now in ``state``; send a message if that is a change
-    worth one. Returns the title of the message sent (or tried), or None."""
-    store = state_store(ctx)
-    with store.locked():
-        old = store.get(kind)
-        if old == state:
-            return None
+    worth one. Returns the title of the message sent (or tried), or None.
+
+    A state store that cannot be used (Redis down: the very failure being told,
+    often) does not silence a bad state: it is sent without the check whether it
+    was told already, saying so; a good one is not sent then."""
+    store, sent = state_store(ctx), []
+    try:
+        with store.locked():
+            return _change(ctx, store, kind, state, detail, sent)
+    except Exception as exc:
+        if not _store_error(exc):
+            raise
+        log.warning("the notification state cannot be used (%s)", type(exc).__name__)
         title = TITLES.get((kind.split(":")[0], state))
-        if title is None or (state not in BAD and old not in BAD):
-            store.set(kind, state)
-            return None
+        if sent or title is None or state not in BAD:
+            return sent[0] if sent else None
         where = f" ({kind.split(':', 1)[1]})" if ":" in kind else ""
-        results = send(notify_urls(ctx), title + where, message(title + where, detail))
-        if not results or any(ok for _, ok in results):
-            store.set(kind, state)
+        send(notify_urls(ctx), title + where, message(
+            title + where, f"(The notification state cannot be reached: this may repeat an "
+                           f"earlier message.) {detail}"))
         return title
+
+
+def _store_error(exc: BaseException) -> bool:
+    """An error of the state store: Redis's own, or the state file's."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] == "redis"
+
+
+def _change(ctx: BackupContext, store, kind: str, state: str, detail: str,
+            sent: list) -> str | None:
+    old = store.get(kind)
+    if old == state:
+        return None
+    title = TITLES.get((kind.split(":")[0], state))
+    if title is None or (state not in BAD and old not in BAD):
+        store.set(kind, state)
+        return None
+    where = f" ({kind.split(':', 1)[1]})" if ":" in kind else ""
+    results = send(notify_urls(ctx), title + where, message(title + where, detail))
+    sent.append(title)
+    if not results or any(ok for _, ok in results):
+        store.set(kind, state)
+    return title
 
 
 def after_backup(ctx: BackupContext, outcome: Any, output=None) -> None:
