@@ -130,3 +130,20 @@ def test_a_drill_broken_by_a_backup_error_keeps_its_message(app, runner, receive
     (entry,) = entries(app, "restore-test")
     assert entry.outcome == "failed" and entry.message == line.split(": ", 2)[2]
     assert receiver.titles == ["Restore drill failed"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_queued_drill_that_finds_the_lock_taken_is_skipped_not_failed(app, runner):
+    """The worker's job said "restore drill ended: failed (another backup is
+    running…)" and ended as a failed RQ job, where ``restore-test`` exits 75."""
+    from guest_backup.tasks import run_queued_drill
+    from guest_backup.wiring import backup_context
+    from guest_registration.audit import recent
+    from guest_registration.extensions import db
+
+    assert runner.invoke(args=["backup"]).exit_code == 0
+    with app.app_context():
+        with backup_context(app).lock():
+            outcome = run_queued_drill("admin@example.com", None, [])
+        assert outcome["ok"] is None and "another backup is running" in outcome["skipped"]
+        assert not recent(db.engine, 5, action="restore-test")
