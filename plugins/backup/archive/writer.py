@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import time
 import zipfile
 from datetime import datetime
@@ -48,16 +49,23 @@ class Sink(Protocol):
         """Throw away everything written; never raises."""
 
 
+#: a new file, never one that is there: not through a link, not a planted file's inode
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+
+
 class FileSink:
     """The archive as a file in ``folder``: written under a hidden ``.partial`` name
-    (0600), its sidecar beside it, both renamed into place by :meth:`finish`."""
+    (0600) with a random part, its sidecar beside it, both created new (``O_EXCL``,
+    ``O_NOFOLLOW``) and renamed into place by :meth:`finish`. A predictable name
+    opened with ``O_TRUNC`` wrote through a link planted in a shared ``file://``
+    folder (over the service's own files) or into a planted file (its owner's)."""
 
     def __init__(self, folder: Path, name: str) -> None:
         self.folder, self.name = Path(folder), name
-        self.partial = self.folder / f".{name}{PARTIAL_SUFFIX}"
-        self.partial_sidecar = self.folder / f".{name}{PARTIAL_SUFFIX}.sig"
+        self.partial = self.folder / f".{name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
+        self.partial_sidecar = self.partial.with_name(self.partial.name + ".sig")
         try:
-            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(self.partial, NEW_FILE, 0o600)
         except OSError:
             raise BackupError(f"the backup folder {self.folder} is not writable") from None
         self._fh = os.fdopen(fd, "wb")
@@ -76,7 +84,7 @@ class FileSink:
         self._fh = None
         final = self.folder / self.name
         if sidecar is not None:
-            fd = os.open(self.partial_sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(self.partial_sidecar, NEW_FILE, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(sidecar)
                 fh.flush()
