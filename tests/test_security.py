@@ -109,6 +109,7 @@ ADMIN_STATUS = [
     (r"GET /admin/backup/preview", 400),  # no year or month
     (r"POST /admin/backup/(start|delete/1|verify/1)", 400),  # no CSRF token
     (r"GET /admin/rights/", 200),
+    (r"POST /admin/rights/", 400),  # the search posts: no CSRF token
     (r"GET /admin/pitr/(job)?", 200),
     (r"POST /admin/pitr/backup", 400),  # no CSRF token
     (r"GET /admin/backup/browse/", 200),

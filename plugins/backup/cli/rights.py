@@ -200,7 +200,8 @@ def retention_enforce_command(dry_run: bool) -> None:
 @click.option("--document", metavar="NUMBER", help="The person's document number (spaces and "
               "case do not matter).")
 @click.option("--output", required=True, type=click.Path(file_okay=False),
-              help="Write the JSON and CSV files into this folder (created, 0700).")
+              help="Write the JSON and CSV files into this folder (created 0700; an "
+                   "existing one must be 0700 and yours).")
 @with_appcontext
 def subject_access_command(email: str | None, document: str | None, output: str) -> None:
     """Everything held about one person (GDPR Art. 15): one JSON and one CSV file
@@ -219,6 +220,10 @@ def subject_access_command(email: str | None, document: str | None, output: str)
         click.echo(f"WARNING {problem}", err=True)
     click.echo(f"{report.registrations} registration(s), {report.guests} guest(s); "
                f"{len(report.archives)} archive(s) may hold them")
+    for e in report.erasures:  # archives are never edited: those made before still hold them
+        public = e.public()
+        click.echo(f"erased at {public['erased_at']} (erasure ledger line {e.seq}): the archives "
+                   f"made before it still hold them until retention removes them")
     for a in report.archives:
         click.echo(f"  {a['name']} ({a['storage']}, {a['created_at']})")
     click.echo(str(report.json_path))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_security import current_user
+from flask_security.utils import get_request_attr
 
 from guest_registration.admin import is_admin
 from guest_registration.availability import database_unavailable, unavailable_response
@@ -31,12 +32,50 @@ def json_error(status: int, message: str) -> Response:
     return response
 
 
+def _token_in_body() -> bool:
+    key = current_app.config.get("SECURITY_TOKEN_AUTHENTICATION_KEY", "auth_token")
+    body = request.get_json(silent=True) if request.is_json else None
+    return isinstance(body, dict) and key in body
+
+
+def header_token_user():
+    """The user of the request's ``Authentication-Token`` header (``Authorization:
+    Bearer`` is copied there), looked up from that token alone, whatever session
+    cookie comes with it; None without the header, for a wrong token, and when the
+    JSON body carries a token too (Flask-Security takes the body's, even over the
+    header's: never a credential of these APIs)."""
+    header = current_app.config.get("SECURITY_TOKEN_AUTHENTICATION_HEADER",
+                                    "Authentication-Token")
+    if not request.headers.get(header) or _token_in_body():
+        return None
+    manager = current_app.login_manager
+    user = manager.request_callback(request)  # Flask-Security's token check
+    if user is not None:
+        manager._update_request_context_with_user(user)  # noqa: SLF001
+    return user
+
+
+def _loaded_via() -> str | None:
+    """How the request's user is known: ``api`` by its token header
+    (:func:`header_token_user`), ``admin`` by a session login (the page's export
+    link); None otherwise (a token in the query string is refused by the host)."""
+    header = current_app.config.get("SECURITY_TOKEN_AUTHENTICATION_HEADER",
+                                    "Authentication-Token")
+    if request.headers.get(header):
+        return "api" if header_token_user() is not None else None
+    if current_user.is_authenticated and get_request_attr("fs_authn_via") == "session":
+        return "admin"
+    return None
+
+
 def admin_api(view):
-    """Session or ``Authentication-Token`` of an active admin, else 401/403 JSON."""
+    """``Authentication-Token`` header or session login of an active admin (never a
+    token in the body), else 401/403 JSON; ``g.export_via`` says which."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        if not current_user.is_authenticated:
+        g.export_via = _loaded_via()
+        if g.export_via is None or not current_user.is_authenticated:
             if database_unavailable():  # a busy database is no wrong token
                 return unavailable_response()
             return json_error(401, "authentication required: log in as an admin or send an "
@@ -56,14 +95,6 @@ def export_response(stream) -> Response:
     response.headers["X-Export-Rows"] = str(stream.rows)
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-def _via() -> str:
-    """``api`` for a request authenticated by its token header, ``admin`` for the
-    logged-in page (its export link), so the audit log tells them apart."""
-    header = current_app.config.get("SECURITY_TOKEN_AUTHENTICATION_HEADER",
-                                    "Authentication-Token")
-    return "api" if request.headers.get(header) else "admin"
 
 
 @bp.get("/guests")
@@ -86,7 +117,7 @@ def guests():
     db.session.close()
     stream = open_export(
         db.engine, req, db_engine=ctx.engine_for(db.engine.dialect.name, required=False),
-        actor=actor, via=_via(), on_close=slot.release,
+        actor=actor, via=g.export_via, on_close=slot.release,
         fetch_rows=current_app.config["EXPORT_FETCH_ROWS"],
         on_error=lambda exc: current_app.logger.error("export %s failed: %s", req.filename,
                                                       type(exc).__name__),

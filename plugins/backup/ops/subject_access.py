@@ -6,7 +6,10 @@ every guest of those registrations comes too, the person registered them), or by
 a guest's document number (without whitespace, any case: then those guests with
 their registrations, not the other guests of those registrations). An archive
 may hold them when its signed creation time is not before the first of their
-records. The audit entry counts records; it names no one.
+records, or before an erasure of theirs: the erasure ledger's lines whose keyed
+hash of the e-mail or document number is the request's (and not before the
+erased records' creation, when known); archives are never edited. The audit
+entry counts records; it names no one. The folder is 0700 (an existing one too).
 """
 
 from __future__ import annotations
@@ -15,19 +18,23 @@ import csv
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from guest_backup.archive.manifest import format_time, now_text
+from guest_backup.archive.manifest import format_time, now_text, parse_time
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
-from guest_backup.ops.erasure_sql import (REGISTRATION, TRIP, G, R, T, chunks,
-                                          guests_with_document, registrations_with_email)
+from guest_backup.ops.erasure_sql import (REGISTRATION, TRIP, G, R, T, chunks, guest_rows,
+                                          guests_with_document, registration_rows,
+                                          registrations_with_email)
+from guest_backup.ops.ledger import ErasureLedger
+from guest_backup.ops.ledger_format import RECORD_FIELDS, created_text, keyed_hash
 from guest_backup.ops.listing import recognised
 from guest_backup.storages import StorageError
 
@@ -36,6 +43,30 @@ GUEST_FIELDS = ("id", "first_name", "last_name", "age_category", "document_type"
 CSV_FIELDS = ("registration_id", "trip_id", "trip_title", "trip_start_date", "trip_end_date",
               "email", "language", "status", "registration_created_at",
               *(f"guest_{name}" for name in GUEST_FIELDS))
+#: an archive begun this soon after an erasure's ledger line (whole seconds, written
+#: just before the erasure commits) may still have read the erased rows
+SETTLE = timedelta(minutes=1)
+ARCHIVES_NOTE = ("archives made after the person's first record may hold it, and so do those "
+                 "made before an erasure of the person (erasures: when) until retention "
+                 "removes them; archives are deleted by retention, never edited")
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """A ledger line naming the person: its number, its time and the first creation
+    time of its records still known (None: not known, every older archive counts)."""
+
+    seq: int
+    time: datetime
+    since: datetime | None
+
+    def holds(self, created: datetime) -> bool:
+        """Whether an archive created at ``created`` may hold the erased records."""
+        return created <= self.time + SETTLE and (self.since is None or created >= self.since)
+
+    def public(self) -> dict:
+        return {"ledger_line": self.seq, "erased_at": format_time(self.time),
+                "records_since": format_time(self.since)}
 
 
 @dataclass
@@ -45,6 +76,7 @@ class AccessReport:
     registrations: int
     guests: int
     archives: list[dict] = field(default_factory=list)
+    erasures: list[Erasure] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # storages that could not be listed
 
 
@@ -98,17 +130,57 @@ def gather(conn: Connection, *, email: str | None = None,
     return registrations
 
 
+def _utc(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
 def _first(registrations: list[dict]) -> datetime | None:
     times = [r["_created"] for r in registrations] + [
         g["_created"] for r in registrations for g in r["guests"]]
-    times = [t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times if t]
+    times = [_utc(t) for t in times if t]
     return min(times) if times else None
 
 
-def archives_since(ctx: BackupContext, since: datetime | None) -> tuple[list[dict], list[str]]:
-    """The recognised archives of every storage created at or after ``since``."""
-    if since is None:
+def _since(conn: Connection, key: bytes, entry: dict) -> datetime | None:
+    """The first creation time of the line's records still at its ids: a row there is
+    one of them when its creation time's keyed hash is one the line keeps."""
+    times = []
+    for record, rows in (("guest", guest_rows(conn, entry["guest_ids"])),
+                         ("registration", registration_rows(conn, entry["registration_ids"]))):
+        name = RECORD_FIELDS[record]
+        kept = set(entry["hashes"].get(name, ()))
+        times += [_utc(r.created_at) for r in rows if r.created_at is not None
+                  and keyed_hash(key, name, created_text(r.created_at)) in kept]
+    return min(times) if times else None
+
+
+def erasures_of(ctx: BackupContext, conn: Connection, *, email: str | None = None,
+                document: str | None = None) -> list[Erasure]:
+    """The erasure ledger's lines whose keyed hashes hold the e-mail or the document
+    number (as :func:`gather` takes them; BackupError: the ledger cannot be read)."""
+    field_name, value = ("email", email) if email is not None else ("document_number", document)
+    ledger = ErasureLedger.in_folder(ctx.instance_path)
+    found, key, wanted = [], None, None
+    for entry in ledger.entries():
+        if key is None:  # a ledger with lines has its key (never made here)
+            key = ledger.key(create=False)
+            wanted = keyed_hash(key, field_name, value)
+        if wanted in entry["hashes"].get(field_name, ()) and (when := parse_time(entry["time"])):
+            found.append(Erasure(entry["seq"], when, _since(conn, key, entry)))
+    return found
+
+
+def archives_holding(ctx: BackupContext, since: datetime | None, erasures: list[Erasure] = ()
+                     ) -> tuple[list[dict], list[str]]:
+    """The recognised archives of every storage created at or after ``since`` (the
+    first record still in the database), or before one of ``erasures`` (see
+    :meth:`Erasure.holds`)."""
+    if since is None and not erasures:
         return [], []
+
+    def holds(created: datetime) -> bool:
+        return (since is not None and created >= since) or any(e.holds(created) for e in erasures)
+
     found, problems = [], []
     try:
         storages = ctx.storages()
@@ -123,7 +195,7 @@ def archives_since(ctx: BackupContext, since: datetime | None) -> tuple[list[dic
             continue
         found += [{"name": a.name, "storage": storage.name, "url": storage.url,
                    "created_at": format_time(a.created)}
-                  for a in archives if a.created >= since]
+                  for a in archives if holds(a.created)]
     return found, problems
 
 
@@ -158,24 +230,52 @@ def _paths(folder: Path) -> tuple[Path, Path]:
     raise BackupError(f"{folder} holds too many subject access files of this second")
 
 
+def private_folder(folder: Path) -> None:
+    """Create ``folder`` 0700, or take an existing one only when it is a folder of
+    ours that is exactly 0700 (BackupError otherwise: nothing is written there)."""
+    try:
+        try:
+            folder.mkdir(parents=True, mode=0o700)
+        except FileExistsError:
+            st = folder.stat()
+        else:
+            os.chmod(folder, 0o700)  # whatever the umask
+            return
+    except OSError as exc:
+        raise BackupError(f"the folder {folder} cannot be created ({exc.strerror})") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode):
+        raise BackupError(f"{folder} is not a folder")
+    if mode != 0o700 or st.st_uid != os.geteuid():
+        why = f"mode {mode:04o}, not 0700" if mode != 0o700 else "another user's"
+        raise BackupError(f"the folder {folder} already exists and is not private ({why}): "
+                          f"give a new folder (it is created 0700) or make this one 0700")
+
+
 def subject_access(ctx: BackupContext, engine: Engine, *, output_dir: str | os.PathLike,
                    actor: str | None, via: str, email: str | None = None,
                    document: str | None = None) -> AccessReport:
-    """Write the person's records to ``output_dir`` (JSON and CSV, 0600); audited."""
+    """Write the person's records to ``output_dir`` (JSON and CSV, 0600, in a 0700
+    folder), with the archives that may hold them; audited."""
+    folder = Path(output_dir)
+    private_folder(folder)
     with engine.connect() as conn:
         registrations = gather(conn, email=email, document=document)
-    archives, problems = archives_since(ctx, _first(registrations))
-    folder = Path(output_dir)
+        try:
+            erasures, problems = erasures_of(ctx, conn, email=email, document=document), []
+        except BackupError as exc:
+            erasures, problems = [], [f"{exc}: the archives made before an erasure of this "
+                                      f"person are not listed"]
+    archives, unlisted = archives_holding(ctx, _first(registrations), erasures)
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         json_path, csv_path = _paths(folder)
         document_json = {
             "generated_at": now_text(),
             "request": {"email": email} if email is not None else {"document_number": document},
             "registrations": [_public(r) for r in registrations],
+            "erasures": [e.public() for e in erasures],
             "archives": archives,
-            "archives_note": "archives made after the person's first record may hold it; "
-                             "they are deleted by retention, never edited"}
+            "archives_note": ARCHIVES_NOTE}
         _write(json_path, json.dumps(document_json, indent=2, ensure_ascii=False).encode())
         _write(csv_path, _csv(registrations))
     except OSError as exc:
@@ -185,8 +285,9 @@ def subject_access(ctx: BackupContext, engine: Engine, *, output_dir: str | os.P
     quietly("a subject access", ctx.audit.record, engine, "subject-access", "ok", actor=actor,
             via=via, target=f"{len(registrations)} registrations, {guests} guests",
             rows=len(registrations) + guests,
-            message=f"{len(archives)} archive(s) may hold them")
-    return AccessReport(json_path, csv_path, len(registrations), guests, archives, problems)
+            message=f"{len(archives)} archive(s) may hold them, {len(erasures)} erasure(s)")
+    return AccessReport(json_path, csv_path, len(registrations), guests, archives, erasures,
+                        problems + unlisted)
 
 
 def _public(registration: dict) -> dict:

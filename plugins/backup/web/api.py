@@ -26,7 +26,7 @@ from guest_registration.availability import database_unavailable, unavailable_re
 from guest_backup.archive.format import is_archive_name
 from guest_backup.archive.manifest import format_time
 from guest_backup.errors import BackupBusy, BackupError
-from guest_backup.export.api import json_error
+from guest_backup.export.api import header_token_user, json_error
 from guest_backup.ops.jobs import read_job
 from guest_backup.ops.listing import list_everywhere, storages_holding
 from guest_backup.storages import StorageError
@@ -47,13 +47,7 @@ def token_admin(view):
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        header = current_app.config["SECURITY_TOKEN_AUTHENTICATION_HEADER"]
-        user = None
-        if request.headers.get(header):
-            manager = current_app.login_manager
-            user = manager.request_callback(request)  # Flask-Security's token check
-            if user is not None:
-                manager._update_request_context_with_user(user)  # noqa: SLF001
+        user = header_token_user()  # never a token in the body
         if user is None or not current_user.is_authenticated:
             if database_unavailable():  # a busy database is no wrong token
                 return unavailable_response()

@@ -1,12 +1,17 @@
 """Admin → Backup → Guests' rights: find a guest, a registration or an e-mail
 address, see what an erasure will remove, confirm it (a CSRF-checked POST).
-Thin over :mod:`guest_backup.ops.erasure`."""
+Thin over :mod:`guest_backup.ops.erasure`.
+
+The search is a CSRF-checked POST and no answer redirects with what was searched:
+a URL ends up in the server's access log (and the browser's history), which
+would keep the address of a person whose data was erased. A GET with a record id
+(``?kind=guest&q=7``) still shows its plan; a GET with an e-mail address is a 400."""
 
 from __future__ import annotations
 
 import re
 
-from flask import flash, redirect, request, url_for
+from flask import abort, flash, redirect, request, url_for
 from flask_admin import expose
 from flask_babel import gettext as _
 from flask_security import current_user
@@ -45,11 +50,18 @@ def _search_error(kind: str) -> str:
 class RightsView(SecureBaseView):
     """Erasure of a guest's personal data (GDPR Art. 17), with the plan first."""
 
-    @expose("/")
+    @expose("/", methods=["GET", "POST"])
     def index(self):
-        kind = request.args.get("kind", "guest")
+        if request.method == "POST":
+            csrf.protect()
+            fields = request.form
+        else:
+            fields = request.args
+            if fields.get("kind") == "email" and fields.get("q"):
+                abort(400)  # an e-mail address in a URL: the search form posts it
+        kind = fields.get("kind", "guest")
         kind = kind if kind in KINDS else "guest"
-        value = request.args.get("q", "")
+        value = fields.get("q", "")
         plan, error = None, None
         if value:
             target = _target(kind, value)
@@ -77,12 +89,12 @@ class RightsView(SecureBaseView):
         db.session.close()  # the erasure writes on its own connection (SQLite: no lock held)
         try:
             result = erase(backup_context(), db.engine, target, actor=actor, via="admin")
-        except (NotFound, NothingToErase):
+        except (NotFound, NothingToErase):  # never the search in the URL: see the module
             flash(_("Nothing to erase: no personal data is left there."), "warning")
-            return redirect(url_for(".index", kind=kind, q=value))
+            return redirect(url_for(".index"))
         except BackupError as exc:
             flash(_("Nothing was erased: %(error)s", error=exc), "error")
-            return redirect(url_for(".index", kind=kind, q=value))
+            return redirect(url_for(".index"))
         plan = result.plan
         flash(_("Erased: %(guests)s guest(s), %(emails)s registration e-mail(s), %(photos)s "
                 "document photo(s). The erasure is in the erasure ledger (line %(seq)s).",
