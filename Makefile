@@ -36,11 +36,19 @@ $(VENV)/.installed: setup.cfg pyproject.toml setup.py plugins/export_formats/_co
 
 install: $(VENV)/.installed
 
+# The login is printed with its password only when setup created the admin (or reset
+# its password): an admin that already exists keeps its own (setup --reset-password).
 run: install
-	$(PY) manage.py setup --admin-email "$(ADMIN_EMAIL)" --admin-password "$(ADMIN_PASSWORD)"
+	$(PY) manage.py setup --admin-email "$(ADMIN_EMAIL)" --admin-password "$(ADMIN_PASSWORD)" >$(VENV)/.run-setup.out; \
+	  status=$$?; cat $(VENV)/.run-setup.out; exit $$status
 	$(PY) manage.py demo-data
 	@echo
-	@echo "  Demo admin login:  $(ADMIN_EMAIL) / $(ADMIN_PASSWORD)"
+	@if grep -q -E '^admin user (created|password reset): ' $(VENV)/.run-setup.out; then \
+	  echo "  Demo admin login:  $(ADMIN_EMAIL) / $(ADMIN_PASSWORD)"; \
+	else \
+	  echo "  Admin login:  $(ADMIN_EMAIL) (it existed: its password is unchanged,"; \
+	  echo "  ADMIN_PASSWORD was not applied; manage.py setup --reset-password applies it)"; \
+	fi
 	@echo "  Open http://$(HOST):$(PORT)/admin/"
 	@echo
 	$(PY) manage.py run --host $(HOST) --port $(PORT)
