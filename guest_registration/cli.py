@@ -43,11 +43,11 @@ _LISTED = "guest_registration.listed"
 def load_app(web: bool = True) -> Flask:
     """``create_app`` for ``manage.py``: a plugin that stops start-up is reported
     in one line naming it (and the command exits non-zero), not as a traceback."""
-    from .config import SharedFolderError  # create_app's own import: no cost here
+    from .config import ConfigError  # create_app's own import: no cost here
 
     try:
         return create_app(web=web)
-    except (PluginLoadError, SharedFolderError) as exc:
+    except (PluginLoadError, ConfigError) as exc:
         raise NoAppException(f"the app cannot start: {exc}") from None
 
 
@@ -77,17 +77,16 @@ class GuestGroup(FlaskGroup):
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.commands or name in WEB_APP_COMMANDS or ctx.meta.get(_LISTED):
+        if name in self.commands or ctx.meta.get(_LISTED):
+            return super().get_command(ctx, name)
+        if name in WEB_APP_COMMANDS:
+            _loaded(ctx, ctx.ensure_object(ScriptInfo))  # FlaskGroup keeps it
             return super().get_command(ctx, name)
         info = ctx.ensure_object(ScriptInfo)
         lean = ScriptInfo(app_import_path=info.app_import_path, create_app=load_cli_app,
                           set_debug_flag=info.set_debug_flag,
                           load_dotenv_defaults=info.load_dotenv_defaults)
-        try:
-            app = lean.load_app()
-        except NoAppException as exc:  # as FlaskGroup says it: one line, no traceback
-            click.secho(f"Error: {exc.format_message()}\n", err=True, fg="red")
-            return None
+        app = _loaded(ctx, lean)
         command = app.cli.get_command(ctx, name)
         if command is None or getattr(command, "web_app", False):
             return super().get_command(ctx, name)  # on the web app (ctx.obj's)
@@ -97,3 +96,13 @@ class GuestGroup(FlaskGroup):
         if not current_app or current_app._get_current_object() is not app:
             ctx.with_resource(app.app_context())
         return command
+
+
+def _loaded(ctx: click.Context, info: ScriptInfo) -> Flask:
+    """``info``'s app; an app that cannot start ends the command with one line (as
+    FlaskGroup says it), exit 1: not also "No such command"."""
+    try:
+        return info.load_app()
+    except NoAppException as exc:
+        click.secho(f"Error: {exc.format_message()}", err=True, fg="red")
+        ctx.exit(1)

@@ -43,6 +43,23 @@ INT_SETTINGS = ("MAX_PHOTO_BYTES", "DATABASE_POOL_SIZE", "DATABASE_MAX_OVERFLOW"
                 "HSTS_MAX_AGE", "CLIENT_IO_TIMEOUT")
 
 
+#: Settings read from the environment as true/false (1/0, yes/no, on/off).
+BOOL_SETTINGS = ("DATABASE_SCHEMA_CHECK",)
+
+
+class ConfigError(ValueError):
+    """A setting's value cannot be used (safe to show: it names the setting)."""
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    """``raw`` (from the environment) as true or false; ConfigError otherwise."""
+    if raw.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 #: Fixed defaults of Flask-Security-Too, Flask-WTF and Flask (overridable like the rest).
 STATIC_DEFAULTS: dict[str, Any] = {
     # Flask-Security-Too: sessions for browsers, tokens for the API.
@@ -73,9 +90,11 @@ STATIC_DEFAULTS: dict[str, Any] = {
     "LOGIN_LIMIT_PER_ADDRESS": "20 per 10 minutes",
     "LOGIN_LIMIT_PER_ACCOUNT": "10 per 10 minutes",
     "REGISTRATION_LIMIT_PER_ADDRESS": "20 per hour",
+    # 503 while the database's schema is behind or ahead of the code
+    "DATABASE_SCHEMA_CHECK": True,
 }
 #: Every setting name the host owns: a plugin declaring one of these is refused.
-HOST_SETTINGS = frozenset(STRING_SETTINGS + INT_SETTINGS + tuple(STATIC_DEFAULTS) + (
+HOST_SETTINGS = frozenset(STRING_SETTINGS + INT_SETTINGS + BOOL_SETTINGS + tuple(STATIC_DEFAULTS) + (
     "DATABASE_URL", "DISABLED_PLUGINS", "SQLALCHEMY_DATABASE_URI", "SQLALCHEMY_TRACK_MODIFICATIONS",
     "SQLALCHEMY_ENGINE_OPTIONS", "MAX_CONTENT_LENGTH"))
 
@@ -100,7 +119,7 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-class SharedFolderError(ValueError):
+class SharedFolderError(ConfigError):
     """A setting names a shared folder (sticky, as ``/tmp``) for the app's own."""
 
 
@@ -191,7 +210,10 @@ def _from_environment(cfg: dict[str, Any], environ: Mapping[str, str]) -> None:
             try:
                 cfg[key] = int(environ[key])
             except ValueError:
-                raise ValueError(f"{key} must be a whole number, got {environ[key]!r}")
+                raise ConfigError(f"{key} must be a whole number, got {environ[key]!r}") from None
+    for key in BOOL_SETTINGS:
+        if key in environ:
+            cfg[key] = parse_bool(key, environ[key])
     if environ.get("DISABLED_PLUGINS"):
         cfg["DISABLED_PLUGINS"] = as_list(environ["DISABLED_PLUGINS"])
 

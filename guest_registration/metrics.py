@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 from flask import Flask, Response, abort, current_app, g, has_app_context, request
 
+from .config import ConfigError
+
 log = logging.getLogger(__name__)
 #: app.extensions key: collectors (objects with ``collect()``) plugins add for /metrics
 COLLECTORS = "metrics_collectors"
@@ -77,8 +79,8 @@ def allowed_networks(raw: str) -> tuple:
             try:
                 networks.append(ipaddress.ip_network(part, strict=False))
             except ValueError:
-                raise ValueError(f"METRICS_ALLOW: {part[:60]!r} is not an address or "
-                                 f"network") from None
+                raise ConfigError(f"METRICS_ALLOW: {part[:60]!r} is not an address or "
+                                  f"network") from None
     return tuple(networks)
 
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import pluggy
 
 from . import hookspecs
-from .config import HOST_SETTINGS, as_list
+from .config import HOST_SETTINGS, ConfigError, as_list, parse_bool
 from .registry import (PROJECT_NAME, DuplicateNameError, PluginInfo, PluginLoadError,
                        contributors, hook_items, items_by_plugin, plugin_infos,
                        results_by_plugin, unique_items)
@@ -139,16 +139,12 @@ def build_plugin_manager(disabled: Iterable[str] = (),
 
 def _from_environment(name: str, raw: str, default: Any) -> Any:
     if isinstance(default, bool):
-        if raw.strip().lower() in {"1", "true", "yes", "on"}:
-            return True
-        if raw.strip().lower() in {"0", "false", "no", "off", ""}:
-            return False
-        raise ValueError(f"{name} must be true or false, got {raw!r}")
+        return parse_bool(name, raw)
     if isinstance(default, int):
         try:
             return int(raw)
         except ValueError:
-            raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if isinstance(default, (list, tuple)):
         return as_list(raw)
     return raw
