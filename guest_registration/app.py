@@ -54,12 +54,18 @@ def _end_sessions_on_logout(app: Flask) -> None:
 def _configured_flask(config: Mapping[str, Any] | None, instance_path: str | None) -> Flask:
     """The Flask object with its configuration, instance folder and template folders
     (the site's overrides first, then the package's own; see :mod:`.paths`)."""
-    from .config import build_config, ensure_private_folder
+    from .config import SharedFolderError, build_config, ensure_private_folder
 
     app = Flask(APP_NAME, instance_path=instance_path or default_instance_path(),
                 instance_relative_config=True, template_folder="templates")
     app.config.update(build_config(app.instance_path, config))
     ensure_private_folder(Path(app.instance_path))  # setup must not die on a missing folder
+    try:  # guests' photos: refused when shared (/tmp), made private, as setup does
+        ensure_private_folder(Path(app.config["UPLOAD_FOLDER"]), "UPLOAD_FOLDER")
+    except SharedFolderError:
+        raise
+    except OSError:  # not reachable now (a mount): `status` and the form say so
+        pass
     folders = template_folders(app.instance_path, app.config.get("TEMPLATE_OVERRIDES"))
     app.jinja_loader = FileSystemLoader([str(folder) for folder in folders])
     return app

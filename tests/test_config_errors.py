@@ -42,3 +42,29 @@ def test_the_schema_check_is_read_from_the_environment(tmp_path):
         assert config["DATABASE_SCHEMA_CHECK"] is value
     with pytest.raises(ConfigError):
         build_config(str(tmp_path), environ={"DATABASE_SCHEMA_CHECK": "maybe"})
+
+
+def test_the_upload_folder_is_made_private_and_a_shared_one_refused_at_start(tmp_path):
+    """Only ``setup`` did it: the web app and every command took a sticky
+    UPLOAD_FOLDER, and an existing 0777 one stayed 0777 (found by a docs review)."""
+    import os
+    import stat
+
+    from guest_registration import create_app
+    from guest_registration.config import SharedFolderError
+    from tests.helpers import make_config
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    uploads.chmod(0o777)
+    config = make_config(tmp_path, f"sqlite:///{tmp_path / 'a.db'}", UPLOAD_FOLDER=str(uploads))
+    create_app(config, instance_path=str(tmp_path / "instance"))
+    assert stat.S_IMODE(os.stat(uploads).st_mode) & 0o066 == 0  # nobody else reads or writes
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    with pytest.raises(SharedFolderError):
+        create_app(dict(config, UPLOAD_FOLDER=str(sticky)), instance_path=str(tmp_path / "i2"))
+    assert stat.S_IMODE(os.stat(sticky).st_mode) == 0o1777
+    result = manage("status", env={"UPLOAD_FOLDER": str(sticky)}, tmp_path=tmp_path)
+    _one_line(result, f"UPLOAD_FOLDER {sticky} is a shared folder")
