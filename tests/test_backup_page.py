@@ -166,3 +166,31 @@ def test_overlapping_runs_are_refused_with_exit_code_75(app, runner, command):
         result = runner.invoke(args=command)
     assert result.exit_code == 75, result.output
     assert "another backup is running" in result.output
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_job_that_ends_while_it_is_read_is_not_called_interrupted(app, monkeypatch):
+    """A reader that read "running" just before the job wrote "done" and released
+    its lock found the lock free and said "interrupted (the server stopped)": the
+    page stopped polling on a backup that had succeeded (found by a race review)."""
+    from guest_backup.ops import jobs
+
+    ctx = backup_context(app)
+    store = jobs.job_state(ctx)
+    Path(app.config["BACKUP_FOLDER"]).mkdir(parents=True, exist_ok=True)
+    store.write({"id": "j1", "state": "running", "archive": None, "error": None})
+    real_read, reads = jobs.FileState.read, []
+
+    def read(self):
+        state = real_read(self)
+        if not reads:  # the job ends right after this first read
+            self.write({"id": "j1", "state": "done", "archive": "a.zip", "error": None})
+        reads.append(state)
+        return state
+
+    monkeypatch.setattr(jobs.FileState, "read", read)
+    job = read_job(ctx)
+    assert (job["state"], job["archive"], job["error"]) == ("done", "a.zip", None)
+    store.write({"id": "j2", "state": "running", "archive": None, "error": None})
+    reads.append("no more ending")
+    assert read_job(ctx)["state"] == "failed"  # a dead job is still named as one

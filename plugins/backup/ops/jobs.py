@@ -111,9 +111,13 @@ def job_state(ctx: BackupContext, kind: JobKind = LOGICAL) -> FileState | RedisS
 def read_job(ctx: BackupContext, kind: JobKind = LOGICAL) -> dict | None:
     """The latest web backup job, or None. A job marked running (or queued) whose
     lock is free died with its process: it is reported as interrupted."""
-    state = job_state(ctx, kind).read()
+    store = job_state(ctx, kind)
+    state = store.read()
     if state and state.get("state") in ("running", "queued") \
             and not kind.lock(ctx).taken_elsewhere():
+        again = store.read()  # a job that ended meanwhile wrote its end before its release
+        if again and (again.get("id"), again.get("state")) != (state.get("id"), state.get("state")):
+            return again
         state.update(state="failed", error="the backup was interrupted (the server stopped)"
                      if state["state"] == "running" else
                      "no worker took the queued backup in time (is `manage.py worker` running?)")
