@@ -465,3 +465,42 @@ def test_a_non_ascii_address_matches_in_any_case(app):
         plan = erasure_module.plan_erasure(db.engine, Target.of_email("žofie.dvořáková@příklad.CZ"))
         assert plan.registration_ids == [mine.id] and plan.guest_ids == [mine.guests[0].id]
         assert "Žofie" not in repr(plan) and plan.label == "1 registration"
+
+
+def test_publish_while_an_erasure_appends_leaves_no_copy_behind(app, runner, monkeypatch):
+    """``erasure-ledger publish`` read the ledger, then wrote it to each storage
+    without the ledger's lock: an erasure appending and publishing meanwhile had
+    its copy overwritten by the older one, which lacked its line, while publish
+    said "in every storage" (found by a race review). Now the erasure waits."""
+    import threading
+
+    from guest_backup.storages.local import LocalStorage
+
+    ids = add_people(app)
+    assert runner.invoke(args=["erase", "--guest", str(ids["petr"]), "--yes"]).exit_code == 0
+    copy = Path(app.config["BACKUP_FOLDER"]) / LEDGER_NAME
+    copy.unlink()  # the storage was away: its copy is behind
+    inside, erased, real_put = threading.Event(), threading.Event(), LocalStorage.put_extra
+
+    def put_extra(self, name, data):
+        if threading.current_thread().name == "publisher":
+            inside.set()
+            erased.wait(3)  # the erasure ends first (before: it did)
+        return real_put(self, name, data)
+
+    monkeypatch.setattr(LocalStorage, "put_extra", put_extra)
+    published = {}
+    publisher = threading.Thread(name="publisher", target=lambda: published.update(
+        result=app.test_cli_runner().invoke(args=["erasure-ledger", "publish"])))
+    publisher.start()
+    assert inside.wait(30)  # publish has read the ledger and is writing its copy
+    eraser = threading.Thread(target=lambda: (app.test_cli_runner().invoke(
+        args=["erase", "--guest", str(ids["other"]), "--yes"]), erased.set()))
+    eraser.start()
+    publisher.join(30)
+    eraser.join(30)
+    assert published["result"].exit_code == 0, published["result"].output
+    assert len(list(ledger_of(app).entries())) == 2
+    assert copy.read_bytes() == (Path(app.instance_path) / LEDGER_NAME).read_bytes()
+    check = runner.invoke(args=["erasure-ledger", "check"])
+    assert check.exit_code == 0, check.output

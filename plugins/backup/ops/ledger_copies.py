@@ -23,18 +23,23 @@ def storage_label(storage: Storage) -> str:
 def publish(ledger: ErasureLedger, storages: Iterable[Storage]) -> None:
     """Copy the local ledger beside the archives of every storage. A copy that has
     lines the local file lacks (or forks from it) is never overwritten. Every
-    storage is tried; then LedgerBroken if a copy disagrees, else StorageError."""
-    data = ledger.read_bytes()
-    if not data:
-        return
-    key = ledger.key(create=False)
-    mine = verify_lines(_split(data), key, ledger.label)
+    storage is tried; then LedgerBroken if a copy disagrees, else StorageError.
+
+    The ledger's lock is held throughout: an erasure appending meanwhile (and
+    publishing its line) had its copy overwritten by this older one, which then
+    lacked that line while this said "in every storage"."""
     failures: list[BackupError] = []
-    for storage in storages:
-        try:
-            _publish_one(storage, data, mine, key)
-        except BackupError as exc:
-            failures.append(exc)
+    with ledger.locked():
+        data = ledger.read_held()
+        if not data:
+            return
+        key = ledger.key(create=False)
+        mine = verify_lines(_split(data), key, ledger.label)
+        for storage in storages:
+            try:
+                _publish_one(storage, data, mine, key)
+            except BackupError as exc:
+                failures.append(exc)
     broken = [exc for exc in failures if isinstance(exc, LedgerBroken)]
     if broken:
         raise LedgerBroken("; ".join(str(exc) for exc in failures))
