@@ -299,9 +299,7 @@ def test_sqlite_restore_engine_replaces_an_open_wal_database(tmp_path):
 
 
 def test_sqlite_restore_failing_check_puts_the_old_database_back(tmp_path, monkeypatch):
-    real = swap.verdict
-    monkeypatch.setattr(swap, "verdict", lambda problems, counts, loaded: (
-        "failed SQLite's integrity check" if loaded else real(problems, counts, loaded)))
+    monkeypatch.setattr(swap, "after_swap", lambda dst: "failed SQLite's integrity check")
     target = tmp_path / "app.db"
     holder = wal_database(target, 3)
     try:
@@ -316,8 +314,7 @@ def test_sqlite_restore_failing_check_puts_the_old_database_back(tmp_path, monke
 
 def test_sqlite_restore_says_so_when_the_old_database_cannot_be_put_back(tmp_path,
                                                                          monkeypatch):
-    monkeypatch.setattr(swap, "verdict", lambda problems, counts, loaded: (
-        "failed SQLite's integrity check" if loaded else None))
+    monkeypatch.setattr(swap, "after_swap", lambda dst: "failed SQLite's integrity check")
     monkeypatch.setattr(swap, "put_back", lambda keep, dst: False)
     target = tmp_path / "app.db"
     wal_database(target, 3).close()
@@ -345,3 +342,29 @@ def test_sqlite_restore_gives_up_on_a_locked_database_and_changes_nothing(tmp_pa
         failed.value)
     assert values(target) == [f"old {i}" for i in range(3)]
     assert_private(target)
+
+
+def test_a_write_committed_right_after_the_swap_is_kept(tmp_path, monkeypatch):
+    """A guest registering right after the swap step, before its check: the live
+    counts then differed from the loaded ones, the check called the swap failed,
+    the old contents were put back and the registration (committed, answered)
+    was lost, while the restore said "nothing was restored" (found by a race
+    review). The counts were checked on the loaded copy before the swap."""
+    import threading
+
+    target = tmp_path / "app.db"
+    wal_database(target, 3).close()
+    real_backup, registered = swap._backup, threading.Event()
+
+    def backup(src, dst, consequence):
+        real_backup(src, dst, consequence)
+        if consequence.endswith("the database is as it was"):  # the swap step itself
+            writer = sqlite3.connect(target, timeout=30, isolation_level=None)
+            writer.execute("INSERT INTO t (v) VALUES ('registered during the restore')")
+            writer.close()
+            registered.set()
+
+    monkeypatch.setattr(swap, "_backup", backup)
+    restore_into(target, dump_of(5, tmp_path))
+    assert registered.is_set()
+    assert values(target) == [f"new {i}" for i in range(5)] + ["registered during the restore"]

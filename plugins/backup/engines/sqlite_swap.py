@@ -123,10 +123,22 @@ def put_back(keep: Path, dst: sqlite3.Connection) -> bool:
         return False
 
 
+def after_swap(dst: sqlite3.Connection) -> str | None:
+    """Why the swapped-in database is not sound (SQLite's integrity check), or None."""
+    return verdict(*inspect(dst), None)
+
+
 def swap_in(src: sqlite3.Connection, target: Path, loaded: dict[str, int]) -> None:
     """Copy ``src`` into ``target`` through the target's own connection, the old
     contents kept in a private file beside it until the result checked out (and
-    put back if it does not); then checkpoint the WAL into the database file."""
+    put back if it does not); then checkpoint the WAL into the database file.
+
+    The check after the swap is SQLite's integrity check only: ``loaded`` (the row
+    counts) was checked on ``src`` before, and the backup step copies its pages
+    as they are. The live database's counts differ by what other connections
+    wrote since (a guest registering): before, that was taken for a failed swap,
+    the old contents were put back and the registration, committed and answered,
+    was lost, while the restore said "nothing was restored"."""
     keep = target.with_name(f".{target.name}.before-restore")
     create_private(target)
     dst = connect(target)
@@ -134,7 +146,7 @@ def swap_in(src: sqlite3.Connection, target: Path, loaded: dict[str, int]) -> No
     try:
         _copy_aside(dst, keep)
         _backup(src, dst, f"{NOTHING_RESTORED}; the database is as it was")
-        why = verdict(*inspect(dst), loaded)
+        why = after_swap(dst)
         if why and put_back(keep, dst):
             raise EngineError(f"the restored database {why}; the previous contents were put "
                               f"back, {NOTHING_RESTORED}")
