@@ -73,13 +73,20 @@ def load_identities(path: str | os.PathLike) -> list:
 
 class HashingFile:
     """The real file under the archive's writer: counts and hashes the bytes that
-    reach it (the ciphertext, when encrypted). Write-only, not seekable."""
+    reach it (the ciphertext, when encrypted). Write-only, not seekable.
+    ``error`` is the first exception the file raised (a full disk under pyrage's
+    thread, which pyrage replaces by its own EncryptError)."""
 
     def __init__(self, fh: BinaryIO) -> None:
         self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+        self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
-        self.fh.write(data)
+        try:
+            self.fh.write(data)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
         self.sha.update(data)
         self.size += len(data)
         return len(data)
@@ -120,8 +127,15 @@ class EncryptingWriter:
             self._writer.write(data)
         except BrokenPipeError:
             self._thread.join()
-            raise BackupError(f"age encryption failed ({type(self._error).__name__})") from None
+            raise self._failure() from None
         return len(data)
+
+    def _failure(self) -> BaseException:
+        """Why encryption stopped: the file's own error (ENOSPC, EFBIG: said in plain
+        words by the caller) rather than pyrage's wrapper of it."""
+        if self.out.error is not None:
+            return self.out.error
+        return BackupError(f"age encryption failed ({type(self._error).__name__})")
 
     def flush(self) -> None:
         self._writer.flush()
@@ -134,8 +148,8 @@ class EncryptingWriter:
             except BrokenPipeError:
                 pass
         self._thread.join()
-        if self._error is not None:
-            raise BackupError(f"age encryption failed ({type(self._error).__name__})")
+        if self._error is not None or self.out.error is not None:
+            raise self._failure()
 
     def abort(self) -> None:
         try:

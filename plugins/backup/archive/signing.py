@@ -2,7 +2,8 @@
 and ``verify``/``restore`` trust only that key and the keys the operator names.
 
 The private key is generated once into the instance folder (mode 0600, PEM) or
-read from ``BACKUP_SIGNING_KEY``; it is never written into an archive. Public
+read from the file ``BACKUP_SIGNING_KEY`` names (a path, never the key itself);
+it is never written into an archive. Public
 keys are written ``ed25519:<base64 of the 32 raw bytes>``.
 
 Inside every archive, ``manifest.sig`` signs the exact bytes of
@@ -59,9 +60,19 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
                           f"as `manage.py backup-key` prints it)") from None
 
 
+def key_file(setting: str | os.PathLike) -> Path:
+    """BACKUP_SIGNING_KEY as the key file's path. The key itself given there (its
+    PEM text, or any value of several lines) is refused without being shown: taken
+    for a path, it made a new key under folders named after the text."""
+    text = os.fspath(setting)
+    if "-----BEGIN" in text or "\n" in text or "\r" in text:
+        raise BackupError("BACKUP_SIGNING_KEY must be the path of the key file, not the key")
+    return Path(text)
+
+
 def load_or_create_key(path: str | os.PathLike) -> Ed25519PrivateKey:
     """The instance's signing key; created (mode 0600) the first time it is needed."""
-    path = Path(path)
+    path = key_file(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:

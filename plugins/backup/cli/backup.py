@@ -132,12 +132,13 @@ def backup_key_command() -> None:
 
     Keep it with your recovery notes: a new server trusts this instance's
     archives with --trusted-key KEY. The key is the last line."""
+    settings = backup_context().settings
     try:
-        signer = backup_context().settings.signer()
+        signer = settings.signer()
+        path = settings.signing_key_file()
     except BackupError as exc:
         _fail(str(exc))
-    click.echo(f"archives are signed with the key in {backup_context().settings.signing_key}; "
-               "its public key:")
+    click.echo(f"archives are signed with the key in {path}; its public key:")
     click.echo(signer.public_key)
 
 

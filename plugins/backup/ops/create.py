@@ -27,7 +27,7 @@ from guest_backup.engines import DatabaseEngine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
 from guest_backup.storages import Storage, Tee
-from guest_backup.ops.locks import BackupLock, RedisBackupLock
+from guest_backup.ops.locks import BackupLock, RedisBackupLock, private_backup_folder
 from guest_backup.ops.schema import current_revisions
 from guest_backup.ops.row_counts import row_counts
 from guest_backup.ops.settings import BackupSettings
@@ -95,6 +95,7 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
         target_dir, target_name = (out, None) if out.is_dir() else (out.parent, out.name)
     entry: list[int] = []  # logged once the snapshot exists, so it is not in the dump
     try:
+        private_backup_folder(folder)  # also with the lock in Redis (nothing made it so)
         for d in {folder, target_dir}:
             _writable_folder(d)
         remove_partials(folder)  # left by a killed process; we hold the lock

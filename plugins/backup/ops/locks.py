@@ -1,7 +1,9 @@
 """The one-backup-at-a-time lock, its only owner.
 
 - :class:`BackupLock`: an ``flock`` on ``.backup.lock`` in the backup folder, for
-  every process of this machine (embedded mode, no ``REDIS_URL``).
+  every process of this machine (embedded mode, no ``REDIS_URL``); the folder is
+  made private first (:func:`private_backup_folder`), and a lock file that is not
+  a regular file of this user is refused, not taken for a running backup.
 - :class:`RedisBackupLock`: a Redis key with a token and a short expiry, renewed
   by its holder while the backup runs, for every process and machine using one
   Redis; a holder that dies frees it within ``TTL`` seconds. A web process takes
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import threading
 import uuid
 from pathlib import Path
@@ -62,6 +65,36 @@ def keep_renewing(every: float, renew: Callable[[], object], name: str) -> threa
     return stop
 
 
+def private_backup_folder(folder: str | os.PathLike, setting: str = "BACKUP_FOLDER") -> Path:
+    """The backup folder, created or made 0700 whatever the umask (archives hold
+    guest data, and another user must not plant or hold its lock file), before any
+    backup, pruning or drill uses it. A shared folder (sticky, as ``/tmp``) is
+    refused, named by ``setting``: making it private would take it from everyone.
+    A folder of another user is left as it is (the lock file's owner is checked)."""
+    folder = Path(folder)
+    if folder.is_dir() and folder.stat().st_mode & stat.S_ISVTX:
+        raise BackupError(
+            f"{setting} {folder} is a shared folder (sticky, as /tmp): the app makes its "
+            f"folders private to its user, which would take this one from everyone; "
+            f"give {setting} a folder of its own")
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        raise BackupError(f"the backup folder {folder} cannot be created") from None
+    try:
+        if stat.S_IMODE(folder.stat().st_mode) != 0o700:
+            os.chmod(folder, 0o700)
+    except PermissionError:  # not ours (e.g. a shared mount): leave it as it is
+        pass
+    return folder
+
+
+def _own_file(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        raise BackupError(f"the lock file {path} is not a regular file of this user (another "
+                          f"user's, or a link): remove it, then run the backup again")
+
+
 class BackupLock:
     """One backup at a time across processes and threads: an ``flock`` on
     ``.backup.lock`` in the backup folder. The only owner of that lock.
@@ -80,16 +113,26 @@ class BackupLock:
         return self._fd is not None
 
     def acquire(self) -> "BackupLock":
+        """Take the lock in the folder, made private first (a shared one refused);
+        a lock file that is not a regular file of this user is refused, never
+        taken for a running backup (another user could hold it for ever)."""
+        private_backup_folder(self.folder)
+        path = self.folder / LOCK_NAME
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            raise BackupError(f"the backup folder {self.folder} cannot be created") from None
+            _own_file(path, os.lstat(path))
+        except FileNotFoundError:
+            pass
         try:
-            fd = try_flock(self.folder / LOCK_NAME)
+            fd = try_flock(path)
         except OSError:
             raise BackupError(f"the backup folder {self.folder} is not writable") from None
         if fd is None:
             raise BackupBusy(BUSY)
+        try:
+            _own_file(path, os.fstat(fd))
+        except BackupError:
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     from guest_backup.archive.signing import Signer, TrustedKeys
 
 from guest_backup.engines import EngineSettings
@@ -144,7 +146,8 @@ class BackupSettings:
     compresslevel: int = 3
     #: BACKUP_LOCK_WAIT, seconds (0: without limit)
     lock_wait: float = 60.0
-    signing_key: str = ""
+    #: BACKUP_SIGNING_KEY, the key file's path (never shown: it might hold the key)
+    signing_key: str = field(default="", repr=False)
     installation_file: str = ""
     trusted_keys: list[str] = field(default_factory=list)
     age_recipients: list[str] = field(default_factory=list)
@@ -184,6 +187,13 @@ class BackupSettings:
         from guest_backup.archive.signing import Signer, load_or_create_key
 
         return Signer(load_or_create_key(self.signing_key))
+
+    def signing_key_file(self) -> "Path":
+        """The key file's absolute path; a BackupError (never showing the value)
+        when BACKUP_SIGNING_KEY holds the key itself."""
+        from guest_backup.archive.signing import key_file
+
+        return key_file(self.signing_key).resolve()
 
     def installation(self) -> str:
         """This installation's id (created on first use)."""
