@@ -39,8 +39,9 @@ def _busy(exc: Exception) -> None:
 @click.option("--output", type=click.Path(), help="Write the archive here (a file or a folder) "
               "instead of BACKUP_FOLDER.")
 @click.option("--keep", type=click.IntRange(min=0), default=None,
-              help="Keep the N newest archives in BACKUP_FOLDER (default: BACKUP_KEEP), "
-                   "besides what BACKUP_KEEP_DAILY/WEEKLY/MONTHLY keep; all 0 = keep all.")
+              help="Keep the N newest archives in each storage (BACKUP_FOLDER and "
+                   "BACKUP_REMOTE_URL; default: BACKUP_KEEP), besides what "
+                   "BACKUP_KEEP_DAILY/WEEKLY/MONTHLY keep; all 0 = keep all.")
 @with_appcontext
 def backup_command(output: str | None, keep: int | None) -> None:
     """Make a system backup: database dump + uploads without guest photos, as one
@@ -88,6 +89,13 @@ def backup_list_command() -> None:
         click.echo(f"WARNING {problem}", err=True)
     if not listing.archives:
         click.echo(f"no archives in {', '.join(listing.urls)}")
+    for storage, names in listing.unrecognised.items():  # as health counts them
+        click.echo(f"WARNING {storage}: {len(names)} file(s) named like archives are not "
+                   f"recognised (no valid seal of a trusted key, or another installation's)",
+                   err=True)
+    for storage, ahead in listing.future.items():
+        click.echo(f"WARNING {storage}: {len(ahead)} archive(s) signed with a creation time "
+                   f"in the future: check this machine's clock", err=True)
     for a in listing.archives:
         click.echo(f"{a.name}  {human_size(a.size):>10}  {a.created:%Y-%m-%d %H:%M:%S} UTC  "
                    f"{', '.join(a.locations)}")

@@ -155,6 +155,8 @@ def _free_name(folder: Path, when: datetime, encrypted: bool, taken: set[str]) -
 def _write(engine, db_engine, settings, target_dir: Path, target_name: str | None, progress,
            started, sink, taken: set[str]) -> tuple[Path | None, dict, int]:
     """Write the archive from one snapshot; ``started(name)`` once the snapshot exists."""
+    if not 1 <= settings.compresslevel <= 9:  # zlib took 10 with a traceback, 0 unpacked
+        raise BackupError(f"BACKUP_COMPRESSLEVEL must be 1 to 9, not {settings.compresslevel}")
     signer = settings.signer()
     recipients = parse_recipients(settings.age_recipients)
     when = datetime.now(timezone.utc)
