@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 COMMITTED = b"gr-restore-committed"
 XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
+#: a check of the finishing SQL that stops psql first prints why on a line of its
+#: own (``guest_backup.ops.schema.heads_check_sql``): the reason says it
+REFUSED = b"gr-schema-refused "
 
 
 #: right after the dump, still as the restore role (which owns what the dump made):
@@ -76,7 +79,7 @@ def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
 
 def marks(line: bytes) -> bool:
     """The lines of psql's output a restore keeps (:func:`outcome` reads them)."""
-    return line.startswith((COMMITTED, b"gr-restore-xid "))
+    return line.startswith((COMMITTED, b"gr-restore-xid ", REFUSED))
 
 
 def feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish, url: str,
@@ -84,8 +87,8 @@ def feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish, 
     """Our script around the screened dump; the finishing SQL (still restricted)
     and the finishers' statements on psql's open transaction (unrestricted: the
     dump is behind us) before the COMMIT; psql (and its transaction) killed on
-    any error but its own. Returns what the finishers' session was doing (for the
-    reason, when psql stopped there)."""
+    any error but its own. Returns what the finishers' session was doing, or why a
+    check of the finishing SQL stopped psql (for the reason)."""
     from guest_backup.engines import pgscreen
 
     screen, (before, after, unrestrict, end) = pgscreen.PgDumpScreen(), script
@@ -110,6 +113,14 @@ def feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish, 
         proc.kill()
         proc.wait()
         raise
+    if session is None:
+        output.printed()  # psql has ended: every line it printed is read
+    refused = next((line for line in output.kept if line.startswith(REFUSED)), None)
+    if refused is not None:
+        from guest_backup.archive.manifest import shown
+
+        return "checking the archive's schema: " + shown(
+            refused[len(REFUSED):].decode("utf-8", "replace").strip(), 300)
     return session.doing if session is not None else None
 
 

@@ -34,6 +34,7 @@ from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
 from guest_backup.ops.create import safe_message
 from guest_backup.ops.finishing import AuditCarry, ErasureReapply, Finishers, PlannedUpgrade
+from guest_backup.ops import schema
 from guest_backup.ops.schema import MigrationPaths
 from guest_backup.ops.settings import BackupSettings
 from guest_backup.ops.staging import StagedUploads
@@ -73,7 +74,7 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
         name = Path(path).name
         stage, finish, staged = "refused", Finishers(), StagedUploads(uploads_dir)
         binding = Binding(name, settings.installation(), frozenset(explicit_keys))
-        upgrade = PlannedUpgrade(migrations) if migrations is not None else None
+        upgrade = _CheckedUpgrade(migrations) if migrations is not None else None
         try:
             identities = _identities(path, identity)
             with ArchivePass(path, trusted, binding, identities=identities,
@@ -109,6 +110,29 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
     return RestoreResult(counts, written, present, kept, report.unsigned,
                          upgrade.describe() if upgrade is not None and upgrade.needed else None,
                          reapply.applied if reapply is not None else 0)
+
+
+class _CheckedUpgrade(PlannedUpgrade):
+    """The planned upgrade, and what the loaded database must bear out before the
+    commit (:mod:`guest_backup.ops.schema`): a database made before migrations is the
+    first revision; ``alembic_version`` holds the code's heads, whatever the manifest said."""
+
+    in_session = property(lambda self: self.upgrade is not None and self.upgrade.legacy)
+
+    def sql(self, url: str):
+        if self.upgrade is not None:
+            yield schema.LOADED_COLUMNS_SQL if self.upgrade.legacy else ""
+            yield from super().sql(url)
+            yield schema.heads_check_sql(self.upgrade)
+
+    def run(self, session) -> None:  # PostgreSQL, legacy: on psql's open transaction
+        schema.check_session(self.upgrade, session)
+
+    def apply(self, connection) -> None:  # SQLite: on the loaded copy
+        if self.upgrade is not None:
+            schema.check_legacy(self.upgrade, connection)
+            super().apply(connection)
+            schema.check_heads(self.upgrade, schema.current_revisions(connection))
 
 
 def _failed(exc: BaseException, stage: str, record) -> BaseException:

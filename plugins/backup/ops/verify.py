@@ -11,7 +11,9 @@ from guest_backup.archive.manifest import Binding
 from guest_backup.archive.onepass import verify_stream
 from guest_backup.archive.signing import TrustedKeys
 from guest_backup.archive.verify import ScreeningEngine, VerifyReport, verify_archive
+from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog
+from guest_backup.ops.schema import archive_revisions
 
 
 def verify(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine],
@@ -19,7 +21,8 @@ def verify(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine],
            allow_unsigned: bool = False, identities: list | None = None,
            installation: str | None = None, explicit_keys=()) -> VerifyReport:
     """:func:`verify_archive` (with ``identities``, an encrypted archive's contents too,
-    in one pass), recorded in the audit log (``verify``, ok or failed)."""
+    in one pass), recorded in the audit log (``verify``, ok or failed). The manifest's
+    schema revisions must be revision names (a restore refuses others)."""
     if identities is not None and is_encrypted(path):  # one pass, never a decrypted copy
         report = verify_stream(path, engines, trusted,
                                Binding(os.path.basename(path), installation,
@@ -27,6 +30,12 @@ def verify(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine],
     else:
         report = verify_archive(path, engines, trusted, allow_unsigned=allow_unsigned,
                                 installation=installation, explicit_keys=explicit_keys)
+    if report.ok and report.manifest is not None:
+        try:
+            archive_revisions(report.manifest)
+        except BackupError as exc:
+            report.ok = False
+            report.problems.append(str(exc))
     message = "; ".join(report.problems + report.notes
                         + (["decryption skipped (no identity)"] if report.decryption_skipped
                            else [])) or None
