@@ -76,3 +76,34 @@ def test_an_unexpected_restore_failure_is_called_a_restore_failure(app, runner, 
         last = conn.execute(sa.text("SELECT message FROM audit_log WHERE action = 'restore' "
                                     "ORDER BY id DESC LIMIT 1")).scalar_one()
     assert "the restore failed (TypeError)" in last
+
+
+def test_an_entry_written_while_the_dump_loads_is_carried_and_keeps_its_id(app, runner,
+                                                                           monkeypatch):
+    """An entry the live database got after the restore set the audit trail aside
+    (a backup starting while the dump loads) was lost, and the restore's own
+    entry took its id: that backup's end then rewrote the restore's entry (found
+    by a race review). Now it is taken at the last moment and keeps its id."""
+    from guest_backup.ops import finishing
+
+    assert runner.invoke(args=["demo-data"]).exit_code == 0
+    archive = make_backup(runner)
+    real, started = finishing.AuditCarry.set_aside.__func__, []
+
+    def set_aside(cls, *args, **kwargs):
+        carry = real(cls, *args, **kwargs)
+        with app.app_context():  # a backup begins while the dump loads
+            started.append(audit.start(db.engine, "backup", actor="timer", via="cli"))
+        return carry
+
+    monkeypatch.setattr(finishing.AuditCarry, "set_aside", classmethod(set_aside))
+    result = restore_replace(runner, archive)
+    assert result.exit_code == 0, result.output
+    (backup_id,) = started
+    with app.app_context():  # the backup ends after the restore
+        audit.finish(db.engine, backup_id, "ok", target="system_backup_x.zip")
+    after = entries(app)
+    assert (backup_id, "backup", "ok", "timer", "system_backup_x.zip") in after
+    restores = [row for row in after if row[1] == "restore"]
+    assert restores and restores[-1][2] == "ok" and restores[-1][0] > backup_id
+    assert restores[-1][4] != "system_backup_x.zip"

@@ -56,17 +56,17 @@ def calls_check() -> str:
 
 
 def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
-    """psql's input before the dump (our transaction, its xid, the restore role,
-    psql restricted by our key), after it (the objects handed to the connecting
+    """psql's input at the start (our transaction, its xid), before the dump (the
+    old schema dropped, the restore role, psql restricted by our key), after it (the objects handed to the connecting
     user: the role keeps nothing; the session's search_path back for the finishing
     SQL), once the finishing SQL ran (psql unrestricted, for the finishers'
     statements: the dump is behind it) and at the end (the marker printed only once
     the COMMIT succeeded)."""
     r = f'"{role}"'
-    before = ["SET standard_conforming_strings = on;", "BEGIN;",
-              "SELECT pg_catalog.txid_current() AS gr_restore_xid \\gset",
-              "\\echo gr-restore-xid :gr_restore_xid",
-              *(["DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public;"] * replace),
+    begin = ["SET standard_conforming_strings = on;", "BEGIN;",
+             "SELECT pg_catalog.txid_current() AS gr_restore_xid \\gset",
+             "\\echo gr-restore-xid :gr_restore_xid"]
+    before = [*(["DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public;"] * replace),
               f"GRANT USAGE, CREATE ON SCHEMA public TO {r};", f"SET LOCAL ROLE {r};",
               *([f"\\restrict {key}"] if key else [])]
     after = [calls_check(), "RESET ROLE;", "RESET search_path;",
@@ -74,7 +74,7 @@ def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
     unrestrict = [f"\\unrestrict {key}"] if key else []
     end = ["COMMIT;", "\\echo " + COMMITTED.decode()]
     return tuple(("\n" + "\n".join(lines) + "\n").encode()
-                 for lines in (before, after, unrestrict, end))
+                 for lines in (begin, before, after, unrestrict, end))
 
 
 def marks(line: bytes) -> bool:
@@ -91,9 +91,12 @@ def feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish, 
     check of the finishing SQL stopped psql (for the reason)."""
     from guest_backup.engines import pgscreen
 
-    screen, (before, after, unrestrict, end) = pgscreen.PgDumpScreen(), script
+    screen, (begin, before, after, unrestrict, end) = pgscreen.PgDumpScreen(), script
     session = None
     try:
+        proc.stdin.write(begin)
+        for text in (finish.sql_before(url) if finish else ()):  # the old schema is there
+            proc.stdin.write(text.encode())
         proc.stdin.write(before)
         while chunk := stream.read(CHUNK):
             proc.stdin.write(screen.feed(chunk))

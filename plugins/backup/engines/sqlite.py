@@ -136,7 +136,7 @@ class SQLiteEngine:
                 why = swap.verdict(problems, loaded, None)
                 if why:
                     raise EngineError(f"the loaded dump {why}; {NOTHING_RESTORED}")
-                swap.swap_in(src, target, loaded)
+                swap.swap_in(src, target, loaded, getattr(finish, "before_swap", None))
             finally:
                 src.close()
         except BaseException:

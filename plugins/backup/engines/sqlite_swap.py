@@ -12,6 +12,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable
 
 from guest_backup.errors import EngineError
 
@@ -128,7 +129,8 @@ def after_swap(dst: sqlite3.Connection) -> str | None:
     return verdict(*inspect(dst), None)
 
 
-def swap_in(src: sqlite3.Connection, target: Path, loaded: dict[str, int]) -> None:
+def swap_in(src: sqlite3.Connection, target: Path, loaded: dict[str, int],
+            before: "Callable[[sqlite3.Connection, Path], None] | None" = None) -> None:
     """Copy ``src`` into ``target`` through the target's own connection, the old
     contents kept in a private file beside it until the result checked out (and
     put back if it does not); then checkpoint the WAL into the database file.
@@ -145,6 +147,8 @@ def swap_in(src: sqlite3.Connection, target: Path, loaded: dict[str, int]) -> No
     kept = False
     try:
         _copy_aside(dst, keep)
+        if before is not None:  # e.g. what the target gained while the dump loaded
+            before(src, keep)
         _backup(src, dst, f"{NOTHING_RESTORED}; the database is as it was")
         why = after_swap(dst)
         if why and put_back(keep, dst):

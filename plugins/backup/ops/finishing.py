@@ -4,14 +4,13 @@ before it is swapped in), so that all of it happens or none of it:
 
 - :class:`~guest_backup.ops.schema.SchemaUpgrade`: the archive's schema brought
   to the code's revisions;
-- :class:`AuditCarry`: the target's audit trail carried across the restore. Every
-  entry of the database being replaced is set aside first (streamed to a private
-  file) and written back over the archive's copy (an entry the archive holds as
-  ``running`` gets its final state; an entry written after the archive was taken
-  comes back with its id), so that a restore loses nothing of the audit;
+- :class:`~guest_backup.ops.audit_carry.AuditCarry`: the target's audit trail
+  carried across the restore, so that a restore loses nothing of the audit;
 - the erasure ledger re-applied (``guest_backup.ops.erasure``).
 
-A finisher has ``sql(url) -> Iterator[str]`` and ``apply(connection)``; one that
+A finisher has ``sql(url) -> Iterator[str]`` and ``apply(connection)`` (and may
+have ``sql_before(url)``, run on psql's transaction before the old schema goes,
+and ``before_swap(src, kept)`` for SQLite); one that
 needs Python on PostgreSQL's loaded rows before the COMMIT also has
 ``in_session`` (true when it has work) and ``run(session)``, which gets psql's
 open transaction (:mod:`guest_backup.engines.psqlsession`).
@@ -19,16 +18,13 @@ open transaction (:mod:`guest_backup.engines.psqlsession`).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Iterator
 
-BATCH = 500
-AUDIT_TABLE = "audit_log"
+from guest_backup.ops.audit_carry import AuditCarry
+
+__all__ = ["AuditCarry", "ErasureReapply", "Finishers", "PlannedUpgrade", "erasures_for"]
 
 
 @dataclass
@@ -39,6 +35,17 @@ class Finishers:
 
     def __bool__(self) -> bool:
         return bool(self.parts)
+
+    def sql_before(self, url: str) -> Iterator[str]:
+        """PostgreSQL: statements on psql's transaction before the old schema goes."""
+        for part in self.parts:
+            yield from getattr(part, "sql_before", lambda url: ())(url)
+
+    def before_swap(self, src, kept: Path) -> None:
+        """SQLite: what the parts take from ``kept``, the target's copy made just
+        before the swap, into the loaded copy ``src``."""
+        for part in self.parts:
+            getattr(part, "before_swap", lambda src, kept: None)(src, kept)
 
     def sql(self, url: str) -> Iterator[str]:
         for part in self.parts:
@@ -56,93 +63,6 @@ class Finishers:
         for part in self.parts:
             if getattr(part, "in_session", False):
                 part.run(session)
-
-
-def _jsonable(value):
-    if isinstance(value, (datetime, date)):
-        return {"__dt__": value.isoformat()}
-    return value
-
-
-def _from_json(value):
-    if isinstance(value, dict) and "__dt__" in value:
-        return datetime.fromisoformat(value["__dt__"])
-    return value
-
-
-@dataclass
-class AuditCarry:
-    """The target's audit entries, set aside in ``path`` (JSON lines, 0600)."""
-
-    path: Path
-    columns: list[str]
-    #: each column's reflected type (how its values are written as SQL literals)
-    types: dict = field(default_factory=dict)
-    count: int = 0
-
-    @classmethod
-    def set_aside(cls, target_url: str, folder: str | os.PathLike | None = None):
-        """Stream the target's audit entries to a private file; None when the target
-        has no audit table (an empty or foreign database)."""
-        from sqlalchemy import MetaData, Table, create_engine, inspect, select
-
-        engine = create_engine(target_url)
-        try:
-            with engine.connect() as conn:
-                if AUDIT_TABLE not in inspect(conn).get_table_names():
-                    return None
-                audit = Table(AUDIT_TABLE, MetaData(), autoload_with=conn)
-                fd, name = tempfile.mkstemp(prefix="gr-audit-", suffix=".jsonl", dir=folder)
-                carry = cls(Path(name), [c.name for c in audit.columns],
-                            {c.name: c.type for c in audit.columns})
-                with os.fdopen(fd, "w") as out:
-                    rows = conn.execution_options(stream_results=True).execute(
-                        select(audit).order_by(audit.c.id))
-                    for row in rows.mappings():
-                        out.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
-                        carry.count += 1
-                return carry
-        finally:
-            engine.dispose()
-
-    def _batches(self) -> Iterator[list[dict]]:
-        batch: list[dict] = []
-        with open(self.path) as lines:
-            for line in lines:
-                batch.append({k: _from_json(v) for k, v in json.loads(line).items()})
-                if len(batch) >= BATCH:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
-
-    def _statement(self, dialect: str, rows: list[dict]):
-        from sqlalchemy import column, table
-
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        audit = table(AUDIT_TABLE, *[column(c, self.types.get(c)) for c in self.columns])
-        statement = insert(audit).values([{c: r.get(c) for c in self.columns} for r in rows])
-        return statement.on_conflict_do_update(
-            index_elements=["id"],
-            set_={c: statement.excluded[c] for c in self.columns if c != "id"})
-
-    def sql(self, url: str) -> Iterator[str]:
-        from guest_backup.engines.psqlsession import psql_text
-
-        for rows in self._batches():
-            yield f"{psql_text(self._statement('postgresql', rows))};\n"
-        yield (f"SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('{AUDIT_TABLE}', "
-               f"'id'), (SELECT COALESCE(max(id), 1) FROM {AUDIT_TABLE}));\n")
-
-    def apply(self, connection) -> None:
-        for rows in self._batches():
-            connection.execute(self._statement(connection.dialect.name, rows))
-
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 @dataclass
