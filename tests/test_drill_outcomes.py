@@ -14,15 +14,8 @@ import pytest
 
 from guest_backup.wiring import backup_context
 from tests.helpers import make_backup
-from tests.test_notify import Receiver
+from tests.test_notify import receiver  # noqa: F401 (fixture)
 from tests.test_remote import SECRET, entries, pings, remote, s3  # noqa: F401 (fixtures)
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture

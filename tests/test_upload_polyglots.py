@@ -5,7 +5,6 @@ nothing stored); real photos and scans, compressed streams included, still pass.
 
 from __future__ import annotations
 
-import io
 import random
 import tracemalloc
 import zlib
@@ -15,19 +14,12 @@ import pytest
 
 from guest_registration.extensions import db
 from guest_registration.models import Guest
-from tests.helpers import csrf_token_from
+from tests.test_security import register
 
 MARKUP = "markup or script"
 TOO_LARGE = "larger than"
 
 
-def register(client, trip_id, data: bytes, filename: str):
-    page = client.get(f"/trips/{trip_id}/register").get_data(as_text=True)
-    form = {"csrf_token": csrf_token_from(page), "email": "h@example.com", "language": "en",
-            "guests-0-first_name": "A", "guests-0-last_name": "B", "guests-0-age_category": "adult",
-            "guests-0-document_type": "passport", "guests-0-document_number": "1",
-            "guests-0-gdpr_consent": "y", "guests-0-document_photo": (io.BytesIO(data), filename)}
-    return client.post(f"/trips/{trip_id}/register", data=form, content_type="multipart/form-data")
 
 
 def stored(app) -> list[str]:
