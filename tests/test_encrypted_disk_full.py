@@ -12,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyrage
 import pytest
 
 from guest_backup.archive.encryption import EncryptingWriter, parse_recipients
 from guest_backup.ops.create import safe_message
 from tests.helpers import ROOT
-
-pyrage = pytest.importorskip("pyrage")
 
 
 def recipient() -> str:
