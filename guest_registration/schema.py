@@ -99,8 +99,10 @@ def _remember(app: Flask, conn) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(json.dumps(folders + [f for f in loaded if f not in folders], indent=1),
-                       encoding="utf-8")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the instance's own
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(folders + [f for f in loaded if f not in folders], indent=1))
     os.replace(partial, path)
 
 

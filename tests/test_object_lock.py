@@ -190,7 +190,7 @@ def test_retention_still_understands_a_plugin_storage_that_refuses_plainly(
 
     when = datetime(2026, 1, 1, tzinfo=timezone.utc)
     names = ["new", "locked", "old"]
-    monkeypatch.setattr(listing, "recognised", lambda ctx, storage: (
+    monkeypatch.setattr(listing, "recognised", lambda ctx, storage, future=None: (
         [SimpleNamespace(name=n, created=when - timedelta(days=i)) for i, n in enumerate(names)],
         []))
     storage = _Refusing({"locked": "a hold"})

@@ -73,6 +73,7 @@ def test_the_folders_of_plugins_are_remembered_in_the_instance_folder(app, tmp_p
 
     listed = Path(app.instance_path) / LOCATIONS_FILE
     assert listed.is_file()  # the app's setup wrote it
+    assert listed.stat().st_mode & 0o077 == 0  # the instance folder's own: 0600
     with app.app_context():
         assert remembered_locations(app) == [f for f in version_locations(app)[1:]]
         with db.engine.begin() as conn:
