@@ -106,3 +106,27 @@ def test_a_held_lock_of_our_own_is_still_busy(tmp_path):
         with pytest.raises(BackupBusy):
             BackupLock(tmp_path / "backups").acquire()
     assert stat.S_IMODE((tmp_path / "backups").stat().st_mode) == 0o700
+
+
+@sqlite
+def test_with_the_lock_in_redis_pruning_and_drills_make_the_folder_private_too(
+        app, runner, redis_url, tmp_path):
+    """With REDIS_URL the lock is in Redis: only a backup made BACKUP_FOLDER
+    private, ``backup-prune`` and ``restore-test`` used an open or shared one."""
+    app.config["REDIS_URL"] = redis_url
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o755)
+    app.config["BACKUP_FOLDER"] = str(folder)
+    result = runner.invoke(args=["backup-prune", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    app.config["BACKUP_FOLDER"] = str(shared)
+    for command in (["backup-prune"], ["restore-test"]):
+        result = runner.invoke(args=command)
+        assert result.exit_code == 1, (command, result.output)
+        assert f"BACKUP_FOLDER {shared} is a shared folder" in result.output
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777

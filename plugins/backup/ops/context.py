@@ -79,7 +79,8 @@ class BackupContext:
 
     def lock(self) -> BackupLock | RedisBackupLock:
         """The one-backup-at-a-time lock (not taken yet)."""
-        return shared(self, lambda c: RedisBackupLock(c, self.redis_key("backup-lock")),
+        return shared(self, lambda c: RedisBackupLock(c, self.redis_key("backup-lock"),
+                                                      self.settings.backup_folder),
                       lambda: BackupLock(self.settings.backup_folder))
 
     def local(self) -> LocalStorage:

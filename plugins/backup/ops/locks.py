@@ -181,8 +181,10 @@ def redis_shown(client) -> str:
 class RedisBackupLock:
     TTL = 30  # seconds without renewal before a dead holder's lock is free
 
-    def __init__(self, client, key: str) -> None:
+    def __init__(self, client, key: str, folder: str | os.PathLike | None = None) -> None:
         self.client, self.key = client, key
+        #: the backup folder, made private before the lock is taken (as BackupLock does)
+        self.folder = folder
         self.token: str | None = None
         self._stop: threading.Event | None = None
         self._ttl: float = self.TTL
@@ -212,6 +214,8 @@ class RedisBackupLock:
     def acquire(self, ttl: float | None = None, renew: bool = True) -> "RedisBackupLock":
         """Take the lock; held ``ttl`` seconds unless renewed (``renew``: by a
         thread of this process until :meth:`release`)."""
+        if self.folder is not None:
+            private_backup_folder(self.folder)
         token = uuid.uuid4().hex
         with self._reaching():
             taken = self.client.set(self.key, token, nx=True, px=int((ttl or self.TTL) * 1000))
