@@ -87,7 +87,7 @@ def test_a_lock_file_of_another_user_is_refused_not_busy(app, runner, tmp_path):
     """Planted while the folder was open (before this fix made it private), and
     held by its owner: before, every backup exited 75 ("another backup is running")."""
     if os.geteuid() != 0:
-        missing("REQUIRE_ROOT", "giving a file to another user needs root")
+        missing("REQUIRE_PGBACKREST", "giving a file to another user needs root (as PITR does)")
     folder = tmp_path / "planted"
     folder.mkdir()
     lock = folder / LOCK_NAME

@@ -37,9 +37,10 @@ def _from_json(value):
 
 @dataclass
 class AuditCarry:
-    """The target's audit entries, set aside in ``path`` (JSON lines, 0600)."""
+    """The target's audit entries, set aside in ``path`` (JSON lines, 0600; None on
+    PostgreSQL, which carries its own copy: :meth:`sql_before`)."""
 
-    path: Path
+    path: Path | None
     columns: list[str]
     #: each column's reflected type (how its values are written as SQL literals)
     types: dict = field(default_factory=dict)
@@ -59,7 +60,7 @@ class AuditCarry:
         the copy of the target made just before the swap (:meth:`before_swap`).
         Before, they were lost, and the restore's own entry took the id of a
         backup's, which that backup's end then overwrote."""
-        from sqlalchemy import MetaData, Table, create_engine, inspect, select
+        from sqlalchemy import MetaData, Table, create_engine, func, inspect, select
 
         engine = create_engine(target_url)
         try:
@@ -67,6 +68,9 @@ class AuditCarry:
                 if AUDIT_TABLE not in inspect(conn).get_table_names():
                     return None
                 audit = Table(AUDIT_TABLE, MetaData(), autoload_with=conn)
+                if conn.dialect.name == "postgresql":  # the copy is made on psql's transaction
+                    return cls(None, [c.name for c in audit.columns], count=conn.execute(
+                        select(func.count()).select_from(audit)).scalar_one())
                 fd, name = tempfile.mkstemp(prefix="gr-audit-", suffix=".jsonl", dir=folder)
                 carry = cls(Path(name), [c.name for c in audit.columns],
                             {c.name: c.type for c in audit.columns})
@@ -92,13 +96,11 @@ class AuditCarry:
         if batch:
             yield batch
 
-    def _statement(self, dialect: str, rows: list[dict]):
+    def _statement(self, rows: list[dict]):
+        """SQLite: the rows over the loaded table's, theirs winning at the same id."""
         from sqlalchemy import column, table
+        from sqlalchemy.dialects.sqlite import insert
 
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
         audit = table(AUDIT_TABLE, *[column(c, self.types.get(c)) for c in self.columns])
         statement = insert(audit).values([{c: r.get(c) for c in self.columns} for r in rows])
         return statement.on_conflict_do_update(
@@ -145,8 +147,10 @@ class AuditCarry:
             self.count += len(rows)
 
     def apply(self, connection) -> None:
+        """SQLite: the entries set aside, into the loaded copy."""
         for rows in self._batches():
-            connection.execute(self._statement(connection.dialect.name, rows))
+            connection.execute(self._statement(rows))
 
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
