@@ -12,6 +12,7 @@ ever committed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import secrets
@@ -152,20 +153,44 @@ def ensure_private_folder(path: Path, setting: str = "INSTANCE_PATH") -> Path:
 
 
 def _secret_from_file(instance_path: Path, name: str) -> str:
-    """Read (or create once, mode 0600) a random secret kept in the instance folder."""
+    """Read (or create once, mode 0600) a random secret kept in the instance folder.
+    The new file is written whole under a temporary name, then linked into place:
+    of two processes starting at once (``serve``'s workers each build their app)
+    one wins and both use its secret; nobody reads it half-written. An empty file
+    (a crash or a full disk during an earlier version's write) is replaced. Made
+    by root (``status`` typed by an administrator) in the service user's folder,
+    it is that user's."""
+    import tempfile
+
     path = instance_path / name
-    try:
-        value = path.read_text().strip()
-        if value:
-            return value
-    except FileNotFoundError:
-        pass
-    ensure_private_folder(instance_path)
-    value = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
-    return value
+    for _ in range(5):
+        try:
+            value = path.read_text().strip()
+            if value:
+                return value
+            exists = True
+        except FileNotFoundError:
+            exists = False
+        ensure_private_folder(instance_path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=instance_path)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                folder = instance_path.stat()
+                if os.geteuid() == 0 and folder.st_uid != 0:  # the service user's folder
+                    os.fchown(fh.fileno(), folder.st_uid, folder.st_gid)
+                fh.write(secrets.token_urlsafe(48) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            if exists:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # FileExistsError: another process was first
+        except FileExistsError:
+            continue
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return path.read_text().strip()
 
 
 def _defaults(instance: Path) -> dict[str, Any]:

@@ -71,24 +71,23 @@ def key_file(setting: str | os.PathLike) -> Path:
 
 
 def load_or_create_key(path: str | os.PathLike) -> Ed25519PrivateKey:
-    """The instance's signing key; created (mode 0600) the first time it is needed."""
+    """The instance's signing key; created (mode 0600) the first time it is needed,
+    written whole before anyone can read it (:func:`guest_backup.files.read_or_create`:
+    an empty file, such as a full disk left behind, is replaced)."""
+    from guest_backup.files import read_or_create
+
     path = key_file(path)
+
+    def new_key() -> bytes:
+        return Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use that one
-            return load_or_create_key(path)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        return key
+        data = read_or_create(path, new_key)
     except OSError as exc:
-        raise BackupError(f"the signing key {path} cannot be read ({exc.strerror})") from None
+        raise BackupError(f"the signing key {path} cannot be read or written "
+                          f"({exc.strerror or type(exc).__name__})") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):

@@ -232,27 +232,17 @@ def _as_flag(value: Any) -> bool:
 
 
 def load_or_create_installation_id(path: str | os.PathLike) -> str:
-    """The id in ``path``, or a new random one written there (mode 0600)."""
+    """The id in ``path``, or a new random one written there (mode 0600, whole
+    before anyone reads it: :func:`guest_backup.files.read_or_create`)."""
     import uuid
-    from pathlib import Path
 
-    file = Path(path)
+    from guest_backup.files import read_or_create
+
     try:
-        text = file.read_text().strip()
-        if text:
-            return text
-    except FileNotFoundError:
-        pass
+        data = read_or_create(path, lambda: (uuid.uuid4().hex + "\n").encode())
     except OSError:
-        raise BackupError(f"the installation id {file} cannot be read") from None
-    new = uuid.uuid4().hex
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return file.read_text().strip()
-    except OSError:
-        raise BackupError(f"the installation id {file} cannot be written") from None
-    with os.fdopen(fd, "w") as out:
-        out.write(new + "\n")
-    return new
+        raise BackupError(f"the installation id {path} cannot be read or written") from None
+    text = data.decode("utf-8", "replace").strip()
+    if not text:
+        raise BackupError(f"the installation id {path} is empty")
+    return text
