@@ -69,7 +69,7 @@ def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
     before = [*(["DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public;"] * replace),
               f"GRANT USAGE, CREATE ON SCHEMA public TO {r};", f"SET LOCAL ROLE {r};",
               *([f"\\restrict {key}"] if key else [])]
-    after = [calls_check(), "RESET ROLE;", "RESET search_path;",
+    after = [calls_check(), "RESET ROLE;", "SET search_path = public, pg_temp;",
              f"REASSIGN OWNED BY {r} TO CURRENT_USER;", f"DROP OWNED BY {r};"]
     unrestrict = [f"\\unrestrict {key}"] if key else []
     end = ["COMMIT;", "\\echo " + COMMITTED.decode()]

@@ -22,7 +22,11 @@ _SETS = frozenset(f"SET {s}" for s in (
     "default_with_oids = false"))
 
 _N = r'(?:[A-Z_][A-Z0-9_]*|"(?:[^"]|"")*")'    # a name, as the shape shows it
-_QN = rf"{_N}(?: \. {_N})?"                       # a schema-qualified name
+#: a table, sequence or type of the dump: in ``public``, as pg_dump writes this app's
+#: (its search_path is empty). Another schema is refused: a ``pg_temp.guest`` hid
+#: the loaded table from everything run after the dump in the same session (the
+#: erasures re-applied, the audit's sequence), and only ``public`` is restored.
+_QN = rf'(?:PUBLIC|"public") \. {_N}'
 _INT = r"(?:- )?[0-9]+"
 _LIT = r"'(?:[^']|'')*'"
 _SELECTS = re.compile(
@@ -30,12 +34,12 @@ _SELECTS = re.compile(
     rf"|SELECT PG_CATALOG \. SETVAL \( {_LIT} , {_INT} , (?:TRUE|FALSE) \)")
 _COPY = re.compile(rf"COPY {_QN} (?:\( {_N}(?: , {_N})* \) )?FROM STDIN")
 _DDL = re.compile(
-    rf"CREATE (?:UNLOGGED )?TABLE {_QN} \( .*\)"
+    rf"CREATE TABLE {_QN} \( .*\)"
     rf"|CREATE SEQUENCE {_QN}(?: AS {_N}| START WITH {_INT}| INCREMENT BY {_INT}| NO MINVALUE"
     rf"| NO MAXVALUE| MINVALUE {_INT}| MAXVALUE {_INT}| CACHE [0-9]+| NO CYCLE| CYCLE)*"
     rf"|CREATE (?:UNIQUE )?INDEX {_N} ON (?:ONLY )?{_QN} USING {_N} \( .*"
     rf"|CREATE TYPE {_QN} AS ENUM \( (?:{_LIT}(?: , {_LIT})* )?\)"
-    rf"|ALTER SEQUENCE {_QN} OWNED BY {_N} \. {_N}(?: \. {_N})?"
+    rf"|ALTER SEQUENCE {_QN} OWNED BY {_QN} \. {_N}"
     rf"|ALTER TABLE (?:ONLY )?{_QN} (?:ALTER COLUMN {_N} SET DEFAULT .+"
     rf"|ADD CONSTRAINT {_N} (?:PRIMARY KEY|UNIQUE|FOREIGN KEY|CHECK) .+"
     rf"|ALTER COLUMN {_N} ADD GENERATED (?:ALWAYS|BY DEFAULT) AS IDENTITY \( .+ \))"
@@ -77,7 +81,8 @@ def statement_problem(statement: str) -> tuple[str | None, str]:
         return "a SELECT other than pg_dump's set_config and setval", verb
     if verb == "COPY":
         if not _COPY.fullmatch(shape):
-            return "a COPY that is not COPY … FROM stdin (e.g. TO PROGRAM or a file)", verb
+            return ("a COPY that is not COPY public.… FROM stdin (e.g. TO PROGRAM, a file "
+                    "or another schema)"), verb
     elif verb not in ("SET", "SELECT"):
         if not _DDL.fullmatch(shape) or not _table_closes(tokens, shape):
             return (f"a statement not in pg_dump's dump of this schema "
@@ -137,7 +142,7 @@ def _depths(tokens: list[tuple[str, str]]) -> list[int]:
 
 def _table_closes(tokens: list[tuple[str, str]], shape: str) -> bool:
     """A CREATE TABLE's column list closes at its end (no ``AS``, ``INHERITS`` …)."""
-    if not shape.startswith(("CREATE TABLE ", "CREATE UNLOGGED TABLE ")):
+    if not shape.startswith("CREATE TABLE "):
         return True
     depths = _depths(tokens)
     return depths.index(0, depths.index(1)) == len(tokens) - 1

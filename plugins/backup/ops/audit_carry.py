@@ -121,8 +121,9 @@ class AuditCarry:
         update = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in self.columns if c != "id")
         yield (f"INSERT INTO public.{AUDIT_TABLE} ({names}) SELECT {names} FROM pg_temp.{CARRIED} "
                f"ON CONFLICT (id) DO UPDATE SET {update};\n")
-        yield (f"SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('{AUDIT_TABLE}', "
-               f"'id'), (SELECT COALESCE(max(id), 1) FROM {AUDIT_TABLE}));\n")
+        yield (f"SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence("
+               f"'public.{AUDIT_TABLE}', 'id'), (SELECT COALESCE(max(id), 1) "
+               f"FROM public.{AUDIT_TABLE}));\n")
 
     def before_swap(self, src, kept: Path) -> None:
         """SQLite: the entries the target gained since :meth:`set_aside` (in
