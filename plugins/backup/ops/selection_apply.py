@@ -25,7 +25,8 @@ from guest_backup.ops.create import safe_message
 from guest_backup.ops.erasure_mark import last_seq
 from guest_backup.ops.erasure_sql import CHUNK
 from guest_backup.ops.selection_plan import plan_selection
-from guest_backup.ops.selection_steps import Plan, Selection, SelectionChanged, Step
+from guest_backup.ops.selection_steps import (Plan, Selection, SelectionChanged, Step,
+                                              failure_line)
 from guest_backup.ops.selection_rows import (PARENT, TABLES, Tables,
                                              fingerprint)
 
@@ -187,7 +188,7 @@ def restore_selection(ctx, live_engine: Engine, source_engine: Engine, selection
         if not dry_run:
             quietly("the selective restore", ctx.audit.record, live_engine, ACTION, "failed",
                     actor=actor, via=via, target=archive,
-                    message=f"{selection.describe()}: {safe_message(exc, 'selective restore')}")
+                    message=failure_line(selection, safe_message(exc, "selective restore")))
         if isinstance(exc, BackupError):
             raise
         log.warning("selective restore failed (%s)", type(exc).__name__, exc_info=True)

@@ -13,12 +13,16 @@ from sqlalchemy.engine import Connection, Engine
 from guest_backup.archive.format import PHOTO_NAME_RE
 from guest_backup.ops.erasure_sql import BATCH, erased_email, guest_is_erased, stream
 from guest_backup.ops.reapply import erased_present
-from guest_backup.ops.selection_steps import Plan, Selection, SelectionError, Step
+from guest_backup.ops.selection_steps import (Plan, Selection, SelectionError, Step, runs,
+                                              shortened)
 from guest_backup.ops.selection_rows import (Tables, changed_fields, fingerprint,
                                              issued_up_to, new_ids, same_record)
 
 PENDING = -1  # the target id of a row whose new id is drawn at the end
 NEW_ID = ("id-taken", "id-ahead")  # the reasons a row comes back with a new id
+
+#: the unknown ids a refusal lists (the rest are counted)
+ID_CHARS = 200
 
 
 def plan_selection(source_engine: Engine, live_engine: Engine, selection: Selection,
@@ -217,9 +221,9 @@ class _Planner:
         for ids, seen, what in ((sel.overwrite_guest_ids, self.seen_guests, "guest"),
                                 (sel.overwrite_registration_ids,
                                  set(self.target["registration"]), "registration")):
-            stray = [str(i) for i in ids if i not in seen]
+            stray = [i for i in ids if i not in seen]
             if stray:
-                raise SelectionError(f"overwrite {what} {', '.join(stray)}: not among the "
+                raise SelectionError(f"overwrite {_ids(what, stray)}: not among the "
                                      f"selected rows of the archive")
 
     def _draw_new_ids(self) -> None:
@@ -238,9 +242,15 @@ class _Planner:
 
 
 def _require(wanted: Iterable[int], found: dict, what: str) -> None:
-    missing = [str(i) for i in wanted if i not in found]
+    missing = [i for i in wanted if i not in found]
     if missing:
-        raise SelectionError(f"{what} {', '.join(missing)} is not in the archive")
+        raise SelectionError(f"{_ids(what, missing)} is not in the archive")
+
+
+def _ids(what: str, ids: list[int]) -> str:
+    """``registration 3-7, 9``, shortened past ``ID_CHARS``: the message is one line
+    (on the page, the CLI, the audit entry) however many ids were given."""
+    return shortened(runs(what, [(i, i) for i in ids]), len(ids), ID_CHARS)
 
 
 __all__ = ["plan_selection"]

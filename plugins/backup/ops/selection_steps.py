@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 ACTIONS = ("insert", "overwrite", "leave", "erased")
+#: the audit log keeps this much of a message (``guest_registration.audit.MESSAGE_CHARS``;
+#: the host is not imported below ``ops``): the facts go first, the id lists are shortened
+AUDIT_CHARS = 500
 #: reason code → what it means (the page translates the codes; the CLI prints this)
 REASONS = {
     "missing": "not in today's database: comes back with its id",
@@ -58,10 +61,62 @@ class Selection:
         if not self.trip_ids and not self.registration_ids:
             raise SelectionError("choose a trip or at least one registration")
 
-    def describe(self) -> str:
-        parts = [f"trip {i}" for i in self.trip_ids]
-        parts += [f"registration {i}" for i in self.registration_ids]
-        return ", ".join(parts)
+    def describe(self, chars: int | None = None) -> str:
+        """Every chosen id (the page and the CLI); with ``chars``, as runs of ids cut to
+        ``chars`` and saying so: the page lets an admin tick thousands of ids, the
+        audit message keeps 500 characters and its counts must not be cut off."""
+        if chars is None:
+            parts = [f"trip {i}" for i in self.trip_ids]
+            parts += [f"registration {i}" for i in self.registration_ids]
+            return ", ".join(parts)
+        tokens = (runs("trip", [(i, i) for i in self.trip_ids])
+                  + runs("registration", [(i, i) for i in self.registration_ids]))
+        return shortened(tokens, len(self.trip_ids) + len(self.registration_ids), chars)
+
+
+def runs(table: str, pairs: list[tuple[int, int]], mapped: bool = False) -> list[str]:
+    """``(id, id)`` or ``(old id, new id)`` pairs as runs (``registration 3-7``, ``9``,
+    or mapped ``3-7→41-45``), the table named before the first: thousands of ids
+    that follow each other take a few characters."""
+    spans: list[list[int]] = []
+    for old, new in sorted(pairs):
+        if spans and old == spans[-1][1] + 1 and new == spans[-1][3] + 1:
+            spans[-1][1], spans[-1][3] = old, new
+        else:
+            spans.append([old, old, new, new])
+
+    def span(a: int, b: int) -> str:
+        return str(a) if a == b else f"{a}-{b}"
+    tokens = [span(a, b) + (f"→{span(c, d)}" if mapped else "") for a, b, c, d in spans]
+    if tokens:
+        tokens[0] = f"{table} {tokens[0]}"
+    return tokens
+
+
+def shortened(tokens: list[str], count: int, chars: int, noun: str = "ids") -> str:
+    """``tokens`` joined, or as many as fit in ``chars`` followed by how many ids there
+    are in all and that the list is shortened (a one-line message stays one line
+    of bounded length)."""
+    text = ", ".join(tokens)
+    if len(text) <= chars:
+        return text
+    tail = f"… ({count} {noun} in all, list shortened)"
+    kept: list[str] = []
+    for token in tokens:
+        if len(", ".join(kept + [token, tail])) > chars:
+            break
+        kept.append(token)
+    return ", ".join(kept + [tail])[:max(chars, 0)]
+
+
+def failure_line(selection: Selection, reason: str, chars: int = AUDIT_CHARS) -> str:
+    """The audit message of a failed restore: the reason first and whole (only a
+    reason longer than most of the message is cut), then the chosen ids shortened
+    to what is left."""
+    if len(reason) > chars - 80:
+        reason = reason[:chars - 81] + "…"
+    head = f"{reason}; chosen "
+    return head + selection.describe(chars - len(head))
 
 
 @dataclass(slots=True)  # a whole trip's plan holds one per row
@@ -130,20 +185,27 @@ class Plan:
                              "text": PHOTO_NOTES[s.photo]} for s in self.steps if s.photo])
         return data
 
-    def summary(self) -> str:
-        """One line without personal data (ids and counts only): the audit message."""
+    def summary(self, chars: int = AUDIT_CHARS) -> str:
+        """One line without personal data (ids and counts only): the audit message,
+        within ``chars``. The counts come first and whole; the chosen ids and the new
+        ids share what is left, shortened (and saying so) when they do not fit."""
         counts = self.counts()
 
         def line(action: str) -> str:
             c = counts[action]
             return (f"{c['trip']} trips, {c['registration']} registrations, "
                     f"{c['guest']} guests")
-        mapped = [f"{t} {old}→{new}" for t, ids in self.mapping().items()
-                  for old, new in ids.items()]
-        if len(mapped) > 12:
-            mapped = mapped[:12] + [f"… {len(mapped) - 12} more"]
-        return (f"{self.selection.describe()}: inserted {line('insert')}; overwrote "
-                f"{line('overwrite')}; left {line('leave')}; erased left out "
-                f"{counts['erased']['registration']} registrations, "
-                f"{counts['erased']['guest']} guests"
-                + (f"; new ids: {', '.join(mapped)}" if mapped else ""))
+        head = (f"inserted {line('insert')}; overwrote {line('overwrite')}; left "
+                f"{line('leave')}; erased left out {counts['erased']['registration']} "
+                f"registrations, {counts['erased']['guest']} guests; chosen ")
+        mapping = self.mapping()
+        mapped = [t for table, ids in mapping.items()
+                  for t in runs(table, [(int(o), n) for o, n in ids.items()], mapped=True)]
+        sep = "; new ids: "
+        room = chars - len(head) - (len(sep) if mapped else 0)
+        chosen = self.selection.describe(max(room // 2, room - len(", ".join(mapped))))
+        text = head + chosen
+        if mapped:
+            moved = sum(len(ids) for ids in mapping.values())
+            text += sep + shortened(mapped, moved, chars - len(text) - len(sep), "new ids")
+        return text[:chars]
