@@ -91,7 +91,7 @@ def restore_select_command(archive: str, trip, registration, overwrite, overwrit
 
     selection = _selection(trip, registration, overwrite, overwrite_registration)
     ctx, actor = backup_context(), cli_actor()
-    was_open = find_session(ctx, archive) is not None
+    was_open = find_session(ctx, archive, identity, trusted_key) is not None
     try:
         session = open_archive(ctx, database_engine(), archive, actor=actor, via="cli",
                                identity=identity, trusted_keys=trusted_key)

@@ -6,9 +6,8 @@ and the source of a selective restore (``guest_backup.ops.selection``).
 A scratch database lives beside the live one: on PostgreSQL a new database
 ``guest_browse_<id>`` on the same server, on SQLite a file in
 ``<instance>/browse/``. Sessions are shared by every process through the
-registry (``browse_registry``): an archive already open is reused, and a session
-unused for ``BACKUP_BROWSE_IDLE_MINUTES`` is dropped by :func:`reap`, which the
-page, the command and the app's start call.
+registry (``browse_registry``): an archive already open with the same trust is
+reused; one unused for ``BACKUP_BROWSE_IDLE_MINUTES`` is dropped by :func:`reap`.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.browse_load import PREFIX, drop_scratch, load_into
 from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, parse_time,
-                                              pid_alive)
+                                              pid_alive, shown_as, source_of)
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.create import safe_message
 
@@ -62,6 +61,7 @@ class BrowseSession:
     erasures: int = 0
     schema: str | None = None
     pid: int | None = None
+    source: str | None = None   # what it holds, with which trust (source_of)
     ctx: BackupContext | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -124,7 +124,7 @@ def _session(ctx: BackupContext, entry: dict) -> BrowseSession | None:
         actor=entry.get("actor"), error=entry.get("error"),
         open_seconds=entry.get("open_seconds"), index_seconds=entry.get("index_seconds"),
         erasures=entry.get("erasures", 0), schema=entry.get("schema"), pid=entry.get("pid"),
-        ctx=ctx)
+        source=entry.get("source"), ctx=ctx)
 
 
 def sessions(ctx: BackupContext) -> list[BrowseSession]:
@@ -146,10 +146,10 @@ def get_session(ctx: BackupContext, session_id: str) -> BrowseSession | None:
     return _session(ctx, entry)
 
 
-def find_session(ctx: BackupContext, archive: str) -> BrowseSession | None:
-    """The open (or opening) session of archive ``archive`` (its name), if any."""
-    name = _name(archive)
-    return next((s for s in sessions(ctx) if s.archive == name and s.state != "failed"), None)
+def find_session(ctx: BackupContext, archive: str, identity=None, trusted_keys=()):
+    """The open (or opening) session of ``archive`` with the same trust, if any."""
+    source = source_of(archive, identity, trusted_keys, ctx.settings.backup_folder)
+    return next((s for s in sessions(ctx) if s.source == source and s.state != "failed"), None)
 
 
 def reap(ctx: BackupContext, live_engine: Engine | None = None, via: str = "cli") -> list[str]:
@@ -184,7 +184,8 @@ def open_archive(ctx: BackupContext, live_engine: Engine, archive: str, *, actor
     """``archive`` (a stored archive's name, a path or a storage URL) loaded into a
     scratch database, or the session that already holds it (waiting while another
     process opens it). Audited as ``browse``."""
-    session, mine = begin_open(ctx, live_engine, archive, actor=actor, via=via)
+    session, mine = begin_open(ctx, live_engine, archive, actor=actor, via=via,
+                               identity=identity, trusted_keys=trusted_keys)
     if session.state == "open":
         session.touch()
         return session
@@ -195,12 +196,13 @@ def open_archive(ctx: BackupContext, live_engine: Engine, archive: str, *, actor
 
 
 def begin_open(ctx: BackupContext, live_engine: Engine, archive: str, *, actor,
-               via: str = "cli") -> tuple[BrowseSession, bool]:
+               via: str = "cli", identity=None, trusted_keys=()) -> tuple[BrowseSession, bool]:
     """The archive's session as it is now (open, or being opened), or a new
-    ``opening`` one; True when the caller must now :func:`finish_open` it (the
-    page does that in a thread and shows the state meanwhile)."""
+    ``opening`` one; True when the caller must now :func:`finish_open` it (the page
+    does that in a thread). Only the same archive with the same trust is reused."""
     reap(ctx, live_engine, via)
-    return _claim(ctx, _name(archive), live_engine.dialect.name, actor)
+    source = source_of(archive, identity, trusted_keys, ctx.settings.backup_folder)
+    return _claim(ctx, archive, source, live_engine.dialect.name, actor)
 
 
 def finish_open(ctx: BackupContext, live_engine: Engine, session: BrowseSession, archive: str,
@@ -229,16 +231,13 @@ def finish_open(ctx: BackupContext, live_engine: Engine, session: BrowseSession,
     return session
 
 
-def _name(archive: str) -> str:
-    return archive.rstrip("/").rpartition("/")[2]
-
-
-def _claim(ctx: BackupContext, name: str, dialect: str, actor) -> tuple[BrowseSession, bool]:
-    """The archive's session: an open (or opening) one, else a new ``opening`` entry
-    (then True: this call loads it). A failed or orphaned one is replaced."""
+def _claim(ctx: BackupContext, archive: str, source: str, dialect: str,
+           actor) -> tuple[BrowseSession, bool]:
+    """The session of ``source``: an open (or opening) one, else a new ``opening``
+    entry (then True: this call loads it). A failed or orphaned one is replaced."""
     with Registry(ctx.instance_path).edit() as entries:
         for key, entry in list(entries.items()):
-            if entry.get("archive") != name:
+            if entry.get("source") != source:
                 continue
             if (current := _session(ctx, entry)) is None:
                 entries.pop(key)
@@ -254,9 +253,10 @@ def _claim(ctx: BackupContext, name: str, dialect: str, actor) -> tuple[BrowseSe
         database = (PREFIX + sid if dialect != "sqlite"
                     else str(Registry(ctx.instance_path).folder / f"{sid}.db"))
         stamp = now_text()
-        entries[sid] = {"id": sid, "archive": name, "dialect": dialect, "database": database,
-                        "opened_at": stamp, "used_at": stamp, "state": "opening",
-                        "actor": actor, "pid": os.getpid()}
+        name = shown_as(archive, ctx.settings.backup_folder)
+        entries[sid] = {"id": sid, "archive": name, "source": source, "dialect": dialect,
+                        "database": database, "opened_at": stamp, "used_at": stamp,
+                        "state": "opening", "actor": actor, "pid": os.getpid()}
         return _session(ctx, entries[sid]), True
 
 
