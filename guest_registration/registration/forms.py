@@ -5,14 +5,27 @@ from WTForms' own catalogues through Flask-WTF (``WTF_I18N_ENABLED``)."""
 
 from __future__ import annotations
 
+import re
+
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import BooleanField, EmailField, FieldList, FormField, SelectField, StringField
-from wtforms.validators import DataRequired, Email, Length
+from wtforms.validators import DataRequired, Email, Length, ValidationError
 
 from ..i18n import choices, page_language
 from ..models import AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def plain_text(form, field) -> None:
+    """No control characters (C0, C1, DEL) in a name or document number: they are
+    never part of one, and an escape sequence typed into the public form was
+    stored and then drove the terminal of the operator who searched an archive."""
+    if field.data and _CONTROL.search(field.data):
+        raise ValidationError(_l("This field may not contain control characters."))
 
 
 class GuestForm(FlaskForm):
@@ -22,12 +35,14 @@ class GuestForm(FlaskForm):
     class Meta:
         csrf = False
 
-    first_name = StringField(_l("First name"), validators=[DataRequired(), Length(max=100)])
-    last_name = StringField(_l("Last name"), validators=[DataRequired(), Length(max=100)])
+    first_name = StringField(_l("First name"),
+                             validators=[DataRequired(), Length(max=100), plain_text])
+    last_name = StringField(_l("Last name"),
+                            validators=[DataRequired(), Length(max=100), plain_text])
     age_category = SelectField(_l("Age category"), choices=choices(AGE_CATEGORIES))
     document_type = SelectField(_l("Document type"), choices=choices(DOCUMENT_TYPES))
     document_number = StringField(_l("Document number"),
-                                  validators=[DataRequired(), Length(max=64)])
+                                  validators=[DataRequired(), Length(max=64), plain_text])
     document_photo = FileField(_l("Document photo (JPEG, PNG or PDF)"))
     gdpr_consent = BooleanField(
         _l("I consent to the processing of my personal data (GDPR)"),

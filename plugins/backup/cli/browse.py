@@ -14,6 +14,7 @@ from guest_registration.extensions import database_engine
 
 from guest_backup.cli.backup import _fail
 from guest_backup.cli.restore import IDENTITY, TRUSTED_KEY
+from guest_backup.cli.terminal import plain
 from guest_backup.errors import BackupError
 from guest_backup.wiring import backup_context
 
@@ -26,7 +27,7 @@ def _when(value) -> str:
 
 
 def _guest_line(row: dict, status: str) -> str:
-    return (f"guest {row['guest_id']}  {row['first_name']} {row['last_name']}  "
+    return plain(f"guest {row['guest_id']}  {row['first_name']} {row['last_name']}  "
             f"{row['document_type']} {row['document_number']}  registration "
             f"{row['registration_id']} <{row['email']}>  trip {row['trip_id']} "
             f"({row['trip_title'] or '?'})  registered {_when(row['registered_at'])}  "
@@ -58,8 +59,8 @@ def _show_search(session, search, as_json: bool) -> None:
     added = [d for d in comparison.of("guest", "live_only")]
     for diff in added:
         live = diff.live
-        click.echo(f"guest {diff.id}  {live['first_name']} {live['last_name']}  registration "
-                   f"{live['registration_id']}  [{KIND_TEXT['live_only']}]")
+        click.echo(plain(f"guest {diff.id}  {live['first_name']} {live['last_name']}  "
+                         f"registration {live['registration_id']}  [{KIND_TEXT['live_only']}]"))
     if not page.rows and not added:
         click.echo("nothing found")
     if page.next_after:
@@ -83,7 +84,8 @@ def _show_trip(session, trip_id: int, as_json: bool) -> None:
                  else row.get("email") or row.get("title"))
         extra = (": " + ", ".join(diff.fields)) if diff.fields else ""
         taken = " (id holds another record on the other side)" if diff.id_taken else ""
-        click.echo(f"{diff.table} {diff.id}  {label}  [{KIND_TEXT[diff.kind]}{extra}]{taken}")
+        click.echo(plain(f"{diff.table} {diff.id}  {label}  [{KIND_TEXT[diff.kind]}{extra}]"
+                         f"{taken}"))
     if comparison.truncated:
         click.echo(f"(only the first {comparison.limit} differences are listed)")
 
@@ -98,8 +100,8 @@ def _show_trips(session, as_json: bool) -> None:
                               default=str))
         return
     for row in page.rows:
-        click.echo(f"trip {row['id']}  {row['title']}  {row['start_date'] or ''}  "
-                   f"{row['registrations']} registrations")
+        click.echo(plain(f"trip {row['id']}  {row['title']}  {row['start_date'] or ''}  "
+                         f"{row['registrations']} registrations"))
 
 
 @click.command("browse")

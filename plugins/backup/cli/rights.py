@@ -15,6 +15,7 @@ from guest_registration.audit import cli_actor
 from guest_registration.extensions import database_engine
 
 from guest_backup.cli.backup import _busy, _fail
+from guest_backup.cli.terminal import plain
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.wiring import backup_context
 
@@ -47,7 +48,7 @@ def _describe(plan: ErasurePlan) -> list[str]:
     for r in plan.registrations:
         lines.append(f"  registration {r.id} ({r.trip}): "
                      + (f"e-mail {r.email} erased" if r.closes else "e-mail kept"))
-    return lines
+    return [plain(line) for line in lines]
 
 
 @click.command("erase")

@@ -15,6 +15,7 @@ from guest_registration.extensions import database_engine
 
 from guest_backup.cli.backup import _fail
 from guest_backup.cli.restore import IDENTITY, TRUSTED_KEY
+from guest_backup.cli.terminal import plain
 from guest_backup.errors import BackupError
 from guest_backup.ops.selection_steps import (ACTIONS, PHOTO_NOTES, REASONS, Plan, Selection,
                                               SelectionError)
@@ -24,7 +25,8 @@ HEAD = {"insert": "INSERT", "overwrite": "OVERWRITE", "leave": "LEAVE", "erased"
 
 
 def describe(plan: Plan, archive: str) -> list[str]:
-    """The preview as lines for the operator (names included: on the terminal)."""
+    """The preview as lines for the operator (names included: on the terminal, their
+    control characters escaped)."""
     lines = [f"Selective restore from {archive}: {plan.selection.describe()}"]
     for action in ACTIONS:
         for step in plan.of(action):
@@ -43,7 +45,7 @@ def describe(plan: Plan, archive: str) -> list[str]:
               for old, new in ids.items()]
     if mapped:
         lines.append("New ids: " + ", ".join(mapped))
-    return lines
+    return [plain(line) for line in lines]
 
 
 def _selection(trip: tuple[int, ...], registration: tuple[int, ...], overwrite: tuple[int, ...],
