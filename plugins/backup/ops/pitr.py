@@ -152,6 +152,7 @@ def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,
     if target is not None and target > _now():
         raise PitrError(f"{target:%Y-%m-%d %H:%M:%S} UTC is in the future: recover to latest")
     folder = recovery.check_target(Path(into), p.config.pg_data)
+    p.cluster.owner.refuse_foreign(folder)  # another user's: refused before any step
     port = port or recovery.free_port()
     recovery.check_port(port, p.cluster.socket, live=p.cluster.port)
     try:

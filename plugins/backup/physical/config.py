@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -85,6 +86,7 @@ class PitrConfig:
         if not data:
             return None
         environ = os.environ if environ is None else environ
+        _refuse_control(config, environ)
         folder = Path(str(config.get("PITR_FOLDER") or "")).expanduser()
         s3_url = str(config.get("PITR_REPO_S3_URL") or "").strip()
         stanza = str(config.get("PITR_STANZA") or "guest-registration").strip()
@@ -167,6 +169,25 @@ class PitrConfig:
         else:  # no keys in the environment: the machine's instance role
             lines += ["repo1-s3-key-type=auto"]
         return lines
+
+
+#: the environment variables whose values go into the file (S3)
+_ENVIRONMENT = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _refuse_control(config: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """Refuse a setting holding a line break or another control character: in
+    pgbackrest.conf it would end its line and start another (a base64 passphrase
+    wrapped at 64 characters: its tail an option of its own, shown by pgBackRest in
+    a warning). The setting is named, its value never shown (it may be a secret)."""
+    values = [(name, value) for name, value in config.items() if name.startswith("PITR_")]
+    if config.get("PITR_REPO_S3_URL"):
+        values += [(name, environ.get(name)) for name in _ENVIRONMENT]
+    for name, value in values:
+        if isinstance(value, str) and any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise PitrError(f"{name} holds a line break or another control character: "
+                            f"set it on one line, without them")
 
 
 def _flag(value: Any) -> bool:

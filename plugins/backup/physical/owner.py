@@ -95,11 +95,29 @@ class Owner:
         if not self.is_me:
             os.chown(path, self.uid, self.gid)
 
+    def refuse_foreign(self, path: str | os.PathLike) -> None:
+        """Refuse an existing folder of another user (neither the owner's nor root's):
+        :meth:`make_dir` would make it the owner's, mode 0700, taking it from that user
+        (a backup disk's root holding another tool's files, someone's folder named by
+        mistake). A folder yet to be made, or one that cannot be looked at, passes."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if st.st_uid in (0, self.uid):
+            return
+        raise PitrError(f"the folder {path} belongs to {user_name(st.st_uid)}, not to "
+                        f"{self.name} (the data directory's owner): name a new folder (it is "
+                        f"made for {self.name}) or one of {self.name}'s; this one is left "
+                        f"as it is")
+
     def make_dir(self, path: str | os.PathLike, mode: int = 0o700) -> Path:
         """Create ``path`` (and missing parents) owned by the owner with ``mode``; an
-        existing folder is handed to the owner when it is ours to give."""
+        existing folder is handed to the owner when it is ours to give (root's or
+        already the owner's), another user's is refused (:meth:`refuse_foreign`)."""
         folder = Path(path)
         self.require()
+        self.refuse_foreign(folder)
         missing = [p for p in (folder, *folder.parents) if not p.exists()]
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -156,13 +174,18 @@ class Owner:
         return None
 
 
+def user_name(uid: int) -> str:
+    """A user's name (its uid when it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def describe_folder(folder: Path) -> str:
     """``/srv/x (mode 0700, owner guestreg)``: why a user cannot enter it."""
     st = folder.stat()
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        user = str(st.st_uid)
+    user = user_name(st.st_uid)
     try:
         group = grp.getgrgid(st.st_gid).gr_name
     except KeyError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -66,7 +67,7 @@ def recover(backrest: PgBackRest, source: Cluster, into: Path, port: int, *, lab
     it (the erasure ledger re-applied): a failure of any step, the check's
     included, stops the cluster and empties the folder."""
     owner = source.owner
-    made = not into.exists()
+    found = _found(into)
     owner.make_dir(into, 0o700)
     new = Cluster(into, port, source.socket, owner, source.bindir)
     try:
@@ -78,24 +79,34 @@ def recover(backrest: PgBackRest, source: Cluster, into: Path, port: int, *, lab
         if check is not None:
             check(new)
     except BaseException as exc:  # a copy of the database, erasures not re-applied: gone
-        _discard(new, made)
+        _discard(new, found)
         if isinstance(exc, PitrError):
             raise PitrError(f"{exc} (the folder {into} was emptied)") from None
         raise
     return new
 
 
-def _discard(cluster: Cluster, made: bool) -> None:
-    """A recovery that did not finish: its server stopped, its files removed (the
-    folder too when this recovery made it); never raises."""
+def _found(folder: Path) -> os.stat_result | None:
+    """An existing ``--into`` folder as it was found (None: this recovery makes it)."""
     try:
-        remove(cluster)
+        return folder.stat()
+    except FileNotFoundError:
+        return None
+
+
+def _discard(cluster: Cluster, found: os.stat_result | None) -> None:
+    """A recovery that did not finish: its server stopped, its files removed, and
+    the folder removed when this recovery made it, else given back as it was found
+    (owner and mode: a root's folder does not stay the cluster owner's); never raises."""
+    try:
+        remove(cluster, keep_folder=found is not None)
     except Exception:
         pass
-    if not made:
+    if found is not None:
         try:
-            cluster.owner.make_dir(cluster.data, 0o700)
-        except Exception:
+            os.chown(cluster.data, found.st_uid, found.st_gid)
+            os.chmod(cluster.data, stat.S_IMODE(found.st_mode))
+        except OSError:
             pass
 
 
@@ -154,10 +165,30 @@ def _source_file(source: Cluster, name: str) -> str | None:
         return None
 
 
-def remove(cluster: Cluster) -> None:
-    """Stop a scratch cluster at once (if it runs) and delete its folder."""
+def remove(cluster: Cluster, *, keep_folder: bool = False) -> None:
+    """Stop a scratch cluster at once (if it runs) and delete its folder (with
+    ``keep_folder``: everything in it)."""
     try:
         if (cluster.data / "postmaster.pid").exists():
             cluster.stop("immediate", timeout=60)
     finally:
-        shutil.rmtree(cluster.data, ignore_errors=True)
+        if keep_folder:
+            _empty(cluster.data)
+        else:
+            shutil.rmtree(cluster.data, ignore_errors=True)
+
+
+def _empty(folder: Path) -> None:
+    """Everything in ``folder`` removed, as far as it can be; never raises."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
+        except OSError:
+            pass

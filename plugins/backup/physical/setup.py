@@ -71,7 +71,8 @@ def traverse_only(folder: Path) -> int:
 def first_blocked(config: PitrConfig, owner: Owner) -> tuple[Path, Path] | None:
     """The first folder pgBackRest uses (PITR_FOLDER, a local repository) that the
     owner cannot reach, and the folder on the way it may not enter; None: none.
-    (The repository itself is handed to the owner by :meth:`Owner.make_dir`.)"""
+    (The repository itself is made for the owner by :meth:`Owner.make_dir`, or handed
+    to it when it is root's; another user's is refused.)"""
     ways = [(config.folder, config.folder)]
     if config.s3 is None:
         ways.append((config.repo_path, config.repo_path.parent))
@@ -114,7 +115,10 @@ def prepare_files(config: PitrConfig, cluster: Cluster, report: SetupReport,
                         f"{describe_folder(blocked)}. Set {setting} to a folder {owner.name} "
                         f"can reach (e.g. /var/lib/postgresql/pitr-{config.stanza}), or let "
                         f"{owner.name} enter {blocked}")
-    for folder in [config.folder, *config.folders()]:
+    folders = [config.folder, *config.folders()]
+    for folder in folders:  # all of them, before any is made or handed over
+        owner.refuse_foreign(folder)
+    for folder in folders:
         owner.make_dir(folder, 0o700)
     changed = owner.write_file(config.conf_path, config.render(), 0o600)
     report.add("ok", f"pgBackRest configuration {'written' if changed else 'unchanged'}: "

@@ -26,18 +26,35 @@ SNAPSHOT_NAME = "pitr-info.json"
 
 def parse_target(text: str) -> datetime | None:
     """``latest`` (None) or a moment: ``2026-12-04 17:39:00+01``; without an offset it is
-    this machine's local time. Always returned in UTC."""
+    this machine's local time, refused when that time is ambiguous or does not exist
+    (a daylight saving change: guessing would recover to the wrong hour). Always
+    returned in UTC; a moment UTC cannot hold (year 1 with an offset) is not one."""
     value = (text or "").strip()
     if value.lower() in ("latest", "now"):
         return None
+    wrong = PitrError(f"{text!r} is not a moment: give e.g. \"2026-12-04 17:39:00+01\" or "
+                      f"latest")
     try:
         when = datetime.fromisoformat(value.replace("T", " ").replace("Z", "+00:00"))
-    except ValueError:
-        raise PitrError(f"{text!r} is not a moment: give e.g. \"2026-12-04 17:39:00+01\" or "
-                        f"latest") from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # this machine's time zone
-    return when.astimezone(timezone.utc)
+        if when.tzinfo is not None:
+            return when.astimezone(timezone.utc)
+        first, second = (when.replace(fold=fold).astimezone(timezone.utc) for fold in (0, 1))
+    except (ValueError, OverflowError, OSError):
+        raise wrong from None
+    if first != second:
+        how = ("happens twice" if first.astimezone().replace(tzinfo=None) == when
+               else "does not exist")
+        offsets = " or ".join(f'"{when:%Y-%m-%d %H:%M:%S}{_offset(moment)}"'
+                              for moment in (first, second))
+        raise PitrError(f"{text!r} {how} in this machine's time zone (a daylight saving "
+                        f"change): give the UTC offset meant, {offsets}")
+    return first
+
+
+def _offset(moment: datetime) -> str:
+    """The local UTC offset at ``moment``, as ``+02:00``."""
+    text = moment.astimezone().strftime("%z")
+    return f"{text[:3]}:{text[3:5]}"
 
 
 def pg_time(when: datetime) -> str:
