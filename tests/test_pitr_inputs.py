@@ -244,3 +244,19 @@ def test_restore_says_a_moment_out_of_range_is_not_one(base, tmp_path):
     assert result.exit_code == 1 and not isinstance(result.exception, OverflowError)
     assert result.output == ("Error: '0001-01-01 00:30:00+01' is not a moment: give e.g. "
                              "\"2026-12-04 17:39:00+01\" or latest\n")
+
+
+def test_root_finds_runuser_under_crons_path(monkeypatch):
+    """cron's PATH is /usr/bin:/bin: runuser (/usr/sbin) was not found, and the error
+    named the tool it was to start ("…/pg_ctl is not installed")."""
+    import pwd
+
+    from guest_backup.physical.owner import Owner
+
+    if os.geteuid() != 0:
+        missing("REQUIRE_PGBACKREST", "running a tool as postgres needs root")
+    user = pwd.getpwnam("postgres")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    done = Owner("postgres", user.pw_uid, user.pw_gid).run(
+        ["/usr/lib/postgresql/15/bin/pg_ctl", "--version"])
+    assert done.returncode == 0 and "PostgreSQL" in done.stdout, done.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -75,7 +76,7 @@ class Owner:
     def argv(self, command: Sequence[str]) -> list[str]:
         """``command`` as the owner: as it is when we are the owner, else through runuser."""
         self.require()
-        return list(command) if self.is_me else ["runuser", "-u", self.name, "--", *command]
+        return list(command) if self.is_me else [runuser(), "-u", self.name, "--", *command]
 
     def run(self, command: Sequence[str], *, timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -172,6 +173,18 @@ class Owner:
             if not st.st_mode & bit:
                 return folder
         return None
+
+
+def runuser() -> str:
+    """util-linux's ``runuser``, found in the system folders too: cron's PATH
+    (``/usr/bin:/bin``) lacks ``/usr/sbin``, and the missing runuser was reported
+    as the tool it was to start ("…/pg_ctl is not installed")."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    found = shutil.which("runuser", path=search)
+    if found is None:
+        raise PitrError("runuser (util-linux) is not installed: root runs pgBackRest and "
+                        "pg_ctl through it as the data directory's owner")
+    return found
 
 
 def user_name(uid: int) -> str:
