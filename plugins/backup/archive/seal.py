@@ -30,15 +30,23 @@ from guest_backup.archive.zipcheck import directory_problem
 SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
+def _json_object(envelope: bytes) -> dict | None:
+    """A sidecar's JSON if it is an object, else None: a planted one may be any JSON
+    (``[1]``, ``"x"``), or nested deeper than the parser recurses (RecursionError),
+    and was then a crash of every listing, health check, retention run and verify."""
+    try:
+        data = json.loads(envelope)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _claimed(envelope: bytes, key: str):
     """One claim of a seal (or of the first encrypted archives' file signature),
     parsed, NOT checked; None when it has none."""
     if len(envelope) > MAX_SIGNATURE_BYTES:
         return None
-    try:
-        return (seal_claims(envelope) or json.loads(envelope))[key]
-    except (ValueError, KeyError, TypeError):
-        return None
+    return (seal_claims(envelope) or _json_object(envelope) or {}).get(key)
 
 
 def sealed_sha256(envelope: bytes) -> str | None:
@@ -65,7 +73,8 @@ def recognise(name: str, size: int, sidecar: bytes | None, trusted: TrustedKeys,
             return _from_sidecar(sidecar[:MAX_SIGNATURE_BYTES], name, size, trusted, binding)
         if local_zip is not None and not name.endswith(".age"):
             return _from_manifest(local_zip, trusted, binding)
-    except (SignatureError, ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
+    except (SignatureError, ValueError, KeyError, TypeError, OSError, RecursionError,
+            zipfile.BadZipFile):
         return None
     return None
 
@@ -74,8 +83,8 @@ def _from_sidecar(envelope: bytes, name: str, size: int, trusted: TrustedKeys,
                   binding: Binding) -> datetime | None:
     claims = seal_claims(envelope)
     if claims is None:  # the first encrypted archives' file signature
-        data = json.loads(envelope)
-        if data.get("file") != name or data.get("size") != size:
+        data = _json_object(envelope)
+        if data is None or data.get("file") != name or data.get("size") != size:
             return None
         trusted.check_file(envelope, name, size, data["sha256"])
         return name_time(name)

@@ -202,12 +202,21 @@ class S3Storage(ObjectLock):
         return self.open(name, Range=f"bytes={first}-{last}")
 
     def read_sidecar(self, name: str) -> bytes | None:
+        """The seal beside archive ``name``, None when there is none. One that could not
+        be read (503 SlowDown, a timeout, AccessDenied) is StorageUnreachable, not a
+        missing seal: the archive was reported as an unrecognised file, and the
+        remote as holding no archive, when it was the storage that failed."""
         try:
             body = self.client.get_object(Bucket=self.bucket,
                                           Key=self._key(name + SIDECAR_SUFFIX))["Body"]
-            return body.read(MAX_SEAL_BYTES)
-        except Exception:
-            return None
+            try:
+                return body.read(MAX_SEAL_BYTES)
+            finally:
+                body.close()
+        except Exception as exc:
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._fail(f"reading the seal of {name} from", exc, unreachable=True) from None
 
     def delete(self, name: str) -> None:
         """Every version of the archive and of its seal, each by its id: never a

@@ -1,11 +1,13 @@
 """S3 Object Lock for the archives: ``BACKUP_S3_OBJECT_LOCK_DAYS`` (0 = off) and
 ``BACKUP_S3_OBJECT_LOCK_MODE``, the retention set on each archive and its seal
 once uploaded, and what keeps an archive from being deleted (a retention date
-still to come, a legal hold). Mixed into :class:`~guest_backup.storages.s3.S3Storage`;
+still to come, a legal hold), and taking back an upload whose completion answered
+an error but happened. Mixed into :class:`~guest_backup.storages.s3.S3Storage`;
 see docs/s3.md."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
@@ -34,9 +36,20 @@ def object_lock(config: Mapping[str, Any]) -> tuple[int, str]:
     return days, mode
 
 
+def multipart_etag(parts: list[dict[str, Any]]) -> str | None:
+    """The ETag S3 gives the object these parts complete (the MD5 of their MD5s and
+    their count): what tells an upload's object from another; None when a part's
+    ETag is not an MD5 (the storage's own scheme)."""
+    try:
+        digests = b"".join(bytes.fromhex(part["ETag"].strip('"')) for part in parts)
+    except (ValueError, AttributeError):
+        return None
+    return f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"'
+
+
 class ObjectLock:
     """The Object Lock part of an S3 storage (its ``client``, ``bucket``,
-    ``lock_days``, ``lock_mode``, ``_key`` and ``_fail``)."""
+    ``lock_days``, ``lock_mode``, ``_key``, ``_head`` and ``_fail``)."""
 
     client: Any
     bucket: str
@@ -58,18 +71,18 @@ class ObjectLock:
             raise self._fail(f"the archive was uploaded, but locking {key.rsplit('/', 1)[-1]} "
                              f"in", exc) from None
 
-    def _versions(self, key: str) -> list[tuple[str, bool]] | None:
-        """(version id, is a delete marker) of exactly ``key``; None when the store
-        has no versioning API."""
+    def _versions(self, key: str, etag: str | None = None) -> list[tuple[str, bool]] | None:
+        """(version id, is a delete marker) of exactly ``key`` (given ``etag``: only
+        its versions with that ETag); None when the store has no versioning API."""
         found = []
         try:
             pages = self.client.get_paginator("list_object_versions").paginate(
                 Bucket=self.bucket, Prefix=key)
             for page in pages:
                 found += [(v["VersionId"], False) for v in page.get("Versions", [])
-                          if v["Key"] == key]
+                          if v["Key"] == key and etag in (None, v.get("ETag"))]
                 found += [(m["VersionId"], True) for m in page.get("DeleteMarkers", [])
-                          if m["Key"] == key]
+                          if m["Key"] == key and etag is None]
         except Exception as exc:
             if error_code(exc) in ("NotImplemented", "MethodNotAllowed", "501"):
                 return None
@@ -113,6 +126,35 @@ class ObjectLock:
                     found)
         return None, found
 
+    def take_back(self, key: str, etag: str | None) -> tuple[bool, str | None]:
+        """After completing an upload answered an error: whether the storage completed
+        it all the same (a lost answer, or InternalError after the work), and then
+        delete its versions (those with the upload's ``etag``; a locked one refuses,
+        nothing here bypasses a lock). Returns whether it did, and None when
+        nothing is left under its name, else why it stays (the caller keeps its seal
+        then, so that it is recognised and retention deletes it in time). Never
+        raises: the upload's own error is what is reported."""
+        try:
+            head = self._head(key)
+        except Exception as exc:
+            return False, (f"whether the storage completed the archive all the same could "
+                           f"not be checked ({error_reason(exc)}): its seal stays")
+        if head is None:
+            return False, None
+        if etag is None or head.get("ETag") != etag:
+            return False, ("an object under the archive's name may be this upload's: it stays, "
+                           "with its seal")
+        try:
+            versions = self._versions(key, etag)
+            if not versions:  # no versioning API, or a store that ignored ?versions
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            for version_id, _ in versions or ():
+                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+        except Exception as exc:
+            return True, (f"the storage completed the archive all the same and it could "
+                          f"not be deleted ({error_reason(exc)}): it stays, with its seal")
+        return True, None
+
     def lock_problem(self) -> str | None:
         """With BACKUP_S3_OBJECT_LOCK_DAYS set: why archives here are not protected
         (the bucket has no Object Lock, or it cannot be read); None when they are."""
@@ -129,4 +171,4 @@ class ObjectLock:
         return None
 
 
-__all__ = ["LOCK_MODES", "MAX_LOCK_DAYS", "ObjectLock", "object_lock"]
+__all__ = ["LOCK_MODES", "MAX_LOCK_DAYS", "ObjectLock", "multipart_etag", "object_lock"]

@@ -8,18 +8,20 @@ keeps an upload within +50 MiB of a local backup at the default 8 MiB parts, and
 a slow storage slows the writer down (back-pressure) instead of growing memory.
 
 Nothing is visible under the archive's name until :meth:`MultipartUpload.finish`
-completes the upload (the seal ``NAME.sig`` is put just before, and taken away
-again if completing fails); an archive smaller than one part is one PutObject.
-Any failure, or :meth:`MultipartUpload.abort`, aborts the multipart upload
-(AbortMultipartUpload): no half object, no parts left to pay for. A process
-killed outright cannot abort: the next upload to the storage aborts what it
-left (:meth:`S3Storage.abort_leftovers`, beside its first part), and a bucket
-lifecycle rule ``AbortIncompleteMultipartUpload`` is the safety net (docs/s3.md).
+completes the upload (its seal ``NAME.sig`` put just before); an archive smaller
+than one part is one PutObject. Any failure, or :meth:`MultipartUpload.abort`,
+aborts the upload (AbortMultipartUpload: no half object, no parts left to pay for)
+and takes the seal back, and the archive too if the storage completed it while
+answering an error. A process killed outright cannot abort: the next upload aborts
+what it left (:meth:`S3Storage.abort_leftovers`, beside its first part), and a
+bucket lifecycle rule ``AbortIncompleteMultipartUpload`` is the safety net (docs/s3.md).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import io
 import logging
 import threading
@@ -30,30 +32,27 @@ from typing import Any
 
 from guest_backup.archive.format import SIDECAR_SUFFIX
 from guest_backup.storages import StorageError
+from guest_backup.storages.s3_lock import multipart_etag
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 #: the most part bytes one upload holds in memory (the part being filled included)
 PART_BUDGET = 16 * MiB
 MAX_PARTS = 10_000  # S3's limit
-#: every part carries its CRC32, which S3 checks on receipt and keeps as the
-#: object's composite checksum (``CRC32-N``); declared when the upload is created,
-#: so completing it combines the parts' checksums instead of reading the whole
-#: object again for a full-object one (moto: 0.15 s instead of 0.45 s for 52 MB).
-#: Only where botocore sends checksums anyway (its default ``when_supported``): a
-#: storage that cannot take them is configured ``when_required``
-#: (``AWS_REQUEST_CHECKSUM_CALCULATION``), and an explicit algorithm would override it
+#: every part carries its CRC32, which S3 checks and keeps as the object's composite
+#: checksum (``CRC32-N``), declared at creation so that completing combines the parts'
+#: checksums instead of reading the object again (moto: 0.15 s, not 0.45 s, for 52 MB).
+#: Only where botocore sends checksums anyway (its default ``when_supported``): one
+#: configured ``when_required`` (``AWS_REQUEST_CHECKSUM_CALCULATION``) sends none
 CHECKSUM = "CRC32"
 CHECKSUM_FIELD = "ChecksumCRC32"
 
 
 def part_checksum(body: bytes | bytearray) -> str:
-    """A part's CRC32 as S3 wants it (base64 of 4 bytes, big-endian). Given with the
-    request, botocore sends it as the ``x-amz-checksum-crc32`` header before the
-    body instead of as a trailer after an ``aws-chunked`` body, which it uses over
-    HTTPS when it computes the checksum itself: one plain body with its length,
-    which every S3-compatible storage takes (several refused trailers), and less
-    work for the storage (moto: 32 instead of 49 CPU ms per 8 MiB part)."""
+    """A part's CRC32 as S3 wants it (base64 of 4 bytes, big-endian): given with the
+    request, botocore sends it as a header before a plain body, never as the trailer
+    of an ``aws-chunked`` one (its way over HTTPS), which several storages refused;
+    less work for the storage too (moto: 32 instead of 49 CPU ms per 8 MiB part)."""
     return base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode("ascii")
 
 
@@ -71,13 +70,9 @@ def parts_in_flight(part_size: int) -> int:
 
 
 class PartBody(io.RawIOBase):
-    """A part's bytes as a seekable file, read piece by piece as it is sent.
-
-    Not the ``bytearray`` itself: botocore wraps a ``bytes``/``bytearray`` body in
-    a ``BytesIO`` when it adds a trailing checksum (over HTTPS, when it computes
-    the checksum itself: see :func:`part_checksum`), which for a ``bytearray`` is
-    a copy of the whole part (8 MiB more per part on its way). A file is read in
-    pieces instead, and sought back for a retry."""
+    """A part's bytes as a seekable file, read piece by piece as it is sent and
+    sought back for a retry; not the ``bytearray``, which botocore copies whole into
+    a ``BytesIO`` when it adds a trailing checksum (8 MiB more per part on its way)."""
 
     def __init__(self, data: bytearray) -> None:
         self._view = memoryview(data)
@@ -135,12 +130,15 @@ class MultipartUpload:
         self._pool: ThreadPoolExecutor | None = None
         self._leftovers: Future | None = None  # abort_leftovers, beside the parts
         self._completed = False
+        self._etag: str | None = None  # the archive's, to know it after a lost answer
         self._warm()
 
-    def _failed(self, exc: BaseException) -> StorageError:
+    def _failed(self, exc: BaseException, stays: str | None = None) -> StorageError:
         if self.failure is None:
             self.failure = exc if isinstance(exc, StorageError) else self.storage._fail(
                 "the upload to", exc)
+            if stays:  # what a failed completion left under the archive's name
+                self.failure = StorageError(f"{self.failure}; {stays}")
         return self.failure
 
     def write(self, data: bytes) -> int:
@@ -164,14 +162,11 @@ class MultipartUpload:
 
     def _warm(self) -> None:
         """The storage's client (botocore's import and the S3 model: ~0.23 CPU s)
-        built in a thread as the upload begins. A backup begins it just before its
-        snapshot, whose first ~0.17 s mostly wait (``pg_dump --version``, the
-        snapshot's queries, pg_dump's own start): the import fills that wait
-        instead of taking CPU and the GIL from the dump's compression later (from
-        the archive's first bytes on, as before: 0.05-0.13 s slower, median of 9
-        alternated rounds against moto and against benchmarks/stub_s3.py). Not at
-        the backup's very start either: its queries, counts and audit entry are
-        Python work the import slowed down (the dump started 0.07-0.10 s later)."""
+        built in a thread as the upload begins, just before the backup's snapshot,
+        whose first ~0.17 s mostly wait: the import fills that wait instead of taking
+        CPU and the GIL from the dump's compression (from the archive's first bytes:
+        0.05-0.13 s slower; from the backup's start: the dump began 0.07-0.10 s later;
+        medians of 9 rounds against moto and benchmarks/stub_s3.py)."""
         threading.Thread(target=_build_client, args=(self.storage,), name="s3-client",
                          daemon=True).start()
 
@@ -202,9 +197,8 @@ class MultipartUpload:
         except Exception as exc:
             raise self._failed(exc) from None
         self._upload_id = answer["UploadId"]
-        # the parts on their way, the last one beside them, the seal, and the look for
-        # what a killed process left, aborted while this archive is written (not at its
-        # end, where each request adds to the backup's time; and even if it fails)
+        # the parts on their way, the last one, the seal, and the look for what a killed
+        # process left (while this archive is written, not adding to its end's time)
         self._pool = ThreadPoolExecutor(max_workers=self.in_flight + 3,
                                         thread_name_prefix="s3-part")
         self._leftovers = self._pool.submit(self.storage.abort_leftovers, self._upload_id)
@@ -230,12 +224,13 @@ class MultipartUpload:
     def finish(self, sidecar: bytes | None) -> None:
         """The last part and the seal, both sent beside the parts still on their
         way; then the archive made visible (the seal is there by then), then locked.
-        A failure takes back a seal that was put, versioned bucket or not."""
+        A failure takes back a seal that was put, versioned bucket or not (unless
+        the archive stays: completed all the same, see ``take_back``)."""
         if self.failure is not None:
             raise self.failure
         seal_key = self.key + SIDECAR_SUFFIX
         seal: Future | None = None
-        seal_version, sealed = None, False
+        seal_version, sealed, completing, stays = None, False, False, None
         try:
             if self._upload_id is not None:
                 if sidecar is not None:
@@ -250,16 +245,17 @@ class MultipartUpload:
                 seal_version = (seal.result() if seal is not None
                                 else self.storage.put(seal_key, sidecar))
                 sealed = True
+            completing = True
             version = self._complete()
         except Exception as exc:
             if seal is not None and not sealed:  # it may still be on its way: let it end
-                try:
+                with contextlib.suppress(Exception):
                     seal_version, sealed = seal.result(), True
-                except Exception:
-                    pass
-            if sealed:
+            if completing:  # the storage may have completed it all the same (a lost answer)
+                self._completed, stays = self.storage.take_back(self.key, self._etag)
+            if sealed and stays is None:
                 self.storage.remove_quietly(seal_key, seal_version)
-            raise self._failed(exc) from None
+            raise self._failed(exc, stays) from None
         self._completed = True
         self._close_pool()
         if self._leftovers is None:  # one PutObject: not looked for yet
@@ -272,8 +268,13 @@ class MultipartUpload:
         """Complete the multipart upload (or put a small archive whole); the version."""
         if self._upload_id is None:
             data, self._buffer = bytes(memoryview(self._buffer)[:self._filled]), None
-            return self.storage.put(self.key, data)
+            try:
+                return self.storage.put(self.key, data)
+            except Exception:
+                self._etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+                raise
         parts = [self._parts[n] for n in sorted(self._parts)]
+        self._etag = multipart_etag(parts)
         answer = self.storage.client.complete_multipart_upload(
             Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id,
             MultipartUpload={"Parts": parts})
