@@ -98,3 +98,32 @@ def csrf_token_from_page(client) -> str:
     from tests.helpers import csrf_token_from
 
     return csrf_token_from(html(client.get("/admin/backup/")))
+
+
+def test_a_copy_opened_under_a_key_no_longer_trusted_is_not_used(app, runner, tmp_path):
+    """Rotation (runbook): the old key moved out, trusted through BACKUP_TRUSTED_KEYS,
+    an archive of it browsed; then the old key leaks and is taken out of the list.
+    The open copy still restored that archive's rows into the live database."""
+    from pathlib import Path
+
+    registration = fill(app, "old@example.com", "Old")
+    archive = make_backup(runner)
+    old_key = runner.invoke(args=["backup-key"]).output.strip().splitlines()[-1]
+    key_file = Path(app.config["BACKUP_SIGNING_KEY"])
+    key_file.rename(tmp_path / "old-key-offline.pem")  # a new key is made on next use
+    app.config["BACKUP_TRUSTED_KEYS"] = [old_key]
+    opened = runner.invoke(args=["browse", archive.name, "--search", "Samename"])
+    assert opened.exit_code == 0 and "Old" in opened.output, opened.output
+    [old_copy] = sessions(backup_context(app))
+    with app.app_context():
+        db.session.execute(sa.text("DELETE FROM guest WHERE registration_id = :r"),
+                           {"r": registration})
+        db.session.execute(sa.text("DELETE FROM registration WHERE id = :r"), {"r": registration})
+        db.session.commit()
+    app.config["BACKUP_TRUSTED_KEYS"] = []  # the old key leaked: no longer trusted
+    done = runner.invoke(args=["restore-select", archive.name, "--registration",
+                               str(registration), "--yes"])
+    assert done.exit_code != 0 and "unknown key" in done.output, done.output
+    assert "old@example.com" not in live_emails(app)
+    left = sessions(backup_context(app))  # the copy of the old trust is gone (dropped)
+    assert old_copy.id not in {s.id for s in left} and {s.state for s in left} <= {"failed"}

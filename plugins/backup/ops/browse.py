@@ -17,20 +17,19 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import Engine
 
-from guest_backup.archive.manifest import format_time, now_text
+from guest_backup.archive.manifest import now_text
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
-from guest_backup.ops.browse_load import PREFIX, drop_scratch, load_into
-from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, parse_time,
-                                              pid_alive, shown_as, source_of)
+from guest_backup.ops.browse_load import PREFIX, load_into
+from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, pid_alive, shown_as,
+                                              source_of)
+from guest_backup.ops.browse_session import (BrowseSession, current_trust, drop, engines,
+                                             idle_limit, session_of)
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.create import safe_message
 
@@ -40,143 +39,64 @@ MAX_SESSIONS = 3  # scratch copies open at once (each is a whole database)
 WAIT_SECONDS = 1800  # how long open_archive waits for another process opening the archive
 SESSION_ID = re.compile(r"^[0-9a-f]{16}$")
 
-_engines: dict[str, Engine] = {}  # this process's engine of each session
-
-
-@dataclass
-class BrowseSession:
-    """One archive open in a scratch database."""
-
-    id: str
-    archive: str
-    dialect: str
-    database: str               # PostgreSQL: the database's name; SQLite: the file
-    opened_at: datetime
-    used_at: datetime
-    state: str = "opening"      # opening | open | failed
-    actor: str | None = None
-    error: str | None = None
-    open_seconds: float | None = None   # verify + load + upgrade + erasures
-    index_seconds: float | None = None  # the search indexes added afterwards
-    erasures: int = 0
-    schema: str | None = None
-    pid: int | None = None
-    source: str | None = None   # what it holds, with which trust (source_of)
-    ctx: BackupContext | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def url(self) -> str:
-        """The scratch database's URL (with the live database's credentials)."""
-        if self.dialect == "sqlite":
-            return f"sqlite:///{self.database}"
-        live = make_url(self.ctx.settings.database_url)
-        return live.set(database=self.database).render_as_string(hide_password=False)
-
-    @property
-    def engine(self) -> Engine:
-        """This process's engine on the scratch database (made once)."""
-        engine = _engines.get(self.id)
-        if engine is None:
-            engine = _engines[self.id] = create_engine(self.url, pool_pre_ping=True,
-                                                       pool_size=2, max_overflow=2) \
-                if self.dialect != "sqlite" else create_engine(self.url, poolclass=NullPool)
-        return engine
-
-    def touch(self) -> None:
-        """Used now: the idle clock starts again."""
-        self.used_at = datetime.now(timezone.utc)
-        with Registry(self.ctx.instance_path).edit() as entries:
-            if self.id in entries:
-                entries[self.id]["used_at"] = now_text()
-
-    def close(self, live_engine: Engine | None = None, *, actor=None, via: str = "cli",
-              reason: str = "closed") -> None:
-        """Drop the scratch database and forget the session."""
-        with Registry(self.ctx.instance_path).edit() as entries:
-            entries.pop(self.id, None)
-        _drop(self)
-        if live_engine is not None:
-            quietly("a browse session", self.ctx.audit.record, live_engine, "browse", "ok",
-                    actor=actor, via=via, target=self.archive, message=f"{reason}: scratch "
-                    f"copy dropped")
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "archive": self.archive, "state": self.state,
-                "opened_at": format_time(self.opened_at),
-                "open_seconds": self.open_seconds, "index_seconds": self.index_seconds,
-                "erasures": self.erasures, "schema": self.schema, "error": self.error}
-
-
-def idle_limit(ctx: BackupContext) -> timedelta:
-    return timedelta(minutes=max(1, int(ctx.config.get("BACKUP_BROWSE_IDLE_MINUTES") or 30)))
-
-
-def _session(ctx: BackupContext, entry: dict) -> BrowseSession | None:
-    """The session an entry of the registry holds; None for one that is not whole
-    (edited by hand, say), which :func:`reap` removes."""
-    if not isinstance(entry, dict) or not all(
-            isinstance(entry.get(k), str) for k in ("id", "archive", "dialect", "database")):
-        return None
-    return BrowseSession(
-        id=entry["id"], archive=entry["archive"], dialect=entry["dialect"],
-        database=entry["database"], opened_at=parse_time(entry.get("opened_at")),
-        used_at=parse_time(entry.get("used_at")), state=entry.get("state", "opening"),
-        actor=entry.get("actor"), error=entry.get("error"),
-        open_seconds=entry.get("open_seconds"), index_seconds=entry.get("index_seconds"),
-        erasures=entry.get("erasures", 0), schema=entry.get("schema"), pid=entry.get("pid"),
-        source=entry.get("source"), ctx=ctx)
-
 
 def sessions(ctx: BackupContext) -> list[BrowseSession]:
     """Every session of the registry (any state), newest first."""
-    found = [_session(ctx, e) for e in Registry(ctx.instance_path).read().values()]
+    found = [session_of(ctx, e) for e in Registry(ctx.instance_path).read().values()]
     return sorted((s for s in found if s is not None), key=lambda s: s.opened_at,
                   reverse=True)
 
 
 def get_session(ctx: BackupContext, session_id: str) -> BrowseSession | None:
-    """The session ``session_id`` if it is registered (any state), else None."""
+    """The session ``session_id`` if it is registered (any state) and was opened under
+    the keys trusted now, else None (:func:`reap` drops one of other keys)."""
     if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
         return None
     entry = Registry(ctx.instance_path).read().get(session_id)
+    if entry is not None and entry.get("trust") != current_trust(ctx):
+        entry = None
     if entry is None:
-        if (stale := _engines.pop(session_id, None)) is not None:  # closed elsewhere
+        if (stale := engines.pop(session_id, None)) is not None:  # closed elsewhere
             stale.dispose()
         return None
-    return _session(ctx, entry)
+    return session_of(ctx, entry)
 
 
 def find_session(ctx: BackupContext, archive: str, identity=None, trusted_keys=()):
     """The open (or opening) session of ``archive`` with the same trust, if any."""
-    source = source_of(archive, identity, trusted_keys, ctx.settings.backup_folder)
-    return next((s for s in sessions(ctx) if s.source == source and s.state != "failed"), None)
+    source, trust = source_of(archive, identity, trusted_keys, ctx.settings.backup_folder), \
+        current_trust(ctx)
+    return next((s for s in sessions(ctx) if s.source == source and s.trust == trust
+                 and s.state != "failed"), None)
 
 
 def reap(ctx: BackupContext, live_engine: Engine | None = None, via: str = "cli") -> list[str]:
     """Drop sessions idle for longer than BACKUP_BROWSE_IDLE_MINUTES, failed ones
-    as old, and openings whose process died; their ids."""
+    as old, openings whose process died, and sessions opened under other trusted
+    keys than now's (a key taken out of BACKUP_TRUSTED_KEYS); their ids."""
     if not (Path(ctx.instance_path) / FOLDER / FILE).is_file():
         return []  # nothing was ever opened here (and no folder is made for it)
-    limit, now = idle_limit(ctx), datetime.now(timezone.utc)
-    dropped: list[BrowseSession] = []
+    limit, now, trust = idle_limit(ctx), datetime.now(timezone.utc), current_trust(ctx)
+    dropped: list[tuple[BrowseSession, str]] = []
     with Registry(ctx.instance_path).edit() as entries:
         for key, entry in list(entries.items()):
-            if (session := _session(ctx, entry)) is None:
+            if (session := session_of(ctx, entry)) is None:
                 log.warning("browse: a broken entry of the registry was removed")
                 entries.pop(key)
                 continue
-            idle = now - session.used_at > limit
+            idle = now - session.used_at > limit and session.state != "opening"
             orphan = session.state == "opening" and not pid_alive(session.pid)
-            if (idle and session.state != "opening") or orphan:
+            if idle or orphan or session.trust != trust:
                 entries.pop(key)
-                dropped.append(session)
-    for session in dropped:
-        _drop(session)
+                dropped.append((session, f"after {limit.seconds // 60} idle minutes"
+                                if idle or orphan else "as the trusted keys changed"))
+    for session, why in dropped:
+        drop(session)
         if live_engine is not None:
             quietly("a browse session", ctx.audit.record, live_engine, "browse", "ok",
                     actor=None, via=via, target=session.archive,
-                    message=f"scratch copy dropped after {limit.seconds // 60} idle minutes")
-    return [s.id for s in dropped]
+                    message=f"scratch copy dropped {why}")
+    return [s.id for s, _ in dropped]
 
 
 def open_archive(ctx: BackupContext, live_engine: Engine, archive: str, *, actor, via: str,
@@ -213,7 +133,7 @@ def finish_open(ctx: BackupContext, live_engine: Engine, session: BrowseSession,
         load_into(ctx, session, archive, identity, trusted_keys)
     except BaseException as exc:
         message = safe_message(exc, "opening of the archive")
-        _drop(session)
+        drop(session)
         _save(ctx, session, state="failed", error=message)
         quietly("a browse session", ctx.audit.record, live_engine, "browse", "failed",
                 actor=actor, via=via, target=session.archive, message=message)
@@ -221,7 +141,7 @@ def finish_open(ctx: BackupContext, live_engine: Engine, session: BrowseSession,
             raise
         raise BackupError(message) from None
     if not _save(ctx, session, state="open"):
-        _drop(session)  # closed while it was loading: its copy goes too
+        drop(session)  # closed while it was loading: its copy goes too
         raise BackupError("the archive was closed while it was being opened")
     quietly("a browse session", ctx.audit.record, live_engine, "browse", "ok", actor=actor,
             via=via, target=session.archive,
@@ -235,18 +155,19 @@ def _claim(ctx: BackupContext, archive: str, source: str, dialect: str,
            actor) -> tuple[BrowseSession, bool]:
     """The session of ``source``: an open (or opening) one, else a new ``opening``
     entry (then True: this call loads it). A failed or orphaned one is replaced."""
+    trust = current_trust(ctx)
     with Registry(ctx.instance_path).edit() as entries:
         for key, entry in list(entries.items()):
-            if entry.get("source") != source:
+            if entry.get("source") != source or entry.get("trust") != trust:
                 continue
-            if (current := _session(ctx, entry)) is None:
+            if (current := session_of(ctx, entry)) is None:
                 entries.pop(key)
                 continue
             if current.state == "open" or (current.state == "opening"
                                            and pid_alive(current.pid)):
                 return current, False
             entries.pop(key)
-            _drop(current)
+            drop(current)
         if sum(1 for e in entries.values() if e.get("state") != "failed") >= MAX_SESSIONS:
             raise BackupError(f"{MAX_SESSIONS} archives are open already: close one first")
         sid = secrets.token_hex(8)
@@ -256,8 +177,9 @@ def _claim(ctx: BackupContext, archive: str, source: str, dialect: str,
         name = shown_as(archive, ctx.settings.backup_folder)
         entries[sid] = {"id": sid, "archive": name, "source": source, "dialect": dialect,
                         "database": database, "opened_at": stamp, "used_at": stamp,
-                        "state": "opening", "actor": actor, "pid": os.getpid()}
-        return _session(ctx, entries[sid]), True
+                        "state": "opening", "actor": actor, "pid": os.getpid(),
+                        "trust": trust}
+        return session_of(ctx, entries[sid]), True
 
 
 def _wait_for(ctx: BackupContext, session_id: str) -> BrowseSession:
@@ -289,11 +211,6 @@ def _save(ctx: BackupContext, session: BrowseSession, **changes) -> bool:
                                "erasures": session.erasures, "schema": session.schema,
                                "used_at": now_text()}
         return True
-
-
-def _drop(session: BrowseSession) -> None:
-    """The scratch database gone, and this process's engine on it; never raises."""
-    drop_scratch(session, _engines.pop(session.id, None))
 
 
 __all__ = ["BrowseSession", "begin_open", "find_session", "finish_open", "get_session",
