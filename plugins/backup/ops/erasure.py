@@ -41,6 +41,7 @@ What an erasure will change is found first, changing nothing
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ from guest_backup.ops.ledger import ErasureLedger, LedgerBroken
 from guest_backup.ops.ledger_copies import collect, publish
 from guest_backup.ops.reapply import Leftover, erased_present, reapply_checked  # noqa: F401
 from guest_backup.storages import StorageError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ERASE_WAIT", "ERASED", "ErasureError", "ErasurePlan", "ErasureResult", "Leftover",
            "NotFound", "NothingToErase", "Target", "erase", "erased_present", "plan_erasure",
@@ -111,7 +114,14 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
         except Exception as exc:
             _failed(ctx, engine, target, actor, via, str(exc) if isinstance(exc, BackupError)
                     else f"{type(exc).__name__} (nothing was changed)")
-            raise
+            if isinstance(exc, BackupError):
+                raise
+            # the database refused it (a constraint, a trigger, a lost connection): one
+            # line for the command and the page, the details in the log (a traceback
+            # before, and an error page)
+            log.warning("the erasure of %s failed", target, exc_info=True)
+            raise BackupError(f"nothing was erased: the database refused the change "
+                              f"({type(exc).__name__})") from None
         # still held until the audit entry is written: a restore replacing this
         # database in between set its audit trail aside without that entry
         return _committed(ctx, engine, ledger, storages, ErasureResult(

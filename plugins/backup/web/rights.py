@@ -92,8 +92,9 @@ class RightsView(SecureBaseView):
         except (NotFound, NothingToErase):  # never the search in the URL: see the module
             flash(_("Nothing to erase: no personal data is left there."), "warning")
             return redirect(url_for(".index"))
-        except BackupError as exc:
-            flash(_("Nothing was erased: %(error)s", error=exc), "error")
+        except BackupError as exc:  # its text may begin as the page's own words do
+            reason = str(exc).removeprefix("nothing was erased: ")
+            flash(_("Nothing was erased: %(error)s", error=reason), "error")
             return redirect(url_for(".index"))
         plan = result.plan
         flash(_("Erased: %(guests)s guest(s), %(emails)s registration e-mail(s), %(photos)s "
