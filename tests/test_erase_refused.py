@@ -5,6 +5,7 @@ no message) and the page in an error page."""
 
 from __future__ import annotations
 
+import re
 import sqlalchemy as sa
 
 from guest_registration.extensions import db
@@ -40,9 +41,10 @@ def test_the_page_says_so(app, client, auth, backend):
     refuse_erasures(app, backend)
     auth.login()
     page = client.get(f"/admin/rights/?kind=guest&q={ids['jana']}").get_data(as_text=True)
+    plan = re.search(r'name="plan" value="([0-9a-f]+)"', page).group(1)
     done = client.post("/admin/rights/erase", data={
-        "kind": "guest", "q": str(ids["jana"]), "csrf_token": csrf_token_from(page)},
-        follow_redirects=True)
+        "kind": "guest", "q": str(ids["jana"]), "plan": plan,
+        "csrf_token": csrf_token_from(page)}, follow_redirects=True)
     shown = done.get_data(as_text=True)
     assert done.status_code == 200 and "Traceback" not in shown
     assert "Nothing was erased: the database refused the change" in shown

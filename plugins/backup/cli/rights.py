@@ -76,7 +76,8 @@ def erase_command(guest: int | None, registration: int | None, email: str | None
         if not yes:
             click.echo("\n".join(_describe(plan)))
             click.confirm("Erase this permanently? It cannot be undone.", abort=True)
-        result = erase(ctx, database_engine(), target, actor=cli_actor(), via="cli")
+        result = erase(ctx, database_engine(), target, actor=cli_actor(), via="cli",
+                       expected=None if yes else plan.fingerprint)  # what was confirmed
     except NothingToErase as exc:
         click.echo(f"nothing to erase: {exc}")
         return

@@ -53,7 +53,8 @@ from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.erasure_mark import ERASE_WAIT, advance_mark, database_lock
 from guest_backup.ops.erasure_plan import (ErasureError, ErasurePlan, NotFound,  # noqa: F401
-                                           NothingToErase, Target, plan_erasure)
+                                           NothingToErase, PlanChanged, Target,
+                                           plan_erasure)
 from guest_backup.ops.erasure_sql import (ERASED, anonymise_guests, anonymise_registrations,
                                           close_emptied)
 from guest_backup.ops.ledger import ErasureLedger, LedgerBroken
@@ -64,8 +65,8 @@ from guest_backup.storages import StorageError
 log = logging.getLogger(__name__)
 
 __all__ = ["ERASE_WAIT", "ERASED", "ErasureError", "ErasurePlan", "ErasureResult", "Leftover",
-           "NotFound", "NothingToErase", "Target", "erase", "erased_present", "plan_erasure",
-           "reapply_checked"]
+           "NotFound", "NothingToErase", "PlanChanged", "Target", "erase", "erased_present",
+           "plan_erasure", "reapply_checked"]
 
 
 @dataclass
@@ -86,9 +87,12 @@ def apply_plan(conn: Connection, plan: ErasurePlan) -> int:
 
 
 def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | None,
-          via: str) -> ErasureResult:
+          via: str, expected: str | None = None) -> ErasureResult:
     """Erase ``target`` (see the module's docstring for the order); NotFound or
-    NothingToErase change nothing, and so does a broken ledger."""
+    NothingToErase change nothing, and so does a broken ledger. With ``expected``
+    (the :attr:`~ErasurePlan.fingerprint` of the plan shown and confirmed), a plan
+    that differs now is PlanChanged: a guest who registered with the address after
+    the preview was erased unseen."""
     ledger = ErasureLedger.in_folder(ctx.instance_path)
     warnings: list[str] = []
     try:
@@ -105,6 +109,9 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
                 plan = plan_erasure(conn, target)
                 if plan.empty:
                     raise NothingToErase(f"{target} holds no personal data any more")
+                if expected is not None and plan.fingerprint != expected:
+                    raise PlanChanged(f"what {target} holds changed since it was shown: "
+                                      f"nothing was erased; look at it again")
                 rows = apply_plan(conn, plan)
                 record = ledger.append(plan.kind, plan.guest_ids, plan.registration_ids,
                                        plan.identifiers)

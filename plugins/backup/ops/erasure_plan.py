@@ -5,6 +5,8 @@ values whose keyed hashes go to the ledger (see :mod:`guest_backup.ops.erasure`)
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -27,6 +29,11 @@ class NotFound(ErasureError):
 
 class NothingToErase(ErasureError):
     """The records hold no personal data any more."""
+
+
+class PlanChanged(ErasureError):
+    """What would be erased is not what was shown and confirmed (a guest registered
+    with the address since): nothing was erased."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,14 @@ class ErasurePlan:
     @property
     def empty(self) -> bool:
         return not self.guests and not self.closed
+
+    @property
+    def fingerprint(self) -> str:
+        """Which rows it changes, as a short digest: the page and the command's
+        confirmation carry it, and :func:`~guest_backup.ops.erasure.erase` erases
+        only when the plan it finds is still this one."""
+        rows = [sorted(self.guest_ids), sorted(self.closed), sorted(self.registration_ids)]
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:32]
 
 
 def plan_erasure(bind: Engine | Connection, target: Target) -> ErasurePlan:

@@ -21,7 +21,7 @@ from guest_registration.extensions import csrf, db
 from guest_registration.i18n import page_timestamp
 
 from guest_backup.errors import BackupError
-from guest_backup.ops.erasure import (NothingToErase, NotFound, Target, erase,
+from guest_backup.ops.erasure import (NothingToErase, NotFound, PlanChanged, Target, erase,
                                       plan_erasure)
 from guest_backup.ops.rights import overdue_registrations
 from guest_backup.wiring import backup_context
@@ -88,9 +88,14 @@ class RightsView(SecureBaseView):
         actor = current_user.email
         db.session.close()  # the erasure writes on its own connection (SQLite: no lock held)
         try:
-            result = erase(backup_context(), db.engine, target, actor=actor, via="admin")
+            result = erase(backup_context(), db.engine, target, actor=actor, via="admin",
+                           expected=request.form.get("plan", ""))
         except (NotFound, NothingToErase):  # never the search in the URL: see the module
             flash(_("Nothing to erase: no personal data is left there."), "warning")
+            return redirect(url_for(".index"))
+        except PlanChanged:  # erase only what the admin saw
+            flash(_("Nothing was erased: what it would erase changed since it was shown "
+                    "(a new registration, say). Search again to see it as it is now."), "error")
             return redirect(url_for(".index"))
         except BackupError as exc:  # its text may begin as the page's own words do
             reason = str(exc).removeprefix("nothing was erased: ")
