@@ -4,22 +4,24 @@ from the environment.
 The defaults put everything under the Flask instance folder (where that is:
 :mod:`guest_registration.paths`): an SQLite database
 and ``uploads/``. Plugins declare their own settings (the ``register_settings``
-hook); the host fills them in the same way, see :mod:`guest_registration.plugins`.  ``SECRET_KEY`` and ``SECURITY_PASSWORD_SALT`` are
-generated once into the instance folder (mode 0600) when the environment does not
-give them, so a fresh checkout runs without a hand-written secret and no secret is
-ever committed.
+hook); the host fills them in the same way, see :mod:`guest_registration.plugins`.
+``SECRET_KEY`` and ``SECURITY_PASSWORD_SALT`` are generated once into the instance
+folder (mode 0600, :mod:`guest_registration.instance_folder`) when the environment
+does not give them, so a fresh checkout runs without a hand-written secret and no
+secret is ever committed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import secrets
-import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
+
+from .config_errors import ConfigError, SharedFolderError  # noqa: F401 (their home for importers)
+from .instance_folder import (ensure_private_folder, refuse_shared_folder,  # noqa: F401
+                              secret_from_file)
 
 #: Settings read from the environment as plain strings.
 STRING_SETTINGS = (
@@ -46,10 +48,6 @@ INT_SETTINGS = ("MAX_PHOTO_BYTES", "DATABASE_POOL_SIZE", "DATABASE_MAX_OVERFLOW"
 
 #: Settings read from the environment as true/false (1/0, yes/no, on/off).
 BOOL_SETTINGS = ("DATABASE_SCHEMA_CHECK",)
-
-
-class ConfigError(ValueError):
-    """A setting's value cannot be used (safe to show: it names the setting)."""
 
 
 def parse_bool(name: str, raw: str) -> bool:
@@ -118,79 +116,6 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg2://" + url[len(prefix):]
     return url
-
-
-class SharedFolderError(ConfigError):
-    """A setting names a shared folder (sticky, as ``/tmp``) for the app's own."""
-
-
-def refuse_shared_folder(path: Path, setting: str) -> None:
-    """:class:`SharedFolderError` when ``path`` is a sticky folder (``/tmp``,
-    ``/var/tmp``: everyone's), which making it private would take from everyone."""
-    if path.is_dir() and path.stat().st_mode & stat.S_ISVTX:
-        raise SharedFolderError(
-            f"{setting} {path} is a shared folder (sticky, as /tmp): the app makes its "
-            f"folders private to its user, which would take this one from everyone; "
-            f"give {setting} a folder of its own")
-
-
-def ensure_private_folder(path: Path, setting: str = "INSTANCE_PATH") -> Path:
-    """Create ``path`` (and parents) 0700 whatever the umask; an existing folder loses
-    every read and write bit of group and others, but keeps their execute bits: a
-    traverse-only folder (0711, as ``pitr setup`` makes the instance folder so that
-    ``postgres`` reaches its pgBackRest folder) lets nobody list or read it. A
-    shared folder is refused (:func:`refuse_shared_folder`), named by ``setting``."""
-    refuse_shared_folder(path, setting)
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        current = path.stat().st_mode & 0o7777
-        wanted = 0o700 | (current & 0o011)
-        if current != wanted:
-            os.chmod(path, wanted)
-    except PermissionError:  # not ours (e.g. a shared mount): leave it as it is
-        pass
-    return path
-
-
-def _secret_from_file(instance_path: Path, name: str) -> str:
-    """Read (or create once, mode 0600) a random secret kept in the instance folder.
-    The new file is written whole under a temporary name, then linked into place:
-    of two processes starting at once (``serve``'s workers each build their app)
-    one wins and both use its secret; nobody reads it half-written. An empty file
-    (a crash or a full disk during an earlier version's write) is replaced. Made
-    by root (``status`` typed by an administrator) in the service user's folder,
-    it is that user's."""
-    import tempfile
-
-    path = instance_path / name
-    for _ in range(5):
-        try:
-            value = path.read_text().strip()
-            if value:
-                return value
-            exists = True
-        except FileNotFoundError:
-            exists = False
-        ensure_private_folder(instance_path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=instance_path)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                folder = instance_path.stat()
-                if os.geteuid() == 0 and folder.st_uid != 0:  # the service user's folder
-                    os.fchown(fh.fileno(), folder.st_uid, folder.st_gid)
-                fh.write(secrets.token_urlsafe(48) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            if exists:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)  # FileExistsError: another process was first
-        except FileExistsError:
-            continue
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    return path.read_text().strip()
 
 
 def _defaults(instance: Path) -> dict[str, Any]:
@@ -281,9 +206,9 @@ def build_config(instance_path: str, overrides: Mapping[str, Any] | None = None,
     cfg.setdefault("SECRET_KEY", None)
     cfg.setdefault("SECURITY_PASSWORD_SALT", None)
     if not cfg["SECRET_KEY"]:
-        cfg["SECRET_KEY"] = _secret_from_file(instance, "secret_key")
+        cfg["SECRET_KEY"] = secret_from_file(instance, "secret_key")
     if not cfg["SECURITY_PASSWORD_SALT"]:
-        cfg["SECURITY_PASSWORD_SALT"] = _secret_from_file(instance, "password_salt")
+        cfg["SECURITY_PASSWORD_SALT"] = secret_from_file(instance, "password_salt")
 
     cfg["DATABASE_URL"] = normalise_database_url(cfg["DATABASE_URL"])
     cfg["SQLALCHEMY_DATABASE_URI"] = cfg["DATABASE_URL"]

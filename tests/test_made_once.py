@@ -17,7 +17,7 @@ from guest_backup.archive.signing import Signer, load_or_create_key
 from guest_backup.errors import BackupError
 from guest_backup.files import write_private
 from guest_backup.ops.settings import load_or_create_installation_id
-from guest_registration.config import _secret_from_file
+from guest_registration.instance_folder import secret_from_file as _secret_from_file
 
 from tests.helpers import missing
 

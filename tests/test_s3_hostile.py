@@ -260,4 +260,10 @@ def test_a_seal_that_cannot_be_read_is_a_storage_problem(light, s3, runner,  # n
             with pytest.raises(StorageUnreachable, match=f"reading the seal of {archive.name}"):
                 storage.read_sidecar(archive.name)
             verify = runner.invoke(args=["verify", f"s3://{BUCKET}/{PREFIX}/{archive.name}"])
+            for kept in Path(light.instance_path).glob("seal-verdicts.json"):
+                kept.unlink()  # the listing reads the seal again
+            health = runner.invoke(args=["backup-health"])
         assert verify.exit_code == 1 and "reading the seal of" in verify.output, verify.output
+        # the storage failed: health says so (exit 2), not "1 unrecognised file"
+        assert health.exit_code == 2 and "reading the seal of" in health.output, health.output
+        assert "unrecognised" not in health.output

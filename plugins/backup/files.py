@@ -24,7 +24,7 @@ def write_private(path: str | os.PathLike, data: bytes, *, sync: bool = False) -
                                dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            _owned_like_folder(out.fileno(), target.parent)
+            owned_like_folder(out.fileno(), target.parent)
             out.write(data)
             out.flush()
             if sync:
@@ -58,7 +58,7 @@ def read_or_create(path: str | os.PathLike, make) -> bytes:
                                    dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                _owned_like_folder(out.fileno(), target.parent)
+                owned_like_folder(out.fileno(), target.parent)
                 out.write(make())
                 out.flush()
                 os.fsync(out.fileno())
@@ -84,7 +84,7 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def _owned_like_folder(fd: int, folder: Path) -> None:
+def owned_like_folder(fd: int, folder: Path) -> None:
     """Run as root (``status``, ``backup-key`` or ``backup-list`` typed by an
     administrator), a file made in a folder of the service's user is given to that
     user: a root-owned 0600 key or state file there stopped every later backup

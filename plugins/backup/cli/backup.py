@@ -89,10 +89,15 @@ def backup_list_command() -> None:
         click.echo(f"WARNING {problem}", err=True)
     if not listing.archives:
         click.echo(f"no archives in {', '.join(listing.urls)}")
+    for storage, names in listing.unreadable.items():  # root's files in the service's folder
+        click.echo(f"WARNING {storage}: {len(names)} file(s) named like archives cannot be read "
+                   f"by this user: {'; '.join(names[:3])}{'; …' if len(names) > 3 else ''} "
+                   f"(run commands as the backup folder's owner, or chown them)", err=True)
     for storage, names in listing.unrecognised.items():  # as health counts them
-        click.echo(f"WARNING {storage}: {len(names)} file(s) named like archives are not "
-                   f"recognised (no valid seal of a trusted key, or another installation's)",
-                   err=True)
+        if count := len(names) - len(listing.unreadable.get(storage, ())):
+            click.echo(f"WARNING {storage}: {count} file(s) named like archives are not "
+                       f"recognised (no valid seal of a trusted key, or another "
+                       f"installation's)", err=True)
     for storage, ahead in listing.future.items():
         click.echo(f"WARNING {storage}: {len(ahead)} archive(s) signed with a creation time "
                    f"in the future: check this machine's clock", err=True)

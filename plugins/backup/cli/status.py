@@ -33,7 +33,33 @@ def backup_status(app: Flask) -> list[StatusCheck]:
             _check("backup signing key", lambda: f"{settings.signer().public_key} (keep it "
                                                  f"with your recovery notes)"),
             _check("backup encryption", lambda: _encryption(settings.age_recipients)),
-            _check("newest backup", lambda: _newest(ctx))]
+            _check("newest backup", lambda: _newest(ctx)), *_may_create_databases()]
+
+
+def _may_create_databases() -> list[StatusCheck]:
+    """On PostgreSQL, whether DATABASE_URL's role may create databases: the restore
+    drill (``restore-test``, nightly) and browsing an archive load it into a new
+    scratch database, and without CREATEDB every drill failed while ``status`` was
+    all ok. Nothing when the database cannot be reached (its own line says why)."""
+    from sqlalchemy import text
+
+    engine = database_engine()
+    if engine.dialect.name != "postgresql":
+        return []
+    try:
+        with engine.connect() as conn:
+            role, may = conn.execute(text(
+                "SELECT current_user, rolcreatedb OR rolsuper FROM pg_roles "
+                "WHERE rolname = current_user")).one()
+    except Exception:
+        return []
+    if may:
+        return [StatusCheck("database role", True, f"{role} may create databases (restore "
+                                                   f"drills and browsing need it)")]
+    return [StatusCheck("database role", False,
+                        f"{role} may not create databases: restore-test and browsing an "
+                        f"archive load it into a new scratch database and fail (as a "
+                        f"superuser: ALTER ROLE \"{role}\" CREATEDB)")]
 
 
 def _check(name: str, detail) -> StatusCheck:
@@ -70,10 +96,20 @@ def _encryption(recipients_setting) -> str:
 
 
 def _newest(ctx) -> str:
-    archives, unknown = recognised(ctx, ctx.local())
-    extra = f"; {len(unknown)} unrecognised file(s) in the folder" if unknown else ""
+    """The newest archive; FAIL when some file there cannot be read by this user
+    (a root-run command's): they are not backups this user can list or restore."""
+    unreadable: list[str] = []
+    archives, unknown = recognised(ctx, ctx.local(), unreadable=unreadable)
+    extra = (f"; {len(unknown) - len(unreadable)} unrecognised file(s) in the folder"
+             if len(unknown) > len(unreadable) else "")
     if not archives:
-        return f"no archive yet (run: python manage.py backup){extra}"
-    newest = archives[0]
-    return (f"{newest.name}, {human_size(newest.size)}, {_age(newest.created)} "
-            f"({len(archives)} archive{'s' if len(archives) != 1 else ''}){extra}")
+        text = f"no archive yet (run: python manage.py backup){extra}"
+    else:
+        newest = archives[0]
+        text = (f"{newest.name}, {human_size(newest.size)}, {_age(newest.created)} "
+                f"({len(archives)} archive{'s' if len(archives) != 1 else ''}){extra}")
+    if unreadable:
+        raise BackupError(f"{text}; {len(unreadable)} file(s) this user cannot read "
+                          f"({unreadable[0]}): run commands as the folder's owner, or chown "
+                          f"them")
+    return text

@@ -36,11 +36,17 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
                             current_app.extensions["export_formats"])
     except ExportRequestError as exc:
         raise click.UsageError(str(exc)) from None
+    tmp = None if output is None else _part_file(Path(output))
     engine = database_engine()
-    stream = open_export(engine, req,
-                         db_engine=backup_context().engine_for(engine.dialect.name, required=False),
-                         actor=cli_actor(), via="cli",
-                         fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
+    try:
+        stream = open_export(engine, req, db_engine=backup_context().engine_for(
+                                 engine.dialect.name, required=False),
+                             actor=cli_actor(), via="cli",
+                             fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
     if output is None:
         out = sys.stdout.buffer
         try:
@@ -51,10 +57,8 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
             stream.chunks.close()
         return
     target = Path(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
-                               dir=target.parent if str(target.parent) else ".")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             for chunk in stream.chunks:
                 fh.write(chunk)
         os.replace(tmp, target)
@@ -63,6 +67,20 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
         Path(tmp).unlink(missing_ok=True)
         raise
     click.echo(f"{stream.rows} guests written to {target}", err=True)
+
+
+def _part_file(target: Path) -> str:
+    """A new empty file beside ``target`` (0600), made before the export starts: a
+    folder this user may not write is one line naming it, not a traceback (and no
+    export is opened, audited and aborted for it)."""
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to the folder {folder.absolute()} "
+                                   f"({exc.strerror}); nothing was exported") from None
+    os.close(fd)
+    return tmp
 
 
 COMMANDS = [export_guests_command]

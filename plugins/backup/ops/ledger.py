@@ -39,7 +39,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 from guest_backup.archive.manifest import now_text
 from guest_backup.errors import BackupError
-from guest_backup.files import write_private
+from guest_backup.files import owned_like_folder, write_private
+from guest_backup.ops.locks import user_name
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,17 @@ class ErasureLedger:
 
     @contextlib.contextmanager
     def locked(self, shared: bool = False) -> Iterator[None]:
-        """The ledger's file lock (exclusive for writers)."""
+        """The ledger's file lock (exclusive for writers). Made by root (``pitr drill``
+        typed with sudo) in the service user's folder, it is that user's: a root-owned
+        0600 lock stopped that user's erasures, drills and health checks."""
         try:
             self.lock_path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise BackupError(f"the erasure ledger lock {self.lock_path} cannot be opened "
-                              f"({exc.strerror})") from None
+                              f"({exc.strerror}){_whose(self.lock_path)}") from None
         try:
+            owned_like_folder(fd, self.lock_path.parent)
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
@@ -129,7 +133,7 @@ class ErasureLedger:
             return None
         except OSError as exc:
             raise BackupError(f"the erasure ledger {self.path} cannot be read "
-                              f"({exc.strerror})") from None
+                              f"({exc.strerror}){_whose(self.path)}") from None
 
     def entries(self) -> Iterator[dict]:
         """The checked lines, oldest first, streamed (appends after the start are not
@@ -167,6 +171,7 @@ class ErasureLedger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
+                owned_like_folder(fd, self.path.parent)  # run as root: as the lock
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
@@ -186,6 +191,19 @@ class ErasureLedger:
         except OSError as exc:
             raise BackupError(f"the erasure ledger {self.path} cannot be written "
                               f"({exc.strerror})") from None
+
+
+def _whose(path: Path) -> str:
+    """``: it belongs to root; …`` when ``path`` is another user's (a root-run
+    command's, before this was fixed), else nothing."""
+    try:
+        owner = path.stat().st_uid
+    except OSError:
+        return ""
+    if owner == os.geteuid():
+        return ""
+    return (f": it belongs to {user_name(owner)}; run commands as the service's user, "
+            f"or chown it")
 
 
 def _upto(fh, size: int) -> Iterator[bytes]:

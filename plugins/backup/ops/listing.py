@@ -4,15 +4,19 @@ look like archives but are not recognised."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-from guest_backup.archive.format import ArchiveInfo
+from guest_backup.archive.format import ArchiveInfo, sidecar_path
 from guest_backup.archive.seal import recognise, sealed_sha256
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.locks import user_name
 from guest_backup.ops.seal_verdicts import MISS, SealVerdicts
-from guest_backup.storages import Storage, StorageError, size_of
+from guest_backup.storages import Storage, StorageError, StorageUnreachable, size_of
 
 
 @dataclass
@@ -24,7 +28,10 @@ class Listing:
     #: it raised
     by_storage: list[tuple[object, list | StorageError]] = field(default_factory=list)
     #: storage name -> names of files that look like archives but are not recognised
+    #: (an unreadable one as ``name (unreadable: why)``, so health's count says why)
     unrecognised: dict[str, list[str]] = field(default_factory=dict)
+    #: storage name -> those of ``unrecognised`` this user cannot read (root-made, 0600)
+    unreadable: dict[str, list[str]] = field(default_factory=dict)
     #: storage name -> archives signed with a creation time in the future (not counted)
     future: dict[str, list[ArchiveInfo]] = field(default_factory=dict)
 
@@ -37,8 +44,8 @@ def newest_first(archives: list[ArchiveInfo]) -> list[ArchiveInfo]:
     return sorted(archives, key=lambda a: (a.created, a.name), reverse=True)
 
 
-def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] | None = None
-               ) -> tuple[list[ArchiveInfo], list[str]]:
+def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] | None = None,
+               unreadable: list[str] | None = None) -> tuple[list[ArchiveInfo], list[str]]:
     """``storage``'s recognised archives (newest first, dated by their signed
     creation time) and the names of the files it holds that are not.
 
@@ -47,7 +54,9 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
     it would be "the newest" until then, and freshness, the restore drill and
     retention's "last N" were judged by it (a backup made on time was pruned as the
     second newest). It goes to ``future`` when given, else with the names of the
-    files not recognised; never deleted by retention either way."""
+    files not recognised; never deleted by retention either way. A file of this
+    machine that this user cannot read (or its seal) is not recognised either, but
+    goes to ``unreadable`` when given, and with its reason among the names."""
     trusted, installation = ctx.settings.trusted(), ctx.settings.installation()
     kept = SealVerdicts(ctx.instance_path, storage.url, trusted, installation)
 
@@ -57,21 +66,29 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
         Only these are kept, never the seals, so the listing's memory does not grow
         with what a storage holds (20,000 planted keys with 64 KiB seals took 1.3 GiB)."""
         if (verdict := kept.get(found)) is not MISS:
-            return found, *verdict
+            return found, *verdict, None
         try:
             local, sidecar = storage.local_path(found.name), storage.read_sidecar(found.name)
+        except StorageUnreachable:
+            raise  # a seal that could not be read (503, a timeout): the storage failed
         except StorageError:
             local, sidecar = None, None
         when = recognise(found.name, found.size, sidecar, trusted, installation, local)
+        if when is None and (why := _unreadable(local)):
+            return found, None, None, why  # not kept: readable again once chowned
         sha = sealed_sha256(sidecar) if when is not None and sidecar is not None else None
         kept.put(found, when, sha, seal_read=sidecar is not None)
-        return found, when, sha  # the sha was checked just now
+        return found, when, sha, None  # the sha was checked just now
 
     good, bad = [], []
     limit = datetime.now(timezone.utc) + FUTURE_SKEW
-    for found, when, sha in _each(storage, storage.list(), judge):
+    for found, when, sha, why in _each(storage, storage.list(), judge):
         if when is None:
-            bad.append(found.name)
+            if why and unreadable is not None:  # health's count of them shows why
+                unreadable.append(f"{found.name} (unreadable: {why})")
+                bad.append(unreadable[-1])
+            else:
+                bad.append(found.name)
             continue
         archive = ArchiveInfo(found.name, found.size, when, list(found.locations), sha)
         if when <= limit:
@@ -82,6 +99,22 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
             bad.append(found.name)
     kept.save()
     return newest_first(good), sorted(bad)
+
+
+def _unreadable(local: Path | None) -> str | None:
+    """Why this user cannot read an archive of this machine or its seal, or None: a
+    root-run worker's files (root's, 0600) in the service's folder were called "not
+    recognised (no valid seal of a trusted key…)", the wrong reason and fix."""
+    for path in (sidecar_path(local), local) if local is not None else ():
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
+        except PermissionError as exc:
+            with contextlib.suppress(OSError):
+                return f"{path.name}: {exc.strerror}, it is {user_name(path.lstat().st_uid)}'s"
+            return f"{path.name}: {exc.strerror}"
+        except OSError:
+            continue
+    return None
 
 
 def _each(storage: Storage, listed: list[ArchiveInfo], judge) -> list:
@@ -103,8 +136,9 @@ def list_everywhere(ctx: BackupContext) -> Listing:
     for storage in ctx.storages():
         listing.urls.append(storage.url)
         ahead: list[ArchiveInfo] = []
+        unreadable: list[str] = []
         try:
-            found, unknown = recognised(ctx, storage, ahead)
+            found, unknown = recognised(ctx, storage, ahead, unreadable)
         except StorageError as exc:
             listing.problems.append(str(exc))
             listing.by_storage.append((storage, exc))
@@ -112,6 +146,8 @@ def list_everywhere(ctx: BackupContext) -> Listing:
         listing.by_storage.append((storage, found))
         if unknown:
             listing.unrecognised[storage.name] = unknown
+        if unreadable:
+            listing.unreadable[storage.name] = unreadable
         if ahead:
             listing.future[storage.name] = newest_first(ahead)
         for a in found:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import stat
 import threading
 import uuid
@@ -89,10 +90,35 @@ def private_backup_folder(folder: str | os.PathLike, setting: str = "BACKUP_FOLD
     return folder
 
 
+def user_name(uid: int) -> str:
+    """A user's name (its uid when it has none)."""
+    with contextlib.suppress(KeyError):
+        return pwd.getpwuid(uid).pw_name
+    return str(uid)
+
+
+def refuse_root_in_users_folder(folder: Path) -> None:
+    """Run as root in a backup folder of another user (the service's), refused before
+    anything is made there: root's lock file, archive and seal were root's (0600),
+    and every later backup, drill and listing of that user failed."""
+    owner = folder.stat().st_uid
+    if os.geteuid() == 0 and owner != 0:
+        raise BackupError(f"the backup folder {folder} belongs to {user_name(owner)}: run the "
+                          f"command as {user_name(owner)}, not as root")
+
+
 def _own_file(path: Path, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-        raise BackupError(f"the lock file {path} is not a regular file of this user (another "
-                          f"user's, or a link): remove it, then run the backup again")
+    """A lock file that is not a regular file of this user is refused; in a folder of
+    another user the advice is to run as that user ("remove it" made a root backup
+    of root-owned files there, and the service's own backups failed)."""
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+        return
+    whose = f"{user_name(st.st_uid)}'s" if stat.S_ISREG(st.st_mode) else "a link"
+    folder = path.parent.stat().st_uid
+    advice = ("remove it, then run the backup again" if folder == os.geteuid() else
+              f"run the command as {user_name(folder)}, the backup folder's owner")
+    raise BackupError(f"the lock file {path} is not a regular file of this user ({whose}): "
+                      f"{advice}")
 
 
 class BackupLock:
@@ -115,8 +141,10 @@ class BackupLock:
     def acquire(self) -> "BackupLock":
         """Take the lock in the folder, made private first (a shared one refused);
         a lock file that is not a regular file of this user is refused, never
-        taken for a running backup (another user could hold it for ever)."""
+        taken for a running backup (another user could hold it for ever); run as root
+        in a folder of another user, refused (:func:`refuse_root_in_users_folder`)."""
         private_backup_folder(self.folder)
+        refuse_root_in_users_folder(self.folder)
         path = self.folder / LOCK_NAME
         try:
             _own_file(path, os.lstat(path))

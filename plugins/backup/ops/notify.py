@@ -68,7 +68,11 @@ def masked(url: str) -> str:
 
 
 def send(urls: list[str], title: str, body: str) -> list[tuple[str, bool]]:
-    """Send to each URL; (masked URL, accepted) for each, never an exception."""
+    """Send to each URL; (masked URL, accepted) for each, never an exception. No URL
+    (BACKUP_NOTIFY_URLS unset): nothing, and no word about apprise, which is
+    optional (every change of state warned "BACKUP_NOTIFY_URLS is set")."""
+    if not urls:
+        return []
     try:
         import apprise
     except ImportError:
