@@ -241,3 +241,39 @@ def test_an_archive_root_left_in_the_service_folder_is_unreadable_not_unrecognis
             f"{archive.name} (unreadable: {archive.name}.sig: Permission denied, it is "
             f"root's)") in output, output
     assert "(run commands as the backup folder's owner, or chown them)" in output
+
+
+def test_state_locks_and_the_ledger_key_made_by_root_are_the_service_users(base):
+    """A root command's ``.notify-state.json.lock`` (and the other JSON states' locks)
+    and a root erase's ledger key were root's: the service's notifications then
+    failed ("the notification state cannot be used") and its erasures too."""
+    from guest_backup.engines import held_flock, try_flock
+    from guest_backup.ops.ledger_format import create_key
+
+    folder = nobodys(base / "instance")
+    with held_flock(folder / ".notify-state.json.lock"):
+        pass
+    os.close(try_flock(folder / "slot.lock"))
+    create_key(folder / "erasure_ledger_key")
+    owners = {p.name: p.stat().st_uid for p in folder.iterdir()}
+    assert owners == {".notify-state.json.lock": NOBODY, "slot.lock": NOBODY,
+                      "erasure_ledger_key": NOBODY}
+
+
+def test_a_root_worker_refuses_the_service_users_backup_folder(base, redis_url):
+    """With the lock in Redis nothing else stopped it: a root worker wrote root's
+    archive and seal (0600) into the service's folder, which then could not read
+    them. Taking or adopting the lock there is refused, naming whom to run as."""
+    import redis
+
+    from guest_backup.ops.locks import RedisBackupLock
+
+    folder = nobodys(base / "backups")
+    client = redis.Redis.from_url(redis_url)
+    for take in (lambda lock: lock.acquire(), lambda lock: lock.adopt("queued-token")):
+        with pytest.raises(BackupError, match="belongs to nobody: run the command as nobody"):
+            take(RedisBackupLock(client, "gr-test:lock", folder))
+        assert client.get("gr-test:lock") is None and list(folder.iterdir()) == []
+    mine = RedisBackupLock(client, "gr-test:lock", base / "root-backups").acquire()
+    mine.release()  # root's own folder: taken as before
+    client.close()

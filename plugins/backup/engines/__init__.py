@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, ContextManager, Protocol
 
 from guest_backup.errors import BackupBusy, EngineError
+from guest_backup.files import owned_like_folder
 
 if TYPE_CHECKING:  # SQLAlchemy is imported by what connects, not by ``--help``
     from sqlalchemy.engine import URL, Connection
@@ -178,6 +179,7 @@ def try_flock(path: Path, create: bool = True) -> int | None:
             raise
         return None
     try:
+        owned_like_folder(fd, Path(path).parent)  # made by root: the folder owner's
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
@@ -191,7 +193,8 @@ def held_flock(path: Path, shared: bool = False):
     states, browse sessions, a listing's kept verdicts): an ``flock`` on ``path``
     (created 0600), exclusive unless ``shared``, held while the block runs."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    try:  # made by root in the service's folder, it is the service's (a root-owned
+        owned_like_folder(fd, Path(path).parent)  # lock stopped its notifications)
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:

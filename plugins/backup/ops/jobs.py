@@ -164,6 +164,10 @@ def adopt(ctx: BackupContext, job: dict, token: str, kind: JobKind = LOGICAL):
                    finished_at=now_text())
         job_state(ctx, kind).write(job)
         return None
+    except BackupError as exc:  # e.g. a worker run as root in the service's folder
+        job.update(state="failed", error=str(exc), finished_at=now_text())
+        job_state(ctx, kind).write(job)
+        return None
     job.update(state="running", stage="starting")
     job_state(ctx, kind).write(job)
     return lock

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from guest_backup.errors import BackupError
+from guest_backup.files import owned_like_folder
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def create_key(path: str | os.PathLike) -> bytes:
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)  # 0600
         with os.fdopen(fd, "w") as out:
+            owned_like_folder(out.fileno(), file.parent)  # made by root: the service's
             out.write(key.hex() + "\n")
             out.flush()
             os.fsync(out.fileno())

@@ -98,9 +98,8 @@ def user_name(uid: int) -> str:
 
 
 def refuse_root_in_users_folder(folder: Path) -> None:
-    """Run as root in a backup folder of another user (the service's), refused before
-    anything is made there: root's lock file, archive and seal were root's (0600),
-    and every later backup, drill and listing of that user failed."""
+    """Run as root in a backup folder of another user (the service's), refused: root's
+    lock, archive and seal (0600) failed every later backup, drill, listing of theirs."""
     owner = folder.stat().st_uid
     if os.geteuid() == 0 and owner != 0:
         raise BackupError(f"the backup folder {folder} belongs to {user_name(owner)}: run the "
@@ -109,8 +108,7 @@ def refuse_root_in_users_folder(folder: Path) -> None:
 
 def _own_file(path: Path, st: os.stat_result) -> None:
     """A lock file that is not a regular file of this user is refused; in a folder of
-    another user the advice is to run as that user ("remove it" made a root backup
-    of root-owned files there, and the service's own backups failed)."""
+    another user, advised to run as that user ("remove it" made root's files there)."""
     if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
         return
     whose = f"{user_name(st.st_uid)}'s" if stat.S_ISREG(st.st_mode) else "a link"
@@ -242,8 +240,8 @@ class RedisBackupLock:
     def acquire(self, ttl: float | None = None, renew: bool = True) -> "RedisBackupLock":
         """Take the lock; held ``ttl`` seconds unless renewed (``renew``: by a
         thread of this process until :meth:`release`)."""
-        if self.folder is not None:
-            private_backup_folder(self.folder)
+        if self.folder is not None:  # root's archive there: the service's could not read it
+            refuse_root_in_users_folder(private_backup_folder(self.folder))
         token = uuid.uuid4().hex
         with self._reaching():
             taken = self.client.set(self.key, token, nx=True, px=int((ttl or self.TTL) * 1000))
@@ -257,6 +255,8 @@ class RedisBackupLock:
     def adopt(self, token: str) -> "RedisBackupLock":
         """Hold the lock ``token`` was given for (a queued job's), or take it if it
         lapsed meanwhile; BackupBusy if someone else holds it now."""
+        if self.folder is not None:  # a worker run as root (as acquire)
+            refuse_root_in_users_folder(Path(self.folder))
         with self._reaching():
             if self.client.get(self.key) == token.encode():
                 self.client.pexpire(self.key, self.TTL * 1000)
