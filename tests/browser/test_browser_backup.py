@@ -229,3 +229,24 @@ def test_wide_tables_fit_the_screen_without_hiding_columns(browser, server, prob
         screenshot(page, f"narrow-{path.strip('/').replace('/', '-')}-{width}.png")
     finally:
         context.close()
+
+
+def test_polling_stops_when_the_session_ends(page, server, problems):
+    """Signed out (in another tab) while a backup ran: the job's address answered
+    with the login page, and the page asked again every 3 s for ever, showing
+    "Backup running" long after the backup had ended. It now stops and says why."""
+    import time
+
+    from playwright.sync_api import expect
+
+    log_in(page, server, *ADMIN)
+    page.goto(server.url("/admin/backup/"))
+    asked: list[float] = []
+    page.on("request", lambda r: "/admin/backup/job" in r.url and asked.append(time.monotonic()))
+    page.get_by_role("button", name="Create system backup").click()
+    expect(page.locator("#backup-status")).to_contain_text("Backup running")
+    page.context.clear_cookies()  # the session ends (a logout elsewhere)
+    expect(page.locator("#backup-status")).to_contain_text("You are no longer signed in")
+    settled = len(asked)
+    page.wait_for_timeout(7000)
+    assert len(asked) == settled, f"{len(asked) - settled} more requests after stopping"
