@@ -4,6 +4,7 @@ remote storage: ``s3://bucket/prefix/NAME``), ``restore-test`` and
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -103,9 +104,18 @@ def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | N
 
 def _target_url(database_url: str | None, password_prompt: bool) -> str:
     """The restore target: ``--database-url`` (or RESTORE_DATABASE_URL), else the app's
-    database; a password asked for goes into the URL in memory only (psql gets it
-    as PGPASSWORD, never as an argument)."""
-    target = normalise_database_url(database_url or current_app.config["DATABASE_URL"])
+    database as the app's engine names it: a relative SQLite path in DATABASE_URL is
+    the instance folder's (Flask-SQLAlchemy resolves it there). Taken raw, it was the
+    working folder's: the restore wrote a copy of the archive's guests there, locked
+    another file than an erasure, and said it restored the app's database, which kept
+    its data. A relative SQLite path given to --database-url or RESTORE_DATABASE_URL is
+    the working folder's, as any path an operator types, made absolute here so that
+    the question, the lock and the message name the one file. A password asked for
+    goes into the URL in memory only (psql gets it as PGPASSWORD, never as an argument)."""
+    if database_url:
+        target = _absolute_sqlite(normalise_database_url(database_url))
+    else:
+        target = database_engine().url.render_as_string(hide_password=False)
     url = parse_url(target)
     source = click.get_current_context().get_parameter_source("database_url")
     if url.password and source == click.core.ParameterSource.COMMANDLINE:
@@ -117,6 +127,16 @@ def _target_url(database_url: str | None, password_prompt: bool) -> str:
                                 err=True)
         target = url.set(password=password).render_as_string(hide_password=False)
     return target
+
+
+def _absolute_sqlite(target: str) -> str:
+    """An SQLite URL's relative path made absolute against the working folder."""
+    url = parse_url(target)
+    name = url.database
+    if url.get_backend_name() != "sqlite" or not name or name == ":memory:" \
+            or name.startswith("file:") or os.path.isabs(name):
+        return target
+    return url.set(database=os.path.abspath(name)).render_as_string(hide_password=False)
 
 
 @click.command("restore")

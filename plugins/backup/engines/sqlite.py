@@ -158,6 +158,7 @@ def _finish_loaded(tmp: Path, finish) -> None:
         with engine.begin() as conn:
             finish.apply(conn)
     except Exception as exc:
+        _no_room(getattr(exc, "orig", exc), tmp)
         log.warning("SQLite restore: finishing the loaded copy failed: %s", exc)
         why = shown_reason(exc)
         raise EngineError(f"the loaded archive could not be brought up to date (schema "
@@ -197,6 +198,7 @@ def _load(tmp: Path, stream: IO[bytes], page_size: int) -> sqlite3.Connection:
             try:
                 con.execute(statement)
             except sqlite3.Error as exc:
+                _no_room(exc, tmp)
                 log.warning("SQLite restore failed at %r: %s", statement[:200], exc)
                 raise EngineError("the SQL dump has an error; nothing was restored") from None
         if con.in_transaction or not screen.committed:
@@ -211,3 +213,19 @@ def _load(tmp: Path, stream: IO[bytes], page_size: int) -> sqlite3.Connection:
     except BaseException:
         con.close()
         raise
+
+
+#: SQLITE_FULL, SQLITE_IOERR (primary codes): the disk, not the dump
+_DISK_CODES = (13, 10)
+
+
+def _no_room(exc: BaseException, tmp: Path) -> None:
+    """An EngineError naming the folder when ``exc`` is SQLite finding no room
+    (disk full, a quota, a file size limit: SQLITE_FULL or SQLITE_IOERR) for the
+    copy being loaded in ``tmp``'s folder. Before, that was "the SQL dump has an
+    error", blaming a good archive (restore and restore drill alike)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _DISK_CODES:
+        log.warning("SQLite restore: no room for the loaded copy in %s: %s", tmp.parent, exc)
+        raise EngineError(f"there is no room to load the copy in {tmp.parent} ({exc}); "
+                          f"{NOTHING_RESTORED}") from None

@@ -106,7 +106,8 @@ def _backup(src: sqlite3.Connection, dst: sqlite3.Connection, consequence: str) 
 
 
 def _copy_aside(dst: sqlite3.Connection, keep: Path) -> None:
-    """The target's current contents into the new private file ``keep``."""
+    """The target's current contents (read through ``dst``) into the new private
+    file ``keep``."""
     remove(keep)
     create_private(keep)
     with contextlib.closing(sqlite3.connect(keep, isolation_level=None)) as out:
@@ -146,10 +147,7 @@ def swap_in(src: sqlite3.Connection, target: Path, loaded: dict[str, int],
     dst = connect(target)
     kept = False
     try:
-        _copy_aside(dst, keep)
-        if before is not None:  # e.g. what the target gained while the dump loaded
-            before(src, keep)
-        _backup(src, dst, f"{NOTHING_RESTORED}; the database is as it was")
+        _swap(src, dst, target, keep, before)
         why = after_swap(dst)
         if why and put_back(keep, dst):
             raise EngineError(f"the restored database {why}; the previous contents were put "
@@ -165,3 +163,83 @@ def swap_in(src: sqlite3.Connection, target: Path, loaded: dict[str, int],
         dst.close()
         if not kept:
             remove(keep)
+
+
+def _swap(src: sqlite3.Connection, dst: sqlite3.Connection, target: Path, keep: Path,
+          before: "Callable[[sqlite3.Connection, Path], None] | None") -> None:
+    """``src`` into ``dst``, the target copied aside into ``keep`` (and ``before``
+    run) under the target's write lock, held from the copy aside through the swap,
+    so that no other connection commits in between. Before, the copy was made
+    first, unlocked: an audit entry committed in between (a backup starting) was
+    lost, the restore's own entry took its id, and that backup's end overwrote it.
+    A transaction held on ``dst`` cannot do it (the backup API refuses a destination
+    in a transaction, and another connection's lock would block the backup's own):
+    with WAL (the app's), the backup's first page takes the lock, held until its
+    last page commits, and the copy aside is read meanwhile by another connection
+    (WAL readers are not blocked); without WAL, ``dst`` keeps the lock in exclusive
+    locking mode, which WAL refuses while other connections are open."""
+    consequence = f"{NOTHING_RESTORED}; the database is as it was"
+
+    def aside(reader: sqlite3.Connection) -> None:
+        _copy_aside(reader, keep)
+        if before is not None:  # e.g. the audit entries as they are now
+            before(src, keep)
+
+    if dst.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        with _locked(dst, consequence):
+            aside(dst)
+            _backup(src, dst, consequence)
+    elif src.execute("PRAGMA page_count").fetchone()[0] < 2:  # no table: nothing to carry
+        aside(dst)
+        _backup(src, dst, consequence)
+    else:
+        def first() -> None:
+            with contextlib.closing(connect(target)) as reader:
+                aside(reader)
+
+        source = _FirstPageFirst(src, first)
+        _backup(source, dst, consequence)  # type: ignore[arg-type]
+        if not source.ran:  # cannot happen: src has more than one page
+            raise EngineError(f"the database was copied before its contents were set aside; "
+                              f"{consequence}")
+
+
+@contextlib.contextmanager
+def _locked(dst: sqlite3.Connection, consequence: str):
+    """The write lock of ``dst`` (a database without WAL) kept between its
+    transactions (exclusive locking mode), given back on leaving."""
+    dst.execute("PRAGMA locking_mode = EXCLUSIVE").fetchall()
+    try:
+        try:
+            dst.execute("BEGIN IMMEDIATE")
+            dst.execute("COMMIT")  # the lock stays: nothing else writes until released
+        except sqlite3.Error as exc:
+            log.warning("SQLite restore: locking the target failed: %s", exc)
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES:
+                raise EngineError(f"the database stayed locked by other connections for "
+                                  f"{BUSY_SECONDS:.0f} s; {consequence}") from None
+            raise EngineError(f"SQLite could not lock the database ({exc}); "
+                              f"{consequence}") from None
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            dst.execute("PRAGMA locking_mode = NORMAL").fetchall()
+            dst.execute("SELECT count(*) FROM sqlite_master").fetchall()  # lets it go
+
+
+class _FirstPageFirst:
+    """The loaded copy as the swap's source: its backup runs page by page, and
+    ``first`` runs after the first page, when the backup holds the target's write
+    lock (until its last page commits) and nothing is written yet."""
+
+    def __init__(self, con: sqlite3.Connection, first: Callable[[], None]) -> None:
+        self.con, self.first, self.ran = con, first, False
+
+    def backup(self, dst: sqlite3.Connection, *, pages: int, progress, sleep: float) -> None:
+        def step(status: int, remaining: int, total: int) -> None:
+            progress(status, remaining, total)
+            if status == 0 and not self.ran:  # SQLITE_OK: locked, more pages to come
+                self.ran = True
+                self.first()
+
+        self.con.backup(dst, pages=1, progress=step, sleep=sleep)

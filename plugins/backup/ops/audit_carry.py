@@ -2,9 +2,9 @@
 :mod:`guest_backup.ops.finishing`): every entry of the database being replaced is
 set aside first (streamed to a private file) and written back over the archive's
 copy (an entry the archive holds as ``running`` gets its final state; an entry
-written after the archive was taken comes back with its id), and what the target
-gains while the dump loads is taken at the last moment, so that a restore loses
-nothing of the audit."""
+written after the archive was taken comes back with its id), and the target's
+entries are taken again at the last moment (what they gained and what changed
+while the dump loaded), so that a restore loses nothing of the audit."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class AuditCarry:
     #: each column's reflected type (how its values are written as SQL literals)
     types: dict = field(default_factory=dict)
     count: int = 0
-    #: the highest id set aside (SQLite: entries above it are taken just before the swap)
+    #: the highest id set aside
     last_id: int = 0
 
     @classmethod
@@ -56,8 +56,8 @@ class AuditCarry:
         What is written meanwhile (a backup's entry while the dump loads) is taken
         too, at the last moment: PostgreSQL copies the table on psql's transaction,
         under its lock, before the old schema goes (:meth:`sql_before`), and carries
-        that copy (:meth:`sql`); SQLite takes the entries above :attr:`last_id` from
-        the copy of the target made just before the swap (:meth:`before_swap`).
+        that copy (:meth:`sql`); SQLite takes them all again from the copy of the
+        target made under the swap's write lock (:meth:`before_swap`).
         Before, they were lost, and the restore's own entry took the id of a
         backup's, which that backup's end then overwrote."""
         from sqlalchemy import MetaData, Table, create_engine, func, inspect, select
@@ -126,9 +126,12 @@ class AuditCarry:
                f"FROM public.{AUDIT_TABLE}));\n")
 
     def before_swap(self, src, kept: Path) -> None:
-        """SQLite: the entries the target gained since :meth:`set_aside` (in
-        ``kept``, its copy made just before the swap) into the loaded copy ``src``
-        (an sqlite3 connection), theirs winning at the same id."""
+        """SQLite: every entry of the target as it is at the swap (``kept``, its copy
+        made under the swap's write lock: ``engines/sqlite_swap.py``) over the loaded
+        copy ``src``'s (an sqlite3 connection), theirs winning at the same id: those
+        written since :meth:`set_aside` and those changed since. Before, only ids above
+        :attr:`last_id` were taken, and an entry that finished while the dump loaded
+        (a backup's, an export's) came back as ``running``, its outcome lost."""
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(kept)) as old:
@@ -137,15 +140,19 @@ class AuditCarry:
             if "id" not in columns:
                 return
             names = ", ".join(f'"{c}"' for c in columns)
-            rows = old.execute(f'SELECT {names} FROM "{AUDIT_TABLE}" WHERE id > ? ORDER BY id',
-                               (self.last_id,)).fetchall()
-        if rows:
             marks = ", ".join("?" * len(columns))
+            count = old.execute(f'SELECT count(*) FROM "{AUDIT_TABLE}"').fetchone()[0]
+            rows = old.execute(f'SELECT {names} FROM "{AUDIT_TABLE}" ORDER BY id')
             src.execute("BEGIN")
-            src.executemany(f'INSERT OR REPLACE INTO "{AUDIT_TABLE}" ({names}) VALUES ({marks})',
-                            rows)
-            src.execute("COMMIT")
-            self.count += len(rows)
+            try:  # streamed: the trail may be long
+                src.executemany(f'INSERT OR REPLACE INTO "{AUDIT_TABLE}" ({names}) '
+                                f'VALUES ({marks})', rows)
+                src.execute("COMMIT")
+            except BaseException:
+                if src.in_transaction:
+                    src.execute("ROLLBACK")
+                raise
+        self.count = count
 
     def apply(self, connection) -> None:
         """SQLite: the entries set aside, into the loaded copy."""
