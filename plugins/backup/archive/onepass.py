@@ -29,7 +29,8 @@ from guest_backup.archive.manifest import (MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYT
 from guest_backup.archive.seal import SealCheck, check_seal
 from guest_backup.archive.signing import SignatureError, TrustedKeys
 from guest_backup.archive.screening import screen_dump
-from guest_backup.archive.verify import ArchiveRefused, VerifyReport, check_zip, digest_problems
+from guest_backup.archive.verify import (ArchiveRefused, VerifyReport, check_zip, digest_problems,
+                                         missing_seal)
 from guest_backup.archive.writer import Digest
 from guest_backup.archive.zipstream import Member, StreamError, ZipStream
 from guest_backup.errors import BackupError
@@ -135,8 +136,7 @@ class ArchivePass:
             envelope = read_seal(sidecar)  # at most MAX_SIGNATURE_BYTES
         except OSError:
             if required and not self.allow_unsigned:
-                raise ArchiveRefused([f"{sidecar.name} (the seal of the encrypted archive) is "
-                                      f"missing: an encrypted archive without it is refused"])
+                raise ArchiveRefused([missing_seal(sidecar.name)])
             if required:
                 self.report.notes.append(f"{sidecar.name} is missing: only the contents were "
                                          f"checked")

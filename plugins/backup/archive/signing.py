@@ -47,17 +47,31 @@ def public_key_text(key: Ed25519PublicKey) -> str:
     return KEY_PREFIX + base64.b64encode(raw).decode("ascii")
 
 
-def parse_public_key(text: str) -> Ed25519PublicKey:
-    """``ed25519:<base64>`` → a public key; a clear error for anything else."""
+def parse_public_key(text: str, where: str = "--trusted-key") -> Ed25519PublicKey:
+    """``ed25519:<base64>`` → a public key; a clear error for anything else. Only a
+    value that starts like a public key is quoted back: a private key pasted
+    (its PEM, or the base64 lines alone) was shown with 11 characters of its
+    key material, in the terminal, the audit log and the notifications."""
     text = (text or "").strip()
+    if looks_private(text):
+        raise BackupError(f"{where} holds a private key or PEM text: give public keys "
+                          f"(ed25519:…) only")
     try:
         if not text.startswith(KEY_PREFIX):
             raise ValueError
         raw = base64.b64decode(text[len(KEY_PREFIX):], validate=True)
         return Ed25519PublicKey.from_public_bytes(raw)
     except (ValueError, binascii.Error):
-        raise BackupError(f"{text[:60]!r} is not a public key (expected ed25519:<base64>, "
+        shown = repr(text[:60]) if text.startswith(KEY_PREFIX) else "a value not starting ed25519:"
+        raise BackupError(f"{where}: {shown} is not a public key (expected ed25519:<base64>, "
                           f"as `manage.py backup-key` prints it)") from None
+
+
+def looks_private(text: str) -> bool:
+    """Whether a key setting or option holds more than one public key's text: a PEM
+    block, a private key's words, or several lines (never echoed)."""
+    return ("-----" in text or "PRIVATE" in text.upper() or "\n" in text or "\r" in text
+            or len(text) > 200)
 
 
 def key_file(setting: str | os.PathLike) -> Path:

@@ -133,8 +133,7 @@ def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport, bi
         envelope = read_seal(sidecar)
     except OSError:
         if required:
-            report.problems.append(f"{sidecar.name} (the seal of the encrypted archive) is "
-                                   f"missing: an encrypted archive without it is refused")
+            report.problems.append(missing_seal(sidecar.name))
         else:
             report.notes.append(f"{sidecar.name} is missing: only the contents were checked")
         return
@@ -148,6 +147,16 @@ def _check_ciphertext(path: Path, trusted: TrustedKeys, report: VerifyReport, bi
     claims = seal_claims(envelope)  # None for the first version's file signature
     if claims is not None:
         report.problems += binding.problems(claims, report.signed_by)
+
+
+def missing_seal(sidecar: str) -> str:
+    """The refusal of an encrypted archive without its seal, saying what to do: a
+    Download (page or API) delivers the ``.zip.age`` alone, and the copy was
+    refused elsewhere with no way out named."""
+    return (f"{sidecar} (the seal of the encrypted archive) is missing: an encrypted "
+            f"archive without it is refused; copy the .sig from the backup folder or remote "
+            f"beside it, or give --identity and --allow-unsigned (the signed manifest inside "
+            f"is then still checked)")
 
 
 def check_zip(path, engines, trusted: TrustedKeys, allow_unsigned: bool,

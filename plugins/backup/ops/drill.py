@@ -78,9 +78,10 @@ def _failed(ctx: BackupContext, engine: Engine, actor: str | None, via: str,
 
 def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillResult:
     storage = ctx.remote() or ctx.local()
-    # the newest archive the listing recognises (signed, bound to this installation):
-    # a planted file with a newer name would otherwise be fetched and fail every drill
-    archives, others = recognised(ctx, storage)
+    # the newest archive the listing recognises (signed, bound to this installation,
+    # or signed by a --trusted-key): a planted file with a newer name would otherwise
+    # be fetched and fail every drill
+    archives, others = recognised(ctx, storage, trusted_keys=trusted_keys)
     if not archives:
         raise BackupError(f"there is no archive in {storage.url} to test" + (
             f" ({len(others)} file(s) there are not recognised archives)" if others else ""))

@@ -37,13 +37,22 @@ def _latest(ctx: BackupContext, engine: Engine, action: str,
 
 def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list, int]:
     """Each storage with its recognised archives, or the StorageError that listing
-    it raised; a problem for each storage holding unrecognised files."""
+    it raised; a problem for each storage holding unrecognised files. A setting no
+    archive can be recognised with (a BACKUP_TRUSTED_KEYS that is not a key) is a
+    problem, unhealthy, with no storage listed: it printed a traceback, no JSON."""
     if listing is None:
         try:
             listing = list_everywhere(ctx)
         except StorageError as exc:  # BACKUP_REMOTE_URL cannot work at all
             problems.append(Problem("storage", {"message": str(exc)}))
-            return [(ctx.local(), recognised(ctx, ctx.local())[0])], UNREACHABLE
+            try:
+                return [(ctx.local(), recognised(ctx, ctx.local())[0])], UNREACHABLE
+            except BackupError as bad:
+                problems.append(Problem("storage", {"message": str(bad)}))
+                return [], UNREACHABLE
+        except BackupError as exc:
+            problems.append(Problem("storage", {"message": str(exc)}))
+            return [], UNHEALTHY
     for storage, names in listing.unrecognised.items():
         problems.append(Problem("unrecognised", {"storage": storage, "count": len(names),
                                                  "names": ", ".join(names[:5])

@@ -10,9 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterable
 
 from guest_backup.archive.format import ArchiveInfo, sidecar_path
 from guest_backup.archive.seal import recognise, sealed_sha256
+from guest_backup.archive.signing import TrustedKeys
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.locks import user_name
 from guest_backup.ops.seal_verdicts import MISS, SealVerdicts
@@ -45,9 +47,11 @@ def newest_first(archives: list[ArchiveInfo]) -> list[ArchiveInfo]:
 
 
 def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] | None = None,
-               unreadable: list[str] | None = None) -> tuple[list[ArchiveInfo], list[str]]:
+               unreadable: list[str] | None = None, *,
+               trusted_keys: Iterable[str] = ()) -> tuple[list[ArchiveInfo], list[str]]:
     """``storage``'s recognised archives (newest first, dated by their signed
-    creation time) and the names of the files it holds that are not.
+    creation time) and the names of the files it holds that are not; ``trusted_keys``
+    (``--trusted-key``) recognise any installation's archives, as verify does.
 
     An archive signed with a creation time more than :data:`FUTURE_SKEW` ahead of
     this machine's clock (made while a clock ran ahead, or forged) is not counted:
@@ -58,7 +62,8 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
     machine that this user cannot read (or its seal) is not recognised either, but
     goes to ``unreadable`` when given, and with its reason among the names."""
     trusted, installation = ctx.settings.trusted(), ctx.settings.installation()
-    kept = SealVerdicts(ctx.instance_path, storage.url, trusted, installation)
+    explicit = TrustedKeys(trusted_keys) if trusted_keys else None
+    kept = SealVerdicts(ctx.instance_path, storage.url, _scope(trusted, explicit), installation)
 
     def judge(found: ArchiveInfo) -> tuple[ArchiveInfo, object, str | None]:
         """The archive's date (None: not recognised) and sealed SHA-256: kept from an
@@ -74,6 +79,8 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
         except StorageError:
             local, sidecar = None, None
         when = recognise(found.name, found.size, sidecar, trusted, installation, local)
+        if when is None and explicit is not None:  # any installation's, signed by one of them
+            when = recognise(found.name, found.size, sidecar, explicit, None, local)
         if when is None and (why := _unreadable(local)):
             return found, None, None, why  # not kept: readable again once chowned
         sha = sealed_sha256(sidecar) if when is not None and sidecar is not None else None
@@ -99,6 +106,13 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
             bad.append(found.name)
     kept.save()
     return newest_first(good), sorted(bad)
+
+
+def _scope(trusted: TrustedKeys, explicit: TrustedKeys | None) -> list[str]:
+    """The keys the kept verdicts are for: a key given explicitly recognises more
+    (any installation's archives) than the same key in BACKUP_TRUSTED_KEYS, so
+    the verdicts of the one are never taken for the other's."""
+    return [*trusted, *(f"explicit {key}" for key in explicit or ())]
 
 
 def _unreadable(local: Path | None) -> str | None:

@@ -124,6 +124,9 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
             except StorageError as exc:
                 failure = failure or str(exc)
                 continue
+            except BackupError as exc:  # a setting retention needs (BACKUP_TRUSTED_KEYS)
+                failure = failure or f"the backup was made, but retention was not applied ({exc})"
+                continue
             run.pruned[storage.name] = [d.name for d in decisions if not d.keep]
             run.held[storage.name] = [(d.name, d.held) for d in decisions if d.held]
             if run.pruned[storage.name] or run.held[storage.name]:

@@ -200,9 +200,14 @@ class BackupSettings:
         return load_or_create_installation_id(self.installation_file)
 
     def trusted(self, extra: "list[str] | tuple[str, ...]" = ()) -> "TrustedKeys":
-        """The instance's own public key, BACKUP_TRUSTED_KEYS and ``extra``."""
-        from guest_backup.archive.signing import TrustedKeys
+        """The instance's own public key, BACKUP_TRUSTED_KEYS and ``extra``. A value of
+        the setting that is not a public key raises a BackupError that names the
+        setting (never quoting a private key pasted there): retention, health and
+        the listings report it instead of a bare "… is not a public key"."""
+        from guest_backup.archive.signing import TrustedKeys, parse_public_key
 
+        for text in self.trusted_keys:
+            parse_public_key(text, "BACKUP_TRUSTED_KEYS")
         return TrustedKeys([self.signer().public_key, *self.trusted_keys, *extra])
 
 

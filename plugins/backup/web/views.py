@@ -105,7 +105,8 @@ class BackupView(SecureBaseView):
             report, code = health(ctx, db.engine, max_age=BANNER_MAX_AGE,
                                   max_drill_age=BANNER_MAX_DRILL_AGE, listing=listing)
             archives, storage_problem = listing.archives, None
-        except StorageError as exc:  # a BACKUP_REMOTE_URL that cannot work at all
+        except BackupError as exc:  # a BACKUP_REMOTE_URL that cannot work at all, a
+            # BACKUP_TRUSTED_KEYS that is not a key (the page was an error page)
             archives, report, code, storage_problem = [], None, 2, str(exc)
         job = read_job(ctx)
         if job and job.get("archive") and job["archive"] not in {a.name for a in archives}:
