@@ -143,3 +143,14 @@ def test_the_backup_page_shows_a_bad_trusted_key_setting(app, client, auth):
     shown = page.get_data(as_text=True)
     assert page.status_code == 200, shown[:300]
     assert "Backups are misconfigured" in shown and "BACKUP_TRUSTED_KEYS: " in shown
+
+
+def test_the_api_and_the_browse_page_say_so_too(app, client, auth):
+    """The archive API (a 500 with a traceback in the log, no body) and the
+    Restore-a-selection page (an error page) had the same gap."""
+    app.config["BACKUP_TRUSTED_KEYS"] = ["ed25519:abc"]
+    listed = client.get("/api/backup/archives", headers={"Authentication-Token": auth.token()})
+    assert listed.status_code == 500 and listed.is_json
+    assert "misconfigured: BACKUP_TRUSTED_KEYS: " in listed.get_json()["error"]
+    auth.login()
+    assert client.get("/admin/backup/browse/").status_code == 200

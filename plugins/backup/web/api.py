@@ -82,6 +82,8 @@ def archives():
         listing = list_everywhere(ctx)
     except StorageError as exc:  # a BACKUP_REMOTE_URL that cannot work at all
         return json_error(502, str(exc))
+    except BackupError as exc:  # a setting no archive is recognised with (a bad key)
+        return json_error(500, f"the backups are misconfigured: {exc}")
     verified = _verifications([a.name for a in listing.archives])
     rows = [_archive_json(a, a.sha256, verified.get(a.name)) for a in listing.archives]
     return jsonify(archives=rows, problems=listing.problems)

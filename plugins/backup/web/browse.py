@@ -28,7 +28,6 @@ from guest_backup.ops.compare import (compare_guests, compare_registration, comp
                                       compare_trip, statuses)
 from guest_backup.ops.listing import list_everywhere
 from guest_backup.ops.selection import SelectionChanged
-from guest_backup.storages import StorageError
 from guest_backup.web.browse_forms import (KIND_TEXT, MAX_ID, PHOTO_TEXT, REASON_TEXT,
                                            parse_search, parse_selection, when)
 from guest_backup.web.views import _verifications
@@ -42,7 +41,7 @@ def _verified_archives(ctx) -> list:
     """The archives whose latest verification passed (the only ones offered)."""
     try:
         archives = list_everywhere(ctx).archives
-    except StorageError:
+    except BackupError:  # a storage that cannot work, a bad BACKUP_TRUSTED_KEYS: none
         return []
     checked = _verifications([a.name for a in archives])
     return [a for a in archives if checked.get(a.name, {}).get("ok")]
