@@ -36,7 +36,7 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
                             current_app.extensions["export_formats"])
     except ExportRequestError as exc:
         raise click.UsageError(str(exc)) from None
-    tmp = None if output is None else _part_file(Path(output))
+    fd, tmp = (None, None) if output is None else _part_file(Path(output))
     engine = database_engine()
     try:
         stream = open_export(engine, req, db_engine=backup_context().engine_for(
@@ -45,6 +45,7 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
                              fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
     except BaseException:
         if tmp is not None:
+            os.close(fd)
             Path(tmp).unlink(missing_ok=True)
         raise
     if output is None:
@@ -58,7 +59,7 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
         return
     target = Path(output)
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:  # the file made, never one put there by name
             for chunk in stream.chunks:
                 fh.write(chunk)
         os.replace(tmp, target)
@@ -69,7 +70,7 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
     click.echo(f"{stream.rows} guests written to {target}", err=True)
 
 
-def _part_file(target: Path) -> str:
+def _part_file(target: Path) -> tuple[int, str]:
     """A new empty file beside ``target`` (0600), made before the export starts: a
     folder this user may not write is one line naming it, not a traceback (and no
     export is opened, audited and aborted for it)."""
@@ -79,8 +80,7 @@ def _part_file(target: Path) -> str:
     except OSError as exc:
         raise click.ClickException(f"cannot write to the folder {folder.absolute()} "
                                    f"({exc.strerror}); nothing was exported") from None
-    os.close(fd)
-    return tmp
+    return fd, tmp
 
 
 COMMANDS = [export_guests_command]
