@@ -59,7 +59,10 @@ def _unusable_secret(path: Path, exc: OSError) -> ConfigError:
     for where in (path, *path.parents):
         with contextlib.suppress(OSError):
             uid = where.stat().st_uid
-            owner = next((u.pw_name for u in pwd.getpwall() if u.pw_uid == uid), uid)
+            try:
+                owner = pwd.getpwuid(uid).pw_name  # one lookup, not every user's entry
+            except KeyError:
+                owner = uid
             return ConfigError(
                 f"the secret {path} cannot be used ({exc.strerror}): {where} belongs to "
                 f"{owner}; run commands as the service's user, or chown it")

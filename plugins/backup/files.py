@@ -84,6 +84,16 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+def user_name(uid: int) -> str:
+    """A user's name (its uid when it has none): whose a file is, in a message."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def owned_like_folder(fd: int, folder: Path) -> None:
     """Run as root (``status``, ``backup-key`` or ``backup-list`` typed by an
     administrator), a file made in a folder of the service's user is given to that

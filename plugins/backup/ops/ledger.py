@@ -39,8 +39,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 from guest_backup.archive.manifest import now_text
 from guest_backup.errors import BackupError
-from guest_backup.files import owned_like_folder, write_private
-from guest_backup.ops.locks import user_name
+from guest_backup.files import owned_like_folder, user_name, write_private
 
 log = logging.getLogger(__name__)
 

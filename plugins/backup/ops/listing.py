@@ -16,7 +16,7 @@ from guest_backup.archive.format import ArchiveInfo, sidecar_path
 from guest_backup.archive.seal import recognise, sealed_sha256
 from guest_backup.archive.signing import TrustedKeys
 from guest_backup.ops.context import BackupContext
-from guest_backup.ops.locks import user_name
+from guest_backup.files import user_name
 from guest_backup.ops.seal_verdicts import MISS, SealVerdicts
 from guest_backup.storages import Storage, StorageError, StorageUnreachable, size_of
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pwd
 import stat
 import threading
 import uuid
@@ -31,6 +30,7 @@ from typing import Callable, Iterator
 
 from guest_backup.engines import try_flock
 from guest_backup.errors import BackupBusy, BackupError
+from guest_backup.files import user_name
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".backup.lock"
@@ -88,13 +88,6 @@ def private_backup_folder(folder: str | os.PathLike, setting: str = "BACKUP_FOLD
     except PermissionError:  # not ours (e.g. a shared mount): leave it as it is
         pass
     return folder
-
-
-def user_name(uid: int) -> str:
-    """A user's name (its uid when it has none)."""
-    with contextlib.suppress(KeyError):
-        return pwd.getpwuid(uid).pw_name
-    return str(uid)
 
 
 def refuse_root_in_users_folder(folder: Path) -> None:

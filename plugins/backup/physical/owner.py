@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from guest_backup.files import user_name
 from guest_backup.physical import PitrError
 
 
@@ -185,14 +186,6 @@ def runuser() -> str:
         raise PitrError("runuser (util-linux) is not installed: root runs pgBackRest and "
                         "pg_ctl through it as the data directory's owner")
     return found
-
-
-def user_name(uid: int) -> str:
-    """A user's name (its uid when it has none)."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def describe_folder(folder: Path) -> str:
