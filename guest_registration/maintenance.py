@@ -36,7 +36,7 @@ def setup(app: Flask, admin_email: str | None = None, admin_password: str | None
     from .schema import upgrade
 
     yield from upgrade(app)
-    yield f"database ready: {safe_url(app.config['DATABASE_URL'])}"
+    yield f"database ready: {app_database(app)}"
     datastore = app.extensions["security"].datastore
     datastore.find_or_create_role(ADMIN_ROLE, description="Full access to the admin panel")
     db.session.commit()
@@ -64,11 +64,22 @@ def setup(app: Flask, admin_email: str | None = None, admin_password: str | None
     yield from hook_items(app.extensions["plugin_manager"], "setup_app", app=app)
 
 
-def safe_url(url: str) -> str:
-    """The database URL with any password masked, for display."""
+def safe_url(url) -> str:
+    """The database URL (a string or SQLAlchemy's ``URL``) with any password masked,
+    for display."""
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def app_database(app: Flask) -> str:
+    """The app's database as its engine opens it, password masked: a relative SQLite
+    path (``sqlite:///app.db``) is shown as the instance folder's file it is, not as
+    a name the reader would look for in the working folder."""
+    try:
+        return safe_url(database_engine().url)
+    except Exception:  # no engine to be had: the setting as it is
+        return safe_url(app.config["DATABASE_URL"])
 
 
 def unreachable(app: Flask, exc: Exception) -> str:
@@ -80,7 +91,7 @@ def unreachable(app: Flask, exc: Exception) -> str:
     password = make_url(app.config["DATABASE_URL"]).password
     if password:
         reason = reason.replace(password, "***")
-    return f"cannot connect to {safe_url(app.config['DATABASE_URL'])}: {reason}"
+    return f"cannot connect to {app_database(app)}: {reason}"
 
 
 def database_version() -> str:
@@ -111,7 +122,7 @@ def status_checks(app: Flask) -> Iterator[StatusCheck]:
     try:
         version = database_version()
         yield StatusCheck("database", True,
-                          f"{engine} {version} reachable at {safe_url(app.config['DATABASE_URL'])}")
+                          f"{engine} {version} reachable at {app_database(app)}")
         db_ok = True
     except Exception as exc:  # the message names the cause without the password
         yield StatusCheck("database", False, unreachable(app, exc))

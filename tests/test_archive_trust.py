@@ -262,7 +262,8 @@ def test_a_missing_target_database_is_created_or_named(app, runner, archive, bac
         refused = restore(runner, archive, other.render_as_string(hide_password=False),
                           tmp_path / "u")
         assert refused.exit_code == 1
-        assert "does not exist and this role may not create it" in refused.output
+        assert (f"does not exist and the role {role} may not create it: create it first, "
+                f"or as a superuser: ALTER ROLE \"{role}\" CREATEDB") in refused.output
         assert "Traceback" not in refused.output and len(refused.output.splitlines()) == 1
     finally:
         with admin.connect() as conn:

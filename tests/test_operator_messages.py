@@ -95,6 +95,29 @@ def test_status_fails_when_the_role_may_not_create_the_drills_database(
         db.engine.dispose()
 
 
+def test_a_drill_refused_its_scratch_database_names_the_grant(role_without_createdb, tmp_path):
+    """restore-test without CREATEDB said "the target database 'gr_drill_…' does not
+    exist and this role may not create it; create it first": a made-up name nobody
+    can create ahead of a drill. It now names the role and the grant."""
+    role, url = role_without_createdb
+    app = create_app(make_config(tmp_path, url), instance_path=str(tmp_path / "instance"))
+    with app.app_context():
+        from guest_registration.maintenance import setup
+
+        list(setup(app, *ADMIN))
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["backup"]).exit_code == 0
+    result = runner.invoke(args=["restore-test"])
+    assert result.exit_code != 0
+    assert "create it first" not in result.output, result.output
+    assert (f"a scratch database is needed and the role {role} may not create databases "
+            f"(as a superuser: ALTER ROLE \"{role}\" CREATEDB)") in result.output, result.output
+    with app.app_context():  # the role's database is dropped next
+        from guest_registration.extensions import db
+
+        db.engine.dispose()
+
+
 @postgresql
 def test_status_says_the_role_may_create_databases(app, backend):
     code, lines = _status(app)
@@ -132,3 +155,15 @@ def test_export_to_a_file_still_writes_it(app, backend, tmp_path):
     assert result.exit_code == 0, result.output
     assert target.read_bytes().startswith(b"\xef\xbb\xbf") or target.stat().st_size > 0
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_status_names_a_relative_sqlite_database_by_the_file_the_app_opens(
+        app_config, request):
+    """DATABASE_URL=sqlite:///app.db is the instance folder's app.db for the app;
+    ``status`` said "reachable at sqlite:///app.db", which a reader looks for in the
+    working folder."""
+    app_config["DATABASE_URL"] = "sqlite:///app.db"
+    app = request.getfixturevalue("app")
+    code, lines = _status(app)
+    own = f"{app.instance_path}/app.db"
+    assert any(line.endswith(f"reachable at sqlite:///{own}") for line in lines), lines

@@ -183,7 +183,7 @@ class PostgresEngine:
         afterwards whatever happens."""
         name = f"gr_drill_{uuid.uuid4().hex[:12]}"
         target = parse_url(url).set(database=name).render_as_string(hide_password=False)
-        self._create_database(target)
+        self._create_database(target, scratch=True)
         try:
             yield target
         finally:
@@ -216,7 +216,10 @@ class PostgresEngine:
             raise EngineError("cannot connect to the target database: "
                               f"{_connect_reason(exc)}") from None
 
-    def _create_database(self, url: str) -> None:
+    def _create_database(self, url: str, scratch: bool = False) -> None:
+        """Create ``url``'s database; refused, one line naming the role and what a
+        superuser runs (a drill's or a browse copy's scratch database has a made-up
+        name: "create it first" would be no advice at all)."""
         target = parse_url(url)
         name = target.database or ""
         try:
@@ -229,8 +232,13 @@ class PostgresEngine:
                 return  # another restore created it first: the lock decides which goes on
             log.warning("cannot create database %s (%s, SQLSTATE %s)", name,
                         type(exc).__name__, code)
-            raise EngineError(f"the target database {name!r} does not exist and this role may "
-                              f"not create it; create it first") from None
+            role = target.username or "this role"
+            grant = f'as a superuser: ALTER ROLE "{role}" CREATEDB'
+            if scratch:
+                raise EngineError(f"a scratch database is needed and the role {role} may not "
+                                  f"create databases ({grant})") from None
+            raise EngineError(f"the target database {name!r} does not exist and the role {role} "
+                              f"may not create it: create it first, or {grant}") from None
 
     def restore(self, settings: EngineSettings, url: str, stream: IO[bytes], *,
                 replace: bool = False, finish=None) -> None:
