@@ -12,6 +12,14 @@ only the functions plugins declare through ``register_job_functions``: anyone
 who can write to Redis could otherwise make the worker run any function. Keep
 Redis reachable only from this application's machines (bind it to a private
 address, require a password).
+
+**Queues.** Jobs go to the default queue unless their function names another
+(``job_queue = "pitr"``): jobs that need another user than the service's (a PITR
+backup runs pgBackRest, which needs root or the cluster's owner) get a queue of
+their own, so that a root worker takes only those and the service user's worker
+the rest. On one queue each took the other's jobs and failed them.
+``manage.py worker`` serves the default queue; ``--queue NAME`` (repeatable;
+``default`` for the default one) the named ones.
 """
 
 from __future__ import annotations
@@ -30,12 +38,20 @@ from .redis_link import redis_client
 JOB_TIMEOUT = 6 * 3600
 
 
-def queue_name(app: Flask) -> str:
-    return app.config["REDIS_PREFIX"] + "jobs"
+#: the queue of jobs whose function names none
+DEFAULT_QUEUE = "default"
 
 
-def task_queue(app: Flask | None = None):
-    """The app's RQ queue, or None without REDIS_URL (run jobs in-process then)."""
+def queue_name(app: Flask, queue: str = DEFAULT_QUEUE) -> str:
+    """Redis' name of a queue: ``REDIS_PREFIX`` + ``jobs`` (the default queue, as
+    before queues had names) or ``jobs:<queue>``."""
+    suffix = "" if queue == DEFAULT_QUEUE else f":{queue}"
+    return f"{app.config['REDIS_PREFIX']}jobs{suffix}"
+
+
+def task_queue(app: Flask | None = None, queue: str = DEFAULT_QUEUE):
+    """The app's RQ queue named ``queue``, or None without REDIS_URL (run jobs
+    in-process then)."""
     app = app or current_app
     client = redis_client(app)
     if client is None:
@@ -43,8 +59,13 @@ def task_queue(app: Flask | None = None):
     from rq import Queue
     from rq.serializers import JSONSerializer
 
-    return Queue(queue_name(app), connection=client, default_timeout=JOB_TIMEOUT,
+    return Queue(queue_name(app, queue), connection=client, default_timeout=JOB_TIMEOUT,
                  serializer=JSONSerializer)
+
+
+def job_queue(function) -> str:
+    """The queue a job function's jobs go to (its ``job_queue``, else the default)."""
+    return getattr(function, "job_queue", None) or DEFAULT_QUEUE
 
 
 def job_name(function) -> str:
@@ -52,12 +73,21 @@ def job_name(function) -> str:
     return f"{function.__module__}.{function.__qualname__}"
 
 
-def allowed_jobs(app: Flask) -> frozenset[str]:
+def declared_jobs(app: Flask) -> list:
     """The job functions plugins declared (``register_job_functions``)."""
     from .registry import hook_items
 
-    pm = app.extensions["plugin_manager"]
-    return frozenset(job_name(f) for f in hook_items(pm, "register_job_functions"))
+    return list(hook_items(app.extensions["plugin_manager"], "register_job_functions"))
+
+
+def allowed_jobs(app: Flask) -> frozenset[str]:
+    return frozenset(job_name(f) for f in declared_jobs(app))
+
+
+def known_queues(app: Flask) -> list[str]:
+    """The default queue and every queue a declared job function names."""
+    named = sorted({job_queue(f) for f in declared_jobs(app)} - {DEFAULT_QUEUE})
+    return [DEFAULT_QUEUE, *named]
 
 
 class JobRefused(RuntimeError):
@@ -107,14 +137,23 @@ def _worker_class(allowed: frozenset[str]):
 
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="Run the jobs waiting now, then exit.")
+@click.option("--queue", "queues", multiple=True, metavar="NAME",
+              help="Take the jobs of this queue (repeatable; 'default' for the default "
+                   "one). Without it: the default queue. PITR backups from the page have "
+                   "the queue 'pitr', for a worker run as root.")
 @with_appcontext
-def worker_command(burst: bool) -> None:
+def worker_command(burst: bool, queues: tuple[str, ...]) -> None:
     """Run the background jobs plugins queue in Redis (jobs started from a page,
     queued drills). Needs REDIS_URL; start one or more next to the web server."""
     app = current_app._get_current_object()
     if not (app.config.get("REDIS_URL") or "").strip():
         raise click.ClickException("REDIS_URL is not set: jobs run inside the web process "
                                    "and no worker is needed")
+    known = known_queues(app)
+    unknown = [q for q in queues if q not in known]
+    if unknown:
+        raise click.ClickException(f"no queue named {unknown[0]!r}: "
+                                   f"the queues are {', '.join(known)}")
     from .metrics_folder import use_folder
 
     use_folder(app)  # its jobs count in serve's PROMETHEUS_MULTIPROC_DIR
@@ -128,10 +167,11 @@ def worker_command(burst: bool) -> None:
         connection.ping()
     except redis.RedisError:
         raise click.ClickException("Redis does not answer at REDIS_URL") from None
-    queue = Queue(queue_name(app), connection=connection, default_timeout=JOB_TIMEOUT,
-                  serializer=JSONSerializer)
-    worker = _worker_class(allowed_jobs(app))([queue], connection=connection,
+    served = [Queue(queue_name(app, q), connection=connection, default_timeout=JOB_TIMEOUT,
+                    serializer=JSONSerializer) for q in dict.fromkeys(queues or [DEFAULT_QUEUE])]
+    worker = _worker_class(allowed_jobs(app))(served, connection=connection,
                                               serializer=JSONSerializer,
                                               name=f"{socket.gethostname()}-{os.getpid()}")
-    click.echo(f"worker {worker.name} waiting for jobs on {queue.name}", err=True)
+    click.echo(f"worker {worker.name} waiting for jobs on {', '.join(q.name for q in served)}",
+               err=True)
     worker.work(burst=burst, logging_level="WARNING")

@@ -5,6 +5,10 @@ worker`` (RQ), whose jobs are the ``run_queued_*`` functions below (declared in
 :mod:`guest_backup.ops.jobs`'; PITR backups have their own (see there).
 
 The worker logs one line when a job starts and one when it ends, with its outcome.
+
+PITR backups go to their own queue (``pitr``: ``manage.py worker --queue pitr``,
+run as root or the cluster's owner), the rest to the default one (the service
+user's worker): see :mod:`guest_registration.tasks`.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def start_pitr_job(app: Flask, actor: str | None, kind: str) -> dict:
     here, this process must be allowed to run pgBackRest (root or the cluster's
     owner): refused at the click otherwise."""
     from guest_registration.extensions import db
-    from guest_registration.tasks import task_queue
+    from guest_registration.tasks import job_queue, task_queue
 
     from guest_backup.ops.pitr import open_pitr
     from guest_backup.physical import PitrError
@@ -79,7 +83,7 @@ def start_pitr_job(app: Flask, actor: str | None, kind: str) -> dict:
     if kind not in KINDS:
         raise PitrError(f"the backup type must be one of {', '.join(KINDS)}")
     ctx = backup_context(app)
-    queue = task_queue(app)
+    queue = task_queue(app, job_queue(run_queued_pitr_backup))
     if queue is None:
         open_pitr(ctx).cluster.owner.require()  # PitrError: off, or not allowed here
     elif not ctx.settings.pitr_enabled:
@@ -107,6 +111,10 @@ def run_queued_pitr_backup(job: dict, token: str) -> str:
          + (f", {job['label']}" if job.get("label") else "")
          + (f" ({job['error']})" if job.get("error") else ""))
     return job["state"]
+
+
+#: pgBackRest needs root or the cluster's owner: a worker of its own takes these
+run_queued_pitr_backup.job_queue = "pitr"  # type: ignore[attr-defined]
 
 
 def enqueue_drill(app: Flask, actor: str | None, identity: str | None = None,
