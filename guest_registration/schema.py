@@ -213,10 +213,13 @@ def legacy_differences() -> list[str]:
 
 
 def heads(app: Flask) -> set[str]:
-    """The code's head revisions (one per branch)."""
+    """The code's head revisions as ``upgrade heads`` records them in
+    ``alembic_version`` (see :func:`recorded_heads`)."""
     from alembic.script import ScriptDirectory
 
-    return set(ScriptDirectory.from_config(alembic_config(app)).get_heads())
+    from .schema_heads import recorded_heads
+
+    return recorded_heads(ScriptDirectory.from_config(alembic_config(app)))
 
 
 def current(connection) -> set[str]:
@@ -242,7 +245,9 @@ def state(app: Flask) -> tuple[str, str]:
     unknown = at - known
     if unknown:
         return "ahead", ", ".join(sorted(unknown))
-    code = set(script.get_heads())
+    from .schema_heads import recorded_heads
+
+    code = recorded_heads(script)
     if at == code:
         return "current", ", ".join(sorted(at))
     return "behind", f"at {', '.join(sorted(at))}; the code is at {', '.join(sorted(code))}"

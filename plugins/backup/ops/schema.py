@@ -57,11 +57,13 @@ class SchemaUpgrade:
     paths: MigrationPaths
     #: the archive's revisions (the first revision for an archive made before them)
     revisions: set[str]
-    #: the code's head revisions
+    #: the code's head revisions, as ``upgrade heads`` records them (a head another
+    #: one ``depends_on`` is implied by it: see ``schema_heads.recorded_heads``)
     heads: set[str]
     #: True when the archive's database has no version table (made before migrations)
     legacy: bool = False
-    #: per head: the revision to start from (None: the branch is new to this database)
+    #: per head, in the order the upgrade goes: the revision to start from (None: the
+    #: branch is new to this database)
     starts: dict[str, str | None] = field(default_factory=dict)
     #: a legacy database's tables and columns: the first revision's ``TABLES``
     first_tables: dict | None = None
@@ -83,7 +85,7 @@ class SchemaUpgrade:
         if self.legacy:
             parts.append(_offline(self.paths, url, lambda cfg: command.stamp(
                 cfg, FIRST_REVISION, sql=True)))
-        for head, start in sorted(self.starts.items()):
+        for head, start in self.starts.items():
             if start == head:
                 continue
             target = f"{start}:{head}" if start else head
@@ -191,8 +193,10 @@ def plan(paths: MigrationPaths, manifest: dict) -> SchemaUpgrade:
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
+    from guest_backup.ops.schema_heads import plan_starts, recorded_heads
+
     script = ScriptDirectory.from_config(_config(paths))
-    heads = set(script.get_heads())
+    heads = recorded_heads(script)
     _remember_heads(paths, heads)
     unknown = []
     for rev in sorted(revisions):
@@ -208,20 +212,8 @@ def plan(paths: MigrationPaths, manifest: dict) -> SchemaUpgrade:
     upgrade = SchemaUpgrade(paths, revisions, heads, legacy)
     if legacy:
         upgrade.first_tables = getattr(script.get_revision(FIRST_REVISION).module, "TABLES", None)
-    for head in heads:
-        ancestors = {r.revision for r in script.iterate_revisions(head, "base")}
-        on_branch = revisions & ancestors
-        upgrade.starts[head] = _newest(script, on_branch) if on_branch else None
+    plan_starts(script, upgrade.revisions, upgrade.starts)
     return upgrade
-
-
-def _newest(script, revisions: set[str]) -> str:
-    """Of revisions on one branch, the one every other is an ancestor of."""
-    for rev in revisions:
-        below = {r.revision for r in script.iterate_revisions(rev, "base")}
-        if revisions <= below:
-            return rev
-    return sorted(revisions)[-1]
 
 
 def current_revisions(connection) -> list[str]:
