@@ -22,7 +22,8 @@ Each language maps to a locale with a territory (``cs`` → ``cs_CZ``): gettext
 then finds both ``cs_CZ`` and ``cs`` folders, which is how the libraries name
 theirs (WTForms ``cs_CZ``, Flask-Security ``de_DE``, Flask-Admin ``cs``).
 
-Page formatting (:func:`page_timestamp`, :func:`page_size`, :func:`page_yes_no`)
+Page formatting (:func:`page_timestamp`, :func:`page_size`, :func:`page_decimal`,
+:func:`page_yes_no`)
 follows the page's locale; in English it is exactly
 :mod:`guest_registration.formatting`, which the CLI keeps using.
 
@@ -137,6 +138,18 @@ def page_size(n: int | float | None) -> str:
     return text if _english() else text.replace(".", get_decimal_symbol(get_locale()))
 
 
+def page_decimal(value: float | None, places: int = 1) -> str:
+    """A number with ``places`` decimals (a duration in seconds, say) in the page's
+    locale: ``1.5`` in English, ``1,5`` in Czech, Slovak and German."""
+    if value is None:
+        return ""
+    if _english():
+        return f"{value:.{places}f}"
+    from flask_babel import format_decimal
+
+    return format_decimal(round(value, places), "#,##0." + "0" * places if places else "#,##0")
+
+
 def choices(labels: dict[str, str]) -> list[tuple[str, Any]]:
     """``(stored value, label)`` pairs whose labels translate when shown."""
     from flask_babel import lazy_gettext
@@ -222,6 +235,6 @@ def init_app(app: Flask):
     app.before_request(_keep_asked_language)
     app.context_processor(_template_context)
     app.jinja_env.filters.update(page_timestamp=page_timestamp, page_size=page_size,
-                                 page_yes_no=page_yes_no)
+                                 page_decimal=page_decimal, page_yes_no=page_yes_no)
     app.after_request(_vary)
     return babel

@@ -68,6 +68,22 @@ def job_queue(function) -> str:
     return getattr(function, "job_queue", None) or DEFAULT_QUEUE
 
 
+def queue_workers(app: Flask, queue: str = DEFAULT_QUEUE) -> int | None:
+    """How many workers take ``queue`` now (RQ's registry of live workers), or None
+    without Redis or when it does not answer: a page says so when nobody will take
+    a job it queued."""
+    client = redis_client(app)
+    if client is None:
+        return None
+    from redis import RedisError
+    from rq import Worker
+
+    try:
+        return Worker.count(connection=client, queue=task_queue(app, queue))
+    except RedisError:
+        return None
+
+
 def job_name(function) -> str:
     """The dotted name RQ stores for a job's function."""
     return f"{function.__module__}.{function.__qualname__}"

@@ -275,7 +275,8 @@ def test_every_health_problem_has_its_translation(app):
     values = {"storage": "s3", "age": "3d", "limit": "26h", "at": "2025-06-01T02:00:00Z",
               "message": "disk full: 100% used", "count": "10", "names": "x.zip", "days": "30",
               "reason": "the bucket has no Object Lock", "mark": "7", "last": "12",
-              "name": "system_backup_20991231_000000.zip", "created": "2099-12-31T00:00:00Z"}
+              "name": "system_backup_20991231_000000.zip", "created": "2099-12-31T00:00:00Z",
+              "user": "www-data", "owners": "root"}
     for id_, message in MESSAGES.items():
         problem = Problem(id_, {k: v for k, v in values.items() if f"%({k})s" in message})
         with app.test_request_context("/", headers=lang("cs")):

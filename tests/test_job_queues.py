@@ -5,13 +5,18 @@ user's folder)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from guest_registration import create_app, hookimpl
-from guest_registration.tasks import job_queue, task_queue
-from tests.helpers import make_config
+from guest_registration.tasks import job_queue, queue_workers, task_queue
+from tests.helpers import ROOT, make_config
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
@@ -95,3 +100,27 @@ def test_pitr_backups_from_the_page_have_their_own_queue(queued_app, backend):
 
     assert job_queue(run_queued_pitr_backup) == "pitr"
     assert job_queue(run_queued_backup) == "default"
+
+
+def test_a_page_can_tell_whether_a_worker_takes_a_queue(queued_app, backend):
+    """The PITR page said "waiting for a worker" for ever when no worker took the
+    pitr queue; it asks RQ's registry of live workers."""
+    app = queued_app
+    assert queue_workers(app, "pitr") == 0
+    env = dict(os.environ, INSTANCE_PATH=app.instance_path)
+    env.update({name: str(app.config[name]) for name in (
+        "SECRET_KEY", "SECURITY_PASSWORD_SALT", "DATABASE_URL", "UPLOAD_FOLDER",
+        "BACKUP_FOLDER", "REDIS_URL", "REDIS_PREFIX")})
+    worker = subprocess.Popen([sys.executable, "manage.py", "worker", "--queue", "pitr"],
+                              cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while queue_workers(app, "pitr") != 1 and time.monotonic() < deadline:
+            assert worker.poll() is None, worker.stderr.read()
+            time.sleep(0.2)
+        assert queue_workers(app, "pitr") == 1
+        assert queue_workers(app) == 0  # the default queue's workers are others
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    assert queue_workers(app, "pitr") == 0

@@ -7,12 +7,14 @@ The problems and their wording: :mod:`guest_backup.ops.health_problems`.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.engine import Engine
 
 from guest_backup.archive.manifest import format_time
 from guest_backup.errors import BackupError
+from guest_backup.files import user_name
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.health_problems import Problem, human_age, parse_duration
 from guest_backup.ops.listing import list_everywhere, recognised
@@ -37,7 +39,8 @@ def _latest(ctx: BackupContext, engine: Engine, action: str,
 
 def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list, int]:
     """Each storage with its recognised archives, or the StorageError that listing
-    it raised; a problem for each storage holding unrecognised files. A setting no
+    it raised; a problem for each storage holding unrecognised files, and one for
+    files this user cannot read (a root worker's: whose, and to chown). A setting no
     archive can be recognised with (a BACKUP_TRUSTED_KEYS that is not a key) is a
     problem, unhealthy, with no storage listed: it printed a traceback, no JSON."""
     if listing is None:
@@ -54,14 +57,24 @@ def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list,
             problems.append(Problem("storage", {"message": str(exc)}))
             return [], UNHEALTHY
     for storage, names in listing.unrecognised.items():
-        problems.append(Problem("unrecognised", {"storage": storage, "count": len(names),
-                                                 "names": ", ".join(names[:5])
-                                                 + (", …" if len(names) > 5 else "")}))
+        unreadable = set(listing.unreadable.get(storage, ()))  # their own problem, below
+        if names := [n for n in names if n not in unreadable]:
+            problems.append(Problem("unrecognised", {"storage": storage, "count": len(names),
+                                                     "names": _some(names)}))
+    for storage, files in listing.unreadable_owners.items():
+        problems.append(Problem("unreadable", {
+            "storage": storage, "count": len(files), "names": _some([n for n, _ in files]),
+            "owners": ", ".join(sorted({o or "?" for _, o in files})),
+            "user": user_name(os.geteuid())}))
     for storage, ahead in listing.future.items():
         problems.append(Problem("future_archive", {
             "storage": storage, "count": len(ahead), "name": ahead[0].name,
             "created": format_time(ahead[0].created)}))
     return listing.by_storage, HEALTHY
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
 
 
 def _storage_entries(results, now: datetime, max_age: timedelta, problems: list[Problem],

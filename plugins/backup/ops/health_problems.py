@@ -39,6 +39,12 @@ MESSAGES = {
     "old_drill": N_("the last restore drill is %(age)s old (more than %(limit)s)"),
     "unrecognised": N_("%(storage)s: %(count)s unrecognised files (not counted as backups, "
                        "never deleted by retention): %(names)s"),
+    #: a command or worker run as another user (root) left them, 0600; ``owners``: whose
+    #: they are, ``user``: the user this runs as (the service's), who cannot read them
+    "unreadable": N_("%(storage)s: %(count)s files named like archives cannot be read by "
+                     "%(user)s (owned by %(owners)s, as a command or worker run as another "
+                     "user leaves them), so they are not counted as backups: %(names)s; chown "
+                     "them to %(user)s and run backup commands as %(user)s"),
     #: ``name``/``created``: the one dated furthest ahead
     "future_archive": N_("%(storage)s: %(count)s archives signed with a creation time in the "
                          "future (%(name)s: %(created)s): check this machine's clock; not "

@@ -39,6 +39,8 @@ from guest_backup.files import write_private
 from guest_backup.ops.context import BackupContext, shared
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.locks import BackupLock, RedisBackupLock
+from guest_backup.ops.page_texts import (FOLDER_NOT_WRITABLE, JOB_FAILED, JOB_INTERRUPTED,
+                                         JOB_NO_WORKER, JOB_OTHER_RUNNING, Text)
 from guest_backup.ops.pipeline import UploadFailed, run_backup
 
 STATE_FILE = ".backup-job.json"
@@ -118,9 +120,8 @@ def read_job(ctx: BackupContext, kind: JobKind = LOGICAL) -> dict | None:
         again = store.read()  # a job that ended meanwhile wrote its end before its release
         if again and (again.get("id"), again.get("state")) != (state.get("id"), state.get("state")):
             return again
-        state.update(state="failed", error="the backup was interrupted (the server stopped)"
-                     if state["state"] == "running" else
-                     "no worker took the queued backup in time (is `manage.py worker` running?)")
+        state.update(state="failed", error=Text(JOB_INTERRUPTED if state["state"] == "running"
+                                                else JOB_NO_WORKER))
     return state
 
 
@@ -141,7 +142,7 @@ def claim(ctx: BackupContext, actor: str | None, queued: bool, kind: JobKind = L
     except BackupBusy:
         raise BackupBusy(kind.busy) from None
     except OSError:
-        raise BackupError(f"the backup folder {folder} is not writable") from None
+        raise BackupError(Text(FOLDER_NOT_WRITABLE, folder=str(folder))) from None
     job = {"id": uuid.uuid4().hex, "state": "queued" if queued else "running",
            "stage": "waiting for a worker" if queued else "starting", "bytes": 0,
            "started_at": now_text(), "finished_at": None, "archive": None, "error": None,
@@ -150,7 +151,7 @@ def claim(ctx: BackupContext, actor: str | None, queued: bool, kind: JobKind = L
         job_state(ctx, kind).write(job)
     except OSError:
         lock.release()
-        raise BackupError(f"the backup folder {folder} is not writable") from None
+        raise BackupError(Text(FOLDER_NOT_WRITABLE, folder=str(folder))) from None
     return job, lock
 
 
@@ -160,7 +161,7 @@ def adopt(ctx: BackupContext, job: dict, token: str, kind: JobKind = LOGICAL):
     try:
         lock = kind.lock(ctx).adopt(token)
     except BackupBusy:
-        job.update(state="failed", error="another backup is running; wait for it to finish",
+        job.update(state="failed", error=Text(JOB_OTHER_RUNNING),
                    finished_at=now_text())
         job_state(ctx, kind).write(job)
         return None
@@ -206,7 +207,7 @@ def _ending(state, job: dict, lock, log, what: str) -> Iterator[None]:
         job.update(state="failed", error=str(exc))
     except Exception:  # already logged by the service
         log.exception(f"{what} failed")
-        job.update(state="failed", error="the backup failed; details are in the server log")
+        job.update(state="failed", error=Text(JOB_FAILED))
     finally:
         job["finished_at"] = now_text()
         try:

@@ -34,6 +34,8 @@ class Listing:
     unrecognised: dict[str, list[str]] = field(default_factory=dict)
     #: storage name -> those of ``unrecognised`` this user cannot read (root-made, 0600)
     unreadable: dict[str, list[str]] = field(default_factory=dict)
+    #: storage name -> the same as (archive name, its or its seal's owner, None: unknown)
+    unreadable_owners: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
     #: storage name -> archives signed with a creation time in the future (not counted)
     future: dict[str, list[ArchiveInfo]] = field(default_factory=dict)
 
@@ -47,8 +49,8 @@ def newest_first(archives: list[ArchiveInfo]) -> list[ArchiveInfo]:
 
 
 def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] | None = None,
-               unreadable: list[str] | None = None, *,
-               trusted_keys: Iterable[str] = ()) -> tuple[list[ArchiveInfo], list[str]]:
+               unreadable: list[str] | None = None, *, trusted_keys: Iterable[str] = (),
+               owners: list | None = None) -> tuple[list[ArchiveInfo], list[str]]:
     """``storage``'s recognised archives (newest first, dated by their signed
     creation time) and the names of the files it holds that are not; ``trusted_keys``
     (``--trusted-key``) recognise any installation's archives, as verify does.
@@ -60,7 +62,8 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
     second newest). It goes to ``future`` when given, else with the names of the
     files not recognised; never deleted by retention either way. A file of this
     machine that this user cannot read (or its seal) is not recognised either, but
-    goes to ``unreadable`` when given, and with its reason among the names."""
+    goes to ``unreadable`` when given, and with its reason among the names (and to
+    ``owners`` as (name, the unreadable file's owner))."""
     trusted, installation = ctx.settings.trusted(), ctx.settings.installation()
     explicit = TrustedKeys(trusted_keys) if trusted_keys else None
     kept = SealVerdicts(ctx.instance_path, storage.url, _scope(trusted, explicit), installation)
@@ -81,7 +84,7 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
         when = recognise(found.name, found.size, sidecar, trusted, installation, local)
         if when is None and explicit is not None:  # any installation's, signed by one of them
             when = recognise(found.name, found.size, sidecar, explicit, None, local)
-        if when is None and (why := _unreadable(local)):
+        if when is None and (why := _unreadable(local))[0]:
             return found, None, None, why  # not kept: readable again once chowned
         sha = sealed_sha256(sidecar) if when is not None and sidecar is not None else None
         kept.put(found, when, sha, seal_read=sidecar is not None)
@@ -91,9 +94,8 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
     limit = datetime.now(timezone.utc) + FUTURE_SKEW
     for found, when, sha, why in _each(storage, storage.list(), judge):
         if when is None:
-            if why and unreadable is not None:  # health's count of them shows why
-                unreadable.append(f"{found.name} (unreadable: {why})")
-                bad.append(unreadable[-1])
+            if why and unreadable is not None:  # health tells them apart, with why
+                bad.append(_note_unreadable(found.name, why, unreadable, owners))
             else:
                 bad.append(found.name)
             continue
@@ -108,6 +110,14 @@ def recognised(ctx: BackupContext, storage: Storage, future: list[ArchiveInfo] |
     return newest_first(good), sorted(bad)
 
 
+def _note_unreadable(name: str, why: tuple, unreadable: list[str], owners: list | None) -> str:
+    """``name (unreadable: why)``, added to ``unreadable`` (and its owner to ``owners``)."""
+    unreadable.append(f"{name} (unreadable: {why[0]})")
+    if owners is not None:
+        owners.append((name, why[1]))
+    return unreadable[-1]
+
+
 def _scope(trusted: TrustedKeys, explicit: TrustedKeys | None) -> list[str]:
     """The keys the kept verdicts are for: a key given explicitly recognises more
     (any installation's archives) than the same key in BACKUP_TRUSTED_KEYS, so
@@ -115,20 +125,22 @@ def _scope(trusted: TrustedKeys, explicit: TrustedKeys | None) -> list[str]:
     return [*trusted, *(f"explicit {key}" for key in explicit or ())]
 
 
-def _unreadable(local: Path | None) -> str | None:
-    """Why this user cannot read an archive of this machine or its seal, or None: a
-    root-run worker's files (root's, 0600) in the service's folder were called "not
-    recognised (no valid seal of a trusted key…)", the wrong reason and fix."""
+def _unreadable(local: Path | None) -> tuple[str | None, str | None]:
+    """Why this user cannot read an archive of this machine or its seal, and whose
+    that file is (None, None: it can): a root-run worker's files (root's, 0600) in
+    the service's folder were called "not recognised (no valid seal of a trusted
+    key…)", the wrong reason and fix."""
     for path in (sidecar_path(local), local) if local is not None else ():
         try:
             os.close(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
         except PermissionError as exc:
             with contextlib.suppress(OSError):
-                return f"{path.name}: {exc.strerror}, it is {user_name(path.lstat().st_uid)}'s"
-            return f"{path.name}: {exc.strerror}"
+                owner = user_name(path.lstat().st_uid)
+                return f"{path.name}: {exc.strerror}, it is {owner}'s", owner
+            return f"{path.name}: {exc.strerror}", None
         except OSError:
             continue
-    return None
+    return None, None
 
 
 def _each(storage: Storage, listed: list[ArchiveInfo], judge) -> list:
@@ -151,8 +163,9 @@ def list_everywhere(ctx: BackupContext) -> Listing:
         listing.urls.append(storage.url)
         ahead: list[ArchiveInfo] = []
         unreadable: list[str] = []
+        owners: list[tuple[str, str | None]] = []
         try:
-            found, unknown = recognised(ctx, storage, ahead, unreadable)
+            found, unknown = recognised(ctx, storage, ahead, unreadable, owners=owners)
         except StorageError as exc:
             listing.problems.append(str(exc))
             listing.by_storage.append((storage, exc))
@@ -162,6 +175,7 @@ def list_everywhere(ctx: BackupContext) -> Listing:
             listing.unrecognised[storage.name] = unknown
         if unreadable:
             listing.unreadable[storage.name] = unreadable
+            listing.unreadable_owners[storage.name] = owners
         if ahead:
             listing.future[storage.name] = newest_first(ahead)
         for a in found:

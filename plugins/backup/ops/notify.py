@@ -1,7 +1,8 @@
 """Notifications through Apprise (``BACKUP_NOTIFY_URLS``, any Apprise scheme): a
-backup failed or recovered, a restore drill failed or passed again, health
-degraded or recovered, a storage unreachable or back, a retention run removed
-more than ``BACKUP_NOTIFY_MAX_PRUNE`` archives from one storage.
+backup failed or recovered, retention failed (the backup itself was made) or
+was applied again, a restore drill failed or passed again, health degraded or
+recovered, a storage unreachable or back, a retention run removed more than
+``BACKUP_NOTIFY_MAX_PRUNE`` archives from one storage.
 
 Once per change of state, never per run: the last known state of each kind is
 kept in ``<instance>/notify-state.json`` (:mod:`guest_backup.ops.notify_state`: 0600,
@@ -22,7 +23,7 @@ import socket
 from typing import Any
 
 from guest_backup.archive.manifest import now_text
-from guest_backup.errors import BackupBusy
+from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops import metrics
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.notify_state import state_store
@@ -34,6 +35,8 @@ BAD = frozenset({"failed", "degraded", "unreachable", "excess"})
 TITLES = {
     ("backup", "failed"): "Backup failed",
     ("backup", "ok"): "Backup recovered",
+    ("retention", "failed"): "Backup retention failed",
+    ("retention", "ok"): "Backup retention applied again",
     ("drill", "failed"): "Restore drill failed",
     ("drill", "ok"): "Restore drill passed again",
     ("health", "degraded"): "Backup health degraded",
@@ -104,9 +107,9 @@ def message(title: str, detail: str) -> str:
 
 
 def change(ctx: BackupContext, kind: str, state: str, detail: str = "") -> str | None:
-    """Record that ``kind`` (``backup``, ``drill``, ``health``, ``storage:<name>``,
-    ``prune:<name>``) is now in ``state``; send a message if that is a change
-    worth one. Returns the title of the message sent (or tried), or None.
+    """Record that ``kind`` (``backup``, ``retention``, ``drill``, ``health``,
+    ``storage:<name>``, ``prune:<name>``) is now in ``state``; send a message if that
+    is a change worth one. Returns the title of the message sent (or tried), or None.
 
     A state store that cannot be used (Redis down: the very failure being told,
     often) does not silence a bad state: it is sent without the check whether it
@@ -153,20 +156,30 @@ def _change(ctx: BackupContext, store, kind: str, state: str, detail: str,
 
 def after_backup(ctx: BackupContext, outcome: Any, output=None) -> None:
     """The end of a backup run: its result (a BackupRun) or the exception it raised
-    (one with ``path``, UploadFailed, kept the archive but its remote copy failed)."""
-    failed = isinstance(outcome, BaseException)
-    if failed:
-        detail = f"The backup did not complete: {outcome}"
+    (one with ``path``, UploadFailed, kept the archive but its remote copy failed;
+    one with ``run`` too, RetentionFailed, made the backup and only retention failed:
+    told as retention's failure, never as a failed backup)."""
+    run = getattr(outcome, "run", None) if isinstance(outcome, BaseException) else outcome
+    if run is None:
+        change(ctx, "backup", "failed", f"The backup did not complete: {outcome}")
     else:
-        detail = f"Archive {outcome.result.path.name} ({outcome.result.size} bytes) was written."
-    change(ctx, "backup", "failed" if failed else "ok", detail)
+        change(ctx, "backup", "ok", f"Archive {run.result.path.name} ({run.result.size} bytes) "
+                                    f"was written.")
     if output is None and ctx.settings.remote_url:
-        if not failed:
+        if run is not None:
             change(ctx, "storage:remote", "ok", "The remote copy was made.")
         elif getattr(outcome, "path", None) is not None:
             change(ctx, "storage:remote", "unreachable", str(outcome))
-    if not failed:
-        after_prune(ctx, {name: len(names) for name, names in outcome.pruned.items()})
+    if run is None:
+        return
+    if output is None:  # retention ran after the backup
+        why = getattr(outcome, "retention_failure", None)
+        change(ctx, "retention", "ok" if why is None else "failed",
+               "Retention was applied." if why is None else
+               f"Archive {run.result.path.name} was made, but retention (removing old "
+               f"archives) failed: {why}. Old archives are kept until it succeeds: fix "
+               f"that, then run backup-prune (each backup also tries again).")
+    after_prune(ctx, {name: len(names) for name, names in run.pruned.items()})
 
 
 def after_drill(ctx: BackupContext, outcome: Any) -> None:
@@ -213,11 +226,13 @@ def _quietly(what: str, fn, *args: Any) -> None:
 
 
 def _backup_ended(args: dict, outcome: Any) -> None:
-    ok = not isinstance(outcome, BaseException)
-    _quietly("counting a backup", metrics.count_run, "backup", ok)
-    if ok:
+    run = getattr(outcome, "run", None) if isinstance(outcome, BaseException) else outcome
+    _quietly("counting a backup", metrics.count_run, "backup", run is not None)
+    if getattr(outcome, "retention_failure", None) is not None:  # the archive was made
+        _quietly("counting a pruning", metrics.count_run, "prune", False)
+    if run is not None:
         _quietly("counting pruned archives", metrics.count_pruned,
-                 {name: len(names) for name, names in outcome.pruned.items()})
+                 {name: len(names) for name, names in run.pruned.items()})
     _quietly("the backup's notification", after_backup, args["ctx"], outcome,
              args.get("output"))
 
@@ -233,11 +248,19 @@ def _prune_ended(args: dict, outcome: Any) -> None:
         return
     ok = not isinstance(outcome, BaseException)
     _quietly("counting a pruning", metrics.count_run, "prune", ok)
-    if ok:
-        removed = {name: sum(1 for d in decisions if not d.keep)
-                   for name, decisions in outcome.items()}
-        _quietly("counting pruned archives", metrics.count_pruned, removed)
-        _quietly("the pruning's notification", after_prune, args["ctx"], removed)
+    if not ok:
+        why = str(outcome) if isinstance(outcome, BackupError) else \
+            f"{type(outcome).__name__}; details are in the server log"
+        _quietly("the pruning's notification", change, args["ctx"], "retention", "failed",
+                 f"backup-prune did not complete: {why}. Old archives are kept until it "
+                 f"succeeds: fix that, then run backup-prune again.")
+        return
+    removed = {name: sum(1 for d in decisions if not d.keep)
+               for name, decisions in outcome.items()}
+    _quietly("counting pruned archives", metrics.count_pruned, removed)
+    _quietly("the pruning's notification", change, args["ctx"], "retention", "ok",
+             "Retention was applied.")
+    _quietly("the pruning's notification", after_prune, args["ctx"], removed)
 
 
 _ENDED = {"backup": _backup_ended, "drill": _drill_ended, "prune": _prune_ended}

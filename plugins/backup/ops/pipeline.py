@@ -39,6 +39,15 @@ class UploadFailed(BackupError):
         self.path = path
 
 
+class RetentionFailed(UploadFailed):
+    """The backup was made (and copied), but retention failed: ``run`` is the backup,
+    ``retention_failure`` why. Notifications tell it as retention's, not the backup's."""
+
+    def __init__(self, message: str, path, run: "BackupRun", why: str) -> None:
+        super().__init__(message, path)
+        self.run, self.retention_failure = run, why
+
+
 @dataclass
 class BackupRun:
     result: BackupResult
@@ -110,7 +119,7 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
         ping(settings.healthcheck_url, ok=False)
         raise UploadFailed(message, result.path)
     run = BackupRun(result)
-    failure = None
+    failure = pruning = None
     if remote is not None:
         failure = result.copy_failure
         _record_upload(ctx, engine, result, failure, actor, via)
@@ -122,19 +131,22 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
                 decisions = prune_storage(ctx, storage, Policy.of(settings),
                                           protect=result.path.name)
             except StorageError as exc:
-                failure = failure or str(exc)
+                pruning = pruning or (str(exc), f"{storage.name}: {exc}")
                 continue
             except BackupError as exc:  # a setting retention needs (BACKUP_TRUSTED_KEYS)
-                failure = failure or f"the backup was made, but retention was not applied ({exc})"
+                pruning = pruning or (f"the backup was made, but retention was not applied "
+                                      f"({exc})", f"{storage.name}: {exc}")
                 continue
             run.pruned[storage.name] = [d.name for d in decisions if not d.keep]
             run.held[storage.name] = [(d.name, d.held) for d in decisions if d.held]
             if run.pruned[storage.name] or run.held[storage.name]:
                 record_pruning(ctx.audit, engine, storage.name, decisions, actor=actor, via=via)
-    ping(settings.healthcheck_url, ok=failure is None)
-    if failure is not None:
+    ping(settings.healthcheck_url, ok=failure is None and pruning is None)
+    if failure is not None or pruning is not None:
         kept = (f"the archive was kept locally at {result.path}" if keep_local else
                 f"the archive is at {result.path}")
+        if failure is None:
+            raise RetentionFailed(f"{pruning[0]}; {kept}", result.path, run, pruning[1])
         raise UploadFailed(f"{failure}; {kept}", result.path)
     if progress:
         progress("done", result.size)

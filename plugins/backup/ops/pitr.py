@@ -21,6 +21,9 @@ from sqlalchemy.engine import Engine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.page_texts import (PITR_ARCHIVER_UNREADABLE, PITR_IN_FUTURE,
+                                         PITR_NOT_CONFIGURED, PITR_STATE_UNKNOWN, Text,
+                                         text_of)
 from guest_backup.ops.pitr_recover import flush, random_moment, recover, short_error
 from guest_backup.physical import PitrError, recovery
 from guest_backup.physical.cluster import ARCHIVER_SQL, Archiver, Cluster, epoch_time
@@ -48,8 +51,7 @@ class Pitr:
 def open_pitr(ctx: BackupContext) -> Pitr:
     config = PitrConfig.from_config(ctx.settings.pitr)
     if config is None:
-        raise PitrError("point-in-time recovery is not configured: set PITR_PG_DATA to the "
-                        "cluster's data directory")
+        raise PitrError(Text(PITR_NOT_CONFIGURED))
     cluster = Cluster.at(config.pg_data, config.pg_port, config.pg_socket, config.bindir)
     return Pitr(config, cluster, PgBackRest(config, cluster.owner))
 
@@ -103,7 +105,8 @@ def status(ctx: BackupContext, engine: Engine | None = None) -> PitrStatus:
     try:
         p = open_pitr(ctx)
     except PitrError as exc:  # off, or settings that cannot work
-        return PitrStatus(None, errors=[str(exc)] if ctx.settings.pitr_enabled else [])
+        return PitrStatus(None, errors=[text_of(exc) or str(exc)]
+                          if ctx.settings.pitr_enabled else [])
     result = PitrStatus(p.config)
     if p.cluster.owner.can_act():
         try:
@@ -115,12 +118,11 @@ def status(ctx: BackupContext, engine: Engine | None = None) -> PitrStatus:
         if kept:
             result.repo, result.read_at = RepoInfo.from_json(kept[0]["info"]), kept[1]
     if result.repo is None and not result.errors:
-        result.errors.append(f"pgBackRest's state is not known here yet: run `manage.py pitr "
-                             f"info` as root or as {p.cluster.owner.name}")
+        result.errors.append(Text(PITR_STATE_UNKNOWN, owner=p.cluster.owner.name))
     try:
         result.archiver = read_archiver(p, engine)
     except (PitrError, sa.exc.SQLAlchemyError) as exc:
-        result.errors.append(f"the archiver's state cannot be read: {short_error(exc)}")
+        result.errors.append(Text(PITR_ARCHIVER_UNREADABLE, error=short_error(exc)))
     return result
 
 
@@ -150,7 +152,7 @@ def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,
     p = open_pitr(ctx)
     target = parse_target(to)
     if target is not None and target > _now():
-        raise PitrError(f"{target:%Y-%m-%d %H:%M:%S} UTC is in the future: recover to latest")
+        raise PitrError(Text(PITR_IN_FUTURE, target=f"{target:%Y-%m-%d %H:%M:%S}"))
     folder = recovery.check_target(Path(into), p.config.pg_data)
     p.cluster.owner.refuse_foreign(folder)  # another user's: refused before any step
     port = port or recovery.free_port()

@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from guest_backup.errors import BackupError
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.page_texts import PITR_NO_BACKUP, PITR_NO_BACKUP_YET, PITR_TOO_EARLY, Text
 from guest_backup.physical import PitrError, recovery
 from guest_backup.physical.cluster import epoch_time
 from guest_backup.physical.info import RepoInfo
@@ -41,10 +42,9 @@ def recover(ctx: BackupContext, p: Any, into: Path, port: int,
     chosen = repo.for_target(target)
     if chosen is None:
         window = repo.window(None)
-        first = f"{window[0]:%Y-%m-%d %H:%M:%S} UTC" if window else None
-        raise PitrError("there is no backup to recover from" if first is None else
-                        f"no backup ended before {target:%Y-%m-%d %H:%M:%S} UTC: the earliest "
-                        f"moment you can recover to is {first}")
+        raise PitrError(Text(PITR_NO_BACKUP) if window is None else Text(
+            PITR_TOO_EARLY, target=f"{target:%Y-%m-%d %H:%M:%S}",
+            first=f"{window[0]:%Y-%m-%d %H:%M:%S}"))
     url = retarget(ctx.settings.database_url, port)
     checked: list[Recovered] = []
 
@@ -110,7 +110,7 @@ def random_moment(p: Any, until: datetime, rng: random.Random | None) -> datetim
     recoverable again, when the only backup has just ended)."""
     window = RepoInfo.from_json(p.backrest.info()).window(None)
     if window is None:
-        raise PitrError("there is no backup to recover from yet (run: pitr backup --type full)")
+        raise PitrError(Text(PITR_NO_BACKUP_YET))
     if until <= window[0]:
         time.sleep(min(5.0, (window[0] - until).total_seconds() + 0.5))
         until = flush(p)

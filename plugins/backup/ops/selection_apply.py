@@ -24,6 +24,8 @@ from guest_backup.ops.audit import quietly
 from guest_backup.ops.create import safe_message
 from guest_backup.ops.erasure_mark import last_seq
 from guest_backup.ops.erasure_sql import CHUNK
+from guest_backup.ops.page_texts import (ERASED_SINCE, ROW_ADDED, ROW_CHANGED, ROW_DELETED,
+                                         ROW_REFUSED, ROW_TABLES, Text)
 from guest_backup.ops.selection_plan import plan_selection
 from guest_backup.ops.selection_steps import (Plan, Selection, SelectionChanged, Step,
                                               failure_line)
@@ -53,9 +55,7 @@ def apply_plan(live_engine: Engine, plan: Plan) -> dict[str, dict[str, int]]:
                 for name in TABLES:
                     _overwrite(src, dst, tables, plan.of("overwrite", name))
         except sa.exc.IntegrityError:
-            raise SelectionChanged("the live database refused a row (one appeared where the "
-                                   "preview inserts one, or a constraint forbids it): nothing "
-                                   "was restored; preview again") from None
+            raise SelectionChanged(Text(ROW_REFUSED)) from None
     return plan.counts()
 
 
@@ -66,18 +66,13 @@ def _check(dst: Connection, tables: Tables, plan: Plan) -> None:
             found = tables.rows_by_id(dst, name, [s.target for s in steps], lock=lock)
             for step in steps:
                 if fingerprint(found.get(step.target)) != step.live:
-                    raise SelectionChanged(_changed(step, found.get(step.target)))
+                    raise SelectionChanged(_changed(step, found.get(step.target)),
+                                           "preview again to see today's state")
 
 
-def _changed(step: Step, row) -> str:
-    if step.live is None:
-        what = "was added since the preview"
-    elif row is None:
-        what = "was deleted since the preview"
-    else:
-        what = "changed since the preview"
-    return (f"{step.table} {step.target} {what}: nothing was restored; preview again to see "
-            f"today's state")
+def _changed(step: Step, row) -> Text:
+    what = ROW_ADDED if step.live is None else ROW_DELETED if row is None else ROW_CHANGED
+    return Text(what, table=Text(ROW_TABLES[step.table]), id=step.target)
 
 
 def _insert(src: Connection, dst: Connection, tables: Tables, steps: list[Step]) -> None:
@@ -215,9 +210,7 @@ def _no_erasure_since(plan: Plan, ctx) -> None:
 
     last, seen = last_seq(erasures_for(ctx).entries), plan.ledger_seq
     if not isinstance(seen, int) or isinstance(seen, bool) or seen != last:
-        raise SelectionChanged("an erasure was recorded since the preview (the rows it "
-                               "brings back may hold that person's data): nothing was "
-                               "restored; preview again")
+        raise SelectionChanged(Text(ERASED_SINCE))
 
 
 def _exclusive(ctx, live_engine: Engine):

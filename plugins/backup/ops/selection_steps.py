@@ -41,7 +41,13 @@ class SelectionError(BackupError):
 
 
 class SelectionChanged(BackupError):
-    """Today's rows changed between the preview and the restore: nothing restored."""
+    """Today's rows changed between the preview and the restore: nothing restored.
+    ``reason`` says what changed (a page words it again, in its language); the
+    message adds what it means, for the CLI and the audit log."""
+
+    def __init__(self, reason: str, then: str = "preview again") -> None:
+        super().__init__(f"{reason}: nothing was restored; {then}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from guest_backup.archive.signing import TrustedKeys
 from guest_backup.archive.verify import ScreeningEngine, VerifyReport, verify_archive
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog
+from guest_backup.ops.page_texts import VERDICTS, Text
 from guest_backup.ops.schema import archive_revisions
 
 
@@ -42,3 +43,24 @@ def verify(path: str | os.PathLike, engines: Mapping[str, ScreeningEngine],
     audit.record(audit_engine, "verify", "ok" if report.ok else "failed", actor=actor, via=via,
                  target=os.path.basename(path), message=message)
     return report
+
+
+def verdict(report: VerifyReport, name: str, installation: str | None = None) -> Text:
+    """What failed, in one phrase a page words in its language (the problems
+    themselves are the CLI's and the audit log's): told from the report's facts
+    (what was read, who signed, the binding checked again), never from its text."""
+    if report.encrypted:
+        kind = "seal" if report.signed_by is None else "binding"
+    elif report.manifest is None:
+        kind = "unreadable"
+    elif report.signed_by is None and not report.unsigned:
+        kind = "signature"
+    elif Binding(name, installation).problems(report.manifest, report.signed_by):
+        kind = "binding"
+    else:
+        try:
+            archive_revisions(report.manifest)
+            kind = "contents"
+        except BackupError:
+            kind = "revisions"
+    return Text(VERDICTS[kind])

@@ -29,9 +29,9 @@ from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.export.api import header_token_user, json_error
 from guest_backup.ops.jobs import read_job
 from guest_backup.ops.listing import list_everywhere, storages_holding
-from guest_backup.storages import StorageError
+from guest_backup.storages import StorageError, StorageUnreachable
 from guest_backup.tasks import start_job
-from guest_backup.web.download import audit_download, send_archive
+from guest_backup.web.download import audit_download, send_archive, storage_unreachable
 from guest_backup.web.views import _verifications
 from guest_backup.wiring import backup_context
 
@@ -96,11 +96,19 @@ def archive(name: str):
     if not is_archive_name(name):
         return json_error(404, "no such archive")
     ctx = backup_context()
-    found = storages_holding(ctx, name)
-    if not found:
-        return json_error(404, "no such archive")
+    unreachable: list = []
+    found = storages_holding(ctx, name, unreachable=unreachable)
+    if not found:  # not "no such archive" when a storage that may hold it did not answer
+        if not unreachable:
+            return json_error(404, "no such archive")
+        if isinstance(unreachable[0][1], StorageUnreachable):
+            return storage_unreachable(unreachable[0][1])
+        return json_error(502, f"the storage that may hold the archive cannot be used "
+                               f"({unreachable[0][1]})")
     try:
         sent = send_archive(found[0], name, ctx.settings.trusted())
+    except StorageUnreachable as exc:
+        return storage_unreachable(exc)
     except StorageError:
         return json_error(502, "the archive could not be read from its storage")
     if sent.bytes and request.method == "GET":

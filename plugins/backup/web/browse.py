@@ -16,7 +16,7 @@ from flask_security import current_user
 
 from guest_registration.admin import SecureBaseView
 from guest_registration.extensions import csrf, db
-from guest_registration.i18n import page_size, page_timestamp
+from guest_registration.i18n import page_decimal, page_size, page_timestamp
 
 from guest_backup.archive.format import is_archive_name
 from guest_backup.errors import BackupError
@@ -28,9 +28,10 @@ from guest_backup.ops.compare import (compare_guests, compare_registration, comp
                                       compare_trip, statuses)
 from guest_backup.ops.listing import list_everywhere
 from guest_backup.ops.selection import SelectionChanged
-from guest_backup.web.browse_forms import (KIND_TEXT, MAX_ID, PHOTO_TEXT, REASON_TEXT,
-                                           parse_search, parse_selection, when)
-from guest_backup.web.views import _verifications
+from guest_backup.web.browse_forms import (KIND_TEXT, MAX_ID, PHOTO_TEXT, REASON_TEXT, chosen,
+                                           field_label, field_value, parse_search,
+                                           parse_selection, when)
+from guest_backup.web.views import _verifications, page_text
 from guest_backup.wiring import backup_context
 
 #: steps of each action listed on the preview and result (all are counted)
@@ -66,8 +67,13 @@ class BrowseView(SecureBaseView):
     """Browse an archive and restore a selection of it."""
 
     def _session(self, sid: str):
-        """The open session (404 when unknown), used now."""
-        session = get_session(backup_context(), sid)
+        """The open session (404 when unknown), used now. Settings that make no
+        session usable (a BACKUP_TRUSTED_KEYS that is not a key) send it to the list
+        of archives, which says why."""
+        try:
+            session = get_session(backup_context(), sid)
+        except BackupError:
+            abort(redirect(url_for(".index")))
         if session is None:
             abort(404)
         if session.state == "open":
@@ -93,14 +99,20 @@ class BrowseView(SecureBaseView):
     def _render(self, template: str, **values):
         return self.render(f"admin/backup/{template}", when=when, timestamp=page_timestamp,
                            kind_text=KIND_TEXT, reason_text=REASON_TEXT, photo_text=PHOTO_TEXT,
-                           shown=SHOWN, **values)
+                           shown=SHOWN, field_label=field_label, field_value=field_value, chosen=chosen,
+                           decimal=page_decimal, **values)
 
     @expose("/")
     def index(self):
         ctx = backup_context()
-        reap(ctx, db.engine, "admin")
+        try:
+            reap(ctx, db.engine, "admin")
+            opened = sessions(ctx)
+        except BackupError as exc:  # no trust to check an open archive against: none usable
+            flash(_("No archive can be used: %(error)s", error=page_text(exc)), "error")
+            opened = []
         return self._render("browse_index.html", archives=_verified_archives(ctx),
-                            sessions=sessions(ctx), human_size=page_size)
+                            sessions=opened, human_size=page_size)
 
     @expose("/open", methods=["POST"])
     def open(self):
@@ -207,14 +219,14 @@ class BrowseView(SecureBaseView):
             plan, seconds = apply_saved(session, db.engine, request.form.get("token", ""),
                                         actor=actor, via="admin")
         except SelectionChanged as exc:
-            flash(_("Nothing was restored: today's rows changed since the preview (%(error)s). "
-                    "Preview again.", error=exc), "error")
+            flash(_("Nothing was restored: %(reason)s. Preview again to see today's rows.",
+                    reason=page_text(exc.reason)), "error")
             return redirect(url_for(".session", sid=sid))
         except BackupError as exc:
-            flash(_("Nothing was restored: %(error)s", error=exc), "error")
+            flash(_("Nothing was restored: %(error)s", error=page_text(exc)), "error")
             return redirect(url_for(".session", sid=sid))
         flash(_("Restored from %(archive)s in %(seconds)s s.", archive=session.archive,
-                seconds="%.1f" % seconds), "success")
+                seconds=page_decimal(seconds)), "success")
         return self._render("browse_preview.html", session=session, plan=plan,
                             counts=plan.counts(), mapping=plan.mapping(), token=None,
                             done=True)

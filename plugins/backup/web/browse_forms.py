@@ -9,7 +9,9 @@ from datetime import date, datetime
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
-from guest_registration.i18n import page_timestamp
+from guest_registration.admin import LABELS
+from guest_registration.i18n import LANGUAGES, page_timestamp, page_yes_no
+from guest_registration.models import AGE_CATEGORIES, DOCUMENT_TYPES, REGISTRATION_STATUSES
 
 from guest_backup.ops.browse_search import MAX_PAGE, PAGE, Search
 from guest_backup.ops.selection import Selection, SelectionError
@@ -49,6 +51,38 @@ def when(value) -> str:
     if isinstance(value, (datetime, date)):
         return page_timestamp(value)
     return str(value)[:19]
+
+
+#: stored value → label, for the columns that hold a code (as the host's pages show them)
+CODES = {"document_type": DOCUMENT_TYPES, "age_category": AGE_CATEGORIES,
+         "status": REGISTRATION_STATUSES}
+
+
+def field_label(name: str) -> str:
+    """A column's name as the rest of the app labels it (``first_name``: First name)."""
+    label = LABELS.get(name)
+    return str(label) if label is not None else name
+
+
+def field_value(name: str, value) -> str:
+    """A stored value as the host's pages show it: a code by its label, a flag as
+    Yes/No, a time in the page's language."""
+    if name in CODES and value in CODES[name]:
+        return _(CODES[name][value])
+    if name == "language" and value in LANGUAGES:
+        return LANGUAGES[value]
+    if name == "gdpr_consent":
+        return page_yes_no(value)
+    if isinstance(value, (datetime, date)) or name.endswith(("_at", "_date")):
+        return when(value)
+    return "" if value is None else str(value)
+
+
+def chosen(selection: Selection) -> str:
+    """What a selection brings back, in the page's language (``describe`` is the
+    CLI's and the audit log's)."""
+    return ", ".join([_("trip %(id)s", id=i) for i in selection.trip_ids]
+                     + [_("registration %(id)s", id=i) for i in selection.registration_ids])
 
 
 def _int(text: str | None) -> int | None:

@@ -14,6 +14,10 @@ remote storage, with the archive's signed SHA-256 as its strong ``ETag``,
 The SHA-256 is the one the seal (the signed ``.sig`` beside the archive) claims,
 checked against the trusted keys: never recomputed per request. An archive
 without a trusted seal is sent without an ETag.
+
+A storage that cannot be reached (:class:`StorageUnreachable`) is a 503 with
+``Retry-After`` (:func:`storage_unreachable`), never a 404 saying the archive is
+not there: it may well be.
 """
 
 from __future__ import annotations
@@ -23,18 +27,21 @@ import re
 from dataclasses import dataclass
 from typing import IO, Iterator
 
-from flask import Response, request
+from flask import Response, make_response, render_template, request
+from flask_babel import gettext as _
 
 from guest_registration import audit
 from guest_registration.extensions import db
 
 from guest_backup.archive.seal import sealed_sha256
 from guest_backup.archive.signing import SignatureError, TrustedKeys
+from guest_backup.export.api import json_error
 from guest_backup.storages import Storage, StorageError, size_of
 
 CHUNK = 1024 * 1024
 MAX_RANGES = 32  # more parts than this: the header is ignored (the whole archive)
 DIGITS_RE = re.compile(r"[0-9]{1,19}", re.ASCII)
+RETRY_AFTER = 60  # seconds: an outage of the storage is not over in five
 
 
 def signed_sha256(storage: Storage, name: str, size: int, trusted: TrustedKeys) -> str | None:
@@ -152,6 +159,22 @@ def send_archive(storage: Storage, name: str, trusted: TrustedKeys) -> Sent:
         response.call_on_close(body.close)  # also when the client goes away
     response.content_length = length
     return Sent(response, length if body is not None else 0, headers.get("Content-Range"))
+
+
+def storage_unreachable(exc: StorageError) -> Response:
+    """503 for an archive whose storage cannot be reached: the API's JSON (naming
+    the storage and why, never a credential) or the error page, with Retry-After.
+    Not a 404: the archive may well be there."""
+    if request.path.startswith("/api/"):
+        response = json_error(503, f"the storage that holds the archive cannot be reached "
+                                   f"({exc}); try again later")
+    else:
+        response = make_response(render_template("error.html", code=503, message=_(
+            "The storage that holds this archive cannot be reached, so it cannot be "
+            "downloaded now. Try again later.")), 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _open(storage: Storage, name: str, path, first: int, last: int, ranged: bool) -> IO[bytes]:

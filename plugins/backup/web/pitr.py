@@ -24,7 +24,7 @@ from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.health import pitr_section
 from guest_backup.ops.jobs import PITR, read_job
 from guest_backup.tasks import start_pitr_job
-from guest_backup.web.views import BANNER_MAX_DRILL_AGE, problem_text
+from guest_backup.web.views import BANNER_MAX_DRILL_AGE, page_text, problem_text
 from guest_backup.wiring import backup_context
 
 
@@ -78,7 +78,8 @@ class PitrView(SecureBaseView):
         except BackupBusy:
             flash(_("A PITR backup is already running; wait for it to finish."), "warning")
         except BackupError as exc:
-            flash(_("The PITR backup could not start: %(error)s", error=exc), "error")
+            flash(_("The PITR backup could not start: %(error)s", error=page_text(exc)),
+                  "error")
         return redirect(url_for(".index") + "#pitr-backup")
 
     @expose("/job")
@@ -93,5 +94,15 @@ _PUBLIC = ("id", "state", "stage", "type", "started_at", "finished_at", "label",
 
 
 def _public(job: dict | None) -> dict | None:
-    """What the page shows of a job (not who started it)."""
-    return {k: job.get(k) for k in _PUBLIC} if job else None
+    """What the page shows of a job (not who started it), in its language."""
+    if not job:
+        return None
+    shown = {k: page_text(job[k]) if k == "error" and job.get(k) else job.get(k)
+             for k in _PUBLIC}
+    if job.get("state") == "queued":  # on a queue of its own: is anyone taking it?
+        from guest_registration.tasks import job_queue, queue_workers
+
+        from guest_backup.tasks import run_queued_pitr_backup
+
+        shown["no_worker"] = queue_workers(current_app, job_queue(run_queued_pitr_backup)) == 0
+    return shown

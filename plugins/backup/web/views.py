@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, request, url_for
 from flask_admin import expose
 from flask_babel import gettext as _
+from flask_babel import ngettext
 from flask_security import current_user
 from sqlalchemy import select
 
@@ -27,12 +28,13 @@ from guest_backup.export.preview import preview
 from guest_backup.ops.health import health
 from guest_backup.ops.health_problems import MESSAGES
 from guest_backup.ops.jobs import read_job
+from guest_backup.ops.page_texts import WHOLE, text_of
 from guest_backup.tasks import start_job
 from guest_backup.ops.listing import list_everywhere, storages_holding
 from guest_backup.ops.slots import RETRY_BUSY
-from guest_backup.storages import StorageError
-from guest_backup.ops.verify import verify
-from guest_backup.web.download import audit_download, send_archive
+from guest_backup.storages import StorageError, StorageUnreachable
+from guest_backup.ops.verify import verdict, verify
+from guest_backup.web.download import audit_download, send_archive, storage_unreachable
 
 #: no routes: it puts this package's ``templates/`` on the app's template path (after
 #: the site's overrides and the host's own folder, so a site can override the page)
@@ -75,13 +77,27 @@ def _iso_timestamp(text: str | None) -> str:
     return page_timestamp(datetime.strptime(text, TIME_FORMAT))
 
 
+def page_text(value) -> str:
+    """A message of ``ops`` in the page's language: a :class:`~guest_backup.ops.page_texts.Text`
+    (or an error raised with one) worded again from its template, its parameters
+    too; a whole message of the catalogue kept as text (a job's state) translated;
+    anything else (a tool's or a storage's own words) as it is."""
+    text = text_of(value)
+    if text is None:
+        value = "" if value is None else str(value)
+        return _(value) if value in WHOLE else value
+    return _(text.template, **{k: page_text(v) if text_of(v) else v
+                               for k, v in text.params.items()})
+
+
 def problem_text(problem: dict) -> str:
     """A health problem (id and parameters) in the page's language; a storage's
     own error as it is."""
     message = MESSAGES.get(problem["id"])
     if message is None or problem["id"] == "storage":
         return problem.get("text") or ""
-    return _(message, **problem["params"])
+    return _(message, **{k: page_text(v) if text_of(v) else v
+                         for k, v in problem["params"].items()})
 
 
 def _back(anchor: str = "archives"):
@@ -111,6 +127,8 @@ class BackupView(SecureBaseView):
         job = read_job(ctx)
         if job and job.get("archive") and job["archive"] not in {a.name for a in archives}:
             job["archive_gone"] = True  # never link an archive that was deleted since
+        if job and job.get("error"):
+            job["error"] = page_text(job["error"])
         now = datetime.now(timezone.utc)
         return self.render(
             "admin/backup/index.html",
@@ -135,7 +153,7 @@ class BackupView(SecureBaseView):
         except BackupBusy:
             flash(_("A backup is already running; wait for it to finish."), "warning")
         except BackupError as exc:
-            flash(_("The backup could not start: %(error)s.", error=exc), "error")
+            flash(_("The backup could not start: %(error)s.", error=page_text(exc)), "error")
         return _back("system-backup")
 
     @expose("/job")
@@ -143,15 +161,23 @@ class BackupView(SecureBaseView):
         job = read_job(backup_context()) or {"state": "none"}
         public = {k: job.get(k) for k in ("id", "state", "stage", "bytes", "started_at",
                                           "finished_at", "archive", "error", "warning")}
+        if public["error"]:  # for the page's script: in its language
+            public["error"] = page_text(public["error"])
         if public.get("archive") and storages_holding(backup_context(), public["archive"]):
             public["download_url"] = url_for(".download", archive=public["archive"])
         return jsonify(public)
 
     @expose("/download/<archive>")
     def download(self, archive: str):
-        storage = _where(archive)[0]
+        unreachable: list = []  # a remote that did not answer holds nothing: not a 404
+        found = _where(archive, unreachable=unreachable)
+        if not found:
+            return storage_unreachable(unreachable[0][1])
+        storage = found[0]
         try:
             sent = send_archive(storage, archive, backup_context().settings.trusted())
+        except StorageUnreachable as exc:
+            return storage_unreachable(exc)
         except StorageError:
             abort(502)
         if sent.bytes:
@@ -169,7 +195,8 @@ class BackupView(SecureBaseView):
                                 audit_engine=db.engine, actor=current_user.email, via="admin",
                                 installation=ctx.settings.installation())
         except BackupError as exc:
-            flash(_("%(archive)s cannot be verified: %(error)s.", archive=archive, error=exc),
+            flash(_("%(archive)s cannot be verified: %(error)s.", archive=archive,
+                    error=page_text(exc)),
                   "error")
             return _back()
         if report.ok and report.decryption_skipped:
@@ -181,8 +208,12 @@ class BackupView(SecureBaseView):
             flash(_("%(archive)s verified: every checksum matches and the dump is complete.",
                     archive=archive), "success")
         else:
-            flash(_("%(archive)s did not verify: %(problems)s.", archive=archive,
-                    problems="; ".join(report.problems[:3])), "error")
+            flash(ngettext("%(archive)s did not verify: %(verdict)s (%(num)s problem; the "
+                           "audit log lists it).", "%(archive)s did not verify: %(verdict)s "
+                           "(%(num)s problems; the audit log lists them).",
+                           len(report.problems), archive=archive,
+                           verdict=page_text(verdict(report, archive,
+                                                     ctx.settings.installation()))), "error")
         return _back()
 
     @expose("/delete/<archive>", methods=["POST"])
