@@ -69,3 +69,24 @@ def test_an_archive_nowhere_is_still_404_while_the_remote_answers(app, s3, runne
     assert response.status_code == 404 and response.get_json()["error"] == "no such archive"
     auth.login()
     assert client.get(f"/admin/backup/download/{missing}").status_code == 404
+
+
+def test_an_archive_the_storage_stops_answering_for_is_unreachable_not_gone(
+        app, s3, runner):  # noqa: F811
+    """The listing answered, then the endpoint went away before the archive was
+    read: a plain StorageError (502 "bad gateway") where the storage could not be
+    reached (503, retry later). Only "no such key" says the archive is gone."""
+    from guest_backup.storages import StorageError, StorageUnreachable
+    from guest_backup.wiring import backup_context
+
+    app.config.update(BACKUP_REMOTE_URL=f"s3://{BUCKET}/{PREFIX}", BACKUP_S3_PART_MB=5)
+    archive = make_backup(runner)
+    with app.app_context():
+        remote = backup_context(app).storages()[-1]
+        missing = "system_backup_20000101_000000.zip"  # a name, but not there
+        with pytest.raises(StorageError) as gone:
+            remote.open(missing)
+        assert not isinstance(gone.value, StorageUnreachable)
+        s3.server.stop()
+        with pytest.raises(StorageUnreachable, match="could not be reached"):
+            remote.open(archive.name)

@@ -194,8 +194,9 @@ class S3Storage(ObjectLock):
             raise StorageError("no such archive")
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(name), **extra)["Body"]
-        except Exception as exc:
-            raise self._fail(f"reading {name} from", exc) from None
+        except Exception as exc:  # only "no such key" says the archive is not there
+            gone = error_code(exc) in ("NoSuchKey", "404", "NotFound")
+            raise self._fail(f"reading {name} from", exc, unreachable=not gone) from None
 
     def open_range(self, name: str, first: int, last: int) -> IO[bytes]:
         """Bytes ``first``..``last`` (inclusive) of one archive: GetObject's Range."""
