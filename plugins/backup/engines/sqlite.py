@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import sqlite3
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
@@ -127,6 +129,11 @@ class SQLiteEngine:
         target.parent.mkdir(parents=True, exist_ok=True)
         existed = target.exists()
         tmp = target.with_name(f".{target.name}.restoring")
+        with _terminated_as_interrupted():
+            self._restore(target, tmp, existed, stream, finish)
+
+    def _restore(self, target: Path, tmp: Path, existed: bool, stream: IO[bytes],
+                 finish) -> None:
         try:
             src = _load(tmp, stream, _page_size(target))
             try:
@@ -146,6 +153,29 @@ class SQLiteEngine:
         finally:
             remove(tmp)
             private(target)
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupted() -> Iterator[None]:
+    """SIGTERM (systemctl stop, kill, a timeout) taken as Ctrl-C while a restore
+    runs: KeyboardInterrupt, so that the loaded copy is removed, the target is left
+    as it was and the restore is audited ``aborted``. Before, SIGTERM ended the
+    process where it stood and the copy, holding guests erased since the backup,
+    stayed beside the database. Only in the main thread, and where nothing else
+    handles SIGTERM (a server or a worker keeps its own way of stopping)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _finish_loaded(tmp: Path, finish) -> None:

@@ -6,8 +6,9 @@ and the source of a selective restore (``guest_backup.ops.selection``).
 A scratch database lives beside the live one: on PostgreSQL a new database
 ``guest_browse_<id>`` on the same server, on SQLite a file in
 ``<instance>/browse/``. Sessions are shared by every process through the
-registry (``browse_registry``): an archive already open with the same trust is
-reused; one unused for ``BACKUP_BROWSE_IDLE_MINUTES`` is dropped by :func:`reap`.
+registry (``browse_registry``): an archive already open with the same trust,
+loaded by the same schema history, is reused; one unused for
+``BACKUP_BROWSE_IDLE_MINUTES`` is dropped by :func:`reap`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from sqlalchemy.engine import Engine
 from guest_backup.archive.manifest import now_text
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
-from guest_backup.ops.browse_load import PREFIX, load_into
+from guest_backup.ops.browse_load import PREFIX, load_into, sweep_strays
 from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, pid_alive, shown_as,
                                               source_of)
-from guest_backup.ops.browse_session import (BrowseSession, current_trust, drop, engines,
-                                             idle_limit, session_of)
+from guest_backup.ops.browse_session import (BrowseSession, current_heads, current_trust, drop,
+                                             engines, idle_limit, session_of)
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.create import safe_message
 
@@ -49,11 +50,11 @@ def sessions(ctx: BackupContext) -> list[BrowseSession]:
 
 def get_session(ctx: BackupContext, session_id: str) -> BrowseSession | None:
     """The session ``session_id`` if it is registered (any state) and was opened under
-    the keys trusted now, else None (:func:`reap` drops one of other keys)."""
+    the keys trusted now and the code's schema, else None (:func:`reap` drops it)."""
     if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
         return None
     entry = Registry(ctx.instance_path).read().get(session_id)
-    if entry is not None and entry.get("trust") != current_trust(ctx):
+    if entry is not None and _stale(ctx, entry):
         entry = None
     if entry is None:
         if (stale := engines.pop(session_id, None)) is not None:  # closed elsewhere
@@ -63,22 +64,38 @@ def get_session(ctx: BackupContext, session_id: str) -> BrowseSession | None:
 
 
 def find_session(ctx: BackupContext, archive: str, identity=None, trusted_keys=()):
-    """The open (or opening) session of ``archive`` with the same trust, if any."""
-    source, trust = source_of(archive, identity, trusted_keys, ctx.settings.backup_folder), \
-        current_trust(ctx)
-    return next((s for s in sessions(ctx) if s.source == source and s.trust == trust
+    """The open (or opening) session of ``archive`` with the same trust and schema, if any."""
+    source, now = source_of(archive, identity, trusted_keys, ctx.settings.backup_folder), \
+        (current_trust(ctx), current_heads(ctx))
+    return next((s for s in sessions(ctx) if s.source == source and (s.trust, s.heads) == now
                  and s.state != "failed"), None)
+
+
+def _stale(ctx: BackupContext, entry: dict, now: tuple | None = None) -> str | None:
+    """Why a session may not be used any more (opened under other keys than the
+    trusted ones, or loaded by another schema history than the code's), or None."""
+    trust, heads = now or (current_trust(ctx), current_heads(ctx))
+    if entry.get("trust") != trust:
+        return "as the trusted keys changed"
+    if entry.get("heads") != heads:
+        return "as the code's schema changed (an upgrade)"
+    return None
 
 
 def reap(ctx: BackupContext, live_engine: Engine | None = None, via: str = "cli") -> list[str]:
     """Drop sessions idle for longer than BACKUP_BROWSE_IDLE_MINUTES, failed ones
     as old, openings whose process died, and sessions opened under other trusted
-    keys than now's (a key taken out of BACKUP_TRUSTED_KEYS); their ids."""
+    keys than now's (a key taken out of BACKUP_TRUSTED_KEYS) or loaded by another
+    schema history (an upgrade since); their ids. Scratch files of no registered
+    session (left by a process killed before this version) go too."""
     if not (Path(ctx.instance_path) / FOLDER / FILE).is_file():
         return []  # nothing was ever opened here (and no folder is made for it)
-    limit, now, trust = idle_limit(ctx), datetime.now(timezone.utc), current_trust(ctx)
+    limit, now = idle_limit(ctx), datetime.now(timezone.utc)
+    basis = (current_trust(ctx), current_heads(ctx))
     dropped: list[tuple[BrowseSession, str]] = []
-    with Registry(ctx.instance_path).edit() as entries:
+    registry = Registry(ctx.instance_path)
+    with registry.edit() as entries:
+        sweep_strays(registry.folder, set(entries))
         for key, entry in list(entries.items()):
             if (session := session_of(ctx, entry)) is None:
                 log.warning("browse: a broken entry of the registry was removed")
@@ -86,10 +103,11 @@ def reap(ctx: BackupContext, live_engine: Engine | None = None, via: str = "cli"
                 continue
             idle = now - session.used_at > limit and session.state != "opening"
             orphan = session.state == "opening" and not pid_alive(session.pid)
-            if idle or orphan or session.trust != trust:
+            stale = _stale(ctx, entry, basis)
+            if idle or orphan or stale:
                 entries.pop(key)
                 dropped.append((session, f"after {limit.seconds // 60} idle minutes"
-                                if idle or orphan else "as the trusted keys changed"))
+                                if idle or orphan else stale))
     for session, why in dropped:
         drop(session)
         if live_engine is not None:
@@ -119,7 +137,8 @@ def begin_open(ctx: BackupContext, live_engine: Engine, archive: str, *, actor,
                via: str = "cli", identity=None, trusted_keys=()) -> tuple[BrowseSession, bool]:
     """The archive's session as it is now (open, or being opened), or a new
     ``opening`` one; True when the caller must now :func:`finish_open` it (the page
-    does that in a thread). Only the same archive with the same trust is reused."""
+    does that in a thread). Only the same archive with the same trust (and schema) is
+    reused."""
     reap(ctx, live_engine, via)
     source = source_of(archive, identity, trusted_keys, ctx.settings.backup_folder)
     return _claim(ctx, archive, source, live_engine.dialect.name, actor)
@@ -155,10 +174,10 @@ def _claim(ctx: BackupContext, archive: str, source: str, dialect: str,
            actor) -> tuple[BrowseSession, bool]:
     """The session of ``source``: an open (or opening) one, else a new ``opening``
     entry (then True: this call loads it). A failed or orphaned one is replaced."""
-    trust = current_trust(ctx)
+    trust, heads = current_trust(ctx), current_heads(ctx)
     with Registry(ctx.instance_path).edit() as entries:
         for key, entry in list(entries.items()):
-            if entry.get("source") != source or entry.get("trust") != trust:
+            if entry.get("source") != source or _stale(ctx, entry, (trust, heads)):
                 continue
             if (current := session_of(ctx, entry)) is None:
                 entries.pop(key)
@@ -178,7 +197,7 @@ def _claim(ctx: BackupContext, archive: str, source: str, dialect: str,
         entries[sid] = {"id": sid, "archive": name, "source": source, "dialect": dialect,
                         "database": database, "opened_at": stamp, "used_at": stamp,
                         "state": "opening", "actor": actor, "pid": os.getpid(),
-                        "trust": trust}
+                        "trust": trust, "heads": heads}
         return session_of(ctx, entries[sid]), True
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -81,8 +82,7 @@ def drop_scratch(session: Any, engine: Engine | None) -> None:
         for plan in Registry(session.ctx.instance_path).folder.glob(f"{session.id}.*.plan.json"):
             plan.unlink(missing_ok=True)  # previews kept for the page (browse_plans)
         if session.dialect == "sqlite":
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(session.database + suffix).unlink(missing_ok=True)
+            _remove_files(Path(session.database))
             return
         if not session.database.startswith(PREFIX):
             return  # never drop anything but our own scratch databases
@@ -98,4 +98,36 @@ def drop_scratch(session: Any, engine: Engine | None) -> None:
                     type(exc).__name__)
 
 
-__all__ = ["PREFIX", "drop_scratch", "load_into"]
+#: what the SQLite restore leaves beside a scratch file while (or if killed while)
+#: loading it: the loaded copy, the contents set aside, the engine's lock file
+_BESIDE = (".{}.restoring", ".{}.before-restore", "{}.lock")
+#: a file of a session's: ``<id>.db...``, ``.<id>.db.restoring...``, ``<id>.<n>.plan.json``
+_SESSION_FILE = re.compile(r"^\.?([0-9a-f]{16})\.")
+
+
+def _remove_files(database: Path) -> None:
+    """A scratch file, its journals, and what a load killed midway left beside it:
+    the loaded copy (``.<id>.db.restoring``) holds the archive's guests, erased ones
+    too. Before, a SIGTERM or a kill during the load left it for good, the session
+    dropped (SQLite removes it only when the load ends, well or not)."""
+    for name in (database.name, *(f.format(database.name) for f in _BESIDE)):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            (database.parent / (name + suffix)).unlink(missing_ok=True)
+
+
+def sweep_strays(folder: Path, known: set[str]) -> None:
+    """Scratch files in ``folder`` of no registered session (ids ``known``): a
+    process killed while loading one before its copy was removed with its session.
+    Called under the registry's lock, which a new session is registered under
+    before its first file is made; never raises."""
+    try:
+        for path in folder.iterdir():
+            found = _SESSION_FILE.match(path.name)
+            if found and found.group(1) not in known and path.is_file():
+                log.warning("browse: a scratch file of no session was removed (%s)", path.name)
+                path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("browse: the scratch folder could not be swept (%s)", type(exc).__name__)
+
+
+__all__ = ["PREFIX", "drop_scratch", "load_into", "sweep_strays"]

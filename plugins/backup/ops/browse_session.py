@@ -5,6 +5,8 @@ opens, finds, reaps and closes them."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -41,6 +43,7 @@ class BrowseSession:
     pid: int | None = None
     source: str | None = None   # what it holds, with which trust (source_of)
     trust: str | None = None    # the keys trusted when it was opened (current_trust)
+    heads: str | None = None    # the code's schema history it was loaded at (current_heads)
     ctx: BackupContext | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -95,6 +98,26 @@ def current_trust(ctx: BackupContext) -> str:
     return hashlib.sha256(keys.encode()).hexdigest()[:32]
 
 
+def current_heads(ctx: BackupContext) -> str | None:
+    """The code's schema history (what a loaded archive is upgraded to) as one digest:
+    every revision file of every folder, with its size and time, so it changes with
+    the heads (read without Alembic: it is asked on every page of a session). A
+    session loaded under another one is dropped, not used: opened before an upgrade,
+    its copy had skipped the new release's migrations (a data migration's values),
+    and restore-select wrote its rows so into the upgraded database."""
+    if ctx.migrations is None:
+        return None
+    paths, found = ctx.migrations(), []
+    for folder in (paths.script_location, *paths.version_locations):
+        try:
+            with os.scandir(folder) as entries:
+                found += sorted([e.path, e.stat().st_size, e.stat().st_mtime_ns]
+                                for e in entries if e.is_file())
+        except OSError:
+            found.append([folder, None, None])
+    return hashlib.sha256(json.dumps(found).encode()).hexdigest()[:32]
+
+
 def idle_limit(ctx: BackupContext) -> timedelta:
     return timedelta(minutes=max(1, int(ctx.config.get("BACKUP_BROWSE_IDLE_MINUTES") or 30)))
 
@@ -112,7 +135,8 @@ def session_of(ctx: BackupContext, entry: dict) -> BrowseSession | None:
         actor=entry.get("actor"), error=entry.get("error"),
         open_seconds=entry.get("open_seconds"), index_seconds=entry.get("index_seconds"),
         erasures=entry.get("erasures", 0), schema=entry.get("schema"), pid=entry.get("pid"),
-        source=entry.get("source"), trust=entry.get("trust"), ctx=ctx)
+        source=entry.get("source"), trust=entry.get("trust"), heads=entry.get("heads"),
+        ctx=ctx)
 
 
 def drop(session: BrowseSession) -> None:
@@ -120,6 +144,5 @@ def drop(session: BrowseSession) -> None:
     drop_scratch(session, engines.pop(session.id, None))
 
 
-
-
-__all__ = ["BrowseSession", "current_trust", "drop", "engines", "idle_limit", "session_of"]
+__all__ = ["BrowseSession", "current_heads", "current_trust", "drop", "engines", "idle_limit",
+           "session_of"]
