@@ -50,6 +50,9 @@ def init_app(app):
 
         return list_everywhere(ctx)
 
+    from guest_backup.export.settings import check_settings
+
+    check_settings(app.config)  # every command and the web app: one line, not empty exports
     init_backup(app)
     app.extensions.setdefault(COLLECTORS, []).append(  # /metrics: the backups' values
         BackupCollector(backup_context(app), database_engine, list_everywhere))

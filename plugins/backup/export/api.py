@@ -19,9 +19,12 @@ from guest_registration.extensions import db
 from guest_backup.ops.slots import RETRY_BUSY
 from guest_backup.wiring import backup_context
 from guest_backup.export.request import ExportRequestError, parse_request
+from guest_backup.export.settings import check_settings
 from guest_backup.export.stream import open_export
 
 bp = Blueprint("backup_api", __name__, url_prefix="/api/backup")
+# the web app does not start with an EXPORT_* setting that cannot work
+bp.record_once(lambda state: check_settings(state.app.config))
 
 
 def json_error(status: int, message: str) -> Response:
@@ -89,10 +92,16 @@ def admin_api(view):
 
 def export_response(stream) -> Response:
     """A streamed HTTP response for an :class:`~.guest_export.ExportStream`."""
-    disposition = "attachment" if stream.request.format.as_attachment else "inline"
-    response = Response(stream.chunks, content_type=stream.media_type, direct_passthrough=True)
-    response.headers["Content-Disposition"] = f'{disposition}; filename="{stream.filename}"'
+    response = _export_headers(stream.request, stream.chunks)
     response.headers["X-Export-Rows"] = str(stream.rows)
+    return response
+
+
+def _export_headers(req, chunks) -> Response:
+    """The headers a request's export is sent with, known before it is opened."""
+    disposition = "attachment" if req.format.as_attachment else "inline"
+    response = Response(chunks, content_type=req.format.media_type, direct_passthrough=True)
+    response.headers["Content-Disposition"] = f'{disposition}; filename="{req.filename}"'
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -105,6 +114,8 @@ def guests():
                             current_app.extensions["export_formats"])
     except ExportRequestError as exc:
         return json_error(400, str(exc))
+    if request.method == "HEAD":  # no body: no export is opened, counted or audited
+        return _export_headers(req, iter(()))  # an iterator: no Content-Length: 0
     actor = current_user.email
     ctx = backup_context()
     slot = ctx.export_slots.acquire(int(current_app.config["EXPORT_MAX_CONCURRENT"]))
@@ -115,11 +126,12 @@ def guests():
     # Give the request's own connection (the user lookup) back to the pool now: the
     # export takes exactly one connection, and holds it while it streams.
     db.session.close()
+    logger = current_app.logger  # the body is sent after the app context is gone
     stream = open_export(
         db.engine, req, db_engine=ctx.engine_for(db.engine.dialect.name, required=False),
         actor=actor, via=g.export_via, on_close=slot.release,
         fetch_rows=current_app.config["EXPORT_FETCH_ROWS"],
-        on_error=lambda exc: current_app.logger.error("export %s failed: %s", req.filename,
-                                                      type(exc).__name__),
+        on_error=lambda exc: logger.error("export %s failed: %s", req.filename,
+                                          type(exc).__name__),
     )
     return export_response(stream)

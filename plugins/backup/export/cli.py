@@ -4,6 +4,7 @@ bytes as ``GET /api/backup/guests``."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -23,20 +24,28 @@ from guest_backup.wiring import backup_context
 @click.option("--month", required=True, help="Month, 1-12.")
 @click.option("--format", "format_name", default="csv", show_default=True,
               help="Export format (see: manage.py plugins).")
-@click.option("--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write to this file (default: standard output).")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+              help="Write to this file, or into this pipe or device (default, or -: "
+                   "standard output).")
 @with_appcontext
 def export_guests_command(year: str, month: str, format_name: str, output: str | None) -> None:
     """Export one month of guests: the same bytes as GET /api/backup/guests."""
+    from guest_registration.config_errors import ConfigError
+
     from guest_backup.export.request import ExportRequestError, parse_request
+    from guest_backup.export.settings import check_settings
     from guest_backup.export.stream import open_export
 
+    try:
+        check_settings(current_app.config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         req = parse_request({"year": [year], "month": [month], "format": [format_name]},
                             current_app.extensions["export_formats"])
     except ExportRequestError as exc:
         raise click.UsageError(str(exc)) from None
-    fd, tmp = (None, None) if output is None else _part_file(Path(output))
+    sink = _Output(None if output == "-" else output)  # opened before the export
     engine = database_engine()
     try:
         stream = open_export(engine, req, db_engine=backup_context().engine_for(
@@ -44,30 +53,68 @@ def export_guests_command(year: str, month: str, format_name: str, output: str |
                              actor=cli_actor(), via="cli",
                              fetch_rows=current_app.config["EXPORT_FETCH_ROWS"])
     except BaseException:
-        if tmp is not None:
-            os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
+        sink.discard()
         raise
-    if output is None:
-        out = sys.stdout.buffer
-        try:
-            for chunk in stream.chunks:
-                out.write(chunk)
-            out.flush()
-        finally:
-            stream.chunks.close()
-        return
-    target = Path(output)
     try:
-        with os.fdopen(fd, "wb") as fh:  # the file made, never one put there by name
-            for chunk in stream.chunks:
-                fh.write(chunk)
-        os.replace(tmp, target)
+        for chunk in stream.chunks:
+            sink.write(chunk)
+        sink.finish()
     except BaseException:
         stream.chunks.close()
-        Path(tmp).unlink(missing_ok=True)
+        sink.discard()
         raise
-    click.echo(f"{stream.rows} guests written to {target}", err=True)
+    if sink.target is not None:
+        click.echo(f"{stream.rows} guests written to {sink.target}", err=True)
+
+
+class _Output:
+    """Where ``export-guests`` writes: standard output (``target`` None); straight
+    into an existing pipe, device or link (never replaced: ``/dev/null`` stays a
+    device); else a new file beside the target, put in its place once whole."""
+
+    def __init__(self, target: str | None) -> None:
+        self.target, self._tmp = target, None
+        if target is None:
+            self._fh = sys.stdout.buffer
+            return
+        path = Path(target)
+        if not target or target.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
+            raise click.BadParameter(f"{target!r} is not a file name; give one, or - for "
+                                     "standard output", param_hint="'--output'")
+        if _exists_and_not_a_file(path):
+            try:
+                self._fh = open(path, "wb")  # noqa: SIM115 (closed by finish or discard)
+            except OSError as exc:
+                raise click.ClickException(f"cannot write to {target} ({exc.strerror}); "
+                                           "nothing was exported") from None
+        else:
+            fd, self._tmp = _part_file(path)
+            self._fh = os.fdopen(fd, "wb")  # the file made, never one put there by name
+
+    def write(self, chunk: bytes) -> None:
+        self._fh.write(chunk)
+
+    def finish(self) -> None:
+        self._fh.flush()
+        if self.target is not None:
+            self._fh.close()
+        if self._tmp is not None:
+            os.replace(self._tmp, self.target)
+
+    def discard(self) -> None:
+        if self.target is not None:
+            self._fh.close()
+        if self._tmp is not None:
+            Path(self._tmp).unlink(missing_ok=True)
+
+
+def _exists_and_not_a_file(path: Path) -> bool:
+    """A pipe, a device, a socket or a symbolic link (``/dev/stdout``): what is
+    written into where it is, not replaced by a new file."""
+    try:
+        return not stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _part_file(target: Path) -> tuple[int, str]:

@@ -74,17 +74,27 @@ def count_query(start: datetime, end: datetime | None, *, joins: bool = True):
     return query.where(_in_month(Guest.created_at, start, end))
 
 
-def _generic_rows(conn: Connection, query, fetch_rows: int) -> Iterator[tuple]:
-    """Rows as plain tuples, the timestamp rendered ``YYYY-MM-DD HH:MM:SS``."""
+class ExportIncomplete(RuntimeError):
+    """The rows read are not the rows announced (``X-Export-Rows``, the CLI's
+    count): the export fails, its body cut before the format's last chunk."""
+
+
+def _generic_rows(conn: Connection, query, fetch_rows: int, announced: int) -> Iterator[tuple]:
+    """Rows as plain tuples, the timestamp rendered ``YYYY-MM-DD HH:MM:SS``; an
+    :class:`ExportIncomplete` after the last one when they were not ``announced``."""
     result = conn.execution_options(stream_results=True, max_row_buffer=fetch_rows).execute(query)
+    read = 0
     try:
         for part in result.partitions(fetch_rows):
+            read += len(part)
             for r in part:
                 created = r[8]
                 yield (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
                        None if created is None else str(created)[:19], r[9], r[10], r[11])
     finally:
         result.close()
+    if read != announced:
+        raise ExportIncomplete(f"read {read} of the {announced} rows announced")
 
 
 @dataclass
@@ -143,7 +153,8 @@ def _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path,
             db_engine.begin_snapshot(conn)
         rows = conn.execute(count_query(start, end, joins=conn.dialect.name != "postgresql")
                             ).scalar_one()
-        produce = _producer(conn, req, db_engine, start, end, fetch_rows, use_fast_path)
+        produce = _producer(conn, req, db_engine, start, end, fetch_rows, use_fast_path,
+                            rows)
     except BaseException as exc:  # the connection given back, the entry finished
         _release(conn, engine, entry, "failed", message=type(exc).__name__)
         raise
@@ -154,14 +165,15 @@ def _open(engine, req, db_engine, actor, via, action, fetch_rows, use_fast_path,
 
 def _producer(conn: Connection, req: ExportRequest, db_engine: DatabaseEngine | None,
               start: datetime, end: datetime | None, fetch_rows: int,
-              use_fast_path: bool) -> Callable[[], Iterator[bytes]]:
+              use_fast_path: bool, rows: int) -> Callable[[], Iterator[bytes]]:
     """What makes the body's chunks: the format's fast path for this database
-    (the query compiled here, timestamps rendered by the engine), else its writer."""
+    (the query compiled here, timestamps rendered by the engine), else its writer,
+    fed rows that must come to ``rows`` (the fast paths count inside the database)."""
     fast = (req.format.fast_paths.get(conn.dialect.name)
             if use_fast_path and db_engine is not None else None)
     if fast is None:
         return lambda: req.format.write(
-            _generic_rows(conn, export_query(start, end), fetch_rows), FIELDS)
+            _generic_rows(conn, export_query(start, end), fetch_rows, rows), FIELDS)
     compiled = export_query(start, end, timestamp=db_engine.timestamp_text).compile(
         dialect=conn.dialect)
     return lambda: fast(conn.connection.dbapi_connection, str(compiled), compiled.params,
@@ -197,8 +209,9 @@ class _Body:
         except StopIteration:
             self._finish("ok", None, self._rows)
             raise
-        except BaseException as exc:
-            self._finish("failed", type(exc).__name__)
+        except BaseException as exc:  # the message: never the database's own words
+            self._finish("failed", f"{type(exc).__name__}: {exc}"
+                         if isinstance(exc, ExportIncomplete) else type(exc).__name__)
             if self._on_error:
                 self._on_error(exc)
             raise
@@ -244,5 +257,5 @@ def _release(conn: Connection, engine: Engine, entry: int, outcome: str, **field
         conn.close()
 
 
-__all__ = ["FIELDS", "ExportStream", "open_export", "export_query"]
+__all__ = ["FIELDS", "ExportIncomplete", "ExportStream", "open_export", "export_query"]
 
