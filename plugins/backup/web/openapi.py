@@ -173,6 +173,9 @@ def _download() -> dict:
                         "type": "string", "pattern": r"^bytes \*/[0-9]+$"}}}},
             "502": _error("the storage holding it could not be read"),
             **COMMON,
+            "503": _error("the database, or a storage that may hold it, cannot be reached "
+                          "now; retry (never 404 while a storage does not answer)",
+                          "Retry-After"),
         }}}
 
 
