@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -25,14 +24,34 @@ LEASE = 60  # seconds a Redis slot lives without renewal
 RETRY_BUSY = 10  # seconds a client told 429 (every slot taken) should wait
 RENEW_EVERY = LEASE / 4
 
-_TAKE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[2])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[2] * 2)
+#: Redis' own clock, not the caller's: a server whose clock ran a minute ahead
+#: threw every other server's live leases out and streamed past the limit
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+_TAKE = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[1] * 2)
   return 1
 end
 return 0
+"""
+#: a holder's lease renewed, and the set's own expiry with it (an export streaming
+#: longer than two leases with nobody taking a slot meanwhile lost the whole set)
+_RENEW = _NOW + """
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  redis.call('ZADD', KEYS[1], 'XX', now, ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[1] * 2)
+  return 1
+end
+return 0
+"""
+_ACTIVE = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+return redis.call('ZCARD', KEYS[1])
 """
 
 
@@ -74,15 +93,17 @@ class RedisSlots:
     def __init__(self, client, key: str) -> None:
         self.client, self.key = client, key
         self._take = client.register_script(_TAKE)
+        self._renew = client.register_script(_RENEW)
+        self._active = client.register_script(_ACTIVE)
 
     def acquire(self, limit: int) -> Slot | None:
         if limit <= 0:
             return Slot()
         token = uuid.uuid4().hex
-        if not self._take(keys=[self.key], args=[time.time(), LEASE, limit, token]):
+        if not self._take(keys=[self.key], args=[LEASE, limit, token]):
             return None
         stop = keep_renewing(RENEW_EVERY,
-                             lambda: self.client.zadd(self.key, {token: time.time()}, xx=True),
+                             lambda: self._renew(keys=[self.key], args=[LEASE, token]),
                              "export-slot-lease")
 
         def release() -> None:
@@ -95,5 +116,4 @@ class RedisSlots:
         return Slot(release)
 
     def active(self, limit: int = 0) -> int:
-        self.client.zremrangebyscore(self.key, "-inf", time.time() - LEASE)
-        return int(self.client.zcard(self.key))
+        return int(self._active(keys=[self.key], args=[LEASE]))
