@@ -27,6 +27,7 @@ The commands themselves are in :mod:`guest_registration.commands`.
 from __future__ import annotations
 
 import gc
+import signal
 
 import click
 from flask import Flask, current_app
@@ -65,6 +66,8 @@ class GuestGroup(FlaskGroup):
         self.program = program  # the whole process: freeze at start-up and exit
 
     def main(self, *args, **kwargs):
+        if self.program:
+            _sigterm_as_interrupt()
         try:
             return super().main(*args, **kwargs)
         finally:
@@ -96,6 +99,20 @@ class GuestGroup(FlaskGroup):
         if not current_app or current_app._get_current_object() is not app:
             ctx.with_resource(app.app_context())
         return command
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (``systemctl stop``, ``kill``, a timeout) ends a command as Ctrl-C does:
+    a backup removes its partial archive and a restore leaves the target as it was,
+    each audited ``aborted``. By default it ended the process where it stood: the
+    audit entry stayed ``running`` and the partial files stayed. A command that
+    handles SIGTERM itself (``serve``'s gunicorn, ``worker``'s RQ) sets its own."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupted)
+
+
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _loaded(ctx: click.Context, info: ScriptInfo) -> Flask:
