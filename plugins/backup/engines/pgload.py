@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import secrets
 import subprocess
 import time
 from typing import IO
 
-from guest_backup.engines import CHUNK, mask, sql
+from guest_backup.engines import CHUNK, mask, parse_url, sql
 from guest_backup.engines.pgrole import _connected
 from guest_backup.engines.psqlsession import PsqlEnded, PsqlOutput, PsqlSession
 
@@ -23,6 +24,9 @@ XID_MARK = re.compile(rb"gr-restore-xid (\d+)")
 #: a check of the finishing SQL that stops psql first prints why on a line of its
 #: own (``guest_backup.ops.schema.heads_check_sql``): the reason says it
 REFUSED = b"gr-schema-refused "
+#: printed by psql as it reaches each step of the restore (a nonce and the step's
+#: number after it): an error is the step's whose mark came last
+STEP = b"gr-restore-step "
 
 
 #: right after the dump, still as the restore role (which owns what the dump made):
@@ -79,34 +83,66 @@ def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
 
 def marks(line: bytes) -> bool:
     """The lines of psql's output a restore keeps (:func:`outcome` reads them)."""
-    return line.startswith((COMMITTED, b"gr-restore-xid ", REFUSED))
+    return line.startswith((COMMITTED, b"gr-restore-xid ", REFUSED, STEP))
+
+
+class _Steps:
+    """The steps of our script, each announced by a mark psql prints once all
+    before it ran (``COPY … TO STDOUT``: the finishing SQL runs restricted, where
+    ``\\echo`` is refused; a nonce drawn now, so no row of the archive can print
+    one): psql stopping after step n's mark stopped in step n. Before, the
+    finishers' session was blamed for an error in SQL written before it began
+    (a failing schema upgrade reported as 're-applying the erasure ledger')."""
+
+    def __init__(self, stdin: IO[bytes]) -> None:
+        self._stdin, self.labels = stdin, []
+        self._mark = STEP + secrets.token_hex(8).encode() + b" "
+
+    def begin(self, label: str | None) -> None:
+        """What follows is ``label`` ("upgrading the archive's schema"; None: the dump)."""
+        self.labels.append(label)
+        self._stdin.write(b"\nCOPY (SELECT '%s%d') TO STDOUT;\n"
+                          % (self._mark, len(self.labels) - 1))
+
+    def stopped_in(self, kept: list[bytes]) -> str | None:
+        """The step psql stopped in (the last whose mark it printed)."""
+        seen = [line[len(self._mark):].strip() for line in kept if line.startswith(self._mark)]
+        return self.labels[int(seen[-1])] if seen and seen[-1].isdigit() else None
 
 
 def feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish, url: str,
-               output: PsqlOutput) -> str | None:
+              output: PsqlOutput) -> str | None:
     """Our script around the screened dump; the finishing SQL (still restricted)
     and the finishers' statements on psql's open transaction (unrestricted: the
     dump is behind us) before the COMMIT; psql (and its transaction) killed on
-    any error but its own. Returns what the finishers' session was doing, or why a
-    check of the finishing SQL stopped psql (for the reason)."""
+    any error but its own. Returns the step psql stopped in (each finisher's
+    ``doing``), or why a check of the finishing SQL stopped psql (for the reason)."""
     from guest_backup.engines import pgscreen
 
     screen, (begin, before, after, unrestrict, end) = pgscreen.PgDumpScreen(), script
-    session = None
+    parts = (getattr(finish, "parts", None) or [finish]) if finish else []
+    steps, session = _Steps(proc.stdin), None
     try:
         proc.stdin.write(begin)
-        for text in (finish.sql_before(url) if finish else ()):  # the old schema is there
-            proc.stdin.write(text.encode())
+        for part in parts:  # the old schema is still there
+            if hasattr(part, "sql_before"):
+                steps.begin(getattr(part, "doing", None))
+                for text in part.sql_before(url):
+                    proc.stdin.write(text.encode())
+        steps.begin(None)  # the dump: psql's error says what it was
         proc.stdin.write(before)
         while chunk := stream.read(CHUNK):
             proc.stdin.write(screen.feed(chunk))
         proc.stdin.write(screen.finish() + after)
-        for text in (finish.sql(url) if finish else ()):
-            proc.stdin.write(text.encode())
+        for part in parts:
+            steps.begin(getattr(part, "doing", None))
+            for text in part.sql(url):
+                proc.stdin.write(text.encode())
         proc.stdin.write(unrestrict)
-        if finish and getattr(finish, "in_session", False):
+        if any(getattr(part, "in_session", False) for part in parts):
             session = PsqlSession.open(proc.stdin, output)
-            finish.run(session)
+            _run_session(session, parts)
+        steps.begin(None)  # the COMMIT
         proc.stdin.write(end)
         proc.stdin.close()
     except (BrokenPipeError, PsqlEnded):
@@ -116,15 +152,25 @@ def feed_psql(proc: subprocess.Popen, stream: IO[bytes], script: tuple, finish, 
         proc.kill()
         proc.wait()
         raise
-    if session is None:
-        output.printed()  # psql has ended: every line it printed is read
+    output.wait()  # psql has ended: every mark it printed is read
     refused = next((line for line in output.kept if line.startswith(REFUSED)), None)
     if refused is not None:
         from guest_backup.archive.manifest import shown
 
         return "checking the archive's schema: " + shown(
             refused[len(REFUSED):].decode("utf-8", "replace").strip(), 300)
-    return session.doing if session is not None else None
+    if session is not None and output.started:  # psql ran all that came before it
+        return session.doing
+    return steps.stopped_in(output.kept)
+
+
+def _run_session(session: PsqlSession, parts: list) -> None:
+    """The finishers that need Python on psql's open transaction, each named
+    (``doing``) while its statements run."""
+    for part in parts:
+        if getattr(part, "in_session", False):
+            session.doing = getattr(part, "doing", None)
+            part.run(session)
 
 
 def outcome(url: str, printed: bytes, stderr: str) -> str | None:
@@ -148,3 +194,37 @@ def outcome(url: str, printed: bytes, stderr: str) -> str | None:
     except Exception as exc:
         log.warning("cannot ask about the restore's transaction: %s", mask(str(exc), url))
     return None
+
+
+def database_missing(url: str) -> bool:
+    """Whether ``url``'s database does not exist (the server says so when we connect,
+    as :meth:`~guest_backup.engines.postgresql.PostgresEngine.prepare_target` reads it)."""
+    try:
+        with _connected(url) as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return False
+    except Exception as exc:
+        said = str(exc).lower()
+        return "does not exist" in said and "database" in said  # not a missing role
+
+
+def drop_unused(url: str) -> None:
+    """Drop ``url``'s database, created for a restore that ended refused or failed:
+    only while it holds no table (no other restore loaded it meanwhile), never by
+    force (one connected to it keeps it)."""
+    name = parse_url(url).database or ""
+    try:
+        with _connected(url, autocommit=True) as conn:
+            if conn.execute(sql("SELECT count(*) FROM pg_catalog.pg_class c JOIN "
+                                "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE "
+                                "n.nspname NOT IN ('pg_catalog', 'information_schema') AND "
+                                "n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' "
+                                "AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')")).scalar_one():
+                return
+        with _connected(parse_url(url).set(database="postgres"), autocommit=True) as conn:
+            conn.exec_driver_sql('DROP DATABASE "%s"' % name.replace('"', '""'))
+        log.info("dropped the target database %s, created for a restore that did not happen",
+                 name)
+    except Exception as exc:
+        log.warning("could not drop the target database %s created for the restore: %s", name,
+                    mask(str(exc), url))

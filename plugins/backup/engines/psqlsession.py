@@ -61,6 +61,8 @@ class PsqlOutput:
         self.kept: list[bytes] = []
         self._keep, self._chunks = keep, queue.SimpleQueue()
         self._start: bytes | None = None
+        #: whether psql printed the session's first line (ran all that came before)
+        self.started = False
         self._lines: collections.deque = collections.deque()
         self._partial = b""
         self._thread = threading.Thread(target=self._drain, args=(stdout,), daemon=True,
@@ -73,6 +75,7 @@ class PsqlOutput:
                 if self._keep(line):
                     self.kept.append(line)
                 if self._start is not None and line.rstrip(b"\n") == self._start:
+                    self.started = True
                     break
             while chunk := stdout.read1(1 << 16):
                 self._chunks.put(chunk)
@@ -82,6 +85,10 @@ class PsqlOutput:
     def expect(self, start: bytes) -> None:
         """The session's lines are those after the one that is exactly ``start``."""
         self._start = start
+
+    def wait(self) -> None:
+        """Until psql's stdout is closed: :attr:`kept` and :attr:`started` are final."""
+        self._thread.join()
 
     def line(self) -> bytes:
         """The session's next line (without its newline)."""

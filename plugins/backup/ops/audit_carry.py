@@ -4,18 +4,29 @@ set aside first (streamed to a private file) and written back over the archive's
 copy (an entry the archive holds as ``running`` gets its final state; an entry
 written after the archive was taken comes back with its id), and the target's
 entries are taken again at the last moment (what they gained and what changed
-while the dump loaded), so that a restore loses nothing of the audit."""
+while the dump loaded), so that a restore loses nothing of the audit.
+
+The loaded copy's columns decide what is carried (the archive may come from an
+older version: putting the older code back restores the archive made before
+an upgrade over the database the newer one changed): a column the copy lacks is
+dropped from the carried entries, and when the copy requires a value they lack
+(NOT NULL, no default), only the entries it already holds are brought up to
+date; the others cannot be written, and are left out (a warning says how many)
+rather than failing the restore."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 BATCH = 500
 AUDIT_TABLE = "audit_log"
@@ -47,6 +58,8 @@ class AuditCarry:
     count: int = 0
     #: the highest id set aside
     last_id: int = 0
+    #: the step psql stopped in, named in the reason (``engines/pgload.py``)
+    doing = "carrying the replaced database's audit trail over"
 
     @classmethod
     def set_aside(cls, target_url: str, folder: str | os.PathLike | None = None):
@@ -96,16 +109,23 @@ class AuditCarry:
         if batch:
             yield batch
 
-    def _statement(self, rows: list[dict]):
-        """SQLite: the rows over the loaded table's, theirs winning at the same id."""
-        from sqlalchemy import column, table
+    def _statement(self, columns: list[str], rows: list[dict], only_held: bool):
+        """SQLite: the rows over the loaded table's, theirs winning at the same id
+        (``only_held``: only those at an id it holds, updated)."""
+        from sqlalchemy import bindparam, column, table, update
         from sqlalchemy.dialects.sqlite import insert
 
-        audit = table(AUDIT_TABLE, *[column(c, self.types.get(c)) for c in self.columns])
-        statement = insert(audit).values([{c: r.get(c) for c in self.columns} for r in rows])
-        return statement.on_conflict_do_update(
-            index_elements=["id"],
-            set_={c: statement.excluded[c] for c in self.columns if c != "id"})
+        audit = table(AUDIT_TABLE, *[column(c, self.types.get(c)) for c in columns])
+        if only_held:
+            shared = [c for c in columns if c != "id"]
+            return update(audit).where(audit.c.id == bindparam("carried_id")).values(
+                {c: bindparam(f"carried_{c}", type_=self.types.get(c)) for c in shared}), [
+                {"carried_id": r.get("id"), **{f"carried_{c}": r.get(c) for c in shared}}
+                for r in rows]
+        statement = insert(audit).values([{c: r.get(c) for c in columns} for r in rows])
+        set_ = {c: statement.excluded[c] for c in columns if c != "id"}
+        return (statement.on_conflict_do_update(index_elements=["id"], set_=set_) if set_
+                else statement.on_conflict_do_nothing(index_elements=["id"])), None
 
     def sql_before(self, url: str) -> Iterator[str]:
         """The target's audit table copied on psql's transaction, locked first (no
@@ -116,11 +136,9 @@ class AuditCarry:
 
     def sql(self, url: str) -> Iterator[str]:
         """The copy :meth:`sql_before` made, into the loaded table (its entries win
-        over the archive's at the same id), and the id sequence past them all."""
-        names = ", ".join(f'"{c}"' for c in self.columns)
-        update = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in self.columns if c != "id")
-        yield (f"INSERT INTO public.{AUDIT_TABLE} ({names}) SELECT {names} FROM pg_temp.{CARRIED} "
-               f"ON CONFLICT (id) DO UPDATE SET {update};\n")
+        over the archive's at the same id; :data:`_CARRY_SQL`), and the id sequence
+        past them all."""
+        yield _CARRY_SQL
         yield (f"SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence("
                f"'public.{AUDIT_TABLE}', 'id'), (SELECT COALESCE(max(id), 1) "
                f"FROM public.{AUDIT_TABLE}));\n")
@@ -136,29 +154,104 @@ class AuditCarry:
 
         with contextlib.closing(sqlite3.connect(kept)) as old:
             have = {r[1] for r in old.execute(f'PRAGMA table_info("{AUDIT_TABLE}")')}
-            columns = [c for c in self.columns if c in have]
+            columns, only_held = _carried([c for c in self.columns if c in have],
+                                          src.execute(f'PRAGMA table_info("{AUDIT_TABLE}")'))
             if "id" not in columns:
                 return
             names = ", ".join(f'"{c}"' for c in columns)
-            marks = ", ".join("?" * len(columns))
             count = old.execute(f'SELECT count(*) FROM "{AUDIT_TABLE}"').fetchone()[0]
             rows = old.execute(f'SELECT {names} FROM "{AUDIT_TABLE}" ORDER BY id')
+            if only_held:  # an UPDATE of the shared columns, the id last
+                sets = ", ".join(f'"{c}" = ?' for c in columns[1:])
+                statement, rows = f'UPDATE "{AUDIT_TABLE}" SET {sets} WHERE id = ?', (
+                    (*row[1:], row[0]) for row in rows)
+            else:
+                statement = (f'INSERT OR REPLACE INTO "{AUDIT_TABLE}" ({names}) '
+                             f'VALUES ({", ".join("?" * len(columns))})')
             src.execute("BEGIN")
             try:  # streamed: the trail may be long
-                src.executemany(f'INSERT OR REPLACE INTO "{AUDIT_TABLE}" ({names}) '
-                                f'VALUES ({marks})', rows)
+                carried = src.executemany(statement, rows).rowcount
                 src.execute("COMMIT")
             except BaseException:
                 if src.in_transaction:
                     src.execute("ROLLBACK")
                 raise
-        self.count = count
+        self.count = _left_out(count, carried) if only_held else count
 
     def apply(self, connection) -> None:
         """SQLite: the entries set aside, into the loaded copy."""
+        columns, only_held = _carried(self.columns, connection.exec_driver_sql(
+            f'PRAGMA table_info("{AUDIT_TABLE}")').all())
+        if "id" not in columns:
+            return
+        carried = 0
         for rows in self._batches():
-            connection.execute(self._statement(rows))
+            statement, params = self._statement(columns, rows, only_held)
+            carried += connection.execute(statement, params).rowcount
+        if only_held:
+            self.count = _left_out(self.count, carried)
 
     def discard(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def _carried(names: list[str], loaded) -> tuple[list[str], bool]:
+    """Of the carried columns ``names``, those the loaded table has (``loaded``:
+    its ``PRAGMA table_info`` rows), ``id`` first; and whether the loaded table
+    requires a value they lack (NOT NULL, no default, not the key): then only the
+    entries it holds can be carried, as updates (none without a column to update)."""
+    loaded = list(loaded)
+    have = {r[1] for r in loaded}
+    columns = sorted((c for c in names if c in have), key=lambda c: c != "id")
+    required = [r[1] for r in loaded if r[3] and r[4] is None and not r[5] and r[1] not in names]
+    return (columns if columns[1:] or not required else []), bool(required)
+
+
+def _left_out(count: int, carried: int) -> int:
+    """How many entries were carried; a warning for those that could not be."""
+    if count > carried:
+        log.warning("%d audit entries of the replaced database were left out: the restored "
+                    "%s requires a value they lack", count - carried, AUDIT_TABLE)
+    return carried
+
+
+#: PostgreSQL: the carried copy into the loaded table, by the columns both have (the
+#: loaded table's decide: the archive may be older than the replaced database);
+#: when the loaded table requires a value the copy lacks (NOT NULL, no default),
+#: only the entries it holds are updated, and a warning says how many were left out.
+_CARRY_SQL = r"""DO $gr$ DECLARE names text; excluded text; sets text; has_id boolean;
+required boolean; left_out bigint; BEGIN
+SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
+ pg_catalog.string_agg(pg_catalog.format('%1$I = EXCLUDED.%1$I', a.attname), ', '
+  ORDER BY a.attnum) FILTER (WHERE a.attname <> 'id'),
+ pg_catalog.string_agg(pg_catalog.format('%1$I = c.%1$I', a.attname), ', '
+  ORDER BY a.attnum) FILTER (WHERE a.attname <> 'id'),
+ pg_catalog.bool_or(a.attname = 'id')
+ INTO names, excluded, sets, has_id
+ FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_attribute c ON c.attname = a.attname
+ AND c.attrelid = 'pg_temp.gr_carried_audit'::regclass AND c.attnum > 0 AND NOT c.attisdropped
+ WHERE a.attrelid = 'public.audit_log'::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+SELECT pg_catalog.bool_or(true) INTO required FROM pg_catalog.pg_attribute a
+ WHERE a.attrelid = 'public.audit_log'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ AND a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''
+ AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute c WHERE c.attname = a.attname
+  AND c.attrelid = 'pg_temp.gr_carried_audit'::regclass AND c.attnum > 0
+  AND NOT c.attisdropped);
+IF has_id IS NOT TRUE THEN RETURN; END IF;
+IF required IS NOT TRUE THEN
+ EXECUTE pg_catalog.format('INSERT INTO public.audit_log (%1$s) SELECT %1$s FROM '
+  'pg_temp.gr_carried_audit ON CONFLICT (id) DO %2$s', names,
+  COALESCE('UPDATE SET ' || excluded, 'NOTHING'));
+ RETURN;
+END IF;
+IF sets IS NOT NULL THEN
+ EXECUTE pg_catalog.format('UPDATE public.audit_log AS t SET %s FROM '
+  'pg_temp.gr_carried_audit AS c WHERE t.id = c.id', sets);
+END IF;
+SELECT pg_catalog.count(*) INTO left_out FROM pg_temp.gr_carried_audit AS c
+ WHERE NOT EXISTS (SELECT FROM public.audit_log AS t WHERE t.id = c.id);
+IF left_out > 0 THEN RAISE WARNING '% audit entries of the replaced database were left out: '
+ 'the restored audit_log requires a value they lack', left_out; END IF;
+END $gr$;
+"""

@@ -29,17 +29,13 @@ __all__ = ["AuditCarry", "ErasureReapply", "Finishers", "PlannedUpgrade", "erasu
 
 @dataclass
 class Finishers:
-    """Several finishers, run in order."""
+    """Several finishers, run in order (on PostgreSQL, psql's loader takes them one
+    by one from ``parts``, each step marked: ``guest_backup.engines.pgload``)."""
 
     parts: list = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.parts)
-
-    def sql_before(self, url: str) -> Iterator[str]:
-        """PostgreSQL: statements on psql's transaction before the old schema goes."""
-        for part in self.parts:
-            yield from getattr(part, "sql_before", lambda url: ())(url)
 
     def before_swap(self, src, kept: Path) -> None:
         """SQLite: what the parts take from ``kept``, the target's copy made just
@@ -47,22 +43,9 @@ class Finishers:
         for part in self.parts:
             getattr(part, "before_swap", lambda src, kept: None)(src, kept)
 
-    def sql(self, url: str) -> Iterator[str]:
-        for part in self.parts:
-            yield from part.sql(url)
-
     def apply(self, connection) -> None:
         for part in self.parts:
             part.apply(connection)
-
-    @property
-    def in_session(self) -> bool:
-        return any(getattr(part, "in_session", False) for part in self.parts)
-
-    def run(self, session) -> None:
-        for part in self.parts:
-            if getattr(part, "in_session", False):
-                part.run(session)
 
 
 @dataclass
@@ -107,6 +90,8 @@ class ErasureReapply:
     entries: list
     ledger: object
     applied: int = 0
+    #: the step psql's loader names when this one's SQL fails (its probe, before run)
+    doing = "re-applying the erasure ledger"
 
     def sql(self, url: str) -> Iterator[str]:
         """PostgreSQL, before :meth:`run`: the archive's erasure mark dropped (the

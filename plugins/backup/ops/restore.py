@@ -79,15 +79,17 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
             identities = _identities(path, identity)
             with ArchivePass(path, trusted, binding, identities=identities,
                              allow_unsigned=allow_unsigned, engines=engines) as archive:
-                db_engine, empty = _check(archive, engines, target_url, uploads_dir, replace)
+                if upgrade is not None and archive.report.manifest is not None:
+                    upgrade.settle(archive.report.manifest)  # a plain archive's: before the target
+                db_engine, empty, made = _check(archive, engines, target_url, uploads_dir, replace)
+                if made:  # dropped again (once the lock is let go) unless the restore happens
+                    held.push(lambda kind, exc, tb: kind is not None and made(target_url))
                 staged.expect(archive.report.manifest)  # a plain archive's, up front
                 # one restore or erasure at a time in the target, from before its audit
                 # trail is set aside until this restore's entry is written
                 held.enter_context(exclusive(db_engine, target_url))
                 empty = _still_empty(db_engine, target_url, empty, replace)
                 reapply = erasures() if erasures is not None else None
-                if upgrade is not None and archive.report.manifest is not None:
-                    upgrade.settle(archive.report.manifest)  # a plain archive's: refused up front
                 finish = _finishers(upgrade, None if empty else target_url, reapply)
                 stage = "failed"
                 manifest = _load(archive, engines, db_engine, settings, target_url, empty, finish,
@@ -118,6 +120,9 @@ class _CheckedUpgrade(PlannedUpgrade):
     first revision; ``alembic_version`` holds the code's heads, whatever the manifest said."""
 
     in_session = property(lambda self: self.upgrade is not None and self.upgrade.legacy)
+    #: the step psql stopped in, named in the reason (``engines/pgload.py``)
+    doing = property(lambda self: f"{'upgrading' if self.needed else 'checking'} the archive's "
+                                  f"schema")
 
     def sql(self, url: str):
         if self.upgrade is not None:
@@ -238,10 +243,12 @@ def _finishers(upgrade: PlannedUpgrade | None, replaced_url: str | None,
 
 
 def _check(archive: ArchivePass, engines, target_url: str, uploads_dir,
-           replace: bool) -> tuple[DatabaseEngine, bool]:
+           replace: bool) -> tuple[DatabaseEngine, bool, Callable | None]:
     """What must hold before anything is written; raises BackupError. The engine
     is the one the seal or manifest signs, else the target's (checked against the
-    manifest in the verdict)."""
+    manifest in the verdict). Last, how to drop the database created here (a
+    PostgreSQL target that did not exist): refused or failed, the restore leaves
+    none behind (before, a refused archive's still did)."""
     target_dialect = make_url(target_url).get_backend_name()
     engine_name = archive.engine or target_dialect
     if target_dialect != engine_name:
@@ -258,10 +265,14 @@ def _check(archive: ArchivePass, engines, target_url: str, uploads_dir,
         if needed > shutil.disk_usage(existing).free:
             raise BackupError(f"the uploads need {needed} bytes; the target disk has less free "
                               f"space")
+    made = None
+    if engine_name == "postgresql":
+        from guest_backup.engines import pgload
+        made = pgload.drop_unused if pgload.database_missing(target_url) else None
     empty = db_engine.prepare_target(target_url)
     if not empty and not replace:
         raise BackupError("the target database is not empty; use --replace to overwrite it")
-    return db_engine, empty
+    return db_engine, empty, made
 
 
 def _still_empty(db_engine: DatabaseEngine, target_url: str, empty: bool, replace: bool) -> bool:
