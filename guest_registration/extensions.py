@@ -46,7 +46,9 @@ def _private(database: str) -> None:
 
 def configure_engine(engine) -> None:
     """SQLite: WAL (readers such as a long export never block registrations),
-    a busy timeout instead of instant "database is locked", foreign keys on."""
+    a busy timeout instead of instant "database is locked", foreign keys on, and
+    ``secure_delete``: a value replaced or deleted (a guest's name, erased) is
+    overwritten in the file, not left in its free space."""
     if engine.dialect.name != "sqlite":
         return
     from sqlalchemy import event
@@ -59,6 +61,7 @@ def configure_engine(engine) -> None:
             _private(engine.url.database)  # guest data: this user only, whatever the umask
         cur.execute("PRAGMA busy_timeout=10000")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from guest_registration import create_app
 from guest_registration.extensions import db
-from guest_backup.ops.erasure_mark import behind, read_mark, set_mark
+from guest_backup.ops.erasure_mark import behind, clear_mark, read_mark, set_mark
 from guest_backup.ops.health import _erasure_problems
 from guest_backup.ops.ledger import ErasureLedger
 from guest_backup.wiring import backup_context
@@ -148,6 +148,8 @@ def test_a_restore_corrects_a_mark_the_archive_brought(app, runner, backend, req
     with app.app_context(), db.engine.begin() as conn:
         set_mark(conn, 10 ** 9)
     archive = make_backup(runner)
+    with app.app_context(), db.engine.begin() as conn:  # (in the live database, a mark
+        clear_mark(conn)  # ahead of the ledger says lines were lost: tests/test_erasure_review.py)
     target = restore_target(request, backend, tmp_path)
     result = runner.invoke(args=["restore", str(archive), "--database-url", target, "--yes",
                                  "--uploads", str(tmp_path / "uploads")])
@@ -339,11 +341,13 @@ def table_rows(url: str, table: str) -> list[tuple]:
         engine.dispose()
 
 
-def test_a_mark_ahead_of_the_ledger_is_not_known_and_apply_re_applies_every_line(
+def test_a_mark_ahead_of_the_ledger_says_lines_were_lost_and_apply_refuses(
         app, app_config, runner, backend, request, tmp_path):
-    """A mark past the ledger's last line is not this ledger's: health says the
-    place is not known, and ``erasure-ledger apply`` re-applies every line (before:
-    "no line re-applied", the mark lowered, the erased guest left in place)."""
+    """A mark past the ledger's last line is proof that every copy lost lines (a
+    restore marks the ledger's last line, an erasure only its own): health says
+    so and ``erasure-ledger apply`` refuses, the mark as it was (before the R3
+    review: "not known", and apply re-applied every line and set the mark back,
+    the lost lines' guests left for a restore to bring back)."""
     ids = add_people(app)
     archive = make_backup(runner)
     copy = restore_target(request, backend, tmp_path)
@@ -354,12 +358,15 @@ def test_a_mark_ahead_of_the_ledger_is_not_known_and_apply_re_applies_every_line
     with engine.begin() as conn:
         set_mark(conn, 10 ** 9)
     engine.dispose()
-    assert problems(app, copy) == [("erasures_unknown", {"last": 1})]
+    ((problem, params),) = problems(app, copy)
+    assert problem == "erasures_unchecked"
+    assert "the erasure ledger has lost lines 2..1000000000" in params["message"]
     switched = create_app({**app_config, "DATABASE_URL": copy}, instance_path=app.instance_path)
     try:
         applied = switched.test_cli_runner().invoke(args=["erasure-ledger", "apply"])
-        assert "every line (the mark was not known) re-applied: 1 of 1" in applied.output
-        assert first_name(copy, ids["jana"]) == "[erased]" and mark(copy) == 1
+        assert applied.exit_code == 1, applied.output
+        assert "has lost lines 2..1000000000" in applied.output
+        assert "nothing was changed" in applied.output and mark(copy) == 10 ** 9
     finally:
         with switched.app_context():
             db.engine.dispose()

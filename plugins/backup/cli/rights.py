@@ -72,6 +72,7 @@ def erase_command(guest: int | None, registration: int | None, email: str | None
         plan = plan_erasure(database_engine(), target)
         if plan.empty:
             click.echo(f"nothing to erase: {target} holds no personal data any more")
+            _finish_pending(ctx)
             return
         if not yes:
             click.echo("\n".join(_describe(plan)))
@@ -80,6 +81,7 @@ def erase_command(guest: int | None, registration: int | None, email: str | None
                        expected=None if yes else plan.fingerprint)  # what was confirmed
     except NothingToErase as exc:
         click.echo(f"nothing to erase: {exc}")
+        _finish_pending(ctx)
         return
     except BackupError as exc:
         _fail(str(exc))
@@ -89,6 +91,19 @@ def erase_command(guest: int | None, registration: int | None, email: str | None
     click.echo(f"erased {p.label}: {len(p.guests)} guest(s), {len(p.closed)} registration "
                f"e-mail(s), {result.photos_deleted} photo(s) deleted; erasure ledger line "
                f"{result.seq}")
+
+
+def _finish_pending(ctx) -> None:
+    """What an erasure cut off after its commit left undone (its photos, the
+    ledger's copies), finished: a second ``erase`` is what an operator tries, and
+    ``erasure-ledger apply`` what the audit entry says."""
+    from guest_backup.ops.erasure import finish_pending
+
+    done = finish_pending(ctx, database_engine(), actor=cli_actor(), via="cli")
+    for line in done.describe():
+        click.echo(line)
+    for warning in done.warnings:
+        click.echo(f"WARNING {warning}", err=True)
 
 
 @click.group("erasure-ledger")
@@ -154,13 +169,15 @@ def ledger_apply_command() -> None:
     restore or an erasure of the database runs."""
     from guest_backup.ops.erasure_mark import apply_missing
 
+    ctx = backup_context()
     try:
-        done = apply_missing(backup_context(), database_engine(), actor=cli_actor(), via="cli")
+        done = apply_missing(ctx, database_engine(), actor=cli_actor(), via="cli")
     except BackupBusy as exc:
         _busy(exc)
     except BackupError as exc:
         _fail(str(exc))
     click.echo(done.describe())
+    _finish_pending(ctx)  # and the browse copies erased too, SQLite's log emptied
 
 
 @click.command("retention-enforce")

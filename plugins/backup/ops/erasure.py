@@ -26,11 +26,17 @@ What goes and what stays:
 Order: the ledger is collected first (every copy checked: a broken one stops the
 erasure before anything changes); then ONE database transaction anonymises the
 rows and, before its COMMIT, the erasure is appended to the ledger (ids and
-keyed hashes of the e-mail, document numbers and names only): a ledger that
-cannot be written leaves the database as it was. After the commit the ledger is
-published to every storage (a failure is reported; the erasure stands), then
-the photo files are deleted, then the audit entry is written (no personal data:
-``guest 7``, ``registration 3``, ``3 registrations``).
+keyed hashes of the e-mail, document numbers and names only) and its photos to
+``erasure-photos.pending`` in the instance folder: a ledger that cannot be
+written leaves the database as it was. After the commit the photo files are
+deleted, the ledger is re-applied to the archives open in browse sessions (idle
+ones dropped), SQLite's write-ahead log is emptied, the ledger is published to
+every storage (a failure is reported; the erasure stands), and the audit entry
+is written (no personal data: ``guest 7``, ``registration 3``, ``3
+registrations``), even when the erasure is cut off (Ctrl-C, a worker's timeout
+while a slow storage takes the ledger). What a kill left undone (the photos, the
+ledger's copies) the next erasure or ``erasure-ledger apply`` finishes
+(:func:`finish_pending`); ``erase`` says "nothing to erase" and finishes it too.
 
 What an erasure will change is found first, changing nothing
 (:mod:`guest_backup.ops.erasure_plan`). :func:`reapply_checked` and
@@ -43,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
@@ -51,12 +56,14 @@ from sqlalchemy.engine import Connection, Engine
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
-from guest_backup.ops.erasure_mark import ERASE_WAIT, advance_mark, database_lock
-from guest_backup.ops.erasure_plan import (ErasureError, ErasurePlan, NotFound,  # noqa: F401
-                                           NothingToErase, PlanChanged, Target,
-                                           plan_erasure)
+from guest_backup.ops.erasure_mark import (ERASE_WAIT, advance_mark, database_lock, lost_lines,
+                                           lost_lines_error)
+from guest_backup.ops.erasure_plan import (PENDING_NAME, ErasureError,  # noqa: F401
+                                           ErasurePlan, NotFound, NothingToErase,
+                                           PlanChanged, Target, delete_photos, note_pending,
+                                           pending_photos, plan_erasure)
 from guest_backup.ops.erasure_sql import (ERASED, anonymise_guests, anonymise_registrations,
-                                          close_emptied)
+                                          checkpoint, close_emptied, photos_in_use)
 from guest_backup.ops.ledger import ErasureLedger, LedgerBroken
 from guest_backup.ops.ledger_copies import collect, publish
 from guest_backup.ops.reapply import Leftover, erased_present, reapply_checked  # noqa: F401
@@ -66,7 +73,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ERASE_WAIT", "ERASED", "ErasureError", "ErasurePlan", "ErasureResult", "Leftover",
            "NotFound", "NothingToErase", "PlanChanged", "Target", "erase", "erased_present",
-           "plan_erasure", "reapply_checked"]
+           "finish_pending", "plan_erasure", "reapply_checked"]
 
 
 @dataclass
@@ -97,7 +104,7 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
     warnings: list[str] = []
     try:
         storages = ctx.storages()
-        collect(ledger, storages, warn=warnings.append)
+        entries = collect(ledger, storages, warn=warnings.append)
     except BackupError as exc:
         _failed(ctx, engine, target, actor, via, f"the erasure ledger: {exc}")
         kind = LedgerBroken if isinstance(exc, LedgerBroken) else BackupError
@@ -105,6 +112,7 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
     with contextlib.ExitStack() as held:
         try:  # one at a time, and never while a restore loads this database (exclusive)
             held.enter_context(database_lock(ctx, engine, ERASE_WAIT))
+            finished = _finish_photos(ctx, engine, actor, via)[1]  # (names: not audited)
             with engine.begin() as conn:
                 plan = plan_erasure(conn, target)
                 if plan.empty:
@@ -112,7 +120,9 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
                 if expected is not None and plan.fingerprint != expected:
                     raise PlanChanged(f"what {target} holds changed since it was shown: "
                                       f"nothing was erased; look at it again")
+                _refuse_lost_lines(conn, entries, ledger)
                 rows = apply_plan(conn, plan)
+                pending = note_pending(ctx.instance_path, plan)
                 record = ledger.append(plan.kind, plan.guest_ids, plan.registration_ids,
                                        plan.identifiers)
                 advance_mark(conn, record["seq"])
@@ -131,28 +141,70 @@ def erase(ctx: BackupContext, engine: Engine, target: Target, *, actor: str | No
                               f"({type(exc).__name__})") from None
         # still held until the audit entry is written: a restore replacing this
         # database in between set its audit trail aside without that entry
-        return _committed(ctx, engine, ledger, storages, ErasureResult(
-            plan, rows, record["seq"], warnings=warnings), target, actor, via)
+        result = _committed(ctx, engine, ledger, storages, ErasureResult(
+            plan, rows, record["seq"], warnings=warnings), target, actor, via, pending)
+        result.warnings += finished
+        return result
+
+
+def _refuse_lost_lines(conn: Connection, entries: list, ledger: ErasureLedger) -> None:
+    """A mark past the ledger's last line: this erasure's line would take the number
+    of a lost one, and hide that it was lost for good. The ledger is read again
+    first: an erasure may have added a line since it was collected."""
+    if lost_lines(conn, entries) and (gap := lost_lines(conn, list(ledger.entries()))):
+        raise lost_lines_error(gap, "nothing was erased")
 
 
 def _committed(ctx: BackupContext, engine: Engine, ledger: ErasureLedger, storages: list[Any],
-               result: ErasureResult, target: Target, actor: str | None,
-               via: str) -> ErasureResult:
-    """After the commit: the ledger published, the photos deleted, the audit entry."""
-    plan = result.plan
-    _publish(ledger, storages, result)
-    notes, photo_problems = list(result.warnings), []
-    result.photos_deleted = delete_photos(ctx.settings.upload_folder, plan.photos,
-                                          photo_problems)
-    result.warnings += photo_problems
-    message = [f"ledger line {result.seq}", f"{result.photos_deleted} photo(s) deleted"]
-    if target.kind == "retention":
-        message.insert(0, f"legal retention (stays ended before {target.before})")
-    if photo_problems:  # photo names stay out of the audit log
-        message.append(f"{len(photo_problems)} photo(s) to delete by hand")
-    quietly("an erasure", ctx.audit.record, engine, "erase", "ok", actor=actor, via=via,
-            target=plan.label, rows=result.rows, message="; ".join(message + notes))
+               result: ErasureResult, target: Target, actor: str | None, via: str,
+               pending: str | None) -> ErasureResult:
+    """After the commit: the photos deleted, the browse copies and SQLite's log
+    seen to, the ledger published; the audit entry written whatever happens."""
+    plan, photo_problems, done = result.plan, [], False
+    try:
+        result.photos_deleted = delete_photos(ctx.settings.upload_folder, plan.photos,
+                                              photo_problems)
+        result.warnings += _after_commit(ctx, engine, via, pending)
+        _publish(ledger, storages, result)
+        done = True
+    finally:
+        message = [f"ledger line {result.seq}", f"{result.photos_deleted} photo(s) deleted"]
+        if target.kind == "retention":
+            message.insert(0, f"legal retention (stays ended before {target.before})")
+        if photo_problems:  # photo names stay out of the audit log
+            message.append(f"{len(photo_problems)} photo(s) to delete by hand")
+        if not done:
+            message.append("cut off after its commit (the erasure stands): run manage.py "
+                           "erasure-ledger apply to finish it")
+        quietly("an erasure", ctx.audit.record, engine, "erase", "ok", actor=actor, via=via,
+                target=plan.label, rows=result.rows, message="; ".join(message + result.warnings))
+        result.warnings += photo_problems
     return result
+
+
+def _after_commit(ctx: BackupContext, engine: Engine, via: str,
+                  pending: str | None) -> list[str]:
+    """The photos' record taken out of the pending ones, the archives open in browse
+    sessions erased too (idle ones dropped), and SQLite's write-ahead log emptied;
+    what went wrong, as warnings."""
+    from guest_backup.ops.browse_erasures import after_erasure
+
+    warnings = []
+    try:
+        if pending is not None:
+            pending_photos(ctx.instance_path, drop=pending)
+    except OSError as exc:
+        warnings.append(f"{PENDING_NAME} in the instance folder cannot be written "
+                        f"({exc.strerror}): the next erasure looks for these photos again")
+    warnings += after_erasure(ctx, engine, via)
+    try:
+        checkpoint(engine)
+    except Exception as exc:
+        log.warning("the SQLite checkpoint after an erasure failed", exc_info=True)
+        warnings.append(f"the database's write-ahead log could not be emptied "
+                        f"({type(exc).__name__}): the erased values stay in it until the "
+                        f"next checkpoint")
+    return warnings
 
 
 def _failed(ctx: BackupContext, engine: Engine, target: Target, actor: str | None, via: str,
@@ -169,22 +221,67 @@ def _publish(ledger: ErasureLedger, storages: list[Any], result: ErasureResult) 
                                f"({exc}); the erasure stands: run erasure-ledger publish")
 
 
-def delete_photos(folder: str, names: list[str], warnings: list[str]) -> int:
-    """Delete these document photos (names relative to the upload folder, never a
-    file outside it); the number deleted. What cannot be deleted is a warning."""
-    deleted, root = 0, Path(folder).resolve()
-    for name in names:
-        path = (root / name).resolve()
-        if root not in path.parents:
-            warnings.append(f"the document photo {name!r} is not inside the upload folder: "
-                            f"delete it by hand")
-            continue
-        try:
-            path.unlink()
-            deleted += 1
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            warnings.append(f"the document photo {name!r} could not be deleted "
-                            f"({exc.strerror}): delete it by hand")
-    return deleted
+@dataclass
+class Finished:
+    """What :func:`finish_pending` did."""
+
+    photos: int = 0  # photos of erased guests deleted
+    copies: list[str] = field(default_factory=list)  # storages whose ledger copy was behind
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        return ([f"finished an erasure cut off after its commit: {self.photos} photo(s) "
+                 f"deleted"] if self.photos else []) + (
+            [f"the erasure ledger copied to {', '.join(self.copies)}"] if self.copies else [])
+
+
+def finish_pending(ctx: BackupContext, engine: Engine, *, actor: str | None, via: str,
+                   locked: bool = False) -> Finished:
+    """What erasures cut off after their commit left undone (also what follows
+    ``erasure-ledger apply``): their photos deleted (under the database's lock,
+    unless the caller holds it: ``locked``), the browse copies and SQLite's log
+    seen to, every storage's copy of the ledger brought up to the local file.
+    Never raises for what it cannot do: those are warnings."""
+    from guest_backup.errors import BackupBusy
+
+    done = Finished()
+    try:
+        with contextlib.nullcontext() if locked else database_lock(ctx, engine, ERASE_WAIT):
+            done.photos, done.warnings = _finish_photos(ctx, engine, actor, via)
+    except BackupBusy:
+        done.warnings.append("a restore or an erasure holds the database: photos left by an "
+                             "erasure cut off are deleted by the next one")
+    done.warnings += _after_commit(ctx, engine, via, None)
+    try:
+        done.copies = publish(ErasureLedger.in_folder(ctx.instance_path), ctx.storages())
+    except (BackupError, StorageError) as exc:
+        done.warnings.append(f"the erasure ledger could not be copied to every storage "
+                             f"({exc}): run manage.py erasure-ledger publish")
+    return done
+
+
+def _finish_photos(ctx: BackupContext, engine: Engine, actor: str | None,
+                   via: str) -> tuple[int, list[str]]:
+    """The pending photos that no guest holds any more (the erasure committed)
+    deleted, audited; those still held were a rolled-back erasure's. The caller
+    holds the database's lock: no erasure is between its commit and its photos."""
+    deleted, warnings = 0, []
+    try:
+        for record in pending_photos(ctx.instance_path):
+            names = [n for n in record.get("photos", ()) if isinstance(n, str)]
+            with engine.connect() as conn:
+                held = photos_in_use(conn, names)
+            gone = [n for n in names if n not in held]
+            if gone:
+                problems: list[str] = []
+                count = delete_photos(ctx.settings.upload_folder, gone, problems)
+                deleted, warnings = deleted + count, warnings + problems
+                quietly("an erasure", ctx.audit.record, engine, "erase", "ok", actor=actor,
+                        via=via, target=str(record.get("target"))[:255],
+                        message=f"finished after it was cut off: {count} photo(s) deleted"
+                        + (f"; {len(problems)} photo(s) to delete by hand" if problems else ""))
+            pending_photos(ctx.instance_path, drop=record.get("id"))
+    except OSError as exc:
+        warnings.append(f"{PENDING_NAME} in the instance folder cannot be read or written "
+                        f"({exc.strerror}): photos of an erasure cut off may be left")
+    return deleted, warnings

@@ -15,8 +15,13 @@ line it reflects.
   erasures were recorded in the one it replaced, or a restore whose re-apply
   failed after its load.
 
-No row, or a mark ahead of the ledger: not known; health reports it once the
-ledger has a line, and ``erasure-ledger apply`` re-applies every line and marks it.
+No row: not known; health reports it once the ledger has a line, and
+``erasure-ledger apply`` re-applies every line and marks it. A mark ahead of the
+ledger's last line is proof that every copy of the ledger lost lines (an erasure
+marks only the line it wrote; a restore marks the ledger's last line): the
+erasures of those lines are in no copy, so a restore would bring their guests
+back. :func:`refuse_lost_lines` stops a restore, an erasure (its line would take
+a lost line's number) and ``erasure-ledger apply`` then; health reports it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from guest_backup.errors import BackupError, shown_reason
+from guest_backup.ops.ledger_format import LEDGER_NAME
 
 TABLE = "erasure_mark"
 ACTION = "erasure-apply"  # the audit log's action
@@ -109,19 +115,73 @@ def last_seq(entries) -> int:
     return max((int(e["seq"]) for e in entries), default=0)
 
 
+class LedgerLinesLost(BackupError):
+    """The database reflects ledger lines that no copy of the ledger holds."""
+
+
+#: where a complete copy of the ledger may be found
+COPIES = (f"{LEDGER_NAME} in the instance folder or beside the archives of a storage, or "
+          f"one from a file backup of those folders")
+
+
+def lost_lines(conn: Connection, entries) -> tuple[int, int] | None:
+    """``(last line, mark)`` when the database's mark is past the last line of the
+    ledger ``entries`` (every copy's, merged): those lines were lost; else None."""
+    mark = read_mark(conn)
+    last = last_seq(entries)
+    return (last, mark) if mark is not None and mark > last else None
+
+
+def lost_lines_error(gap: tuple[int, int], outcome: str = "") -> LedgerLinesLost:
+    last, mark = gap
+    lines = f"line {mark}" if mark == last + 1 else f"lines {last + 1}..{mark}"
+    return LedgerLinesLost(
+        f"the erasure ledger has lost {lines}: the database reflects line {mark}, every "
+        f"copy of the ledger ends at line {last}, and a restore would bring back the guests "
+        f"those lines erased. Put back a complete copy ({COPIES})"
+        + (f"; {outcome}" if outcome else ""))
+
+
+def refuse_lost_lines(entries, *databases, outcome: str = "nothing was restored") -> None:
+    """LedgerLinesLost when a database's mark is past the ledger's last line.
+    ``entries``: the collected ledger (``collect()``'s list, or ``erasures_for()``'s
+    ErasureReapply; None: nothing to check); ``databases``: SQLAlchemy engines or
+    URLs (None, or one without the table: skipped). A restore calls it once it
+    holds the target's lock, before it replaces anything."""
+    if entries is None:
+        return
+    entries = getattr(entries, "entries", entries)
+    for database in databases:
+        if database is None:
+            continue
+        engine = sa.create_engine(database, poolclass=sa.pool.NullPool) \
+            if isinstance(database, str) else database
+        try:
+            with engine.connect() as conn:
+                gap = lost_lines(conn, entries)
+        finally:
+            if isinstance(database, str):
+                engine.dispose()
+        if gap is not None:
+            raise lost_lines_error(gap, outcome)
+
+
 def behind(engine: Engine, entries) -> tuple[int | None, int] | None:
     """``(mark, last line)`` when the database may miss lines of the ledger
     ``entries`` (every copy's, merged): its mark is behind, or not known while the
-    ledger has lines (none, or ahead of the ledger's last line: not this ledger's);
-    None when it is up to date."""
+    ledger has lines; None when it is up to date. A mark ahead of the ledger's last
+    line: LedgerLinesLost (the ledger lost lines, see the module)."""
     last = last_seq(entries)
     with engine.connect() as conn:
         if not _has_table(conn):
             return None  # a schema before the mark (setup brings it)
+        gap = lost_lines(conn, entries)
         mark = read_mark(conn)
+    if gap is not None:
+        raise lost_lines_error(gap)
     if mark == last or (mark is None and not last):
         return None
-    return (mark if mark is not None and mark < last else None), last
+    return mark, last
 
 
 @dataclass
@@ -142,10 +202,11 @@ class Applied:
 
 def apply_missing(ctx, engine: Engine, *, actor: str | None, via: str) -> Applied:
     """Re-apply the ledger lines past the database's mark (every line when it is not
-    known, or ahead of the ledger), check that nobody the ledger names is left, and
-    move the mark to the last line, in one transaction under the database's
-    exclusive lock (the ledger is read once the lock is held: no erasure can come
-    between). Audited as ``erasure-apply``; a failure changes nothing."""
+    known), check that nobody the ledger names is left, and move the mark to the
+    last line, in one transaction under the database's exclusive lock (the ledger
+    is read once the lock is held: no erasure can come between). A mark ahead of
+    the ledger: LedgerLinesLost. Audited as ``erasure-apply``; a failure changes
+    nothing. (The command then runs :func:`~guest_backup.ops.erasure.finish_pending`.)"""
     from guest_backup.ops.audit import quietly
     from guest_backup.ops.ledger import ErasureLedger
     from guest_backup.ops.ledger_copies import collect
@@ -177,7 +238,9 @@ def _apply(conn: Connection, entries: list, ledger) -> Applied:
         raise BackupError("the database has no erasure_mark table yet: run manage.py setup "
                           "first")
     mark, last = read_mark(conn), last_seq(entries)
-    known = mark is not None and mark <= last
+    if (gap := lost_lines(conn, entries)) is not None:
+        raise lost_lines_error(gap, "nothing was changed")
+    known = mark is not None
 
     def is_pending(entry: dict) -> bool:
         return not known or int(entry["seq"]) > mark
@@ -193,5 +256,6 @@ def _apply(conn: Connection, entries: list, ledger) -> Applied:
     return Applied(mark if known else None, last, len(pending), changed)
 
 
-__all__ = ["ACTION", "Applied", "ERASE_WAIT", "TABLE", "advance_mark", "apply_missing", "behind",
-           "clear_mark", "database_lock", "last_seq", "mark_sql", "read_mark", "set_mark"]
+__all__ = ["ACTION", "Applied", "ERASE_WAIT", "LedgerLinesLost", "TABLE", "advance_mark",
+           "apply_missing", "behind", "clear_mark", "database_lock", "last_seq", "lost_lines",
+           "mark_sql", "read_mark", "refuse_lost_lines", "set_mark"]

@@ -1,22 +1,33 @@
 """What an erasure will change, found before anything is changed: the target
 (a guest, a registration, an e-mail address's registrations, or registrations
 past the legal retention), the rows and photos it touches, and the identifying
-values whose keyed hashes go to the ledger (see :mod:`guest_backup.ops.erasure`)."""
+values whose keyed hashes go to the ledger (see :mod:`guest_backup.ops.erasure`).
+The plan's photos are written to ``erasure-photos.pending`` before the commit and
+taken out once deleted (:func:`note_pending`, :func:`delete_photos`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import secrets
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 
 from sqlalchemy.engine import Connection, Engine
 
 from guest_backup.errors import BackupError
+from guest_backup.files import write_private
 from guest_backup.ops.ledger_format import RECORD_FIELDS, created_text
 from guest_backup.ops.erasure_sql import (R, erased_email, guest_is_erased, guest_rows, guests_of,
                                           overdue_query, registration_rows,
                                           registrations_with_email)
+
+log = logging.getLogger(__name__)
+
+#: the photos of erasures committed but not finished, in the instance folder
+PENDING_NAME = "erasure-photos.pending"
 
 
 class ErasureError(BackupError):
@@ -191,3 +202,62 @@ def _registration_ids(conn: Connection, target: Target) -> list[int]:
         return list(conn.execute(query).scalars())
     raise ValueError(f"an erasure is of a guest, registration, email or retention, "
                      f"not {target.kind!r}")
+
+
+def pending_photos(instance_path: str, add: dict | None = None, drop: str | None = None) -> list:
+    """The photos of erasures not finished (``erasure-photos.pending``, one record
+    per erasure), with ``add`` written in or the record ``drop`` taken out; the
+    file goes when none is left. OSError is the caller's."""
+    path = Path(instance_path) / PENDING_NAME
+    try:
+        records = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        records = []
+    except ValueError:  # damaged: what it held cannot be known (a warning in the log)
+        log.warning("%s is not readable JSON: it is replaced", path)
+        records = []
+    records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    if add is None and drop is None:
+        return records
+    records = [r for r in records if r.get("id") != drop] + ([add] if add else [])
+    if records:
+        write_private(path, json.dumps(records).encode(), sync=True)
+    else:
+        path.unlink(missing_ok=True)
+    return records
+
+
+def note_pending(instance_path: str, plan: ErasurePlan) -> str | None:
+    """Before the commit: the plan's photos, for a run after a kill to delete."""
+    if not plan.photos:
+        return None
+    token = secrets.token_hex(8)
+    record = {"id": token, "target": plan.label, "photos": list(plan.photos)}
+    try:
+        pending_photos(instance_path, add=record)
+    except OSError as exc:
+        raise BackupError(f"nothing was erased: the list of photos to delete "
+                          f"({PENDING_NAME} in the instance folder) cannot be written "
+                          f"({exc.strerror})") from None
+    return token
+
+
+def delete_photos(folder: str, names: list[str], warnings: list[str]) -> int:
+    """Delete these document photos (names relative to the upload folder, never a
+    file outside it); the number deleted. What cannot be deleted is a warning."""
+    deleted, root = 0, Path(folder).resolve()
+    for name in names:
+        path = (root / name).resolve()
+        if root not in path.parents:
+            warnings.append(f"the document photo {name!r} is not inside the upload folder: "
+                            f"delete it by hand")
+            continue
+        try:
+            path.unlink()
+            deleted += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            warnings.append(f"the document photo {name!r} could not be deleted "
+                            f"({exc.strerror}): delete it by hand")
+    return deleted

@@ -250,3 +250,24 @@ def overdue_query(cutoff: date) -> sa.Select:
     holds = sa.exists().where(G.registration_id == R.id, guest_not_erased())
     return (sa.select(R.id).select_from(REGISTRATION.outerjoin(TRIP, T.id == R.trip_id))
             .where(stay_ended_before(cutoff), sa.or_(registration_not_erased(), holds)))
+
+
+def photos_in_use(conn: Connection, names: Iterable[str]) -> set[str]:
+    """Those of these document photo names that a guest row still holds."""
+    names, found = sorted(set(names)), set()
+    for start in range(0, len(names), CHUNK):
+        found.update(conn.execute(sa.select(G.document_photo).where(
+            G.document_photo.in_(names[start:start + CHUNK]))).scalars())
+    return found
+
+
+def checkpoint(engine) -> None:
+    """SQLite: the write-ahead log copied into the database file and emptied, so an
+    erased value is not left in the ``-wal`` file while the app keeps connections
+    open (with ``secure_delete``, the pages copied hold no trace of it either).
+    A reader in the middle of a transaction may keep it from finishing: the next
+    checkpoint does. Nothing on PostgreSQL."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from guest_backup.ops import schema as schema_ops
 from guest_backup.ops.audit_carry import AuditCarry
 
-__all__ = ["AuditCarry", "ErasureReapply", "Finishers", "PlannedUpgrade", "erasures_for"]
+__all__ = ["AuditCarry", "CheckedUpgrade", "ErasureReapply", "Finishers", "PlannedUpgrade", "erasures_for"]
 
 
 @dataclass
@@ -152,3 +153,29 @@ def erasures_for(ctx) -> ErasureReapply:
 
     ledger = ErasureLedger.in_folder(ctx.instance_path)
     return ErasureReapply(collect(ledger, ctx.storages()), ledger)
+
+
+class CheckedUpgrade(PlannedUpgrade):
+    """The planned upgrade, and what the loaded database must bear out before the
+    commit (:mod:`guest_backup.ops.schema`): a database made before migrations is the
+    first revision; ``alembic_version`` holds the code's heads, whatever the manifest said."""
+
+    in_session = property(lambda self: self.upgrade is not None and self.upgrade.legacy)
+    #: the step psql stopped in, named in the reason (``engines/pgload.py``)
+    doing = property(lambda self: f"{'upgrading' if self.needed else 'checking'} the archive's "
+                                  f"schema")
+
+    def sql(self, url: str):
+        if self.upgrade is not None:
+            yield schema_ops.LOADED_COLUMNS_SQL if self.upgrade.legacy else ""
+            yield from super().sql(url)
+            yield schema_ops.heads_check_sql(self.upgrade)
+
+    def run(self, session) -> None:  # PostgreSQL, legacy: on psql's open transaction
+        schema_ops.check_session(self.upgrade, session)
+
+    def apply(self, connection) -> None:  # SQLite: on the loaded copy
+        if self.upgrade is not None:
+            schema_ops.check_legacy(self.upgrade, connection)
+            super().apply(connection)
+            schema_ops.check_heads(self.upgrade, schema_ops.current_revisions(connection))

@@ -225,6 +225,9 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
     """The report and its exit code; ``listing`` (from ``list_everywhere``) saves
     listing the storages a second time. ``problems`` holds the English texts,
     ``problem_ids`` each one's id and parameters (for translation where shown)."""
+    from guest_backup.ops.pipeline import reap_idle
+
+    reap_idle(ctx, engine, "cli")  # health runs often: idle browse copies go with it
     now = datetime.now(timezone.utc)
     problems: list[Problem] = []
     results, code = _listed(ctx, listing, problems)

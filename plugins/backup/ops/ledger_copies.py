@@ -20,24 +20,27 @@ def storage_label(storage: Storage) -> str:
     return f"the {storage.name} storage ({storage.url})"
 
 
-def publish(ledger: ErasureLedger, storages: Iterable[Storage]) -> None:
-    """Copy the local ledger beside the archives of every storage. A copy that has
-    lines the local file lacks (or forks from it) is never overwritten. Every
-    storage is tried; then LedgerBroken if a copy disagrees, else StorageError.
+def publish(ledger: ErasureLedger, storages: Iterable[Storage]) -> list[str]:
+    """Copy the local ledger beside the archives of every storage; the storages
+    whose copy was behind (written now). A copy that has lines the local file
+    lacks (or forks from it) is never overwritten. Every storage is tried; then
+    LedgerBroken if a copy disagrees, else StorageError.
 
     The ledger's lock is held throughout: an erasure appending meanwhile (and
     publishing its line) had its copy overwritten by this older one, which then
     lacked that line while this said "in every storage"."""
     failures: list[BackupError] = []
+    written: list[str] = []
     with ledger.locked():
         data = ledger.read_held()
         if not data:
-            return
+            return []
         key = ledger.key(create=False)
         mine = verify_lines(_split(data), key, ledger.label)
         for storage in storages:
             try:
-                _publish_one(storage, data, mine, key)
+                if _publish_one(storage, data, mine, key):
+                    written.append(storage_label(storage))
             except BackupError as exc:
                 failures.append(exc)
     broken = [exc for exc in failures if isinstance(exc, LedgerBroken)]
@@ -45,13 +48,14 @@ def publish(ledger: ErasureLedger, storages: Iterable[Storage]) -> None:
         raise LedgerBroken("; ".join(str(exc) for exc in failures))
     if failures:
         raise StorageError("; ".join(str(exc) for exc in failures))
+    return written
 
 
-def _publish_one(storage: Storage, data: bytes, mine: list[dict], key: bytes) -> None:
+def _publish_one(storage: Storage, data: bytes, mine: list[dict], key: bytes) -> bool:
     label = storage_label(storage)
     current = storage.get_extra(LEDGER_NAME)
     if current == data:
-        return
+        return False
     if current:
         theirs = verify_lines(_split(current), key, label)
         merged = merge_verified({"the instance folder": mine, label: theirs})
@@ -59,6 +63,7 @@ def _publish_one(storage: Storage, data: bytes, mine: list[dict], key: bytes) ->
             raise LedgerBroken(f"the erasure ledger in {label} has lines the instance folder "
                                f"lacks: collect the ledger before publishing it")
     storage.put_extra(LEDGER_NAME, data)
+    return True
 
 
 def collect(ledger: ErasureLedger, storages: Iterable[Storage],

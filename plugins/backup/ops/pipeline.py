@@ -94,6 +94,19 @@ def run_backup(ctx: BackupContext, engine: Engine, *, output=None, keep: int | N
     finally:
         if own_lock:
             lock.release()
+        reap_idle(ctx, engine, via)
+
+
+def reap_idle(ctx: BackupContext, engine: Engine | None, via: str) -> None:
+    """Browse copies idle past BACKUP_BROWSE_IDLE_MINUTES dropped (each a scratch
+    database of an archive's guests): only the browse pages and commands did it,
+    so a copy nobody came back to stayed for good. Never fails the caller."""
+    try:
+        from guest_backup.ops.browse import reap
+
+        reap(ctx, engine, via)
+    except Exception as exc:  # a bad key setting, a database that is down: said elsewhere
+        log.warning("dropping idle browse copies failed: %s", type(exc).__name__)
 
 
 def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun:

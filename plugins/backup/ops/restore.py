@@ -33,8 +33,9 @@ from guest_backup.engines import DatabaseEngine, DumpRefused, exclusive
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
 from guest_backup.ops.create import safe_message
-from guest_backup.ops.finishing import AuditCarry, ErasureReapply, Finishers, PlannedUpgrade
-from guest_backup.ops import schema
+from guest_backup.ops.erasure_mark import refuse_lost_lines
+from guest_backup.ops.finishing import (AuditCarry, CheckedUpgrade, ErasureReapply, Finishers,
+                                        PlannedUpgrade)
 from guest_backup.ops.schema import MigrationPaths
 from guest_backup.ops.settings import BackupSettings
 from guest_backup.ops.staging import StagedUploads
@@ -74,7 +75,7 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
         name = Path(path).name
         stage, finish, staged = "refused", Finishers(), StagedUploads(uploads_dir)
         binding = Binding(name, settings.installation(), frozenset(explicit_keys))
-        upgrade = _CheckedUpgrade(migrations) if migrations is not None else None
+        upgrade = CheckedUpgrade(migrations) if migrations is not None else None
         try:
             identities = _identities(path, identity)
             with ArchivePass(path, trusted, binding, identities=identities,
@@ -90,6 +91,7 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
                 held.enter_context(exclusive(db_engine, target_url))
                 empty = _still_empty(db_engine, target_url, empty, replace)
                 reapply = erasures() if erasures is not None else None
+                refuse_lost_lines(reapply, engine, None if empty else target_url)  # a mark past it
                 finish = _finishers(upgrade, None if empty else target_url, reapply)
                 stage = "failed"
                 manifest = _load(archive, engines, db_engine, settings, target_url, empty, finish,
@@ -112,32 +114,6 @@ def restore_archive(path: str | os.PathLike, *, engines: Mapping[str, DatabaseEn
     return RestoreResult(counts, written, present, kept, report.unsigned,
                          upgrade.describe() if upgrade is not None and upgrade.needed else None,
                          reapply.applied if reapply is not None else 0)
-
-
-class _CheckedUpgrade(PlannedUpgrade):
-    """The planned upgrade, and what the loaded database must bear out before the
-    commit (:mod:`guest_backup.ops.schema`): a database made before migrations is the
-    first revision; ``alembic_version`` holds the code's heads, whatever the manifest said."""
-
-    in_session = property(lambda self: self.upgrade is not None and self.upgrade.legacy)
-    #: the step psql stopped in, named in the reason (``engines/pgload.py``)
-    doing = property(lambda self: f"{'upgrading' if self.needed else 'checking'} the archive's "
-                                  f"schema")
-
-    def sql(self, url: str):
-        if self.upgrade is not None:
-            yield schema.LOADED_COLUMNS_SQL if self.upgrade.legacy else ""
-            yield from super().sql(url)
-            yield schema.heads_check_sql(self.upgrade)
-
-    def run(self, session) -> None:  # PostgreSQL, legacy: on psql's open transaction
-        schema.check_session(self.upgrade, session)
-
-    def apply(self, connection) -> None:  # SQLite: on the loaded copy
-        if self.upgrade is not None:
-            schema.check_legacy(self.upgrade, connection)
-            super().apply(connection)
-            schema.check_heads(self.upgrade, schema.current_revisions(connection))
 
 
 def _failed(exc: BaseException, stage: str, record) -> BaseException:

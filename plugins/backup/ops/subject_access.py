@@ -34,6 +34,7 @@ from guest_backup.ops.erasure_sql import (REGISTRATION, TRIP, G, R, T, chunks, g
                                           guests_with_document, registration_rows,
                                           registrations_with_email)
 from guest_backup.ops.ledger import ErasureLedger
+from guest_backup.ops.ledger_copies import collect
 from guest_backup.ops.ledger_format import RECORD_FIELDS, created_text, keyed_hash
 from guest_backup.ops.listing import recognised
 from guest_backup.storages import StorageError
@@ -81,9 +82,8 @@ class AccessReport:
 
 
 def _text(value):
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%dT%H:%M:%S")
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    return value.strftime("%Y-%m-%dT%H:%M:%S") if isinstance(value, datetime) else (
+        value.isoformat() if hasattr(value, "isoformat") else value)
 
 
 def _registrations(conn: Connection, ids: list[int]) -> list[dict]:
@@ -114,14 +114,12 @@ def gather(conn: Connection, *, email: str | None = None,
     """The person's registrations, each with its guests (see the module)."""
     if (email is None) == (document is None):
         raise ValueError("a subject access names an e-mail address or a document number")
-    guests: list[tuple[int, dict]] = []
     if email is not None:
         ids = registrations_with_email(conn, email)
-        for part in chunks(ids):
-            guests += _guests(conn, G.registration_id.in_(part))
+        guests = [g for part in chunks(ids) for g in _guests(conn, G.registration_id.in_(part))]
     else:
-        for part in chunks(guests_with_document(conn, document)):
-            guests += _guests(conn, G.id.in_(part))
+        guests = [g for part in chunks(guests_with_document(conn, document))
+                  for g in _guests(conn, G.id.in_(part))]
         ids = sorted({rid for rid, _ in guests})
     registrations = _registrations(conn, ids)
     by_id = {r["id"]: r for r in registrations}
@@ -131,19 +129,18 @@ def gather(conn: Connection, *, email: str | None = None,
 
 
 def _utc(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    """In UTC, to the whole second (an archive's time): one made in that second may hold it."""
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).replace(microsecond=0)
 
 
 def _first(registrations: list[dict]) -> datetime | None:
-    times = [r["_created"] for r in registrations] + [
-        g["_created"] for r in registrations for g in r["guests"]]
-    times = [_utc(t) for t in times if t]
-    return min(times) if times else None
+    rows = registrations + [g for r in registrations for g in r["guests"]]
+    return min((_utc(x["_created"]) for x in rows if x["_created"]), default=None)
 
 
 def _since(conn: Connection, key: bytes, entry: dict) -> datetime | None:
-    """The first creation time of the line's records still at its ids: a row there is
-    one of them when its creation time's keyed hash is one the line keeps."""
+    """The first creation time of the line's records still at its ids (a row whose
+    creation time's keyed hash the line keeps)."""
     times = []
     for record, rows in (("guest", guest_rows(conn, entry["guest_ids"])),
                          ("registration", registration_rows(conn, entry["registration_ids"]))):
@@ -155,13 +152,18 @@ def _since(conn: Connection, key: bytes, entry: dict) -> datetime | None:
 
 
 def erasures_of(ctx: BackupContext, conn: Connection, *, email: str | None = None,
-                document: str | None = None) -> list[Erasure]:
-    """The erasure ledger's lines whose keyed hashes hold the e-mail or the document
-    number (as :func:`gather` takes them; BackupError: the ledger cannot be read)."""
+                document: str | None = None, warn=lambda message: None) -> list[Erasure]:
+    """The erasure ledger's lines (every copy merged, as a restore reads them) whose
+    keyed hashes hold the e-mail or the document number (as :func:`gather` takes
+    them). BackupError: no copy can be read or checked; ``warn``: one cannot."""
     field_name, value = ("email", email) if email is not None else ("document_number", document)
     ledger = ErasureLedger.in_folder(ctx.instance_path)
+    try:
+        storages = ctx.storages()
+    except StorageError:  # (archives_holding says why)
+        storages = [ctx.local()]
     found, key, wanted = [], None, None
-    for entry in ledger.entries():
+    for entry in collect(ledger, storages, warn=warn):
         if key is None:  # a ledger with lines has its key (never made here)
             key = ledger.key(create=False)
             wanted = keyed_hash(key, field_name, value)
@@ -200,8 +202,7 @@ def archives_holding(ctx: BackupContext, since: datetime | None, erasures: list[
 
 
 def _write(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
@@ -262,7 +263,8 @@ def subject_access(ctx: BackupContext, engine: Engine, *, output_dir: str | os.P
     with engine.connect() as conn:
         registrations = gather(conn, email=email, document=document)
         try:
-            erasures, problems = erasures_of(ctx, conn, email=email, document=document), []
+            erasures = erasures_of(ctx, conn, email=email, document=document,
+                                   warn=(problems := []).append)
         except BackupError as exc:
             erasures, problems = [], [f"{exc}: the archives made before an erasure of this "
                                       f"person are not listed"]
