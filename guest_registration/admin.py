@@ -13,16 +13,18 @@ from typing import Any
 
 from datetime import date, datetime
 
-from flask import Flask, abort, current_app, redirect, request, send_from_directory, url_for
+from flask import (Flask, abort, current_app, flash, redirect, request, send_from_directory,
+                   url_for)
 from flask_admin import Admin, AdminIndexView, BaseView, expose
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.model import typefmt
 from flask_admin.theme import Bootstrap4Theme
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_security import current_user
 from flask_wtf import FlaskForm
 from markupsafe import Markup
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import audit
 from .availability import database_unavailable, unavailable_response
@@ -31,6 +33,7 @@ from .headers import csp_nonce
 from .i18n import choices, page_size, page_timestamp, page_yes_no
 from .models import (AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES, REGISTRATION_STATUSES,
                      AuditEntry, Guest, Registration, Trip, User)
+from .registration.deletion import delete_unnamed_photos, photos_of
 from .registry import hook_items
 
 #: Stored guest-photo names: ``<uuid4>.<ext>``; nothing else is ever served.
@@ -111,6 +114,19 @@ class SecureModelView(AdminOnlyMixin, ModelView):
     page_size = 50
     can_view_details = True
 
+    def handle_view_exception(self, exc: Exception) -> bool:
+        """A change the database refused, said plainly: the SQL error showed the
+        row's values (a guest's document number and photo name) on the page."""
+        if not isinstance(exc, IntegrityError):
+            return super().handle_view_exception(exc)
+        if request.endpoint and request.endpoint.endswith((".delete_view", ".action_view")):
+            flash(_("This record cannot be deleted while other records belong to it (a "
+                    "registration's guests, a trip's registrations): delete those first."), "error")
+        else:
+            flash(_("The database refused the change (a value already taken, or a required one "
+                    "missing); nothing was saved."), "error")
+        return True
+
 
 #: Column names shown on every list, detail page, form and filter.
 LABELS = {"id": _l("ID"), "title": _l("Title"), "start_date": _l("Start date"),
@@ -131,7 +147,26 @@ LABELS = {"id": _l("ID"), "title": _l("Title"), "start_date": _l("Start date"),
           "bytes": _l("Size"), "outcome": _l("Outcome"), "message": _l("Message")}
 
 
-class TripView(SecureModelView):
+class PhotosDeletedMixin:
+    """A deleted guest's document photo is deleted too (:mod:`.registration.deletion`)."""
+
+    def on_model_delete(self, model) -> None:
+        super().on_model_delete(model)
+        model.__dict__["_deleted_photos"] = photos_of(model)
+
+    def after_model_delete(self, model) -> None:
+        super().after_model_delete(model)
+        failed = delete_unnamed_photos(model.__dict__.pop("_deleted_photos", []),
+                                       current_app.config["UPLOAD_FOLDER"])
+        if failed:
+            current_app.logger.warning("document photos of deleted guests not deleted: %s",
+                                       ", ".join(failed))
+            flash(_("%(count)s document photo(s) of the deleted guests could not be deleted; "
+                    "the server log names them: delete them from the upload folder by hand.",
+                    count=len(failed)), "warning")
+
+
+class TripView(PhotosDeletedMixin, SecureModelView):
     column_labels = LABELS
     column_list = ("id", "title", "start_date", "end_date", "max_guests", "created_at")
     column_searchable_list = ("title",)
@@ -140,7 +175,7 @@ class TripView(SecureModelView):
     form_excluded_columns = ("registrations", "created_at")
 
 
-class RegistrationView(SecureModelView):
+class RegistrationView(PhotosDeletedMixin, SecureModelView):
     column_list = ("id", "trip", "email", "language", "status", "created_at")
     column_searchable_list = ("email",)
     column_filters = ("trip.title", "language", "status", "created_at")
@@ -159,7 +194,7 @@ def _photo_link(view, context, model, name):
     )
 
 
-class GuestView(SecureModelView):
+class GuestView(PhotosDeletedMixin, SecureModelView):
     column_list = ("id", "registration", "first_name", "last_name", "age_category",
                    "document_type", "document_number", "document_photo", "gdpr_consent",
                    "created_at")

@@ -84,8 +84,9 @@ def _tail(stream: BinaryIO, size: int, n: int = 1024) -> bytes:
 
 def check_filename(filename: str) -> None:
     """The client's file name is never used for storage, but one carrying a path
-    is an attack or a broken client: refuse it."""
-    if "/" in filename or "\\" in filename or ".." in filename or "\x00" in filename:
+    is an attack or a broken client: refuse it. Dots inside a name (``Jan..Novak.png``)
+    are no path: only a ``..`` (or ``.``) part is."""
+    if "/" in filename or "\\" in filename or "\x00" in filename or filename in (".", ".."):
         raise PhotoError(N_("the file name must be a plain name, without a path"))
 
 

@@ -1,13 +1,18 @@
 """The uploads of a one-pass restore: written as the archive is read, under
-hidden ``.NAME.restoring`` names beside their destinations (never a guest-photo
-name, never outside the upload folder), and put in place only once the whole
-archive verified and the database committed (:meth:`StagedUploads.commit`),
-never over an existing file. On any failure :meth:`discard` removes the staged
-files and the folders made for them."""
+short hidden names beside their destinations (:data:`STAGED_RE`: an upload's own
+name may be as long as the file system allows; never a guest-photo name, never
+outside the upload folder), and put in place only once the whole archive
+verified and the database committed (:meth:`StagedUploads.commit`), never over an
+existing file. On any failure :meth:`discard` removes the staged files and the
+folders made for them; what a killed restore left is removed by the next one
+(its process is gone). Run as root, the files and folders are the upload
+folder's owner's, as every later backup by the service must read them."""
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 from pathlib import Path, PurePosixPath
 
@@ -15,7 +20,11 @@ from guest_backup.archive.format import PHOTO_NAME_RE, UPLOADS_PREFIX
 from guest_backup.archive.writer import CHUNK, Digest
 from guest_backup.archive.zipstream import StreamError
 from guest_backup.errors import BackupError
+from guest_backup.files import owned_like_folder
 from guest_backup.ops.fetch import FREE_RESERVE
+
+#: a staged file: ``.r-<restoring process>-<random>.restoring``
+STAGED_RE = re.compile(r"^\.r-([1-9][0-9]{0,6})-[0-9a-f]{16}\.restoring$")
 
 
 class StagedUploads:
@@ -26,6 +35,7 @@ class StagedUploads:
         self._staged: list[tuple[Path, Path]] = []     # (hidden file, destination)
         self._existing: list[tuple[Path, object]] = []  # (destination, member digest)
         self._made: list[Path] = []                     # folders made here, outermost first
+        self._cleared: set[Path] = set()                # folders rid of stale staged files
         self._declared: dict[str, int] = {}  # member -> size, when the manifest is known
         self._room: int | None = None  # bytes that may be staged (free space, less a reserve)
 
@@ -51,16 +61,22 @@ class StagedUploads:
             anchor = anchor.parent
         if root != anchor.resolve() and root not in anchor.resolve().parents:
             raise BackupError(f"{member.name!r} leaves the upload folder")
-        self._mkdirs(dest.parent)
+        self._mkdirs(dest.parent, like=root)
         if root != dest.parent.resolve() and root not in dest.parent.resolve().parents:
             raise BackupError(f"{member.name!r} leaves the upload folder")
         if dest.exists() or dest.is_symlink():
             member.skip()
             self._existing.append((dest, member.digest))
             return
-        tmp = dest.with_name(f".{dest.name}.restoring")
+        self._clear_stale(dest.parent)
+        tmp = dest.with_name(f".r-{os.getpid()}-{secrets.token_hex(8)}.restoring")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self._staged.append((tmp, dest))
+        try:
+            owned_like_folder(fd, root)  # run as root: the service's, as the folder
+        except BaseException:
+            os.close(fd)
+            raise
         if self._room is None:
             self._room = max(shutil.disk_usage(root).free - FREE_RESERVE, 0)
         declared, size = self._declared.get(member.name), 0
@@ -80,7 +96,9 @@ class StagedUploads:
         self._mkdirs(self.target)
         return self.target.resolve()
 
-    def _mkdirs(self, folder: Path) -> None:
+    def _mkdirs(self, folder: Path, like: Path | None = None) -> None:
+        """Make ``folder`` and its missing parents, each owned (run as root) like
+        ``like``, or like its own parent."""
         missing = []
         while not folder.exists() and folder != folder.parent:
             missing.append(folder)
@@ -88,6 +106,27 @@ class StagedUploads:
         for path in reversed(missing):
             path.mkdir(mode=0o700)
             self._made.append(path)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                owned_like_folder(fd, like or path.parent)
+            finally:
+                os.close(fd)
+
+    def _clear_stale(self, folder: Path) -> None:
+        """Remove the files a restore that is gone (killed) staged in ``folder``;
+        not another name, nor a running restore's."""
+        if folder in self._cleared:
+            return
+        self._cleared.add(folder)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                match = STAGED_RE.match(entry.name)
+                if (match and entry.is_file(follow_symlinks=False)
+                        and not _running(int(match.group(1)))):
+                    try:
+                        os.unlink(entry.path)
+                    except OSError:  # left as it was: it stops nothing (names are random)
+                        pass
 
     def commit(self) -> tuple[int, int, int]:
         """Put the staged files in place; (written, already there, kept as they were)."""
@@ -117,3 +156,14 @@ class StagedUploads:
             except OSError:
                 pass
         self._staged, self._made = [], []
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # not ours to signal: it exists
+        return True
+    return True
