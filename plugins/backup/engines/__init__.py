@@ -31,6 +31,10 @@ CHUNK = 1024 * 1024
 #: what a restore or an erasure is told when another holds its database (``exclusive``)
 TARGET_BUSY = ("another restore or an erasure of this database is running; wait for it to "
                "finish")
+#: what a restore is told when the target's tables stayed locked by another session (a
+#: backup's dump holds them to its end) for longer than BACKUP_LOCK_WAIT
+TARGET_LOCKED = ("the target database stayed locked by another session (a backup's dump, "
+                 "an export, a migration) for longer than BACKUP_LOCK_WAIT allows")
 #: what a backup is told when a table stayed locked by another session (``hold_tables``,
 #: the dump tool's own locks) for longer than BACKUP_LOCK_WAIT
 TABLES_LOCKED = ("a table stayed locked by another session (a schema migration, say) for "

@@ -10,7 +10,7 @@ import re
 import subprocess
 import time
 
-from guest_backup.engines import TABLES_LOCKED, parse_url
+from guest_backup.engines import TABLES_LOCKED, TARGET_LOCKED, parse_url
 
 _versions: dict[tuple, tuple[float, str]] = {}  # (path, inode, size, mtime) -> (when, version)
 
@@ -106,6 +106,8 @@ def pg_reason(stderr: str, tool: str) -> str:
                 "does not (in a column default, check or index)")
     if "statement timeout" in lowered and "lock table" in lowered:  # --lock-wait-timeout
         return TABLES_LOCKED
+    if "lock timeout" in lowered:  # a restore's lock_timeout (engines.pgload.load_script)
+        return TARGET_LOCKED
     if "violates" in lowered and "constraint" in lowered:
         return f"{tool}: a constraint of the loaded database refused a row"
     if "backslash commands are restricted" in lowered or "unrestrict" in lowered:

@@ -59,18 +59,24 @@ def calls_check() -> str:
     return _CALLS_CHECK % ("'{" + ",".join(sorted(ALLOWED_CALLS)) + "}'")
 
 
-def load_script(role: str, replace: bool, key: str | None) -> tuple[bytes, ...]:
+def load_script(role: str, replace: bool, key: str | None,
+                lock_wait: float = 0.0) -> tuple[bytes, ...]:
     """psql's input at the start (our transaction, its xid), before the dump (the
     old schema dropped, the restore role, psql restricted by our key), after it (the objects handed to the connecting
     user: the role keeps nothing; the session's search_path back for the finishing
     SQL), once the finishing SQL ran (psql unrestricted, for the finishers'
     statements: the dump is behind it) and at the end (the marker printed only once
-    the COMMIT succeeded)."""
+    the COMMIT succeeded). Until the old schema is gone, a lock waited for longer
+    than ``lock_wait`` seconds (BACKUP_LOCK_WAIT) ends the restore: a backup holds
+    its tables for its whole dump and writes its audit entry meanwhile, which the
+    restore's lock on the audit trail held back; both waited for good."""
     r = f'"{role}"'
-    begin = ["SET standard_conforming_strings = on;", "BEGIN;",
+    wait = [f"SET lock_timeout = {max(1, int(lock_wait * 1000))};"] if lock_wait > 0 else []
+    begin = ["SET standard_conforming_strings = on;", "BEGIN;", *wait,
              "SELECT pg_catalog.txid_current() AS gr_restore_xid \\gset",
              "\\echo gr-restore-xid :gr_restore_xid"]
     before = [*(["DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public;"] * replace),
+              *(["SET lock_timeout = 0;"] if wait else []),
               f"GRANT USAGE, CREATE ON SCHEMA public TO {r};", f"SET LOCAL ROLE {r};",
               *([f"\\restrict {key}"] if key else [])]
     after = [calls_check(), "RESET ROLE;", "SET search_path = public, pg_temp;",

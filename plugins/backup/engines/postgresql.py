@@ -254,7 +254,7 @@ class PostgresEngine:
             raise EngineError(f"psql not found (PATH or PSQL={settings.psql!r})")
         prepare_restore_role(url, settings.restore_role)
         key = secrets.token_hex(24) if libpq.psql_restricts(path) else None
-        script = load_script(settings.restore_role, replace, key)
+        script = load_script(settings.restore_role, replace, key, settings.lock_wait)
         env = {**libpq.pg_environment(url), "PGCLIENTENCODING": "UTF8"}
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen([path, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"],
