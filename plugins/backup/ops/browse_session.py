@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -107,14 +106,9 @@ def current_heads(ctx: BackupContext) -> str | None:
     and restore-select wrote its rows so into the upgraded database."""
     if ctx.migrations is None:
         return None
-    paths, found = ctx.migrations(), []
-    for folder in (paths.script_location, *paths.version_locations):
-        try:
-            with os.scandir(folder) as entries:
-                found += sorted([e.path, e.stat().st_size, e.stat().st_mtime_ns]
-                                for e in entries if e.is_file())
-        except OSError:
-            found.append([folder, None, None])
+    from guest_backup.ops.schema import history_fingerprint
+
+    found = history_fingerprint(ctx.migrations())
     return hashlib.sha256(json.dumps(found).encode()).hexdigest()[:32]
 
 

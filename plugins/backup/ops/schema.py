@@ -147,8 +147,9 @@ def _names(revisions) -> str:
     return shown(", ".join(shown(r, 64) for r in sorted(revisions)[:10]), 300) or "none"
 
 
-def _fingerprint(paths: MigrationPaths) -> list:
-    """Every file of the history with its size and time: changes with any of them."""
+def history_fingerprint(paths: MigrationPaths) -> list:
+    """Every file of the history with its size and time: changes with any of them
+    (the heads cache's key, and a browse session's ``heads``)."""
     found: list = []
     for folder in (paths.script_location, *paths.version_locations):
         try:
@@ -165,7 +166,7 @@ def _cached_heads(paths: MigrationPaths) -> set[str] | None:
     try:
         with open(paths.heads_cache, encoding="utf-8") as f:
             cached = json.load(f)
-        if cached["files"] == _fingerprint(paths):
+        if cached["files"] == history_fingerprint(paths):
             return set(cached["heads"])
     except (OSError, TypeError, ValueError, KeyError):
         pass
@@ -175,7 +176,7 @@ def _cached_heads(paths: MigrationPaths) -> set[str] | None:
 def _remember_heads(paths: MigrationPaths, heads: set[str]) -> None:
     if not paths.heads_cache:
         return
-    data = json.dumps({"files": _fingerprint(paths), "heads": sorted(heads)})
+    data = json.dumps({"files": history_fingerprint(paths), "heads": sorted(heads)})
     with contextlib.suppress(OSError):  # only a cache: the next restore asks Alembic again
         write_private(paths.heads_cache, data.encode())
 
