@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-from guest_registration import create_app
-from tests.helpers import ADMIN, make_config
-from tests.test_root_runs import NOBODY, as_nobody, base  # noqa: F401  (the fixture)
+from tests.test_root_runs import (NOBODY, as_nobody, base,  # noqa: F401  (the fixture)
+                                  service_app_with_a_backup)
 
 
 def _health_as_service(app):
@@ -22,16 +20,7 @@ def _health_as_service(app):
 
 
 def test_an_unreadable_archive_is_its_own_problem_not_unrecognised(base):  # noqa: F811
-    config = make_config(base, f"sqlite:///{base / 'db.sqlite'}")
-    config["BACKUP_FOLDER"] = str(base / "instance" / "backups")
-    app = create_app(config, instance_path=str(base / "instance"))
-    with app.app_context():
-        from guest_registration.maintenance import setup
-
-        list(setup(app, *ADMIN))
-        made = app.test_cli_runner().invoke(args=["backup"])
-        assert made.exit_code == 0, made.output
-    archive = Path(made.output.strip().splitlines()[-1])
+    app, archive = service_app_with_a_backup(base)
     foreign = archive.with_name("system_backup_20200101_000000.zip")
     foreign.write_bytes(b"PK not an archive of ours")  # a truly unrecognised file
     for path in [base / "db.sqlite", *(base / "instance").rglob("*"), base / "instance"]:

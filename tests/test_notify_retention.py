@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_notify import Receiver
+from tests.test_notify import receiver  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])  # the notification, not the engine
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture

@@ -215,10 +215,9 @@ def _list_as_service(app):
         return result.exit_code, result.output
 
 
-def test_an_archive_root_left_in_the_service_folder_is_unreadable_not_unrecognised(base):
-    """A root worker's archive and seal (root's, 0600) in the service's
-    BACKUP_FOLDER were "not recognised (no valid seal of a trusted key, or another
-    installation's)": the wrong reason, and the wrong fix."""
+def service_app_with_a_backup(base: Path):
+    """The app of ``base`` (SQLite, its backup folder in the instance folder) set up,
+    and the archive of one backup made (as root: the caller gives files away)."""
     config = make_config(base, f"sqlite:///{base / 'db.sqlite'}")
     config["BACKUP_FOLDER"] = str(base / "instance" / "backups")
     app = create_app(config, instance_path=str(base / "instance"))
@@ -228,7 +227,14 @@ def test_an_archive_root_left_in_the_service_folder_is_unreadable_not_unrecognis
         list(setup(app, *ADMIN))
         made = app.test_cli_runner().invoke(args=["backup"])
         assert made.exit_code == 0, made.output
-    archive = Path(made.output.strip().splitlines()[-1])
+    return app, Path(made.output.strip().splitlines()[-1])
+
+
+def test_an_archive_root_left_in_the_service_folder_is_unreadable_not_unrecognised(base):
+    """A root worker's archive and seal (root's, 0600) in the service's
+    BACKUP_FOLDER were "not recognised (no valid seal of a trusted key, or another
+    installation's)": the wrong reason, and the wrong fix."""
+    app, archive = service_app_with_a_backup(base)
     for path in [base / "db.sqlite", *(base / "instance").rglob("*"), base / "instance"]:
         os.lchown(path, NOBODY, NOBODY)  # the service's files ...
     for path in (archive, archive.with_name(archive.name + ".sig")):
