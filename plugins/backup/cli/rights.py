@@ -212,6 +212,10 @@ def retention_enforce_command(dry_run: bool) -> None:
                    f"{len(decisions)} archive(s) from {storage}")
         for name in removed:
             click.echo(f"  {name}")
+        for d in decisions:  # past the horizon, but the storage does not let them go yet
+            if d.held is not None and d.past_horizon:
+                click.echo(f"WARNING {storage}: {d.name} is past the legal retention but kept: "
+                           f"{d.held}; run retention-enforce again then", err=True)
 
 
 @click.command("subject-access")

@@ -28,6 +28,7 @@ from guest_backup.errors import BackupError
 from guest_backup.ops.audit import AuditLog, quietly
 from guest_backup.storages import Storage, Tee
 from guest_backup.ops.locks import BackupLock, RedisBackupLock, private_backup_folder
+from guest_backup.ops.metrics import OUTPUT_COPY
 from guest_backup.ops.schema import current_revisions
 from guest_backup.ops.row_counts import row_counts
 from guest_backup.ops.settings import BackupSettings
@@ -107,7 +108,8 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
             _sink_for(remote, keep_local, sinks),
             _taken_names(engine, audit, remote, keep_local))
         audit.finish(engine, entry[0], "ok", target=manifest["name"], bytes=size,
-                     rows=sum(manifest["row_counts"].values()))
+                     rows=sum(manifest["row_counts"].values()),
+                     message=OUTPUT_COPY if output is not None else None)
         failure = getattr(sinks[0], "copy_failure", None) if sinks else None
         return BackupResult(final or RemoteArchive(remote.url, manifest["name"]), size, manifest,
                             remote.url if remote is not None else None,

@@ -49,13 +49,14 @@ def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_
     the lock refused (BackupBusy: a backup runs) is skipped, not failed: no
     entry, as for a backup or a pruning. Anything else that breaks it is audited
     as failed and raised as a BackupError (the traceback goes to the log)."""
+    picked: list[str] = []  # the archive under test, named by a failure's entry too
     try:
         with ctx.lock():
-            result = _drill(ctx, engine, identity, trusted_keys)
+            result = _drill(ctx, engine, identity, trusted_keys, picked)
     except BackupBusy:
         raise
     except Exception as exc:
-        raise _failed(ctx, engine, actor, via, exc) from None
+        raise _failed(ctx, engine, actor, via, exc, picked[0] if picked else None) from None
     ctx.audit.record(engine, "restore-test", "ok" if result.ok else "failed", actor=actor, via=via,
                  target=result.archive, rows=result.rows,
                  message=(f"{result.tables} tables, {result.rows} rows match the manifest, "
@@ -64,19 +65,22 @@ def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_
 
 
 def _failed(ctx: BackupContext, engine: Engine, actor: str | None, via: str,
-            exc: Exception) -> BackupError:
+            exc: Exception, archive: str | None = None) -> BackupError:
     """A drill that broke, audited (before, only a BackupError was: an S3 read
-    timing out left the last passed drill standing); the error to raise, with a
-    message safe for users (only the type name of anything but a BackupError)."""
+    timing out left the last passed drill standing) with the archive it tested
+    (retention keeps an archive whose last check failed, and counts it under no
+    rule); the error to raise, with a message safe for users (only the type name
+    of anything but a BackupError)."""
     message = safe_message(exc, "restore")
     if not isinstance(exc, BackupError):
         log.warning("the restore drill failed (%s)", type(exc).__name__, exc_info=exc)
     quietly("the failed restore drill", ctx.audit.record, engine, "restore-test", "failed",
-            actor=actor, via=via, message=message)
+            actor=actor, via=via, target=archive, message=message)
     return exc if isinstance(exc, BackupError) else BackupError(message)
 
 
-def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillResult:
+def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys,
+           picked: list[str]) -> DrillResult:
     storage = ctx.remote() or ctx.local()
     # the newest archive the listing recognises (signed, bound to this installation,
     # or signed by a --trusted-key): a planted file with a newer name would otherwise
@@ -86,6 +90,7 @@ def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys) -> DrillR
         raise BackupError(f"there is no archive in {storage.url} to test" + (
             f" ({len(others)} file(s) there are not recognised archives)" if others else ""))
     newest = archives[0].name
+    picked.append(newest)
     result = DrillResult(newest, storage.url)
     settings = ctx.settings
     db_engine = ctx.engine_for(engine.dialect.name)

@@ -16,14 +16,16 @@ from guest_backup.archive.manifest import format_time
 from guest_backup.errors import BackupError
 from guest_backup.files import user_name
 from guest_backup.ops.context import BackupContext
-from guest_backup.ops.health_problems import Problem, human_age, parse_duration
+from guest_backup.ops.health_problems import Problem, human_age, parse_duration, some_names
 from guest_backup.ops.listing import list_everywhere, recognised
 from guest_backup.ops.pitr import status as pitr_status
-from guest_backup.ops.retention import legal_horizon
+from guest_backup.ops.retention import failed_checks, legal_horizon
 from guest_backup.ops.rights import overdue_registrations
 from guest_backup.storages import StorageError
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
+
+
 def _latest(ctx: BackupContext, engine: Engine, action: str,
             outcomes=("ok", "failed", "aborted")) -> dict | None:
     """The newest finished audit entry of ``action`` with one of ``outcomes``."""
@@ -34,7 +36,8 @@ def _latest(ctx: BackupContext, engine: Engine, action: str,
     row = max(rows, key=lambda r: r["id"])
     when = row["finished_at"] or row["created_at"]
     return {"outcome": row["outcome"], "at": format_time(when), "target": row["target"],
-            "message": row["message"], "_when": when.replace(tzinfo=timezone.utc)}
+            "message": row["message"], "_when": when.replace(tzinfo=timezone.utc),
+            "_id": row["id"]}
 
 
 def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list, int]:
@@ -60,10 +63,10 @@ def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list,
         unreadable = set(listing.unreadable.get(storage, ()))  # their own problem, below
         if names := [n for n in names if n not in unreadable]:
             problems.append(Problem("unrecognised", {"storage": storage, "count": len(names),
-                                                     "names": _some(names)}))
+                                                     "names": some_names(names)}))
     for storage, files in listing.unreadable_owners.items():
         problems.append(Problem("unreadable", {
-            "storage": storage, "count": len(files), "names": _some([n for n, _ in files]),
+            "storage": storage, "count": len(files), "names": some_names([n for n, _ in files]),
             "owners": ", ".join(sorted({o or "?" for _, o in files})),
             "user": user_name(os.geteuid())}))
     for storage, ahead in listing.future.items():
@@ -71,10 +74,6 @@ def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list,
             "storage": storage, "count": len(ahead), "name": ahead[0].name,
             "created": format_time(ahead[0].created)}))
     return listing.by_storage, HEALTHY
-
-
-def _some(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
 
 
 def _storage_entries(results, now: datetime, max_age: timedelta, problems: list[Problem],
@@ -105,7 +104,12 @@ def _storage_entries(results, now: datetime, max_age: timedelta, problems: list[
 
 
 def _activity_problems(last_backup, last_upload, last_drill, now: datetime,
-                       max_drill_age: timedelta) -> list[Problem]:
+                       max_drill_age: timedelta, remote: bool) -> list[Problem]:
+    """The last backup, upload and drill. With no remote configured (any more), an
+    upload that failed before the last backup succeeded is over (as in the metrics)."""
+    if last_upload and not remote and last_backup and last_backup["outcome"] == "ok" \
+            and last_backup["_id"] > last_upload["_id"]:
+        last_upload = None
     problems = []
     for failed, kind in ((last_backup, "backup_failed"), (last_upload, "upload_failed")):
         if failed and failed["outcome"] != "ok":
@@ -118,6 +122,20 @@ def _activity_problems(last_backup, last_upload, last_drill, now: datetime,
     elif now - last_drill["_when"] > max_drill_age:
         problems.append(Problem("old_drill", {"age": human_age(now - last_drill["_when"]),
                                               "limit": human_age(max_drill_age)}))
+    return problems
+
+
+def _check_problems(ctx: BackupContext, engine: Engine, results, last_drill) -> list[Problem]:
+    """A storage whose newest archive, the one to restore from, failed its last check
+    (verify or restore-test; a failed drill of it is ``drill_failed`` already)."""
+    failed, problems = failed_checks(ctx.audit, engine), []
+    for storage, archives in results:
+        check = failed.get(archives[0].name) if isinstance(archives, list) and archives \
+            else None
+        if check and not (last_drill and last_drill["_id"] == check["id"]):
+            problems.append(Problem("newest_failed_check", {
+                "storage": storage.name, "name": archives[0].name, "at": check["at"],
+                "message": f"{check['action']}: {check['message'] or '?'}"}))
     return problems
 
 
@@ -146,11 +164,24 @@ def _retention_problems(ctx: BackupContext, engine: Engine, results,
         problems.append(Problem("overdue_records", {"count": count, "limit": years}))
     for storage, archives in results:
         old = [] if isinstance(archives, StorageError) else [
-            a for a in archives if a.created < horizon]
-        if old:
-            problems.append(Problem("overdue_archives", {"storage": storage.name,
-                                                         "count": len(old), "limit": years}))
+            a.name for a in archives if a.created < horizon]
+        held = [(name, why) for name in old if (why := _held(storage, name))]
+        if len(held) < len(old):
+            problems.append(Problem("overdue_archives", {"storage": storage.name, "limit": years,
+                                                         "count": len(old) - len(held)}))
+        if held:
+            problems.append(Problem("overdue_archives_held", {
+                "storage": storage.name, "count": len(held), "limit": years,
+                "name": held[0][0], "reason": held[0][1]}))
     return problems
+
+
+def _held(storage, name: str) -> str | None:
+    """Until when the storage holds ``name`` (Object Lock); None when not, or not known."""
+    try:
+        return storage.held(name) if hasattr(storage, "held") else None
+    except StorageError:
+        return None
 
 
 def _erasure_problems(ctx: BackupContext, engine: Engine) -> list[Problem]:
@@ -238,7 +269,9 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
         code = UNREACHABLE
     last_backup, last_upload, last_drill = (_latest(ctx, engine, action)
                                             for action in ("backup", "upload", "restore-test"))
-    problems += _activity_problems(last_backup, last_upload, last_drill, now, max_drill_age)
+    problems += _activity_problems(last_backup, last_upload, last_drill, now, max_drill_age,
+                                   bool(settings.remote_url))
+    problems += _check_problems(ctx, engine, results, last_drill)
     problems += _retention_problems(ctx, engine, results, now)
     problems += _lock_problems(results)
     problems += _erasure_problems(ctx, engine)
@@ -252,6 +285,7 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
     for entry in (last_backup, last_upload, last_drill, *past):
         if entry:
             entry.pop("_when", None)
+            entry.pop("_id", None)
     return {
         "status": {HEALTHY: "healthy", UNHEALTHY: "unhealthy", UNREACHABLE: "unreachable"}[code],
         "checked_at": format_time(now),

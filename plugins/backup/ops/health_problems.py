@@ -54,6 +54,16 @@ MESSAGES = {
                           "(run: manage.py retention-enforce)"),
     "overdue_archives": N_("%(storage)s: %(count)s archives older than the legal retention of "
                            "%(limit)s years (run: manage.py retention-enforce)"),
+    #: archives past the horizon a storage holds (Object Lock); ``name``: the first,
+    #: ``reason``: the storage's own words on until when (a date, or a legal hold)
+    "overdue_archives_held": N_("%(storage)s: %(count)s archives older than the legal "
+                                "retention of %(limit)s years are held by the storage "
+                                "(%(name)s: %(reason)s); retention-enforce removes them in its "
+                                "first run after that"),
+    #: its last verify or restore-test failed; ``message``: what it found
+    "newest_failed_check": N_("%(storage)s: the newest archive %(name)s failed its last check "
+                              "at %(at)s (%(message)s); make a new backup, and verify this one "
+                              "again (run: manage.py verify) or delete it"),
     #: a storage's own error message, shown as it is
     "storage": "%(message)s",
     #: BACKUP_S3_OBJECT_LOCK_DAYS is set; ``reason``: the storage's own words
@@ -94,6 +104,10 @@ class Problem:
 
     def as_dict(self) -> dict:
         return {"id": self.id, "params": dict(self.params), "text": self.english()}
+
+
+def some_names(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
 
 
 def human_age(delta: timedelta) -> str:

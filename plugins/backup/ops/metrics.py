@@ -27,6 +27,11 @@ from typing import Any, Callable
 from guest_backup.storages import StorageError
 
 log = logging.getLogger(__name__)
+#: the audit message of a backup written with ``--output`` (a folder of its own): not
+#: the storages' backup, so not the last backup the metrics and alerts watch
+OUTPUT_COPY = "written with --output to a folder of its own, not to the backup storages"
+#: backup entries read to find the newest that is not an --output copy
+OUTPUT_SCAN = 50
 #: seconds a scrape reuses the storages' listing (a new backup or pruning refreshes it)
 LISTING_TTL = 60
 _registry: Callable[[Callable[[Any], Any]], Any] = lambda define: None
@@ -110,8 +115,12 @@ def _stamp(when) -> float:
 
 
 def _newest(ctx, engine, action: str, outcomes: tuple[str, ...]) -> dict | None:
+    """The newest entry of ``action`` with one of ``outcomes``; of a backup, the newest
+    that is not an --output copy (among the last :data:`OUTPUT_SCAN` of each outcome)."""
+    scan = OUTPUT_SCAN if action == "backup" else 1
     rows = [row for outcome in outcomes
-            for row in ctx.audit.recent(engine, 1, action=action, outcome=outcome)]
+            for row in ctx.audit.recent(engine, scan, action=action, outcome=outcome)
+            if not (action == "backup" and row.get("message") == OUTPUT_COPY)]
     return max(rows, key=lambda r: r["id"]) if rows else None
 
 

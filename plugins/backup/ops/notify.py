@@ -6,8 +6,7 @@ recovered, a storage unreachable or back, a retention run removed more than
 
 Once per change of state, never per run: the last known state of each kind is
 kept in ``<instance>/notify-state.json`` (:mod:`guest_backup.ops.notify_state`: 0600,
-replaced atomically, under an
-flock), or in Redis when ``REDIS_URL`` is set. A new state is stored once at
+replaced atomically, under an flock), or in Redis when ``REDIS_URL`` is set. A new state is stored once at
 least one URL accepted the message about it (or when no URL is set), so a
 message nobody received is tried again at the next run. Texts name the event,
 the machine and archive names, never a person; URLs are only ever shown masked.
@@ -26,25 +25,10 @@ from guest_backup.archive.manifest import now_text
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops import metrics
 from guest_backup.ops.context import BackupContext
-from guest_backup.ops.notify_state import state_store
+from guest_backup.ops.notify_state import BAD, TITLES, known_problems, problem_key, \
+    remember_problems, state_store, store_error
 
 log = logging.getLogger(__name__)
-#: states worth a message when they begin
-BAD = frozenset({"failed", "degraded", "unreachable", "excess"})
-#: (kind, new state) -> title; a kind back to "ok" after a bad state has its own
-TITLES = {
-    ("backup", "failed"): "Backup failed",
-    ("backup", "ok"): "Backup recovered",
-    ("retention", "failed"): "Backup retention failed",
-    ("retention", "ok"): "Backup retention applied again",
-    ("drill", "failed"): "Restore drill failed",
-    ("drill", "ok"): "Restore drill passed again",
-    ("health", "degraded"): "Backup health degraded",
-    ("health", "ok"): "Backup health recovered",
-    ("storage", "unreachable"): "Backup storage unreachable",
-    ("storage", "ok"): "Backup storage reachable again",
-    ("prune", "excess"): "Retention removed many archives",
-}
 MAX_DETAIL = 600
 _ADDRESS = re.compile(r"[^\s@<>()\"',;:]+@[^\s@<>()\"',;:]+")
 
@@ -109,32 +93,30 @@ def message(title: str, detail: str) -> str:
 def change(ctx: BackupContext, kind: str, state: str, detail: str = "") -> str | None:
     """Record that ``kind`` (``backup``, ``retention``, ``drill``, ``health``,
     ``storage:<name>``, ``prune:<name>``) is now in ``state``; send a message if that
-    is a change worth one. Returns the title of the message sent (or tried), or None.
+    is a change worth one. Returns the title of the message sent (or tried), or None."""
+    return _stored(ctx, kind, state, detail,
+                   lambda store, sent: _change(ctx, store, kind, state, detail, sent))
 
-    A state store that cannot be used (Redis down: the very failure being told,
-    often) does not silence a bad state: it is sent without the check whether it
-    was told already, saying so; a good one is not sent then."""
+
+def _stored(ctx: BackupContext, kind: str, state: str, detail: str, step) -> str | None:
+    """``step(store, sent)`` under the store's lock. A store that cannot be used (Redis
+    down: the very failure being told, often) does not silence a bad state: it is
+    sent without the check whether it was told already, saying so; a good one not."""
     store, sent = state_store(ctx), []
     try:
         with store.locked():
-            return _change(ctx, store, kind, state, detail, sent)
+            return step(store, sent)
     except Exception as exc:
-        if not _store_error(exc):
+        if not store_error(exc):
             raise
         log.warning("the notification state cannot be used (%s)", type(exc).__name__)
         title = TITLES.get((kind.split(":")[0], state))
         if sent or title is None or state not in BAD:
             return sent[0] if sent else None
         where = f" ({kind.split(':', 1)[1]})" if ":" in kind else ""
-        send(notify_urls(ctx), title + where, message(
-            title + where, f"(The notification state cannot be reached: this may repeat an "
-                           f"earlier message.) {detail}"))
+        _tell(ctx, title + where, f"(The notification state cannot be reached: this may "
+                                  f"repeat an earlier message.) {detail}", [])
         return title
-
-
-def _store_error(exc: BaseException) -> bool:
-    """An error of the state store: Redis's own, or the state file's."""
-    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] == "redis"
 
 
 def _change(ctx: BackupContext, store, kind: str, state: str, detail: str,
@@ -147,11 +129,16 @@ def _change(ctx: BackupContext, store, kind: str, state: str, detail: str,
         store.set(kind, state)
         return None
     where = f" ({kind.split(':', 1)[1]})" if ":" in kind else ""
-    results = send(notify_urls(ctx), title + where, message(title + where, detail))
-    sent.append(title)
-    if not results or any(ok for _, ok in results):
+    if _tell(ctx, title + where, detail, sent):
         store.set(kind, state)
     return title
+
+
+def _tell(ctx: BackupContext, title: str, detail: str, sent: list) -> bool:
+    """Send; whether the new state may be kept (a URL accepted it, or none is set)."""
+    results = send(notify_urls(ctx), title, message(title, detail))
+    sent.append(title)
+    return not results or any(ok for _, ok in results)
 
 
 def after_backup(ctx: BackupContext, outcome: Any, output=None) -> None:
@@ -177,8 +164,8 @@ def after_backup(ctx: BackupContext, outcome: Any, output=None) -> None:
         change(ctx, "retention", "ok" if why is None else "failed",
                "Retention was applied." if why is None else
                f"Archive {run.result.path.name} was made, but retention (removing old "
-               f"archives) failed: {why}. Old archives are kept until it succeeds: fix "
-               f"that, then run backup-prune (each backup also tries again).")
+               f"archives) failed: {why}. Old archives stay where it failed: fix that, "
+               f"then run backup-prune (each backup also tries again).")
     after_prune(ctx, {name: len(names) for name, names in run.pruned.items()})
 
 
@@ -205,17 +192,32 @@ def after_prune(ctx: BackupContext, removed: dict[str, int]) -> None:
 
 def after_health(ctx: BackupContext, report: dict) -> None:
     """A health report (:func:`guest_backup.ops.health.health`): each storage's
-    reachability, then health itself."""
-    seen = set()
+    reachability (the remote's when it cannot work at all), then health itself."""
     for entry in report["storages"]:
-        seen.add(entry["name"])
         reachable = entry.get("reachable", False)
         change(ctx, f"storage:{entry['name']}", "ok" if reachable else "unreachable",
                "" if reachable else entry.get("problem", ""))
-    if ctx.settings.remote_url and "remote" not in seen:  # the remote cannot work at all
+    if ctx.settings.remote_url and "remote" not in {e["name"] for e in report["storages"]}:
         change(ctx, "storage:remote", "unreachable", "; ".join(report["problems"][:1]))
-    change(ctx, "health", "ok" if report["status"] == "healthy" else "degraded",
-           "; ".join(report["problems"]))
+    _stored(ctx, "health", "ok" if report["status"] == "healthy" else "degraded",
+            "; ".join(report["problems"]), lambda store, sent: _health(ctx, store, report, sent))
+
+
+def _health(ctx: BackupContext, store, report: dict, sent: list) -> str | None:
+    """Degraded or recovered; while degraded, new problems are news (fewer are not)."""
+    keys, known = {problem_key(p) for p in report["problem_ids"]}, known_problems(store)
+    state = "ok" if report["status"] == "healthy" else "degraded"
+    if state == "ok" or store.get("health") != "degraded" or known is None:
+        title = _change(ctx, store, "health", state, "; ".join(report["problems"]), sent)
+        if store.get("health") == state:
+            remember_problems(store, keys if state == "degraded" else ())
+        return title
+    new = [p["text"] for p in report["problem_ids"] if problem_key(p) not in known]
+    if new and not _tell(ctx, TITLES[("health", "worse")], "; ".join(new) + (
+            f" ({len(keys - known)} new of {len(keys)} problem(s).)"), sent):
+        return sent[0]  # told again at the next check
+    remember_problems(store, keys)
+    return sent[0] if sent else None
 
 
 def _quietly(what: str, fn, *args: Any) -> None:
@@ -244,22 +246,21 @@ def _drill_ended(args: dict, outcome: Any) -> None:
 
 
 def _prune_ended(args: dict, outcome: Any) -> None:
+    """Counted and told; a PruningIncomplete says what it removed where, and why it
+    failed where it did."""
     if args.get("dry_run"):
         return
-    ok = not isinstance(outcome, BaseException)
-    _quietly("counting a pruning", metrics.count_run, "prune", ok)
-    if not ok:
-        why = str(outcome) if isinstance(outcome, BackupError) else \
-            f"{type(outcome).__name__}; details are in the server log"
-        _quietly("the pruning's notification", change, args["ctx"], "retention", "failed",
-                 f"backup-prune did not complete: {why}. Old archives are kept until it "
-                 f"succeeds: fix that, then run backup-prune again.")
-        return
-    removed = {name: sum(1 for d in decisions if not d.keep)
-               for name, decisions in outcome.items()}
+    failed = isinstance(outcome, BaseException)
+    found = getattr(outcome, "found", {}) if failed else outcome
+    _quietly("counting a pruning", metrics.count_run, "prune", not failed)
+    removed = {name: sum(1 for d in decisions if not d.keep) for name, decisions in found.items()}
     _quietly("counting pruned archives", metrics.count_pruned, removed)
-    _quietly("the pruning's notification", change, args["ctx"], "retention", "ok",
-             "Retention was applied.")
+    why = str(outcome) if isinstance(outcome, BackupError) else \
+        f"{type(outcome).__name__}; details are in the server log"
+    _quietly("the pruning's notification", change, args["ctx"], "retention",
+             "failed" if failed else "ok",
+             f"backup-prune did not complete: {why}. Old archives stay where it failed: fix "
+             f"that, then run backup-prune again." if failed else "Retention was applied.")
     _quietly("the pruning's notification", after_prune, args["ctx"], removed)
 
 

@@ -1,6 +1,7 @@
-"""Where notifications keep the last known state of each kind: one JSON file in
-the instance folder (0600, replaced atomically, under an flock), or a Redis hash
-shared by every machine of the installation when ``REDIS_URL`` is set."""
+"""The states notifications know (which are worth a message, and its title), and
+where they keep the last known state of each kind: one JSON file in the instance
+folder (0600, replaced atomically, under an flock), or a Redis hash shared by
+every machine of the installation when ``REDIS_URL`` is set."""
 
 from __future__ import annotations
 
@@ -14,6 +15,24 @@ from guest_backup.files import write_private
 from guest_backup.ops.context import BackupContext, shared
 
 STATE_FILE = "notify-state.json"
+
+#: states worth a message when they begin
+BAD = frozenset({"failed", "degraded", "unreachable", "excess"})
+#: (kind, new state) -> title; a kind back to "ok" after a bad state has its own
+TITLES = {
+    ("backup", "failed"): "Backup failed",
+    ("backup", "ok"): "Backup recovered",
+    ("retention", "failed"): "Backup retention failed",
+    ("retention", "ok"): "Backup retention applied again",
+    ("drill", "failed"): "Restore drill failed",
+    ("drill", "ok"): "Restore drill passed again",
+    ("health", "degraded"): "Backup health degraded",
+    ("health", "ok"): "Backup health recovered",
+    ("health", "worse"): "Backup health: new problems",
+    ("storage", "unreachable"): "Backup storage unreachable",
+    ("storage", "ok"): "Backup storage reachable again",
+    ("prune", "excess"): "Retention removed many archives",
+}
 
 
 class FileStates:
@@ -75,3 +94,30 @@ class RedisStates:
 def state_store(ctx: BackupContext) -> FileStates | RedisStates:
     return shared(ctx, lambda c: RedisStates(c, ctx.redis_key("notify-state")),
                   lambda: FileStates(ctx.instance_path))
+
+
+def store_error(exc: BaseException) -> bool:
+    """An error of the state store: Redis's own, or the state file's."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] == "redis"
+
+
+#: the kind under which the problems of degraded health are kept (comma-separated keys)
+HEALTH_PROBLEMS = "health-problems"
+
+
+def problem_key(problem: dict) -> str:
+    """What makes a health problem (``problem_ids``' entry) news: its id, and the
+    storage it is about (a second storage with no archive is news too)."""
+    storage = problem.get("params", {}).get("storage")
+    return f"{problem['id']}:{storage}" if storage else problem["id"]
+
+
+def known_problems(store) -> set[str] | None:
+    """The problem keys health was last told with; None when none were kept (a
+    state from before they were)."""
+    raw = store.get(HEALTH_PROBLEMS)
+    return None if raw is None else {k for k in raw.split(",") if k}
+
+
+def remember_problems(store, keys) -> None:
+    store.set(HEALTH_PROBLEMS, ",".join(sorted(keys)))

@@ -142,7 +142,7 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
         for storage in [ctx.local()] + ([remote] if remote and failure is None else []):
             try:
                 decisions = prune_storage(ctx, storage, Policy.of(settings),
-                                          protect=result.path.name)
+                                          protect=result.path.name, audit_engine=engine)
             except StorageError as exc:
                 pruning = pruning or (str(exc), f"{storage.name}: {exc}")
                 continue

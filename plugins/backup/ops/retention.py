@@ -14,16 +14,29 @@ newest one too (it holds guests past their legal retention).
 Nothing overrides a storage that holds an archive (S3 Object Lock): retention never
 tries to delete it, keeps it with the reason (until when) and removes it in the
 first run after the lock expires.
+
+An archive whose latest check in the audit log (``verify`` or ``restore-test`` of
+it) failed is kept and not counted by any rule (:func:`failed_checks`): keeping it
+must not cost the good archive it would have displaced. It counts again once a
+check passes (or goes when deleted by hand); only the legal horizon removes it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
+from guest_backup.archive.manifest import format_time
+from guest_backup.errors import BackupError
+from guest_backup.ops.audit import quietly
 from guest_backup.ops.notify import observed
 from guest_backup.storages import ArchiveHeld, StorageError
+
+log = logging.getLogger(__name__)
+#: the newest verify and restore-test entries read for each archive's latest check
+CHECKS_READ = 5000
 
 
 def years_before(when: datetime, years: int) -> datetime:
@@ -98,11 +111,18 @@ _BUCKETS: dict[str, Callable[[datetime], tuple]] = {
 
 def plan(archives: Iterable[tuple[str, datetime]], policy: Policy,
          unrecognised: Iterable[str] = (),
-         future: Iterable[tuple[str, datetime]] = ()) -> list[Decision]:
+         future: Iterable[tuple[str, datetime]] = (),
+         damaged: Mapping[str, str] | None = None) -> list[Decision]:
     """One decision per recognised archive (name and signed creation time), newest
     first, then those signed with a creation time in the future and the
-    unrecognised files, which are always kept and never counted."""
-    decisions = [Decision(name, when) for name, when in archives]
+    unrecognised files, which are always kept and never counted. ``damaged``: the
+    archives known to fail their check, each with why it is kept: never counted,
+    kept unless past the legal horizon."""
+    damaged = damaged or {}
+    archives = list(archives)
+    decisions = [Decision(name, when) for name, when in archives if name not in damaged]
+    suspect = [Decision(name, when, [damaged[name]]) for name, when in archives
+               if name in damaged]
     undated = [Decision(name, when, ["signed with a creation time in the future (check the "
                                      "clock): never deleted by retention"])
                for name, when in future]
@@ -112,7 +132,7 @@ def plan(archives: Iterable[tuple[str, datetime]], policy: Policy,
     if policy.keeps_everything:
         for d in decisions:
             d.reasons.append("no retention rule set")
-        return _past_horizon(decisions, policy.horizon) + undated
+        return _past_horizon(_merged(decisions, suspect), policy.horizon) + undated
     for i, d in enumerate(decisions[:policy.last]):
         d.reasons.append(f"last {i + 1}")
     for rule, bucket_of in _BUCKETS.items():
@@ -126,7 +146,42 @@ def plan(archives: Iterable[tuple[str, datetime]], policy: Policy,
                 previous, budget = bucket, budget - 1
     if decisions and not decisions[0].reasons:
         decisions[0].reasons.append("newest")
-    return _past_horizon(decisions, policy.horizon) + undated
+    return _past_horizon(_merged(decisions, suspect), policy.horizon) + undated
+
+
+def _merged(decisions: list[Decision], suspect: list[Decision]) -> list[Decision]:
+    return sorted(decisions + suspect, key=lambda d: (d.when, d.name), reverse=True)
+
+
+def failed_checks(audit, engine) -> dict[str, dict]:
+    """The archives whose latest check in the audit log failed, by name: a ``verify``
+    or ``restore-test`` entry naming the archive (the one the Backup page shows per
+    archive), with ``action``, ``at`` and ``message``. Reads the newest
+    :data:`CHECKS_READ` entries of each: an archive last checked before them counts
+    as unchecked."""
+    rows = [row for action in ("verify", "restore-test")
+            for row in audit.recent(engine, CHECKS_READ, action=action)]
+    latest: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: r["id"], reverse=True):
+        if row.get("target") and row["outcome"] in ("ok", "failed"):
+            latest.setdefault(row["target"], row)
+    return {name: {"id": row["id"], "action": row["action"], "message": row["message"],
+                   "at": format_time(row["finished_at"] or row["created_at"])}
+            for name, row in latest.items() if row["outcome"] == "failed"}
+
+
+def damaged_archives(ctx, engine) -> dict[str, str]:
+    """:func:`failed_checks` as :func:`plan` takes them (why each is kept); a
+    BackupError when the audit log cannot be read, so that nothing is removed on a
+    guess."""
+    try:
+        found = failed_checks(ctx.audit, engine)
+    except Exception as exc:
+        log.warning("the archives' checks could not be read (%s)", type(exc).__name__)
+        raise BackupError("the archives' last checks could not be read from the audit log, "
+                          "so retention removed nothing") from None
+    return {name: f"failed verification on {c['at']} ({c['action']}); not counted"
+            for name, c in found.items()}
 
 
 def _past_horizon(decisions: list[Decision], horizon: datetime | None) -> list[Decision]:
@@ -149,17 +204,19 @@ def bucket_label(rule: str, when: datetime) -> str:
 
 
 def prune_storage(ctx, storage, policy: Policy, *, protect: str | None = None,
-                  dry_run: bool = False) -> list[Decision]:
+                  dry_run: bool = False, audit_engine=None) -> list[Decision]:
     """Apply ``policy`` to one storage's recognised archives, dated by their signed
     creation time (never removing ``protect``, never touching a file that is not
-    recognised, never trying to delete what the storage :meth:`held`); returns every
-    decision, newest first."""
+    recognised, never trying to delete what the storage :meth:`held`, and with
+    ``audit_engine``, never counting an archive whose last check failed); returns
+    every decision, newest first."""
     from guest_backup.ops.listing import recognised
 
+    damaged = damaged_archives(ctx, audit_engine) if audit_engine is not None else {}
     ahead: list = []
     good, bad = recognised(ctx, storage, ahead)
     decisions = plan([(a.name, a.created) for a in good], policy, bad,
-                     [(a.name, a.created) for a in ahead])
+                     [(a.name, a.created) for a in ahead], damaged)
     held = getattr(storage, "held", None)
     for d in decisions:
         if d.name == protect and not d.keep:
@@ -180,20 +237,52 @@ def prune_storage(ctx, storage, policy: Policy, *, protect: str | None = None,
     return decisions
 
 
+class PruningIncomplete(BackupError):
+    """``backup-prune`` could not apply retention to every storage: raised once each
+    was tried, with what it did in the others (``found``: storage -> decisions)
+    and why it failed where it did (``errors``: storage -> safe message)."""
+
+    def __init__(self, found: dict[str, list[Decision]], errors: dict[str, str]) -> None:
+        self.found, self.errors = found, errors
+        done = [f"removed {sum(not d.keep for d in decisions)} of {len(decisions)} "
+                f"archive(s) from {name}" for name, decisions in found.items()]
+        super().__init__("; ".join([f"retention failed in {name}: {why}"
+                                    for name, why in errors.items()] + done))
+
+
 @observed("prune")  # metrics and notifications when it ends; never raises
 def prune_archives(ctx, storages, policy: Policy, *, lock, dry_run: bool, audit_engine,
                    actor: str | None, via: str) -> dict[str, list[Decision]]:
     """``backup-prune``: apply ``policy`` to each storage separately, under the
-    backup lock; a real run is audited per storage."""
+    backup lock; a real run is audited per storage. A storage that fails does not
+    stop the others: :class:`PruningIncomplete` says what was done where, after."""
     found: dict[str, list[Decision]] = {}
+    errors: dict[str, str] = {}
     with lock:
         for storage in storages:
-            decisions = found[storage.name] = prune_storage(ctx, storage, policy,
-                                                            dry_run=dry_run)
+            try:
+                decisions = prune_storage(ctx, storage, policy, dry_run=dry_run,
+                                          audit_engine=audit_engine)
+            except Exception as exc:
+                errors[storage.name] = why = _reason(exc)
+                if not dry_run:
+                    quietly("the failed pruning", ctx.audit.record, audit_engine, "prune",
+                            "failed", actor=actor, via=via, message=f"{storage.name}: {why}")
+                continue
+            found[storage.name] = decisions
             if not dry_run:
                 record_pruning(ctx.audit, audit_engine, storage.name, decisions, actor=actor,
                                via=via)
+    if errors:
+        raise PruningIncomplete(found, errors)
     return found
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, BackupError):
+        return str(exc)
+    log.warning("retention failed (%s)", type(exc).__name__, exc_info=exc)
+    return f"{type(exc).__name__}; details are in the server log"
 
 
 def record_pruning(audit, engine, storage: str, decisions: list[Decision], *,
