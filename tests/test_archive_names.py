@@ -201,5 +201,6 @@ def test_a_manifest_of_40000_members_is_refused_within_a_second(app, runner, tmp
     started = time.process_time()
     result = runner.invoke(args=["verify", str(big)])
     elapsed = time.process_time() - started
-    assert result.exit_code == 1 and "an archive holds at most 10000" in result.output
+    assert result.exit_code == 1 and ("duplicate" in result.output
+                                      or "an archive holds at most" in result.output), result.output
     assert elapsed < 1.0, elapsed

@@ -25,8 +25,12 @@ FORMAT_VERSION = 1
 ARCHIVE_RE = re.compile(r"system_backup_([0-9]{8}_[0-9]{6})(?:_[0-9]{1,6})?\.zip(?:\.age)?",
                         re.ASCII)
 #: more members than this (uploads, dump, manifest, signature) are refused, by the
-#: writer and by verification alike
-MAX_MEMBERS = 10_000
+#: writer and by verification alike. 10,000 stopped every backup of a site with that
+#: many ordinary uploads (thumbnails); 100,000 small ones took 280 MB to back up or
+#: verify and 430 MB to restore (docs/runbook.md), 200,000 twice that
+MAX_MEMBERS = 100_000
+#: ``status`` warns when the uploads reach this share of :data:`MAX_MEMBERS`
+MEMBERS_WARN_SHARE = 0.8
 #: a database engine's name as an archive may give it (a SQLAlchemy dialect name):
 #: signed text that ends up in messages, so one short word
 ENGINE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -37,8 +41,15 @@ MANIFEST_MEMBER = "manifest.json"
 SIGNATURE_MEMBER = "manifest.sig"
 UPLOADS_PREFIX = "uploads/"
 UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-#: guest photos: ``<uuid>.<ext>``, the older ``<uuid>_<anything>``, and half-written ``.tmp-<uuid>.<ext>``
-PHOTO_NAME_RE = re.compile(rf"^(?:\.tmp-)?{UUID}(?:\.[A-Za-z0-9]+|_.*)?$")
+#: guest photos and their copies (use ``.match``): a UUID anywhere in the file's name.
+#: ``<uuid>.<ext>``, the older ``<uuid>_<anything>``, half-written ``.tmp-<uuid>.<ext>``,
+#: and what copying one leaves (``<uuid>.jpg~``, ``<uuid>.jpg.bak``, ``<uuid> (1).jpg``,
+#: ``copy of <uuid>.jpg``): never written into an archive; a restore leaves them out
+PHOTO_NAME_RE = re.compile(rf"(?s).*?{UUID}")
+#: a guest photo's own name, which no version of the writer ever wrote: an archive
+#: holding one is refused. (A copy's name, which archives made before 2026-12-07 may
+#: hold, is not: refusing it would refuse those archives, database and all.)
+PHOTO_MEMBER_RE = re.compile(rf"^(?:\.tmp-)?{UUID}(?:\.[A-Za-z0-9]+|_.*)?$")
 #: errors an operator can fix (no traceback in the log for these)
 EXPECTED_ERRNOS = (errno.EACCES, errno.EFBIG, errno.ENOSPC)
 

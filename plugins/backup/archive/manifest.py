@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
 from guest_backup.archive.format import (DATABASE_MEMBER, ENGINE_NAME_RE, MANIFEST_MEMBER,
-                                        MAX_MEMBERS, MAX_SEAL_BYTES, PHOTO_NAME_RE,
+                                        MAX_MEMBERS, MAX_SEAL_BYTES, PHOTO_MEMBER_RE,
                                         SIGNATURE_MEMBER, UPLOADS_PREFIX, is_archive_name,
                                         name_time)
 
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = MAX_SEAL_BYTES  # a manifest's signature and a seal: one limit
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -37,7 +37,7 @@ def member_problem(info: zipfile.ZipInfo) -> str | None:
     if not (name in (DATABASE_MEMBER, MANIFEST_MEMBER, SIGNATURE_MEMBER)
             or name.startswith(UPLOADS_PREFIX)):
         return f"{name!r} is not a member a system backup has"
-    if name.startswith(UPLOADS_PREFIX) and PHOTO_NAME_RE.match(PurePosixPath(name).name):
+    if name.startswith(UPLOADS_PREFIX) and PHOTO_MEMBER_RE.match(PurePosixPath(name).name):
         return f"{name!r} has a guest-photo name: photos are never in an archive"
     return None
 

@@ -11,17 +11,21 @@ partial file, no half object is left."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import secrets
+import stat
 import time
 import zipfile
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Callable, Protocol
 
 from guest_backup.archive.format import MAX_MEMBERS, MANIFEST_MEMBER, PARTIAL_SUFFIX, SIGNATURE_MEMBER, sidecar_path
+from guest_backup.archive.manifest import MAX_MANIFEST_BYTES
 from guest_backup.archive.encryption import EncryptingWriter, HashingFile
 from guest_backup.errors import BackupError
 
@@ -47,6 +51,18 @@ class Sink(Protocol):
 
     def abort(self) -> None:
         """Throw away everything written; never raises."""
+
+
+def open_regular(path: str | os.PathLike) -> tuple[BinaryIO, os.stat_result]:
+    """``path`` open for reading, with its fstat: never through a link, never
+    waited on (a FIFO swapped in), a regular file only (else OSError EINVAL)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    src = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        src.close()
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return src, st
 
 
 #: a new file, never one that is there: not through a link, not a planted file's inode
@@ -159,6 +175,8 @@ class ArchiveWriter:
         self.folder, self.name, self.when, self.level = folder, name, when, level
         self.signer, self.recipients, self.progress = signer, recipients or [], progress
         self.members: dict[str, dict] = {}
+        #: files not archived, per reason (``guest_backup.ops.uploads``): the manifest says so
+        self.left_out: Counter[str] = Counter()
         self.written = 0
         self._make_sink = sink
         self._sink: Sink | None = None
@@ -225,16 +243,30 @@ class ArchiveWriter:
         return digest
 
     def add_file(self, name: str, path: Path, *, stage: str) -> Digest:
+        """Add the file at ``path``; opened before the member is begun, so a file
+        deleted since it was listed raises FileNotFoundError with nothing written."""
+        src, st = open_regular(path)
+        with src:
+            return self.add_open(name, src, st, stage=stage)
+
+    def add_open(self, name: str, src: BinaryIO, st: os.stat_result, *, stage: str) -> Digest:
+        """Add an open file (``st``: its fstat, whose mtime the member gets)."""
         def copy(write: Callable[[bytes], None]) -> None:
-            with open(path, "rb") as src:
-                while chunk := src.read(CHUNK):
-                    write(chunk)
-        return self.add_stream(name, copy, stage=stage, mtime=path.stat().st_mtime)
+            while chunk := src.read(CHUNK):
+                write(chunk)
+        return self.add_stream(name, copy, stage=stage, mtime=st.st_mtime)
 
     def commit(self, manifest: dict) -> Path | None:
         """Write and sign the manifest last, then seal the archive and let the sink
-        make both visible; the archive's path when the sink is a local file."""
+        make both visible; the archive's path when the sink is a local file.
+
+        What was left out (:attr:`left_out`) is added to ``manifest`` (the caller's
+        dict) as ``left_out_uploads``: counts per reason, no names."""
+        manifest["left_out_uploads"] = dict(sorted(self.left_out.items()))
         manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        if len(manifest_bytes) > MAX_MANIFEST_BYTES:  # verify would refuse the archive
+            raise BackupError(f"the manifest of {len(self.members)} members is larger than "
+                              f"{MAX_MANIFEST_BYTES >> 20} MiB (very long upload names?)")
         self._zip.writestr(zipinfo(MANIFEST_MEMBER, self.when), manifest_bytes)
         self._zip.writestr(zipinfo(SIGNATURE_MEMBER, self.when),
                            self.signer.sign_manifest(manifest_bytes))

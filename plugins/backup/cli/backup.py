@@ -51,9 +51,11 @@ def backup_command(output: str | None, keep: int | None) -> None:
     only the remote copy failed: the local archive is kept), 75 when another
     backup is running."""
     from guest_backup.ops.pipeline import run_backup
+    from guest_backup.ops.uploads import left_out_text
 
+    ctx = backup_context()
     try:
-        run = run_backup(backup_context(), database_engine(), output=output, keep=keep,
+        run = run_backup(ctx, database_engine(), output=output, keep=keep,
                          actor=cli_actor(), via="cli")
     except BackupBusy as exc:
         _busy(exc)
@@ -69,6 +71,8 @@ def backup_command(output: str | None, keep: int | None) -> None:
     click.echo(f"{sum(m['row_counts'].values())} rows in {len(m['row_counts'])} tables, "
                f"{len(m['members']) - 1} uploads, {m['excluded_guest_photos']} guest photos left out, "
                f"{human_size(result.size)}")
+    if left_out := left_out_text(m.get("left_out_uploads")):
+        click.echo(f"WARNING {left_out} (their names are in the log)", err=True)
     click.echo(str(result.path))
 
 

@@ -29,11 +29,32 @@ def _age(when: datetime) -> str:
 def backup_status(app: Flask) -> list[StatusCheck]:
     ctx = backup_context(app)
     settings = ctx.settings
-    return [folder_check("backup folder", settings.backup_folder), _tool_check(ctx),
+    return [folder_check("backup folder", settings.backup_folder), _uploads_check(ctx),
+            _tool_check(ctx),
             _check("backup signing key", lambda: f"{settings.signer().public_key} (keep it "
                                                  f"with your recovery notes)"),
             _check("backup encryption", lambda: _encryption(settings.age_recipients)),
             _check("newest backup", lambda: _newest(ctx)), *_may_create_databases()]
+
+
+def _uploads_check(ctx) -> StatusCheck:
+    """FAIL when the upload folder holds the backup or instance folder (or the
+    reverse); a warning once the uploads near what one archive holds."""
+    from guest_backup.archive import format as archive_format
+    from guest_backup.ops.uploads import count_uploads, overlap_problem
+
+    settings = ctx.settings
+    if problem := overlap_problem(settings, ctx.instance_path):
+        return StatusCheck("backup upload folder", False, f"{problem}; backups are refused")
+    limit = archive_format.MAX_MEMBERS - 3  # the dump, the manifest and its signature
+    count = count_uploads(settings.upload_folder, limit + 1)
+    text = f"{count:,}{'+' if count > limit else ''} files"
+    if count >= archive_format.MEMBERS_WARN_SHARE * archive_format.MAX_MEMBERS:
+        return StatusCheck("backup upload folder", True,
+                           f"{text}: WARNING an archive holds at most {limit:,} uploads; past "
+                           f"that every backup fails (move old uploads elsewhere)")
+    return StatusCheck("backup upload folder", True,
+                       f"{text} go into each backup (an archive holds at most {limit:,})")
 
 
 def _may_create_databases() -> list[StatusCheck]:

@@ -78,14 +78,16 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
                   lock: BackupLock | RedisBackupLock, audit: AuditLog,
                   output: str | os.PathLike | None = None, actor: str | None = None,
                   via: str = "cli", progress: Progress | None = None,
-                  remote: Storage | None = None, keep_local: bool = True) -> BackupResult:
+                  remote: Storage | None = None, keep_local: bool = True,
+                  skip=()) -> BackupResult:
     """Make a system backup archive; raise :class:`BackupError` with a safe message.
 
     ``lock`` is the backup lock, already held by the caller (the pipeline, or a
     web job that took it in the request so that a second click is refused).
     ``remote``: stream the archive there too (best effort: its failure is the
     result's ``copy_failure``), or only there when not ``keep_local`` (its
-    failure fails the backup).
+    failure fails the backup). ``skip``: what the uploads' walk never enters (the
+    backup and instance folders, the secrets: ``uploads.protected_paths``).
     """
     if not lock.held:
         raise ValueError("create_backup was given a lock it does not hold")
@@ -106,7 +108,7 @@ def create_backup(engine: Engine, db_engine: DatabaseEngine, settings: BackupSet
             lambda name: entry.append(audit.start(engine, "backup", actor=actor, via=via,
                                                   target=name)),
             _sink_for(remote, keep_local, sinks),
-            _taken_names(engine, audit, remote, keep_local))
+            _taken_names(engine, audit, remote, keep_local), skip)
         audit.finish(engine, entry[0], "ok", target=manifest["name"], bytes=size,
                      rows=sum(manifest["row_counts"].values()),
                      message=OUTPUT_COPY if output is not None else None)
@@ -155,7 +157,7 @@ def _free_name(folder: Path, when: datetime, encrypted: bool, taken: set[str]) -
 
 
 def _write(engine, db_engine, settings, target_dir: Path, target_name: str | None, progress,
-           started, sink, taken: set[str]) -> tuple[Path | None, dict, int]:
+           started, sink, taken: set[str], skip=()) -> tuple[Path | None, dict, int]:
     """Write the archive from one snapshot; ``started(name)`` once the snapshot exists."""
     if not 1 <= settings.compresslevel <= 9:  # zlib took 10 with a traceback, 0 unpacked
         raise BackupError(f"BACKUP_COMPRESSLEVEL must be 1 to 9, not {settings.compresslevel}")
@@ -186,7 +188,7 @@ def _write(engine, db_engine, settings, target_dir: Path, target_name: str | Non
                 if not db_engine.is_complete(dump.tail):
                     raise BackupError("the database dump is incomplete")
                 counts = counted()
-            excluded = add_uploads(writer, conn, Path(settings.upload_folder))
+            excluded = add_uploads(writer, conn, Path(settings.upload_folder), skip)
         manifest = {
             "format_version": FORMAT_VERSION,
             "app": "guest-registration",

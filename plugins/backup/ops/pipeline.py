@@ -76,9 +76,15 @@ def run_backup(ctx: BackupContext, engine: Engine, *, output=None, keep: int | N
                lock: BackupLock | RedisBackupLock | None = None) -> BackupRun:
     """Hold the backup lock for the whole run (a run already going makes this
     one raise :class:`BackupBusy` at once); ``lock`` is one the caller holds."""
+    from guest_backup.ops.uploads import overlap_problem
+
     settings = ctx.settings
     if keep is not None:
         settings.keep = keep
+    if problem := overlap_problem(settings, ctx.instance_path):  # the page's backups too
+        _record_failure(ctx, engine, actor, via, problem)
+        ping(settings.healthcheck_url, ok=False)
+        raise BackupError(f"{problem}; no backup was made")
     own_lock = lock is None
     try:
         if own_lock:
@@ -110,6 +116,8 @@ def reap_idle(ctx: BackupContext, engine: Engine | None, via: str) -> None:
 
 
 def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun:
+    from guest_backup.ops.uploads import protected_paths
+
     remote, remote_error = _remote_for(ctx, settings, output)
     keep_local = settings.keep_local or remote is None
     if remote_error is not None and not settings.keep_local:
@@ -120,7 +128,8 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
     try:
         result = create_backup(engine, ctx.engine_for(engine.dialect.name), settings,
                                output=output, actor=actor, via=via, progress=progress, lock=lock,
-                               audit=ctx.audit, remote=remote, keep_local=keep_local)
+                               audit=ctx.audit, remote=remote, keep_local=keep_local,
+                               skip=protected_paths(settings, ctx.instance_path))
     except BackupError as exc:
         if isinstance(exc, StorageError) and not keep_local:
             _record_upload(ctx, engine, None, str(exc), actor, via)

@@ -10,18 +10,21 @@ folder's owner's, as every later backup by the service must read them."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
 import shutil
 from pathlib import Path, PurePosixPath
 
-from guest_backup.archive.format import PHOTO_NAME_RE, UPLOADS_PREFIX
+from guest_backup.archive.format import PHOTO_MEMBER_RE, PHOTO_NAME_RE, UPLOADS_PREFIX
 from guest_backup.archive.writer import CHUNK, Digest
 from guest_backup.archive.zipstream import StreamError
 from guest_backup.errors import BackupError
 from guest_backup.files import owned_like_folder
 from guest_backup.ops.fetch import FREE_RESERVE
+
+log = logging.getLogger(__name__)
 
 #: a staged file: ``.r-<restoring process>-<random>.restoring``
 STAGED_RE = re.compile(r"^\.r-([1-9][0-9]{0,6})-[0-9a-f]{16}\.restoring$")
@@ -52,8 +55,12 @@ class StagedUploads:
             member.skip()  # the verdict says what it is
             return
         rel = member.name[len(UPLOADS_PREFIX):]
-        if PHOTO_NAME_RE.match(PurePosixPath(rel).name):
+        if PHOTO_MEMBER_RE.match(PurePosixPath(rel).name):
             raise BackupError(f"{member.name!r} has a guest-photo name")
+        if PHOTO_NAME_RE.match(PurePosixPath(rel).name):  # a photo's copy, an older archive's
+            member.skip()
+            log.warning("restore: %r left out (a copy of a guest photo)", member.name)
+            return
         root = self._root()
         dest = root / rel
         anchor = dest.parent
