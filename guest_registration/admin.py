@@ -25,9 +25,11 @@ from flask_security import current_user
 from flask_wtf import FlaskForm
 from markupsafe import Markup
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from wtforms.validators import NumberRange
 
 from . import audit
-from .availability import database_unavailable, unavailable_response
+from .availability import MESSAGE as UNAVAILABLE_MESSAGE
+from .availability import UNAVAILABLE, database_unavailable, unavailable_response
 from .extensions import db
 from .headers import csp_nonce
 from .i18n import choices, page_size, page_timestamp, page_yes_no
@@ -116,10 +118,16 @@ class SecureModelView(AdminOnlyMixin, ModelView):
 
     def handle_view_exception(self, exc: Exception) -> bool:
         """A change the database refused, said plainly: the SQL error showed the
-        row's values (a guest's document number and photo name) on the page."""
-        if not isinstance(exc, IntegrityError):
+        statement and the row's values (a guest's document number) on the page."""
+        if not isinstance(exc, SQLAlchemyError):
             return super().handle_view_exception(exc)
-        if request.endpoint and request.endpoint.endswith((".delete_view", ".action_view")):
+        if not isinstance(exc, IntegrityError):
+            current_app.logger.warning("the database refused a change on %s: %s", request.path,
+                                       type(getattr(exc, "orig", None) or exc).__name__)
+            flash(_(UNAVAILABLE_MESSAGE) if isinstance(exc, UNAVAILABLE) else
+                  _("The database refused a value of this record (a number too large, or "
+                    "another value it cannot store); nothing was saved."), "error")
+        elif request.endpoint and request.endpoint.endswith((".delete_view", ".action_view")):
             flash(_("This record cannot be deleted while other records belong to it (a "
                     "registration's guests, a trip's registrations): delete those first."), "error")
         else:
@@ -173,6 +181,8 @@ class TripView(PhotosDeletedMixin, SecureModelView):
     column_filters = ("start_date", "end_date", "max_guests", "created_at")
     column_default_sort = ("id", True)
     form_excluded_columns = ("registrations", "created_at")
+    #: PostgreSQL's integer: a larger number is a form error, not a refused UPDATE
+    form_args = {"max_guests": {"validators": [NumberRange(min=1, max=2**31 - 1)]}}
 
 
 class RegistrationView(PhotosDeletedMixin, SecureModelView):

@@ -25,6 +25,8 @@ LIST_PAGE = re.compile(r"[0-9]{1,9}")
 TOKEN_QUERY_KEY = "auth_token"
 #: WSGI environ key: the client stalled mid-body; its connection is not kept alive
 CLIENT_STALLED = "guest_registration.client_stalled"
+#: the bound of a body that is not multipart when MAX_FORM_MEMORY_SIZE is unset
+PLAIN_BODY_LIMIT = 500_000
 #: the site's icon, in the package's ``static/`` (the pages link it)
 FAVICON = "favicon.svg"
 
@@ -46,8 +48,22 @@ def _admin_template_context() -> dict:
     }
 
 
+def _bound_unparsed_body() -> None:
+    """413 for a body that is not multipart and larger than any form of ours sends
+    (``MAX_FORM_MEMORY_SIZE``): Werkzeug bounds only multipart by that setting and
+    parsed an urlencoded or JSON body of up to ``MAX_CONTENT_LENGTH`` (photos
+    included) whole, anonymously (100 MiB: 30 s and 3.8 GiB). A body without a
+    length (chunked) is read no further than the bound."""
+    if request.mimetype == "multipart/form-data":
+        return  # photos: Werkzeug bounds each non-file field by MAX_FORM_MEMORY_SIZE
+    limit = current_app.config.get("MAX_FORM_MEMORY_SIZE") or PLAIN_BODY_LIMIT
+    if request.content_length is not None and request.content_length > limit:
+        abort(413)
+    request.max_content_length = limit  # before the stream is made: it stops there
+
+
 def _refuse_odd_input():
-    """Read the form body first, then 400 before any database work for what no form
+    """Read the form body first (bounded: :func:`_bound_unparsed_body`), then 400 before any database work for what no form
     or link of ours sends: a NUL
     byte in any parameter or form field (PostgreSQL cannot store one), a JSON body
     that is not an object, a list page number that is not a small whole number,
@@ -57,6 +73,7 @@ def _refuse_odd_input():
         abort(400)
     fields = [request.args]
     if request.method in ("POST", "PUT", "PATCH"):
+        _bound_unparsed_body()
         try:
             fields.append(request.form)
         except (OSError, ClientDisconnected):  # the client stopped sending (a timeout)
@@ -115,34 +132,42 @@ def init_app(app: Flask) -> None:
                                message=_("The form expired or was not sent from this site. "
                                          "Reload the page and try again.")), 400
 
-    messages = {  # English in the API's JSON, translated on pages
-        400: N_("The request was malformed."),
-        403: N_("You do not have access to this page."),
-        404: N_("Page not found."),
-        405: N_("Method not allowed."),
-        408: N_("The request took too long to arrive. Try again."),
-        413: N_("The upload is too large."),
-        429: N_("Too many attempts. Wait a little and try again."),
-        500: N_("Something went wrong on our side. The error was logged."),
-    }
-
-    def error_page(code: int):
-        if request.path.startswith(API_PREFIX):  # an API answers JSON, never HTML
-            response = jsonify(error=messages[code].rstrip(".").lower())
-            response.status_code = code
-            return response
-        return render_template("error.html", code=code, message=_(messages[code])), code
-
-    for code in messages:
+    for code in MESSAGES:
         app.register_error_handler(code, lambda exc, code=code: error_page(code))
+    app.register_error_handler(DataError, refused_value)
+    app.register_error_handler(OverflowError, refused_value)
 
-    @app.errorhandler(DataError)
-    def refused_value(exc: DataError):
-        """The database refused a value from the request (a record id PostgreSQL's
-        integer cannot hold, text where a number goes): 400, not 500."""
-        app.logger.warning("the database refused a value for %s: %s", request.path,
-                           type(exc.orig).__name__)
-        from .extensions import db
 
-        db.session.rollback()
-        return error_page(400)
+MESSAGES = {  # English in the API's JSON, translated on pages
+    400: N_("The request was malformed."),
+    403: N_("You do not have access to this page."),
+    404: N_("Page not found."),
+    405: N_("Method not allowed."),
+    408: N_("The request took too long to arrive. Try again."),
+    413: N_("The upload is too large."),
+    429: N_("Too many attempts. Wait a little and try again."),
+    500: N_("Something went wrong on our side. The error was logged."),
+}
+
+
+def error_page(code: int):
+    if request.path.startswith(API_PREFIX):  # an API answers JSON, never HTML
+        response = jsonify(error=MESSAGES[code].rstrip(".").lower())
+        response.status_code = code
+        return response
+    return render_template("error.html", code=code, message=_(MESSAGES[code])), code
+
+
+def refused_value(exc: DataError | OverflowError):
+    """The database refused a value from the request (a record id PostgreSQL's
+    integer cannot hold, text where a number goes; a list filter's number SQLite's
+    64 bits cannot hold, which its driver raises as OverflowError): 400, not 500."""
+    if isinstance(exc, OverflowError) and "SQLite" not in str(exc):
+        current_app.logger.error("error on %s", request.path, exc_info=exc)  # ours: a bug
+        return error_page(500)
+    current_app.logger.warning("the database refused a value for %s: %s", request.path,
+                               type(getattr(exc, "orig", None) or exc).__name__)
+    from .extensions import db
+
+    db.session.rollback()
+    return error_page(400)

@@ -17,6 +17,11 @@ from ..i18n import choices, page_language
 from ..models import AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES
 
 
+#: The most guests one registration takes, whatever a trip's ``max_guests``: each
+#: entry is built, validated and rendered again; a multipart body has at most
+#: ``MAX_FORM_PARTS`` (1000) parts, 7 of them per guest.
+MAX_GUESTS = 100
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -54,4 +59,5 @@ class RegistrationForm(FlaskForm):
     email = EmailField(_l("E-mail"), validators=[DataRequired(), Email(), Length(max=255)])
     language = SelectField(_l("Language"), choices=list(LANGUAGES.items()),
                            default=page_language)
-    guests = FieldList(FormField(GuestForm), min_entries=1)
+    #: a guard: the view refuses more guests than the trip takes before it builds this
+    guests = FieldList(FormField(GuestForm), min_entries=1, max_entries=MAX_GUESTS)
