@@ -214,3 +214,24 @@ def test_retention_enforce_names_archives_past_retention_it_cannot_remove(app, s
     held = [p for p in report["problem_ids"] if p["id"] == "overdue_archives_held"]
     assert held and f"until {until:%Y-%m-%d}" in held[0]["text"], report["problems"]
     assert "overdue_archives" not in [p["id"] for p in report["problem_ids"]]
+
+
+@pytest.mark.parametrize("setting", ["BACKUP_KEEP", "BACKUP_KEEP_DAILY", "BACKUP_KEEP_WEEKLY",
+                                     "BACKUP_KEEP_MONTHLY"])
+def test_a_negative_keep_stops_start_up_instead_of_deleting_archives(setting, tmp_path,
+                                                                     database_url):
+    """-1 (restic's "unlimited") kept only the newest archive: every rule at -1
+    removed all the others, after every backup."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    env = dict(os.environ, **{setting: "-1"}, INSTANCE_PATH=str(tmp_path / "instance"),
+               DATABASE_URL=database_url)
+    result = subprocess.run([sys.executable, "manage.py", "backup-prune", "--dry-run"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (f"Error: the app cannot start: {setting} must be a whole "
+                                     f"number of at least 0, not -1"), result.stderr

@@ -1,6 +1,9 @@
-"""The export's settings, checked when the web app starts (the export blueprint
-is registered) and when ``export-guests`` runs: a value that cannot work stops
-start-up in one line naming it, instead of every export going wrong."""
+"""The plugin's whole-number settings that have a least value, checked when any
+app of it starts (the plugin's ``init_app``), when the export blueprint is
+registered and when ``export-guests`` runs: a value that cannot work stops
+start-up in one line naming it, instead of every export going wrong or, for
+retention, every archive but the newest being deleted (a keep of -1, which
+restic spells "unlimited", removed them all)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ MINIMUMS = {
     "EXPORT_FETCH_ROWS": 1,
     # exports at once per process: 0 means no limit
     "EXPORT_MAX_CONCURRENT": 0,
+    # retention: 0 keeps everything (for that rule)
+    "BACKUP_KEEP": 0,
+    "BACKUP_KEEP_DAILY": 0,
+    "BACKUP_KEEP_WEEKLY": 0,
+    "BACKUP_KEEP_MONTHLY": 0,
 }
 
 
