@@ -116,6 +116,27 @@ def record(engine: Engine | Connection, action: str, outcome: str, *, actor: str
         ).scalar_one()
 
 
+def latest_by_target(engine: Engine, actions: tuple[str, ...],
+                     outcomes: tuple[str, ...] = ("ok", "failed"),
+                     latest_outcome: str | None = None) -> list[dict]:
+    """The newest entry of each target among ``actions`` that ended with one of
+    ``outcomes`` (entries naming no target left out), newest first, as plain dicts;
+    with ``latest_outcome``, only the targets whose newest entry ended so. One
+    grouped query however long the log is."""
+    from sqlalchemy import func, select
+
+    _, table = _audit()
+    newest = (select(func.max(table.c.id))
+              .where(table.c.action.in_(actions), table.c.outcome.in_(outcomes),
+                     table.c.target.is_not(None))
+              .group_by(table.c.target))
+    query = select(table).where(table.c.id.in_(newest)).order_by(table.c.id.desc())
+    if latest_outcome is not None:
+        query = query.where(table.c.outcome == latest_outcome)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
 def recent(engine: Engine, limit: int = 20, **where: Any) -> list[dict]:
     """The latest entries, newest first, as plain dicts (``where``: column = value)."""
     from sqlalchemy import select

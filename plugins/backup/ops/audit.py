@@ -1,7 +1,7 @@
 """The audit trail as the operations see it.
 
 The host owns the audit table and its writer (``start``/``finish``/``record``/
-``recent``, each taking an Engine or Connection first); the wiring hands that
+``recent``/``latest_by_target``, each taking an Engine or Connection first); the wiring hands that
 writer to :class:`~guest_backup.ops.context.BackupContext` as ``audit``, so no
 operation imports the host. :func:`quietly` is the one owner of "an audit entry
 must never break the operation it describes".
@@ -27,6 +27,10 @@ class AuditLog(Protocol):
                **fields: Any) -> int: ...
 
     def recent(self, bind: Any, limit: int = 20, **where: Any) -> list[dict]: ...
+
+    def latest_by_target(self, bind: Any, actions: tuple[str, ...],
+                         outcomes: tuple[str, ...] = ("ok", "failed"),
+                         latest_outcome: str | None = None) -> list[dict]: ...
 
 
 def quietly(what: str, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -35,8 +35,6 @@ from guest_backup.ops.notify import observed
 from guest_backup.storages import ArchiveHeld, StorageError
 
 log = logging.getLogger(__name__)
-#: the newest verify and restore-test entries read for each archive's latest check
-CHECKS_READ = 5000
 
 
 def years_before(when: datetime, years: int) -> datetime:
@@ -156,18 +154,14 @@ def _merged(decisions: list[Decision], suspect: list[Decision]) -> list[Decision
 def failed_checks(audit, engine) -> dict[str, dict]:
     """The archives whose latest check in the audit log failed, by name: a ``verify``
     or ``restore-test`` entry naming the archive (the one the Backup page shows per
-    archive), with ``action``, ``at`` and ``message``. Reads the newest
-    :data:`CHECKS_READ` entries of each: an archive last checked before them counts
-    as unchecked."""
-    rows = [row for action in ("verify", "restore-test")
-            for row in audit.recent(engine, CHECKS_READ, action=action)]
-    latest: dict[str, dict] = {}
-    for row in sorted(rows, key=lambda r: r["id"], reverse=True):
-        if row.get("target") and row["outcome"] in ("ok", "failed"):
-            latest.setdefault(row["target"], row)
-    return {name: {"id": row["id"], "action": row["action"], "message": row["message"],
-                   "at": format_time(row["finished_at"] or row["created_at"])}
-            for name, row in latest.items() if row["outcome"] == "failed"}
+    archive), with ``action``, ``at`` and ``message``. One grouped query: every
+    archive's latest check counts, however long ago it ran."""
+    failed = audit.latest_by_target(engine, ("verify", "restore-test"),
+                                    latest_outcome="failed")
+    return {row["target"]: {"id": row["id"], "action": row["action"],
+                            "message": row["message"],
+                            "at": format_time(row["finished_at"] or row["created_at"])}
+            for row in failed}
 
 
 def damaged_archives(ctx, engine) -> dict[str, str]:
