@@ -22,6 +22,9 @@ from guest_backup.ops.selection_steps import (ACTIONS, PHOTO_NOTES, REASONS, Pla
 from guest_backup.wiring import backup_context
 
 HEAD = {"insert": "INSERT", "overwrite": "OVERWRITE", "leave": "LEAVE", "erased": "ERASED"}
+#: an id as the tables hold it (INTEGER): a larger one never names a row, and SQLite
+#: could not even look it up ("failed (OverflowError)")
+ID = click.IntRange(1, 2**31 - 1)
 
 
 def describe(plan: Plan, archive: str) -> list[str]:
@@ -30,7 +33,8 @@ def describe(plan: Plan, archive: str) -> list[str]:
     lines = [f"Selective restore from {archive}: {plan.selection.describe()}"]
     for action in ACTIONS:
         for step in plan.of(action):
-            where = f" → new id {step.new_id}" if step.new_id is not None else ""
+            where = ("" if step.new_id is None else f" → new id {step.new_id}"
+                     if action == "insert" else f" (today id {step.new_id})")
             fields = f" [{', '.join(step.fields)}]" if step.fields else ""
             label = f" {step.label}" if step.label else ""
             lines.append(f"{HEAD[action]:<9} {step.table} {step.id}{where}{label}{fields}: "
@@ -60,14 +64,14 @@ def _selection(trip: tuple[int, ...], registration: tuple[int, ...], overwrite: 
 
 @click.command("restore-select")
 @click.argument("archive")
-@click.option("--trip", type=int, multiple=True, metavar="ID",
+@click.option("--trip", type=ID, multiple=True, metavar="ID",
               help="Bring back this trip (its id in the archive) with every registration.")
-@click.option("--registration", type=int, multiple=True, metavar="ID",
+@click.option("--registration", type=ID, multiple=True, metavar="ID",
               help="Bring back this registration with its guests. Repeatable.")
-@click.option("--overwrite", type=int, multiple=True, metavar="GUEST_ID",
+@click.option("--overwrite", type=ID, multiple=True, metavar="GUEST_ID",
               help="Overwrite this existing, changed guest with the archive's values "
                    "(otherwise existing rows are left alone). Repeatable.")
-@click.option("--overwrite-registration", type=int, multiple=True, metavar="ID",
+@click.option("--overwrite-registration", type=ID, multiple=True, metavar="ID",
               help="Overwrite this existing, changed registration (e-mail, language, "
                    "status) with the archive's values. Repeatable.")
 @IDENTITY

@@ -149,7 +149,7 @@ def finish_open(ctx: BackupContext, live_engine: Engine, session: BrowseSession,
     """Load the claimed session's archive; on failure the session is left as
     ``failed`` with the reason (dropped later like an idle one)."""
     try:
-        load_into(ctx, session, archive, identity, trusted_keys)
+        load_into(ctx, session, archive, identity, trusted_keys, live_engine)
     except BaseException as exc:
         message = safe_message(exc, "opening of the archive")
         drop(session)

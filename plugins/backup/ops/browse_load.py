@@ -23,6 +23,7 @@ from guest_backup.archive.signing import TrustedKeys
 from guest_backup.errors import BackupError
 from guest_backup.ops.browse_search import add_search_indexes
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.erasure_mark import refuse_lost_lines
 from guest_backup.ops.fetch import archive_file, local_copy
 from guest_backup.ops.finishing import erasures_for
 from guest_backup.ops.listing import storages_holding
@@ -35,11 +36,20 @@ PREFIX = "guest_browse_"
 
 
 def load_into(ctx: BackupContext, session: Any, archive: str, identity,
-              trusted_keys) -> None:
+              trusted_keys, live_engine: Engine | None = None) -> None:
     """The restore path into the scratch database of ``session`` (a
     :class:`~guest_backup.ops.browse.BrowseSession`), then the search indexes; the
-    times and what the restore reported are set on the session."""
+    times and what the restore reported are set on the session. Refused, as a
+    restore is, when the live database's erasure mark is past every copy of the
+    ledger (``live_engine``): the erasures of the lost lines would not be
+    re-applied in the copy, and its rows could be restored from it."""
     settings = ctx.settings
+
+    def erasures():
+        found = erasures_for(ctx)
+        refuse_lost_lines(found, live_engine, outcome="the archive was not opened")
+        return found
+
     uploads = Path(tempfile.mkdtemp(prefix="gr-browse-uploads-"))  # not kept: not browsed
     start = time.perf_counter()
     try:
@@ -49,7 +59,7 @@ def load_into(ctx: BackupContext, session: Any, archive: str, identity,
                 uploads_dir=uploads, trusted=settings.trusted(trusted_keys), engine=None,
                 identity=identity, explicit_keys=list(TrustedKeys(trusted_keys)),
                 migrations=ctx.migrations() if ctx.migrations else None,
-                erasures=lambda: erasures_for(ctx))
+                erasures=erasures)
     finally:
         shutil.rmtree(uploads, ignore_errors=True)
     session.open_seconds = round(time.perf_counter() - start, 2)

@@ -2,11 +2,13 @@
 while the site keeps serving. Today's rows the plan relies on are checked first
 (on PostgreSQL under row locks that never block a sign-up: FOR SHARE on rows
 left alone, FOR NO KEY UPDATE on rows overwritten; on SQLite after taking its
-write lock); a row that changed since the preview, or one that appeared where
-the plan inserts, stops the restore with everything rolled back. Then the
-archive's rows are read again from the scratch database in batches and
-written: trips, registrations, guests, then the overwrites; PostgreSQL's
-sequences are moved past inserted ids."""
+write lock); a row that changed since the preview, one that appeared where the
+plan inserts, a copy of a row it inserts that appeared under another id, or a
+guest that links a photo file it links again, stops the restore with everything
+rolled back (another restore of the same rows since the preview: two copies of
+one person). Then the archive's rows are read again from the scratch database
+in batches, checked to fit today's columns, and written: trips, registrations,
+guests, then the overwrites."""
 
 from __future__ import annotations
 
@@ -22,15 +24,15 @@ from guest_backup.archive.manifest import TIME_FORMAT
 from guest_backup.errors import BackupError
 from guest_backup.ops.audit import quietly
 from guest_backup.ops.create import safe_message
-from guest_backup.ops.erasure_mark import last_seq
+from guest_backup.ops.erasure_mark import last_seq, refuse_lost_lines
 from guest_backup.ops.erasure_sql import CHUNK
 from guest_backup.ops.page_texts import (ERASED_SINCE, ROW_ADDED, ROW_CHANGED, ROW_DELETED,
                                          ROW_REFUSED, ROW_TABLES, Text)
 from guest_backup.ops.selection_plan import plan_selection
 from guest_backup.ops.selection_steps import (Plan, Selection, SelectionChanged, Step,
                                               failure_line)
-from guest_backup.ops.selection_rows import (PARENT, TABLES, Tables,
-                                             fingerprint)
+from guest_backup.ops.selection_rows import (PARENT, TABLES, UP, Tables, check_fit, copies,
+                                             fingerprint, record_key)
 
 ACTION = "restore-select"  # the audit log's action
 
@@ -50,6 +52,8 @@ def apply_plan(live_engine: Engine, plan: Plan) -> dict[str, dict[str, int]]:
                 if dst.dialect.name == "sqlite":  # the write lock first: check, then write
                     dst.execute(sa.text("UPDATE trip SET id = id WHERE 1 = 0"))
                 _check(dst, tables, plan)
+                _no_copy_since(src, dst, tables, plan)
+                _no_photo_linked_since(src, dst, tables, plan)
                 for name in TABLES:
                     _insert(src, dst, tables, plan.of("insert", name))
                 for name in TABLES:
@@ -75,6 +79,46 @@ def _changed(step: Step, row) -> Text:
     return Text(what, table=Text(ROW_TABLES[step.table]), id=step.target)
 
 
+def _added(name: str, live_id: int) -> SelectionChanged:
+    return SelectionChanged(Text(ROW_ADDED, table=Text(ROW_TABLES[name]), id=live_id),
+                            "preview again to see today's state")
+
+
+def _no_copy_since(src: Connection, dst: Connection, tables: Tables, plan: Plan) -> None:
+    """No row the plan inserts is in today's database under another id (a restore
+    of it since the preview), looked up as the preview does (``record_key``), under
+    parents that were there today; never one of the plan's own rows."""
+    for name in TABLES:
+        inserted = {s.id for s in plan.of("insert", UP[name])} if UP[name] else set()
+        steps = [s for s in plan.of("insert", name) if s.parent not in inserted]
+        mine = {s.target for s in plan.steps if s.table == name and s.action != "erased"}
+        for start in range(0, len(steps), CHUNK):
+            part = steps[start:start + CHUNK]
+            rows = tables.rows_by_id(src, name, [s.id for s in part])
+            wanted = {s.id: record_key(name, rows[s.id], s.target_parent)
+                      for s in part if s.id in rows}
+            found = copies(dst, tables, name, wanted, mine)
+            if found:
+                raise _added(name, min(row.id for row in found.values()))
+
+
+def _no_photo_linked_since(src: Connection, dst: Connection, tables: Tables,
+                           plan: Plan) -> None:
+    """No guest links a photo file the plan links again (a restore of another
+    preview since: one person's document on two records). Only a restore links an
+    existing file: a sign-up and the admin store a new one."""
+    steps = [s for s in plan.of("insert", "guest") if s.photo == "kept"]
+    column = tables.tables["guest"].c
+    for start in range(0, len(steps), CHUNK):
+        part = steps[start:start + CHUNK]
+        rows = tables.rows_by_id(src, "guest", [s.id for s in part])
+        names = {rows[s.id].document_photo for s in part if s.id in rows} - {None}
+        linked = dst.execute(sa.select(column.id).where(column.document_photo.in_(names))
+                             .order_by(column.id).limit(1)).scalar() if names else None
+        if linked is not None:
+            raise _added("guest", linked)
+
+
 def _insert(src: Connection, dst: Connection, tables: Tables, steps: list[Step]) -> None:
     if not steps:
         return
@@ -90,6 +134,7 @@ def _insert(src: Connection, dst: Connection, tables: Tables, steps: list[Step])
                 row[PARENT[name]] = step.target_parent
             if step.photo == "missing":
                 row["document_photo"] = None
+            check_fit(tables, name, step.id, row, row)
             values.append(row)
         dst.execute(sa.insert(table), values)
     # no sequence to move: an id is kept only if its sequence handed it out already
@@ -103,8 +148,9 @@ def _overwrite(src: Connection, dst: Connection, tables: Tables, steps: list[Ste
     columns = tables.compared(name)
     rows = tables.rows_by_id(src, name, [s.id for s in steps])
     for step in steps:
-        dst.execute(sa.update(table).where(table.c.id == step.target)
-                    .values({c: getattr(rows[step.id], c) for c in columns}))
+        values = {c: getattr(rows[step.id], c) for c in columns}
+        check_fit(tables, name, step.id, values, values)
+        dst.execute(sa.update(table).where(table.c.id == step.target).values(values))
 
 
 @dataclass
@@ -169,7 +215,7 @@ def restore_selection(ctx, live_engine: Engine, source_engine: Engine, selection
             if plan is None:  # under the lock: no erasure can come between
                 plan = _planned(ctx, live_engine, source_engine, selection, reapplied_at)
             else:
-                _no_erasure_since(plan, ctx)
+                _no_erasure_since(plan, ctx, live_engine)
             started = time.monotonic()
             apply_plan(live_engine, plan)
             seconds = time.monotonic() - started
@@ -197,6 +243,7 @@ def _planned(ctx, live_engine: Engine, source_engine: Engine, selection: Selecti
     from guest_backup.ops.finishing import erasures_for
 
     erasures = erasures_for(ctx)
+    refuse_lost_lines(erasures, live_engine)  # lost lines: erasures no copy re-applies
     plan = plan_selection(source_engine, live_engine, selection,
                           erasures_after(erasures, reapplied_at),
                           photo_present=photo_check(ctx))
@@ -204,11 +251,14 @@ def _planned(ctx, live_engine: Engine, source_engine: Engine, selection: Selecti
     return plan
 
 
-def _no_erasure_since(plan: Plan, ctx) -> None:
-    """SelectionChanged when the ledger went past the plan's last line."""
+def _no_erasure_since(plan: Plan, ctx, live_engine: Engine) -> None:
+    """SelectionChanged when the ledger went past the plan's last line;
+    LedgerLinesLost when it lost lines since."""
     from guest_backup.ops.finishing import erasures_for
 
-    last, seen = last_seq(erasures_for(ctx).entries), plan.ledger_seq
+    erasures = erasures_for(ctx)
+    refuse_lost_lines(erasures, live_engine)
+    last, seen = last_seq(erasures.entries), plan.ledger_seq
     if not isinstance(seen, int) or isinstance(seen, bool) or seen != last:
         raise SelectionChanged(Text(ERASED_SINCE))
 

@@ -15,8 +15,9 @@ from guest_backup.ops.erasure_sql import BATCH, erased_email, guest_is_erased, s
 from guest_backup.ops.reapply import erased_present
 from guest_backup.ops.selection_steps import (Plan, Selection, SelectionError, Step, runs,
                                               shortened)
-from guest_backup.ops.selection_rows import (Tables, changed_fields, fingerprint,
-                                             issued_up_to, new_ids, same_record)
+from guest_backup.ops.selection_rows import (PARENT, UP, Tables, changed_fields, check_fit,
+                                             copies, fingerprint, issued_up_to, new_ids,
+                                             record_key, same_record)
 
 PENDING = -1  # the target id of a row whose new id is drawn at the end
 NEW_ID = ("id-taken", "id-ahead")  # the reasons a row comes back with a new id
@@ -72,6 +73,9 @@ class _Planner:
         self.names: dict[int, str] = {}  # photo names of the batch's inserted guests
         self.linked: set[str] = set()  # photo names a restored guest links (the whole plan)
         self.issued: dict[str, int | None] = {}  # issued_up_to, per table
+        #: today's ids of the rows found (never found twice); the archive ids found
+        self.claimed: dict[str, set[int]] = {"trip": set(), "registration": set(), "guest": set()}
+        self.found: dict[str, set[int]] = {"trip": set(), "registration": set(), "guest": set()}
 
     def run(self) -> None:
         sel = self.plan.selection
@@ -97,11 +101,37 @@ class _Planner:
         for start in range(0, len(rest), BATCH):
             yield rest[start:start + BATCH]
 
-    def _add(self, step: Step, label: str, live_row) -> Step:
+    def _add(self, step: Step, label: str, live_row, row=None) -> Step:
         if step.action != "erased":
             step.label, step.live = label, fingerprint(live_row)
+        if step.action in ("insert", "overwrite"):  # a value today's column cannot hold
+            columns = (self.tables.compared(step.table) if step.action == "overwrite" else
+                       [c for c in self.tables.columns[step.table] if c != "document_photo"])
+            check_fit(self.tables, step.table, step.id, row._mapping, columns)
         self.plan.steps.append(step)
         return step
+
+    def _lookup(self, name: str, rows: list) -> dict:
+        """Today's row each archive row is compared with: the one with its id; when
+        that one does not hold the record, the row holding it under another id (a
+        restore of it before, its id taken), so it is not brought back twice."""
+        live = self.tables.rows_by_id(self.dst, name, [r.id for r in rows])
+        column, wanted = PARENT[name], {}
+        for r in rows:
+            parent = self.target[UP[name]][getattr(r, column)] if column else None
+            if parent != PENDING and same_record(name, r, live.get(r.id), parent):
+                self.claimed[name].add(r.id)
+            elif not column or getattr(r, column) in self.found[UP[name]]:
+                wanted[r.id] = record_key(name, r, parent)  # (its parent is there today)
+        live.update(copies(self.dst, self.tables, name, wanted, self.claimed[name]))
+        return live
+
+    def _found(self, step: Step, live_row) -> int:
+        """Today's id of an existing row; one found under another id is mapped there."""
+        self.found[step.table].add(step.id)
+        if live_row.id != step.id:
+            step.new_id = live_row.id
+        return live_row.id
 
     def _place(self, name: str, row, live_row, parent_target: int | None) -> tuple[str, str]:
         """(action, reason) for a row that is not erased. A missing row keeps its id
@@ -118,17 +148,18 @@ class _Planner:
         return "insert", "id-ahead" if ahead else "missing"
 
     def _trip(self, row) -> None:
-        live_row = self.tables.rows_by_id(self.dst, "trip", [row.id]).get(row.id)
+        live_row = self._lookup("trip", [row]).get(row.id)
         action, reason = self._place("trip", row, live_row, None)
         step = Step("trip", row.id, action, "trip-exists" if action == "leave" else reason)
-        self.target["trip"][row.id] = PENDING if reason in NEW_ID else row.id
-        self._add(step, str(getattr(row, "title", "")), live_row)
+        self.target["trip"][row.id] = (self._found(step, live_row) if action == "leave" else
+                                       PENDING if reason in NEW_ID else row.id)
+        self._add(step, str(getattr(row, "title", "")), live_row, row)
 
     def _batch(self, rows: list) -> None:
-        live_rows = self.tables.rows_by_id(self.dst, "registration", [r.id for r in rows])
+        live_rows = self._lookup("registration", rows)
         steps = {r.id: self._registration(r, live_rows.get(r.id)) for r in rows}
         guests = list(self.tables.children(self.src, "guest", steps))
-        live_guests = self.tables.rows_by_id(self.dst, "guest", [g.id for g in guests])
+        live_guests = self._lookup("guest", guests)
         counts: dict[int, list[int]] = {}
         kept_photos = []
         for g in guests:
@@ -158,10 +189,12 @@ class _Planner:
             self.target["registration"][row.id] = None
             return self._add(step, "", live_row)
         step.action, step.reason = action, reason
+        target = PENDING if reason in NEW_ID else row.id
         if action == "leave":
+            target = self._found(step, live_row)
             self._changed(step, row, live_row, self.plan.selection.overwrite_registration_ids)
-        self.target["registration"][row.id] = PENDING if reason in NEW_ID else row.id
-        return self._add(step, row.email, live_row)
+        self.target["registration"][row.id] = target
+        return self._add(step, row.email, live_row, row)
 
     def _guest(self, row, live_row) -> Step:
         self.seen_guests.add(row.id)
@@ -177,11 +210,12 @@ class _Planner:
             return self._add(step, "", live_row)
         step.action, step.reason = action, reason
         if action == "leave":
+            self._found(step, live_row)
             self._changed(step, row, live_row, self.plan.selection.overwrite_guest_ids)
         elif getattr(row, "document_photo", None):
             step.photo = "kept" if self._photo_there(row.document_photo) else "missing"
             self.names[row.id] = row.document_photo
-        return self._add(step, f"{row.first_name} {row.last_name}", live_row)
+        return self._add(step, f"{row.first_name} {row.last_name}", live_row, row)
 
     def _changed(self, step: Step, row, live_row, overwrite: Iterable[int]) -> None:
         step.fields = changed_fields(self.tables.compared(step.table), row, live_row)

@@ -2,7 +2,8 @@
 databases have them (the columns they share, so a column added by a later
 migration or a plugin is carried without naming it here), reading rows by id in
 chunks, a row's fingerprint (how the apply sees that a row changed since the
-preview), and new ids for rows whose id is taken.
+preview), the same record found under another id, whether an archive's value
+fits today's column, and new ids for rows whose id is taken.
 
 SQLAlchemy Core on table names only; no host models (see ``ops`` layering).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterable, Iterator
 
 import sqlalchemy as sa
@@ -18,15 +20,26 @@ from sqlalchemy.engine import Connection
 
 from guest_backup.errors import BackupError
 from guest_backup.ops.erasure_sql import chunks
+from guest_backup.ops.selection_steps import SelectionError
 
 TABLES = ("trip", "registration", "guest")
 #: the column tying a row to its parent (None: a trip has no parent)
 PARENT = {"trip": None, "registration": "trip_id", "guest": "registration_id"}
+#: the parent's table
+UP = {"trip": None, "registration": "trip", "guest": "registration"}
 #: what says that an id holds the same record (with the parent column)
 IDENTITY = "created_at"
 #: columns never compared nor overwritten: the key, the identity, and the photo
 #: (photos are not in system archives, so today's photo name is kept)
 FIXED = {"id", IDENTITY, "trip_id", "registration_id", "document_photo"}
+#: what else a row must share with the archive's to be its record under another id
+#: (one a selective restore brought back with a new id, its own being taken): the
+#: creation time alone is shared by every row of an import in one transaction
+#: (PostgreSQL's now()) or one second (SQLite's CURRENT_TIMESTAMP)
+ALIKE = {"trip": ("title",), "registration": ("email",), "guest": ("first_name", "last_name")}
+#: the creation times searched around one (SQLite compares them as text, whole
+#: seconds and microseconds alike); the match itself is exact
+SLACK = timedelta(seconds=1)
 
 
 @dataclass
@@ -98,6 +111,70 @@ def _same_time(a, b) -> bool:
     if a is None or b is None:
         return a is b
     return a.replace(tzinfo=None) == b.replace(tzinfo=None)
+
+
+def record_key(name: str, row: sa.Row, parent: int | None) -> tuple | None:
+    """What says that two rows hold one record whatever their ids: the parent
+    (today's id), the creation time and :data:`ALIKE` (None: no creation time)."""
+    stamp = getattr(row, IDENTITY)
+    if stamp is None:
+        return None
+    return (parent, stamp.replace(tzinfo=None), *(getattr(row, c, None) for c in ALIKE[name]))
+
+
+def copies(conn: Connection, tables: Tables, name: str, wanted: dict[int, tuple | None],
+           taken: set[int]) -> dict[int, sa.Row]:
+    """``{archive id: today's row}`` for the rows of ``wanted`` (``{archive id:
+    record_key}``) that today's database holds under another id. A row of ``taken``
+    (today's rows other rows of the plan are) is never chosen; each row found is
+    chosen once, the lowest id first, and added to ``taken``. Read by parent and a
+    window of creation times, compared here: bounded by the rows alike."""
+    wanted = {i: k for i, k in wanted.items() if k is not None}
+    if not wanted:
+        return {}
+    table, column = tables.tables[name], PARENT[name]
+    stamps = [k[1] for k in wanted.values()]
+    query = tables.select(name).where(table.c[IDENTITY].between(min(stamps) - SLACK,
+                                                                max(stamps) + SLACK))
+    parts = list(chunks({k[0] for k in wanted.values()})) if column else [None]
+    alike: dict[tuple, list[sa.Row]] = {k: [] for k in wanted.values()}
+    for part in parts:
+        for row in conn.execute(query if part is None else query.where(table.c[column].in_(part))):
+            key = record_key(name, row, getattr(row, column) if column else None)
+            if key in alike and row.id not in taken:
+                alike[key].append(row)
+    found = {}
+    for archive_id in sorted(wanted):
+        rows = sorted((r for r in alike[wanted[archive_id]] if r.id not in taken),
+                      key=lambda r: r.id)
+        if rows:
+            found[archive_id] = rows[0]
+            taken.add(rows[0].id)
+    return found
+
+
+def check_fit(tables: Tables, name: str, archive_id: int, values, columns: Iterable[str]) -> None:
+    """Refuse (:class:`SelectionError`) a row of the archive that today's column
+    cannot hold as it is: a text longer than the column's length, or holding a NUL.
+    PostgreSQL refuses both, SQLite stores both (a signed archive's scratch copy on
+    SQLite holds any length): checked here alike, naming no value."""
+    for column in columns:
+        value, kind = values[column], tables.tables[name].c[column].type
+        if value is None or not isinstance(kind, sa.String):
+            continue
+        limit = kind.length
+        if not isinstance(value, str):
+            why = "is not text"
+        elif "\x00" in value:
+            why = "holds a NUL character, which the live database does not store"
+        elif limit and len(value) > limit:
+            why = (f"is {len(value):,} characters long and the live database's column "
+                   f"holds {limit:,}")
+        else:
+            continue
+        raise SelectionError(f"{name} {archive_id} of the archive: its {column} {why}: it "
+                             f"cannot be restored as it is; choose without the registration "
+                             f"(or trip) holding it")
 
 
 def changed_fields(columns: list[str], archived: sa.Row, live: sa.Row) -> list[str]:
