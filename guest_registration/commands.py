@@ -47,16 +47,39 @@ def setup_command(admin_email: str | None, admin_password: str | None,
     from sqlalchemy.exc import OperationalError
 
     from . import maintenance
+    from .instance_folder import handed_to_their_owner
     from .schema import SchemaError
 
     try:
-        for line in maintenance.setup(current_app, admin_email, admin_password,
-                                      reset_password):
-            click.echo(line)
+        with handed_to_their_owner(*_service_paths(current_app)):  # run as root: theirs
+            for line in maintenance.setup(current_app, admin_email, admin_password,
+                                          reset_password):
+                click.echo(line)
     except OperationalError as exc:  # one line naming the database, never a traceback
         raise click.ClickException(maintenance.unreachable(current_app, exc)) from None
     except (SchemaError, ValueError) as exc:  # a wrong option or folder (a plugin's too)
         raise click.ClickException(str(exc)) from None
+
+
+def _service_paths(app: Flask) -> list[Path]:
+    """What ``setup`` (or ``status`` on a fresh instance: its SQLite file) may make
+    for the service: the instance folder, the upload folder, an SQLite database
+    (with its -wal, -shm and -journal) and the folders of the settings plugins name
+    (``SETUP_FOLDERS``: a plugin's archive folder, say)."""
+    from sqlalchemy.engine import make_url
+
+    from .instance_folder import SETUP_FOLDERS
+
+    paths = [Path(app.instance_path), Path(app.config["UPLOAD_FOLDER"])]
+    url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        database = Path(app.instance_path) / url.database  # a relative one is the instance's
+        paths += [database.with_name(database.name + end) for end in ("", "-wal", "-shm",
+                                                                       "-journal")]
+    for setting in app.extensions.get(SETUP_FOLDERS, ()):
+        if app.config.get(setting):
+            paths.append(Path(app.config[setting]))
+    return paths
 
 
 @click.command("status")
@@ -64,12 +87,14 @@ def setup_command(admin_email: str | None, admin_password: str | None,
 def status_command() -> None:
     """Check the database, folders, plugins and formats; exit 1 if something is broken."""
     from . import maintenance
+    from .instance_folder import handed_to_their_owner
 
     broken = 0
-    for check in maintenance.status_checks(current_app):
-        mark = "ok  " if check.ok else "FAIL"
-        click.echo(f"[{mark}] {check.name}: {check.detail}")
-        broken += not check.ok
+    with handed_to_their_owner(*_service_paths(current_app)):  # a fresh SQLite file: theirs
+        for check in maintenance.status_checks(current_app):
+            mark = "ok  " if check.ok else "FAIL"
+            click.echo(f"[{mark}] {check.name}: {check.detail}")
+            broken += not check.ok
     if broken:
         click.echo(f"{broken} check(s) failed.", err=True)
         sys.exit(1)

@@ -43,7 +43,10 @@ STRING_SETTINGS = (
 #: Settings read from the environment as integers.
 INT_SETTINGS = ("MAX_PHOTO_BYTES", "DATABASE_POOL_SIZE", "DATABASE_MAX_OVERFLOW",
                 "DATABASE_POOL_TIMEOUT", "DATABASE_IDLE_TRANSACTION_TIMEOUT", "TRUSTED_PROXIES",
-                "HSTS_MAX_AGE", "CLIENT_IO_TIMEOUT")
+                "HSTS_MAX_AGE", "CLIENT_IO_TIMEOUT", "MAX_FORM_MEMORY_SIZE")
+#: Whole-number settings that must be at least 1 (MAX_FORM_MEMORY_SIZE: 0 or less
+#: refuses every filled-in form field with 413, and no form could be sent)
+POSITIVE_SETTINGS = ("MAX_FORM_MEMORY_SIZE",)
 
 
 #: Settings read from the environment as true/false (1/0, yes/no, on/off).
@@ -161,6 +164,9 @@ def _from_environment(cfg: dict[str, Any], environ: Mapping[str, str]) -> None:
                 cfg[key] = int(environ[key])
             except ValueError:
                 raise ConfigError(f"{key} must be a whole number, got {environ[key]!r}") from None
+            if key in POSITIVE_SETTINGS and cfg[key] < 1:
+                raise ConfigError(f"{key} must be a whole number of at least 1, "
+                                  f"got {environ[key]!r}")
     for key in BOOL_SETTINGS:
         if key in environ:
             cfg[key] = parse_bool(key, environ[key])

@@ -1,7 +1,8 @@
 """The instance folder and what the host keeps in it: the folder made private
 (:func:`ensure_private_folder`, for every private folder of the host's), and the
 secrets generated once into it (``SECRET_KEY``, ``SECURITY_PASSWORD_SALT``). Run
-as root in a folder of the service's user, what is made there is that user's."""
+as root in a folder of the service's user, what is made there is that user's
+(:func:`handed_to_their_owner` for what a whole command makes, ``setup``'s)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Iterator
 
 from .config_errors import ConfigError, SharedFolderError
 
@@ -49,6 +51,101 @@ def _owned_like_parent(path: Path) -> None:
     parent = path.parent.stat()
     if os.geteuid() == 0 and parent.st_uid != 0:
         os.chown(path, parent.st_uid, parent.st_gid)
+
+
+#: ``app.extensions`` key: names of settings of folders the service keeps besides the
+#: instance folder (a plugin's, e.g. where it writes archives), which ``setup``
+#: run as root hands over like it (:func:`handed_to_their_owner`)
+SETUP_FOLDERS = "guest_registration.setup_folders"
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+@contextlib.contextmanager
+def handed_to_their_owner(*paths: Path) -> Iterator[None]:
+    """Run as root, what the block makes (or replaces) as or in ``paths`` (folders,
+    or files), and the folders it makes on the way to them, inside a folder of
+    another user is that user's, outermost first (each takes its folder's owner):
+    ``setup`` typed as root in the service user's instance folder left the SQLite
+    file (and its -wal, -shm), a plugin's folder and ``schema-locations.json`` root's,
+    and the service could not write them. What was there before and stayed is
+    left alone; no symbolic link is followed, nor a file of several links handed
+    over (the folder's user could put either there while the command runs)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    before = {}
+    for path in _outermost(paths):
+        with contextlib.suppress(OSError):
+            before[path] = _snapshot(path)
+    try:
+        yield
+    finally:
+        for path, (start, seen) in before.items():
+            with contextlib.suppress(OSError):  # gone, or not a folder now: nothing of ours
+                _hand_over(path, start, seen)
+
+
+def _outermost(paths) -> list[Path]:
+    """Absolute ``paths`` without those inside another one (walked with it)."""
+    found = sorted({Path(os.path.abspath(p)) for p in paths}, key=lambda p: len(p.parts))
+    return [p for i, p in enumerate(found) if not any(p.is_relative_to(q) for q in found[:i])]
+
+
+def _snapshot(path: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """The nearest folder above ``path`` that exists, and what is in ``path`` now
+    (relative name → device and inode; ``.``: ``path`` itself)."""
+    start = next(p for p in path.parents if os.path.lexists(p))
+    if not os.path.lexists(path):
+        return start, {}
+    st = path.lstat()
+    seen = {".": (st.st_dev, st.st_ino)}
+    if stat.S_ISDIR(st.st_mode):
+        fd = os.open(path, _NOFOLLOW_DIR)
+        try:
+            seen.update({rel: (st.st_dev, st.st_ino) for rel, _, _, st in _tree(fd)})
+        finally:
+            os.close(fd)
+    return start, seen
+
+
+def _tree(fd: int):
+    """(relative name, name, its folder's fd, lstat) of everything below folder ``fd``,
+    each folder before what is in it; symbolic links are not entered."""
+    for folder, dirs, files, dir_fd in os.fwalk(".", dir_fd=fd):
+        for name in dirs + files:
+            yield (os.path.normpath(os.path.join(folder, name)), name, dir_fd,
+                   os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+
+
+def _hand_over(path: Path, start: Path, seen: dict[str, tuple[int, int]]) -> None:
+    """Give what is new from ``start`` down to ``path`` and in it to their folders' owners."""
+    fd = os.open(start, _NOFOLLOW_DIR)
+    try:
+        parts = path.relative_to(start).parts
+        for i, name in enumerate(parts):  # made on the way, or ``path`` made (or replaced)
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if i < len(parts) - 1 or seen.get(".") != (st.st_dev, st.st_ino):
+                _give(fd, name, st)
+            if not stat.S_ISDIR(st.st_mode):
+                return  # a file: nothing below it
+            below = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        for rel, name, dir_fd, st in _tree(fd):
+            if seen.get(rel) != (st.st_dev, st.st_ino):
+                _give(dir_fd, name, st)
+    finally:
+        os.close(fd)
+
+
+def _give(dir_fd: int, name: str, st: os.stat_result) -> None:
+    """Root's ``name`` in folder ``dir_fd`` becomes the folder's owner's, if that is
+    not root: a folder, a link itself, or a file of one link (never one linked in)."""
+    folder = os.fstat(dir_fd)
+    if folder.st_uid == 0 or st.st_uid != 0:
+        return
+    if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) or st.st_nlink == 1:
+        os.chown(name, folder.st_uid, folder.st_gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _unusable_secret(path: Path, exc: OSError) -> ConfigError:
@@ -111,4 +208,5 @@ def secret_from_file(instance_path: Path, name: str) -> str:
         raise _unusable_secret(path, exc) from None
 
 
-__all__ = ["ensure_private_folder", "refuse_shared_folder", "secret_from_file"]
+__all__ = ["SETUP_FOLDERS", "ensure_private_folder", "handed_to_their_owner",
+           "refuse_shared_folder", "secret_from_file"]

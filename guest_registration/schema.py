@@ -9,8 +9,8 @@ revisions inside its package and naming their folder through the
   renames its constraints to the naming convention); if it does not match,
   nothing is touched and the message says why.
 - :func:`init_app` refuses to serve a database whose schema is behind or ahead of
-  the code: every request gets a 503 page naming the command, and the log says it
-  once.
+  the code: every request gets a 503 page naming the command (JSON under /api),
+  and the log says it once.
 """
 
 from __future__ import annotations
@@ -274,12 +274,21 @@ def _guard():
 
 
 def _schema_page(kind: str):
-    from flask import render_template_string
+    """503 with Retry-After: JSON ``{"error": …}`` under /api (an API answers JSON,
+    never HTML, as the OpenAPI document says), a page elsewhere."""
+    from flask import jsonify, render_template_string
+
+    from .i18n import API_PREFIX
 
     message = ("This site's database is newer than its code: install the matching version."
                if kind == "ahead" else
                "This site's database needs an upgrade: run `guest-registration setup` "
                "(or `python manage.py setup`).")
+    if request.path.startswith(API_PREFIX):
+        response = jsonify(error=message)
+        response.status_code = 503
+        response.headers["Retry-After"] = "60"
+        return response
     body = render_template_string(
         "<!doctype html><title>Maintenance</title><h1>Maintenance</h1><p>{{ m }}</p>",
         m=message)

@@ -29,12 +29,27 @@ def _age(when: datetime) -> str:
 def backup_status(app: Flask) -> list[StatusCheck]:
     ctx = backup_context(app)
     settings = ctx.settings
-    return [folder_check("backup folder", settings.backup_folder), _uploads_check(ctx),
+    return [_folder_check(settings.backup_folder), _uploads_check(ctx),
             _tool_check(ctx),
             _check("backup signing key", lambda: f"{settings.signer().public_key} (keep it "
                                                  f"with your recovery notes)"),
             _check("backup encryption", lambda: _encryption(settings.age_recipients)),
             _check("newest backup", lambda: _newest(ctx)), *_may_create_databases()]
+
+
+def _folder_check(folder: str) -> StatusCheck:
+    """FAIL for a shared folder (sticky, as /tmp), which every backup refuses with
+    the same message: it was "present and writable" while no backup could run."""
+    from pathlib import Path
+
+    from guest_registration.config_errors import SharedFolderError
+    from guest_registration.instance_folder import refuse_shared_folder
+
+    try:
+        refuse_shared_folder(Path(folder), "BACKUP_FOLDER")
+    except SharedFolderError as exc:
+        return StatusCheck("backup folder", False, str(exc))
+    return folder_check("backup folder", folder)
 
 
 def _uploads_check(ctx) -> StatusCheck:

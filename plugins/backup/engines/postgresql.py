@@ -232,13 +232,7 @@ class PostgresEngine:
                 return  # another restore created it first: the lock decides which goes on
             log.warning("cannot create database %s (%s, SQLSTATE %s)", name,
                         type(exc).__name__, code)
-            role = target.username or "this role"
-            grant = f'as a superuser: ALTER ROLE "{role}" CREATEDB'
-            if scratch:
-                raise EngineError(f"a scratch database is needed and the role {role} may not "
-                                  f"create databases ({grant})") from None
-            raise EngineError(f"the target database {name!r} does not exist and the role {role} "
-                              f"may not create it: create it first, or {grant}") from None
+            raise EngineError(_not_created(target, scratch, code, exc)) from None
 
     def restore(self, settings: EngineSettings, url: str, stream: IO[bytes], *,
                 replace: bool = False, finish=None) -> None:
@@ -284,3 +278,22 @@ class PostgresEngine:
             raise EngineError(reason + "; nothing was restored, the target database is as it was")
         raise EngineError(reason + "; it is not known whether the load was committed: check "
                           "the target database before using it")
+
+
+def _not_created(target, scratch: bool, code: str | None, exc: Exception) -> str:
+    """Why CREATE DATABASE failed, in one line: the role's privileges only for
+    insufficient_privilege (42501); a session on template1 (55006, a psql or a probe
+    left there) is not the role's fault, though a superuser was told to grant itself
+    CREATEDB. Never the server's text."""
+    role, name = target.username or "this role", target.database or ""
+    grant = f'as a superuser: ALTER ROLE "{role}" CREATEDB'
+    if code == "42501":
+        return (f"a scratch database is needed and the role {role} may not create databases "
+                f"({grant})" if scratch else f"the target database {name!r} does not exist "
+                f"and the role {role} may not create it: create it first, or {grant}")
+    reason = ("template1 (the template database) is in use by another session; try again"
+              if code == "55006" else f"the server refused it (SQLSTATE {code})" if code
+              else _connect_reason(exc))
+    what = "a scratch database is needed" if scratch else \
+        f"the target database {name!r} does not exist"
+    return f"{what} and cannot be created: {reason}"

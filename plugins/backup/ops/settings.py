@@ -122,10 +122,32 @@ def pitr_defaults(instance_path: str) -> dict[str, Any]:
         #: archive_timeout (seconds): at most this much of the newest writes is lost
         "PITR_ARCHIVE_TIMEOUT": 60,
         "PITR_RETENTION_FULL": 2,
-        #: health: a WAL segment waiting longer (seconds, or 5m, 1h); the newest full backup older
-        "PITR_MAX_WAL_DELAY": 300,
+        #: health: a WAL segment waiting longer (seconds, or 5m, 1h); the newest full backup older.
+        #: Durations, so strings: an int default made the host take only whole numbers
+        "PITR_MAX_WAL_DELAY": "300",
         "PITR_MAX_FULL_AGE": "8d",
     }
+
+
+#: the duration settings, read with ``parse_duration`` (seconds, or 90m, 26h, 8d, 2w)
+#: where used (``guest_backup.ops.health``)
+DURATION_SETTINGS = ("PITR_MAX_WAL_DELAY", "PITR_MAX_FULL_AGE")
+
+
+def check_durations(config: Mapping[str, Any]) -> None:
+    """ValueError naming the first duration setting its reader cannot parse: start-up
+    stops on it in one line, rather than every health check failing later."""
+    from guest_backup.ops.health_problems import parse_duration
+
+    for name in DURATION_SETTINGS:
+        value = config.get(name)
+        if value in (None, ""):
+            continue  # the default
+        try:
+            parse_duration(str(value))
+        except ValueError:
+            raise ValueError(f"{name} must be a duration: seconds, or a number with s, m, "
+                             f"h, d or w (5m, 26h, 8d), not {str(value)[:40]!r}") from None
 
 
 @dataclass

@@ -43,11 +43,17 @@ def _json(description: str, schema: dict) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+#: what every request is refused with before any work (docs/api.md): tokens go in
+#: the header only (URLs end up in logs); PostgreSQL cannot store a NUL byte
+MALFORMED = _error("a token in the query string (?auth_token=), or a parameter holding a "
+                   "NUL byte")
 #: the answers any token endpoint may give besides its own
 COMMON = {
+    "400": MALFORMED,
     "401": _error("no token, or one that is not valid", "WWW-Authenticate"),
     "403": _error("the token's user is not an active admin"),
-    "503": _error("the database cannot be reached now; retry", "Retry-After"),
+    "503": _error("the database cannot be reached now, or its schema is not the code's "
+                  "(run setup); retry", "Retry-After"),
 }
 
 
@@ -133,9 +139,10 @@ def _guests(formats) -> dict:
             "200": {"description": "the export", "content": content,
                     "headers": {"X-Export-Rows": {"required": True, "schema": {
                         "type": "string", "pattern": "^[0-9]+$"}}}},
-            "400": _error("a parameter is missing, malformed or unknown"),
             "429": _error("too many exports are running", "Retry-After"),
             **COMMON,
+            "400": _error("a parameter is missing, malformed or unknown, or a token is in "
+                          "the query string (?auth_token=)"),
         },
     }}
 
@@ -214,7 +221,8 @@ def document(app) -> dict:
              "/api/openapi.json": {"get": {
                  "operationId": "openapi", "tags": ["meta"], "security": [],
                  "summary": "This document",
-                 "responses": {"200": _json("the OpenAPI document", {"type": "object"})}}}}
+                 "responses": {"200": _json("the OpenAPI document", {"type": "object"}),
+                               "400": MALFORMED}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "guest-registration API", "version": __version__,
