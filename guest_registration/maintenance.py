@@ -64,12 +64,23 @@ def setup(app: Flask, admin_email: str | None = None, admin_password: str | None
     yield from hook_items(app.extensions["plugin_manager"], "setup_app", app=app)
 
 
+def _secret_keys(url) -> list[str]:
+    """The query keys of a database URL that hold a secret: libpq and psycopg2 take
+    ``password`` (``passfile``, ``sslpassword``) there as well as in the userinfo."""
+    return [key for key in url.query if "pass" in key.lower()]
+
+
 def safe_url(url) -> str:
     """The database URL (a string or SQLAlchemy's ``URL``) with any password masked,
-    for display."""
+    for display: the userinfo's and the query's (:func:`_secret_keys`). The one
+    masker of a database URL shown (status, setup, restore, pitr)."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    parsed = make_url(url)
+    keys = _secret_keys(parsed)
+    if keys:
+        parsed = parsed.update_query_dict({key: "***" for key in keys})
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def app_database(app: Flask) -> str:
@@ -83,14 +94,18 @@ def app_database(app: Flask) -> str:
 
 
 def unreachable(app: Flask, exc: Exception) -> str:
-    """One line: which database (password masked) and the driver's first line of why."""
+    """One line: which database (passwords masked) and the driver's first line of why
+    (any password of the URL in it masked too)."""
     from sqlalchemy.engine import make_url
 
     text_ = str(getattr(exc, "orig", exc)).strip()
     reason = text_.splitlines()[0] if text_ else type(exc).__name__
-    password = make_url(app.config["DATABASE_URL"]).password
-    if password:
-        reason = reason.replace(password, "***")
+    url = make_url(app.config["DATABASE_URL"])
+    values = [url.query[key] for key in _secret_keys(url)]
+    secrets = [url.password] + [v for value in values
+                                for v in ((value,) if isinstance(value, str) else value)]
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        reason = reason.replace(secret, "***")
     return f"cannot connect to {app_database(app)}: {reason}"
 
 

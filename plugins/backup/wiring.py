@@ -15,16 +15,26 @@ from flask import Flask, current_app
 from guest_backup.ops import metrics
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.schema import MigrationPaths
+from guest_backup.ops.settings import check_durations
+from guest_backup.storages import StorageError, check_remote_url
 
 EXTENSION = "backup"
 
 
 def init_app(app: Flask) -> None:
     from guest_registration import __version__, audit
+    from guest_registration.config_errors import ConfigError
+    from guest_registration.instance_folder import SETUP_FOLDERS
     from guest_registration.metrics import metric
     from guest_registration.plugins import DuplicateNameError, unique_items
     from guest_registration.redis_link import redis_client, redis_key
 
+    try:  # a duration that cannot be read, or credentials in BACKUP_REMOTE_URL (shown
+        # wherever the storage is named), stop every command and the app in one line
+        check_durations(app.config)
+        check_remote_url(str(app.config.get("BACKUP_REMOTE_URL") or ""))
+    except (ValueError, StorageError) as exc:
+        raise ConfigError(str(exc)) from None
     metrics.use(metric)  # the backup's counters in the host's one metric cache
     pm = app.extensions["plugin_manager"]
     engines = unique_items(pm, "register_database_engines", kind="database engine",
@@ -36,6 +46,8 @@ def init_app(app: Flask) -> None:
         engines=engines, storage_types=storage_types, audit=audit,
         redis=lambda: redis_client(app), redis_key=lambda name: redis_key(app, name),
         migrations=lambda: migration_paths(app))
+    # `setup` run as root gives the backup folder it makes to the service's user
+    app.extensions.setdefault(SETUP_FOLDERS, []).append("BACKUP_FOLDER")
 
 
 def migration_paths(app: Flask) -> MigrationPaths:

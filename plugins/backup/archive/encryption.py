@@ -33,21 +33,29 @@ def _pyrage():
 
 
 def parse_recipients(texts: Iterable[str]) -> list:
-    """``age1…`` strings → recipients; a clear error naming a bad one. With none
-    configured, pyrage (the ``age`` extra) is not needed and not imported."""
+    """``age1…`` strings → recipients; a clear error naming a bad one by its place in
+    BACKUP_AGE_RECIPIENTS, never by its value: a value that is not a public key may
+    be an identity (quoted, as Docker's --env-file keeps it, or in lower case) or
+    another secret, and the message reaches status, the audit log and
+    notifications. With none configured, pyrage (the ``age`` extra) is not needed
+    and not imported."""
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
         return []
     pyrage = _pyrage()
     recipients = []
-    for text in texts:
-        if text.startswith("AGE-SECRET-KEY"):
-            raise BackupError("BACKUP_AGE_RECIPIENTS holds an identity (AGE-SECRET-KEY-…); "
-                              "give the public key (age1…) instead and keep the identity offline")
+    for place, text in enumerate(texts, 1):
+        which = f"recipient {place} of BACKUP_AGE_RECIPIENTS"
+        if "AGE-SECRET-KEY" in text.upper():
+            raise BackupError(f"{which} is an identity (AGE-SECRET-KEY-…, the value is not "
+                              f"shown); give the public key (age1…) instead and keep the "
+                              f"identity offline")
         try:
             recipients.append(pyrage.x25519.Recipient.from_str(text))
         except Exception:
-            raise BackupError(f"{text[:24]!r}… is not an age recipient (age1…)") from None
+            quoted = " (give it without quotes)" if text[:1] in "\"'" else ""
+            raise BackupError(f"{which} is not an age recipient (a public key, age1…)"
+                              f"{quoted}; the value is not shown") from None
     return recipients
 
 

@@ -5,13 +5,15 @@ A storage type is contributed through the backup plugin's
 registered the same way) and chosen by the scheme of ``BACKUP_REMOTE_URL``
 (``s3://bucket/prefix``, ``file:///mnt/nas/backups``). Two types claiming one
 scheme stop start-up. A storage never puts a credential in a message, log
-line, page or archive: :class:`StorageError` messages are safe to show.
+line, page or archive: :class:`StorageError` messages are safe to show, and a
+URL holding one is refused (:func:`check_remote_url`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import IO, Any, Mapping, Protocol
+from urllib.parse import urlsplit
 
 from guest_backup.archive.format import ArchiveInfo, read_seal, sidecar_path
 from guest_backup.archive.writer import Sink
@@ -58,6 +60,29 @@ def check_extra_name(name: str) -> str:
     if name not in EXTRA_NAMES:
         raise StorageError("no such file beside the archives")
     return name
+
+
+def check_remote_url(url: str, config: Mapping[str, Any] | None = None) -> str:
+    """``url``, or StorageError when its authority holds credentials
+    (``s3://KEY:SECRET@bucket/prefix``, the form rclone and duplicity take; an S3
+    bucket's name never holds ``:`` either): a storage's URL is shown wherever it
+    is named (health, listings, the audit log, notifications), and its secret
+    would be too. The message never shows the value. Start-up checks
+    BACKUP_REMOTE_URL with it; the S3 type checks every URL it opens again (one
+    given to a command: named so when it is not the ``config``'s setting)."""
+    setting = "BACKUP_REMOTE_URL"
+    if config is not None and url.strip() != str(config.get(setting) or "").strip():
+        setting = "the archive's URL"
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # "s3://[x": an unclosed IPv6 bracket
+        raise StorageError(f"{setting} cannot be read as a URL (the value is not shown)") from None
+    s3 = parts.scheme.lower() == "s3"
+    if "@" in parts.netloc or (s3 and ":" in parts.netloc):
+        where = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" if s3 else "the storage's own settings"
+        raise StorageError(f"{setting} must not hold credentials: put them in {where} "
+                           f"(the value is not shown)")
+    return url
 
 
 class Storage(Protocol):

@@ -28,8 +28,8 @@ from urllib.parse import urlparse
 from guest_backup.archive.format import (MAX_SEAL_BYTES, NO_SEAL, SIDECAR_SUFFIX, ArchiveInfo,
                                         is_archive_name)
 from guest_backup.storages import (MAX_EXTRA_BYTES, ArchiveHeld, StorageError,
-                                    StorageUnreachable, check_extra_name, checked_extra,
-                                    upload_file)
+                                    StorageUnreachable, check_extra_name, check_remote_url,
+                                    checked_extra, upload_file)
 from guest_backup.storages.s3_acks import prompt_acks
 from guest_backup.storages.s3_errors import error_code, error_reason
 from guest_backup.storages.s3_lock import ObjectLock, object_lock
@@ -276,7 +276,7 @@ class S3StorageType:
     scheme = "s3"
 
     def open(self, url: str, config: Mapping[str, Any]) -> S3Storage:
-        parsed = urlparse(url)
+        parsed = urlparse(check_remote_url(url, config))  # never a credential shown
         if not parsed.netloc:
             raise StorageError("BACKUP_REMOTE_URL must look like s3://bucket/prefix")
         part_mb = config.get("BACKUP_S3_PART_MB")
