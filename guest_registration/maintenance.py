@@ -151,9 +151,33 @@ def status_checks(app: Flask) -> Iterator[StatusCheck]:
                           "tables present" if not missing else
                           f"missing tables {', '.join(sorted(missing))} (run `python manage.py setup`)")
     yield folder_check("upload folder", app.config["UPLOAD_FOLDER"])
+    redis = redis_check(app)
+    if redis is not None:
+        yield redis
     pm = app.extensions["plugin_manager"]
     loaded = [f"{i.name} ({i.distribution} {i.version})" for i in plugin_infos(pm) if not i.disabled]
     yield StatusCheck("plugins", True, ", ".join(loaded) or "none")
     formats = app.extensions["export_formats"].names()
     yield StatusCheck("export formats", bool(formats), ", ".join(formats) or "none installed")
     yield from hook_items(pm, "report_status", app=app)
+
+
+def redis_check(app: Flask) -> StatusCheck | None:
+    """Redis, when ``REDIS_URL`` is set: the export limits, the login limit, the
+    backup lock and the queued jobs live there, so every backup, drill and pruning
+    fails while it cannot be reached (None without it). Its password is masked."""
+    url = (app.config.get("REDIS_URL") or "").strip()
+    if not url:
+        return None
+    try:
+        shown = safe_url(url)
+    except Exception:  # not a URL SQLAlchemy reads: named, never shown
+        shown = "REDIS_URL"
+    from .redis_link import redis_client
+
+    try:
+        redis_client(app).ping()
+    except Exception as exc:  # redis' own errors, the missing package: one line
+        return StatusCheck("redis", False, f"{shown} cannot be reached ({type(exc).__name__}): "
+                           "backups, drills, pruning and queued jobs fail until it can")
+    return StatusCheck("redis", True, f"reachable at {shown}")
