@@ -243,8 +243,6 @@ def test_the_stored_archive_is_audited_under_its_name(app, runner, tmp_path, mon
         assert list(failed_checks(audit, db.engine)) == [archive.name]
 
 
-@pytest.mark.xfail(strict=True, reason="needs cli/restore.py's verify_command to pass "
-                   "target=audit_target(archive, path, ctx.settings.backup_folder)")
 def test_cli_verify_of_a_damaged_copy_elsewhere_leaves_the_stored_archive_alone(app, runner,
                                                                                tmp_path):
     from guest_backup.ops.retention import failed_checks

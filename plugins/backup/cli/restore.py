@@ -66,7 +66,7 @@ def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | N
     checksum, a complete and clean dump."""
     from guest_backup.archive.manifest import shown
     from guest_backup.ops.schema import archive_revisions
-    from guest_backup.ops.verify import verify
+    from guest_backup.ops.verify import audit_target, verify
 
     if not is_url(archive) and not Path(archive).is_file():
         _fail(f"{archive} does not exist")
@@ -77,7 +77,8 @@ def verify_command(archive: str, trusted_key: tuple[str, ...], identity: str | N
                             audit_engine=database_engine(), actor=cli_actor(), via="cli",
                             allow_unsigned=allow_unsigned, identities=identities,
                             installation=ctx.settings.installation(),
-                            explicit_keys=_explicit(trusted_key))
+                            explicit_keys=_explicit(trusted_key),
+                            target=audit_target(archive, path, ctx.settings.backup_folder))
     except BackupError as exc:
         _fail(str(exc))
     for note in report.notes:
@@ -250,26 +251,44 @@ def restore_test_command(identity: str | None, trusted_key: tuple[str, ...],
                f"erasure{'s' if result.erasures != 1 else ''} re-applied")
 
 
-@click.command("backup-health")
-@click.option("--max-age", default="26h", show_default=True,
-              help="Unhealthy when a storage's newest archive is older (e.g. 26h, 2d).")
-@click.option("--max-drill-age", default="35d", show_default=True,
-              help="Unhealthy when the last passed restore drill is older.")
-@with_appcontext
-def backup_health_command(max_age: str, max_drill_age: str) -> None:
-    """Print the backups' health as JSON; exit 0 healthy, 1 unhealthy, 2 when a
-    storage cannot be reached."""
-    import json
+class _HealthCommand(click.Command):
+    """A wrong option or value exits 1, not click's 2: to monitoring, backup-health's 2
+    means "a storage cannot be reached" (a typo in the script, --max-age "26 hours",
+    said that)."""
 
-    from guest_backup.ops.health import health
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.exit_code = 1
+            raise
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str):
+    """An option's duration (26h, 35d), or an error that names the option."""
     from guest_backup.ops.health_problems import parse_duration
 
     try:
-        limits = parse_duration(max_age), parse_duration(max_drill_age)
+        return parse_duration(value)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    report, code = health(backup_context(), database_engine(), max_age=limits[0],
-                          max_drill_age=limits[1])
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command("backup-health", cls=_HealthCommand)
+@click.option("--max-age", default="26h", show_default=True, callback=_duration,
+              help="Unhealthy when a storage's newest archive is older (e.g. 26h, 2d).")
+@click.option("--max-drill-age", default="35d", show_default=True, callback=_duration,
+              help="Unhealthy when the last passed restore drill is older.")
+@with_appcontext
+def backup_health_command(max_age, max_drill_age) -> None:
+    """Print the backups' health as JSON; exit 0 healthy, 1 unhealthy (or a wrong
+    option), 2 when a storage cannot be reached."""
+    import json
+
+    from guest_backup.ops.health import health
+
+    report, code = health(backup_context(), database_engine(), max_age=max_age,
+                          max_drill_age=max_drill_age)
     click.echo(json.dumps(report, indent=2))
     sys.exit(code)
 

@@ -48,7 +48,8 @@ def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_
     """Run one drill under the backup lock; audited as ``restore-test``. A drill
     the lock refused (BackupBusy: a backup runs) is skipped, not failed: no
     entry, as for a backup or a pruning. Anything else that breaks it is audited
-    as failed and raised as a BackupError (the traceback goes to the log)."""
+    as failed and raised as a BackupError (the traceback goes to the log); one
+    stopped (SIGTERM, Ctrl-C) is audited ``aborted`` (it was not audited at all)."""
     picked: list[str] = []  # the archive under test, named by a failure's entry too
     try:
         with ctx.lock():
@@ -57,6 +58,11 @@ def restore_drill(ctx: BackupContext, engine: Engine, *, identity=None, trusted_
         raise
     except Exception as exc:
         raise _failed(ctx, engine, actor, via, exc, picked[0] if picked else None) from None
+    except BaseException as exc:  # SIGTERM or Ctrl-C: audited as a backup's is, then on
+        quietly("the interrupted restore drill", ctx.audit.record, engine, "restore-test",
+                "aborted", actor=actor, via=via, target=picked[0] if picked else None,
+                message=safe_message(exc, "restore"))
+        raise
     ctx.audit.record(engine, "restore-test", "ok" if result.ok else "failed", actor=actor, via=via,
                  target=result.archive, rows=result.rows,
                  message=(f"{result.tables} tables, {result.rows} rows match the manifest, "

@@ -1,43 +1,34 @@
 """``backup-health``: is there a recent archive in every storage, did the last
 backup (and its upload) succeed, and was a restore drill passed recently?
 
-Exit codes, for monitoring: 0 healthy, 1 unhealthy, 2 a storage can't be reached.
-The problems and their wording: :mod:`guest_backup.ops.health_problems`.
+Exit codes, for monitoring: 0 healthy, 1 unhealthy (a database that cannot be
+read too), 2 a storage can't be reached. The problems and their wording:
+:mod:`guest_backup.ops.health_problems`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from guest_backup.archive.manifest import format_time
 from guest_backup.errors import BackupError
 from guest_backup.files import user_name
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.health_audit import ENTRIES, activity_problems, check_problems, latest
 from guest_backup.ops.health_problems import Problem, human_age, parse_duration, some_names
 from guest_backup.ops.listing import list_everywhere, recognised
 from guest_backup.ops.pitr import status as pitr_status
-from guest_backup.ops.retention import failed_checks, legal_horizon
+from guest_backup.ops.retention import legal_horizon
 from guest_backup.ops.rights import overdue_registrations
 from guest_backup.storages import StorageError
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 2
-
-
-def _latest(ctx: BackupContext, engine: Engine, action: str,
-            outcomes=("ok", "failed", "aborted")) -> dict | None:
-    """The newest finished audit entry of ``action`` with one of ``outcomes``."""
-    rows = [row for outcome in outcomes
-            for row in ctx.audit.recent(engine, 1, action=action, outcome=outcome)]
-    if not rows:
-        return None
-    row = max(rows, key=lambda r: r["id"])
-    when = row["finished_at"] or row["created_at"]
-    return {"outcome": row["outcome"], "at": format_time(when), "target": row["target"],
-            "message": row["message"], "_when": when.replace(tzinfo=timezone.utc),
-            "_id": row["id"]}
+log = logging.getLogger(__name__)
 
 
 def _listed(ctx: BackupContext, listing, problems: list[Problem]) -> tuple[list, int]:
@@ -103,42 +94,6 @@ def _storage_entries(results, now: datetime, max_age: timedelta, problems: list[
     return storages, unreachable
 
 
-def _activity_problems(last_backup, last_upload, last_drill, now: datetime,
-                       max_drill_age: timedelta, remote: bool) -> list[Problem]:
-    """The last backup, upload and drill. With no remote configured (any more), an
-    upload that failed before the last backup succeeded is over (as in the metrics)."""
-    if last_upload and not remote and last_backup and last_backup["outcome"] == "ok" \
-            and last_backup["_id"] > last_upload["_id"]:
-        last_upload = None
-    problems = []
-    for failed, kind in ((last_backup, "backup_failed"), (last_upload, "upload_failed")):
-        if failed and failed["outcome"] != "ok":
-            problems.append(Problem(kind, {"at": failed["at"], "message": failed["message"]}))
-    if last_drill is None:
-        problems.append(Problem("no_drill"))
-    elif last_drill["outcome"] != "ok":
-        problems.append(Problem("drill_failed", {"at": last_drill["at"],
-                                                 "message": last_drill["message"]}))
-    elif now - last_drill["_when"] > max_drill_age:
-        problems.append(Problem("old_drill", {"age": human_age(now - last_drill["_when"]),
-                                              "limit": human_age(max_drill_age)}))
-    return problems
-
-
-def _check_problems(ctx: BackupContext, engine: Engine, results, last_drill) -> list[Problem]:
-    """A storage whose newest archive, the one to restore from, failed its last check
-    (verify or restore-test; a failed drill of it is ``drill_failed`` already)."""
-    failed, problems = failed_checks(ctx.audit, engine), []
-    for storage, archives in results:
-        check = failed.get(archives[0].name) if isinstance(archives, list) and archives \
-            else None
-        if check and not (last_drill and last_drill["_id"] == check["id"]):
-            problems.append(Problem("newest_failed_check", {
-                "storage": storage.name, "name": archives[0].name, "at": check["at"],
-                "message": f"{check['action']}: {check['message'] or '?'}"}))
-    return problems
-
-
 def _lock_problems(results) -> list[Problem]:
     """A storage asked for Object Lock that does not have it (S3: the bucket)."""
     problems = []
@@ -153,13 +108,14 @@ def _lock_problems(results) -> list[Problem]:
 
 def _retention_problems(ctx: BackupContext, engine: Engine, results,
                         now: datetime) -> list[Problem]:
-    """Registrations and archives past GUEST_RETENTION_YEARS (none when it is 0)."""
+    """Registrations (with an ``engine``: not when the database cannot be read) and
+    archives past GUEST_RETENTION_YEARS (none when it is 0)."""
     years = ctx.settings.guest_retention_years
     horizon = legal_horizon(years, now)
     if horizon is None:
         return []
     problems = []
-    count = overdue_registrations(engine, years)
+    count = overdue_registrations(engine, years) if engine is not None else 0
     if count:
         problems.append(Problem("overdue_records", {"count": count, "limit": years}))
     for storage, archives in results:
@@ -233,9 +189,9 @@ def pitr_section(ctx: BackupContext, engine: Engine | None, now: datetime,
     elif full is not None and now - full.stop > max_full:
         problems.append(Problem("pitr_old_full", {"age": human_age(now - full.stop),
                                                   "limit": human_age(max_full)}))
-    drill = _latest(ctx, engine, "pitr-drill") if engine is not None else None
+    drill = latest(ctx, engine, "pitr-drill") if engine is not None else None
     drill_age = now - drill.pop("_when") if drill else None
-    if drill is None:
+    if drill is None and engine is not None:  # without a database it is not known
         problems.append(Problem("pitr_no_drill"))
     elif drill["outcome"] != "ok":
         problems.append(Problem("pitr_drill_failed", {"at": drill["at"],
@@ -251,6 +207,31 @@ def pitr_section(ctx: BackupContext, engine: Engine | None, now: datetime,
     return section, problems
 
 
+def _recorded(ctx: BackupContext, engine: Engine, results, now: datetime,
+              max_drill_age: timedelta) -> tuple[dict | None, list[Problem]]:
+    """The report's entries (:data:`ENTRIES`) and the problems the audit log and the
+    database tell; or None and one problem when the database cannot be read (it was
+    a traceback: no JSON for monitoring, and notify-check told nobody)."""
+    failed = ("failed", "aborted")
+    try:
+        last = {"last_backup": latest(ctx, engine, "backup"),
+                "last_upload": latest(ctx, engine, "upload"),
+                "last_drill": latest(ctx, engine, "restore-test")}
+        past = [e for e in (latest(ctx, engine, "backup", failed),
+                            latest(ctx, engine, "upload", failed)) if e]
+        problems = activity_problems(last, now, max_drill_age, bool(ctx.settings.remote_url))
+        problems += check_problems(ctx, engine, results, last["last_drill"])
+        problems += _erasure_problems(ctx, engine)
+    except SQLAlchemyError as exc:  # no password, no driver's text: the type names it
+        log.warning("backup health: the database cannot be read (%s)", type(exc).__name__)
+        return None, [Problem("database", {"message": type(exc).__name__})]
+    last["last_failure"] = max(past, key=lambda e: e["_when"]) if past else None
+    for entry in filter(None, (*last.values(), *past)):
+        entry.pop("_when", None)
+        entry.pop("_id", None)
+    return {key: last[key] for key in ENTRIES}, problems
+
+
 def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
            max_drill_age: timedelta, listing=None) -> tuple[dict, int]:
     """The report and its exit code; ``listing`` (from ``list_everywhere``) saves
@@ -258,7 +239,6 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
     ``problem_ids`` each one's id and parameters (for translation where shown)."""
     from guest_backup.ops.pipeline import reap_idle
 
-    reap_idle(ctx, engine, "cli")  # health runs often: idle browse copies go with it
     now = datetime.now(timezone.utc)
     problems: list[Problem] = []
     results, code = _listed(ctx, listing, problems)
@@ -267,33 +247,21 @@ def health(ctx: BackupContext, engine: Engine, *, max_age: timedelta,
         settings.remote_url and not settings.keep_local))
     if unreachable:
         code = UNREACHABLE
-    last_backup, last_upload, last_drill = (_latest(ctx, engine, action)
-                                            for action in ("backup", "upload", "restore-test"))
-    problems += _activity_problems(last_backup, last_upload, last_drill, now, max_drill_age,
-                                   bool(settings.remote_url))
-    problems += _check_problems(ctx, engine, results, last_drill)
-    problems += _retention_problems(ctx, engine, results, now)
+    last, found = _recorded(ctx, engine, results, now, max_drill_age)
+    readable = engine if last is not None else None  # else none of it is known
+    if readable is not None:
+        reap_idle(ctx, engine, "cli")  # health runs often: idle browse copies go with it
+    problems += found + _retention_problems(ctx, readable, results, now)
     problems += _lock_problems(results)
-    problems += _erasure_problems(ctx, engine)
-    pitr, pitr_problems = pitr_section(ctx, engine, now, max_drill_age)
+    pitr, pitr_problems = pitr_section(ctx, readable, now, max_drill_age)
     problems += pitr_problems
     if problems and code == HEALTHY:
         code = UNHEALTHY
-    past = [e for e in (_latest(ctx, engine, "backup", ("failed", "aborted")),
-                        _latest(ctx, engine, "upload", ("failed", "aborted"))) if e]
-    last_failure = max(past, key=lambda e: e["_when"]) if past else None
-    for entry in (last_backup, last_upload, last_drill, *past):
-        if entry:
-            entry.pop("_when", None)
-            entry.pop("_id", None)
     return {
         "status": {HEALTHY: "healthy", UNHEALTHY: "unhealthy", UNREACHABLE: "unreachable"}[code],
         "checked_at": format_time(now),
         "storages": storages,
-        "last_backup": last_backup,
-        "last_upload": last_upload,
-        "last_failure": last_failure,
-        "last_drill": last_drill,
+        **(last or dict.fromkeys(ENTRIES)),
         "pitr": pitr,
         "problems": [p.english() for p in problems],
         "problem_ids": [p.as_dict() for p in problems],

@@ -78,6 +78,10 @@ MESSAGES = {
                              "manage.py erasure-ledger check"),
     "erasures_unknown": N_("the database's place in the erasure ledger (%(last)s lines) is not "
                            "known: run manage.py erasure-ledger apply once"),
+    #: the audit log and the database could not be read; ``message``: the error's type only
+    "database": N_("the database cannot be read (%(message)s), so the last backup, upload "
+                   "and restore drill are not known: check that the database server runs "
+                   "and DATABASE_URL (manage.py status says more)"),
     #: point-in-time recovery (only when PITR_PG_DATA is set; see guest_backup.ops.pitr)
     "pitr_unavailable": N_("point-in-time recovery: %(message)s"),
     "pitr_wal_stalled": N_("WAL archiving is stalled: %(count)s segment(s) waiting, the oldest "

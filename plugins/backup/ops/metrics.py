@@ -28,8 +28,11 @@ from guest_backup.storages import StorageError
 
 log = logging.getLogger(__name__)
 #: the audit message of a backup written with ``--output`` (a folder of its own): not
-#: the storages' backup, so not the last backup the metrics and alerts watch
+#: the storages' backup, so not the last backup the metrics, health and alerts watch
 OUTPUT_COPY = "written with --output to a folder of its own, not to the backup storages"
+#: how the audit message of a failed (or interrupted) ``--output`` run begins, the
+#: reason after it: a mistyped path is not a failed backup of the storages
+OUTPUT_FAILED = "a copy with --output (not to the backup storages) failed: "
 #: backup entries read to find the newest that is not an --output copy
 OUTPUT_SCAN = 50
 #: seconds a scrape reuses the storages' listing (a new backup or pruning refreshes it)
@@ -114,13 +117,20 @@ def _stamp(when) -> float:
         else when.timestamp()
 
 
-def _newest(ctx, engine, action: str, outcomes: tuple[str, ...]) -> dict | None:
+def output_copy(row: dict) -> bool:
+    """Whether a backup's audit entry is an --output run's (made, failed or interrupted)."""
+    message = row.get("message") or ""
+    return message == OUTPUT_COPY or message.startswith(OUTPUT_FAILED)
+
+
+def newest_entry(ctx, engine, action: str, outcomes: tuple[str, ...]) -> dict | None:
     """The newest entry of ``action`` with one of ``outcomes``; of a backup, the newest
-    that is not an --output copy (among the last :data:`OUTPUT_SCAN` of each outcome)."""
+    that is not an --output run's (among the last :data:`OUTPUT_SCAN` of each outcome).
+    Health reads the last backup through this too: it and the metrics agree."""
     scan = OUTPUT_SCAN if action == "backup" else 1
     rows = [row for outcome in outcomes
             for row in ctx.audit.recent(engine, scan, action=action, outcome=outcome)
-            if not (action == "backup" and row.get("message") == OUTPUT_COPY)]
+            if not (action == "backup" and output_copy(row))]
     return max(rows, key=lambda r: r["id"]) if rows else None
 
 
@@ -155,11 +165,11 @@ class BackupCollector:
     def _entries(self, engine) -> dict[str, dict | None]:
         ctx = self.ctx
         return {
-            "success": _newest(ctx, engine, "backup", ("ok",)),
-            "attempt": _newest(ctx, engine, "backup", ("ok", "failed", "aborted")),
-            "upload_failed": _newest(ctx, engine, "upload", ("failed", "aborted")),
-            "drill": _newest(ctx, engine, "restore-test", ("ok", "failed", "aborted")),
-            "prune": _newest(ctx, engine, "prune", ("ok",)),
+            "success": newest_entry(ctx, engine, "backup", ("ok",)),
+            "attempt": newest_entry(ctx, engine, "backup", ("ok", "failed", "aborted")),
+            "upload_failed": newest_entry(ctx, engine, "upload", ("failed", "aborted")),
+            "drill": newest_entry(ctx, engine, "restore-test", ("ok", "failed", "aborted")),
+            "prune": newest_entry(ctx, engine, "prune", ("ok",)),
         }
 
     def _storage_families(self, gauge, entries: dict) -> list:

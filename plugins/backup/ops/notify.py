@@ -22,11 +22,11 @@ import socket
 from typing import Any
 
 from guest_backup.archive.manifest import now_text
-from guest_backup.errors import BackupBusy, BackupError
+from guest_backup.errors import BackupBusy
 from guest_backup.ops import metrics
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.notify_state import BAD, TITLES, known_problems, problem_key, \
-    remember_problems, state_store, store_error
+    remember_problems, state_store, store_error, why
 
 log = logging.getLogger(__name__)
 MAX_DETAIL = 600
@@ -141,37 +141,36 @@ def _tell(ctx: BackupContext, title: str, detail: str, sent: list) -> bool:
     return not results or any(ok for _, ok in results)
 
 
-def after_backup(ctx: BackupContext, outcome: Any, output=None) -> None:
+def after_backup(ctx: BackupContext, outcome: Any) -> None:
     """The end of a backup run: its result (a BackupRun) or the exception it raised
     (one with ``path``, UploadFailed, kept the archive but its remote copy failed;
     one with ``run`` too, RetentionFailed, made the backup and only retention failed:
     told as retention's failure, never as a failed backup)."""
     run = getattr(outcome, "run", None) if isinstance(outcome, BaseException) else outcome
     if run is None:
-        change(ctx, "backup", "failed", f"The backup did not complete: {outcome}")
+        change(ctx, "backup", "failed", f"The backup did not complete: {why(outcome)}")
     else:
         change(ctx, "backup", "ok", f"Archive {run.result.path.name} ({run.result.size} bytes) "
                                     f"was written.")
-    if output is None and ctx.settings.remote_url:
+    if ctx.settings.remote_url:
         if run is not None:
             change(ctx, "storage:remote", "ok", "The remote copy was made.")
         elif getattr(outcome, "path", None) is not None:
             change(ctx, "storage:remote", "unreachable", str(outcome))
     if run is None:
         return
-    if output is None:  # retention ran after the backup
-        why = getattr(outcome, "retention_failure", None)
-        change(ctx, "retention", "ok" if why is None else "failed",
-               "Retention was applied." if why is None else
-               f"Archive {run.result.path.name} was made, but retention (removing old "
-               f"archives) failed: {why}. Old archives stay where it failed: fix that, "
-               f"then run backup-prune (each backup also tries again).")
+    failure = getattr(outcome, "retention_failure", None)  # retention ran after the backup
+    change(ctx, "retention", "ok" if failure is None else "failed",
+           "Retention was applied." if failure is None else
+           f"Archive {run.result.path.name} was made, but retention (removing old "
+           f"archives) failed: {failure}. Old archives stay where it failed: fix that, "
+           f"then run backup-prune (each backup also tries again).")
     after_prune(ctx, {name: len(names) for name, names in run.pruned.items()})
 
 
 def after_drill(ctx: BackupContext, outcome: Any) -> None:
     if isinstance(outcome, BaseException):
-        change(ctx, "drill", "failed", f"The restore drill did not complete: {outcome}")
+        change(ctx, "drill", "failed", f"The restore drill did not complete: {why(outcome)}")
     elif not outcome.ok:
         change(ctx, "drill", "failed", f"The restore drill of {outcome.archive} found "
                                        f"{len(outcome.mismatches)} mismatches.")
@@ -228,6 +227,9 @@ def _quietly(what: str, fn, *args: Any) -> None:
 
 
 def _backup_ended(args: dict, outcome: Any) -> None:
+    """Counted and told; an --output copy neither (it is not the storages' backup)."""
+    if args.get("output") is not None:
+        return
     run = getattr(outcome, "run", None) if isinstance(outcome, BaseException) else outcome
     _quietly("counting a backup", metrics.count_run, "backup", run is not None)
     if getattr(outcome, "retention_failure", None) is not None:  # the archive was made
@@ -235,8 +237,7 @@ def _backup_ended(args: dict, outcome: Any) -> None:
     if run is not None:
         _quietly("counting pruned archives", metrics.count_pruned,
                  {name: len(names) for name, names in run.pruned.items()})
-    _quietly("the backup's notification", after_backup, args["ctx"], outcome,
-             args.get("output"))
+    _quietly("the backup's notification", after_backup, args["ctx"], outcome)
 
 
 def _drill_ended(args: dict, outcome: Any) -> None:
@@ -255,12 +256,11 @@ def _prune_ended(args: dict, outcome: Any) -> None:
     _quietly("counting a pruning", metrics.count_run, "prune", not failed)
     removed = {name: sum(1 for d in decisions if not d.keep) for name, decisions in found.items()}
     _quietly("counting pruned archives", metrics.count_pruned, removed)
-    why = str(outcome) if isinstance(outcome, BackupError) else \
-        f"{type(outcome).__name__}; details are in the server log"
     _quietly("the pruning's notification", change, args["ctx"], "retention",
              "failed" if failed else "ok",
-             f"backup-prune did not complete: {why}. Old archives stay where it failed: fix "
-             f"that, then run backup-prune again." if failed else "Retention was applied.")
+             f"backup-prune did not complete: {why(outcome)}. Old archives stay where it "
+             f"failed: fix that, then run backup-prune again." if failed else
+             "Retention was applied.")
     _quietly("the pruning's notification", after_prune, args["ctx"], removed)
 
 
@@ -268,9 +268,9 @@ _ENDED = {"backup": _backup_ended, "drill": _drill_ended, "prune": _prune_ended}
 
 
 def observed(kind: str):
-    """Decorate the operation ``kind`` (backup, drill, prune; its first argument is
-    the BackupContext): when a run ends (returned or raised; a run refused as busy
-    is none), count it and notify. Its result or exception is never changed."""
+    """Decorate the operation ``kind`` (backup, drill, prune; first argument the
+    BackupContext): count and notify each run that ends, returned, raised or stopped
+    (SIGTERM, Ctrl-C); a run refused as busy is none. Its outcome is never changed."""
     ended = _ENDED[kind]
 
     def decorate(func):
@@ -289,7 +289,7 @@ def observed(kind: str):
                 result = func(*args, **kwargs)
             except BackupBusy:
                 raise
-            except Exception as exc:
+            except BaseException as exc:  # KeyboardInterrupt too: told before it ends us
                 after(args, kwargs, exc)
                 raise
             after(args, kwargs, result)

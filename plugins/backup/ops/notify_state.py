@@ -1,7 +1,8 @@
-"""The states notifications know (which are worth a message, and its title), and
-where they keep the last known state of each kind: one JSON file in the instance
-folder (0600, replaced atomically, under an flock), or a Redis hash shared by
-every machine of the installation when ``REDIS_URL`` is set."""
+"""The states notifications know (which are worth a message, its title, how it says
+why a run failed), and where they keep the last known state of each kind: one
+JSON file in the instance folder (0600, replaced atomically, under an flock), or
+a Redis hash shared by every machine of the installation when ``REDIS_URL`` is
+set."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from guest_backup.archive.manifest import now_text
 from guest_backup.engines import held_flock
+from guest_backup.errors import BackupError
 from guest_backup.files import write_private
 from guest_backup.ops.context import BackupContext, shared
 
@@ -33,6 +35,16 @@ TITLES = {
     ("storage", "ok"): "Backup storage reachable again",
     ("prune", "excess"): "Retention removed many archives",
 }
+
+
+def why(outcome: BaseException) -> str:
+    """What a message may say of a run that raised ``outcome``: a BackupError's safe
+    text, that it was interrupted, or the type only (the rest is in the server log)."""
+    if isinstance(outcome, BackupError):
+        return str(outcome)
+    if not isinstance(outcome, Exception):  # KeyboardInterrupt: SIGTERM or Ctrl-C
+        return "it was interrupted (SIGTERM or Ctrl-C)"
+    return f"{type(outcome).__name__}; details are in the server log"
 
 
 class FileStates:

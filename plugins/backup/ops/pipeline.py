@@ -5,7 +5,9 @@ remote storage, apply retention to each storage, and ping the dead-man's switch.
 that fails keeps the local archive, is audited, pings ``/fail`` and raises
 :class:`UploadFailed`, whose message names the storage (never a credential).
 With BACKUP_KEEP_LOCAL off the archive goes to the remote only: a failed upload
-is then a failed backup, and nothing archive-sized is written here.
+is then a failed backup, and nothing archive-sized is written here. A run with
+``output`` (a copy in a folder of its own) is not the storages' backup: it never
+pings, and its audit entries carry the marker health and the metrics skip.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy.engine import Engine
 
@@ -21,6 +23,7 @@ from guest_backup.ops.audit import quietly
 from guest_backup.ops.context import BackupContext
 from guest_backup.ops.locks import BackupLock, RedisBackupLock
 from guest_backup.ops.create import BackupResult, create_backup
+from guest_backup.ops.metrics import OUTPUT_FAILED
 from guest_backup.ops.notify import observed
 from guest_backup.errors import BackupBusy, BackupError
 from guest_backup.ops.retention import Policy, prune_storage, record_pruning
@@ -29,6 +32,9 @@ from guest_backup.archive.writer import Progress
 
 log = logging.getLogger(__name__)
 PING_TIMEOUT = 10
+#: seconds the /fail ping of a run stopped by SIGTERM or Ctrl-C may take: the
+#: process is on its way out (systemd kills it at TimeoutStopSec)
+DYING_PING_TIMEOUT = 3
 
 
 class UploadFailed(BackupError):
@@ -57,17 +63,46 @@ class BackupRun:
     held: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
-def ping(url: str, ok: bool) -> None:
+def ping(url: str, ok: bool, timeout: float = PING_TIMEOUT) -> None:
     """GET ``url`` (or ``url/fail``), the Healthchecks convention. Never raises,
     never logs the URL (it is a secret: whoever has it can fake a backup)."""
     if not url:
         return
     target = url.rstrip("/") + ("" if ok else "/fail")
     try:
-        with urllib.request.urlopen(target, timeout=PING_TIMEOUT) as response:
+        with urllib.request.urlopen(target, timeout=timeout) as response:
             response.read(1024)
     except Exception as exc:
         log.warning("the health-check ping failed (%s)", type(exc).__name__)
+
+
+def _healthcheck(settings, output) -> str:
+    """The dead-man's switch to ping: none for an --output copy, which is not the
+    storages' backup (a good copy reset the switch while the timer's backups failed)."""
+    return settings.healthcheck_url if output is None else ""
+
+
+class _OutputAudit:
+    """The audit log as an --output run writes it: a backup entry that ends other
+    than ok gets :data:`OUTPUT_FAILED` before its reason (a copy made is marked
+    ``OUTPUT_COPY`` by ``create``), so that health and the metrics skip it."""
+
+    def __init__(self, audit) -> None:
+        self.audit, self.backups = audit, set()
+
+    def __getattr__(self, name: str):
+        return getattr(self.audit, name)
+
+    def start(self, bind, action: str, **fields) -> int:
+        entry = self.audit.start(bind, action, **fields)
+        if action == "backup":
+            self.backups.add(entry)
+        return entry
+
+    def finish(self, bind, entry_id: int, outcome: str, **fields) -> None:
+        if entry_id in self.backups and outcome != "ok":
+            fields["message"] = OUTPUT_FAILED + str(fields.get("message") or "?")
+        self.audit.finish(bind, entry_id, outcome, **fields)
 
 
 @observed("backup")  # metrics and notifications when it ends; never raises
@@ -78,12 +113,14 @@ def run_backup(ctx: BackupContext, engine: Engine, *, output=None, keep: int | N
     one raise :class:`BackupBusy` at once); ``lock`` is one the caller holds."""
     from guest_backup.ops.uploads import overlap_problem
 
-    settings = ctx.settings
+    settings, audited = ctx.settings, ctx
     if keep is not None:
         settings.keep = keep
+    if output is not None:
+        audited = replace(ctx, audit=_OutputAudit(ctx.audit))
     if problem := overlap_problem(settings, ctx.instance_path):  # the page's backups too
-        _record_failure(ctx, engine, actor, via, problem)
-        ping(settings.healthcheck_url, ok=False)
+        _record_failure(ctx, engine, actor, via, problem, output)
+        ping(_healthcheck(settings, output), ok=False)
         raise BackupError(f"{problem}; no backup was made")
     own_lock = lock is None
     try:
@@ -92,11 +129,16 @@ def run_backup(ctx: BackupContext, engine: Engine, *, output=None, keep: int | N
     except BackupBusy:
         raise
     except BackupError as exc:
-        _record_failure(ctx, engine, actor, via, str(exc))
-        ping(settings.healthcheck_url, ok=False)
+        _record_failure(ctx, engine, actor, via, str(exc), output)
+        ping(_healthcheck(settings, output), ok=False)
         raise
     try:
-        return _run(ctx, engine, settings, output, actor, via, progress, lock)
+        return _run(audited, engine, settings, output, actor, via, progress, lock)
+    except Exception:
+        raise
+    except BaseException:  # SIGTERM or Ctrl-C (the entry is ``aborted``): a failed run
+        ping(_healthcheck(settings, output), ok=False, timeout=DYING_PING_TIMEOUT)
+        raise
     finally:
         if own_lock:
             lock.release()
@@ -123,7 +165,7 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
     if remote_error is not None and not settings.keep_local:
         message = f"{remote_error}; no archive was made (BACKUP_KEEP_LOCAL is off)"
         _record_failure(ctx, engine, actor, via, message)
-        ping(settings.healthcheck_url, ok=False)
+        ping(_healthcheck(settings, output), ok=False)
         raise BackupError(message)
     try:
         result = create_backup(engine, ctx.engine_for(engine.dialect.name), settings,
@@ -133,12 +175,12 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
     except BackupError as exc:
         if isinstance(exc, StorageError) and not keep_local:
             _record_upload(ctx, engine, None, str(exc), actor, via)
-        ping(settings.healthcheck_url, ok=False)
+        ping(_healthcheck(settings, output), ok=False)
         raise
     if remote_error is not None:
         message = f"{remote_error}; the archive was kept locally at {result.path}"
         _record_failure(ctx, engine, actor, via, str(remote_error))
-        ping(settings.healthcheck_url, ok=False)
+        ping(_healthcheck(settings, output), ok=False)
         raise UploadFailed(message, result.path)
     run = BackupRun(result)
     failure = pruning = None
@@ -163,7 +205,7 @@ def _run(ctx, engine, settings, output, actor, via, progress, lock) -> BackupRun
             run.held[storage.name] = [(d.name, d.held) for d in decisions if d.held]
             if run.pruned[storage.name] or run.held[storage.name]:
                 record_pruning(ctx.audit, engine, storage.name, decisions, actor=actor, via=via)
-    ping(settings.healthcheck_url, ok=failure is None and pruning is None)
+    ping(_healthcheck(settings, output), ok=failure is None and pruning is None)
     if failure is not None or pruning is not None:
         kept = (f"the archive was kept locally at {result.path}" if keep_local else
                 f"the archive is at {result.path}")
@@ -187,10 +229,12 @@ def _record_upload(ctx: BackupContext, engine: Engine, result: BackupResult | No
             "failed", actor=actor, via=via, **fields)
 
 
-def _record_failure(ctx: BackupContext, engine: Engine, actor, via, message: str) -> None:
-    """A backup that failed before it started writing is audited all the same."""
+def _record_failure(ctx: BackupContext, engine: Engine, actor, via, message: str,
+                    output=None) -> None:
+    """A backup that failed before it started writing is audited all the same (an
+    --output run's marked as such)."""
     quietly("the failed backup", ctx.audit.record, engine, "backup", "failed", actor=actor,
-            via=via, message=message)
+            via=via, message=(OUTPUT_FAILED if output is not None else "") + message)
 
 
 def _remote_for(ctx: BackupContext, settings, output) -> tuple[Storage | None,
