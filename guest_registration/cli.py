@@ -75,6 +75,12 @@ class GuestGroup(FlaskGroup):
                 gc.collect()
                 gc.freeze()
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        if self.program and name in _OWN_SIGNALS:
+            _own_signals()
+        return name, command, rest
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         ctx.meta[_LISTED] = True
         return super().list_commands(ctx)
@@ -101,14 +107,37 @@ class GuestGroup(FlaskGroup):
         return command
 
 
+#: ended as Ctrl-C ends a command: ``systemctl stop``/``kill``/a timeout; the terminal or
+#: SSH session of a long command (an hour-long ``pitr restore``) going away; Ctrl-\
+_INTERRUPTS = ("SIGTERM", "SIGHUP", "SIGQUIT")
+#: commands whose server handles these signals itself: gunicorn's (HUP reloads, QUIT
+#: stops) and RQ's (TERM stops it; its work horse dies of HUP as RQ expects); they
+#: get SIGHUP and SIGQUIT back as they were, SIGTERM until they set their own
+_OWN_SIGNALS = frozenset({"serve", "worker"})
+
+
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM (``systemctl stop``, ``kill``, a timeout) ends a command as Ctrl-C does:
-    a backup removes its partial archive and a restore leaves the target as it was,
-    each audited ``aborted``. By default it ended the process where it stood: the
-    audit entry stayed ``running`` and the partial files stayed. A command that
-    handles SIGTERM itself (``serve``'s gunicorn, ``worker``'s RQ) sets its own."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupted)
+    """SIGTERM (``systemctl stop``, ``kill``, a timeout), SIGHUP (the SSH session
+    dropping) and SIGQUIT end a command as Ctrl-C does: a backup removes its partial
+    archive, a restore leaves the target as it was, a ``pitr restore`` stops and
+    empties the cluster it was recovering, each audited ``aborted``. By default they
+    ended the process where it stood: the audit entry stayed ``running``, the partial
+    files stayed, and a recovered cluster was left running with erasures not
+    re-applied. A signal already handled or ignored (``nohup``) is left as it is; a
+    command that handles them itself (``serve``, ``worker``) gets SIGHUP and SIGQUIT
+    back (:meth:`GuestGroup.resolve_command`) and sets its own."""
+    for name in _INTERRUPTS:
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+            signal.signal(number, _interrupted)
+
+
+def _own_signals() -> None:
+    """SIGHUP and SIGQUIT as they were for ``serve`` and ``worker`` (:data:`_OWN_SIGNALS`)."""
+    for name in _INTERRUPTS[1:]:
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is _interrupted:
+            signal.signal(number, signal.SIG_DFL)
 
 
 def _interrupted(signum, frame) -> None:

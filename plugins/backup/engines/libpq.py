@@ -64,7 +64,30 @@ def pg_environment(url: str) -> dict[str, str]:
         if key in u.query:
             value = u.query[key]
             env[var] = value if isinstance(value, str) else value[0]
+    env.update(_query_hosts(u.query))
     env.setdefault("PGCONNECT_TIMEOUT", "10")
+    return env
+
+
+def _query_hosts(query) -> dict[str, str]:
+    """PGHOST and PGPORT from the query's ``host`` and ``port``, over the netloc's, as
+    SQLAlchemy connects the app (its options updated by the query): a unix socket
+    (``postgresql://u@/db?host=/var/run/postgresql&port=5433``, as ``pitr restore``
+    prints for the recovered cluster) or several hosts (``host=a,b&port=1,2``, or
+    ``host=a:1&host=b:2``; libpq takes comma lists). Before, they were dropped: the
+    tools connected to the default socket's server, another cluster than the app's."""
+    env: dict[str, str] = {}
+    host, port = query.get("host"), query.get("port")
+    if isinstance(host, str) and port is None and re.fullmatch(r"[\w.-]+:\d+", host):
+        host = (host,)  # host=name:port, SQLAlchemy's single-host form of the pair
+    if isinstance(host, (list, tuple)):
+        pairs = [token.rsplit(":", 1) if ":" in token else (token, "") for token in host]
+        host = ",".join(h for h, _ in pairs)
+        port = ",".join(p for _, p in pairs) if any(p for _, p in pairs) else port
+    if host:
+        env["PGHOST"] = host
+    if port:
+        env["PGPORT"] = port if isinstance(port, str) else ",".join(port)
     return env
 
 

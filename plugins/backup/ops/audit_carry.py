@@ -62,9 +62,12 @@ class AuditCarry:
     doing = "carrying the replaced database's audit trail over"
 
     @classmethod
-    def set_aside(cls, target_url: str, folder: str | os.PathLike | None = None):
+    def set_aside(cls, target_url: str, folder: str | os.PathLike | None = None, *,
+                  after: int | None = None):
         """Stream the target's audit entries to a private file; None when the target
-        has no audit table (an empty or foreign database).
+        has no audit table (an empty or foreign database). ``after``: only the
+        entries past that id, streamed on PostgreSQL too (for a copy on another
+        server: PITR's recovered cluster, :mod:`guest_backup.ops.pitr_recover`).
 
         What is written meanwhile (a backup's entry while the dump loads) is taken
         too, at the last moment: PostgreSQL copies the table on psql's transaction,
@@ -81,15 +84,16 @@ class AuditCarry:
                 if AUDIT_TABLE not in inspect(conn).get_table_names():
                     return None
                 audit = Table(AUDIT_TABLE, MetaData(), autoload_with=conn)
-                if conn.dialect.name == "postgresql":  # the copy is made on psql's transaction
+                if conn.dialect.name == "postgresql" and after is None:  # on psql's transaction
                     return cls(None, [c.name for c in audit.columns], count=conn.execute(
                         select(func.count()).select_from(audit)).scalar_one())
                 fd, name = tempfile.mkstemp(prefix="gr-audit-", suffix=".jsonl", dir=folder)
                 carry = cls(Path(name), [c.name for c in audit.columns],
                             {c.name: c.type for c in audit.columns})
                 with os.fdopen(fd, "w") as out:
+                    query = select(audit).order_by(audit.c.id)
                     rows = conn.execution_options(stream_results=True).execute(
-                        select(audit).order_by(audit.c.id))
+                        query if after is None else query.where(audit.c.id > after))
                     for row in rows.mappings():
                         out.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
                         carry.count += 1
@@ -109,11 +113,13 @@ class AuditCarry:
         if batch:
             yield batch
 
-    def _statement(self, columns: list[str], rows: list[dict], only_held: bool):
-        """SQLite: the rows over the loaded table's, theirs winning at the same id
+    def _statement(self, columns: list[str], rows: list[dict], only_held: bool, dialect: str):
+        """The rows over the loaded table's, theirs winning at the same id
         (``only_held``: only those at an id it holds, updated)."""
         from sqlalchemy import bindparam, column, table, update
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert
 
         audit = table(AUDIT_TABLE, *[column(c, self.types.get(c)) for c in columns])
         if only_held:
@@ -139,9 +145,7 @@ class AuditCarry:
         over the archive's at the same id; :data:`_CARRY_SQL`), and the id sequence
         past them all."""
         yield _CARRY_SQL
-        yield (f"SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence("
-               f"'public.{AUDIT_TABLE}', 'id'), (SELECT COALESCE(max(id), 1) "
-               f"FROM public.{AUDIT_TABLE}));\n")
+        yield _SEQUENCE_PAST_SQL
 
     def before_swap(self, src, kept: Path) -> None:
         """SQLite: every entry of the target as it is at the swap (``kept``, its copy
@@ -179,21 +183,37 @@ class AuditCarry:
         self.count = _left_out(count, carried) if only_held else count
 
     def apply(self, connection) -> None:
-        """SQLite: the entries set aside, into the loaded copy."""
-        columns, only_held = _carried(self.columns, connection.exec_driver_sql(
-            f'PRAGMA table_info("{AUDIT_TABLE}")').all())
+        """The entries set aside, into the loaded copy (SQLite; PostgreSQL: a copy on
+        another server, set aside with ``after``, its id sequence moved past them)."""
+        dialect = connection.dialect.name
+        columns, only_held = _carried(self.columns, _table_info(connection))
         if "id" not in columns:
             return
         carried = 0
         for rows in self._batches():
-            statement, params = self._statement(columns, rows, only_held)
+            statement, params = self._statement(columns, rows, only_held, dialect)
             carried += connection.execute(statement, params).rowcount
         if only_held:
             self.count = _left_out(self.count, carried)
+        if dialect == "postgresql":
+            connection.exec_driver_sql(_SEQUENCE_PAST_SQL)
 
     def discard(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def _table_info(connection) -> list[tuple]:
+    """The loaded audit table's columns as SQLite's ``PRAGMA table_info`` rows
+    (cid, name, type, notnull, default, pk), on PostgreSQL from its catalog."""
+    if connection.dialect.name == "sqlite":
+        return connection.exec_driver_sql(f'PRAGMA table_info("{AUDIT_TABLE}")').all()
+    from sqlalchemy import inspect
+
+    seen = inspect(connection)
+    keys = set(seen.get_pk_constraint(AUDIT_TABLE)["constrained_columns"])
+    return [(i, c["name"], c["type"], not c["nullable"], c["default"] or c.get("identity"),
+             c["name"] in keys) for i, c in enumerate(seen.get_columns(AUDIT_TABLE))]
 
 
 def _carried(names: list[str], loaded) -> tuple[list[str], bool]:
@@ -216,6 +236,10 @@ def _left_out(count: int, carried: int) -> int:
     return carried
 
 
+#: PostgreSQL: the id sequence past every entry (a carried one's id is never taken again)
+_SEQUENCE_PAST_SQL = (f"SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence("
+                      f"'public.{AUDIT_TABLE}', 'id'), (SELECT COALESCE(max(id), 1) "
+                      f"FROM public.{AUDIT_TABLE}));\n")
 #: PostgreSQL: the carried copy into the loaded table, by the columns both have (the
 #: loaded table's decide: the archive may be older than the replaced database);
 #: when the loaded table requires a value the copy lacks (NOT NULL, no default),

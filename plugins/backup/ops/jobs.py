@@ -10,7 +10,7 @@ every web process (and found again on a reload).
 
 Either way the backup lock is taken at the click, so a second click is refused
 at once, and a job whose lock is free while it says "running" died with its
-process and is reported as interrupted.
+process: it is reported as interrupted, its audit entry finished as failed.
 
 Two kinds of job (:class:`JobKind`), each with its own state and its own lock:
 the logical backup (:data:`LOGICAL`, the backup lock every logical backup takes)
@@ -26,7 +26,9 @@ meanwhile (the job then fails saying so).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import time
 import uuid
@@ -43,6 +45,7 @@ from guest_backup.ops.page_texts import (FOLDER_NOT_WRITABLE, JOB_FAILED, JOB_IN
                                          JOB_NO_WORKER, JOB_OTHER_RUNNING, Text)
 from guest_backup.ops.pipeline import UploadFailed, run_backup
 
+_log = logging.getLogger(__name__)
 STATE_FILE = ".backup-job.json"
 WRITE_EVERY = 0.3  # seconds between progress updates
 #: how long a queued backup keeps the lock while it waits for a worker (seconds)
@@ -112,7 +115,8 @@ def job_state(ctx: BackupContext, kind: JobKind = LOGICAL) -> FileState | RedisS
 
 def read_job(ctx: BackupContext, kind: JobKind = LOGICAL) -> dict | None:
     """The latest web backup job, or None. A job marked running (or queued) whose
-    lock is free died with its process: it is reported as interrupted."""
+    lock is free died with its process: it is reported as interrupted, and its
+    audit entry finished (:func:`_finish_dead`)."""
     store = job_state(ctx, kind)
     state = store.read()
     if state and state.get("state") in ("running", "queued") \
@@ -122,7 +126,66 @@ def read_job(ctx: BackupContext, kind: JobKind = LOGICAL) -> dict | None:
             return again
         state.update(state="failed", error=Text(JOB_INTERRUPTED if state["state"] == "running"
                                                 else JOB_NO_WORKER))
+        if state.get("audit_id"):
+            _finish_dead(ctx, kind, store, state)
     return state
+
+
+def _finish_dead(ctx: BackupContext, kind: JobKind, store, state: dict) -> None:
+    """The audit entry of a job that died with its process (SIGKILL, the OOM killer)
+    finished as ``failed``, once: under the job's lock, the state written back as
+    failed without the entry's id. Before, the page said interrupted and the audit
+    log ``running`` for ever. Never raises (tried again at the next read)."""
+    from sqlalchemy import create_engine, pool
+
+    lock = kind.lock(ctx)
+    try:
+        lock.acquire()
+    except BackupError:  # BackupBusy: a new job took it; else unreachable: next read
+        return
+    try:
+        held = store.read() or {}
+        if (held.get("id"), held.get("state"), held.get("audit_id")) != (
+                state.get("id"), "running", state["audit_id"]):
+            return  # ended, or finished by another reader
+        engine = create_engine(ctx.settings.database_url, poolclass=pool.NullPool)
+        try:
+            ctx.audit.finish(engine, state["audit_id"], "failed", message=(
+                "interrupted: the process running it ended (killed, or its server stopped)"))
+        finally:
+            engine.dispose()
+        store.write({**state, "audit_id": None, "finished_at": now_text()})
+    except Exception as exc:
+        _log.warning("the audit entry of an interrupted job could not be finished (%s)",
+                     type(exc).__name__)
+    finally:
+        lock.release()
+
+
+class _NotingAudit:
+    """``ctx.audit``, telling ``noted`` the id of the ``action`` entry it starts (the
+    logical backup's: the pipeline starts it once its snapshot exists)."""
+
+    def __init__(self, audit, action: str, noted: Callable[[int], None]) -> None:
+        self._audit, self._action, self._noted = audit, action, noted
+
+    def start(self, bind, action: str, **fields) -> int:
+        entry = self._audit.start(bind, action, **fields)
+        if action == self._action:
+            self._noted(entry)
+        return entry
+
+    def __getattr__(self, name: str):
+        return getattr(self._audit, name)
+
+
+def _noting(state, job: dict) -> Callable[[int], None]:
+    """Keep a job's audit entry id in its state (see :func:`_finish_dead`)."""
+    def noted(entry: int) -> None:
+        job["audit_id"] = entry
+        state.write(job)
+
+    return noted
 
 
 def claim(ctx: BackupContext, actor: str | None, queued: bool, kind: JobKind = LOGICAL,
@@ -186,9 +249,11 @@ def run_job(ctx: BackupContext, engine, job: dict, lock, log) -> None:
             job.update(stage=stage, bytes=written)
             state.write(job)
 
+    noting = dataclasses.replace(ctx, audit=_NotingAudit(ctx.audit, "backup",
+                                                          _noting(state, job)))
     with _ending(state, job, lock, log, "web backup"):
         try:
-            run = run_backup(ctx, engine, actor=job["actor"], via=job.get("via", "admin"),
+            run = run_backup(noting, engine, actor=job["actor"], via=job.get("via", "admin"),
                              progress=progress, lock=lock)
             job.update(state="done", stage="done", archive=run.result.path.name,
                        bytes=run.result.size)
@@ -229,7 +294,7 @@ def run_pitr_job(ctx: BackupContext, engine, job: dict, lock, log) -> None:
     with _ending(state, job, lock, log, "PITR backup"):
         state.write(job)
         made = pitr.backup(ctx, engine, job["type"], actor=job["actor"],
-                           via=job.get("via", "admin"))
+                           via=job.get("via", "admin"), started=_noting(state, job))
         job.update(state="done", stage="done", label=made.label, type=made.type,
                    bytes=made.repo_delta, size=made.size,
                    seconds=int(made.duration.total_seconds()))

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -24,7 +25,8 @@ from guest_backup.ops.context import BackupContext
 from guest_backup.ops.page_texts import (PITR_ARCHIVER_UNREADABLE, PITR_IN_FUTURE,
                                          PITR_NOT_CONFIGURED, PITR_STATE_UNKNOWN, Text,
                                          text_of)
-from guest_backup.ops.pitr_recover import flush, random_moment, recover, short_error
+from guest_backup.ops.pitr_recover import (audit_in_recovered, flush, random_moment, recover,
+                                           short_error)
 from guest_backup.physical import PitrError, recovery
 from guest_backup.physical.cluster import ARCHIVER_SQL, Archiver, Cluster, epoch_time
 from guest_backup.physical.config import PitrConfig
@@ -79,18 +81,24 @@ def _refreshed(ctx: BackupContext, p: Pitr) -> RepoInfo:
 
 
 def backup(ctx: BackupContext, engine: Engine | None, kind: str, *, actor: str | None,
-           via: str) -> BackupSet:
+           via: str, started: Callable[[int], None] | None = None) -> BackupSet:
     """One pgBackRest backup (pgBackRest's own lock: PitrBusy when one runs); audited
-    as ``pitr-backup``."""
+    as ``pitr-backup`` (``started`` is given the entry's id: a page job that dies
+    finishes it, :func:`guest_backup.ops.jobs.read_job`)."""
+    from guest_backup.ops.create import safe_message
+
     p = open_pitr(ctx)
     entry = quietly("a PITR backup", ctx.audit.start, engine, "pitr-backup", actor=actor,
                     via=via, target=kind) if engine is not None else None
+    if entry and started:
+        started(entry)
     try:
         p.backrest.backup(kind)
         made = _refreshed(ctx, p).usable[-1]
-    except BackupError as exc:
+    except BaseException as exc:  # an interrupt too: never an entry left running
         if entry:
-            quietly("a PITR backup", ctx.audit.finish, engine, entry, "failed", message=str(exc))
+            quietly("a PITR backup", ctx.audit.finish, engine, entry, "failed" if isinstance(
+                exc, Exception) else "aborted", message=safe_message(exc, "PITR backup"))
         raise
     if entry:
         quietly("a PITR backup", ctx.audit.finish, engine, entry, "ok", target=made.label,
@@ -159,14 +167,17 @@ def restore(ctx: BackupContext, engine: Engine | None, *, to: str, into: str,
     recovery.check_port(port, p.cluster.socket, live=p.cluster.port)
     try:
         unflushed = _flush_for(p, target)
-        result = recover(ctx, p, folder, port, target)
+        result = recover(ctx, p, folder, port, target, carry=True)
         if unflushed:
             result.notes.insert(0, unflushed)
-    except Exception as exc:
+    except BaseException as exc:  # an interrupt (Ctrl-C, SIGTERM, SIGHUP) too: aborted
         raise _failed(ctx, engine, "pitr-restore", actor, via, str(into), exc) from None
-    _audit(ctx, engine, "pitr-restore", "ok", actor, via, str(folder),
-           f"{target_text(target)} from {result.backup.label} on port {port}: "
-           f"{counts_text(result.counts)}", rows=sum(result.counts.values()))
+    done = dict(actor=actor, via=via, target=str(folder), rows=sum(result.counts.values()),
+                message=f"{target_text(target)} from {result.backup.label} on port {port}: "
+                        f"{counts_text(result.counts)}")
+    entry = quietly("a pitr-restore", ctx.audit.record, engine, "pitr-restore", "ok",
+                    **done) if engine is not None else None
+    audit_in_recovered(ctx, result, entry, "pitr-restore", "ok", **done)
     return result
 
 
@@ -203,7 +214,7 @@ def drill(ctx: BackupContext, engine: Engine | None, *, actor: str | None, via: 
         result = recover(ctx, p, scratch, port, target)
         if not result.revisions:
             raise PitrError("the recovered database has no Alembic revision")
-    except Exception as exc:
+    except BaseException as exc:  # an interrupt too: audited aborted
         raise _failed(ctx, engine, "pitr-drill", actor, via, None, exc) from None
     finally:  # its own failure no longer replaces the drill's outcome (nor its audit)
         left.append(_scrap(Cluster(scratch, port, p.cluster.socket, p.cluster.owner,
@@ -227,14 +238,16 @@ def _scrap(cluster: Cluster) -> str | None:
 
 
 def _failed(ctx: BackupContext, engine: Engine | None, action: str, actor: str | None,
-            via: str, target: str | None, exc: Exception) -> BackupError:
+            via: str, target: str | None, exc: BaseException) -> BaseException:
     """A failure audited (before: only a BackupError was, anything else left no
-    entry); the error to raise, with a message safe for users."""
+    entry), an interrupt as ``aborted`` (before: none at all); the error to raise,
+    with a message safe for users (an interrupt: itself)."""
     from guest_backup.ops.create import safe_message
 
     message = safe_message(exc, "point-in-time recovery")
-    _audit(ctx, engine, action, "failed", actor, via, target, message)
-    if isinstance(exc, BackupError):
+    _audit(ctx, engine, action, "failed" if isinstance(exc, Exception) else "aborted", actor,
+           via, target, message)
+    if isinstance(exc, BackupError) or not isinstance(exc, Exception):
         return exc
     log.warning("%s failed (%s)", action, type(exc).__name__, exc_info=exc)
     return PitrError(message)

@@ -129,6 +129,8 @@ class Recovered:
     revisions: list[str] = field(default_factory=list)
     erasures: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: the running cluster's audit trail was carried into it (``pitr restore``)
+    audit_carried: bool = False
     #: a drill's scratch cluster that could not be removed: what to do (None: removed)
     scratch_left: str | None = None
 
