@@ -169,10 +169,7 @@ def redis_check(app: Flask) -> StatusCheck | None:
     url = (app.config.get("REDIS_URL") or "").strip()
     if not url:
         return None
-    try:
-        shown = safe_url(url)
-    except Exception:  # not a URL SQLAlchemy reads: named, never shown
-        shown = "REDIS_URL"
+    shown = _redis_shown(url)
     from .redis_link import redis_client
 
     try:
@@ -181,3 +178,18 @@ def redis_check(app: Flask) -> StatusCheck | None:
         return StatusCheck("redis", False, f"{shown} cannot be reached ({type(exc).__name__}): "
                            "backups, drills, pruning and queued jobs fail until it can")
     return StatusCheck("redis", True, f"reachable at {shown}")
+
+
+def _redis_shown(url: str) -> str:
+    """``REDIS_URL`` without its secrets: scheme, host, port and database only (redis-py
+    splits the userinfo at its last ``@``, so a password may hold one: nothing of the
+    userinfo or the query is shown)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        masked = "***@" if "@" in parts.netloc else ""
+    except ValueError:
+        return "REDIS_URL"
+    return f"{parts.scheme}://{masked}{host}{parts.path}"

@@ -19,7 +19,10 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text or "")
     if not m:
         raise ValueError(f"{text!r} is not a duration (e.g. 26h, 35d, 90m)")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    except OverflowError:  # beyond timedelta's 999,999,999 days
+        raise ValueError(f"{text[:40]!r} is too long a duration") from None
 
 
 def N_(message: str) -> str:
