@@ -139,6 +139,7 @@ class SQLiteEngine:
             try:
                 if finish is not None:
                     _finish_loaded(tmp, finish)
+                    only_tables_and_indexes(src)  # as the upgrade left it, too
                 problems, loaded = swap.inspect(src)
                 why = swap.verdict(problems, loaded, None)
                 if why:
@@ -234,15 +235,28 @@ def _load(tmp: Path, stream: IO[bytes], page_size: int) -> sqlite3.Connection:
         if con.in_transaction or not screen.committed:
             raise EngineError("the SQL dump is incomplete (no COMMIT); nothing was restored")
         con.set_authorizer(None)
-        odd = con.execute("SELECT type, name FROM sqlite_master WHERE type NOT IN (?, ?, ?)",
-                          sqlitescreen.SCHEMA_OBJECTS).fetchall()
-        if odd:  # a trigger runs as the app on later writes: never from an archive
-            raise DumpRefused(f"the SQL dump leaves a {odd[0][0][:20]} in the database, which "
-                              f"an SQLite dump of this app never has; {NOTHING_RESTORED}")
+        only_tables_and_indexes(con)
         return con
     except BaseException:
         con.close()
         raise
+
+
+def only_tables_and_indexes(con: sqlite3.Connection) -> None:
+    """DumpRefused unless every object of the loaded copy is a table or an index
+    (:data:`~guest_backup.engines.sqlitescreen.SCHEMA_OBJECTS`). A trigger runs as
+    the app on later writes, a view on later reads: a view named ``trip`` (the
+    table renamed beside it) showed every guest's document number on the public
+    trip list. Tables and indexes share one namespace, so no name the app's models
+    know can then be anything but a table (or missing, which the app reports)."""
+    from guest_backup.engines.sqlitescreen import SCHEMA_OBJECTS
+
+    marks = ", ".join("?" * len(SCHEMA_OBJECTS))
+    odd = con.execute(f"SELECT type, name FROM sqlite_master WHERE type NOT IN ({marks}) "
+                      f"ORDER BY type, name", SCHEMA_OBJECTS).fetchall()
+    if odd:
+        raise DumpRefused(f"the SQL dump leaves a {odd[0][0][:20]} in the database, which "
+                          f"an SQLite dump of this app never has; {NOTHING_RESTORED}")
 
 
 #: SQLITE_FULL, SQLITE_IOERR (primary codes): the disk, not the dump

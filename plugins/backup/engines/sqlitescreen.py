@@ -11,10 +11,14 @@ from guest_backup.engines import CHUNK, DumpRefused
 from guest_backup.errors import EngineError
 
 
-#: What Python's ``iterdump`` writes; anything else refuses the dump.
+#: What Python's ``iterdump`` writes for this app; anything else refuses the dump.
+#: No CREATE VIEW: the app has none (no migration of the host or its plugins makes
+#: one), and a view is stored code: one put where a table was (``trip`` renamed,
+#: a view ``trip`` reading ``guest``) ran as the live app on every later page and
+#: showed the guests' document numbers on the public trip list.
 _STATEMENT = re.compile(
     r"""\s*(?:BEGIN\ TRANSACTION|COMMIT
-    |CREATE\ (?:TABLE|INDEX|UNIQUE\ INDEX|VIEW)\b
+    |CREATE\ (?:TABLE|INDEX|UNIQUE\ INDEX)\b
     |INSERT\ INTO\ (?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_]*)\ VALUES\(
     |DELETE\ FROM\ "?sqlite_sequence"?
     |ANALYZE\ "?sqlite_master"?
@@ -25,8 +29,9 @@ _STATEMENT = re.compile(
 _SCHEMA_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
 _INSERT_INTO = re.compile(r'\s*INSERT\s+INTO\s+(?:"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_]*))',
                           re.I)
-#: what may be in the schema after a load: ``CREATE TRIGGER`` is refused by the screen
-SCHEMA_OBJECTS = ("table", "index", "view")
+#: what may be in the schema after a load (and after its upgrade): tables and their
+#: indexes; a trigger or a view is stored code that would run as the app later
+SCHEMA_OBJECTS = ("table", "index")
 _LITERALS = re.compile(r"'(?:[^']|'')*'|X'[0-9A-Fa-f]*'|NULL", re.I)
 _NUMBERS_ONLY = re.compile(r"[\s0-9.eE+\-,();]*")
 _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
@@ -155,6 +160,43 @@ class SQLiteDumpScreen:
             raise EngineError("the SQL dump ends in the middle of a statement")
         if not self.committed:
             raise EngineError("the SQL dump is incomplete (no COMMIT)")
+
+
+#: SQLite's tokens, enough to tell the word CHECK from a name or a text holding it
+_TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]"""
+                    r"""|/\*.*?(?:\*/|\Z)|--[^\n]*|\w+|\S""", re.S)
+
+
+def check_names(create_table: str) -> list[str]:
+    """The names of the CHECK constraints in a CREATE TABLE (``(unnamed)`` for one
+    without a name): no PRAGMA lists them."""
+    tokens = [t for t in _TOKEN.findall(create_table) if not t.startswith(("--", "/*"))]
+    return [tokens[i - 1] if i > 1 and tokens[i - 2].upper() == "CONSTRAINT" else "(unnamed)"
+            for i, t in enumerate(tokens) if t.upper() == "CHECK"]
+
+
+def update_blockers(con: sqlite3.Connection, table: str, columns) -> list[str]:
+    """What on ``table`` could refuse an update of ``columns`` for some rows only
+    (an erasure: ``guest_backup.ops.finishing``): a CHECK, a unique, partial or
+    expression index, a primary key beyond ``id``, a generated column, a foreign
+    key on one of ``columns``; or ``table`` not being a table."""
+    row = con.execute("SELECT type, sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    if row is None or row[0] != "table":
+        return [f"a {row[0]} named {table}"] if row is not None else []
+    quoted = table.replace('"', '""')
+    found = [f"CHECK constraint {name} on {table}" for name in check_names(row[1] or "")]
+    xinfo = con.execute(f'PRAGMA table_xinfo("{quoted}")').fetchall()  # …, pk, hidden
+    if any(r[5] for r in xinfo) and [r[1] for r in xinfo if r[5]] != ["id"]:
+        found.append(f"a primary key beyond id on {table}")
+    found += [f"generated column {r[1]} on {table}" for r in xinfo if r[6] in (2, 3)]
+    for _, name, unique, origin, partial in con.execute(f'PRAGMA index_list("{quoted}")'):
+        index = name.replace('"', '""')
+        expression = any(r[1] == -2 for r in con.execute(f'PRAGMA index_xinfo("{index}")'))
+        if origin != "pk" and (unique or partial or expression):
+            kind = "unique index" if unique else "index on an expression or with a condition"
+            found.append(f"{kind} {name} on {table}")
+    return found + [f"foreign key ({fk[3]}) on {table}" for fk in
+                    con.execute(f'PRAGMA foreign_key_list("{quoted}")') if fk[3] in columns]
 
 
 def _authorizer(action: int, arg1, arg2, database, source) -> int:

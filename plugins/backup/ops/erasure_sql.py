@@ -39,6 +39,9 @@ GUEST = sa.table(
     sa.column("gdpr_consent", sa.Boolean), sa.column("created_at", sa.DateTime))
 
 R, G, T = REGISTRATION.c, GUEST.c, TRIP.c
+#: the tables an erasure writes and the columns it writes in them
+ERASED_COLUMNS = {"guest": ("first_name", "last_name", "document_number", "document_photo"),
+                  "registration": ("email",)}
 
 
 def erased_email(registration_id: int) -> str:

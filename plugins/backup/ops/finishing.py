@@ -6,7 +6,8 @@ before it is swapped in), so that all of it happens or none of it:
   to the code's revisions;
 - :class:`~guest_backup.ops.audit_carry.AuditCarry`: the target's audit trail
   carried across the restore, so that a restore loses nothing of the audit;
-- the erasure ledger re-applied (``guest_backup.ops.erasure``).
+- the erasure ledger re-applied (``guest_backup.ops.erasure``), and the tables
+  an erasure writes checked for what could refuse one later (:func:`check_erasable`).
 
 A finisher has ``sql(url) -> Iterator[str]`` and ``apply(connection)`` (and may
 have ``sql_before(url)``, run on psql's transaction before the old schema goes,
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from guest_backup.archive.manifest import shown
 from guest_backup.ops import schema as schema_ops
 from guest_backup.ops.audit_carry import AuditCarry
 
@@ -91,15 +93,20 @@ class ErasureReapply:
     entries: list
     ledger: object
     applied: int = 0
+    #: a restore's load (:func:`erasures_for`): the erasure's tables checked too
+    #: (:func:`check_erasable`); not a browse copy, which has search indexes of its own
+    check_schema: bool = False
     #: the step psql's loader names when this one's SQL fails (its probe, before run)
     doing = "re-applying the erasure ledger"
 
     def sql(self, url: str) -> Iterator[str]:
         """PostgreSQL, before :meth:`run`: the archive's erasure mark dropped (the
         archive's word on this ledger is worth nothing: with no ledger line, the
-        database reads "not known"), and an erasure tried and undone
+        database reads "not known"), an erasure tried and undone
         (:func:`probe_erasure_sql`) on the first rows and on every row the ledger
-        names: a schema that refuses one stops the load."""
+        names, and the erasure's tables checked for what could refuse some rows
+        only (:func:`erasable_schema_sql`; with ledger lines, :meth:`run` checks
+        after the re-apply): a schema that refuses one stops the load."""
         from guest_backup.ops.erasure_mark import FORGET_MARK_SQL
         from guest_backup.ops.erasure_sql import probe_erasure_sql
 
@@ -108,6 +115,8 @@ class ErasureReapply:
         yield probe_erasure_sql(
             [i for kind, e in kinds if kind == "guest" for i in e.get("guest_ids", ())],
             [i for kind, e in kinds if kind != "guest" for i in e.get("registration_ids", ())])
+        if self.check_schema and not self.in_session:
+            yield erasable_schema_sql()
 
     @property
     def in_session(self) -> bool:
@@ -122,6 +131,9 @@ class ErasureReapply:
         session.doing = "re-applying the erasure ledger"
         self._reapply(session, "; nothing was restored")
         session.execute(mark_sql(last_seq(self.entries)))
+        if self.check_schema:
+            session.doing = "checking the archive's schema"
+            _refuse(session.execute(_blockers_select()).scalars(), "; nothing was restored")
 
     def apply(self, connection) -> None:
         """SQLite (and a recovered cluster): the same on ``connection``."""
@@ -129,11 +141,13 @@ class ErasureReapply:
         from guest_backup.ops.erasure_sql import probe_erasure
 
         probe_erasure(connection)  # SQLite: before the loaded copy is swapped in
-        if not self.entries:
+        if self.entries:
+            self._reapply(connection)
+            set_mark(connection, last_seq(self.entries))
+        else:
             clear_mark(connection)
-            return
-        self._reapply(connection)
-        set_mark(connection, last_seq(self.entries))
+        if self.check_schema:
+            check_erasable(connection)
 
     def _reapply(self, connection, outcome: str = "") -> None:
         from guest_backup.errors import BackupError
@@ -145,6 +159,104 @@ class ErasureReapply:
                               f"ledger ({', '.join(str(x) for x in left[:5])}){outcome}")
 
 
+#: PostgreSQL: what on ``public.guest`` and ``public.registration`` (the tables an
+#: erasure writes) could refuse an erasure of some rows only, which the probe (the
+#: first rows, the ledger's) does not find: a CHECK (``id <= 80 OR first_name <>
+#: '[erased]'``: every guest registered after the restore), a unique or exclusion
+#: constraint or index (two erased guests alike), a primary key beyond ``id``, a
+#: foreign key on an erased column, an index on an expression or with a condition
+#: (``1 / (id - 7)``), a generated column, a trigger, a rule, row-level security.
+#: The host's models declare none of them on these tables (tests/
+#: test_screen_schema_review.py notices when that changes).
+_BLOCKERS_PG = """SELECT k.kind || ' ' || pg_catalog.quote_ident(k.name) || ' on ' || t.relname
+ AS what FROM pg_catalog.pg_class t JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+CROSS JOIN LATERAL (
+ SELECT CASE c.contype WHEN 'c' THEN 'CHECK constraint' WHEN 'u' THEN 'unique constraint'
+  WHEN 'x' THEN 'exclusion constraint' WHEN 'p' THEN 'primary key' WHEN 'f' THEN 'foreign key'
+  WHEN 't' THEN 'constraint trigger' ELSE 'constraint' END, c.conname
+ FROM pg_catalog.pg_constraint c WHERE c.conrelid = t.oid AND (c.contype NOT IN ('p', 'f', 'n')
+  OR (c.contype = 'p' AND c.conkey IS DISTINCT FROM ARRAY(SELECT a.attnum FROM
+   pg_catalog.pg_attribute a WHERE a.attrelid = t.oid AND a.attname = 'id'))
+  OR (c.contype = 'f' AND EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.oid
+   AND a.attnum = ANY (c.conkey) AND a.attname::text = ANY (%s))))
+ UNION ALL SELECT CASE WHEN i.indisunique THEN 'unique index' ELSE 'index on an expression or '
+  'with a condition' END, x.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x
+  ON x.oid = i.indexrelid WHERE i.indrelid = t.oid AND NOT i.indisprimary
+  AND (i.indisunique OR i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)
+ UNION ALL SELECT 'row-level security policy', p.polname FROM pg_catalog.pg_policy p
+  WHERE p.polrelid = t.oid
+ UNION ALL SELECT 'row-level security', t.relname WHERE t.relrowsecurity OR t.relforcerowsecurity
+ UNION ALL SELECT 'rule', r.rulename FROM pg_catalog.pg_rewrite r WHERE r.ev_class = t.oid
+ UNION ALL SELECT 'trigger', g.tgname FROM pg_catalog.pg_trigger g
+  WHERE g.tgrelid = t.oid AND NOT g.tgisinternal
+ UNION ALL SELECT 'generated column', a.attname FROM pg_catalog.pg_attribute a
+  WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
+ UNION ALL SELECT 'other kind of table (' || t.relkind::text || ')', t.relname
+  WHERE t.relkind <> 'r'
+) AS k(kind, name) WHERE n.nspname = 'public' AND t.relname IN (%s)"""
+REFUSES_ERASURE = "which could refuse a later erasure"
+
+
+def _blockers_pg() -> str:
+    from guest_backup.ops.erasure_sql import ERASED_COLUMNS
+
+    columns = sorted({c for cs in ERASED_COLUMNS.values() for c in cs})
+    return _BLOCKERS_PG % ("ARRAY[" + ", ".join(f"'{c}'" for c in columns) + "]",
+                           ", ".join(f"'{t}'" for t in sorted(ERASED_COLUMNS)))
+
+
+def erasable_schema_sql() -> str:
+    """PostgreSQL text for the end of a load's transaction: a line saying what of
+    :data:`_BLOCKERS_PG` the loaded schema holds (``gr-schema-refused``, which
+    the engine reports) and an error that stops psql before the COMMIT."""
+    query = _blockers_pg()
+    return (f"COPY (SELECT 'gr-schema-refused the archive''s schema adds ' || q.what || "
+            f"', {REFUSES_ERASURE}' FROM ({query}) AS q ORDER BY q.what LIMIT 1) TO STDOUT;\n"
+            f"DO $gr$ BEGIN IF EXISTS ({query}) THEN RAISE EXCEPTION 'gr-erasure-refused: the "
+            f"schema of guest or registration'; END IF; END $gr$;\n")
+
+
+def _blockers_select():
+    """:data:`_BLOCKERS_PG` as a SELECT (psql's session runs it as ``COPY``)."""
+    import sqlalchemy as sa
+
+    what = sa.column("what", sa.Text)
+    return sa.select(what).select_from(sa.text(f"({_blockers_pg()}) AS q")).order_by(what)
+
+
+def erasure_blockers(connection) -> list[str]:
+    """What on the erasure's tables of ``connection``'s database could refuse an
+    erasure of some rows only (:data:`_BLOCKERS_PG`; SQLite: :func:`_blockers_sqlite`)."""
+    if connection.dialect.name == "sqlite":
+        return _blockers_sqlite(connection)
+    return list(connection.execute(_blockers_select()).scalars())
+
+
+def _blockers_sqlite(connection) -> list[str]:
+    """:data:`_BLOCKERS_PG` on SQLite (:func:`~guest_backup.engines.sqlitescreen.
+    update_blockers`), before the loaded copy is swapped in."""
+    from guest_backup.engines.sqlitescreen import update_blockers
+    from guest_backup.ops.erasure_sql import ERASED_COLUMNS
+
+    con = connection.connection.dbapi_connection
+    return [found for table, columns in sorted(ERASED_COLUMNS.items())
+            for found in update_blockers(con, table, columns)]
+
+
+def check_erasable(connection) -> None:
+    """BackupError naming the first of :func:`erasure_blockers`: a restore that
+    lets some guests be erased and not others never commits."""
+    _refuse(erasure_blockers(connection))
+
+
+def _refuse(found, outcome: str = "") -> None:
+    from guest_backup.errors import BackupError
+
+    for what in found:
+        raise BackupError(f"the archive's schema adds {shown(what, 200)}, {REFUSES_ERASURE}"
+                          f"{outcome}")
+
+
 def erasures_for(ctx) -> ErasureReapply:
     """The ledger's erasures (every copy checked and merged: a broken copy stops the
     restore before it touches anything), ready to re-apply."""
@@ -152,7 +264,7 @@ def erasures_for(ctx) -> ErasureReapply:
     from guest_backup.ops.ledger_copies import collect
 
     ledger = ErasureLedger.in_folder(ctx.instance_path)
-    return ErasureReapply(collect(ledger, ctx.storages()), ledger)
+    return ErasureReapply(collect(ledger, ctx.storages()), ledger, check_schema=True)
 
 
 class CheckedUpgrade(PlannedUpgrade):
