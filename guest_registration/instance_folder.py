@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import secrets
 import stat
@@ -58,6 +59,7 @@ def _owned_like_parent(path: Path) -> None:
 #: run as root hands over like it (:func:`handed_to_their_owner`)
 SETUP_FOLDERS = "guest_registration.setup_folders"
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -67,22 +69,30 @@ def handed_to_their_owner(*paths: Path) -> Iterator[None]:
     another user is that user's, outermost first (each takes its folder's owner):
     ``setup`` typed as root in the service user's instance folder left the SQLite
     file (and its -wal, -shm), a plugin's folder and ``schema-locations.json`` root's,
-    and the service could not write them. What was there before and stayed is
-    left alone; no symbolic link is followed, nor a file of several links handed
-    over (the folder's user could put either there while the command runs)."""
-    if os.geteuid() != 0:
+    and the service could not write them. What was there before is left alone,
+    known by device and inode, not by name: that user may rename or move their
+    folders' contents while the command runs. No symbolic link is followed, nor a
+    file of several links (that user could put either there) or other than a plain
+    file, a folder or a link handed over; the folders are held open from before the
+    block, and one that is no longer at its path is left (a link swapped in above
+    it would have made root chown another account's files). Linux only (O_PATH)."""
+    if os.geteuid() != 0 or not hasattr(os, "O_PATH"):
         yield
         return
-    before = {}
-    for path in _outermost(paths):
-        with contextlib.suppress(OSError):
-            before[path] = _snapshot(path)
+    known: dict[tuple[int, int], bool] = {}  # there before → what is in it is known too
+    starts = []
     try:
+        for path in _outermost(paths):
+            with contextlib.suppress(OSError):
+                starts.append((path, *_snapshot(path, known)))
         yield
     finally:
-        for path, (start, seen) in before.items():
-            with contextlib.suppress(OSError):  # gone, or not a folder now: nothing of ours
-                _hand_over(path, start, seen)
+        for path, start, fd in starts:
+            try:
+                with contextlib.suppress(OSError):  # gone, or not a folder now: nothing of ours
+                    _hand_over(path, start, fd, known)
+            finally:
+                os.close(fd)
 
 
 def _outermost(paths) -> list[Path]:
@@ -91,61 +101,128 @@ def _outermost(paths) -> list[Path]:
     return [p for i, p in enumerate(found) if not any(p.is_relative_to(q) for q in found[:i])]
 
 
-def _snapshot(path: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
-    """The nearest folder above ``path`` that exists, and what is in ``path`` now
-    (relative name → device and inode; ``.``: ``path`` itself)."""
+def _id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _snapshot(path: Path, known: dict) -> tuple[Path, int]:
+    """The nearest folder above ``path`` that exists, opened (the hand-over starts in
+    this very folder), after adding to ``known`` root's files in it and its folders
+    (one level: the user could move them onto the way to ``path``) and root's in
+    ``path``. Only root's are handed over, so only root's are recorded: a file of the
+    user's deleted meanwhile gives its inode to the next one made (ext4 does)."""
     start = next(p for p in path.parents if os.path.lexists(p))
-    if not os.path.lexists(path):
-        return start, {}
-    st = path.lstat()
-    seen = {".": (st.st_dev, st.st_ino)}
-    if stat.S_ISDIR(st.st_mode):
-        fd = os.open(path, _NOFOLLOW_DIR)
-        try:
-            seen.update({rel: (st.st_dev, st.st_ino) for rel, _, _, st in _tree(fd)})
-        finally:
-            os.close(fd)
-    return start, seen
-
-
-def _tree(fd: int):
-    """(relative name, name, its folder's fd, lstat) of everything below folder ``fd``,
-    each folder before what is in it; symbolic links are not entered."""
-    for folder, dirs, files, dir_fd in os.fwalk(".", dir_fd=fd):
-        for name in dirs + files:
-            yield (os.path.normpath(os.path.join(folder, name)), name, dir_fd,
-                   os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
-
-
-def _hand_over(path: Path, start: Path, seen: dict[str, tuple[int, int]]) -> None:
-    """Give what is new from ``start`` down to ``path`` and in it to their folders' owners."""
     fd = os.open(start, _NOFOLLOW_DIR)
     try:
-        parts = path.relative_to(start).parts
-        for i, name in enumerate(parts):  # made on the way, or ``path`` made (or replaced)
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if i < len(parts) - 1 or seen.get(".") != (st.st_dev, st.st_ino):
-                _give(fd, name, st)
-            if not stat.S_ISDIR(st.st_mode):
-                return  # a file: nothing below it
-            below = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
-            os.close(fd)
-            fd = below
-        for rel, name, dir_fd, st in _tree(fd):
-            if seen.get(rel) != (st.st_dev, st.st_ino):
-                _give(dir_fd, name, st)
+        for name in os.listdir(fd):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if st.st_uid == 0 or stat.S_ISDIR(st.st_mode):
+                    known.setdefault(_id(st), not stat.S_ISDIR(st.st_mode))
+        if start == path.parent:
+            with contextlib.suppress(OSError):  # not there, or not a folder: listed above
+                below = os.open(path.name, _NOFOLLOW_DIR, dir_fd=fd)
+                try:
+                    known[_id(os.fstat(below))] = True  # what is in it: recorded here
+                    known.update((_id(st), True) for _, _, st in _tree(below)
+                                 if st.st_uid == 0 or _id(st) in known)
+                finally:
+                    os.close(below)
+    except BaseException:
+        os.close(fd)
+        raise
+    return start, fd
+
+
+def _tree(fd: int, known: dict | None = None):
+    """(name, its folder's fd, lstat) of everything below folder ``fd``, each folder
+    before what is in it; symbolic links are not entered, nor a folder (``fd``'s
+    too) of ``known`` whose contents were not recorded (:func:`_unknown_inside`)."""
+    for _, dirs, files, dir_fd in os.fwalk(".", dir_fd=fd):
+        if known is not None and _unknown_inside(known, dir_fd):
+            dirs.clear()
+            continue
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):  # gone since it was listed
+                yield name, dir_fd, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _unknown_inside(known: dict, fd: int) -> bool:
+    """Whether folder ``fd`` (the one opened, whatever its name is now) was there
+    before but what is in it was not recorded: moved in from beside the paths."""
+    return not known.get(_id(os.fstat(fd)), True)
+
+
+def _hand_over(path: Path, start: Path, fd: int, known: dict) -> None:
+    """Give what is new from folder ``fd`` (``start``'s) down to ``path`` and in it to
+    their folders' owners; a folder there before whose contents were not recorded
+    (moved in from beside) is not entered."""
+    if not _still_at(start, fd):
+        log.warning("%s was moved or replaced (a symbolic link above it?) while the command "
+                    "ran: what it made in %s was left root's; check who owns what is there "
+                    "and give the service's user what it needs (chown)", start, path)
+        return
+    here = os.dup(fd)  # ``fd`` stays open for the caller to close
+    try:
+        for name in path.relative_to(start).parts:  # made on the way, or ``path``
+            _give(here, name, known)
+            below = os.open(name, _NOFOLLOW_DIR, dir_fd=here)  # a file, a link: OSError
+            os.close(here)
+            here = below
+            if _unknown_inside(known, here):
+                return
+        for name, dir_fd, st in _tree(here, known):
+            if _id(st) not in known:
+                _give(dir_fd, name, known)
+    finally:
+        os.close(here)
+
+
+def _still_at(start: Path, fd: int) -> bool:
+    """Whether ``start`` still names folder ``fd`` (opened before the block)."""
+    try:
+        now = os.open(start, _NOFOLLOW_DIR)
+    except OSError:
+        return False
+    try:
+        return _id(os.fstat(now)) == _id(os.fstat(fd))
+    finally:
+        os.close(now)
+
+
+def _give(dir_fd: int, name: str, known: dict) -> None:
+    """Root's ``name`` in folder ``dir_fd``, new, becomes the folder's owner's, if that
+    is not root: a folder, a file or a link (itself) of one link. The very file
+    checked is handed over (held open, never by its name again: it may be swapped)."""
+    folder = os.fstat(dir_fd)
+    if folder.st_uid == 0:
+        return
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    try:
+        st = os.fstat(fd)
+        kind = stat.S_IFMT(st.st_mode)
+        if st.st_uid != 0 or _id(st) in known:
+            return
+        if kind == stat.S_IFDIR or (kind in (stat.S_IFREG, stat.S_IFLNK) and st.st_nlink == 1):
+            _chown_opened(fd, folder.st_uid, folder.st_gid)
     finally:
         os.close(fd)
 
 
-def _give(dir_fd: int, name: str, st: os.stat_result) -> None:
-    """Root's ``name`` in folder ``dir_fd`` becomes the folder's owner's, if that is
-    not root: a folder, a link itself, or a file of one link (never one linked in)."""
-    folder = os.fstat(dir_fd)
-    if folder.st_uid == 0 or st.st_uid != 0:
-        return
-    if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) or st.st_nlink == 1:
-        os.chown(name, folder.st_uid, folder.st_gid, dir_fd=dir_fd, follow_symlinks=False)
+def _chown_opened(fd: int, uid: int, gid: int) -> None:
+    """``fchownat(fd, "", AT_EMPTY_PATH)``: the file opened with O_PATH, a link itself
+    too (``os.chown`` has no way to name it by its descriptor)."""
+    import ctypes
+
+    fchownat = ctypes.CDLL(None, use_errno=True).fchownat
+    fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+                         ctypes.c_int]
+    if fchownat(fd, b"", uid, gid, 0x1000) != 0:  # 0x1000: AT_EMPTY_PATH (Linux)
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _unusable_secret(path: Path, exc: OSError) -> ConfigError:
