@@ -84,16 +84,25 @@ def start(engine: Engine | Connection, action: str, *, actor: str | None, via: s
         ).scalar_one()
 
 
-def finish(engine: Engine | Connection, entry_id: int, outcome: str, **fields: Any) -> None:
-    """Record how an action ended (``ok``, ``failed``, ``aborted``)."""
+def finish(engine: Engine | Connection, entry_id: int, outcome: str, *,
+           only_running: bool = False, **fields: Any) -> bool:
+    """Record how an action ended (``ok``, ``failed``, ``aborted``); returns whether
+    the entry changed. With ``only_running`` only an entry still ``running`` is
+    changed, in one conditional UPDATE: whoever finds an action's process dead
+    (a page poll) must not rewrite an entry the action finished itself (a backup
+    audited ``ok``, then killed while pruning), and of many who find it at once
+    only one finishes it."""
     from sqlalchemy import update
 
     outcomes, table = _audit()
     if outcome not in outcomes or outcome == "running":
         raise ValueError(outcome)
+    query = update(table).where(table.c.id == entry_id)
+    if only_running:
+        query = query.where(table.c.outcome == "running")
     with _transaction(engine) as conn:
-        conn.execute(update(table).where(table.c.id == entry_id)
-                     .values(outcome=outcome, finished_at=_now(), **_clean(fields)))
+        return conn.execute(query.values(outcome=outcome, finished_at=_now(),
+                                         **_clean(fields))).rowcount > 0
 
 
 def record(engine: Engine | Connection, action: str, outcome: str, *, actor: str | None,

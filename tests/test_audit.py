@@ -30,7 +30,7 @@ def test_cli_verify_is_audited_ok_and_failed(app, runner, tmp_path):
     assert runner.invoke(args=["verify", str(broken)]).exit_code == 1
     rows = entries(app, "verify")
     assert [(r.outcome, r.via, r.target) for r in rows] == [
-        ("ok", "cli", archive.name), ("failed", "cli", archive.name)]
+        ("ok", "cli", archive.name), ("failed", "cli", str(broken))]  # a copy elsewhere: its path
     assert rows[0].actor.startswith("cli") and rows[1].message and rows[1].finished_at
 
 

@@ -191,8 +191,9 @@ def pitr_section(ctx: BackupContext, engine: Engine | None, now: datetime,
                                                   "limit": human_age(max_full)}))
     drill = latest(ctx, engine, "pitr-drill") if engine is not None else None
     drill_age = now - drill.pop("_when") if drill else None
-    if drill is None and engine is not None:  # without a database it is not known
-        problems.append(Problem("pitr_no_drill"))
+    if drill is None:
+        if engine is not None:  # without a database it is not known
+            problems.append(Problem("pitr_no_drill"))
     elif drill["outcome"] != "ok":
         problems.append(Problem("pitr_drill_failed", {"at": drill["at"],
                                                       "message": drill["message"]}))

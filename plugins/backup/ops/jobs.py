@@ -10,7 +10,8 @@ every web process (and found again on a reload).
 
 Either way the backup lock is taken at the click, so a second click is refused
 at once, and a job whose lock is free while it says "running" died with its
-process: it is reported as interrupted, its audit entry finished as failed.
+process: it is reported as interrupted, its audit entry (if the job had not
+finished it) as failed.
 
 Two kinds of job (:class:`JobKind`), each with its own state and its own lock:
 the logical backup (:data:`LOGICAL`, the backup lock every logical backup takes)
@@ -127,39 +128,32 @@ def read_job(ctx: BackupContext, kind: JobKind = LOGICAL) -> dict | None:
         state.update(state="failed", error=Text(JOB_INTERRUPTED if state["state"] == "running"
                                                 else JOB_NO_WORKER))
         if state.get("audit_id"):
-            _finish_dead(ctx, kind, store, state)
+            _finish_dead(ctx, store, state)
     return state
 
 
-def _finish_dead(ctx: BackupContext, kind: JobKind, store, state: dict) -> None:
+def _finish_dead(ctx: BackupContext, store, state: dict) -> None:
     """The audit entry of a job that died with its process (SIGKILL, the OOM killer)
-    finished as ``failed``, once: under the job's lock, the state written back as
-    failed without the entry's id. Before, the page said interrupted and the audit
-    log ``running`` for ever. Never raises (tried again at the next read)."""
+    finished as ``failed`` while it is still ``running`` (one conditional UPDATE:
+    an entry the job finished itself, a backup audited ``ok`` then killed while
+    pruning, stays ``ok``; of several polls at once one finishes it). No lock: a
+    click meanwhile starts its backup. The state loses the entry's id only while it
+    is still this job's. Never raises (tried again at the next read)."""
     from sqlalchemy import create_engine, pool
 
-    lock = kind.lock(ctx)
     try:
-        lock.acquire()
-    except BackupError:  # BackupBusy: a new job took it; else unreachable: next read
-        return
-    try:
-        held = store.read() or {}
-        if (held.get("id"), held.get("state"), held.get("audit_id")) != (
-                state.get("id"), "running", state["audit_id"]):
-            return  # ended, or finished by another reader
         engine = create_engine(ctx.settings.database_url, poolclass=pool.NullPool)
         try:
-            ctx.audit.finish(engine, state["audit_id"], "failed", message=(
+            ctx.audit.finish(engine, state["audit_id"], "failed", only_running=True, message=(
                 "interrupted: the process running it ended (killed, or its server stopped)"))
         finally:
             engine.dispose()
-        store.write({**state, "audit_id": None, "finished_at": now_text()})
+        held = store.read() or {}
+        if (held.get("id"), held.get("audit_id")) == (state.get("id"), state["audit_id"]):
+            store.write({**state, "audit_id": None, "finished_at": now_text()})
     except Exception as exc:
         _log.warning("the audit entry of an interrupted job could not be finished (%s)",
                      type(exc).__name__)
-    finally:
-        lock.release()
 
 
 class _NotingAudit:

@@ -99,10 +99,10 @@ class _OutputAudit:
             self.backups.add(entry)
         return entry
 
-    def finish(self, bind, entry_id: int, outcome: str, **fields) -> None:
+    def finish(self, bind, entry_id: int, outcome: str, **fields) -> bool:
         if entry_id in self.backups and outcome != "ok":
             fields["message"] = OUTPUT_FAILED + str(fields.get("message") or "?")
-        self.audit.finish(bind, entry_id, outcome, **fields)
+        return self.audit.finish(bind, entry_id, outcome, **fields)
 
 
 @observed("backup")  # metrics and notifications when it ends; never raises
