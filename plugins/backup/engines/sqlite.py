@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import sqlite3
@@ -16,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
-from guest_backup.errors import EngineError, shown_reason
+from guest_backup.errors import BackupBusy, EngineError, shown_reason
 from guest_backup.engines import sqlite_swap as swap
 from guest_backup.engines.sqlite_swap import (NOTHING_RESTORED, connect, create_private, private,
                                               remove)
@@ -51,6 +52,8 @@ class SQLiteEngine:
         return tail.rstrip().endswith(SQLITE_TRAILER)
 
     def tool(self, settings: EngineSettings, conn: Connection | None) -> ToolInfo:
+        if conn is not None:  # a backup, `status`: a killed restore's copy goes (if free)
+            _tidy_if_free(conn.engine.url.database)
         return ToolInfo("python-sqlite3", sqlite3.sqlite_version, None, True,
                         f"built-in (SQLite {sqlite3.sqlite_version})")
 
@@ -63,12 +66,12 @@ class SQLiteEngine:
         conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
 
     def exclusive(self, url: str, wait: float = 0.0):
-        """An ``flock`` on ``<database file>.lock`` beside the database (nothing
-        for an in-memory one, which no other process shares)."""
+        """An ``flock`` on ``<database file>.lock`` beside the database, its real
+        path (a symlinked name of the same file skipped it), nothing for an
+        in-memory one; once held, a killed restore's loaded copy goes."""
         if parse_url(url).database in (None, "", ":memory:"):
             return contextlib.nullcontext()
-        path = sqlite_path(url)
-        return file_lock(path.with_name(path.name + ".lock"), wait)
+        return _locked(sqlite_path(url).resolve(), wait)
 
     def timestamp_text(self, column: ColumnElement) -> ColumnElement:
         from sqlalchemy import func
@@ -109,8 +112,10 @@ class SQLiteEngine:
 
     @contextlib.contextmanager
     def scratch(self, url: str) -> Iterator[str]:
-        """A temporary database file for a restore drill, removed afterwards."""
-        folder = tempfile.mkdtemp(prefix="gr-drill-")
+        """A temporary database file for a restore drill, removed afterwards; its
+        folder named with this process, so that the next drill removes one a
+        killed drill left (``ops/drill.py``)."""
+        folder = tempfile.mkdtemp(prefix=f"gr-drill-{os.getpid()}-")
         try:
             yield f"sqlite:///{folder}/drill.db"
         finally:
@@ -125,7 +130,7 @@ class SQLiteEngine:
         one write transaction through the target's own connection (its WAL, its
         other connections and a running server stay consistent), and check the
         result. On any failure the target keeps (or gets back) its old contents."""
-        target = sqlite_path(url)
+        target = sqlite_path(url).resolve()  # the lock's and the copies' names
         target.parent.mkdir(parents=True, exist_ok=True)
         existed = target.exists()
         tmp = target.with_name(f".{target.name}.restoring")
@@ -154,6 +159,25 @@ class SQLiteEngine:
         finally:
             remove(tmp)
             private(target)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, wait: float) -> Iterator[None]:
+    """The database's lock, and what a restore killed with SIGKILL left removed."""
+    with file_lock(path.with_name(path.name + ".lock"), wait):
+        swap.tidy(path)
+        yield
+
+
+def _tidy_if_free(database: str | None) -> None:
+    """Remove a killed restore's loaded copy beside ``database`` if there is one
+    and no restore, erasure or selective restore holds the lock (never waits)."""
+    if database in (None, "", ":memory:"):
+        return
+    path = Path(database).resolve()
+    if swap.leftovers(path):
+        with contextlib.suppress(BackupBusy, OSError), _locked(path, 0.0):
+            pass
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from guest_backup.errors import EngineError
+from guest_backup.files import owned_like_folder
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,17 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def create_private(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 unless it exists (SQLite uses the umask)."""
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    """Create ``path`` empty with mode 0600 unless it exists (SQLite uses the umask);
+    run as root, the folder owner's (SQLite gives its journals the file's owner): a
+    root-owned new database stopped the service that was to use it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    try:
+        owned_like_folder(fd, path.parent)
+    finally:
+        os.close(fd)
 
 
 def private(path: Path) -> None:
@@ -50,6 +59,30 @@ def remove(path: Path) -> None:
     """``path`` and the journal files SQLite may have left beside it."""
     for suffix in ("", "-journal", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def leftovers(target: Path) -> list[Path]:
+    """The loaded copy (and journals) a killed restore left: ``.<name>.restoring``."""
+    name = f".{target.name}.restoring"
+    with contextlib.suppress(OSError):
+        return [path for path in target.parent.iterdir() if path.name in
+                (name, f"{name}-journal", f"{name}-wal", f"{name}-shm")]
+    return []
+
+
+def tidy(target: Path) -> None:
+    """With ``target``'s lock held (no restore runs): remove the loaded copy a
+    restore killed with SIGKILL left (the archive's guests, erased ones too). The
+    contents a restore keeps aside (``.<name>.before-restore``) stay, logged: kept
+    on purpose when a swap could not be undone, they may be the only copy."""
+    for path in leftovers(target):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            log.warning("removed %s, left by a restore that was killed", path)
+    keep = target.with_name(f".{target.name}.before-restore")
+    if keep.exists():
+        log.warning("%s holds the database as it was before a restore that failed or was "
+                    "killed; check %s, then delete it", keep, target)
 
 
 def inspect(con: sqlite3.Connection) -> tuple[list[str], dict[str, int]]:

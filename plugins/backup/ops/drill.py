@@ -4,7 +4,10 @@ count with the manifest. A backup nobody has restored is a hope, not a backup.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -24,8 +27,13 @@ from guest_backup.ops.finishing import erasures_for
 from guest_backup.ops.listing import recognised
 from guest_backup.ops.notify import observed
 from guest_backup.ops.restore import restore_archive
+from guest_backup.ops.staging import _running
 
 log = logging.getLogger(__name__)
+
+#: a drill's temporary folder (the SQLite scratch database's, the uploads'):
+#: ``gr-drill-[uploads-]<drilling process>-<random>``
+SCRATCH_RE = re.compile(r"^gr-drill-(?:uploads-)?([1-9][0-9]{0,9})-[A-Za-z0-9_]+$")
 
 
 @dataclass
@@ -87,6 +95,7 @@ def _failed(ctx: BackupContext, engine: Engine, actor: str | None, via: str,
 
 def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys,
            picked: list[str]) -> DrillResult:
+    remove_orphans()  # this drill's folders are named with its process, as these were
     storage = ctx.remote() or ctx.local()
     # the newest archive the listing recognises (signed, bound to this installation,
     # or signed by a --trusted-key): a planted file with a newer name would otherwise
@@ -100,7 +109,7 @@ def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys,
     result = DrillResult(newest, storage.url)
     settings = ctx.settings
     db_engine = ctx.engine_for(engine.dialect.name)
-    uploads = Path(tempfile.mkdtemp(prefix="gr-drill-uploads-"))
+    uploads = Path(tempfile.mkdtemp(prefix=f"gr-drill-uploads-{os.getpid()}-"))
     try:
         with archive_file(storage, newest) as path, db_engine.scratch(str(engine.url.render_as_string(
                 hide_password=False))) as target:
@@ -116,6 +125,23 @@ def _drill(ctx: BackupContext, engine: Engine, identity, trusted_keys,
     finally:
         shutil.rmtree(uploads, ignore_errors=True)
     return result
+
+
+def remove_orphans() -> None:
+    """Remove this user's drill folders in the temporary folder whose process is
+    gone (not a running drill's, nor another user's): a drill killed with SIGKILL
+    (RQ ends a work-horse past its job timeout) left there the archive's guests,
+    erased ones too (the loaded copy), for good."""
+    with contextlib.suppress(OSError), os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            match = SCRATCH_RE.match(entry.name)
+            if not match or int(match.group(1)) == os.getpid() or _running(
+                    int(match.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False) and entry.stat(
+                        follow_symlinks=False).st_uid == os.geteuid():
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _compare(url: str, expected: dict[str, int], result: DrillResult) -> None:

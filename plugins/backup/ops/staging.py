@@ -68,6 +68,12 @@ class StagedUploads:
             anchor = anchor.parent
         if root != anchor.resolve() and root not in anchor.resolve().parents:
             raise BackupError(f"{member.name!r} leaves the upload folder")
+        if not anchor.is_dir():  # a file where the archive has a folder: never replaced
+            member.skip()
+            self._existing.append((dest, member.digest))
+            log.warning("restore: %r kept as it was: %s is a file, not a folder",
+                        member.name, anchor)
+            return
         self._mkdirs(dest.parent, like=root)
         if root != dest.parent.resolve() and root not in dest.parent.resolve().parents:
             raise BackupError(f"{member.name!r} leaves the upload folder")
