@@ -226,7 +226,7 @@ def test_what_could_refuse_some_erasures_is_found_on_sqlite():
         conn.exec_driver_sql("CREATE TABLE pairs (a INTEGER, b TEXT, PRIMARY KEY (a, b))")
         conn.exec_driver_sql("ALTER TABLE registration RENAME TO registration_old")
         conn.exec_driver_sql("CREATE TABLE registration (id INTEGER, email TEXT, g INTEGER AS "
-                             "(id * 2) STORED, UNIQUE (email), FOREIGN KEY (id, email) "
+                             "(length(email)) STORED, UNIQUE (email), FOREIGN KEY (id, email) "
                              "REFERENCES pairs (a, b), PRIMARY KEY (id, email))")
         found = erasure_blockers(conn)
     engine.dispose()
@@ -253,12 +253,13 @@ def test_what_could_refuse_some_erasures_is_found_on_postgresql(pg_server):
             assert erasure_blockers(conn) == []
             conn.exec_driver_sql(
                 "CREATE TABLE pairs (a int, b text, UNIQUE (a, b));"
-                "ALTER TABLE guest ADD CONSTRAINT ck_keep CHECK (id > 0) NOT VALID;"
+                "ALTER TABLE guest ADD CONSTRAINT ck_keep CHECK (last_name <> '') NOT VALID;"
                 "CREATE UNIQUE INDEX ux_doc ON guest (document_number) WHERE id > 3;"
-                "CREATE INDEX ix_expr ON guest ((1 / (id - 5)));"
+                "CREATE INDEX ix_expr ON guest ((1 / (length(last_name) - 5)));"
                 "ALTER TABLE guest ADD CONSTRAINT fk_pair FOREIGN KEY (id, first_name) "
                 "REFERENCES pairs (a, b);"
-                "ALTER TABLE guest ADD COLUMN g int GENERATED ALWAYS AS (id * 2) STORED;"
+                "ALTER TABLE guest ADD COLUMN g int GENERATED ALWAYS AS (length(first_name)) "
+                "STORED;"
                 "ALTER TABLE registration ENABLE ROW LEVEL SECURITY;"
                 "CREATE POLICY p_reg ON registration USING (true);"
                 "CREATE RULE r_reg AS ON UPDATE TO registration DO ALSO SELECT 1;"
@@ -309,3 +310,145 @@ def test_the_host_models_declare_no_constraint_on_the_erasures_tables():
         assert not any(erased & {c.parent.name for c in fk.elements}
                        for fk in table.foreign_key_constraints), name
 
+
+
+# -------------- what involves no written column is left; erasure_mark is written too
+
+def _exec(url: str, *statements: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["plugin-column-check", "search-index"])
+def test_the_apps_own_archive_with_a_harmless_guest_constraint_restores(app, runner, backend,
+                                                                        kind):
+    """The review's case: a plugin's column with a CHECK (docs/plugins.md) or a
+    DBA's index on an expression of a column an erasure leaves alone: the app's
+    own archive restores (it was refused)."""
+    assert runner.invoke(args=["demo-data"]).exit_code == 0
+    _exec(app.config["DATABASE_URL"], {
+        "plugin-column-check": "ALTER TABLE guest ADD COLUMN nickname VARCHAR(30) "
+                               "CONSTRAINT ck_guest_nickname CHECK (nickname <> '')",
+        "search-index": "CREATE INDEX ix_guest_doc_type ON guest (lower(document_type))"}[kind])
+    restored = _restore(app, runner, make_backup(runner))
+    assert restored.exit_code == 0, restored.output
+
+
+def _mark_check(backend: str):
+    def change(dump: bytes) -> bytes:
+        text = dump.decode()
+        if backend == "postgresql":
+            anchor = "--\n-- PostgreSQL database dump complete"
+            return text.replace(anchor, "ALTER TABLE ONLY public.erasure_mark\n    ADD "
+                                "CONSTRAINT ck_mark CHECK ((seq < 2));\n\n" + anchor, 1).encode()
+        start = text.index("CREATE TABLE erasure_mark") if "CREATE TABLE erasure_mark" in \
+            text else text.index('CREATE TABLE "erasure_mark"')
+        end = text.index(");", start)
+        return (text[:end] + ", CONSTRAINT ck_mark CHECK (seq < 2)\n" + text[end:]).encode()
+    return change
+
+
+def test_a_check_on_erasure_mark_is_not_restored(app, runner, backend, tmp_path):
+    """The review's archive: ``CHECK (seq < 2)`` on erasure_mark, which an erasure
+    writes (and may insert into) in its own transaction: the second erasure after
+    the restore failed. Now the restore is refused."""
+    assert runner.invoke(args=["demo-data"]).exit_code == 0
+    archive = make_backup(runner)
+    forged = forge_signed(app, archive, tmp_path / "forged" / archive.name,
+                          _mark_check(backend))
+    restored = _restore(app, runner, forged)
+    assert restored.exit_code != 0, restored.output
+    assert "the archive's schema adds CHECK constraint ck_mark on erasure_mark, which could " \
+        "refuse a later erasure" in restored.output, restored.output
+    assert "nothing was restored" in restored.output
+
+
+_LEFT = ["ALTER TABLE guest ADD COLUMN nickname VARCHAR(30) CONSTRAINT ck_nick CHECK "
+         "(nickname <> '')", "CREATE INDEX ix_doc_type ON guest (lower(document_type))",
+         "CREATE INDEX ix_first ON guest (first_name)", "CREATE UNIQUE INDEX ux_pair ON guest "
+         "(registration_id, id)", "CREATE INDEX ix_mark ON erasure_mark (seq)"]
+_REFUSED = {  # statement: what is named (PostgreSQL; SQLite where it differs)
+    "CREATE INDEX ix_last ON guest (lower(last_name))":
+        "index on an expression or with a condition ix_last on guest",
+    "ALTER TABLE guest ADD CONSTRAINT ck_time CHECK (id < 100 OR now() < '2027-01-01')":
+        "CHECK constraint ck_time on guest",
+    "ALTER TABLE guest ADD CONSTRAINT ck_day CHECK (id < 100 OR CURRENT_DATE < '2027-01-01')":
+        "CHECK constraint ck_day on guest",
+    "ALTER TABLE erasure_mark ADD CONSTRAINT ck_mark CHECK (seq < 2)":
+        "CHECK constraint ck_mark on erasure_mark",
+    "ALTER TABLE erasure_mark ADD COLUMN extra int NOT NULL DEFAULT 1":
+        "column extra on erasure_mark",
+    "ALTER TABLE guest ALTER document_photo SET NOT NULL":
+        "NOT NULL column document_photo on guest",
+    "ALTER TABLE guest ALTER first_name TYPE varchar(5)":
+        "column (character varying(5)) first_name on guest",
+    "CREATE DOMAIN kept AS text CHECK (VALUE <> '[erased]'); ALTER TABLE guest ALTER "
+    "last_name TYPE kept": "column (kept) last_name on guest"}
+
+
+def test_only_what_involves_a_written_column_is_refused_on_postgresql(app, pg_server):
+    """What sees the same values before and after an erasure is left (a plugin's
+    CHECK, indexes on other columns); what involves a written column, a CHECK
+    reading the clock, a written column's type or NOT NULL, erasure_mark's CHECK:
+    refused even with no row for the probe to try."""
+    url = create_pg_database(pg_server, PREFIX)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TABLE registration (id serial PRIMARY KEY, email varchar(255) NOT NULL);"
+                "CREATE TABLE guest (id serial PRIMARY KEY, registration_id int, first_name "
+                "varchar(100) NOT NULL, last_name varchar(100) NOT NULL, document_type text, "
+                "document_number varchar(64) NOT NULL, document_photo varchar(255));"
+                "CREATE TABLE erasure_mark (id int PRIMARY KEY, seq bigint NOT NULL, marked_at "
+                "timestamp NOT NULL);" + ";".join(_LEFT))
+            assert erasure_blockers(conn) == []
+        for statement, named in _REFUSED.items():
+            with engine.connect() as conn, conn.begin() as trans:
+                conn.exec_driver_sql(statement)
+                assert erasure_blockers(conn) == [named], statement
+                trans.rollback()
+    finally:
+        engine.dispose()
+        drop_pg_database(pg_server, url)
+
+
+def test_only_what_involves_a_written_column_is_refused_on_sqlite():
+    """SQLite's side: names in a CHECK or index found by its tokens (quoted too)."""
+    tables = ("CREATE TABLE registration (id INTEGER PRIMARY KEY, email VARCHAR(255) NOT NULL);"
+              "CREATE TABLE erasure_mark (id INTEGER NOT NULL, seq BIGINT NOT NULL, marked_at "
+              "DATETIME NOT NULL, CONSTRAINT pk_erasure_mark PRIMARY KEY (id));"
+              "CREATE TABLE guest (id INTEGER NOT NULL, registration_id INTEGER, first_name "
+              "VARCHAR(100) NOT NULL, last_name VARCHAR(100) NOT NULL, document_type TEXT, "
+              "document_number VARCHAR(64) NOT NULL, document_photo VARCHAR(255){}, "
+              "PRIMARY KEY (id))")
+    refused = {'CONSTRAINT ck_q CHECK ("First_Name" <> \'\')': "CHECK constraint ck_q on guest",
+               "CONSTRAINT ck_b CHECK ([last_name] <> '')": "CHECK constraint ck_b on guest",
+               "CONSTRAINT ck_r CHECK (id < 100 OR random() > -1)":
+                   "CHECK constraint ck_r on guest",
+               "CONSTRAINT ck_t CHECK (id < 100 OR CURRENT_TIMESTAMP < '2027')":
+                   "CHECK constraint ck_t on guest",
+               "g INT AS (length(first_name)) STORED": "generated column g on guest"}
+    for extra, named in [("", None), (", g INT AS (id * 2) STORED", None)] + [
+            (", " + k, v) for k, v in refused.items()]:
+        engine = sa.create_engine("sqlite://")
+        with engine.begin() as conn:
+            for statement in tables.format(extra).split(";") + [
+                    s.replace("ALTER TABLE guest ADD COLUMN nickname", "ALTER TABLE guest ADD "
+                              "nickname") for s in _LEFT]:
+                conn.exec_driver_sql(statement)
+            assert erasure_blockers(conn) == ([named] if named else []), extra
+        engine.dispose()
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as conn:
+        for statement in tables.replace("document_photo VARCHAR(255)", "document_photo TEXT NOT "
+                                        "NULL").format("").split(";"):
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("CREATE INDEX ix_last ON guest (lower(\"last_name\"))")
+        assert erasure_blockers(conn) == ["NOT NULL column document_photo on guest",
+                                          "index on an expression or with a condition ix_last "
+                                          "on guest"]
+    engine.dispose()

@@ -167,36 +167,77 @@ _TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]"
                     r"""|/\*.*?(?:\*/|\Z)|--[^\n]*|\w+|\S""", re.S)
 
 
+#: what a CHECK may not call even on columns an erasure leaves alone: SQLite
+#: evaluates every CHECK on every UPDATE, and these answer differently over time
+_VOLATILE = {"random", "randomblob", "changes", "total_changes", "last_insert_rowid", "date",
+             "time", "datetime", "julianday", "strftime", "unixepoch", "timediff",
+             "current_timestamp", "current_date", "current_time"}
+
+
+def _groups(sql: str, word: str) -> list[tuple[str, set[str]]]:
+    """Each ``word (…)`` of a CREATE statement (``CHECK``; ``AS``: a generated
+    column's expression): its name (the word after CONSTRAINT, else ``(unnamed)``)
+    and the identifiers in it, lower-case and unquoted (no PRAGMA gives them)."""
+    tokens = [t for t in _TOKEN.findall(sql) if not t.startswith(("--", "/*"))]
+    found = []
+    for i, t in enumerate(tokens):
+        if t.upper() != word or i + 1 >= len(tokens) or tokens[i + 1] != "(":
+            continue
+        depth, names = 0, set()
+        for j in range(i + 1, len(tokens)):
+            depth += {"(": 1, ")": -1}.get(tokens[j], 0)
+            if tokens[j][0] in "\"`[" or tokens[j][0].isalpha() or tokens[j][0] == "_":
+                names.add(tokens[j].strip("\"`[]").replace('""', '"').lower())
+            if depth == 0:
+                break
+        found.append((tokens[i - 1] if i > 1 and tokens[i - 2].upper() == "CONSTRAINT"
+                      else "(unnamed)", names))
+    return found
+
+
 def check_names(create_table: str) -> list[str]:
-    """The names of the CHECK constraints in a CREATE TABLE (``(unnamed)`` for one
-    without a name): no PRAGMA lists them."""
-    tokens = [t for t in _TOKEN.findall(create_table) if not t.startswith(("--", "/*"))]
-    return [tokens[i - 1] if i > 1 and tokens[i - 2].upper() == "CONSTRAINT" else "(unnamed)"
-            for i, t in enumerate(tokens) if t.upper() == "CHECK"]
+    """The names of the CHECK constraints in a CREATE TABLE (``(unnamed)``)."""
+    return [name for name, _ in _groups(create_table, "CHECK")]
 
 
-def update_blockers(con: sqlite3.Connection, table: str, columns) -> list[str]:
-    """What on ``table`` could refuse an update of ``columns`` for some rows only
-    (an erasure: ``guest_backup.ops.finishing``): a CHECK, a unique, partial or
-    expression index, a primary key beyond ``id``, a generated column, a foreign
-    key on one of ``columns``; or ``table`` not being a table."""
+def update_blockers(con: sqlite3.Connection, table: str, columns, nulled=(),
+                    only=None) -> list[str]:
+    """What on ``table`` could refuse, for some rows only, an erasure that writes
+    ``columns`` (sets ``nulled`` to NULL; ``only``: it may insert rows, whose
+    table may have just these columns, every one written): ``guest_backup.ops.
+    finishing``. What involves none of them sees the same values before and after
+    and is left, but for a CHECK calling what changes with time (:data:`_VOLATILE`)."""
     row = con.execute("SELECT type, sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
     if row is None or row[0] != "table":
         return [f"a {row[0]} named {table}"] if row is not None else []
-    quoted = table.replace('"', '""')
-    found = [f"CHECK constraint {name} on {table}" for name in check_names(row[1] or "")]
-    xinfo = con.execute(f'PRAGMA table_xinfo("{quoted}")').fetchall()  # …, pk, hidden
-    if any(r[5] for r in xinfo) and [r[1] for r in xinfo if r[5]] != ["id"]:
+    quoted, sql = table.replace('"', '""'), row[1] or ""
+    xinfo = con.execute(f'PRAGMA table_xinfo("{quoted}")').fetchall()  # cid, name, type,
+    written = {c.lower() for c in (only or columns)}  # notnull, default, pk, hidden
+    found = [f"CHECK constraint {name} on {table}" for name, ids in _groups(sql, "CHECK")
+             if ids & (written | _VOLATILE) or only]
+    found += [f"column {r[1]} on {table}" for r in xinfo if only and r[1] not in only]
+    found += [f"NOT NULL column {r[1]} on {table}" for r in xinfo if r[3] and r[1] in nulled]
+    strict = "STRICT" in [t.upper() for t in _TOKEN.findall(sql[sql.rfind(")"):])]
+    found += [f"column {r[1]} of type {r[2]} on {table}" for r in xinfo if strict
+              and not only and r[1].lower() in written - {"id", "seq"} and r[2].upper() not in ("TEXT", "ANY")]
+    pk = [r[1] for r in xinfo if r[5]]
+    if pk and pk != ["id"] and (only or written & {c.lower() for c in pk}):
         found.append(f"a primary key beyond id on {table}")
-    found += [f"generated column {r[1]} on {table}" for r in xinfo if r[6] in (2, 3)]
+    if any(ids & written for _, ids in _groups(sql, "AS")) or only:
+        found += [f"generated column {r[1]} on {table}" for r in xinfo if r[6] in (2, 3)]
     for _, name, unique, origin, partial in con.execute(f'PRAGMA index_list("{quoted}")'):
-        index = name.replace('"', '""')
-        expression = any(r[1] == -2 for r in con.execute(f'PRAGMA index_xinfo("{index}")'))
-        if origin != "pk" and (unique or partial or expression):
+        index = con.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+        text = (index[0] or "") if index else ""  # an index of a UNIQUE has none
+        keys = con.execute(f'PRAGMA index_xinfo("{name.replace(chr(34), chr(34) * 2)}")')
+        keys = [r for r in keys if r[5]]  # seqno, cid, name, desc, coll, key
+        ids = {t.strip('"`[]').lower() for t in _TOKEN.findall(text[text.find("("):])} | {
+            r[2].lower() for r in keys if r[2]}
+        expression = any(r[1] == -2 for r in keys)
+        if origin != "pk" and (unique or partial or expression) and (only or ids & written):
             kind = "unique index" if unique else "index on an expression or with a condition"
             found.append(f"{kind} {name} on {table}")
-    return found + [f"foreign key ({fk[3]}) on {table}" for fk in
-                    con.execute(f'PRAGMA foreign_key_list("{quoted}")') if fk[3] in columns]
+    return found + [f"foreign key ({fk[3]}) on {table}" for fk in con.execute(
+        f'PRAGMA foreign_key_list("{quoted}")') if only or fk[3].lower() in written]
 
 
 def _authorizer(action: int, arg1, arg2, database, source) -> int:

@@ -42,6 +42,21 @@ R, G, T = REGISTRATION.c, GUEST.c, TRIP.c
 #: the tables an erasure writes and the columns it writes in them
 ERASED_COLUMNS = {"guest": ("first_name", "last_name", "document_number", "document_photo"),
                   "registration": ("email",)}
+#: what the erasure sets NULL; the longest text it writes in each table
+#: (``erased-<id>@invalid``, a 10-digit id); erasure_mark's columns (it may INSERT)
+ERASED_TO_NULL, ERASED_WIDTH = ("document_photo",), {"guest": 8, "registration": 26}
+MARK_COLUMNS = ("id", "seq", "marked_at")
+
+
+def written_columns_sql() -> str:
+    """PostgreSQL ``VALUES (table, written columns, width, set NULL)`` of the above
+    (``guest_backup.ops.finishing``); erasure_mark's columns are all written (NULL)."""
+    def array(names) -> str:
+        return "ARRAY[" + ", ".join(f"'{c}'" for c in names) + "]::text[]"
+    return ", ".join([f"('{t}', {array(cs)}, {ERASED_WIDTH[t]}, "
+                      f"{array(c for c in cs if c in ERASED_TO_NULL)}, NULL)"
+                      for t, cs in sorted(ERASED_COLUMNS.items())]
+                     + [f"('erasure_mark', NULL, 0, NULL, {array(MARK_COLUMNS)})"])
 
 
 def erased_email(registration_id: int) -> str:

@@ -93,20 +93,16 @@ class ErasureReapply:
     entries: list
     ledger: object
     applied: int = 0
-    #: a restore's load (:func:`erasures_for`): the erasure's tables checked too
-    #: (:func:`check_erasable`); not a browse copy, which has search indexes of its own
+    #: a restore's load: the erasure's tables checked too (:func:`check_erasable`)
     check_schema: bool = False
     #: the step psql's loader names when this one's SQL fails (its probe, before run)
     doing = "re-applying the erasure ledger"
 
     def sql(self, url: str) -> Iterator[str]:
-        """PostgreSQL, before :meth:`run`: the archive's erasure mark dropped (the
-        archive's word on this ledger is worth nothing: with no ledger line, the
-        database reads "not known"), an erasure tried and undone
-        (:func:`probe_erasure_sql`) on the first rows and on every row the ledger
-        names, and the erasure's tables checked for what could refuse some rows
-        only (:func:`erasable_schema_sql`; with ledger lines, :meth:`run` checks
-        after the re-apply): a schema that refuses one stops the load."""
+        """PostgreSQL, before :meth:`run`: the archive's erasure mark dropped (its
+        word is worth nothing), an erasure tried and undone on the first rows and
+        every row the ledger names, the erasure's tables checked (:func:`erasable_
+        schema_sql`; with ledger lines, in :meth:`run`): a refusal stops the load."""
         from guest_backup.ops.erasure_mark import FORGET_MARK_SQL
         from guest_backup.ops.erasure_sql import probe_erasure_sql
 
@@ -159,69 +155,73 @@ class ErasureReapply:
                               f"ledger ({', '.join(str(x) for x in left[:5])}){outcome}")
 
 
-#: PostgreSQL: what on ``public.guest`` and ``public.registration`` (the tables an
-#: erasure writes) could refuse an erasure of some rows only, which the probe (the
-#: first rows, the ledger's) does not find: a CHECK (``id <= 80 OR first_name <>
-#: '[erased]'``: every guest registered after the restore), a unique or exclusion
-#: constraint or index (two erased guests alike), a primary key beyond ``id``, a
-#: foreign key on an erased column, an index on an expression or with a condition
-#: (``1 / (id - 7)``), a generated column, a trigger, a rule, row-level security.
-#: The host's models declare none of them on these tables (tests/
-#: test_screen_schema_review.py notices when that changes).
-_BLOCKERS_PG = """SELECT k.kind || ' ' || pg_catalog.quote_ident(k.name) || ' on ' || t.relname
- AS what FROM pg_catalog.pg_class t JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+#: PostgreSQL: what on the tables an erasure writes (or inserts into: erasure_mark)
+#: could refuse it for some rows only, unseen by the probe (docs/security.md); what
+#: involves no written column (w.nums) sees the same values after, but a CHECK's time.
+_BLOCKERS_PG = r"""SELECT k.kind || ' ' || pg_catalog.quote_ident(k.name) || ' on ' ||
+ t.relname AS what FROM pg_catalog.pg_class t JOIN pg_catalog.pg_namespace n
+ ON n.oid = t.relnamespace JOIN (VALUES %s) AS e(rel, cols, width, nulled, keep) ON e.rel = t.relname
+CROSS JOIN LATERAL (SELECT coalesce(array_agg(a.attnum), '{}') AS nums FROM
+ pg_catalog.pg_attribute a WHERE a.attrelid = t.oid AND a.attnum > 0
+ AND (e.cols IS NULL OR a.attname::text = ANY (e.cols))) AS w
 CROSS JOIN LATERAL (
  SELECT CASE c.contype WHEN 'c' THEN 'CHECK constraint' WHEN 'u' THEN 'unique constraint'
   WHEN 'x' THEN 'exclusion constraint' WHEN 'p' THEN 'primary key' WHEN 'f' THEN 'foreign key'
   WHEN 't' THEN 'constraint trigger' ELSE 'constraint' END, c.conname
- FROM pg_catalog.pg_constraint c WHERE c.conrelid = t.oid AND (c.contype NOT IN ('p', 'f', 'n')
-  OR (c.contype = 'p' AND c.conkey IS DISTINCT FROM ARRAY(SELECT a.attnum FROM
-   pg_catalog.pg_attribute a WHERE a.attrelid = t.oid AND a.attname = 'id'))
-  OR (c.contype = 'f' AND EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.oid
-   AND a.attnum = ANY (c.conkey) AND a.attname::text = ANY (%s))))
+ FROM pg_catalog.pg_constraint c WHERE c.conrelid = t.oid AND c.contype <> 'n' AND NOT (
+  c.contype = 'p' AND c.conkey = ARRAY(SELECT a.attnum FROM pg_catalog.pg_attribute a
+   WHERE a.attrelid = t.oid AND a.attname = 'id')) AND (c.contype NOT IN ('c', 'u', 'x', 'p',
+   'f') OR c.conkey && w.nums OR 0 = ANY (c.conkey) OR e.cols IS NULL
+  OR c.conbin::text ~ '\{(SQLVALUEFUNCTION|COERCEVIAIO|NEXTVALUEEXPR) ' OR EXISTS (
+   SELECT FROM regexp_matches(c.conbin::text, ':(funcid|opno) (\d+)', 'g') AS m
+   LEFT JOIN pg_catalog.pg_operator o ON m[1] = 'opno' AND o.oid = m[2]::oid
+   JOIN pg_catalog.pg_proc p ON p.oid = coalesce(o.oprcode::oid, m[2]::oid)
+   WHERE p.provolatile <> 'i' OR p.pronamespace <> 'pg_catalog'::regnamespace))
  UNION ALL SELECT CASE WHEN i.indisunique THEN 'unique index' ELSE 'index on an expression or '
   'with a condition' END, x.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x
   ON x.oid = i.indexrelid WHERE i.indrelid = t.oid AND NOT i.indisprimary
-  AND (i.indisunique OR i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)
+  AND (i.indisunique OR i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AND (e.cols IS NULL
+  OR i.indkey::int2[] && w.nums OR concat(i.indexprs, i.indpred) ~ '[:]varattno 0 '
+  OR EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_class'::regclass
+   AND d.objid = i.indexrelid AND d.refobjid = t.oid AND d.refobjsubid = ANY (w.nums)))
  UNION ALL SELECT 'row-level security policy', p.polname FROM pg_catalog.pg_policy p
   WHERE p.polrelid = t.oid
  UNION ALL SELECT 'row-level security', t.relname WHERE t.relrowsecurity OR t.relforcerowsecurity
  UNION ALL SELECT 'rule', r.rulename FROM pg_catalog.pg_rewrite r WHERE r.ev_class = t.oid
  UNION ALL SELECT 'trigger', g.tgname FROM pg_catalog.pg_trigger g
   WHERE g.tgrelid = t.oid AND NOT g.tgisinternal
- UNION ALL SELECT 'generated column', a.attname FROM pg_catalog.pg_attribute a
-  WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''
+ UNION ALL SELECT CASE WHEN a.attgenerated <> '' THEN 'generated column' WHEN a.attnotnull
+  AND a.attname::text = ANY (e.nulled) THEN 'NOT NULL column' WHEN e.cols IS NULL AND NOT
+  a.attname::text = ANY (e.keep) THEN 'column' ELSE 'column (' || format_type(a.atttypid,
+  a.atttypmod) || ')' END, a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type y
+  ON y.oid = a.atttypid WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped AND (
+  (a.attgenerated <> '' AND (e.cols IS NULL OR EXISTS (SELECT FROM pg_catalog.pg_attrdef f
+   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = f.oid
+   WHERE f.adrelid = t.oid AND f.adnum = a.attnum AND d.refobjid = t.oid
+   AND d.refobjsubid = ANY (w.nums))))
+  OR (a.attnum = ANY (w.nums) AND (y.typtype = 'd' OR (a.attnotnull AND a.attname::text =
+   ANY (e.nulled)) OR (e.cols IS NULL AND NOT a.attname::text = ANY (e.keep)) OR (e.cols IS NOT
+   NULL AND (a.atttypid NOT IN (25, 1043) OR a.atttypmod BETWEEN 0 AND 3 + e.width)))))
  UNION ALL SELECT 'other kind of table (' || t.relkind::text || ')', t.relname
   WHERE t.relkind <> 'r'
-) AS k(kind, name) WHERE n.nspname = 'public' AND t.relname IN (%s)"""
+) AS k(kind, name) WHERE n.nspname = 'public'"""
 REFUSES_ERASURE = "which could refuse a later erasure"
 
 
 def _blockers_pg() -> str:
-    from guest_backup.ops.erasure_sql import ERASED_COLUMNS
+    from guest_backup.ops.erasure_sql import written_columns_sql
 
-    columns = sorted({c for cs in ERASED_COLUMNS.values() for c in cs})
-    return _BLOCKERS_PG % ("ARRAY[" + ", ".join(f"'{c}'" for c in columns) + "]",
-                           ", ".join(f"'{t}'" for t in sorted(ERASED_COLUMNS)))
+    return _BLOCKERS_PG % written_columns_sql()
 
 
 def erasable_schema_sql() -> str:
-    """PostgreSQL text for the end of a load's transaction: a line saying what of
-    :data:`_BLOCKERS_PG` the loaded schema holds (``gr-schema-refused``, which
-    the engine reports) and an error that stops psql before the COMMIT."""
+    """PostgreSQL text for the end of a load: what of :data:`_BLOCKERS_PG` it holds
+    (``gr-schema-refused``, reported) and an error that stops psql before COMMIT."""
     query = _blockers_pg()
     return (f"COPY (SELECT 'gr-schema-refused the archive''s schema adds ' || q.what || "
             f"', {REFUSES_ERASURE}' FROM ({query}) AS q ORDER BY q.what LIMIT 1) TO STDOUT;\n"
             f"DO $gr$ BEGIN IF EXISTS ({query}) THEN RAISE EXCEPTION 'gr-erasure-refused: the "
-            f"schema of guest or registration'; END IF; END $gr$;\n")
-
-
-def _blockers_select():
-    """:data:`_BLOCKERS_PG` as a SELECT (psql's session runs it as ``COPY``)."""
-    import sqlalchemy as sa
-
-    what = sa.column("what", sa.Text)
-    return sa.select(what).select_from(sa.text(f"({_blockers_pg()}) AS q")).order_by(what)
+            f"schema of the erasure''s tables'; END IF; END $gr$;\n")
 
 
 def erasure_blockers(connection) -> list[str]:
@@ -232,15 +232,22 @@ def erasure_blockers(connection) -> list[str]:
     return list(connection.execute(_blockers_select()).scalars())
 
 
+def _blockers_select():  # psql's session runs it as COPY
+    import sqlalchemy as sa
+    what = sa.column("what", sa.Text)
+    return sa.select(what).select_from(sa.text(f"({_blockers_pg()}) AS q")).order_by(what)
+
+
 def _blockers_sqlite(connection) -> list[str]:
     """:data:`_BLOCKERS_PG` on SQLite (:func:`~guest_backup.engines.sqlitescreen.
     update_blockers`), before the loaded copy is swapped in."""
     from guest_backup.engines.sqlitescreen import update_blockers
-    from guest_backup.ops.erasure_sql import ERASED_COLUMNS
+    from guest_backup.ops.erasure_sql import ERASED_COLUMNS, ERASED_TO_NULL, MARK_COLUMNS
 
     con = connection.connection.dbapi_connection
     return [found for table, columns in sorted(ERASED_COLUMNS.items())
-            for found in update_blockers(con, table, columns)]
+            for found in update_blockers(con, table, columns, ERASED_TO_NULL)] + \
+        update_blockers(con, "erasure_mark", (), only=MARK_COLUMNS)
 
 
 def check_erasable(connection) -> None:
