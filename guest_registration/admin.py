@@ -9,9 +9,8 @@ booleans as Yes/No, in the page's language (:mod:`guest_registration.i18n`)."""
 from __future__ import annotations
 
 import re
-from typing import Any
-
 from datetime import date, datetime
+from typing import Any
 
 from flask import (Flask, abort, current_app, flash, redirect, request, send_from_directory,
                    url_for)
@@ -32,7 +31,7 @@ from .availability import MESSAGE as UNAVAILABLE_MESSAGE
 from .availability import UNAVAILABLE, database_unavailable, unavailable_response
 from .extensions import db
 from .headers import csp_nonce
-from .i18n import choices, page_size, page_timestamp, page_yes_no
+from .i18n import audit_label, choices, page_size, page_timestamp, page_yes_no, same_site_path
 from .models import (AGE_CATEGORIES, DOCUMENT_TYPES, LANGUAGES, REGISTRATION_STATUSES,
                      AuditEntry, Guest, Registration, Trip, User)
 from .registration.deletion import delete_unnamed_photos, photos_of
@@ -70,7 +69,15 @@ class AdminOnlyMixin:
             return unavailable_response()
         if current_user.is_authenticated:
             abort(403)
-        return redirect(url_for("security.login", next=request.full_path.rstrip("?")))
+        return redirect(url_for("security.login", next=self._login_next()))
+
+    def _login_next(self) -> str:
+        """Where the login returns: this page for a GET; for a POST (a button pressed
+        while signed out) the page the button was on, never the POST-only path (a GET
+        there is a 405 and the action would silently not happen)."""
+        if request.method in ("GET", "HEAD"):
+            return request.full_path.rstrip("?")
+        return same_site_path(request.referrer) or self.get_url(f".{self._default_view}")
 
 
 class SecureIndexView(AdminOnlyMixin, AdminIndexView):
@@ -267,7 +274,8 @@ class AuditLogView(SecureModelView):
     column_labels = {**LABELS, "created_at": _l("Started (UTC)")}
     column_filters = ("action", "outcome", "actor", "via", "created_at")
     column_searchable_list = ("actor", "target")
-    column_formatters = {"bytes": lambda v, c, m, n: "" if m.bytes is None else page_size(m.bytes)}
+    column_formatters = {"bytes": lambda v, c, m, n: "" if m.bytes is None else page_size(m.bytes),
+                         "action": audit_label, "outcome": audit_label}
     column_formatters_detail = column_formatters
 
 

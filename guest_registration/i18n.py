@@ -37,10 +37,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from flask import (Blueprint, Flask, abort, g, has_request_context, redirect, request, session,
-                   url_for)
+from flask import (Blueprint, Flask, abort, current_app, g, has_request_context, redirect,
+                   request, session, url_for)
+from werkzeug.routing import BuildError
 
 from .formatting import human_size, timestamp, yes_no
 from .registry import unique_items
@@ -157,6 +158,18 @@ def choices(labels: dict[str, str]) -> list[tuple[str, Any]]:
     return [(value, lazy_gettext(label)) for value, label in labels.items()]
 
 
+#: ``app.extensions[AUDIT_LABELS]``: an audit log column (``action``, ``outcome``) →
+#: stored code → its label (lazily translated). The plugins fill it: the host names
+#: none of their actions. A code without a label is shown as it is.
+AUDIT_LABELS = "audit_labels"
+
+
+def audit_label(view: Any, context: Any, model: Any, name: str) -> str:
+    """An audit log column's code as its label in the page's language (a list formatter)."""
+    code = getattr(model, name) or ""
+    return str(current_app.extensions.get(AUDIT_LABELS, {}).get(name, {}).get(code, code))
+
+
 def page_yes_no(value: Any) -> str:
     if _english():
         return yes_no(value)
@@ -192,11 +205,39 @@ def set_language():
     return redirect(local_path(request.form.get("next")))
 
 
+def same_site_path(url: str | None) -> str | None:
+    """The path and query of ``url`` (a referrer) when it is a page of this site, else
+    ``None``: where to send someone back after a POST, never elsewhere."""
+    parts = urlsplit(url or "")
+    if not parts.path or parts.scheme not in ("", "http", "https") or (
+            parts.netloc and parts.netloc != request.host):
+        return None
+    path = parts.path + ("?" + parts.query if parts.query else "")
+    return path if local_path(path) == path else None
+
+
+def _without_lang(path: str, query: list) -> str:
+    kept = [(k, v) for k, v in query if k != QUERY_KEY]
+    return path + ("?" + urlencode(kept) if kept else "")
+
+
 def _this_page() -> str:
     """This page's path and query, without ``lang``: where the picker comes back to
-    (a ``?lang`` kept there would undo the choice)."""
-    query = [(k, v) for k, v in request.args.items(multi=True) if k != QUERY_KEY]
-    return request.path + ("?" + urlencode(query) if query else "")
+    (a ``?lang`` kept there would undo the choice). A page that answers a POST has
+    no address to come back to (a GET there is a 405): the page the form was on,
+    else the view's first page."""
+    if request.method in ("GET", "HEAD"):
+        return _without_lang(request.path, list(request.args.items(multi=True)))
+    back = same_site_path(request.referrer)
+    if back:
+        parts = urlsplit(back)
+        return _without_lang(parts.path, parse_qsl(parts.query, keep_blank_values=True))
+    for endpoint in ("index", "index_view"):  # a page's, an admin list's first page
+        try:
+            return url_for(f"{request.blueprint}.{endpoint}") if request.blueprint else "/"
+        except BuildError:
+            continue
+    return "/"
 
 
 def _template_context() -> dict:

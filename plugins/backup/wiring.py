@@ -48,6 +48,28 @@ def init_app(app: Flask) -> None:
         migrations=lambda: migration_paths(app))
     # `setup` run as root gives the backup folder it makes to the service's user
     app.extensions.setdefault(SETUP_FOLDERS, []).append("BACKUP_FOLDER")
+    _audit_labels(app)
+
+
+def _audit_labels(app: Flask) -> None:
+    """The audit log's codes in words (the host's Audit log shows them; it names none
+    of the actions itself): the same words as the Backup page's Recent activity."""
+    from flask_babel import lazy_gettext as _l
+
+    from guest_registration.i18n import AUDIT_LABELS
+
+    labels = app.extensions.setdefault(AUDIT_LABELS, {})
+    labels.setdefault("outcome", {}).update({
+        "ok": _l("ok"), "failed": _l("failed"), "aborted": _l("aborted"),
+        "running": _l("running")})
+    labels.setdefault("action", {}).update({
+        "export": _l("export"), "preview": _l("preview"), "backup": _l("backup"),
+        "verify": _l("verify"), "restore": _l("restore"), "restore-test": _l("restore drill"),
+        "download": _l("download"), "delete": _l("delete"), "photo": _l("document photo"),
+        "prune": _l("prune"), "upload": _l("upload"), "erase": _l("erasure"),
+        "subject-access": _l("access request"), "pitr-backup": _l("PITR backup"),
+        "pitr-restore": _l("PITR recovery"), "pitr-drill": _l("PITR drill"),
+        "browse": _l("browse archive"), "restore-select": _l("selective restore")})
 
 
 def migration_paths(app: Flask) -> MigrationPaths:

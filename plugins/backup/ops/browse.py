@@ -32,6 +32,7 @@ from guest_backup.ops.browse_registry import (FILE, FOLDER, Registry, pid_alive,
 from guest_backup.ops.browse_session import (BrowseSession, current_heads, current_trust, drop,
                                              engines, idle_limit, session_of)
 from guest_backup.ops.context import BackupContext
+from guest_backup.ops.page_texts import TOO_MANY_OPEN, Text
 from guest_backup.ops.create import safe_message
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def _claim(ctx: BackupContext, archive: str, source: str, dialect: str,
             entries.pop(key)
             drop(current)
         if sum(1 for e in entries.values() if e.get("state") != "failed") >= MAX_SESSIONS:
-            raise BackupError(f"{MAX_SESSIONS} archives are open already: close one first")
+            raise BackupError(Text(TOO_MANY_OPEN, count=MAX_SESSIONS))
         sid = secrets.token_hex(8)
         database = (PREFIX + sid if dialect != "sqlite"
                     else str(Registry(ctx.instance_path).folder / f"{sid}.db"))

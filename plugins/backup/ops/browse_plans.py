@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from guest_backup.errors import BackupError
 from guest_backup.ops.browse import BrowseSession
 from guest_backup.ops.browse_registry import browse_folder
+from guest_backup.ops.page_texts import PREVIEW_GONE, Text
 from guest_backup.ops.selection import Plan, Selection, Step
 
 TOKEN = re.compile(r"^[0-9a-f]{32}$")
@@ -64,7 +65,7 @@ def apply_saved(session: BrowseSession, live_engine: Engine, token: str, *, acto
 
     plan = load_plan(session, token)
     if plan is None:
-        raise BackupError("this preview is no longer available: preview again")
+        raise BackupError(Text(PREVIEW_GONE))
     _path(session, token).unlink(missing_ok=True)  # once, whatever happens
     result = restore_selection(session.ctx, live_engine, session.engine, plan.selection,
                                archive=session.archive, actor=actor, via=via, plan=plan)

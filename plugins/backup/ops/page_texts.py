@@ -58,8 +58,12 @@ ROW_REFUSED = N_("the live database refused a row (one appeared where the previe
                  "one, or a constraint forbids it)")
 ERASED_SINCE = N_("an erasure was recorded since the preview (the rows it brings back may "
                   "hold that person's data)")
+PREVIEW_GONE = N_("this preview is no longer available: preview again")
 #: the tables as a row names them (``ROW_*``'s ``table``)
 ROW_TABLES = {"trip": N_("trip"), "registration": N_("registration"), "guest": N_("guest")}
+
+# --- opening an archive to browse (ops.browse) -------------------------------------
+TOO_MANY_OPEN = N_("%(count)s archives are open already: close one first")
 
 # --- verify on the Backup page (ops.verify.verdict) ---------------------------------
 VERDICTS = {

@@ -126,7 +126,7 @@ class BrowseView(SecureBaseView):
             session, mine = begin_open(ctx, db.engine, name, actor=current_user.email,
                                        via="admin")
         except BackupError as exc:
-            flash(_("The archive could not be opened: %(error)s", error=exc), "error")
+            flash(_("The archive could not be opened: %(error)s", error=page_text(exc)), "error")
             return redirect(url_for(".index"))
         if mine:
             app = current_app._get_current_object()
@@ -202,7 +202,7 @@ class BrowseView(SecureBaseView):
                                        via="admin", dry_run=True,
                                        reapplied_at=session.opened_at)
         except BackupError as exc:
-            flash(_("Nothing can be restored: %(error)s", error=exc), "error")
+            flash(_("Nothing can be restored: %(error)s", error=page_text(exc)), "error")
             return redirect(url_for(".session", sid=sid))
         plan = result.plan
         return self._render("browse_preview.html", session=session, plan=plan,

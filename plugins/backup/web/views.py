@@ -138,6 +138,7 @@ class BackupView(SecureBaseView):
             iso_timestamp=_iso_timestamp,
             formats=list(current_app.extensions["export_formats"]),
             job=job, activity=audit.recent(db.engine, 15),
+            started=request.args.get("started", ""),
             public_key=public_key, encrypted=bool(settings.age_recipients),
             remote_url=settings.remote_url,
             year=now.year, month=now.month, months=range(1, 13),
@@ -148,8 +149,10 @@ class BackupView(SecureBaseView):
     def start(self):
         csrf.protect()
         try:
-            start_job(current_app._get_current_object(), current_user.email)
+            job = start_job(current_app._get_current_object(), current_user.email)
             flash(_("System backup started. The download begins when it is done."), "info")
+            # the page asks once how it went: a backup done before it loads still downloads
+            return redirect(url_for(".index", started=job["id"]) + "#system-backup")
         except BackupBusy:
             flash(_("A backup is already running; wait for it to finish."), "warning")
         except BackupError as exc:
