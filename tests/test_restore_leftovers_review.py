@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from guest_registration.extensions import db
-from tests.helpers import db_engine_of, make_backup
+from tests.helpers import db_engine_of, make_backup, missing
 from tests.test_erasure import add_people
 from tests.test_restore_kill_upgrade_review import killed_while_upgrading, leftovers
 
@@ -127,7 +127,7 @@ def test_a_drill_killed_with_sigkill_leaves_nothing_once_the_next_drill_ran(
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_root_restore_into_a_new_sqlite_file_is_the_folder_owners(app, runner, tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        missing("REQUIRE_PGBACKREST", "a restore as root into another user's folder needs root")
     archive = make_backup(runner)
     svc = tmp_path / "svc"
     svc.mkdir(mode=0o700)
