@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,27 +21,11 @@ from jsonschema import Draft202012Validator
 from guest_backup.engines import EngineError
 from guest_backup.engines.postgresql import PostgresEngine
 from guest_registration.config import ConfigError, build_config
-from tests.helpers import ADMIN, manage, missing
+from tests.helpers import ADMIN, manage
 
-NOBODY = 65534
-
-
-@pytest.fixture
-def base():
-    """A folder of root's (0711) in /tmp, removed afterwards: the service user's
-    folders are made in it."""
-    if os.geteuid() != 0:
-        missing("REQUIRE_PGBACKREST", "running as root and as another user needs root")
-    folder = Path(tempfile.mkdtemp(prefix="gr-docs-claims-", dir="/tmp"))
-    os.chmod(folder, 0o711)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _nobodys(folder: Path) -> Path:
-    folder.mkdir(mode=0o700)
-    os.chown(folder, NOBODY, NOBODY)
-    return folder
+# root's folder for the service user's folders, and those folders: as test_root_runs makes them
+from tests.test_root_runs import NOBODY, base  # noqa: F401 (base: a fixture)
+from tests.test_root_runs import nobodys as _nobodys
 
 
 def _not_nobodys(folder: Path) -> list[str]:

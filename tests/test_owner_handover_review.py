@@ -12,34 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-import pytest
-
 from guest_registration.instance_folder import handed_to_their_owner
-from tests.helpers import missing
 
-NOBODY = 65534
-
-
-@pytest.fixture
-def base():
-    """A folder of root's (0711) in /tmp, removed afterwards: the service user's
-    folders are made in it."""
-    if os.geteuid() != 0:
-        missing("REQUIRE_PGBACKREST", "running as root and as another user needs root")
-    folder = Path(tempfile.mkdtemp(prefix="gr-owner-review-", dir="/tmp"))
-    os.chmod(folder, 0o711)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _nobodys(folder: Path) -> Path:
-    folder.mkdir(mode=0o700)
-    os.chown(folder, NOBODY, NOBODY)
-    return folder
+# root's folder for the service user's folders, and those folders: as test_root_runs makes them
+from tests.test_root_runs import NOBODY, base  # noqa: F401 (base: a fixture)
+from tests.test_root_runs import nobodys as _nobodys
 
 
 def _as_nobody(fn) -> None:
