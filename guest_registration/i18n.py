@@ -159,15 +159,21 @@ def choices(labels: dict[str, str]) -> list[tuple[str, Any]]:
 
 
 #: ``app.extensions[AUDIT_LABELS]``: an audit log column (``action``, ``outcome``) →
-#: stored code → its label (lazily translated). The plugins fill it: the host names
-#: none of their actions. A code without a label is shown as it is.
+#: stored code → its label (an English message id, translated when shown). The
+#: plugins fill it: the host names none of their actions. A code without a label is
+#: shown as it is.
 AUDIT_LABELS = "audit_labels"
 
 
 def audit_label(view: Any, context: Any, model: Any, name: str) -> str:
     """An audit log column's code as its label in the page's language (a list formatter)."""
     code = getattr(model, name) or ""
-    return str(current_app.extensions.get(AUDIT_LABELS, {}).get(name, {}).get(code, code))
+    label = current_app.extensions.get(AUDIT_LABELS, {}).get(name, {}).get(code)
+    if label is None:
+        return code
+    from flask_babel import gettext
+
+    return gettext(str(label))
 
 
 def page_yes_no(value: Any) -> str:

@@ -52,24 +52,24 @@ def init_app(app: Flask) -> None:
 
 
 def _audit_labels(app: Flask) -> None:
-    """The audit log's codes in words (the host's Audit log shows them; it names none
-    of the actions itself): the same words as the Backup page's Recent activity."""
-    from flask_babel import lazy_gettext as _l
-
+    """The audit log's codes in words (the host's Audit log shows them, translated when
+    shown; it names none of the actions itself): the same words as the Backup page's
+    Recent activity. English message ids here, so that no command imports Babel."""
+    from guest_backup.ops.page_texts import N_
     from guest_registration.i18n import AUDIT_LABELS
 
     labels = app.extensions.setdefault(AUDIT_LABELS, {})
     labels.setdefault("outcome", {}).update({
-        "ok": _l("ok"), "failed": _l("failed"), "aborted": _l("aborted"),
-        "running": _l("running")})
+        "ok": N_("ok"), "failed": N_("failed"), "aborted": N_("aborted"),
+        "running": N_("running")})
     labels.setdefault("action", {}).update({
-        "export": _l("export"), "preview": _l("preview"), "backup": _l("backup"),
-        "verify": _l("verify"), "restore": _l("restore"), "restore-test": _l("restore drill"),
-        "download": _l("download"), "delete": _l("delete"), "photo": _l("document photo"),
-        "prune": _l("prune"), "upload": _l("upload"), "erase": _l("erasure"),
-        "subject-access": _l("access request"), "pitr-backup": _l("PITR backup"),
-        "pitr-restore": _l("PITR recovery"), "pitr-drill": _l("PITR drill"),
-        "browse": _l("browse archive"), "restore-select": _l("selective restore")})
+        "export": N_("export"), "preview": N_("preview"), "backup": N_("backup"),
+        "verify": N_("verify"), "restore": N_("restore"), "restore-test": N_("restore drill"),
+        "download": N_("download"), "delete": N_("delete"), "photo": N_("document photo"),
+        "prune": N_("prune"), "upload": N_("upload"), "erase": N_("erasure"),
+        "subject-access": N_("access request"), "pitr-backup": N_("PITR backup"),
+        "pitr-restore": N_("PITR recovery"), "pitr-drill": N_("PITR drill"),
+        "browse": N_("browse archive"), "restore-select": N_("selective restore")})
 
 
 def migration_paths(app: Flask) -> MigrationPaths:
